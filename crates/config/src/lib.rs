@@ -1,0 +1,20 @@
+//! Firebreak configuration: the TOML model, its limits, and validation.
+//!
+//! A configuration file is hostile input. [`load_file`] and [`parse_str`] either return a
+//! [`ValidConfig`] — every field checked, every size and count bounded — or a
+//! [`ConfigRejected`] whose errors each name the file, line, column and field. Nothing is
+//! half-applied: callers only ever see a complete, valid configuration or none at all.
+
+mod limits;
+mod load;
+mod locate;
+mod model;
+pub(crate) mod validate;
+
+pub use limits::*;
+pub use load::{load_file, parse_str, ConfigError, ConfigRejected, ValidConfig};
+pub use model::*;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
+mod tests;

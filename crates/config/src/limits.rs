@@ -1,0 +1,40 @@
+//! Hard limits on configuration sizes and counts. Each is a bound that keeps a bad or hostile
+//! file from exhausting memory or CPU on every edge that loads it.
+
+/// Largest configuration file accepted, in bytes. Real configurations are tens of KiB; a
+/// megabyte leaves room for thousands of services while bounding parse time and memory.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Most listeners one edge process binds.
+pub const MAX_LISTENERS: usize = 16;
+/// Most services (tenants) in one file.
+pub const MAX_SERVICES: usize = 1_000;
+/// Most host names one service answers for.
+pub const MAX_HOSTS_PER_SERVICE: usize = 100;
+/// Longest host name (RFC 1035 limit on a full domain name).
+pub const MAX_HOST_LEN: usize = 253;
+/// Most origin servers in one pool.
+pub const MAX_ORIGINS_PER_POOL: usize = 64;
+/// Largest origin weight; keeps weighted selection arithmetic small.
+pub const MAX_ORIGIN_WEIGHT: u32 = 1_000;
+/// Most cache rules per service; rules are matched linearly on every miss.
+pub const MAX_CACHE_RULES: usize = 256;
+/// Most response header rules per service; applied on every response.
+pub const MAX_HEADER_RULES: usize = 64;
+/// Longest path prefix in a cache rule.
+pub const MAX_PATH_PREFIX_LEN: usize = 1024;
+/// Longest service name; it appears in logs, metrics labels and cache keys.
+pub const MAX_SERVICE_NAME_LEN: usize = 64;
+/// Longest configurable timeout: ten minutes. Longer waits are indistinguishable from hangs.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+/// Longest TTL or stale window an operator can set: one year.
+pub const MAX_TTL_S: u64 = 365 * 24 * 3600;
+/// Largest request header block accepted from clients (bounds for `limits.max_header_bytes`).
+pub const MAX_HEADER_BYTES_LIMIT: usize = 1024 * 1024;
+/// Smallest allowed request header block limit: below this ordinary browsers fail.
+pub const MIN_HEADER_BYTES_LIMIT: usize = 4 * 1024;
+/// Smallest cache size: one MiB (zero disables caching per service instead).
+pub const MIN_CACHE_BYTES: u64 = 1024 * 1024;
+/// Largest cache size in memory: 1 TiB (guards against unit mistakes).
+pub const MAX_CACHE_BYTES: u64 = 1 << 40;
+/// Most concurrent client connections per edge process (bounds for `limits.max_connections`).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;

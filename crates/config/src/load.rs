@@ -1,0 +1,162 @@
+//! Reading, parsing and validating a configuration file into a [`ValidConfig`].
+
+use crate::limits::MAX_CONFIG_BYTES;
+use crate::locate::{line_col, locate, PathSeg};
+use crate::model::Config;
+use crate::validate::validate;
+use std::fmt;
+use std::io::Read;
+use std::path::Path;
+
+/// A configuration that passed every check. Only [`parse_str`] and [`load_file`] make one, so
+/// holding a `ValidConfig` proves the file was validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidConfig(Config);
+
+impl ValidConfig {
+    /// The validated configuration.
+    pub fn get(&self) -> &Config {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for ValidConfig {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.0
+    }
+}
+
+/// One problem in a configuration file, located precisely enough to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// File name as given by the caller.
+    pub file: String,
+    /// 1-based line, 0 when the problem is not tied to a place (for example the file size).
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// Dotted path of the field, for example `service[0].origin.servers[1].weight`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let field = if self.field.is_empty() {
+            "(file)"
+        } else {
+            &self.field
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, field, self.message
+        )
+    }
+}
+
+/// A refused configuration: every error found. The running configuration stays untouched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigRejected {
+    /// The errors, in file order where known.
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigRejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigRejected {}
+
+impl ConfigRejected {
+    fn one(file: &str, line: usize, column: usize, field: &str, message: String) -> Self {
+        Self {
+            errors: vec![ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                field: field.to_owned(),
+                message,
+            }],
+        }
+    }
+}
+
+/// Reads and validates a configuration file. The size is checked before the file is read.
+pub fn load_file(path: &Path) -> Result<ValidConfig, ConfigRejected> {
+    let name = path.display().to_string();
+    let io_err = |e: std::io::Error| ConfigRejected::one(&name, 0, 0, "", format!("cannot read: {e}"));
+    let file = std::fs::File::open(path).map_err(io_err)?;
+    let len = file.metadata().map_err(io_err)?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(too_big(&name, len));
+    }
+    let mut text = String::new();
+    // `take` bounds the read even if the file grows between the size check and the read.
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io_err)?;
+    parse_str(&name, &text)
+}
+
+fn too_big(name: &str, len: u64) -> ConfigRejected {
+    ConfigRejected::one(
+        name,
+        0,
+        0,
+        "",
+        format!("file is {len} bytes; the limit is {MAX_CONFIG_BYTES}"),
+    )
+}
+
+/// Parses and validates configuration text. `file` names it in error messages.
+pub fn parse_str(file: &str, text: &str) -> Result<ValidConfig, ConfigRejected> {
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big(file, text.len() as u64));
+    }
+    let de = toml::Deserializer::new(text);
+    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        let inner = e.into_inner();
+        let (line, column) = inner
+            .span()
+            .map(|s| line_col(text, s.start))
+            .unwrap_or((0, 0));
+        ConfigRejected::one(file, line, column, &field, inner.message().to_owned())
+    })?;
+    let problems = validate(&config);
+    if problems.is_empty() {
+        return Ok(ValidConfig(config));
+    }
+    let doc = toml_edit::ImDocument::parse(text).ok();
+    let mut errors: Vec<ConfigError> = problems
+        .into_iter()
+        .map(|p| {
+            let (line, column) = doc
+                .as_ref()
+                .and_then(|d| locate(d, &p.path))
+                .map(|offset| line_col(text, offset))
+                .unwrap_or((0, 0));
+            ConfigError {
+                file: file.to_owned(),
+                line,
+                column,
+                field: PathSeg::display(&p.path),
+                message: p.message,
+            }
+        })
+        .collect();
+    errors.sort_by_key(|e| (e.line, e.column));
+    Err(ConfigRejected { errors })
+}

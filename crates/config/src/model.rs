@@ -1,0 +1,230 @@
+//! The configuration file's shape. Every struct denies unknown fields so that a typo is an
+//! error, not a silently ignored setting.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+
+/// A whole edge configuration file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Addresses the edge accepts client traffic on (`[[listener]]`).
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Process-wide cache settings (`[cache]`).
+    #[serde(default)]
+    pub cache: CacheConfig,
+    /// Process-wide protocol limits (`[limits]`).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Services (tenants), matched by the request's host (`[[service]]`).
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Socket address, for example `127.0.0.1:8080` or `[::1]:8080`.
+    pub addr: SocketAddr,
+}
+
+/// Process-wide cache settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Memory budget for cached objects, bodies and metadata, in bytes.
+    pub max_bytes: u64,
+    /// Largest single object stored; larger responses stream through uncached.
+    pub max_object_bytes: u64,
+    /// How long a coalesced request waits for the in-flight fetch of the same object before it
+    /// goes to the origin itself.
+    pub coalesce_wait_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            max_object_bytes: 64 * 1024 * 1024,
+            coalesce_wait_ms: 10_000,
+        }
+    }
+}
+
+/// Process-wide protocol limits.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request header block (HTTP/1.1 read buffer, HTTP/2 header list).
+    pub max_header_bytes: usize,
+    /// Time a client has to send its complete request head.
+    pub header_read_timeout_ms: u64,
+    /// Most concurrent client connections; further connections wait in the accept queue.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout_ms: 10_000,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// One service (tenant): the hosts it answers for, its origins and its cache policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Unique name: lowercase letters, digits, `-` and `_`.
+    pub name: String,
+    /// Host names this service answers for (without port, case-insensitive).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Whether this service answers requests whose host matches no service. At most one.
+    #[serde(default)]
+    pub default: bool,
+    /// The origin pool requests are forwarded to.
+    pub origin: OriginPoolConfig,
+    /// Cache policy overrides.
+    #[serde(default)]
+    pub cache: ServiceCacheConfig,
+    /// Header rules applied to every response sent to clients.
+    #[serde(default)]
+    pub response_headers: Vec<HeaderRule>,
+}
+
+/// An origin pool: servers, failover and connection settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OriginPoolConfig {
+    /// Origin servers. Primaries share traffic by weight; backups are used only when every
+    /// primary has failed.
+    pub servers: Vec<OriginServerConfig>,
+    /// Time allowed to open a TCP connection to one origin server.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time allowed from sending the request to receiving the response head.
+    #[serde(default = "default_response_timeout_ms")]
+    pub response_timeout_ms: u64,
+    /// Time an idle pooled connection to an origin is kept open.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Most idle pooled connections kept per origin server.
+    #[serde(default = "default_max_idle_per_server")]
+    pub max_idle_per_server: usize,
+    /// Host header sent to the origin; by default the client's host is forwarded.
+    #[serde(default)]
+    pub host_header: Option<String>,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    2_000
+}
+fn default_response_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    60_000
+}
+fn default_max_idle_per_server() -> usize {
+    64
+}
+
+/// One origin server.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OriginServerConfig {
+    /// `host:port` of the origin, for example `127.0.0.1:9000` or `origin.example.com:80`.
+    pub addr: String,
+    /// Share of traffic relative to the other primaries.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Only used when every primary server has failed.
+    #[serde(default)]
+    pub backup: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Per-service cache policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceCacheConfig {
+    /// Whether this service caches at all.
+    pub enabled: bool,
+    /// Freshness lifetime given to storable responses that carry no freshness information.
+    /// Off unless the operator opts in: by default such responses are not cached.
+    pub default_ttl_s: Option<u64>,
+    /// Allow RFC 9111 §4.2.2 heuristic freshness (10% of the time since Last-Modified) for
+    /// responses that permit it.
+    pub heuristic_freshness: bool,
+    /// When the origin fails (unreachable, timeout, 5xx) serve a stale cached copy instead of
+    /// an error, if one exists that is no older than `max_stale_on_failure_s` past expiry.
+    pub serve_stale_on_origin_failure: bool,
+    /// How long past expiry a stored response remains usable when the origin is failing.
+    pub max_stale_on_failure_s: u64,
+    /// Remove `CDN-Cache-Control` and `Surrogate-Control` before responses leave the edge.
+    pub strip_cdn_cache_control: bool,
+    /// Path-prefix rules, first match wins.
+    pub rules: Vec<CacheRule>,
+}
+
+impl Default for ServiceCacheConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            default_ttl_s: None,
+            heuristic_freshness: false,
+            serve_stale_on_origin_failure: true,
+            max_stale_on_failure_s: 86_400,
+            strip_cdn_cache_control: true,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// A path-prefix cache rule: bypass the cache, or force a freshness lifetime.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheRule {
+    /// Request paths starting with this prefix match (case-sensitive, must start with `/`).
+    pub path_prefix: String,
+    /// Never look up or store matching requests.
+    #[serde(default)]
+    pub bypass: bool,
+    /// Freshness lifetime for matching storable responses, overriding the origin's
+    /// max-age/s-maxage/Expires/no-cache (but never `no-store` or `private`).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+/// A response header rule.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRule {
+    /// Header name.
+    pub name: String,
+    /// What to do with it.
+    pub op: HeaderOp,
+    /// Value for `set` and `add`.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+/// Operation of a [`HeaderRule`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderOp {
+    /// Replace any existing values.
+    Set,
+    /// Append a value.
+    Add,
+    /// Remove every value.
+    Remove,
+}

@@ -1,0 +1,236 @@
+use crate::*;
+
+const EXAMPLE: &str = include_str!("../../../examples/firebreak.toml");
+
+fn reject(text: &str) -> ConfigRejected {
+    match parse_str("edge.toml", text) {
+        Ok(_) => panic!("config was accepted:\n{text}"),
+        Err(e) => e,
+    }
+}
+
+fn minimal(extra_service: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:8080"
+
+[[service]]
+name = "a"
+hosts = ["a.example"]
+{extra_service}
+[service.origin]
+servers = [{{ addr = "127.0.0.1:9000" }}]
+"#
+    )
+}
+
+#[test]
+fn example_config_is_valid() {
+    let c = parse_str("example", EXAMPLE).unwrap();
+    assert_eq!(c.services.len(), 1);
+    assert_eq!(c.services[0].cache.rules.len(), 2);
+    assert_eq!(c.services[0].cache.default_ttl_s, None);
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse_str("m", &minimal("")).unwrap();
+    let s = &c.services[0];
+    assert!(s.cache.serve_stale_on_origin_failure);
+    assert!(s.cache.strip_cdn_cache_control);
+    assert_eq!(s.origin.servers[0].weight, 1);
+    assert_eq!(c.cache, CacheConfig::default());
+}
+
+#[test]
+fn unknown_field_names_file_line_column_and_field() {
+    let text = minimal("colour = \"blue\"\n");
+    let e = reject(&text);
+    let err = &e.errors[0];
+    assert_eq!(err.file, "edge.toml");
+    assert_eq!(err.line, 8, "{err}");
+    assert!(err.message.contains("unknown field `colour`"), "{err}");
+    assert!(err.field.starts_with("service[0]"), "{err}");
+    assert!(e.to_string().starts_with("edge.toml:8:"), "{e}");
+}
+
+#[test]
+fn wrong_type_names_the_field_path() {
+    let text = minimal("").replace(
+        "{ addr = \"127.0.0.1:9000\" }",
+        "{ addr = \"127.0.0.1:9000\", weight = \"heavy\" }",
+    );
+    let e = reject(&text);
+    assert_eq!(e.errors[0].field, "service[0].origin.servers[0].weight", "{e}");
+    assert_eq!(e.errors[0].line, 10, "{e}");
+    assert!(e.errors[0].message.contains("invalid type"), "{e}");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let e = reject("[[listener]]\naddr = \n");
+    assert_eq!(e.errors[0].line, 2, "{e}");
+}
+
+#[test]
+fn semantic_error_is_located_by_path() {
+    let text = minimal("").replace("127.0.0.1:9000", "127.0.0.1");
+    let e = reject(&text);
+    assert_eq!(e.errors.len(), 1, "{e}");
+    let err = &e.errors[0];
+    assert_eq!(err.field, "service[0].origin.servers[0].addr");
+    assert_eq!((err.line, err.column), (10, 21), "{err}");
+    assert!(err.message.contains("host:port"));
+}
+
+#[test]
+fn duplicate_host_across_services_is_refused() {
+    let mut text = minimal("");
+    text.push_str(
+        r#"
+[[service]]
+name = "b"
+hosts = ["other.example", "A.example"]
+[service.origin]
+servers = [{ addr = "127.0.0.1:9001" }]
+"#,
+    );
+    let e = reject(&text);
+    let err = &e.errors[0];
+    assert_eq!(err.field, "service[1].hosts[1]");
+    assert_eq!((err.line, err.column), (14, 27), "{err}");
+    assert!(err.message.contains("already claimed by service `a`"), "{err}");
+}
+
+#[test]
+fn origin_with_no_address_is_refused() {
+    let text = minimal("").replace("[{ addr = \"127.0.0.1:9000\" }]", "[]");
+    let e = reject(&text);
+    assert_eq!(e.errors[0].field, "service[0].origin.servers");
+    assert!(e.errors[0].message.contains("at least 1"), "{e}");
+}
+
+#[test]
+fn only_backups_is_refused() {
+    let text = minimal("").replace(
+        "{ addr = \"127.0.0.1:9000\" }",
+        "{ addr = \"127.0.0.1:9000\", backup = true }",
+    );
+    let e = reject(&text);
+    assert!(e.errors[0].message.contains("must not be a backup"), "{e}");
+}
+
+#[test]
+fn oversized_config_is_refused_before_parsing() {
+    let mut text = minimal("");
+    text.push_str(&"#".repeat(MAX_CONFIG_BYTES as usize));
+    let e = reject(&text);
+    assert!(e.errors[0].message.contains("limit"), "{e}");
+}
+
+#[test]
+fn oversized_file_is_refused_before_reading() {
+    let dir = std::env::temp_dir().join(format!("fb-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("big.toml");
+    std::fs::write(&path, vec![b'#'; MAX_CONFIG_BYTES as usize + 10]).unwrap();
+    let e = load_file(&path).unwrap_err();
+    assert!(e.errors[0].file.ends_with("big.toml"));
+    assert!(e.errors[0].message.contains("limit"), "{e}");
+    let missing = load_file(&dir.join("missing.toml")).unwrap_err();
+    assert!(missing.errors[0].message.contains("cannot read"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn too_many_rules_is_refused() {
+    let rules: Vec<String> = (0..=MAX_CACHE_RULES)
+        .map(|i| format!("{{ path_prefix = \"/p{i}\", bypass = true }}"))
+        .collect();
+    let text = format!("{}\n[service.cache]\nrules = [{}]\n", minimal(""), rules.join(", "));
+    let e = reject(&text);
+    assert_eq!(e.errors[0].field, "service[0].cache.rules");
+}
+
+#[test]
+fn rule_needs_exactly_one_action() {
+    let text = format!(
+        "{}\n[service.cache]\nrules = [{{ path_prefix = \"/x\" }}, {{ path_prefix = \"y\", ttl_s = 5 }}]\n",
+        minimal("")
+    );
+    let e = reject(&text);
+    assert_eq!(e.errors.len(), 2, "{e}");
+    assert_eq!(e.errors[0].field, "service[0].cache.rules[0]");
+    assert_eq!(e.errors[1].field, "service[0].cache.rules[1].path_prefix");
+}
+
+#[test]
+fn header_rules_are_checked() {
+    let text = format!(
+        "{}\n[[service.response_headers]]\nname = \"bad header\"\nop = \"set\"\nvalue = \"x\"\n\
+         [[service.response_headers]]\nname = \"transfer-encoding\"\nop = \"remove\"\n\
+         [[service.response_headers]]\nname = \"x-a\"\nop = \"explode\"\n",
+        minimal("")
+    );
+    let e = reject(&text);
+    assert!(e.errors[0].message.contains("unknown variant `explode`"), "{e}");
+    let text = text.replace("explode", "add");
+    let e = reject(&text);
+    let fields: Vec<_> = e.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "service[0].response_headers[0].name",
+            "service[0].response_headers[1].name",
+            "service[0].response_headers[2]"
+        ],
+        "{e}"
+    );
+}
+
+#[test]
+fn two_defaults_and_hostless_service_are_refused() {
+    let text = r#"
+[[listener]]
+addr = "127.0.0.1:8080"
+[[service]]
+name = "a"
+default = true
+[service.origin]
+servers = [{ addr = "o:80" }]
+[[service]]
+name = "a"
+default = true
+[service.origin]
+servers = [{ addr = "o:80" }]
+[[service]]
+name = "Bad Name"
+[service.origin]
+servers = [{ addr = "o:80" }]
+"#;
+    let e = reject(text);
+    let msgs: Vec<_> = e.errors.iter().map(|e| e.to_string()).collect();
+    assert!(msgs.iter().any(|m| m.contains("only one default")), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.contains("already used by service[0]")), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.contains("not a valid name")), "{msgs:?}");
+    assert!(msgs.iter().any(|m| m.contains("at least one host")), "{msgs:?}");
+}
+
+#[test]
+fn missing_listener_is_refused() {
+    let text = minimal("").replace("[[listener]]\naddr = \"127.0.0.1:8080\"\n", "");
+    let e = reject(&text);
+    assert_eq!(e.errors[0].field, "listener");
+}
+
+#[test]
+fn host_name_validation() {
+    use crate::validate::valid_host_name;
+    assert!(valid_host_name("example.com"));
+    assert!(valid_host_name("[::1]"));
+    assert!(!valid_host_name("example.com:80"));
+    assert!(!valid_host_name("exa mple.com"));
+    assert!(!valid_host_name("a..b"));
+    assert!(!valid_host_name(&"a".repeat(300)));
+}

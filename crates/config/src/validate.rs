@@ -1,0 +1,322 @@
+//! Semantic checks that serde cannot express: counts, ranges, uniqueness, cross-references.
+
+use crate::limits::*;
+use crate::locate::PathSeg::{self, Index, Key};
+use crate::model::*;
+use std::collections::HashMap;
+
+/// One semantic problem and where it is.
+pub struct Problem {
+    pub path: Vec<PathSeg>,
+    pub message: String,
+}
+
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: &[PathSeg], message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_vec(),
+            message: message.into(),
+        });
+    }
+
+    fn count(&mut self, path: &[PathSeg], n: usize, min: usize, max: usize, what: &str) -> bool {
+        if n < min {
+            self.fail(path, format!("at least {min} {what} required, found {n}"));
+            false
+        } else if n > max {
+            self.fail(path, format!("at most {max} {what} allowed, found {n}"));
+            false
+        } else {
+            true
+        }
+    }
+
+    fn timeout(&mut self, path: &[PathSeg], ms: u64) {
+        if ms == 0 || ms > MAX_TIMEOUT_MS {
+            self.fail(path, format!("must be between 1 and {MAX_TIMEOUT_MS} ms, got {ms}"));
+        }
+    }
+
+    fn ttl(&mut self, path: &[PathSeg], s: u64) {
+        if s > MAX_TTL_S {
+            self.fail(path, format!("must be at most {MAX_TTL_S} s (one year), got {s}"));
+        }
+    }
+}
+
+/// Returns every problem found; empty means valid.
+pub fn validate(config: &Config) -> Vec<Problem> {
+    let mut c = Checker {
+        problems: Vec::new(),
+    };
+    listeners(&mut c, &config.listeners);
+    cache(&mut c, &config.cache);
+    limits(&mut c, &config.limits);
+    services(&mut c, &config.services);
+    c.problems
+}
+
+fn listeners(c: &mut Checker, listeners: &[ListenerConfig]) {
+    let path = [Key("listener")];
+    if !c.count(&path, listeners.len(), 1, MAX_LISTENERS, "listeners") {
+        return;
+    }
+    let mut seen = HashMap::new();
+    for (i, l) in listeners.iter().enumerate() {
+        if let Some(first) = seen.insert(l.addr, i) {
+            c.fail(
+                &[Key("listener"), Index(i), Key("addr")],
+                format!("address {} is already used by listener[{first}]", l.addr),
+            );
+        }
+    }
+}
+
+fn cache(c: &mut Checker, cache: &CacheConfig) {
+    if !(MIN_CACHE_BYTES..=MAX_CACHE_BYTES).contains(&cache.max_bytes) {
+        c.fail(
+            &[Key("cache"), Key("max_bytes")],
+            format!("must be between {MIN_CACHE_BYTES} and {MAX_CACHE_BYTES}"),
+        );
+    }
+    if cache.max_object_bytes == 0 || cache.max_object_bytes > cache.max_bytes {
+        c.fail(
+            &[Key("cache"), Key("max_object_bytes")],
+            "must be at least 1 and at most cache.max_bytes",
+        );
+    }
+    c.timeout(&[Key("cache"), Key("coalesce_wait_ms")], cache.coalesce_wait_ms);
+}
+
+fn limits(c: &mut Checker, limits: &LimitsConfig) {
+    if !(MIN_HEADER_BYTES_LIMIT..=MAX_HEADER_BYTES_LIMIT).contains(&limits.max_header_bytes) {
+        c.fail(
+            &[Key("limits"), Key("max_header_bytes")],
+            format!("must be between {MIN_HEADER_BYTES_LIMIT} and {MAX_HEADER_BYTES_LIMIT}"),
+        );
+    }
+    c.timeout(
+        &[Key("limits"), Key("header_read_timeout_ms")],
+        limits.header_read_timeout_ms,
+    );
+    if limits.max_connections == 0 || limits.max_connections > MAX_CONNECTIONS_LIMIT {
+        c.fail(
+            &[Key("limits"), Key("max_connections")],
+            format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
+        );
+    }
+}
+
+fn services(c: &mut Checker, services: &[ServiceConfig]) {
+    if !c.count(&[Key("service")], services.len(), 1, MAX_SERVICES, "services") {
+        return;
+    }
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut hosts: HashMap<String, usize> = HashMap::new();
+    let mut default_service: Option<usize> = None;
+    for (i, s) in services.iter().enumerate() {
+        let base = [Key("service"), Index(i)];
+        let at = |rest: &[PathSeg]| -> Vec<PathSeg> { base.iter().chain(rest).cloned().collect() };
+        if !valid_service_name(&s.name) {
+            c.fail(
+                &at(&[Key("name")]),
+                format!(
+                    "`{}` is not a valid name: use 1 to {MAX_SERVICE_NAME_LEN} of a-z, 0-9, '-', '_'",
+                    s.name
+                ),
+            );
+        } else if let Some(first) = names.insert(&s.name, i) {
+            c.fail(
+                &at(&[Key("name")]),
+                format!("service name `{}` is already used by service[{first}]", s.name),
+            );
+        }
+        if s.default {
+            if let Some(first) = default_service {
+                c.fail(
+                    &at(&[Key("default")]),
+                    format!("only one default service is allowed; service[{first}] is already the default"),
+                );
+            }
+            default_service = Some(i);
+        } else if s.hosts.is_empty() {
+            c.fail(
+                &at(&[Key("hosts")]),
+                "a service needs at least one host name unless it is the default service",
+            );
+        }
+        if c.count(&at(&[Key("hosts")]), s.hosts.len(), 0, MAX_HOSTS_PER_SERVICE, "hosts") {
+            for (j, h) in s.hosts.iter().enumerate() {
+                let p = at(&[Key("hosts"), Index(j)]);
+                if !valid_host_name(h) {
+                    c.fail(&p, format!("`{h}` is not a valid host name (no port, no scheme)"));
+                    continue;
+                }
+                if let Some(first) = hosts.insert(h.to_ascii_lowercase(), i) {
+                    let owner = services.get(first).map(|s| s.name.as_str()).unwrap_or("?");
+                    c.fail(
+                        &p,
+                        format!("host `{h}` is already claimed by service `{owner}` (service[{first}])"),
+                    );
+                }
+            }
+        }
+        origin(c, &at(&[Key("origin")]), &s.origin);
+        service_cache(c, &at(&[Key("cache")]), &s.cache);
+        header_rules(c, &at(&[Key("response_headers")]), &s.response_headers);
+    }
+}
+
+fn origin(c: &mut Checker, base: &[PathSeg], o: &OriginPoolConfig) {
+    let at = |rest: &[PathSeg]| -> Vec<PathSeg> { base.iter().chain(rest).cloned().collect() };
+    if c.count(&at(&[Key("servers")]), o.servers.len(), 1, MAX_ORIGINS_PER_POOL, "origin servers") {
+        let mut primaries = 0;
+        for (i, s) in o.servers.iter().enumerate() {
+            if !valid_authority(&s.addr) {
+                c.fail(
+                    &at(&[Key("servers"), Index(i), Key("addr")]),
+                    format!("`{}` is not host:port (for example 127.0.0.1:9000)", s.addr),
+                );
+            }
+            if s.weight == 0 || s.weight > MAX_ORIGIN_WEIGHT {
+                c.fail(
+                    &at(&[Key("servers"), Index(i), Key("weight")]),
+                    format!("must be between 1 and {MAX_ORIGIN_WEIGHT}"),
+                );
+            }
+            if !s.backup {
+                primaries += 1;
+            }
+        }
+        if primaries == 0 {
+            c.fail(&at(&[Key("servers")]), "at least one server must not be a backup");
+        }
+    }
+    c.timeout(&at(&[Key("connect_timeout_ms")]), o.connect_timeout_ms);
+    c.timeout(&at(&[Key("response_timeout_ms")]), o.response_timeout_ms);
+    c.timeout(&at(&[Key("idle_timeout_ms")]), o.idle_timeout_ms);
+    if o.max_idle_per_server > 10_000 {
+        c.fail(&at(&[Key("max_idle_per_server")]), "must be at most 10000");
+    }
+    if let Some(h) = &o.host_header {
+        if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
+            c.fail(&at(&[Key("host_header")]), "not a valid Host header value");
+        }
+    }
+}
+
+fn service_cache(c: &mut Checker, base: &[PathSeg], sc: &ServiceCacheConfig) {
+    let at = |rest: &[PathSeg]| -> Vec<PathSeg> { base.iter().chain(rest).cloned().collect() };
+    if let Some(ttl) = sc.default_ttl_s {
+        c.ttl(&at(&[Key("default_ttl_s")]), ttl);
+    }
+    c.ttl(&at(&[Key("max_stale_on_failure_s")]), sc.max_stale_on_failure_s);
+    if !c.count(&at(&[Key("rules")]), sc.rules.len(), 0, MAX_CACHE_RULES, "cache rules") {
+        return;
+    }
+    for (i, r) in sc.rules.iter().enumerate() {
+        let p = at(&[Key("rules"), Index(i)]);
+        if !r.path_prefix.starts_with('/') || r.path_prefix.len() > MAX_PATH_PREFIX_LEN {
+            let mut q = p.clone();
+            q.push(Key("path_prefix"));
+            c.fail(
+                &q,
+                format!("must start with '/' and be at most {MAX_PATH_PREFIX_LEN} bytes"),
+            );
+        }
+        match (r.bypass, r.ttl_s) {
+            (true, Some(_)) => c.fail(&p, "set either `bypass = true` or `ttl_s`, not both"),
+            (false, None) => c.fail(&p, "a rule needs `bypass = true` or `ttl_s`"),
+            (false, Some(ttl)) => {
+                let mut q = p.clone();
+                q.push(Key("ttl_s"));
+                c.ttl(&q, ttl);
+            }
+            (true, None) => {}
+        }
+    }
+}
+
+/// Headers a rule may not touch: hop-by-hop fields and framing are the proxy's business.
+const PROTECTED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-range",
+];
+
+fn header_rules(c: &mut Checker, base: &[PathSeg], rules: &[HeaderRule]) {
+    let at = |rest: &[PathSeg]| -> Vec<PathSeg> { base.iter().chain(rest).cloned().collect() };
+    if !c.count(base, rules.len(), 0, MAX_HEADER_RULES, "header rules") {
+        return;
+    }
+    for (i, r) in rules.iter().enumerate() {
+        match http::HeaderName::from_bytes(r.name.as_bytes()) {
+            Err(_) => c.fail(
+                &at(&[Index(i), Key("name")]),
+                format!("`{}` is not a valid header name", r.name),
+            ),
+            Ok(n) if PROTECTED_HEADERS.contains(&n.as_str()) => c.fail(
+                &at(&[Index(i), Key("name")]),
+                format!("`{}` is managed by the proxy and cannot be changed by a rule", r.name),
+            ),
+            Ok(_) => {}
+        }
+        match (r.op, &r.value) {
+            (HeaderOp::Remove, Some(_)) => {
+                c.fail(&at(&[Index(i), Key("value")]), "`remove` takes no value")
+            }
+            (HeaderOp::Set | HeaderOp::Add, None) => {
+                c.fail(&at(&[Index(i)]), "`set` and `add` need a `value`")
+            }
+            (HeaderOp::Set | HeaderOp::Add, Some(v)) => {
+                if http::HeaderValue::from_str(v).is_err() {
+                    c.fail(&at(&[Index(i), Key("value")]), "not a valid header value");
+                }
+            }
+            (HeaderOp::Remove, None) => {}
+        }
+    }
+}
+
+fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SERVICE_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// A DNS name or IP literal, as it appears in a Host header without the port.
+pub fn valid_host_name(host: &str) -> bool {
+    if host.is_empty() || host.len() > MAX_HOST_LEN {
+        return false;
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    host.split('.').all(|label| {
+        !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+fn valid_authority(addr: &str) -> bool {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().map(|p| p != 0).unwrap_or(false);
+    port_ok && valid_host_name(host)
+}
