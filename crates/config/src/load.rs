@@ -95,7 +95,8 @@ impl ConfigRejected {
 /// Reads and validates a configuration file. The size is checked before the file is read.
 pub fn load_file(path: &Path) -> Result<ValidConfig, ConfigRejected> {
     let name = path.display().to_string();
-    let io_err = |e: std::io::Error| ConfigRejected::one(&name, 0, 0, "", format!("cannot read: {e}"));
+    let io_err =
+        |e: std::io::Error| ConfigRejected::one(&name, 0, 0, "", format!("cannot read: {e}"));
     let file = std::fs::File::open(path).map_err(io_err)?;
     let len = file.metadata().map_err(io_err)?.len();
     if len > MAX_CONFIG_BYTES {

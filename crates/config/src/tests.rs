@@ -62,7 +62,10 @@ fn wrong_type_names_the_field_path() {
         "{ addr = \"127.0.0.1:9000\", weight = \"heavy\" }",
     );
     let e = reject(&text);
-    assert_eq!(e.errors[0].field, "service[0].origin.servers[0].weight", "{e}");
+    assert_eq!(
+        e.errors[0].field, "service[0].origin.servers[0].weight",
+        "{e}"
+    );
     assert_eq!(e.errors[0].line, 10, "{e}");
     assert!(e.errors[0].message.contains("invalid type"), "{e}");
 }
@@ -100,7 +103,10 @@ servers = [{ addr = "127.0.0.1:9001" }]
     let err = &e.errors[0];
     assert_eq!(err.field, "service[1].hosts[1]");
     assert_eq!((err.line, err.column), (14, 27), "{err}");
-    assert!(err.message.contains("already claimed by service `a`"), "{err}");
+    assert!(
+        err.message.contains("already claimed by service `a`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -148,7 +154,11 @@ fn too_many_rules_is_refused() {
     let rules: Vec<String> = (0..=MAX_CACHE_RULES)
         .map(|i| format!("{{ path_prefix = \"/p{i}\", bypass = true }}"))
         .collect();
-    let text = format!("{}\n[service.cache]\nrules = [{}]\n", minimal(""), rules.join(", "));
+    let text = format!(
+        "{}\n[service.cache]\nrules = [{}]\n",
+        minimal(""),
+        rules.join(", ")
+    );
     let e = reject(&text);
     assert_eq!(e.errors[0].field, "service[0].cache.rules");
 }
@@ -174,7 +184,10 @@ fn header_rules_are_checked() {
         minimal("")
     );
     let e = reject(&text);
-    assert!(e.errors[0].message.contains("unknown variant `explode`"), "{e}");
+    assert!(
+        e.errors[0].message.contains("unknown variant `explode`"),
+        "{e}"
+    );
     let text = text.replace("explode", "add");
     let e = reject(&text);
     let fields: Vec<_> = e.errors.iter().map(|e| e.field.as_str()).collect();
@@ -211,10 +224,23 @@ servers = [{ addr = "o:80" }]
 "#;
     let e = reject(text);
     let msgs: Vec<_> = e.errors.iter().map(|e| e.to_string()).collect();
-    assert!(msgs.iter().any(|m| m.contains("only one default")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("already used by service[0]")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("not a valid name")), "{msgs:?}");
-    assert!(msgs.iter().any(|m| m.contains("at least one host")), "{msgs:?}");
+    assert!(
+        msgs.iter().any(|m| m.contains("only one default")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.contains("already used by service[0]")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("not a valid name")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("at least one host")),
+        "{msgs:?}"
+    );
 }
 
 #[test]

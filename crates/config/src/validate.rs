@@ -37,13 +37,19 @@ impl Checker {
 
     fn timeout(&mut self, path: &[PathSeg], ms: u64) {
         if ms == 0 || ms > MAX_TIMEOUT_MS {
-            self.fail(path, format!("must be between 1 and {MAX_TIMEOUT_MS} ms, got {ms}"));
+            self.fail(
+                path,
+                format!("must be between 1 and {MAX_TIMEOUT_MS} ms, got {ms}"),
+            );
         }
     }
 
     fn ttl(&mut self, path: &[PathSeg], s: u64) {
         if s > MAX_TTL_S {
-            self.fail(path, format!("must be at most {MAX_TTL_S} s (one year), got {s}"));
+            self.fail(
+                path,
+                format!("must be at most {MAX_TTL_S} s (one year), got {s}"),
+            );
         }
     }
 }
@@ -89,7 +95,10 @@ fn cache(c: &mut Checker, cache: &CacheConfig) {
             "must be at least 1 and at most cache.max_bytes",
         );
     }
-    c.timeout(&[Key("cache"), Key("coalesce_wait_ms")], cache.coalesce_wait_ms);
+    c.timeout(
+        &[Key("cache"), Key("coalesce_wait_ms")],
+        cache.coalesce_wait_ms,
+    );
 }
 
 fn limits(c: &mut Checker, limits: &LimitsConfig) {
@@ -112,7 +121,13 @@ fn limits(c: &mut Checker, limits: &LimitsConfig) {
 }
 
 fn services(c: &mut Checker, services: &[ServiceConfig]) {
-    if !c.count(&[Key("service")], services.len(), 1, MAX_SERVICES, "services") {
+    if !c.count(
+        &[Key("service")],
+        services.len(),
+        1,
+        MAX_SERVICES,
+        "services",
+    ) {
         return;
     }
     let mut names: HashMap<&str, usize> = HashMap::new();
@@ -132,7 +147,10 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
         } else if let Some(first) = names.insert(&s.name, i) {
             c.fail(
                 &at(&[Key("name")]),
-                format!("service name `{}` is already used by service[{first}]", s.name),
+                format!(
+                    "service name `{}` is already used by service[{first}]",
+                    s.name
+                ),
             );
         }
         if s.default {
@@ -149,18 +167,29 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
                 "a service needs at least one host name unless it is the default service",
             );
         }
-        if c.count(&at(&[Key("hosts")]), s.hosts.len(), 0, MAX_HOSTS_PER_SERVICE, "hosts") {
+        if c.count(
+            &at(&[Key("hosts")]),
+            s.hosts.len(),
+            0,
+            MAX_HOSTS_PER_SERVICE,
+            "hosts",
+        ) {
             for (j, h) in s.hosts.iter().enumerate() {
                 let p = at(&[Key("hosts"), Index(j)]);
                 if !valid_host_name(h) {
-                    c.fail(&p, format!("`{h}` is not a valid host name (no port, no scheme)"));
+                    c.fail(
+                        &p,
+                        format!("`{h}` is not a valid host name (no port, no scheme)"),
+                    );
                     continue;
                 }
                 if let Some(first) = hosts.insert(h.to_ascii_lowercase(), i) {
                     let owner = services.get(first).map(|s| s.name.as_str()).unwrap_or("?");
                     c.fail(
                         &p,
-                        format!("host `{h}` is already claimed by service `{owner}` (service[{first}])"),
+                        format!(
+                            "host `{h}` is already claimed by service `{owner}` (service[{first}])"
+                        ),
                     );
                 }
             }
@@ -173,7 +202,13 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
 
 fn origin(c: &mut Checker, base: &[PathSeg], o: &OriginPoolConfig) {
     let at = |rest: &[PathSeg]| -> Vec<PathSeg> { base.iter().chain(rest).cloned().collect() };
-    if c.count(&at(&[Key("servers")]), o.servers.len(), 1, MAX_ORIGINS_PER_POOL, "origin servers") {
+    if c.count(
+        &at(&[Key("servers")]),
+        o.servers.len(),
+        1,
+        MAX_ORIGINS_PER_POOL,
+        "origin servers",
+    ) {
         let mut primaries = 0;
         for (i, s) in o.servers.iter().enumerate() {
             if !valid_authority(&s.addr) {
@@ -193,7 +228,10 @@ fn origin(c: &mut Checker, base: &[PathSeg], o: &OriginPoolConfig) {
             }
         }
         if primaries == 0 {
-            c.fail(&at(&[Key("servers")]), "at least one server must not be a backup");
+            c.fail(
+                &at(&[Key("servers")]),
+                "at least one server must not be a backup",
+            );
         }
     }
     c.timeout(&at(&[Key("connect_timeout_ms")]), o.connect_timeout_ms);
@@ -214,8 +252,17 @@ fn service_cache(c: &mut Checker, base: &[PathSeg], sc: &ServiceCacheConfig) {
     if let Some(ttl) = sc.default_ttl_s {
         c.ttl(&at(&[Key("default_ttl_s")]), ttl);
     }
-    c.ttl(&at(&[Key("max_stale_on_failure_s")]), sc.max_stale_on_failure_s);
-    if !c.count(&at(&[Key("rules")]), sc.rules.len(), 0, MAX_CACHE_RULES, "cache rules") {
+    c.ttl(
+        &at(&[Key("max_stale_on_failure_s")]),
+        sc.max_stale_on_failure_s,
+    );
+    if !c.count(
+        &at(&[Key("rules")]),
+        sc.rules.len(),
+        0,
+        MAX_CACHE_RULES,
+        "cache rules",
+    ) {
         return;
     }
     for (i, r) in sc.rules.iter().enumerate() {
@@ -267,7 +314,10 @@ fn header_rules(c: &mut Checker, base: &[PathSeg], rules: &[HeaderRule]) {
             ),
             Ok(n) if PROTECTED_HEADERS.contains(&n.as_str()) => c.fail(
                 &at(&[Index(i), Key("name")]),
-                format!("`{}` is managed by the proxy and cannot be changed by a rule", r.name),
+                format!(
+                    "`{}` is managed by the proxy and cannot be changed by a rule",
+                    r.name
+                ),
             ),
             Ok(_) => {}
         }

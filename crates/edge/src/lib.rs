@@ -1,1 +1,17 @@
-pub fn x(){}
+//! Firebreak edge: an RFC 9111 caching reverse proxy.
+//!
+//! The request path lives in [`proxy`], one module per phase; HTTP semantics independent of
+//! connections in [`http`]; storage behind the [`store::Storage`] trait; origins in
+//! [`upstream`]; listeners and reloads in [`server`].
+
+pub mod body;
+pub mod coalesce;
+pub mod error;
+pub mod http;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod upstream;
+
+pub use server::{EdgeHandle, EdgeServer};

@@ -1,1 +1,169 @@
-fn main(){}
+//! `firebreak`: one CLI for the edge cloud.
+
+use clap::{Parser, Subcommand};
+use firebreak_config::{load_file, parse_str, ValidConfig};
+use firebreak_edge::EdgeServer;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+mod demo_origin;
+
+/// The example configuration `firebreak up` runs.
+const EXAMPLE_CONFIG: &str = include_str!("../../../examples/firebreak.toml");
+
+#[derive(Parser)]
+#[command(name = "firebreak", version, about = "Firebreak edge cloud")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local network: one edge on 127.0.0.1:8080 in front of the demo origin on
+    /// 127.0.0.1:8081, using the built-in example configuration.
+    Up,
+    /// Run an edge in front of real origins. SIGHUP reloads the file.
+    Edge {
+        /// Configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run the demo origin alone.
+    Origin {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a file; exit 0 if valid, 1 with located errors if not.
+    Validate {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Command::Config {
+        command: ConfigCommand::Validate { file },
+    } = &cli.command
+    {
+        return match load_file(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Up => up().await,
+        Command::Edge { config } => {
+            let valid = load_file(&config).map_err(|e| e.to_string())?;
+            let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
+            for addr in handle.local_addrs() {
+                tracing::info!("edge listening on http://{addr}");
+            }
+            let _reloader = handle.reload_on_sighup(config).map_err(|e| e.to_string())?;
+            wait_for_ctrl_c().await;
+            handle.shutdown();
+            Ok(())
+        }
+        Command::Origin { listen } => {
+            let origin = demo_origin::start(listen)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!("demo origin listening on http://{}", origin.addr);
+            wait_for_ctrl_c().await;
+            Ok(())
+        }
+        Command::Config { .. } => Ok(()),
+    }
+}
+
+async fn up() -> Result<(), String> {
+    let config: ValidConfig = parse_str("examples/firebreak.toml (built in)", EXAMPLE_CONFIG)
+        .map_err(|e| e.to_string())?;
+    let origin_addr: SocketAddr = config
+        .services
+        .first()
+        .and_then(|s| s.origin.servers.first())
+        .and_then(|s| s.addr.parse().ok())
+        .ok_or("the example configuration names no origin address")?;
+    let origin = demo_origin::start(origin_addr)
+        .await
+        .map_err(|e| format!("demo origin on {origin_addr}: {e}"))?;
+    let edge = EdgeServer::start(config).await.map_err(|e| e.to_string())?;
+    let edge_addr = edge
+        .local_addrs()
+        .first()
+        .copied()
+        .ok_or("the example configuration has no listener")?;
+    println!("firebreak is up.");
+    println!("  edge        http://{edge_addr}/   (service `demo`, host localhost)");
+    println!("  demo origin http://{}/", origin.addr);
+    println!();
+    println!("Try:");
+    println!("  curl -si http://{edge_addr}/static/hello.txt   # run twice: fwd=miss, then hit");
+    println!("  curl -si http://{edge_addr}/api/data           # stale-while-revalidate / stale-if-error");
+    println!("  curl -si -H 'Accept-Language: fr' http://{edge_addr}/vary");
+    println!("  curl -si -r 0-9 http://{edge_addr}/static/hello.txt");
+    println!("  curl -si http://{edge_addr}/time               # no-store: always forwarded");
+    println!(
+        "  curl -s  http://{}/__origin/stats            # requests the origin saw",
+        origin.addr
+    );
+    println!();
+    println!("Ctrl-C stops everything.");
+    wait_for_ctrl_c().await;
+    edge.shutdown();
+    Ok(())
+}
+
+async fn wait_for_ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handling available: run until killed.
+        std::future::pending::<()>().await;
+    }
+}

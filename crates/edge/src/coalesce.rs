@@ -1,0 +1,214 @@
+//! Request coalescing: concurrent misses for one cache key make one origin request.
+//!
+//! The first request for a key becomes the [`Leader`]; later ones get a [`Waiter`] that
+//! resolves when the leader has stored the response (then they read it from the cache), or at
+//! once when the leader finds the response uncacheable or fails (then they go to the origin
+//! themselves, in parallel — there is no lock to wait out, unlike nginx's `proxy_cache_lock`).
+
+use crate::store::CacheKey;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Number of independently locked shards; misses for different keys rarely contend.
+const SHARDS: usize = 64;
+
+/// What became of a coalesced fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    /// Still fetching.
+    Pending,
+    /// The response is in the cache: read it from there.
+    Stored,
+    /// The response will not be stored (uncacheable, too large, failed): fetch yourself.
+    NotStored,
+}
+
+type Shard = Mutex<HashMap<CacheKey, watch::Receiver<FetchOutcome>>>;
+
+/// The table of in-flight fetches.
+#[derive(Clone)]
+pub struct Coalescer {
+    shards: Arc<[Shard]>,
+}
+
+impl Default for Coalescer {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+/// The result of joining the fetch for a key.
+pub enum Join {
+    /// Nobody is fetching this key: you do, and report the outcome.
+    Leader(Leader),
+    /// Someone is: wait for them.
+    Waiter(Waiter),
+}
+
+impl Coalescer {
+    fn shard(&self, key: &CacheKey) -> Option<&Shard> {
+        use std::hash::{BuildHasher, RandomState};
+        // One hasher per process keeps a key in one shard; random keys resist flooding.
+        static STATE: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+        let h = STATE.get_or_init(RandomState::new).hash_one(key);
+        self.shards.get((h as usize) % self.shards.len())
+    }
+
+    /// Joins the fetch for `key`, becoming its leader if there is none.
+    pub fn join(&self, key: &CacheKey) -> Join {
+        let Some(shard) = self.shard(key) else {
+            return Join::Leader(Leader::detached());
+        };
+        let mut map = match shard.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(rx) = map.get(key) {
+            if *rx.borrow() == FetchOutcome::Pending {
+                return Join::Waiter(Waiter { rx: rx.clone() });
+            }
+        }
+        let (tx, rx) = watch::channel(FetchOutcome::Pending);
+        map.insert(key.clone(), rx);
+        Join::Leader(Leader {
+            slot: Some((self.clone(), key.clone(), tx)),
+        })
+    }
+
+    /// Number of keys being fetched right now.
+    pub fn in_flight(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    fn release(&self, key: &CacheKey, tx: &watch::Sender<FetchOutcome>) {
+        if let Some(shard) = self.shard(key) {
+            let mut map = match shard.lock() {
+                Ok(m) => m,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            // Remove only our own entry; a newer leader may have replaced it.
+            if map
+                .get(key)
+                .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
+            {
+                map.remove(key);
+            }
+        }
+    }
+}
+
+/// The request that fetches for everyone. Dropping it without [`Leader::finish`] releases the
+/// waiters with [`FetchOutcome::NotStored`], so a failed or cancelled leader never strands them.
+pub struct Leader {
+    slot: Option<(Coalescer, CacheKey, watch::Sender<FetchOutcome>)>,
+}
+
+impl Leader {
+    /// A leader with no waiters (used when coalescing is not possible).
+    pub fn detached() -> Self {
+        Self { slot: None }
+    }
+
+    /// Reports the outcome. Call after the object is in the store, so that waiters find it.
+    pub fn finish(mut self, outcome: FetchOutcome) {
+        self.complete(outcome);
+    }
+
+    fn complete(&mut self, outcome: FetchOutcome) {
+        if let Some((coalescer, key, tx)) = self.slot.take() {
+            coalescer.release(&key, &tx);
+            tx.send_replace(outcome);
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.complete(FetchOutcome::NotStored);
+    }
+}
+
+/// A request waiting for a leader's fetch.
+pub struct Waiter {
+    rx: watch::Receiver<FetchOutcome>,
+}
+
+impl Waiter {
+    /// Waits at most `limit` for the outcome; `NotStored` on timeout.
+    pub async fn wait(mut self, limit: Duration) -> FetchOutcome {
+        match tokio::time::timeout(limit, self.rx.wait_for(|s| *s != FetchOutcome::Pending)).await {
+            Ok(Ok(outcome)) => *outcome,
+            _ => FetchOutcome::NotStored,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn key(p: &str) -> CacheKey {
+        CacheKey::new("s", "h", p)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_leader_many_waiters_all_released_on_store() {
+        let c = Coalescer::default();
+        let Join::Leader(leader) = c.join(&key("/a")) else {
+            panic!("first must lead")
+        };
+        let waiters: Vec<_> = (0..10)
+            .map(|_| match c.join(&key("/a")) {
+                Join::Waiter(w) => tokio::spawn(w.wait(Duration::from_secs(5))),
+                Join::Leader(_) => panic!("second must wait"),
+            })
+            .collect();
+        // Other keys are independent.
+        assert!(matches!(c.join(&key("/b")), Join::Leader(_)));
+        leader.finish(FetchOutcome::Stored);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), FetchOutcome::Stored);
+        }
+        assert_eq!(c.in_flight(), 0);
+        assert!(matches!(c.join(&key("/a")), Join::Leader(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_leader_releases_waiters_as_not_stored() {
+        let c = Coalescer::default();
+        let Join::Leader(leader) = c.join(&key("/a")) else {
+            panic!()
+        };
+        let Join::Waiter(w) = c.join(&key("/a")) else {
+            panic!()
+        };
+        let handle = tokio::spawn(w.wait(Duration::from_secs(5)));
+        drop(leader);
+        assert_eq!(handle.await.unwrap(), FetchOutcome::NotStored);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_time_out() {
+        let c = Coalescer::default();
+        let Join::Leader(_leader) = c.join(&key("/a")) else {
+            panic!()
+        };
+        let Join::Waiter(w) = c.join(&key("/a")) else {
+            panic!()
+        };
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            w.wait(Duration::from_millis(250)).await,
+            FetchOutcome::NotStored
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+    }
+}

@@ -1,0 +1,92 @@
+//! The one place that decides what a client sees when a request fails.
+
+use crate::body::EdgeBody;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Why the edge could not produce the response the client asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The request is malformed (bad or missing Host, forbidden method, ...).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No service answers for this host and there is no default service.
+    #[error("no service is configured for host `{0}`")]
+    UnknownHost(String),
+    /// Every origin server tried refused or could not be reached.
+    #[error("origin unreachable: {0}")]
+    OriginUnreachable(String),
+    /// The origin did not answer in time.
+    #[error("origin timed out")]
+    OriginTimeout,
+    /// The origin's response was malformed or the connection broke.
+    #[error("invalid response from origin: {0}")]
+    OriginBadResponse(String),
+    /// `Cache-Control: only-if-cached` and nothing usable is stored.
+    #[error("not in cache (only-if-cached)")]
+    NotCached,
+    /// The method is not proxied.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+}
+
+impl ProxyError {
+    /// The status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::OriginUnreachable(_) | ProxyError::OriginBadResponse(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::OriginTimeout | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// A short error page naming the request id, so that a user's report can be traced.
+    pub fn to_response(&self, request_id: &str) -> Response<EdgeBody> {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let detail = match self {
+            // Origin details stay in the logs; clients get the category only.
+            ProxyError::OriginUnreachable(_) => {
+                "The origin server could not be reached.".to_owned()
+            }
+            ProxyError::OriginBadResponse(_) => {
+                "The origin server sent an invalid response.".to_owned()
+            }
+            other => html_escape(&other.to_string()),
+        };
+        let body = format!(
+            "<!doctype html><html><head><title>{code} {reason}</title></head><body>\
+             <h1>{code} {reason}</h1><p>{detail}</p><p>Request id: {request_id}</p>\
+             <hr><p>firebreak</p></body></html>\n",
+            code = status.as_u16(),
+        );
+        let mut resp = Response::new(EdgeBody::full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            h.insert("x-request-id", v);
+        }
+        if matches!(self, ProxyError::MethodNotAllowed) {
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+            );
+        }
+        resp
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

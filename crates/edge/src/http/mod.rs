@@ -1,0 +1,8 @@
+//! HTTP semantics the edge needs that are independent of any connection: Cache-Control
+//! parsing, freshness arithmetic, validators, ranges and hop-by-hop header rules.
+
+pub mod cache_control;
+pub mod conditional;
+pub mod freshness;
+pub mod headers;
+pub mod range;

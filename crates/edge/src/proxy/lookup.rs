@@ -1,0 +1,120 @@
+//! Phase: cache lookup and coalescing for GET and HEAD.
+
+use super::fetch::{fetch, Revalidate};
+use super::respond::{from_object, CacheStatus};
+use super::{pass, RequestCtx};
+use crate::body::EdgeBody;
+use crate::coalesce::{FetchOutcome, Join, Leader};
+use crate::error::ProxyError;
+use crate::http::cache_control::CacheControl;
+use crate::runtime::RuleAction;
+use crate::store::CacheKey;
+use http::{header, Method, Response};
+use std::time::{Duration, SystemTime};
+
+/// How many times a request re-reads the cache after waiting for another request's fetch
+/// before it fetches on its own (the stored variant may not match it, or be evicted).
+const MAX_COALESCE_ROUNDS: usize = 3;
+
+/// Serves a cacheable GET/HEAD: fresh hit, stale-while-revalidate, or a (coalesced) fetch.
+pub(crate) async fn cached(
+    ctx: &RequestCtx,
+    rule: Option<RuleAction>,
+) -> Result<Response<EdgeBody>, ProxyError> {
+    let key = CacheKey::new(&ctx.svc.name, &ctx.host, ctx.path_and_query.as_str());
+    let mut policy = ctx.svc.policy;
+    if let Some(RuleAction::ForceTtl(ttl)) = rule {
+        policy.forced_ttl = Some(ttl);
+    }
+    let coalesce_wait = Duration::from_millis(ctx.runtime.config.cache.coalesce_wait_ms);
+    let mut collapsed = false;
+    for _ in 0..MAX_COALESCE_ROUNDS {
+        let now = SystemTime::now();
+        let variants = ctx.state.store.get(&key);
+        let stored = variants
+            .as_ref()
+            .and_then(|v| v.select(&ctx.headers))
+            .cloned();
+        if let Some(obj) = &stored {
+            if obj.freshness.ttl(now).is_some() {
+                return Ok(from_object(
+                    ctx,
+                    obj,
+                    CacheStatus::hit().collapsed(collapsed),
+                    now,
+                ));
+            }
+            if !obj.freshness.stale_while_revalidate.is_zero()
+                && obj.freshness.can_serve_while_revalidating(now)
+            {
+                revalidate_in_background(ctx, &key, obj.clone(), policy);
+                let status = CacheStatus::hit().detail("stale-while-revalidate");
+                return Ok(from_object(ctx, obj, status, now));
+            }
+        }
+        if CacheControl::parse_all(ctx.headers.get_all(header::CACHE_CONTROL)).only_if_cached {
+            return Err(ProxyError::NotCached);
+        }
+        let reason = match (&stored, &variants) {
+            (Some(_), _) => "stale",
+            (None, Some(_)) => "vary-miss",
+            (None, None) => "miss",
+        };
+        // A HEAD or a range request for something not stored is forwarded as it is: filling
+        // the cache is left to the next full GET.
+        if stored.is_none()
+            && (ctx.method == Method::HEAD || ctx.headers.contains_key(header::RANGE))
+        {
+            return pass(ctx, None, CacheStatus::fwd(reason).detail("not-filled")).await;
+        }
+        let leader = match ctx.state.coalescer.join(&key) {
+            Join::Leader(leader) => leader,
+            Join::Waiter(waiter) => match waiter.wait(coalesce_wait).await {
+                FetchOutcome::Stored => {
+                    collapsed = true;
+                    continue;
+                }
+                // Uncacheable, failed or too slow: go to the origin at once, in parallel.
+                FetchOutcome::NotStored | FetchOutcome::Pending => Leader::detached(),
+            },
+        };
+        let revalidate = Revalidate { stored, policy };
+        return fetch(ctx, key, revalidate, leader, CacheStatus::fwd(reason)).await;
+    }
+    let revalidate = Revalidate {
+        stored: None,
+        policy,
+    };
+    fetch(
+        ctx,
+        key,
+        revalidate,
+        Leader::detached(),
+        CacheStatus::fwd("miss"),
+    )
+    .await
+}
+
+/// stale-while-revalidate: one background refresh per key; concurrent stale hits do not
+/// start more (the coalescer already has a leader for the key).
+fn revalidate_in_background(
+    ctx: &RequestCtx,
+    key: &CacheKey,
+    stored: std::sync::Arc<crate::store::StoredObject>,
+    policy: crate::http::freshness::CachePolicy,
+) {
+    let Join::Leader(leader) = ctx.state.coalescer.join(key) else {
+        return;
+    };
+    let mut ctx = ctx.clone();
+    ctx.method = Method::GET;
+    let key = key.clone();
+    tokio::spawn(async move {
+        let revalidate = Revalidate {
+            stored: Some(stored),
+            policy,
+        };
+        // The response is dropped: the fetch stores what it gets on its own.
+        let _ = fetch(&ctx, key, revalidate, leader, CacheStatus::fwd("stale")).await;
+    });
+}

@@ -1,0 +1,184 @@
+//! The request path, one module per phase:
+//! route ([`route`]) → cache lookup and coalescing ([`lookup`]) → fetch, tee and store
+//! ([`fetch`]) → respond ([`respond`]) → log (here, in [`handle`]). Every request, failed or
+//! not, passes through [`handle`], and every error becomes a response in one place
+//! ([`crate::error::ProxyError::to_response`]).
+
+mod fetch;
+mod invalidate;
+mod lookup;
+mod respond;
+mod route;
+
+use crate::body::EdgeBody;
+use crate::coalesce::Coalescer;
+use crate::error::ProxyError;
+use crate::http::headers::{add_forwarded, append_via};
+use crate::runtime::{RuleAction, Runtime, Service};
+use crate::store::Storage;
+use crate::upstream::UpstreamRequest;
+use arc_swap::ArcSwap;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use respond::CacheStatus;
+
+/// Shared state of one edge process: the current runtime configuration, the cache and the
+/// table of in-flight fetches.
+pub struct EdgeState {
+    /// Current configuration; each request loads it once and keeps that version to the end.
+    pub runtime: ArcSwap<Runtime>,
+    /// The cache.
+    pub store: Arc<dyn Storage>,
+    /// In-flight fetches, for request coalescing.
+    pub coalescer: Coalescer,
+    next_id: AtomicU64,
+    id_prefix: u32,
+}
+
+impl EdgeState {
+    /// State for a runtime and a store.
+    pub fn new(runtime: Runtime, store: Arc<dyn Storage>) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            .unwrap_or(0)
+            ^ std::process::id().rotate_left(16);
+        Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            store,
+            coalescer: Coalescer::default(),
+            next_id: AtomicU64::new(1),
+            id_prefix: seed,
+        }
+    }
+
+    fn request_id(&self) -> RequestId {
+        RequestId {
+            prefix: self.id_prefix,
+            n: self.next_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// Identifies one request in logs and error pages.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestId {
+    prefix: u32,
+    n: u64,
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:08x}-{:x}", self.prefix, self.n)
+    }
+}
+
+/// Everything known about one request after routing; cloned only for background work.
+#[derive(Clone)]
+pub(crate) struct RequestCtx {
+    pub state: Arc<EdgeState>,
+    pub runtime: Arc<Runtime>,
+    pub svc: Arc<Service>,
+    pub id: RequestId,
+    /// Lowercased host without port.
+    pub host: String,
+    /// Host header value as the client sent it (forwarded upstream).
+    pub host_value: HeaderValue,
+    pub method: Method,
+    pub version: Version,
+    pub path_and_query: PathAndQuery,
+    /// Request headers, hop-by-hop fields removed.
+    pub headers: HeaderMap,
+    pub client_ip: IpAddr,
+}
+
+impl RequestCtx {
+    /// The request as forwarded to an origin: forwarding headers and `Via` added.
+    pub fn upstream(&self) -> UpstreamRequest {
+        let mut headers = self.headers.clone();
+        add_forwarded(&mut headers, self.client_ip, &self.host);
+        append_via(&mut headers, self.version);
+        UpstreamRequest {
+            method: self.method.clone(),
+            path_and_query: self.path_and_query.clone(),
+            headers,
+            host: self.host_value.clone(),
+        }
+    }
+}
+
+/// Serves one client request. Never fails: errors become error responses here.
+pub async fn handle(
+    state: Arc<EdgeState>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+) -> Response<EdgeBody> {
+    let started = Instant::now();
+    let runtime = state.runtime.load_full();
+    let id = state.request_id();
+    let method = req.method().clone();
+    let result = serve(state, runtime, req, client_ip, id).await;
+    let response = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(request_id = %id, error = %e, "request failed");
+            e.to_response(&id.to_string())
+        }
+    };
+    tracing::debug!(
+        target: "firebreak::access",
+        request_id = %id,
+        method = %method,
+        status = response.status().as_u16(),
+        elapsed_us = started.elapsed().as_micros() as u64,
+    );
+    response
+}
+
+async fn serve(
+    state: Arc<EdgeState>,
+    runtime: Arc<Runtime>,
+    req: Request<Incoming>,
+    client_ip: IpAddr,
+    id: RequestId,
+) -> Result<Response<EdgeBody>, ProxyError> {
+    let (parts, body) = req.into_parts();
+    let (ctx, rule) = route::route(state, runtime, parts, client_ip, id)?;
+    match ctx.method {
+        Method::GET | Method::HEAD if ctx.svc.cache_enabled && rule != Some(RuleAction::Bypass) => {
+            lookup::cached(&ctx, rule).await
+        }
+        Method::GET | Method::HEAD => pass(&ctx, None, CacheStatus::fwd("bypass")).await,
+        Method::POST | Method::PUT | Method::DELETE | Method::PATCH => {
+            invalidate::forward_unsafe(&ctx, body).await
+        }
+        _ => pass(&ctx, request_body(body), CacheStatus::fwd("method")).await,
+    }
+}
+
+fn request_body(body: Incoming) -> Option<crate::upstream::UpstreamBody> {
+    use http_body::Body;
+    (!body.is_end_stream()).then(|| body.boxed_unsync())
+}
+
+/// Forwards the request unchanged and streams the origin's answer back, storing nothing.
+async fn pass(
+    ctx: &RequestCtx,
+    body: Option<crate::upstream::UpstreamBody>,
+    status: CacheStatus,
+) -> Result<Response<EdgeBody>, ProxyError> {
+    let resp = ctx.svc.pool.send(&ctx.upstream(), body).await?;
+    let fwd_status = resp.status();
+    Ok(respond::finish(
+        ctx,
+        resp.map(EdgeBody::Origin),
+        status.with_fwd_status(fwd_status),
+    ))
+}

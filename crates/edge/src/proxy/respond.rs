@@ -1,0 +1,201 @@
+//! Phase: respond. Builds client responses from stored objects (full, 304, 206, 416) and
+//! applies the finishing touches every response gets (`Cache-Status`, `Via`, `Date`, header
+//! rules, removal of hop-by-hop and CDN-targeted fields).
+
+use super::RequestCtx;
+use crate::body::EdgeBody;
+use crate::http::conditional::{not_modified, NOT_MODIFIED_FIELDS};
+use crate::http::freshness::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
+use crate::http::headers::{append_via, strip_hop_by_hop};
+use crate::http::range::{self, RangeDecision};
+use crate::store::StoredObject;
+use firebreak_config::HeaderOp;
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use std::fmt::Write;
+use std::time::SystemTime;
+
+/// This cache's entry in `Cache-Status` (RFC 9211).
+#[derive(Debug, Clone, Default)]
+pub struct CacheStatus {
+    /// `Some(reason)` when forwarded (`fwd=`), `None` for a hit.
+    fwd: Option<&'static str>,
+    fwd_status: Option<StatusCode>,
+    ttl: Option<i64>,
+    stored: bool,
+    collapsed: bool,
+    detail: Option<&'static str>,
+}
+
+impl CacheStatus {
+    /// Served from cache.
+    pub fn hit() -> Self {
+        Self::default()
+    }
+    /// Forwarded, with RFC 9211 reason (`bypass`, `method`, `uri-miss`, `vary-miss`, `miss`,
+    /// `request`, `stale`).
+    pub fn fwd(reason: &'static str) -> Self {
+        Self {
+            fwd: Some(reason),
+            ..Self::default()
+        }
+    }
+    /// Records the origin's status.
+    pub fn with_fwd_status(mut self, s: StatusCode) -> Self {
+        if self.fwd.is_some() {
+            self.fwd_status = Some(s);
+        }
+        self
+    }
+    /// Records remaining freshness.
+    pub fn with_ttl(mut self, ttl: i64) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+    /// The response was stored.
+    pub fn stored(mut self) -> Self {
+        self.stored = true;
+        self
+    }
+    /// This request waited for another request's fetch.
+    pub fn collapsed(mut self, yes: bool) -> Self {
+        self.collapsed = yes;
+        self
+    }
+    /// Implementation-specific detail.
+    pub fn detail(mut self, d: &'static str) -> Self {
+        self.detail = Some(d);
+        self
+    }
+
+    fn render(&self) -> Option<HeaderValue> {
+        let mut s = String::with_capacity(64);
+        s.push_str("firebreak");
+        match self.fwd {
+            None => s.push_str("; hit"),
+            Some(r) => {
+                let _ = write!(s, "; fwd={r}");
+                if let Some(st) = self.fwd_status {
+                    let _ = write!(s, "; fwd-status={}", st.as_u16());
+                }
+            }
+        }
+        if self.stored {
+            s.push_str("; stored");
+        }
+        if self.collapsed {
+            s.push_str("; collapsed");
+        }
+        if let Some(t) = self.ttl {
+            let _ = write!(s, "; ttl={t}");
+        }
+        if let Some(d) = self.detail {
+            let _ = write!(s, "; detail={d}");
+        }
+        HeaderValue::from_str(&s).ok()
+    }
+}
+
+/// A response for `ctx` from a stored object: 304 if the client's conditionals match, 206/416
+/// for a range of a stored 200, else the full object (headers only for HEAD).
+pub(crate) fn from_object(
+    ctx: &RequestCtx,
+    obj: &StoredObject,
+    status: CacheStatus,
+    now: SystemTime,
+) -> Response<EdgeBody> {
+    let status = status.with_ttl(obj.freshness.ttl_secs(now));
+    let age = HeaderValue::from(obj.freshness.age(now).as_secs());
+    let head = ctx.method == Method::HEAD;
+    let mut resp = if obj.status == StatusCode::OK && not_modified(&ctx.headers, &obj.headers) {
+        let mut r = Response::new(EdgeBody::Empty);
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in NOT_MODIFIED_FIELDS {
+            for v in obj.headers.get_all(name) {
+                r.headers_mut().append(name.clone(), v.clone());
+            }
+        }
+        r
+    } else {
+        let decision = if obj.status == StatusCode::OK && !head {
+            range::decide(&ctx.headers, &obj.headers, obj.body_len)
+        } else {
+            RangeDecision::Full
+        };
+        let mut r = Response::new(EdgeBody::Empty);
+        *r.headers_mut() = obj.headers.clone();
+        match decision {
+            RangeDecision::Full => {
+                *r.status_mut() = obj.status;
+                if !head {
+                    *r.body_mut() = EdgeBody::chunks(obj.body.iter().cloned());
+                }
+            }
+            RangeDecision::Partial { start, end } => {
+                *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, obj.body_len))
+                {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+                *r.body_mut() = EdgeBody::chunks(obj.body_range(start, end));
+            }
+            RangeDecision::Unsatisfiable => {
+                *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+                let h = r.headers_mut();
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", obj.body_len)) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+            }
+        }
+        r
+    };
+    resp.headers_mut().insert(header::AGE, age);
+    finish(ctx, resp, status)
+}
+
+/// Finishing touches for every response leaving the edge.
+pub(crate) fn finish(
+    ctx: &RequestCtx,
+    mut resp: Response<EdgeBody>,
+    status: CacheStatus,
+) -> Response<EdgeBody> {
+    let h = resp.headers_mut();
+    strip_hop_by_hop(h);
+    if ctx.svc.strip_cdn_cache_control {
+        h.remove(CDN_CACHE_CONTROL);
+        h.remove(SURROGATE_CONTROL);
+    }
+    // `Date` is added by hyper when missing (cached once a second).
+    append_via(h, ctx.version);
+    if let Some(v) = status.render() {
+        h.append("cache-status", v);
+    }
+    for rule in &ctx.svc.header_rules {
+        match (rule.op, &rule.value) {
+            (HeaderOp::Set, Some(v)) => {
+                h.insert(rule.name.clone(), v.clone());
+            }
+            (HeaderOp::Add, Some(v)) => {
+                h.append(rule.name.clone(), v.clone());
+            }
+            (HeaderOp::Remove, _) => {
+                h.remove(&rule.name);
+            }
+            _ => {}
+        }
+    }
+    resp
+}
+
+/// Adds `Date` when the origin sent none (RFC 9110 §6.6.1: an origin with a clock must; a
+/// proxy adds one when it is missing).
+pub(crate) fn ensure_date(h: &mut HeaderMap) {
+    if !h.contains_key(header::DATE) {
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now())) {
+            h.insert(header::DATE, v);
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Phase 1: validate the request head and pick the service.
+
+use super::{EdgeState, RequestCtx, RequestId};
+use crate::error::ProxyError;
+use crate::http::headers::strip_hop_by_hop;
+use crate::runtime::{RuleAction, Runtime};
+use firebreak_config::valid_host_name;
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{header, HeaderValue, Method};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Routes a request: host validated and matched, hop-by-hop headers removed, cache rule found.
+pub(crate) fn route(
+    state: Arc<EdgeState>,
+    runtime: Arc<Runtime>,
+    mut parts: Parts,
+    client_ip: IpAddr,
+    id: RequestId,
+) -> Result<(RequestCtx, Option<RuleAction>), ProxyError> {
+    if parts.method == Method::CONNECT || parts.method == Method::TRACE {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let host_value = host_value(&parts)?;
+    let host = host_name(&host_value)?;
+    let svc = runtime
+        .route(&host)
+        .cloned()
+        .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if !path_and_query.as_str().starts_with('/') {
+        return Err(ProxyError::BadRequest(
+            "request target must be an absolute path",
+        ));
+    }
+    let rule = svc.rule_for(path_and_query.path());
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    Ok((
+        RequestCtx {
+            state,
+            runtime,
+            svc,
+            id,
+            host,
+            host_value,
+            method: parts.method,
+            version: parts.version,
+            path_and_query,
+            headers,
+            client_ip,
+        },
+        rule,
+    ))
+}
+
+/// The authority the client asked for: the request target's (HTTP/2 `:authority`,
+/// absolute-form) or else the single `Host` header (RFC 9112 §3.2).
+fn host_value(parts: &Parts) -> Result<HeaderValue, ProxyError> {
+    if let Some(authority) = parts.uri.authority() {
+        return HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::BadRequest("invalid authority"));
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(h), None) => Ok(h.clone()),
+        (None, _) => Err(ProxyError::BadRequest("missing Host header")),
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest("more than one Host header")),
+    }
+}
+
+/// Lowercased host without port; refuses anything that is not a host name or IP literal.
+fn host_name(value: &HeaderValue) -> Result<String, ProxyError> {
+    let bad = ProxyError::BadRequest("invalid Host header");
+    let s = value.to_str().map_err(|_| bad.clone())?;
+    let host = if s.starts_with('[') {
+        let end = s.find(']').ok_or(bad.clone())?;
+        let (h, rest) = s.split_at(end + 1);
+        if !(rest.is_empty() || valid_port(rest.strip_prefix(':').unwrap_or("x"))) {
+            return Err(bad);
+        }
+        h
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, port)) if valid_port(port) => h,
+            Some(_) => return Err(bad),
+            None => s,
+        }
+    };
+    if !valid_host_name(host) {
+        return Err(bad);
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn h(s: &'static str) -> Result<String, ProxyError> {
+        host_name(&HeaderValue::from_static(s))
+    }
+
+    #[test]
+    fn host_parsing() {
+        assert_eq!(h("Example.COM:8080").unwrap(), "example.com");
+        assert_eq!(h("example.com").unwrap(), "example.com");
+        assert_eq!(h("[::1]:80").unwrap(), "[::1]");
+        assert_eq!(h("127.0.0.1:1").unwrap(), "127.0.0.1");
+        for bad in [
+            "",
+            "a b",
+            "exa/mple",
+            "x:y",
+            "[::1",
+            "[::1]x",
+            "a..b",
+            "host:123456",
+        ] {
+            assert!(h(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The runtime form of a validated configuration: services indexed by host, origin pools
+//! built, header rules parsed. A `Runtime` is immutable; reloads build a new one and swap it.
+
+use crate::http::freshness::CachePolicy;
+use crate::upstream::OriginPool;
+use firebreak_config::{HeaderOp, ServiceConfig, ValidConfig};
+use http::{HeaderName, HeaderValue};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a path rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Skip the cache entirely.
+    Bypass,
+    /// Force this freshness lifetime.
+    ForceTtl(Duration),
+}
+
+/// A compiled response header rule.
+#[derive(Debug, Clone)]
+pub struct HeaderRule {
+    /// Header name.
+    pub name: HeaderName,
+    /// Operation.
+    pub op: HeaderOp,
+    /// Value for set/add.
+    pub value: Option<HeaderValue>,
+}
+
+/// One service ready to serve.
+pub struct Service {
+    /// Unique name (also the cache key namespace).
+    pub name: Arc<str>,
+    /// Origin pool.
+    pub pool: OriginPool,
+    /// Whether the cache is used at all.
+    pub cache_enabled: bool,
+    /// Operator defaults for storability.
+    pub policy: CachePolicy,
+    /// Serve stale on origin failure up to this long past expiry.
+    pub safety_net: Option<Duration>,
+    /// Remove CDN-Cache-Control / Surrogate-Control on the way out.
+    pub strip_cdn_cache_control: bool,
+    /// Path-prefix rules, first match wins.
+    pub rules: Vec<(String, RuleAction)>,
+    /// Response header rules.
+    pub header_rules: Vec<HeaderRule>,
+}
+
+impl Service {
+    /// The first rule whose prefix matches `path`.
+    pub fn rule_for(&self, path: &str) -> Option<RuleAction> {
+        self.rules
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, a)| *a)
+    }
+
+    fn build(c: &ServiceConfig) -> Result<Self, String> {
+        let rules = c
+            .cache
+            .rules
+            .iter()
+            .map(|r| {
+                let action = match r.ttl_s {
+                    Some(ttl) if !r.bypass => RuleAction::ForceTtl(Duration::from_secs(ttl)),
+                    _ => RuleAction::Bypass,
+                };
+                (r.path_prefix.clone(), action)
+            })
+            .collect();
+        let header_rules = c
+            .response_headers
+            .iter()
+            .map(|r| {
+                Ok(HeaderRule {
+                    name: HeaderName::from_bytes(r.name.as_bytes()).map_err(|e| e.to_string())?,
+                    op: r.op,
+                    value: match &r.value {
+                        Some(v) => Some(HeaderValue::from_str(v).map_err(|e| e.to_string())?),
+                        None => None,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            name: c.name.as_str().into(),
+            pool: OriginPool::new(&c.origin)?,
+            cache_enabled: c.cache.enabled,
+            policy: CachePolicy {
+                default_ttl: c.cache.default_ttl_s.map(Duration::from_secs),
+                forced_ttl: None,
+                heuristic: c.cache.heuristic_freshness,
+            },
+            safety_net: c
+                .cache
+                .serve_stale_on_origin_failure
+                .then(|| Duration::from_secs(c.cache.max_stale_on_failure_s)),
+            strip_cdn_cache_control: c.cache.strip_cdn_cache_control,
+            rules,
+            header_rules,
+        })
+    }
+}
+
+/// A complete runtime configuration.
+pub struct Runtime {
+    /// The configuration it was built from.
+    pub config: ValidConfig,
+    services: Vec<Arc<Service>>,
+    by_host: HashMap<String, usize>,
+    default: Option<usize>,
+}
+
+impl Runtime {
+    /// Builds every service. Any failure rejects the whole configuration.
+    pub fn build(config: ValidConfig) -> Result<Self, String> {
+        let mut services = Vec::with_capacity(config.services.len());
+        let mut by_host = HashMap::new();
+        let mut default = None;
+        for (i, s) in config.services.iter().enumerate() {
+            services.push(Arc::new(
+                Service::build(s).map_err(|e| format!("service `{}`: {e}", s.name))?,
+            ));
+            for h in &s.hosts {
+                by_host.insert(h.to_ascii_lowercase(), i);
+            }
+            if s.default {
+                default = Some(i);
+            }
+        }
+        Ok(Self {
+            config,
+            services,
+            by_host,
+            default,
+        })
+    }
+
+    /// The service for a (lowercased, port-less) host, or the default service.
+    pub fn route(&self, host: &str) -> Option<&Arc<Service>> {
+        let idx = self.by_host.get(host).copied().or(self.default)?;
+        self.services.get(idx)
+    }
+}

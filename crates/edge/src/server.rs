@@ -1,0 +1,211 @@
+//! Listeners, connections and configuration reloads.
+//!
+//! Each listener accepts HTTP/1.1 (keep-alive) and cleartext HTTP/2 with prior knowledge on
+//! the same port. A reload builds a complete new [`Runtime`] and swaps it atomically; requests
+//! already running finish on the version they started with.
+
+use crate::proxy::{handle, EdgeState};
+use crate::runtime::Runtime;
+use crate::store::MemoryStore;
+use firebreak_config::{load_file, ValidConfig};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// Most header fields in one HTTP/1.1 request.
+const MAX_HEADERS: usize = 128;
+/// hyper's smallest allowed read buffer.
+const MIN_BUF: usize = 8192;
+/// Concurrent HTTP/2 streams per connection.
+const MAX_H2_STREAMS: u32 = 256;
+
+/// Starts edges.
+pub struct EdgeServer;
+
+/// A running edge: its bound addresses, state, and the means to reload or stop it.
+pub struct EdgeHandle {
+    addrs: Vec<SocketAddr>,
+    state: Arc<EdgeState>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Why an edge could not start or reload.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The configuration was refused; the running one is untouched.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl EdgeServer {
+    /// Binds every listener and starts serving. Fails without side effects if any address
+    /// cannot be bound.
+    pub async fn start(config: ValidConfig) -> Result<EdgeHandle, ServerError> {
+        let store = Arc::new(MemoryStore::new(config.cache.max_bytes));
+        let limits = config.limits.clone();
+        let listen: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
+        let runtime = Runtime::build(config).map_err(ServerError::Config)?;
+        let state = Arc::new(EdgeState::new(runtime, store));
+        let mut listeners = Vec::new();
+        for addr in listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            listeners.push(l);
+        }
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
+            .max_headers(MAX_HEADERS)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(MAX_H2_STREAMS);
+        let builder = Arc::new(builder);
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let mut addrs = Vec::new();
+        let mut tasks = Vec::new();
+        for listener in listeners {
+            addrs.push(listener.local_addr().map_err(|source| ServerError::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?);
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                state.clone(),
+                builder.clone(),
+                permits.clone(),
+            )));
+        }
+        Ok(EdgeHandle {
+            addrs,
+            state,
+            tasks,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<EdgeState>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    permits: Arc<Semaphore>,
+) {
+    loop {
+        // Bound concurrent connections: beyond the limit, clients wait in the kernel backlog.
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Typically EMFILE: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let client_ip = peer.ip();
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(state, req, client_ip).await) }
+            });
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, %peer, "connection ended with error");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl EdgeHandle {
+    /// Addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Shared state (store, runtime), for tests and admin tooling.
+    pub fn state(&self) -> &Arc<EdgeState> {
+        &self.state
+    }
+
+    /// Swaps in a new configuration atomically. Listener and cache-size changes need a
+    /// restart; they are reported and the rest is applied.
+    pub fn reload(&self, config: ValidConfig) -> Result<(), ServerError> {
+        let current = self.state.runtime.load();
+        if current.config.listeners != config.listeners {
+            tracing::warn!("listener changes take effect on restart");
+        }
+        if current.config.cache.max_bytes != config.cache.max_bytes {
+            tracing::warn!("cache.max_bytes changes take effect on restart");
+        }
+        let runtime = Runtime::build(config).map_err(ServerError::Config)?;
+        self.state.runtime.store(Arc::new(runtime));
+        Ok(())
+    }
+
+    /// Reads, validates and applies a configuration file; on any error the running
+    /// configuration stays as it is.
+    pub fn reload_file(&self, path: &Path) -> Result<(), ServerError> {
+        let config = load_file(path).map_err(|e| ServerError::Config(e.to_string()))?;
+        self.reload(config)
+    }
+
+    /// Reloads `path` on every SIGHUP, logging the outcome.
+    #[cfg(unix)]
+    pub fn reload_on_sighup(self: &Arc<Self>, path: PathBuf) -> std::io::Result<JoinHandle<()>> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        let me = Arc::clone(self);
+        Ok(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match me.reload_file(&path) {
+                    Ok(()) => tracing::info!(path = %path.display(), "configuration reloaded"),
+                    Err(e) => {
+                        tracing::error!("configuration refused, keeping the running one:\n{e}")
+                    }
+                }
+            }
+        }))
+    }
+
+    /// Stops accepting connections. Open connections finish their current requests.
+    pub fn shutdown(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for EdgeHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

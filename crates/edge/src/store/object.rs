@@ -1,0 +1,304 @@
+//! Stored responses, their keys and variant selection (RFC 9111 §4.1).
+
+use crate::http::freshness::Freshness;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, StatusCode};
+use std::sync::Arc;
+
+/// Most variants kept per URL; a response that varies on a high-cardinality header cannot
+/// grow one key without bound.
+pub const MAX_VARIANTS: usize = 32;
+/// Most header names honoured in one `Vary`; more makes the response unstorable.
+pub const MAX_VARY_FIELDS: usize = 16;
+/// Fixed bookkeeping per stored object, counted against the budget.
+const OBJECT_OVERHEAD: u64 = 256;
+
+/// Primary cache key: service, host and request target. Method is implicit (GET; HEAD is
+/// answered from GET).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey(Arc<str>);
+
+impl CacheKey {
+    /// Builds the key for a URL of a service. `host` is lowercased by the router.
+    pub fn new(service: &str, host: &str, path_and_query: &str) -> Self {
+        let mut s = String::with_capacity(service.len() + host.len() + path_and_query.len() + 2);
+        s.push_str(service);
+        s.push('\n');
+        s.push_str(host);
+        s.push('\n');
+        s.push_str(path_and_query);
+        Self(s.into())
+    }
+
+    /// Length in bytes, for accounting.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the key is empty (never, for keys made by [`CacheKey::new`]).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The request header values a stored response was selected with (its `Vary` fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VaryKey {
+    fields: Vec<(HeaderName, Option<Box<str>>)>,
+}
+
+impl VaryKey {
+    /// Reads the response's `Vary` field names and the request's values for them. `None`
+    /// when the response cannot be keyed (`Vary: *`, unparsable, or too many fields).
+    pub fn from_exchange(response: &HeaderMap, request: &HeaderMap) -> Option<Self> {
+        let mut fields: Vec<(HeaderName, Option<Box<str>>)> = Vec::new();
+        for value in response.get_all(header::VARY) {
+            for name in value.to_str().ok()?.split(',') {
+                let name = name.trim();
+                if name.is_empty() {
+                    continue;
+                }
+                if name == "*" {
+                    return None;
+                }
+                let name = HeaderName::from_bytes(name.as_bytes()).ok()?;
+                if fields.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                if fields.len() == MAX_VARY_FIELDS {
+                    return None;
+                }
+                let v = normalized(request, &name);
+                fields.push((name, v));
+            }
+        }
+        Some(Self { fields })
+    }
+
+    /// Whether a new request selects this variant (RFC 9111 §4.1).
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.fields
+            .iter()
+            .all(|(name, stored)| normalized(request, name).as_deref() == stored.as_deref())
+    }
+
+    fn same_names(&self, other: &VaryKey) -> bool {
+        self.fields.len() == other.fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(&other.fields)
+                .all(|(a, b)| a.0 == b.0)
+    }
+
+    fn weight(&self) -> u64 {
+        self.fields
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, |v| v.len()) + 16)
+            .sum::<usize>() as u64
+    }
+}
+
+/// Combines all lines of a field into one comparable value: elements trimmed and joined with
+/// `,` so that `a, b` and `a,b` select the same variant.
+fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<Box<str>> {
+    let mut out = String::new();
+    let mut any = false;
+    for v in request.get_all(name) {
+        any = true;
+        let text = String::from_utf8_lossy(v.as_bytes());
+        for part in text.split(',') {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(part);
+        }
+    }
+    any.then(|| out.into_boxed_str())
+}
+
+/// A stored response: head, body chunks (shared `Bytes`, never copied on a hit), the
+/// `Vary` values it was stored under, and its freshness.
+#[derive(Debug)]
+pub struct StoredObject {
+    /// Response status.
+    pub status: StatusCode,
+    /// Response headers as stored (hop-by-hop fields already removed).
+    pub headers: HeaderMap,
+    /// Body chunks in order.
+    pub body: Vec<Bytes>,
+    /// Sum of the chunk lengths.
+    pub body_len: u64,
+    /// Request header values this variant was stored under.
+    pub vary: VaryKey,
+    /// Freshness computed when the response (or its last validation) arrived.
+    pub freshness: Freshness,
+}
+
+impl StoredObject {
+    /// Bytes counted against the cache budget.
+    pub fn weight(&self) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 32)
+            .sum();
+        self.body_len + headers as u64 + self.vary.weight() + OBJECT_OVERHEAD
+    }
+
+    /// Body bytes `start..end` as shared slices of the stored chunks (no copy).
+    pub fn body_range(&self, start: u64, end: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        for chunk in &self.body {
+            let len = chunk.len() as u64;
+            let (lo, hi) = (start.max(offset), end.min(offset + len));
+            if lo < hi {
+                out.push(chunk.slice((lo - offset) as usize..(hi - offset) as usize));
+            }
+            offset += len;
+            if offset >= end {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// Every stored variant of one URL, newest first.
+#[derive(Debug, Default)]
+pub struct Variants {
+    /// The variants.
+    pub objects: Vec<Arc<StoredObject>>,
+}
+
+impl Variants {
+    /// The newest variant whose `Vary` values match the request.
+    pub fn select(&self, request: &HeaderMap) -> Option<&Arc<StoredObject>> {
+        self.objects.iter().find(|o| o.vary.matches(request))
+    }
+
+    /// A new set with `object` added: it replaces the variant with the same `Vary` values;
+    /// variants stored under different `Vary` field names are dropped (the origin changed its
+    /// mind about what the response varies on); the oldest beyond [`MAX_VARIANTS`] go.
+    pub fn with(&self, object: Arc<StoredObject>) -> Variants {
+        let mut objects = Vec::with_capacity((self.objects.len() + 1).min(MAX_VARIANTS));
+        objects.push(object.clone());
+        for o in &self.objects {
+            if objects.len() == MAX_VARIANTS {
+                break;
+            }
+            if o.vary.same_names(&object.vary) && o.vary != object.vary {
+                objects.push(o.clone());
+            }
+        }
+        Variants { objects }
+    }
+
+    /// Bytes counted against the cache budget.
+    pub fn weight(&self) -> u64 {
+        self.objects.iter().map(|o| o.weight()).sum()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use std::time::{Duration, SystemTime};
+
+    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    fn object(vary: VaryKey, body: &'static [u8]) -> Arc<StoredObject> {
+        Arc::new(StoredObject {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: vec![Bytes::from_static(body)],
+            body_len: body.len() as u64,
+            vary,
+            freshness: Freshness {
+                response_time: SystemTime::UNIX_EPOCH,
+                corrected_initial_age: Duration::ZERO,
+                lifetime: Duration::ZERO,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+                must_revalidate: false,
+            },
+        })
+    }
+
+    #[test]
+    fn vary_values_are_normalised_and_absent_differs_from_empty() {
+        let resp = h(&[("vary", "Accept-Encoding, accept-language")]);
+        let k = VaryKey::from_exchange(&resp, &h(&[("accept-encoding", "gzip, br")])).unwrap();
+        assert!(k.matches(&h(&[("accept-encoding", "gzip,br")])));
+        assert!(k.matches(&h(&[
+            ("accept-encoding", "gzip"),
+            ("accept-encoding", "br")
+        ])));
+        assert!(!k.matches(&h(&[("accept-encoding", "br, gzip")])));
+        assert!(!k.matches(&h(&[
+            ("accept-encoding", "gzip, br"),
+            ("accept-language", "en")
+        ])));
+        let empty = VaryKey::from_exchange(&resp, &h(&[("accept-encoding", "")])).unwrap();
+        assert!(!empty.matches(&h(&[])));
+    }
+
+    #[test]
+    fn vary_star_and_bad_names_are_unkeyable() {
+        assert!(VaryKey::from_exchange(&h(&[("vary", "*")]), &h(&[])).is_none());
+        assert!(VaryKey::from_exchange(&h(&[("vary", "a b")]), &h(&[])).is_none());
+        assert_eq!(
+            VaryKey::from_exchange(&h(&[]), &h(&[])),
+            Some(VaryKey::default())
+        );
+    }
+
+    #[test]
+    fn variants_replace_same_values_and_cap_count() {
+        let resp = h(&[("vary", "x-v")]);
+        let mut set = Variants::default();
+        for i in 0..(MAX_VARIANTS + 10) {
+            let v = HeaderValue::from_str(&i.to_string()).unwrap();
+            let mut req = HeaderMap::new();
+            req.insert("x-v", v);
+            set = set.with(object(VaryKey::from_exchange(&resp, &req).unwrap(), b"x"));
+        }
+        assert_eq!(set.objects.len(), MAX_VARIANTS);
+        let req = h(&[("x-v", "41")]);
+        let k = VaryKey::from_exchange(&resp, &req).unwrap();
+        set = set.with(object(k, b"new"));
+        assert_eq!(set.objects.len(), MAX_VARIANTS);
+        assert_eq!(&set.select(&req).unwrap().body[0][..], b"new");
+        // A response without Vary drops the keyed variants.
+        let plain = set.with(object(VaryKey::default(), b"plain"));
+        assert_eq!(plain.objects.len(), 1);
+    }
+
+    #[test]
+    fn body_range_slices_across_chunks() {
+        let mut o = Arc::try_unwrap(object(VaryKey::default(), b"")).unwrap();
+        o.body = vec![
+            Bytes::from_static(b"abc"),
+            Bytes::from_static(b"def"),
+            Bytes::from_static(b"gh"),
+        ];
+        o.body_len = 8;
+        let joined = |v: Vec<Bytes>| v.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>();
+        assert_eq!(joined(o.body_range(2, 7)), b"cdefg");
+        assert_eq!(joined(o.body_range(0, 8)), b"abcdefgh");
+        assert_eq!(joined(o.body_range(7, 8)), b"h");
+    }
+}
