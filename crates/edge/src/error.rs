@@ -43,6 +43,19 @@ impl ProxyError {
         }
     }
 
+    /// This cache's `Cache-Status` entry for the error (RFC 9211).
+    pub fn cache_status(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(_) => "firebreak; detail=bad-request",
+            ProxyError::UnknownHost(_) => "firebreak; detail=unknown-host",
+            ProxyError::MethodNotAllowed => "firebreak; detail=method-not-allowed",
+            ProxyError::NotCached => "firebreak; fwd=miss; detail=only-if-cached",
+            ProxyError::OriginUnreachable(_) => "firebreak; fwd=miss; detail=origin-unreachable",
+            ProxyError::OriginTimeout => "firebreak; fwd=miss; detail=origin-timeout",
+            ProxyError::OriginBadResponse(_) => "firebreak; fwd=miss; detail=origin-bad-response",
+        }
+    }
+
     /// A short error page naming the request id, so that a user's report can be traced.
     pub fn to_response(&self, request_id: &str) -> Response<EdgeBody> {
         let status = self.status();
@@ -71,6 +84,10 @@ impl ProxyError {
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            "cache-status",
+            HeaderValue::from_static(self.cache_status()),
+        );
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("x-request-id", v);
         }

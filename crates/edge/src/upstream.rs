@@ -16,7 +16,30 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Body type of requests sent to origins.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, hyper::Error>;
+pub type UpstreamBody = UnsyncBoxBody<Bytes, crate::body::BoxError>;
+
+/// The client's request body failed (malformed chunking, reset): the client's fault, not
+/// the origin's. Wrapped around client body errors so `send` can tell them apart.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body: {0}")]
+pub struct ClientBodyError(pub hyper::Error);
+
+/// Wraps a client's streamed request body for forwarding.
+pub fn client_body(body: hyper::body::Incoming) -> UpstreamBody {
+    body.map_err(|e| crate::body::BoxError::from(ClientBodyError(e)))
+        .boxed_unsync()
+}
+
+fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
 
 /// How long a server that failed to connect or answer is skipped.
 const EJECT_FOR: Duration = Duration::from_secs(5);
@@ -180,6 +203,9 @@ impl OriginPool {
                 Ok(Err(e)) if e.is_connect() => {
                     self.eject(server);
                     last_err = ProxyError::OriginUnreachable(format!("{}: {e}", server.authority));
+                }
+                Ok(Err(e)) if is_client_body_error(&e) => {
+                    return Err(ProxyError::BadRequest("malformed request body"));
                 }
                 Ok(Err(e)) => {
                     let detail = std::error::Error::source(&e)

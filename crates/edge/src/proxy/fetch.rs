@@ -345,7 +345,8 @@ async fn tee(
             return;
         }
     }
-    drop(client);
+    // The client's body ends only after the object is stored (below, when `client` drops),
+    // so a client that got the whole body finds the object on its next request.
     if !storing || p.declared_len.is_some_and(|d| d != len) {
         return;
     }

@@ -20,7 +20,6 @@ use crate::upstream::UpstreamRequest;
 use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,7 +164,7 @@ async fn serve(
 
 fn request_body(body: Incoming) -> Option<crate::upstream::UpstreamBody> {
     use http_body::Body;
-    (!body.is_end_stream()).then(|| body.boxed_unsync())
+    (!body.is_end_stream()).then(|| crate::upstream::client_body(body))
 }
 
 /// Forwards the request unchanged and streams the origin's answer back, storing nothing.

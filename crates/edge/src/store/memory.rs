@@ -2,12 +2,14 @@
 //! the hit path takes no global lock and bodies stay shared `Bytes`.
 
 use super::{CacheKey, Storage, StoreStats, StoredObject, Variants};
-use quick_cache::sync::Cache;
-use quick_cache::Weighter;
+use quick_cache::sync::{Cache, DefaultLifecycle};
+use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 use std::sync::Arc;
 
 /// Average object size assumed when sizing the index up front.
 const ESTIMATED_OBJECT_BYTES: u64 = 8 * 1024;
+/// Most shards: enough that two cores (or sixteen) rarely contend on one lock.
+const MAX_SHARDS: u64 = 64;
 
 #[derive(Clone)]
 struct VariantsWeighter;
@@ -21,16 +23,47 @@ impl Weighter<CacheKey, Arc<Variants>> for VariantsWeighter {
 
 /// A byte-bounded memory store.
 pub struct MemoryStore {
-    cache: Cache<CacheKey, Arc<Variants>, VariantsWeighter>,
+    cache: Cache<
+        CacheKey,
+        Arc<Variants>,
+        VariantsWeighter,
+        DefaultHashBuilder,
+        DefaultLifecycle<CacheKey, Arc<Variants>>,
+    >,
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_bytes` of objects (bodies, headers and bookkeeping).
-    pub fn new(max_bytes: u64) -> Self {
+    /// A store holding at most `max_bytes` of objects (bodies, headers and bookkeeping), in
+    /// which an object of `max_object_bytes` still fits.
+    ///
+    /// The budget is split evenly across shards and an entry must fit in one shard, so the
+    /// shard count is the largest power of two that leaves every shard room for two objects
+    /// of the largest size (at most [`MAX_SHARDS`]).
+    pub fn new(max_bytes: u64, max_object_bytes: u64) -> Self {
         let items = (max_bytes / ESTIMATED_OBJECT_BYTES).clamp(16, 16 * 1024 * 1024) as usize;
-        Self {
-            cache: Cache::with_weighter(items, max_bytes, VariantsWeighter),
-        }
+        let room = (max_bytes / max_object_bytes.saturating_mul(2).max(1)).clamp(1, MAX_SHARDS);
+        let shards = 1u64 << (63 - room.leading_zeros());
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(items)
+            .weight_capacity(max_bytes)
+            .shards(shards as usize)
+            .build();
+        let cache = match options {
+            Ok(options) => Cache::with_options(
+                options,
+                VariantsWeighter,
+                DefaultHashBuilder::default(),
+                DefaultLifecycle::default(),
+            ),
+            // Unreachable with the values above; fall back to the library's defaults.
+            Err(_) => Cache::with_weighter(items, max_bytes, VariantsWeighter),
+        };
+        Self { cache }
+    }
+
+    /// Number of independently locked shards.
+    pub fn shards(&self) -> usize {
+        self.cache.num_shards()
     }
 }
 
@@ -89,7 +122,7 @@ mod tests {
 
     #[test]
     fn stays_within_its_byte_budget() {
-        let store = MemoryStore::new(1024 * 1024);
+        let store = MemoryStore::new(1024 * 1024, 64 * 1024);
         for i in 0..1000 {
             store.put(CacheKey::new("s", "h", &format!("/{i}")), object(4096));
         }
@@ -99,8 +132,18 @@ mod tests {
     }
 
     #[test]
+    fn the_largest_object_fits_in_a_shard() {
+        let store = MemoryStore::new(64 * 1024 * 1024, 16 * 1024 * 1024);
+        assert_eq!(store.shards(), 2);
+        let key = CacheKey::new("s", "h", "/big");
+        store.put(key.clone(), object(16 * 1024 * 1024 - 4096));
+        assert!(store.get(&key).is_some());
+        assert_eq!(MemoryStore::new(1 << 30, 1 << 20).shards(), 64);
+    }
+
+    #[test]
     fn put_get_remove() {
-        let store = MemoryStore::new(1024 * 1024);
+        let store = MemoryStore::new(1024 * 1024, 64 * 1024);
         let key = CacheKey::new("s", "h", "/a");
         assert!(store.get(&key).is_none());
         store.put(key.clone(), object(10));
@@ -111,7 +154,7 @@ mod tests {
 
     #[test]
     fn object_bigger_than_the_store_is_not_kept() {
-        let store = MemoryStore::new(64 * 1024);
+        let store = MemoryStore::new(64 * 1024, 64 * 1024);
         let key = CacheKey::new("s", "h", "/big");
         store.put(key.clone(), object(1024 * 1024));
         assert!(store.get(&key).is_none());

@@ -1,0 +1,555 @@
+//! RFC 9111 caching behaviour, end to end.
+
+use crate::common::*;
+use bytes::Bytes;
+use http::{Method, StatusCode};
+
+#[tokio::test]
+async fn max_age_response_is_stored_and_served_as_hit() {
+    let origin = TestOrigin::start(|_| Reply::ok("hello").cc("max-age=60")).await;
+    let edge = edge_for(&origin).await;
+    let first = edge.get("/a").await;
+    assert_eq!(first.status, 200);
+    assert!(
+        first.cache_status().contains("fwd=miss"),
+        "{}",
+        first.cache_status()
+    );
+    assert!(first.cache_status().contains("stored"));
+    let second = edge.get("/a").await;
+    assert_eq!(second.text(), "hello");
+    assert!(
+        second.cache_status().starts_with("firebreak; hit"),
+        "{}",
+        second.cache_status()
+    );
+    assert_eq!(origin.count(), 1);
+    // Query strings are part of the key.
+    edge.get("/a?x=1").await;
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn s_maxage_overrides_max_age_for_the_shared_cache() {
+    let origin = TestOrigin::start(|_| Reply::ok("x").cc("max-age=0, s-maxage=60")).await;
+    let edge = edge_for(&origin).await;
+    edge.get("/s").await;
+    let r = edge.get("/s").await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(origin.count(), 1);
+}
+
+async fn assert_not_stored(cc: Option<&'static str>, extra: Option<(&'static str, &'static str)>) {
+    let origin = TestOrigin::start(move |_| {
+        let mut r = Reply::ok("x");
+        if let Some(cc) = cc {
+            r = r.cc(cc);
+        }
+        if let Some((k, v)) = extra {
+            r = r.header(k, v);
+        }
+        r
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    let a = edge.get("/n").await;
+    let b = edge.get("/n").await;
+    assert_eq!(origin.count(), 2, "stored despite {cc:?} {extra:?}");
+    assert!(!a.cache_status().contains("stored"), "{}", a.cache_status());
+    assert!(b.cache_status().contains("fwd="), "{}", b.cache_status());
+}
+
+#[tokio::test]
+async fn no_store_private_and_missing_freshness_are_not_stored() {
+    assert_not_stored(Some("max-age=60, no-store"), None).await;
+    assert_not_stored(Some("private, max-age=60"), None).await;
+    assert_not_stored(None, None).await;
+    assert_not_stored(
+        None,
+        Some(("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")),
+    )
+    .await;
+    assert_not_stored(Some("max-age=60"), Some(("set-cookie", "session=1"))).await;
+    assert_not_stored(Some("max-age=60"), Some(("vary", "*"))).await;
+    // An invalid Expires means already expired; without a validator there is nothing to keep.
+    assert_not_stored(None, Some(("expires", "0"))).await;
+}
+
+#[tokio::test]
+async fn expires_gives_freshness_when_there_is_no_max_age() {
+    let origin = TestOrigin::start(|_| {
+        let now = std::time::SystemTime::now();
+        Reply::ok("e")
+            .header("date", httpdate::fmt_http_date(now))
+            .header(
+                "expires",
+                httpdate::fmt_http_date(now + std::time::Duration::from_secs(120)),
+            )
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    edge.get("/e").await;
+    let r = edge.get("/e").await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    let ttl: i64 = r
+        .cache_status()
+        .split("ttl=")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((100..=120).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
+async fn operator_default_ttl_and_path_rules() {
+    let origin = TestOrigin::start(|_| Reply::ok("plain")).await;
+    let cfg = config(
+        origin.addr,
+        r#"default_ttl_s = 60
+rules = [{ path_prefix = "/never/", bypass = true }, { path_prefix = "/forced/", ttl_s = 30 }]"#,
+    );
+    let edge = start_edge(&cfg).await;
+    edge.get("/plain").await;
+    assert!(edge.get("/plain").await.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 1);
+    edge.get("/never/x").await;
+    let r = edge.get("/never/x").await;
+    assert!(
+        r.cache_status().contains("fwd=bypass"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(origin.count(), 3);
+    edge.get("/forced/x").await;
+    let r = edge.get("/forced/x").await;
+    assert!(
+        r.cache_status().contains("hit; ttl=30") || r.cache_status().contains("hit; ttl=29"),
+        "{}",
+        r.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn forced_ttl_overrides_origin_max_age() {
+    let origin = TestOrigin::start(|_| Reply::ok("f").cc("max-age=0")).await;
+    let cfg = config(
+        origin.addr,
+        r#"rules = [{ path_prefix = "/", ttl_s = 300 }]"#,
+    );
+    let edge = start_edge(&cfg).await;
+    edge.get("/f").await;
+    assert!(edge.get("/f").await.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn status_codes_cacheable_by_default_and_others_only_with_explicit_freshness() {
+    let origin = TestOrigin::start(|r| match r.uri.path() {
+        "/404" => Reply::ok("gone").status(404).cc("max-age=60"),
+        "/302-plain" => Reply::ok("").status(302).header("location", "/x"),
+        "/302-fresh" => Reply::ok("")
+            .status(302)
+            .header("location", "/x")
+            .cc("max-age=60"),
+        _ => Reply::ok("").status(500),
+    })
+    .await;
+    let cfg = config(origin.addr, "default_ttl_s = 60");
+    let edge = start_edge(&cfg).await;
+    for p in ["/404", "/302-plain", "/302-fresh"] {
+        edge.get(p).await;
+        edge.get(p).await;
+    }
+    let counts = |p: &str| {
+        origin
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.uri.path() == p)
+            .count()
+    };
+    assert_eq!(counts("/404"), 1);
+    // 302 is not cacheable by default, so the operator's default TTL does not apply to it.
+    assert_eq!(counts("/302-plain"), 2);
+    assert_eq!(counts("/302-fresh"), 1);
+}
+
+#[tokio::test]
+async fn vary_keeps_several_variants_per_url() {
+    let origin = TestOrigin::start(|r| {
+        let lang = r.header("accept-language").unwrap_or("none").to_owned();
+        Reply::ok(format!("lang={lang}"))
+            .cc("max-age=60")
+            .header("vary", "Accept-Language")
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    assert_eq!(
+        edge.get_with("/v", &[("accept-language", "fr")])
+            .await
+            .text(),
+        "lang=fr"
+    );
+    let en = edge.get_with("/v", &[("accept-language", "en")]).await;
+    assert_eq!(en.text(), "lang=en");
+    assert!(
+        en.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        en.cache_status()
+    );
+    assert_eq!(edge.get("/v").await.text(), "lang=none");
+    assert_eq!(origin.count(), 3);
+    let fr = edge.get_with("/v", &[("accept-language", "fr")]).await;
+    assert_eq!(fr.text(), "lang=fr");
+    assert!(fr.cache_status().contains("hit"));
+    let en = edge.get_with("/v", &[("accept-language", "en")]).await;
+    assert_eq!(en.text(), "lang=en");
+    assert!(edge.get("/v").await.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn authorization_requests_are_stored_only_when_the_response_allows_sharing() {
+    let origin = TestOrigin::start(|r| match r.uri.path() {
+        "/public" => Reply::ok("p").cc("public, max-age=60"),
+        _ => Reply::ok("secret").cc("max-age=60"),
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    let auth = [("authorization", "Bearer abc")];
+    edge.get_with("/secret", &auth).await;
+    edge.get_with("/secret", &auth).await;
+    assert_eq!(origin.count(), 2);
+    edge.get_with("/public", &auth).await;
+    assert!(edge
+        .get_with("/public", &auth)
+        .await
+        .cache_status()
+        .contains("hit"));
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test]
+async fn stale_response_is_revalidated_with_etag_and_304_updates_stored_headers() {
+    let origin = TestOrigin::start(|r| {
+        if r.header("if-none-match") == Some("\"v1\"") {
+            Reply::ok("")
+                .status(304)
+                .cc("max-age=60")
+                .header("x-version", "updated")
+                .header("etag", "\"v1\"")
+        } else {
+            // Age makes the stored copy stale on arrival, so the next request revalidates.
+            Reply::ok("body-v1")
+                .cc("max-age=10")
+                .header("age", "20")
+                .header("etag", "\"v1\"")
+                .header("x-version", "original")
+        }
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    let first = edge.get("/r").await;
+    assert_eq!(first.header("x-version"), Some("original"));
+    let second = edge.get("/r").await;
+    assert_eq!(origin.last().header("if-none-match"), Some("\"v1\""));
+    assert_eq!(second.status, 200);
+    assert_eq!(second.text(), "body-v1");
+    assert_eq!(second.header("x-version"), Some("updated"));
+    assert!(
+        second
+            .cache_status()
+            .contains("fwd=stale; fwd-status=304; stored"),
+        "{}",
+        second.cache_status()
+    );
+    let third = edge.get("/r").await;
+    assert!(
+        third.cache_status().contains("hit"),
+        "{}",
+        third.cache_status()
+    );
+    assert_eq!(third.header("x-version"), Some("updated"));
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn revalidation_uses_last_modified_when_there_is_no_etag() {
+    let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let origin = TestOrigin::start(move |r| {
+        if r.header("if-modified-since") == Some(lm) {
+            Reply::ok("").status(304).cc("max-age=60")
+        } else {
+            Reply::ok("lm-body")
+                .cc("no-cache")
+                .header("last-modified", lm)
+        }
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    edge.get("/lm").await;
+    let r = edge.get("/lm").await;
+    assert_eq!(r.text(), "lm-body");
+    assert_eq!(origin.last().header("if-modified-since"), Some(lm));
+    assert!(
+        r.cache_status().contains("fwd-status=304"),
+        "{}",
+        r.cache_status()
+    );
+}
+
+#[tokio::test]
+async fn no_cache_responses_are_revalidated_on_every_request() {
+    let origin = TestOrigin::start(|r| {
+        if r.header("if-none-match").is_some() {
+            Reply::ok("").status(304).header("etag", "\"n\"")
+        } else {
+            Reply::ok("nc").cc("no-cache").header("etag", "\"n\"")
+        }
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    for _ in 0..3 {
+        assert_eq!(edge.get("/nc").await.text(), "nc");
+    }
+    assert_eq!(origin.count(), 3);
+    let reqs = origin.requests.lock().unwrap().clone();
+    assert!(reqs[1].header("if-none-match").is_some() && reqs[2].header("if-none-match").is_some());
+}
+
+#[tokio::test]
+async fn client_conditionals_are_answered_from_cache() {
+    let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+    let origin = TestOrigin::start(move |_| {
+        Reply::ok("c")
+            .cc("max-age=60")
+            .header("etag", "W/\"c1\"")
+            .header("last-modified", lm)
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    // On a miss the client's conditional is answered too, while the full body is stored.
+    let r = edge.get_with("/c", &[("if-none-match", "\"c1\"")]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(
+        origin.last().header("if-none-match").is_none(),
+        "client validators must not be forwarded on a fill"
+    );
+    let r = edge.get_with("/c", &[("if-none-match", "\"c1\"")]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("etag"), Some("W/\"c1\""));
+    assert_eq!(
+        edge.get_with("/c", &[("if-none-match", "\"other\"")])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        edge.get_with("/c", &[("if-modified-since", lm)])
+            .await
+            .status,
+        304
+    );
+    assert_eq!(
+        edge.get_with(
+            "/c",
+            &[("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")]
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn head_is_served_from_a_cached_get() {
+    let origin = TestOrigin::start(|_| Reply::ok("0123456789").cc("max-age=60")).await;
+    let edge = edge_for(&origin).await;
+    edge.get("/h").await;
+    let r = edge.send(Method::HEAD, "/h", &[], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("10"));
+    assert!(r.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 1);
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_target_and_same_host_locations() {
+    let origin = TestOrigin::start(|r| match (r.method.as_str(), r.uri.path()) {
+        ("GET", p) => Reply::ok(format!("get {p}")).cc("max-age=60"),
+        ("POST", "/fail") => Reply::ok("no").status(500),
+        ("POST", _) => Reply::ok("created")
+            .status(201)
+            .header("location", "http://localhost/loc")
+            .header("content-location", "/cl"),
+        ("DELETE", _) => Reply::ok("")
+            .status(204)
+            .header("location", "http://elsewhere.example/other"),
+        _ => Reply::ok("?"),
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    for p in ["/t", "/loc", "/cl", "/other", "/fail"] {
+        edge.get(p).await;
+    }
+    assert_eq!(origin.count(), 5);
+    let post = edge
+        .send(Method::POST, "/t", &[], Bytes::from_static(b"payload"))
+        .await;
+    assert_eq!(post.status, 201);
+    assert_eq!(origin.last().body, Bytes::from_static(b"payload"));
+    edge.send(Method::DELETE, "/other", &[], Bytes::new()).await;
+    edge.send(Method::POST, "/fail", &[], Bytes::new()).await;
+    let before = origin.count();
+    for (p, refetched) in [
+        ("/t", true),
+        ("/loc", true),
+        ("/cl", true),
+        ("/other", true),
+        ("/fail", false),
+    ] {
+        let r = edge.get(p).await;
+        assert_eq!(
+            r.cache_status().contains("hit"),
+            !refetched,
+            "{p}: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), before + 4);
+}
+
+#[tokio::test]
+async fn ranges_are_answered_from_a_cached_full_response() {
+    let origin = TestOrigin::start(|_| {
+        Reply::ok("abcdefghijklmnopqrstuvwxyz")
+            .cc("max-age=60")
+            .header("etag", "\"az\"")
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    // A range miss is forwarded as it is and does not fill the cache.
+    let r = edge.get_with("/az", &[("range", "bytes=0-1")]).await;
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+    edge.get("/az").await;
+    let r = edge.get_with("/az", &[("range", "bytes=2-4")]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.text(), "cde");
+    assert_eq!(r.header("content-range"), Some("bytes 2-4/26"));
+    let r = edge.get_with("/az", &[("range", "bytes=-3")]).await;
+    assert_eq!(r.text(), "xyz");
+    let r = edge.get_with("/az", &[("range", "bytes=100-")]).await;
+    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(r.header("content-range"), Some("bytes */26"));
+    let r = edge
+        .get_with("/az", &[("range", "bytes=0-1"), ("if-range", "\"old\"")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 26);
+    assert_eq!(origin.count(), 2);
+}
+
+#[tokio::test]
+async fn age_and_date_are_generated() {
+    let origin =
+        TestOrigin::start(|_| Reply::ok("aged").cc("max-age=600").header("age", "100")).await;
+    let edge = edge_for(&origin).await;
+    let miss = edge.get("/age").await;
+    assert!(miss.header("date").is_some());
+    let age: u64 = miss.header("age").unwrap().parse().unwrap();
+    assert!((100..110).contains(&age), "{age}");
+    let hit = edge.get("/age").await;
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!((100..110).contains(&age), "{age}");
+    let ttl: i64 = hit
+        .cache_status()
+        .split("ttl=")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((490..=500).contains(&ttl), "{}", hit.cache_status());
+    assert!(httpdate::parse_http_date(hit.header("date").unwrap()).is_ok());
+}
+
+#[tokio::test]
+async fn cdn_cache_control_takes_precedence_and_is_removed() {
+    let origin = TestOrigin::start(|r| match r.uri.path() {
+        "/cdn" => Reply::ok("c")
+            .cc("no-store")
+            .header("cdn-cache-control", "max-age=60"),
+        _ => Reply::ok("s")
+            .cc("max-age=60")
+            .header("surrogate-control", "no-store"),
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    edge.get("/cdn").await;
+    let r = edge.get("/cdn").await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(
+        r.header("cache-control"),
+        Some("no-store"),
+        "browsers still see Cache-Control"
+    );
+    assert!(r.header("cdn-cache-control").is_none());
+    edge.get("/sur").await;
+    let r = edge.get("/sur").await;
+    assert!(
+        r.cache_status().contains("fwd=miss"),
+        "{}",
+        r.cache_status()
+    );
+    assert!(r.header("surrogate-control").is_none());
+    assert_eq!(origin.count(), 3);
+
+    let keep = start_edge(&config(origin.addr, "strip_cdn_cache_control = false")).await;
+    assert_eq!(
+        keep.get("/cdn").await.header("cdn-cache-control"),
+        Some("max-age=60")
+    );
+}
+
+#[tokio::test]
+async fn cache_status_is_on_every_response() {
+    let origin = TestOrigin::start(|_| Reply::ok("x").cc("no-store")).await;
+    let edge = edge_for(&origin).await;
+    assert!(edge
+        .get("/x")
+        .await
+        .cache_status()
+        .starts_with("firebreak; fwd=miss; fwd-status=200"));
+    let post = edge.send(Method::POST, "/x", &[], Bytes::new()).await;
+    assert!(
+        post.cache_status().starts_with("firebreak; fwd=method"),
+        "{}",
+        post.cache_status()
+    );
+    origin.stop();
+    let err = edge.get("/down").await;
+    assert_eq!(err.status, 502);
+    assert!(
+        err.cache_status().starts_with("firebreak"),
+        "{:?}",
+        err.headers
+    );
+}
+
+#[tokio::test]
+async fn disabled_cache_stores_nothing() {
+    let origin = TestOrigin::start(|_| Reply::ok("x").cc("max-age=60")).await;
+    let edge = start_edge(&config(origin.addr, "enabled = false")).await;
+    edge.get("/x").await;
+    let r = edge.get("/x").await;
+    assert!(r.cache_status().contains("fwd=bypass"));
+    assert_eq!(origin.count(), 2);
+}

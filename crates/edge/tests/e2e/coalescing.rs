@@ -1,0 +1,78 @@
+//! Request coalescing.
+
+use crate::common::*;
+use std::sync::Arc;
+use tokio::sync::Barrier;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_origin_request() {
+    let origin = TestOrigin::start(|_| Reply::ok("shared").cc("max-age=60").delay(300)).await;
+    let edge = Arc::new(edge_for(&origin).await);
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let edge = edge.clone();
+        tasks.push(tokio::spawn(async move { edge.get("/hot").await }));
+    }
+    let mut collapsed = 0;
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.text(), "shared");
+        if r.cache_status().contains("collapsed") {
+            collapsed += 1;
+        }
+    }
+    assert_eq!(origin.count(), 1);
+    assert!(collapsed >= 1, "waiters are marked collapsed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncacheable_responses_release_waiters_to_the_origin_in_parallel() {
+    // The first request (the leader) is answered after a delay with an uncacheable response.
+    // The origin then holds every other request until all N-1 have arrived: if the edge
+    // released the waiters one at a time, the barrier would never fill and they would time out.
+    const N: usize = 8;
+    let barrier = Arc::new(Barrier::new(N - 1));
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let origin = TestOrigin::start(move |_| {
+        if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            Reply::ok("private").cc("no-store").delay(300)
+        } else {
+            Reply::ok("private").cc("no-store").barrier(barrier.clone())
+        }
+    })
+    .await;
+    let edge = Arc::new(edge_for(&origin).await);
+    let mut tasks = Vec::new();
+    for _ in 0..N {
+        let edge = edge.clone();
+        tasks.push(tokio::spawn(async move { edge.get("/uncacheable").await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(origin.count(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_whose_variant_differs_fetch_their_own() {
+    let origin = TestOrigin::start(|r| {
+        let v = r.header("x-v").unwrap_or("-").to_owned();
+        Reply::ok(v)
+            .cc("max-age=60")
+            .header("vary", "x-v")
+            .delay(200)
+    })
+    .await;
+    let edge = Arc::new(edge_for(&origin).await);
+    let a = {
+        let e = edge.clone();
+        tokio::spawn(async move { e.get_with("/var", &[("x-v", "a")]).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let b = edge.get_with("/var", &[("x-v", "b")]).await;
+    assert_eq!(a.await.unwrap().text(), "a");
+    assert_eq!(b.text(), "b");
+    assert_eq!(origin.count(), 2);
+}

@@ -1,0 +1,368 @@
+//! Test harness: a scriptable origin, an edge started from TOML, and a client.
+
+use bytes::Bytes;
+use firebreak_edge::{EdgeHandle, EdgeServer};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Barrier};
+use tokio::task::JoinHandle;
+
+/// A request as the origin saw it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub type OriginBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// What the scripted origin answers.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: OriginBody,
+    pub delay: Duration,
+    pub barrier: Option<Arc<Barrier>>,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Bytes>) -> Self {
+        Self {
+            status: 200,
+            headers: Vec::new(),
+            body: Full::new(body.into())
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+            delay: Duration::ZERO,
+            barrier: None,
+        }
+    }
+    pub fn status(mut self, s: u16) -> Self {
+        self.status = s;
+        self
+    }
+    pub fn header(mut self, k: &str, v: impl Into<String>) -> Self {
+        self.headers.push((k.to_owned(), v.into()));
+        self
+    }
+    pub fn cc(self, v: &str) -> Self {
+        self.header("cache-control", v)
+    }
+    pub fn delay(mut self, ms: u64) -> Self {
+        self.delay = Duration::from_millis(ms);
+        self
+    }
+    pub fn barrier(mut self, b: Arc<Barrier>) -> Self {
+        self.barrier = Some(b);
+        self
+    }
+    /// A body fed from a channel: the test decides when each frame (or an error) goes out.
+    pub fn streamed(rx: mpsc::Receiver<Result<Bytes, std::io::Error>>) -> Self {
+        let stream = futures_stream(rx);
+        let mut r = Self::ok("");
+        r.body = StreamBody::new(stream).boxed_unsync();
+        r
+    }
+}
+
+fn futures_stream(
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + 'static {
+    ReceiverStream { rx }
+}
+
+struct ReceiverStream {
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+}
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Result<Frame<Bytes>, std::io::Error>;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    }
+}
+
+type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// A real HTTP origin on a loopback port that answers with a closure and records requests.
+pub struct TestOrigin {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    pub connections: Arc<AtomicUsize>,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl TestOrigin {
+    pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), handler).await
+    }
+
+    pub async fn start_on(
+        addr: SocketAddr,
+        handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::new(Mutex::new(Vec::new()));
+        let handler: Handler = Arc::new(handler);
+        let (req2, conn2, tasks2) = (requests.clone(), connections.clone(), tasks.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                conn2.fetch_add(1, Ordering::SeqCst);
+                let handler = handler.clone();
+                let requests = req2.clone();
+                let t = tokio::spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let handler = handler.clone();
+                        let requests = requests.clone();
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let rec = Recorded {
+                                method: parts.method,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                body,
+                            };
+                            requests.lock().unwrap().push(rec.clone());
+                            let reply = handler(&rec);
+                            if let Some(b) = &reply.barrier {
+                                b.wait().await;
+                            }
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            let mut resp = Response::new(reply.body);
+                            *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+                            for (k, v) in reply.headers {
+                                resp.headers_mut().append(
+                                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                                    HeaderValue::from_str(&v).unwrap(),
+                                );
+                            }
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+                tasks2.lock().unwrap().push(t);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+        Self {
+            addr,
+            requests,
+            connections,
+            tasks,
+        }
+    }
+
+    /// Requests seen so far.
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("origin saw no request")
+    }
+
+    /// Stops accepting and closes every connection: the origin is down.
+    pub fn stop(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for TestOrigin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A raw TCP "origin" that answers every connection with fixed bytes, then closes.
+pub async fn raw_origin(answer: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c2 = count.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            c2.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, count, task)
+}
+
+/// Configuration for one default service in front of `origin`, with extra TOML for the
+/// service's `[service.cache]` table and the top-level `[cache]` table.
+pub fn config(origin: SocketAddr, service_cache: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[cache]
+max_bytes = 67108864
+max_object_bytes = 16777216
+coalesce_wait_ms = 5000
+
+[[service]]
+name = "test"
+hosts = ["localhost", "test.example"]
+default = true
+
+[service.origin]
+connect_timeout_ms = 1000
+response_timeout_ms = 2000
+servers = [{{ addr = "{origin}" }}]
+
+[service.cache]
+{service_cache}
+"#
+    )
+}
+
+pub async fn start_edge(toml: &str) -> Edge {
+    let valid = firebreak_config::parse_str("test.toml", toml).unwrap_or_else(|e| panic!("{e}"));
+    let handle = EdgeServer::start(valid).await.unwrap();
+    let addr = handle.local_addrs()[0];
+    Edge {
+        handle,
+        addr,
+        client: client(),
+    }
+}
+
+/// An edge in front of `origin` with default settings.
+pub async fn edge_for(origin: &TestOrigin) -> Edge {
+    start_edge(&config(origin.addr, "")).await
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub struct Edge {
+    pub handle: EdgeHandle,
+    pub addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Edge {
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        self.send(Method::GET, path, headers, Bytes::new()).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Resp {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = format!("http://{}{}", self.addr, path).parse().unwrap();
+        req.headers_mut()
+            .insert("host", HeaderValue::from_static("localhost"));
+        for (k, v) in headers {
+            req.headers_mut().append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .expect("edge did not answer within 10 s")
+            .expect("request failed");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body failed").to_bytes();
+        Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Sends raw bytes on a new connection and returns everything read until close (or 5 s).
+    pub async fn raw(&self, bytes: &[u8]) -> String {
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}

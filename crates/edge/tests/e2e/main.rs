@@ -1,0 +1,12 @@
+//! End-to-end tests: the real edge server on a loopback port in front of real origin servers
+//! (hyper, or raw TCP for malformed answers), driven by a real HTTP client.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod bad_input;
+mod caching;
+mod coalescing;
+mod proxying;
+mod reload;
+mod stale;
