@@ -91,6 +91,14 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("x-request-id", v);
         }
+        if matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed
+        ) {
+            // A client that sent one malformed request is not trusted with the next one on
+            // the same connection (HTTP/1.1; hyper drops the field on HTTP/2).
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(self, ProxyError::MethodNotAllowed) {
             h.insert(
                 header::ALLOW,

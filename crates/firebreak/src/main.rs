@@ -24,7 +24,11 @@ struct Cli {
 enum Command {
     /// Run a local network: one edge on 127.0.0.1:8080 in front of the demo origin on
     /// 127.0.0.1:8081, using the built-in example configuration.
-    Up,
+    Up {
+        /// Edge port; the demo origin takes the next one.
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Run an edge in front of real origins. SIGHUP reloads the file.
     Edge {
         /// Configuration file (TOML).
@@ -98,12 +102,12 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), String> {
     match command {
-        Command::Up => up().await,
+        Command::Up { port } => up(port).await,
         Command::Edge { config } => {
             let valid = load_file(&config).map_err(|e| e.to_string())?;
             let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
             for addr in handle.local_addrs() {
-                tracing::info!("edge listening on http://{addr}");
+                println!("edge listening on http://{addr}");
             }
             let _reloader = handle.reload_on_sighup(config).map_err(|e| e.to_string())?;
             wait_for_ctrl_c().await;
@@ -114,7 +118,7 @@ async fn run(command: Command) -> Result<(), String> {
             let origin = demo_origin::start(listen)
                 .await
                 .map_err(|e| e.to_string())?;
-            tracing::info!("demo origin listening on http://{}", origin.addr);
+            println!("demo origin listening on http://{}", origin.addr);
             wait_for_ctrl_c().await;
             Ok(())
         }
@@ -122,9 +126,17 @@ async fn run(command: Command) -> Result<(), String> {
     }
 }
 
-async fn up() -> Result<(), String> {
-    let config: ValidConfig = parse_str("examples/firebreak.toml (built in)", EXAMPLE_CONFIG)
-        .map_err(|e| e.to_string())?;
+/// The example configuration with the edge on `port` and the origin on `port + 1`.
+fn example_config(port: u16) -> Result<ValidConfig, String> {
+    let origin_port = port.checked_add(1).ok_or("port must be below 65535")?;
+    let text = EXAMPLE_CONFIG
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{origin_port}"));
+    parse_str("examples/firebreak.toml (built in)", &text).map_err(|e| e.to_string())
+}
+
+async fn up(port: u16) -> Result<(), String> {
+    let config = example_config(port)?;
     let origin_addr: SocketAddr = config
         .services
         .first()
@@ -159,6 +171,18 @@ async fn up() -> Result<(), String> {
     wait_for_ctrl_c().await;
     edge.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    #[test]
+    fn example_config_moves_with_the_port() {
+        let c = super::example_config(9000).unwrap();
+        assert_eq!(c.listeners[0].addr.port(), 9000);
+        assert_eq!(c.services[0].origin.servers[0].addr, "127.0.0.1:9001");
+        assert!(super::example_config(65535).is_err());
+    }
 }
 
 async fn wait_for_ctrl_c() {

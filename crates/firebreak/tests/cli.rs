@@ -1,0 +1,198 @@
+//! The `firebreak` binary end to end: real processes, real sockets, real signals.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_firebreak");
+
+/// A child process killed (by PID, via `Child::kill`) when the test ends.
+struct Proc {
+    child: Child,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Self { child, stdout }
+    }
+
+    /// Reads stdout lines until one contains `marker`; returns the address after `http://`.
+    fn wait_for_addr(&mut self, marker: &str) -> SocketAddr {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).unwrap();
+            assert!(n > 0, "process exited before printing {marker:?}");
+            if line.contains(marker) {
+                let url = line.split("http://").nth(1).unwrap();
+                let addr = url.split(['/', ' ', '\n']).next().unwrap();
+                return addr.parse().unwrap();
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fb-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn edge_config(origin: SocketAddr, marker: &str) -> String {
+    format!(
+        r#"
+[[listener]]
+addr = "127.0.0.1:0"
+
+[[service]]
+name = "demo"
+hosts = ["localhost"]
+default = true
+
+[service.origin]
+servers = [{{ addr = "{origin}" }}]
+
+[[service.response_headers]]
+name = "x-config"
+op = "set"
+value = "{marker}"
+"#
+    )
+}
+
+#[test]
+fn edge_process_caches_and_reloads_on_sighup() {
+    let mut origin = Proc::spawn(&["origin", "--listen", "127.0.0.1:0"]);
+    let origin_addr = origin.wait_for_addr("demo origin listening");
+    let dir = temp_dir("edge");
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, edge_config(origin_addr, "one")).unwrap();
+    let mut edge = Proc::spawn(&["edge", "--config", path.to_str().unwrap()]);
+    let edge_addr = edge.wait_for_addr("edge listening");
+
+    let miss = get(edge_addr, "/static/a.txt");
+    assert!(miss.starts_with("HTTP/1.1 200"), "{miss}");
+    assert!(miss.contains("cache-status: firebreak; fwd=miss"), "{miss}");
+    let hit = get(edge_addr, "/static/a.txt");
+    assert!(hit.contains("cache-status: firebreak; hit"), "{hit}");
+    assert!(hit.contains("x-config: one"));
+    let stats = get(origin_addr, "/__origin/stats");
+    assert!(stats.contains("\"requests\":1"), "{stats}");
+
+    let hup = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = get(edge_addr, "/time");
+            if r.contains(want) {
+                return r;
+            }
+            assert!(Instant::now() < deadline, "never saw {want}: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // A bad file is refused: the edge keeps serving the running configuration.
+    std::fs::write(&path, "this is not toml = = =").unwrap();
+    hup(edge.child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    wait_for("x-config: one");
+    // A good one is applied.
+    std::fs::write(&path, edge_config(origin_addr, "two")).unwrap();
+    hup(edge.child.id());
+    wait_for("x-config: two");
+    // Cached objects survive the reload.
+    assert!(get(edge_addr, "/static/a.txt").contains("firebreak; hit"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn up_runs_an_edge_in_front_of_the_demo_origin() {
+    // A port pair unlikely to be taken; the test is about `up`, not the port.
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut up = Proc::spawn(&["up", "--port", &port.to_string()]);
+    let edge = up.wait_for_addr("  edge ");
+    assert_eq!(edge.port(), port);
+    let r = get(edge, "/");
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("firebreak demo origin"),
+        "{r}"
+    );
+    let r = get(edge, "/api/data");
+    assert!(r.contains("cache-status: firebreak"), "{r}");
+}
+
+#[test]
+fn config_validate_exit_codes_and_messages() {
+    let dir = temp_dir("validate");
+    let good = dir.join("good.toml");
+    std::fs::write(&good, edge_config("127.0.0.1:9".parse().unwrap(), "x")).unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "validate", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        edge_config("127.0.0.1:9".parse().unwrap(), "x").replace("hosts =", "hostz ="),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "validate", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml:7:1: service[0].hostz: unknown field `hostz`"),
+        "{err}"
+    );
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/firebreak.toml");
+    let out = Command::new(BIN)
+        .args(["config", "validate", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
