@@ -173,6 +173,13 @@ async fn up(port: u16) -> Result<(), String> {
     Ok(())
 }
 
+async fn wait_for_ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handling available: run until killed.
+        std::future::pending::<()>().await;
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -182,12 +189,5 @@ mod tests {
         assert_eq!(c.listeners[0].addr.port(), 9000);
         assert_eq!(c.services[0].origin.servers[0].addr, "127.0.0.1:9001");
         assert!(super::example_config(65535).is_err());
-    }
-}
-
-async fn wait_for_ctrl_c() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        // No signal handling available: run until killed.
-        std::future::pending::<()>().await;
     }
 }
