@@ -4,15 +4,25 @@
 //! resolves when the leader has stored the response (then they read it from the cache), or at
 //! once when the leader finds the response uncacheable or fails (then they go to the origin
 //! themselves, in parallel — there is no lock to wait out, unlike nginx's `proxy_cache_lock`).
+//!
+//! A key whose response was not storable is remembered for [`PASS_FOR`] ("hit-for-pass", as
+//! Varnish calls it): requests for it skip coalescing and go to the origin in parallel rather
+//! than queueing behind a leader whose answer nobody can share.
 
 use crate::store::CacheKey;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Number of independently locked shards; misses for different keys rarely contend.
 const SHARDS: usize = 64;
+/// How long a key stays "pass" after an unstorable response.
+pub const PASS_FOR: Duration = Duration::from_secs(30);
+/// Most entries per shard; beyond it expired pass markers are swept and new ones dropped, so
+/// a flood of unique uncacheable URLs cannot grow the table without bound.
+const MAX_ENTRIES_PER_SHARD: usize = 4096;
 
 /// What became of a coalesced fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,11 +31,20 @@ pub enum FetchOutcome {
     Pending,
     /// The response is in the cache: read it from there.
     Stored,
-    /// The response will not be stored (uncacheable, too large, failed): fetch yourself.
+    /// The response will not be stored this time (failed, cancelled, timed out): fetch
+    /// yourself.
     NotStored,
+    /// The response may not be stored (no-store, private, too large, ...): fetch yourself,
+    /// and later requests skip coalescing for [`PASS_FOR`].
+    Uncacheable,
 }
 
-type Shard = Mutex<HashMap<CacheKey, watch::Receiver<FetchOutcome>>>;
+enum Slot {
+    InFlight(watch::Receiver<FetchOutcome>),
+    Pass(Instant),
+}
+
+type Shard = Mutex<HashMap<CacheKey, Slot>>;
 
 /// The table of in-flight fetches.
 #[derive(Clone)]
@@ -47,6 +66,8 @@ pub enum Join {
     Leader(Leader),
     /// Someone is: wait for them.
     Waiter(Waiter),
+    /// The key recently answered with something unstorable: go to the origin directly.
+    Pass,
 }
 
 impl Coalescer {
@@ -67,13 +88,22 @@ impl Coalescer {
             Ok(m) => m,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(rx) = map.get(key) {
-            if *rx.borrow() == FetchOutcome::Pending {
+        match map.get(key) {
+            Some(Slot::InFlight(rx)) if *rx.borrow() == FetchOutcome::Pending => {
                 return Join::Waiter(Waiter { rx: rx.clone() });
+            }
+            Some(Slot::Pass(until)) if *until > Instant::now() => return Join::Pass,
+            _ => {}
+        }
+        if map.len() >= MAX_ENTRIES_PER_SHARD {
+            sweep(&mut map);
+            if map.len() >= MAX_ENTRIES_PER_SHARD {
+                // Table full of in-flight fetches: fetch uncoalesced rather than grow it.
+                return Join::Leader(Leader::detached());
             }
         }
         let (tx, rx) = watch::channel(FetchOutcome::Pending);
-        map.insert(key.clone(), rx);
+        map.insert(key.clone(), Slot::InFlight(rx));
         Join::Leader(Leader {
             slot: Some((self.clone(), key.clone(), tx)),
         })
@@ -83,25 +113,44 @@ impl Coalescer {
     pub fn in_flight(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map(|m| m.len()).unwrap_or(0))
+            .map(|s| {
+                s.lock()
+                    .map(|m| {
+                        m.values()
+                            .filter(|v| matches!(v, Slot::InFlight(_)))
+                            .count()
+                    })
+                    .unwrap_or(0)
+            })
             .sum()
     }
 
-    fn release(&self, key: &CacheKey, tx: &watch::Sender<FetchOutcome>) {
+    fn release(&self, key: &CacheKey, tx: &watch::Sender<FetchOutcome>, outcome: FetchOutcome) {
         if let Some(shard) = self.shard(key) {
             let mut map = match shard.lock() {
                 Ok(m) => m,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            // Remove only our own entry; a newer leader may have replaced it.
-            if map
-                .get(key)
-                .is_some_and(|rx| rx.same_channel(&tx.subscribe()))
-            {
-                map.remove(key);
+            // Touch only our own entry; a newer leader may have replaced it.
+            let ours = matches!(map.get(key), Some(Slot::InFlight(rx)) if rx.same_channel(&tx.subscribe()));
+            if ours {
+                if outcome == FetchOutcome::Uncacheable {
+                    map.insert(key.clone(), Slot::Pass(Instant::now() + PASS_FOR));
+                } else {
+                    map.remove(key);
+                }
             }
         }
     }
+}
+
+/// Drops expired pass markers.
+fn sweep(map: &mut HashMap<CacheKey, Slot>) {
+    let now = Instant::now();
+    map.retain(|_, slot| match slot {
+        Slot::InFlight(_) => true,
+        Slot::Pass(until) => *until > now,
+    });
 }
 
 /// The request that fetches for everyone. Dropping it without [`Leader::finish`] releases the
@@ -123,7 +172,7 @@ impl Leader {
 
     fn complete(&mut self, outcome: FetchOutcome) {
         if let Some((coalescer, key, tx)) = self.slot.take() {
-            coalescer.release(&key, &tx);
+            coalescer.release(&key, &tx, outcome);
             tx.send_replace(outcome);
         }
     }
@@ -168,7 +217,7 @@ mod tests {
         let waiters: Vec<_> = (0..10)
             .map(|_| match c.join(&key("/a")) {
                 Join::Waiter(w) => tokio::spawn(w.wait(Duration::from_secs(5))),
-                Join::Leader(_) => panic!("second must wait"),
+                _ => panic!("second must wait"),
             })
             .collect();
         // Other keys are independent.
@@ -193,6 +242,48 @@ mod tests {
         let handle = tokio::spawn(w.wait(Duration::from_secs(5)));
         drop(leader);
         assert_eq!(handle.await.unwrap(), FetchOutcome::NotStored);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn uncacheable_keys_pass_for_a_while() {
+        let c = Coalescer::default();
+        let Join::Leader(leader) = c.join(&key("/u")) else {
+            panic!()
+        };
+        let Join::Waiter(w) = c.join(&key("/u")) else {
+            panic!()
+        };
+        leader.finish(FetchOutcome::Uncacheable);
+        assert_eq!(
+            w.wait(Duration::from_secs(1)).await,
+            FetchOutcome::Uncacheable
+        );
+        assert!(matches!(c.join(&key("/u")), Join::Pass));
+        assert!(matches!(c.join(&key("/u")), Join::Pass));
+        assert_eq!(c.in_flight(), 0);
+        tokio::time::advance(PASS_FOR + Duration::from_millis(1)).await;
+        assert!(matches!(c.join(&key("/u")), Join::Leader(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_table_is_bounded() {
+        let c = Coalescer::default();
+        let mut leaders = Vec::new();
+        for i in 0..(SHARDS * MAX_ENTRIES_PER_SHARD + 100) {
+            if let Join::Leader(l) = c.join(&key(&format!("/{i}"))) {
+                leaders.push(l);
+            }
+        }
+        assert!(c.in_flight() <= SHARDS * MAX_ENTRIES_PER_SHARD);
+        // Expired pass markers make room again.
+        for l in leaders.drain(..) {
+            l.finish(FetchOutcome::Uncacheable);
+        }
+        tokio::time::advance(PASS_FOR + Duration::from_millis(1)).await;
+        assert!(matches!(
+            c.join(&key("/new")),
+            Join::Leader(Leader { slot: Some(_) })
+        ));
     }
 
     #[tokio::test(start_paused = true)]

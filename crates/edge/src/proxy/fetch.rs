@@ -133,8 +133,9 @@ pub(crate) async fn fetch(
     };
     let (freshness, strip_fields, vary) = match plan {
         Err(why) => {
-            // Release the waiters at once: they go to the origin in parallel.
-            drop(leader);
+            // Release the waiters at once: they go to the origin in parallel, and so do the
+            // next requests for a while.
+            leader.finish(FetchOutcome::Uncacheable);
             let st = status.detail(why);
             let body = if ctx.method == Method::HEAD {
                 EdgeBody::Empty
@@ -330,7 +331,7 @@ async fn tee(
                 storing = false;
                 chunks = Vec::new();
                 if let Some(l) = leader.take() {
-                    l.finish(FetchOutcome::NotStored);
+                    l.finish(FetchOutcome::Uncacheable);
                 }
             } else {
                 chunks.push(data.clone());

@@ -69,13 +69,16 @@ pub(crate) async fn cached(
         }
         let leader = match ctx.state.coalescer.join(&key) {
             Join::Leader(leader) => leader,
+            Join::Pass => Leader::detached(),
             Join::Waiter(waiter) => match waiter.wait(coalesce_wait).await {
                 FetchOutcome::Stored => {
                     collapsed = true;
                     continue;
                 }
                 // Uncacheable, failed or too slow: go to the origin at once, in parallel.
-                FetchOutcome::NotStored | FetchOutcome::Pending => Leader::detached(),
+                FetchOutcome::NotStored | FetchOutcome::Uncacheable | FetchOutcome::Pending => {
+                    Leader::detached()
+                }
             },
         };
         let revalidate = Revalidate { stored, policy };

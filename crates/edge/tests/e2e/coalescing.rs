@@ -53,6 +53,17 @@ async fn uncacheable_responses_release_waiters_to_the_origin_in_parallel() {
         assert_eq!(r.status, 200, "{}", r.text());
     }
     assert_eq!(origin.count(), N);
+    // Now the key is known to be uncacheable ("hit-for-pass"): a new wave is not coalesced
+    // at all. All N wait on the barrier, which fills only if none waits for another.
+    let mut tasks = Vec::new();
+    for _ in 0..(N - 1) {
+        let edge = edge.clone();
+        tasks.push(tokio::spawn(async move { edge.get("/uncacheable").await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().status, 200);
+    }
+    assert_eq!(origin.count(), 2 * N - 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
