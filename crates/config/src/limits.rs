@@ -38,3 +38,5 @@ pub const MIN_CACHE_BYTES: u64 = 1024 * 1024;
 pub const MAX_CACHE_BYTES: u64 = 1 << 40;
 /// Most concurrent client connections per edge process (bounds for `limits.max_connections`).
 pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// Largest request body limit an operator can set: 64 GiB.
+pub const MAX_REQUEST_BODY_LIMIT: u64 = 64 << 30;

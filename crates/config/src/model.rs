@@ -63,6 +63,8 @@ pub struct LimitsConfig {
     pub header_read_timeout_ms: u64,
     /// Most concurrent client connections; further connections wait in the accept queue.
     pub max_connections: usize,
+    /// Largest request body forwarded to an origin (413 beyond it).
+    pub max_request_body_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -71,6 +73,7 @@ impl Default for LimitsConfig {
             max_header_bytes: 64 * 1024,
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
+            max_request_body_bytes: 100 * 1024 * 1024,
         }
     }
 }

@@ -112,6 +112,12 @@ fn limits(c: &mut Checker, limits: &LimitsConfig) {
         &[Key("limits"), Key("header_read_timeout_ms")],
         limits.header_read_timeout_ms,
     );
+    if limits.max_request_body_bytes > MAX_REQUEST_BODY_LIMIT {
+        c.fail(
+            &[Key("limits"), Key("max_request_body_bytes")],
+            format!("must be at most {MAX_REQUEST_BODY_LIMIT}"),
+        );
+    }
     if limits.max_connections == 0 || limits.max_connections > MAX_CONNECTIONS_LIMIT {
         c.fail(
             &[Key("limits"), Key("max_connections")],

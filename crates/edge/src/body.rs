@@ -5,9 +5,37 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::time::{Instant, Sleep};
+
+/// An origin body that fails if the origin goes quiet for longer than `idle` between chunks,
+/// so a stalled origin cannot hold a client connection forever.
+#[derive(Debug)]
+pub struct OriginBody {
+    body: Incoming,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl OriginBody {
+    /// Wraps an origin body with an idle timeout.
+    pub fn new(body: Incoming, idle: Duration) -> Self {
+        Self {
+            body,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+/// The origin sent nothing for longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("origin body stalled for more than {0:?}")]
+pub struct OriginStalled(pub Duration);
 
 /// Boxed error for streamed bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,7 +53,7 @@ pub enum EdgeBody {
         remaining: u64,
     },
     /// The origin's body, passed through unchanged (not stored).
-    Origin(Incoming),
+    Origin(OriginBody),
     /// Chunks forwarded by the task that also fills the cache.
     Tee(mpsc::Receiver<Result<Bytes, BoxError>>),
 }
@@ -61,9 +89,17 @@ impl Body for EdgeBody {
                 }
                 None => Poll::Ready(None),
             },
-            EdgeBody::Origin(incoming) => Pin::new(incoming)
-                .poll_frame(cx)
-                .map(|f| f.map(|r| r.map_err(BoxError::from))),
+            EdgeBody::Origin(o) => match Pin::new(&mut o.body).poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    let deadline = Instant::now() + o.idle;
+                    o.timer.as_mut().reset(deadline);
+                    Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
+                }
+                Poll::Pending => match o.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(OriginStalled(o.idle))))),
+                    Poll::Pending => Poll::Pending,
+                },
+            },
             EdgeBody::Tee(rx) => rx.poll_recv(cx).map(|c| c.map(|r| r.map(Frame::data))),
         }
     }
@@ -72,7 +108,7 @@ impl Body for EdgeBody {
         match self {
             EdgeBody::Empty => true,
             EdgeBody::Chunks { chunks, .. } => chunks.is_empty(),
-            EdgeBody::Origin(incoming) => incoming.is_end_stream(),
+            EdgeBody::Origin(o) => o.body.is_end_stream(),
             EdgeBody::Tee(_) => false,
         }
     }
@@ -81,7 +117,7 @@ impl Body for EdgeBody {
         match self {
             EdgeBody::Empty => SizeHint::with_exact(0),
             EdgeBody::Chunks { remaining, .. } => SizeHint::with_exact(*remaining),
-            EdgeBody::Origin(incoming) => incoming.size_hint(),
+            EdgeBody::Origin(o) => o.body.size_hint(),
             EdgeBody::Tee(_) => SizeHint::default(),
         }
     }

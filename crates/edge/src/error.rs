@@ -27,6 +27,9 @@ pub enum ProxyError {
     /// The method is not proxied.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// The request body is longer than `limits.max_request_body_bytes`.
+    #[error("request body too large")]
+    PayloadTooLarge,
 }
 
 impl ProxyError {
@@ -40,6 +43,7 @@ impl ProxyError {
             }
             ProxyError::OriginTimeout | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -49,6 +53,7 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "firebreak; detail=bad-request",
             ProxyError::UnknownHost(_) => "firebreak; detail=unknown-host",
             ProxyError::MethodNotAllowed => "firebreak; detail=method-not-allowed",
+            ProxyError::PayloadTooLarge => "firebreak; detail=payload-too-large",
             ProxyError::NotCached => "firebreak; fwd=miss; detail=only-if-cached",
             ProxyError::OriginUnreachable(_) => "firebreak; fwd=miss; detail=origin-unreachable",
             ProxyError::OriginTimeout => "firebreak; fwd=miss; detail=origin-timeout",

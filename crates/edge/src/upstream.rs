@@ -1,6 +1,7 @@
 //! Origin pools: weighted selection, passive health (failed servers are ejected for a while),
 //! failover to the next server and to backups, pooled HTTP/1.1 keep-alive connections.
 
+use crate::body::BoxError;
 use crate::error::ProxyError;
 use bytes::Bytes;
 use firebreak_config::OriginPoolConfig;
@@ -16,29 +17,48 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Body type of requests sent to origins.
-pub type UpstreamBody = UnsyncBoxBody<Bytes, crate::body::BoxError>;
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// The client's request body failed (malformed chunking, reset): the client's fault, not
-/// the origin's. Wrapped around client body errors so `send` can tell them apart.
+/// The client's request body failed: the client's fault, not the origin's. Client body
+/// errors are wrapped in it so that `send` can tell them apart from origin failures.
 #[derive(Debug, thiserror::Error)]
-#[error("client request body: {0}")]
-pub struct ClientBodyError(pub hyper::Error);
+pub enum ClientBodyError {
+    /// Malformed chunking, reset connection, ...
+    #[error("client request body: {0}")]
+    Malformed(hyper::Error),
+    /// Longer than `limits.max_request_body_bytes`.
+    #[error("client request body exceeds the limit")]
+    TooLarge,
+}
 
-/// Wraps a client's streamed request body for forwarding.
-pub fn client_body(body: hyper::body::Incoming) -> UpstreamBody {
-    body.map_err(|e| crate::body::BoxError::from(ClientBodyError(e)))
+/// Wraps a client's streamed request body for forwarding, failing once it passes `limit`.
+pub fn client_body(body: hyper::body::Incoming, limit: u64) -> UpstreamBody {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let body = body.map_err(|e| BoxError::from(ClientBodyError::Malformed(e)));
+    http_body_util::Limited::new(body, limit)
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                BoxError::from(ClientBodyError::TooLarge)
+            } else {
+                e
+            }
+        })
         .boxed_unsync()
 }
 
-fn is_client_body_error(e: &(dyn std::error::Error + 'static)) -> bool {
+/// The client-side cause of a failed forward, if that is what it was.
+fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<ClientBodyError>() {
-            return true;
+        match err.downcast_ref::<ClientBodyError>() {
+            Some(ClientBodyError::TooLarge) => return Some(ProxyError::PayloadTooLarge),
+            Some(ClientBodyError::Malformed(_)) => {
+                return Some(ProxyError::BadRequest("malformed request body"))
+            }
+            None => cur = err.source(),
         }
-        cur = err.source();
     }
-    false
+    None
 }
 
 /// How long a server that failed to connect or answer is skipped.
@@ -117,6 +137,12 @@ impl OriginPool {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
         })
+    }
+
+    /// Longest silence allowed from an origin: before the response head and between body
+    /// chunks.
+    pub fn idle_timeout(&self) -> Duration {
+        self.response_timeout
     }
 
     fn now_ms(&self) -> u64 {
@@ -204,8 +230,8 @@ impl OriginPool {
                     self.eject(server);
                     last_err = ProxyError::OriginUnreachable(format!("{}: {e}", server.authority));
                 }
-                Ok(Err(e)) if is_client_body_error(&e) => {
-                    return Err(ProxyError::BadRequest("malformed request body"));
+                Ok(Err(e)) if client_body_error(&e).is_some() => {
+                    return Err(client_body_error(&e).unwrap_or(ProxyError::BadRequest("body")));
                 }
                 Ok(Err(e)) => {
                     let detail = std::error::Error::source(&e)

@@ -3,7 +3,7 @@
 
 use super::respond::{finish, from_object, CacheStatus};
 use super::RequestCtx;
-use crate::body::{BoxError, EdgeBody};
+use crate::body::{BoxError, EdgeBody, OriginBody, OriginStalled};
 use crate::coalesce::{FetchOutcome, Leader};
 use crate::error::ProxyError;
 use crate::http::conditional::{is_conditional, not_modified, NOT_MODIFIED_FIELDS};
@@ -140,7 +140,7 @@ pub(crate) async fn fetch(
             let body = if ctx.method == Method::HEAD {
                 EdgeBody::Empty
             } else {
-                EdgeBody::Origin(body)
+                EdgeBody::Origin(OriginBody::new(body, ctx.svc.pool.idle_timeout()))
             };
             return Ok(finish(ctx, Response::from_parts(parts, body), st));
         }
@@ -169,12 +169,9 @@ pub(crate) async fn fetch(
         && not_modified(&ctx.headers, &pending.headers);
     let status = status.stored().with_ttl(freshness.ttl_secs(response_time));
     let age = HeaderValue::from(freshness.age(response_time).as_secs());
-    tokio::spawn(tee(
-        body,
-        (client_wants_body && !conditional_hit).then_some(tx),
-        pending,
-        leader,
-    ));
+    let idle = ctx.svc.pool.idle_timeout();
+    let client = (client_wants_body && !conditional_hit).then_some(tx);
+    tokio::spawn(tee(body, idle, client, pending, leader));
 
     let mut resp = if conditional_hit {
         let mut r = Response::new(EdgeBody::Empty);
@@ -302,6 +299,7 @@ struct PendingObject {
 /// size limit stops the fill but not the client; a broken origin body stores nothing.
 async fn tee(
     mut body: Incoming,
+    idle: std::time::Duration,
     mut client: Option<mpsc::Sender<Result<Bytes, BoxError>>>,
     p: PendingObject,
     leader: Leader,
@@ -311,13 +309,21 @@ async fn tee(
     let mut len = 0u64;
     let mut storing = true;
     loop {
-        let frame = match body.frame().await {
-            None => break,
-            Some(Ok(frame)) => frame,
-            Some(Err(e)) => {
+        let next = tokio::time::timeout(idle, body.frame()).await;
+        let frame = match next {
+            Ok(None) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(Some(Err(e))) => {
                 tracing::warn!(error = %e, "origin body failed; not stored");
                 if let Some(tx) = client.take() {
                     let _ = tx.send(Err(Box::new(e))).await;
+                }
+                return;
+            }
+            Err(_) => {
+                tracing::warn!("origin body stalled; not stored");
+                if let Some(tx) = client.take() {
+                    let _ = tx.send(Err(Box::new(OriginStalled(idle)))).await;
                 }
                 return;
             }

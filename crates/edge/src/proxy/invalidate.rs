@@ -13,11 +13,8 @@ pub(crate) async fn forward_unsafe(
     ctx: &RequestCtx,
     body: Incoming,
 ) -> Result<Response<EdgeBody>, ProxyError> {
-    let resp = ctx
-        .svc
-        .pool
-        .send(&ctx.upstream(), super::request_body(body))
-        .await?;
+    let body = super::request_body(ctx, body)?;
+    let resp = ctx.svc.pool.send(&ctx.upstream(), body).await?;
     let status = resp.status();
     if status.is_success() || status.is_redirection() {
         let store = &ctx.state.store;
@@ -38,7 +35,10 @@ pub(crate) async fn forward_unsafe(
     }
     Ok(finish(
         ctx,
-        resp.map(EdgeBody::Origin),
+        {
+            let idle = ctx.svc.pool.idle_timeout();
+            resp.map(|b| EdgeBody::Origin(crate::body::OriginBody::new(b, idle)))
+        },
         CacheStatus::fwd("method").with_fwd_status(status),
     ))
 }

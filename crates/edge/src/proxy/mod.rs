@@ -158,13 +158,25 @@ async fn serve(
         Method::POST | Method::PUT | Method::DELETE | Method::PATCH => {
             invalidate::forward_unsafe(&ctx, body).await
         }
-        _ => pass(&ctx, request_body(body), CacheStatus::fwd("method")).await,
+        _ => {
+            let body = request_body(&ctx, body)?;
+            pass(&ctx, body, CacheStatus::fwd("method")).await
+        }
     }
 }
 
-fn request_body(body: Incoming) -> Option<crate::upstream::UpstreamBody> {
+/// The client's body for forwarding: refused up front when its declared length is over the
+/// limit, cut off (413) when a chunked body grows past it.
+pub(crate) fn request_body(
+    ctx: &RequestCtx,
+    body: Incoming,
+) -> Result<Option<crate::upstream::UpstreamBody>, ProxyError> {
     use http_body::Body;
-    (!body.is_end_stream()).then(|| crate::upstream::client_body(body))
+    let limit = ctx.runtime.config.limits.max_request_body_bytes;
+    if body.size_hint().lower() > limit {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    Ok((!body.is_end_stream()).then(|| crate::upstream::client_body(body, limit)))
 }
 
 /// Forwards the request unchanged and streams the origin's answer back, storing nothing.
@@ -177,7 +189,10 @@ async fn pass(
     let fwd_status = resp.status();
     Ok(respond::finish(
         ctx,
-        resp.map(EdgeBody::Origin),
+        {
+            let idle = ctx.svc.pool.idle_timeout();
+            resp.map(|b| EdgeBody::Origin(crate::body::OriginBody::new(b, idle)))
+        },
         status.with_fwd_status(fwd_status),
     ))
 }

@@ -140,3 +140,82 @@ async fn truncated_origin_body_is_not_stored() {
     assert!(!out.contains("; hit"), "truncated object was stored: {out}");
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn request_bodies_over_the_limit_get_413() {
+    let origin = TestOrigin::start(|_| Reply::ok("x").cc("no-store")).await;
+    let cfg = config(origin.addr, "").replace(
+        "[cache]",
+        "[limits]\nmax_request_body_bytes = 1000\n\n[cache]",
+    );
+    let edge = start_edge(&cfg).await;
+    let declared = edge
+        .raw(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n")
+        .await;
+    assert_eq!(status_of(&declared), 413, "{declared}");
+    assert_eq!(
+        origin.count(),
+        0,
+        "a declared oversize body never reaches the origin"
+    );
+    let mut chunked =
+        b"POST /up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"200\r\n");
+        chunked.extend(std::iter::repeat_n(b'a', 512));
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    assert_eq!(status_of(&edge.raw(&chunked).await), 413);
+    let ok = edge
+        .send(
+            http::Method::PUT,
+            "/up",
+            &[],
+            bytes::Bytes::from(vec![1u8; 1000]),
+        )
+        .await;
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test]
+async fn a_stalled_origin_body_ends_the_response_instead_of_hanging() {
+    let senders = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s2 = senders.clone();
+    let origin = TestOrigin::start(move |r| {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let _ = tx.try_send(Ok(bytes::Bytes::from_static(b"partial")));
+        // Keep the sender alive: the origin neither finishes nor fails, it just stalls.
+        s2.lock().unwrap().push(tx);
+        let cc = if r.uri.path() == "/cacheable" {
+            "max-age=60"
+        } else {
+            "no-store"
+        };
+        Reply::streamed(rx).cc(cc)
+    })
+    .await;
+    let cfg =
+        config(origin.addr, "").replace("response_timeout_ms = 2000", "response_timeout_ms = 300");
+    let edge = start_edge(&cfg).await;
+    for path in ["/cacheable", "/passthrough"] {
+        let out = edge
+            .raw(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await;
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        // The connection was closed by the edge (raw() would otherwise wait its full 5 s and
+        // the chunked body would be terminated).
+        assert!(
+            !out.ends_with("0\r\n\r\n"),
+            "{path}: a stalled body must not look complete: {out:?}"
+        );
+    }
+    let again = edge
+        .raw(b"GET /cacheable HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    assert!(
+        !again.contains("firebreak; hit"),
+        "a stalled body was stored: {again}"
+    );
+    assert_eq!(origin.count(), 3);
+}

@@ -553,3 +553,39 @@ async fn disabled_cache_stores_nothing() {
     assert!(r.cache_status().contains("fwd=bypass"));
     assert_eq!(origin.count(), 2);
 }
+
+#[tokio::test]
+async fn heuristic_freshness_only_when_enabled_and_allowed() {
+    let lm = httpdate::fmt_http_date(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(100 * 86400),
+    );
+    let lm2 = lm.clone();
+    let origin = TestOrigin::start(move |r| match r.uri.path() {
+        "/302" => Reply::ok("")
+            .status(302)
+            .header("location", "/x")
+            .header("last-modified", lm2.clone()),
+        _ => Reply::ok("h").header("last-modified", lm2.clone()),
+    })
+    .await;
+    let off = edge_for(&origin).await;
+    off.get("/h").await;
+    assert!(!off.get("/h").await.cache_status().contains("hit"));
+    let on = start_edge(&config(origin.addr, "heuristic_freshness = true")).await;
+    on.get("/h").await;
+    let r = on.get("/h").await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    // 10% of 100 days, capped at one day.
+    let ttl: i64 = r
+        .cache_status()
+        .split("ttl=")
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((86_000..=86_400).contains(&ttl), "{ttl}");
+    // Not for a status that is not heuristically cacheable.
+    on.get("/302").await;
+    assert!(!on.get("/302").await.cache_status().contains("hit"));
+    let _ = lm;
+}
