@@ -27,7 +27,10 @@ pub(crate) async fn cached(
         policy.forced_ttl = Some(ttl);
     }
     let coalesce_wait = Duration::from_millis(ctx.runtime.config.cache.coalesce_wait_ms);
-    let mut collapsed = false;
+    // Set while this request waits for another's fetch: a response obtained from the origin
+    // after that moment is as good as one this request fetched itself, even if it is stale
+    // on arrival (no-cache, Age past max-age), so waiters never queue up to revalidate it.
+    let mut waited_since: Option<SystemTime> = None;
     for _ in 0..MAX_COALESCE_ROUNDS {
         let now = SystemTime::now();
         let variants = ctx.state.store.get(&key);
@@ -36,13 +39,10 @@ pub(crate) async fn cached(
             .and_then(|v| v.select(&ctx.headers))
             .cloned();
         if let Some(obj) = &stored {
-            if obj.freshness.ttl(now).is_some() {
-                return Ok(from_object(
-                    ctx,
-                    obj,
-                    CacheStatus::hit().collapsed(collapsed),
-                    now,
-                ));
+            let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time >= t);
+            if obj.freshness.ttl(now).is_some() || fetched_for_us {
+                let status = CacheStatus::hit().collapsed(waited_since.is_some());
+                return Ok(from_object(ctx, obj, status, now));
             }
             if !obj.freshness.stale_while_revalidate.is_zero()
                 && obj.freshness.can_serve_while_revalidating(now)
@@ -72,7 +72,7 @@ pub(crate) async fn cached(
             Join::Pass => Leader::detached(),
             Join::Waiter(waiter) => match waiter.wait(coalesce_wait).await {
                 FetchOutcome::Stored => {
-                    collapsed = true;
+                    waited_since.get_or_insert(now);
                     continue;
                 }
                 // Uncacheable, failed or too slow: go to the origin at once, in parallel.

@@ -87,3 +87,29 @@ async fn waiters_whose_variant_differs_fetch_their_own() {
     assert_eq!(b.text(), "b");
     assert_eq!(origin.count(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_share_a_response_that_is_stale_on_arrival() {
+    // no-cache: every *new* request must revalidate, but requests that waited for this very
+    // fetch share its result instead of revalidating one after another.
+    let origin = TestOrigin::start(|_| {
+        Reply::ok("nc")
+            .cc("no-cache")
+            .header("etag", "\"e\"")
+            .delay(300)
+    })
+    .await;
+    let edge = Arc::new(edge_for(&origin).await);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let edge = edge.clone();
+        tasks.push(tokio::spawn(async move { edge.get("/nc").await }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().text(), "nc");
+    }
+    assert_eq!(origin.count(), 1);
+    // A later request revalidates.
+    edge.get("/nc").await;
+    assert_eq!(origin.count(), 2);
+}
