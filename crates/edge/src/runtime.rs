@@ -33,8 +33,9 @@ pub struct HeaderRule {
 pub struct Service {
     /// Unique name (also the cache key namespace).
     pub name: Arc<str>,
-    /// Origin pool.
-    pub pool: OriginPool,
+    /// Origin pool; shared with the previous runtime when its configuration is unchanged, so
+    /// a reload keeps warm connections and health state.
+    pub pool: Arc<OriginPool>,
     /// Whether the cache is used at all.
     pub cache_enabled: bool,
     /// Operator defaults for storability.
@@ -58,7 +59,15 @@ impl Service {
             .map(|(_, a)| *a)
     }
 
-    fn build(c: &ServiceConfig) -> Result<Self, String> {
+    fn build(c: &ServiceConfig, previous: Option<&Runtime>) -> Result<Self, String> {
+        let reused = previous
+            .and_then(|rt| rt.services.iter().find(|s| *s.name == *c.name))
+            .filter(|s| s.pool.config() == &c.origin)
+            .map(|s| s.pool.clone());
+        let pool = match reused {
+            Some(pool) => pool,
+            None => Arc::new(OriginPool::new(&c.origin)?),
+        };
         let rules = c
             .cache
             .rules
@@ -87,7 +96,7 @@ impl Service {
             .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
             name: c.name.as_str().into(),
-            pool: OriginPool::new(&c.origin)?,
+            pool,
             cache_enabled: c.cache.enabled,
             policy: CachePolicy {
                 default_ttl: c.cache.default_ttl_s.map(Duration::from_secs),
@@ -115,14 +124,15 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds every service. Any failure rejects the whole configuration.
-    pub fn build(config: ValidConfig) -> Result<Self, String> {
+    /// Builds every service. Any failure rejects the whole configuration. Origin pools whose
+    /// settings did not change are carried over from `previous`.
+    pub fn build(config: ValidConfig, previous: Option<&Runtime>) -> Result<Self, String> {
         let mut services = Vec::with_capacity(config.services.len());
         let mut by_host = HashMap::new();
         let mut default = None;
         for (i, s) in config.services.iter().enumerate() {
             services.push(Arc::new(
-                Service::build(s).map_err(|e| format!("service `{}`: {e}", s.name))?,
+                Service::build(s, previous).map_err(|e| format!("service `{}`: {e}", s.name))?,
             ));
             for h in &s.hosts {
                 by_host.insert(h.to_ascii_lowercase(), i);
@@ -137,6 +147,11 @@ impl Runtime {
             by_host,
             default,
         })
+    }
+
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Option<&Arc<Service>> {
+        self.services.iter().find(|s| *s.name == *name)
     }
 
     /// The service for a (lowercased, port-less) host, or the default service.

@@ -62,7 +62,7 @@ impl EdgeServer {
         ));
         let limits = config.limits.clone();
         let listen: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
-        let runtime = Runtime::build(config).map_err(ServerError::Config)?;
+        let runtime = Runtime::build(config, None).map_err(ServerError::Config)?;
         let state = Arc::new(EdgeState::new(runtime, store));
         let mut listeners = Vec::new();
         for addr in listen {
@@ -169,7 +169,7 @@ impl EdgeHandle {
         if current.config.cache.max_bytes != config.cache.max_bytes {
             tracing::warn!("cache.max_bytes changes take effect on restart");
         }
-        let runtime = Runtime::build(config).map_err(ServerError::Config)?;
+        let runtime = Runtime::build(config, Some(&current)).map_err(ServerError::Config)?;
         self.state.runtime.store(Arc::new(runtime));
         Ok(())
     }

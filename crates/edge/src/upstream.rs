@@ -76,6 +76,7 @@ struct OriginServer {
 
 /// A pool of origin servers for one service.
 pub struct OriginPool {
+    config: OriginPoolConfig,
     servers: Vec<OriginServer>,
     client: Client<HttpConnector, UpstreamBody>,
     response_timeout: Duration,
@@ -127,6 +128,7 @@ impl OriginPool {
             .timer(TokioTimer::new())
             .build(connector);
         Ok(Self {
+            config: config.clone(),
             servers,
             client,
             response_timeout: Duration::from_millis(config.response_timeout_ms),
@@ -137,6 +139,11 @@ impl OriginPool {
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
         })
+    }
+
+    /// The configuration this pool was built from.
+    pub fn config(&self) -> &OriginPoolConfig {
+        &self.config
     }
 
     /// Longest silence allowed from an origin: before the response head and between body

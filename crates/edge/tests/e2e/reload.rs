@@ -56,3 +56,57 @@ async fn a_bad_file_is_refused_and_the_running_config_stays() {
     assert_eq!(edge.get("/").await.header("x-config"), Some("new"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn reload_keeps_warm_origin_connections_when_the_pool_is_unchanged() {
+    let origin = TestOrigin::start(|_| Reply::ok("x").cc("no-store")).await;
+    let base = config(origin.addr, "");
+    let edge = start_edge(&with_marker(&base, "a")).await;
+    edge.get("/1").await;
+    let before = edge
+        .handle
+        .state()
+        .runtime
+        .load()
+        .service("test")
+        .unwrap()
+        .pool
+        .clone();
+    edge.handle
+        .reload(firebreak_config::parse_str("b.toml", &with_marker(&base, "b")).unwrap())
+        .unwrap();
+    let after = edge
+        .handle
+        .state()
+        .runtime
+        .load()
+        .service("test")
+        .unwrap()
+        .pool
+        .clone();
+    assert!(
+        Arc::ptr_eq(&before, &after),
+        "unchanged pool is carried over"
+    );
+    edge.get("/2").await;
+    assert_eq!(
+        origin.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    // A changed pool is rebuilt.
+    let changed =
+        with_marker(&base, "c").replace("connect_timeout_ms = 1000", "connect_timeout_ms = 900");
+    edge.handle
+        .reload(firebreak_config::parse_str("c.toml", &changed).unwrap())
+        .unwrap();
+    let rebuilt = edge
+        .handle
+        .state()
+        .runtime
+        .load()
+        .service("test")
+        .unwrap()
+        .pool
+        .clone();
+    assert!(!Arc::ptr_eq(&before, &rebuilt));
+}
