@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Most header fields in one HTTP/1.1 request.
@@ -34,6 +34,11 @@ pub struct EdgeHandle {
     addrs: Vec<SocketAddr>,
     state: Arc<EdgeState>,
     tasks: Vec<JoinHandle<()>>,
+    /// Flipped to `true` to ask every open connection to finish gracefully.
+    stop: watch::Sender<bool>,
+    /// One permit per open connection; all permits back means all connections closed.
+    permits: Arc<Semaphore>,
+    max_connections: u32,
 }
 
 /// Why an edge could not start or reload.
@@ -85,7 +90,9 @@ impl EdgeServer {
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(MAX_H2_STREAMS);
         let builder = Arc::new(builder);
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+        let permits = Arc::new(Semaphore::new(max_connections as usize));
+        let (stop, _) = watch::channel(false);
         let mut addrs = Vec::new();
         let mut tasks = Vec::new();
         for listener in listeners {
@@ -98,12 +105,16 @@ impl EdgeServer {
                 state.clone(),
                 builder.clone(),
                 permits.clone(),
+                stop.subscribe(),
             )));
         }
         Ok(EdgeHandle {
             addrs,
             state,
             tasks,
+            stop,
+            permits,
+            max_connections,
         })
     }
 }
@@ -113,6 +124,7 @@ async fn accept_loop(
     state: Arc<EdgeState>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     permits: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
 ) {
     loop {
         // Bound concurrent connections: beyond the limit, clients wait in the kernel backlog.
@@ -131,20 +143,40 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let builder = builder.clone();
+        let stop = stop.clone();
         tokio::spawn(async move {
             let client_ip = peer.ip();
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(state, req, client_ip).await) }
             });
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopped(stop) => {
+                    // Finish the requests in progress, then close (HTTP/2: GOAWAY).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "connection ended with error");
             }
             drop(permit);
         });
+    }
+}
+
+/// Resolves once `stop` turns `true` (never, if the handle is gone without stopping).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
+        if stop.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -199,11 +231,20 @@ impl EdgeHandle {
         }))
     }
 
-    /// Stops accepting connections. Open connections finish their current requests.
+    /// Stops accepting connections at once; open connections are left to finish.
     pub fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();
         }
+    }
+
+    /// Graceful stop: no new connections, every open connection finishes the requests it
+    /// has in progress and closes. Returns `true` if all closed within `limit`.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.shutdown();
+        self.stop.send_replace(true);
+        let all = self.permits.acquire_many(self.max_connections);
+        matches!(tokio::time::timeout(limit, all).await, Ok(Ok(_)))
     }
 }
 

@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 mod demo_origin;
 
+/// How long Ctrl-C waits for in-flight requests before exiting.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The example configuration `firebreak up` runs.
 const EXAMPLE_CONFIG: &str = include_str!("../../../examples/firebreak.toml");
 
@@ -111,7 +114,10 @@ async fn run(command: Command) -> Result<(), String> {
             }
             let _reloader = handle.reload_on_sighup(config).map_err(|e| e.to_string())?;
             wait_for_ctrl_c().await;
-            handle.shutdown();
+            tracing::info!("draining connections (up to {DRAIN_LIMIT:?})");
+            if !handle.drain(DRAIN_LIMIT).await {
+                tracing::warn!("some connections were still open after {DRAIN_LIMIT:?}");
+            }
             Ok(())
         }
         Command::Origin { listen } => {
@@ -169,7 +175,7 @@ async fn up(port: u16) -> Result<(), String> {
     println!();
     println!("Ctrl-C stops everything.");
     wait_for_ctrl_c().await;
-    edge.shutdown();
+    edge.drain(DRAIN_LIMIT).await;
     Ok(())
 }
 

@@ -110,3 +110,27 @@ async fn reload_keeps_warm_origin_connections_when_the_pool_is_unchanged() {
         .clone();
     assert!(!Arc::ptr_eq(&before, &rebuilt));
 }
+
+#[tokio::test]
+async fn drain_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    let origin = TestOrigin::start(|_| Reply::ok("finished").cc("no-store").delay(300)).await;
+    let edge = Arc::new(start_edge(&config(origin.addr, "")).await);
+    let e2 = edge.clone();
+    let in_flight = tokio::spawn(async move { e2.get("/slow").await });
+    for _ in 0..100 {
+        if origin.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        edge.handle.drain(Duration::from_secs(5)).await,
+        "all connections closed"
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "finished"));
+    assert!(
+        tokio::net::TcpStream::connect(edge.addr).await.is_err(),
+        "listener closed"
+    );
+}
