@@ -260,3 +260,35 @@ fn host_name_validation() {
     assert!(!valid_host_name("a..b"));
     assert!(!valid_host_name(&"a".repeat(300)));
 }
+
+mod properties {
+    use crate::parse_str;
+    use proptest::prelude::*;
+
+    const EXAMPLE: &str = include_str!("../../../examples/firebreak.toml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn arbitrary_text_is_refused_or_accepted_never_a_panic(s in "\\PC{0,400}") {
+            if let Err(e) = parse_str("fuzz.toml", &s) {
+                prop_assert!(!e.errors.is_empty());
+            }
+        }
+
+        #[test]
+        fn mutated_example_configs_never_panic(pos in 0usize..4000, insert in "[ -~\\n]{0,12}") {
+            let mut text = EXAMPLE.to_owned();
+            let pos = pos.min(text.len());
+            if text.is_char_boundary(pos) {
+                text.insert_str(pos, &insert);
+            }
+            if let Err(e) = parse_str("mutated.toml", &text) {
+                for err in &e.errors {
+                    prop_assert!(err.line <= text.lines().count() + 1, "{err}");
+                }
+            }
+        }
+    }
+}

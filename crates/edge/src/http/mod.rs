@@ -6,3 +6,7 @@ pub mod conditional;
 pub mod freshness;
 pub mod headers;
 pub mod range;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod properties;
