@@ -151,6 +151,8 @@ pub(crate) async fn fetch(
     for f in &strip_fields {
         stored_headers.remove(f.as_str());
     }
+    // The age is kept in `Freshness`; every response from the copy gets a computed Age.
+    stored_headers.remove(header::AGE);
     super::respond::ensure_date(&mut stored_headers);
     let pending = PendingObject {
         store: ctx.state.store.clone(),
@@ -234,7 +236,15 @@ fn revalidated(
     ] {
         update.remove(h);
     }
+    // Age and Date describe this 304, not the stored response: a missing one must not leave
+    // the old value to age the refreshed response.
+    if !update.contains_key(header::DATE) {
+        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(response_time)) {
+            update.insert(header::DATE, v);
+        }
+    }
     let mut headers = obj.headers.clone();
+    headers.remove(header::AGE);
     for name in update.keys() {
         headers.remove(name);
     }

@@ -1,7 +1,7 @@
 //! Unsafe methods: forward with the streamed body, then invalidate what they changed
 //! (RFC 9111 §4.4): the target URI and same-host `Location` / `Content-Location`.
 
-use super::respond::{finish, CacheStatus};
+use super::respond::{forwarded, CacheStatus};
 use super::RequestCtx;
 use crate::body::EdgeBody;
 use crate::error::ProxyError;
@@ -33,12 +33,9 @@ pub(crate) async fn forward_unsafe(
             }
         }
     }
-    Ok(finish(
+    Ok(forwarded(
         ctx,
-        {
-            let idle = ctx.svc.pool.idle_timeout();
-            resp.map(|b| EdgeBody::Origin(crate::body::OriginBody::new(b, idle)))
-        },
+        resp,
         CacheStatus::fwd("method").with_fwd_status(status),
     ))
 }

@@ -187,12 +187,9 @@ async fn pass(
 ) -> Result<Response<EdgeBody>, ProxyError> {
     let resp = ctx.svc.pool.send(&ctx.upstream(), body).await?;
     let fwd_status = resp.status();
-    Ok(respond::finish(
+    Ok(respond::forwarded(
         ctx,
-        {
-            let idle = ctx.svc.pool.idle_timeout();
-            resp.map(|b| EdgeBody::Origin(crate::body::OriginBody::new(b, idle)))
-        },
+        resp,
         status.with_fwd_status(fwd_status),
     ))
 }

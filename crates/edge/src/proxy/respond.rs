@@ -4,6 +4,7 @@
 
 use super::RequestCtx;
 use crate::body::EdgeBody;
+use crate::body::OriginBody;
 use crate::http::conditional::{not_modified, NOT_MODIFIED_FIELDS};
 use crate::http::freshness::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 use crate::http::headers::{append_via, strip_hop_by_hop};
@@ -11,6 +12,7 @@ use crate::http::range::{self, RangeDecision};
 use crate::store::StoredObject;
 use firebreak_config::HeaderOp;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use hyper::body::Incoming;
 use std::fmt::Write;
 use std::time::SystemTime;
 
@@ -156,14 +158,14 @@ pub(crate) fn from_object(
     finish(ctx, resp, status)
 }
 
-/// Finishing touches for every response leaving the edge.
+/// Finishing touches for every response leaving the edge. Hop-by-hop fields must already be
+/// gone: stored objects are stripped when stored, origin responses by [`forwarded`].
 pub(crate) fn finish(
     ctx: &RequestCtx,
     mut resp: Response<EdgeBody>,
     status: CacheStatus,
 ) -> Response<EdgeBody> {
     let h = resp.headers_mut();
-    strip_hop_by_hop(h);
     if ctx.svc.strip_cdn_cache_control {
         h.remove(CDN_CACHE_CONTROL);
         h.remove(SURROGATE_CONTROL);
@@ -198,4 +200,17 @@ pub(crate) fn ensure_date(h: &mut HeaderMap) {
             h.insert(header::DATE, v);
         }
     }
+}
+
+/// An origin response passed through to the client (not from the cache): hop-by-hop fields
+/// removed, body streamed with the pool's idle timeout, finishing touches applied.
+pub(crate) fn forwarded(
+    ctx: &RequestCtx,
+    resp: Response<Incoming>,
+    status: CacheStatus,
+) -> Response<EdgeBody> {
+    let idle = ctx.svc.pool.idle_timeout();
+    let mut resp = resp.map(|b| EdgeBody::Origin(OriginBody::new(b, idle)));
+    strip_hop_by_hop(resp.headers_mut());
+    finish(ctx, resp, status)
 }
