@@ -32,11 +32,21 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
-    /// Run an edge in front of real origins. SIGHUP reloads the file.
+    /// Run an edge in front of real origins: from a configuration file (SIGHUP reloads it),
+    /// or in front of one origin with `--origin` (a default service, defaults elsewhere).
     Edge {
         /// Configuration file (TOML).
+        #[arg(long, required_unless_present = "origin", conflicts_with_all = ["origin", "listen", "cache_mib"])]
+        config: Option<PathBuf>,
+        /// Origin `host:port` (or `http://host:port`) for a one-origin edge without a file.
         #[arg(long)]
-        config: PathBuf,
+        origin: Option<String>,
+        /// Listen address of the one-origin edge.
+        #[arg(long, default_value = "127.0.0.1:8080", requires = "origin")]
+        listen: Option<SocketAddr>,
+        /// Cache size of the one-origin edge, in MiB.
+        #[arg(long, default_value_t = 256, requires = "origin")]
+        cache_mib: u64,
     },
     /// Run the demo origin alone.
     Origin {
@@ -106,13 +116,25 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Up { port } => up(port).await,
-        Command::Edge { config } => {
-            let valid = load_file(&config).map_err(|e| e.to_string())?;
+        Command::Edge {
+            config,
+            origin,
+            listen,
+            cache_mib,
+        } => {
+            let valid = match (&config, origin) {
+                (Some(path), _) => load_file(path).map_err(|e| e.to_string())?,
+                (None, Some(origin)) => one_origin_config(&origin, listen, cache_mib)?,
+                (None, None) => return Err("give --config FILE or --origin HOST:PORT".into()),
+            };
             let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
             for addr in handle.local_addrs() {
                 println!("edge listening on http://{addr}");
             }
-            let _reloader = handle.reload_on_sighup(config).map_err(|e| e.to_string())?;
+            let _reloader = match config {
+                Some(path) => Some(handle.reload_on_sighup(path).map_err(|e| e.to_string())?),
+                None => None,
+            };
             wait_for_ctrl_c().await;
             tracing::info!("draining connections (up to {DRAIN_LIMIT:?})");
             if !handle.drain(DRAIN_LIMIT).await {
@@ -130,6 +152,27 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Config { .. } => Ok(()),
     }
+}
+
+/// A configuration for one default service in front of one origin.
+fn one_origin_config(
+    origin: &str,
+    listen: Option<SocketAddr>,
+    cache_mib: u64,
+) -> Result<ValidConfig, String> {
+    let origin = origin.trim_start_matches("http://").trim_end_matches('/');
+    if origin.contains(['"', '\\', '\n']) {
+        return Err(format!("--origin {origin:?} is not host:port"));
+    }
+    let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let max_bytes = cache_mib.saturating_mul(1024 * 1024);
+    let text = format!(
+        "[[listener]]\naddr = \"{listen}\"\n\n[cache]\nmax_bytes = {max_bytes}\n\
+         max_object_bytes = {}\n\n[[service]]\nname = \"default\"\ndefault = true\n\n\
+         [service.origin]\nservers = [{{ addr = \"{origin}\" }}]\n",
+        (max_bytes / 4).max(1)
+    );
+    parse_str("command line", &text).map_err(|e| e.to_string())
 }
 
 /// The example configuration with the edge on `port` and the origin on `port + 1`.
@@ -179,7 +222,19 @@ async fn up(port: u16) -> Result<(), String> {
     Ok(())
 }
 
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM, the signals operators and supervisors stop with.
 async fn wait_for_ctrl_c() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
     if tokio::signal::ctrl_c().await.is_err() {
         // No signal handling available: run until killed.
         std::future::pending::<()>().await;
@@ -189,6 +244,16 @@ async fn wait_for_ctrl_c() {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    #[test]
+    fn one_origin_config_is_validated() {
+        let c = super::one_origin_config("http://127.0.0.1:9000/", None, 64).unwrap();
+        assert_eq!(c.services[0].origin.servers[0].addr, "127.0.0.1:9000");
+        assert_eq!(c.cache.max_bytes, 64 * 1024 * 1024);
+        assert!(super::one_origin_config("no-port", None, 64).is_err());
+        assert!(super::one_origin_config("a\"b:1", None, 64).is_err());
+        assert!(super::one_origin_config("127.0.0.1:9000", None, 0).is_err());
+    }
+
     #[test]
     fn example_config_moves_with_the_port() {
         let c = super::example_config(9000).unwrap();

@@ -196,3 +196,35 @@ fn config_validate_exit_codes_and_messages() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn one_origin_edge_without_a_file_and_sigterm_stops_it() {
+    let mut origin = Proc::spawn(&["origin", "--listen", "127.0.0.1:0"]);
+    let origin_addr = origin.wait_for_addr("demo origin listening");
+    let mut edge = Proc::spawn(&[
+        "edge",
+        "--origin",
+        &format!("http://{origin_addr}"),
+        "--listen",
+        "127.0.0.1:0",
+        "--cache-mib",
+        "16",
+    ]);
+    let edge_addr = edge.wait_for_addr("edge listening");
+    get(edge_addr, "/static/x");
+    assert!(get(edge_addr, "/static/x").contains("firebreak; hit"));
+    let ok = Command::new("kill")
+        .args(["-TERM", &edge.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = edge.child.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "edge did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
