@@ -15,3 +15,22 @@ pub mod store;
 pub mod upstream;
 
 pub use server::{EdgeHandle, EdgeServer};
+
+/// Helpers shared by unit tests.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod testutil {
+    use http::{HeaderMap, HeaderName, HeaderValue};
+
+    /// A header map from name/value pairs (repeated names append).
+    pub fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+}

@@ -78,13 +78,7 @@ pub const NOT_MODIFIED_FIELDS: &[header::HeaderName] = &[
 mod tests {
     use super::*;
 
-    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(*k, HeaderValue::from_static(v));
-        }
-        m
-    }
+    use crate::testutil::headers as h;
 
     #[test]
     fn if_none_match_weak_comparison() {

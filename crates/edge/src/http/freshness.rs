@@ -274,22 +274,12 @@ pub fn evaluate(x: &Exchange<'_>, policy: &CachePolicy) -> Storability {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn t0() -> SystemTime {
         httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap()
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::testutil::headers;
 
     fn eval_with(
         req: &[(&str, &str)],

@@ -212,13 +212,7 @@ mod tests {
     use http::HeaderValue;
     use std::time::{Duration, SystemTime};
 
-    fn h(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(*k, HeaderValue::from_static(v));
-        }
-        m
-    }
+    use crate::testutil::headers as h;
 
     fn object(vary: VaryKey, body: &'static [u8]) -> Arc<StoredObject> {
         Arc::new(StoredObject {

@@ -86,24 +86,32 @@ impl Reply {
     }
 }
 
-fn futures_stream(
-    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, std::io::Error>> + Send + 'static {
-    ReceiverStream { rx }
-}
+/// A `Stream` of whatever a channel carries: request or response bodies fed by the test.
+pub struct ChannelStream<T>(pub mpsc::Receiver<T>);
 
-struct ReceiverStream {
-    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
-}
-
-impl futures_core::Stream for ReceiverStream {
-    type Item = Result<Frame<Bytes>, std::io::Error>;
+impl<T> futures_core::Stream for ChannelStream<T> {
+    type Item = T;
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.rx.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
     }
+}
+
+/// Forwards body chunks as data frames.
+fn futures_stream(
+    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> ChannelStream<Result<Frame<Bytes>, std::io::Error>> {
+    let (tx, frames) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(item) = rx.recv().await {
+            if tx.send(item.map(Frame::data)).await.is_err() {
+                return;
+            }
+        }
+    });
+    ChannelStream(frames)
 }
 
 type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;

@@ -290,6 +290,8 @@ async fn objects_over_the_size_limit_pass_through_uncached() {
     assert_eq!(origin.count(), 4);
 }
 
+type FrameStream = ChannelStream<Result<Frame<Bytes>, std::io::Error>>;
+
 #[tokio::test]
 async fn request_bodies_stream_to_the_origin() {
     // The origin answers after the first chunk; the client sends the second chunk only after
@@ -323,8 +325,8 @@ async fn request_bodies_stream_to_the_origin() {
     });
     let edge = start_edge(&config(origin_addr, "")).await;
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
-    let body = StreamBody::new(ReceiverStream(rx));
-    let client: Client<HttpConnector, StreamBody<ReceiverStream>> =
+    let body = StreamBody::new(ChannelStream(rx));
+    let client: Client<HttpConnector, StreamBody<FrameStream>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let req = Request::builder()
         .method(Method::POST)
@@ -348,18 +350,6 @@ async fn request_bodies_stream_to_the_origin() {
         resp.into_body().collect().await.unwrap().to_bytes(),
         "got 1500"
     );
-}
-
-pub struct ReceiverStream(mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>);
-
-impl futures_core::Stream for ReceiverStream {
-    type Item = Result<Frame<Bytes>, std::io::Error>;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx)
-    }
 }
 
 #[tokio::test]
