@@ -40,3 +40,7 @@ pub const MAX_CACHE_BYTES: u64 = 1 << 40;
 pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 /// Largest request body limit an operator can set: 64 GiB.
 pub const MAX_REQUEST_BODY_LIMIT: u64 = 64 << 30;
+/// Shortest admin token: 16 characters keeps guessing out of reach.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
+/// Longest admin token.
+pub const MAX_ADMIN_TOKEN_LEN: usize = 256;

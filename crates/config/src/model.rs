@@ -20,6 +20,31 @@ pub struct Config {
     /// Services (tenants), matched by the request's host (`[[service]]`).
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// The admin listener: purge, metrics, health (`[admin]`). Off when absent.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// Structured access log (`[access_log]`). Off when absent.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Socket address, for example `127.0.0.1:9080`. Keep it off the public interface.
+    pub listen: SocketAddr,
+    /// Bearer token required on every admin request except `/healthz` (16 to 256 printable
+    /// ASCII characters).
+    pub token: String,
+}
+
+/// The access log: one JSON object per request and line.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConfig {
+    /// File to append to, or `-` for standard output.
+    pub path: String,
 }
 
 /// One client-facing listener.

@@ -292,3 +292,15 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn admin_and_access_log_are_checked() {
+    let ok = format!("{}\n[admin]\nlisten = \"127.0.0.1:9080\"\ntoken = \"0123456789abcdef\"\n[access_log]\npath = \"-\"\n", minimal(""));
+    let c = parse_str("a.toml", &ok).unwrap();
+    assert_eq!(c.admin.as_ref().unwrap().listen.port(), 9080);
+    let short = ok.replace("0123456789abcdef", "short");
+    let e = reject(&short);
+    assert_eq!(e.errors[0].field, "admin.token");
+    let clash = ok.replace("127.0.0.1:9080", "127.0.0.1:8080");
+    assert_eq!(reject(&clash).errors[0].field, "admin.listen");
+}

@@ -63,6 +63,33 @@ pub fn validate(config: &Config) -> Vec<Problem> {
     cache(&mut c, &config.cache);
     limits(&mut c, &config.limits);
     services(&mut c, &config.services);
+    if let Some(admin) = &config.admin {
+        let len = admin.token.len();
+        if !(MIN_ADMIN_TOKEN_LEN..=MAX_ADMIN_TOKEN_LEN).contains(&len)
+            || !admin.token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            c.fail(
+                &[Key("admin"), Key("token")],
+                format!(
+                    "must be {MIN_ADMIN_TOKEN_LEN} to {MAX_ADMIN_TOKEN_LEN} printable ASCII characters without spaces"
+                ),
+            );
+        }
+        if config.listeners.iter().any(|l| l.addr == admin.listen) {
+            c.fail(
+                &[Key("admin"), Key("listen")],
+                "must differ from every [[listener]] address",
+            );
+        }
+    }
+    if let Some(log) = &config.access_log {
+        if log.path.is_empty() || log.path.len() > 4096 || log.path.contains('\0') {
+            c.fail(
+                &[Key("access_log"), Key("path")],
+                "must be `-` or a file path",
+            );
+        }
+    }
     c.problems
 }
 

@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::http::conditional::{is_conditional, not_modified, NOT_MODIFIED_FIELDS};
 use crate::http::freshness::{evaluate, CachePolicy, Exchange, Storability};
 use crate::http::headers::strip_hop_by_hop;
-use crate::store::{CacheKey, Storage, StoredObject, VaryKey};
+use crate::store::{surrogate_keys, CacheKey, Storage, StoredObject, VaryKey};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -272,6 +272,7 @@ fn revalidated(
             }
             Some(StoredObject {
                 status: obj.status,
+                surrogate_keys: surrogate_keys(&headers),
                 headers,
                 body: obj.body.clone(),
                 body_len: obj.body_len,
@@ -380,6 +381,7 @@ async fn tee(
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let object = StoredObject {
         status: p.status,
+        surrogate_keys: surrogate_keys(&headers),
         headers,
         body,
         body_len: len,

@@ -1,15 +1,27 @@
 //! In-memory storage bounded by bytes, on `quick_cache` (sharded, S3-FIFO-like eviction), so
 //! the hit path takes no global lock and bodies stay shared `Bytes`.
+//!
+//! A surrogate-key index (service + tag → keys) makes purge by tag proportional to the number
+//! of tagged objects, not to the cache size. It is kept up to date on insert, removal and
+//! eviction, and checked against the objects at purge time, so a stale index entry can never
+//! purge an object that no longer carries the tag.
 
-use super::{CacheKey, Storage, StoreStats, StoredObject, Variants};
-use quick_cache::sync::{Cache, DefaultLifecycle};
-use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
-use std::sync::Arc;
+use super::{CacheKey, PurgeMode, PurgeTarget, Storage, StoreStats, StoredObject, Variants};
+use quick_cache::sync::Cache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 /// Average object size assumed when sizing the index up front.
 const ESTIMATED_OBJECT_BYTES: u64 = 8 * 1024;
 /// Most shards: enough that two cores (or sixteen) rarely contend on one lock.
 const MAX_SHARDS: u64 = 64;
+/// Shards of the surrogate-key index.
+const TAG_SHARDS: usize = 16;
 
 #[derive(Clone)]
 struct VariantsWeighter;
@@ -21,15 +33,109 @@ impl Weighter<CacheKey, Arc<Variants>> for VariantsWeighter {
     }
 }
 
+type TagShard = Mutex<HashMap<(Box<str>, Box<str>), HashSet<CacheKey>>>;
+
+/// Service + tag → keys. Lock order: a cache shard may be held when this is locked (eviction
+/// callback), never the other way round.
+struct TagIndex {
+    shards: Box<[TagShard]>,
+    hasher: RandomState,
+}
+
+impl TagIndex {
+    fn new() -> Self {
+        Self {
+            shards: (0..TAG_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(
+        &self,
+        service: &str,
+        tag: &str,
+    ) -> Option<std::sync::MutexGuard<'_, HashMap<(Box<str>, Box<str>), HashSet<CacheKey>>>> {
+        let i = (self.hasher.hash_one((service, tag)) as usize) % self.shards.len();
+        let shard = self.shards.get(i)?;
+        Some(match shard.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        })
+    }
+
+    fn add(&self, key: &CacheKey, variants: &Variants) {
+        for tag in variants.tags() {
+            if let Some(mut map) = self.shard(key.service(), tag) {
+                map.entry((key.service().into(), tag.into()))
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+    }
+
+    fn remove(&self, key: &CacheKey, variants: &Variants) {
+        for tag in variants.tags() {
+            self.forget(key.service(), tag, key);
+        }
+    }
+
+    fn forget(&self, service: &str, tag: &str, key: &CacheKey) {
+        if let Some(mut map) = self.shard(service, tag) {
+            let k = (Box::<str>::from(service), Box::<str>::from(tag));
+            if let Some(set) = map.get_mut(&k) {
+                set.remove(key);
+                if set.is_empty() {
+                    map.remove(&k);
+                }
+            }
+        }
+    }
+
+    fn keys(&self, service: &str, tag: &str) -> Vec<CacheKey> {
+        self.shard(service, tag)
+            .and_then(|map| {
+                map.get(&(service.into(), tag.into()))
+                    .map(|set| set.iter().cloned().collect())
+            })
+            .unwrap_or_default()
+    }
+}
+
+thread_local! {
+    /// The key this thread is inserting right now. quick_cache reports a replaced value
+    /// through `on_evict` like an eviction; the store handles its own replacements, so the
+    /// hook ignores the key being inserted.
+    static INSERTING: RefCell<Option<CacheKey>> = const { RefCell::new(None) };
+}
+
+/// Keeps the tag index and the eviction count in step with quick_cache's evictions.
+#[derive(Clone)]
+struct EvictionHook {
+    tags: Arc<TagIndex>,
+    evictions: Arc<AtomicU64>,
+}
+
+impl Lifecycle<CacheKey, Arc<Variants>> for EvictionHook {
+    type RequestState = ();
+
+    fn begin_request(&self) -> Self::RequestState {}
+
+    fn on_evict(&self, _state: &mut (), key: CacheKey, val: Arc<Variants>) {
+        if INSERTING.with(|k| k.borrow().as_ref() == Some(&key)) {
+            return;
+        }
+        self.evictions.fetch_add(1, Ordering::Relaxed);
+        self.tags.remove(&key, &val);
+    }
+}
+
 /// A byte-bounded memory store.
 pub struct MemoryStore {
-    cache: Cache<
-        CacheKey,
-        Arc<Variants>,
-        VariantsWeighter,
-        DefaultHashBuilder,
-        DefaultLifecycle<CacheKey, Arc<Variants>>,
-    >,
+    cache: Cache<CacheKey, Arc<Variants>, VariantsWeighter, DefaultHashBuilder, EvictionHook>,
+    tags: Arc<TagIndex>,
+    evictions: Arc<AtomicU64>,
 }
 
 impl MemoryStore {
@@ -43,6 +149,12 @@ impl MemoryStore {
         let items = (max_bytes / ESTIMATED_OBJECT_BYTES).clamp(16, 16 * 1024 * 1024) as usize;
         let room = (max_bytes / max_object_bytes.saturating_mul(2).max(1)).clamp(1, MAX_SHARDS);
         let shards = 1u64 << (63 - room.leading_zeros());
+        let tags = Arc::new(TagIndex::new());
+        let evictions = Arc::new(AtomicU64::new(0));
+        let hook = EvictionHook {
+            tags: tags.clone(),
+            evictions: evictions.clone(),
+        };
         let options = OptionsBuilder::new()
             .estimated_items_capacity(items)
             .weight_capacity(max_bytes)
@@ -53,17 +165,89 @@ impl MemoryStore {
                 options,
                 VariantsWeighter,
                 DefaultHashBuilder::default(),
-                DefaultLifecycle::default(),
+                hook,
             ),
-            // Unreachable with the values above; fall back to the library's defaults.
-            Err(_) => Cache::with_weighter(items, max_bytes, VariantsWeighter),
+            // `build` fails only when a field is unset; both are set above.
+            Err(_) => Cache::with(
+                items,
+                max_bytes,
+                VariantsWeighter,
+                DefaultHashBuilder::default(),
+                hook,
+            ),
         };
-        Self { cache }
+        Self {
+            cache,
+            tags,
+            evictions,
+        }
     }
 
     /// Number of independently locked shards.
     pub fn shards(&self) -> usize {
         self.cache.num_shards()
+    }
+
+    /// Inserts `next` under `key` in place of `previous`, keeping the tag index exact: the
+    /// previous value's tags go, the new value's tags come if it was admitted.
+    fn replace(&self, key: &CacheKey, previous: Option<&Variants>, next: Arc<Variants>) {
+        INSERTING.with(|k| *k.borrow_mut() = Some(key.clone()));
+        self.cache.insert(key.clone(), next.clone());
+        INSERTING.with(|k| k.borrow_mut().take());
+        if let Some(old) = previous {
+            self.tags.remove(key, old);
+        }
+        if self.cache.contains_key(key) {
+            self.tags.add(key, &next);
+        }
+    }
+
+    fn remove_entry(&self, key: &CacheKey) -> Option<Arc<Variants>> {
+        let (_, old) = self.cache.remove(key)?;
+        self.tags.remove(key, &old);
+        Some(old)
+    }
+
+    /// Purges the variants of `key` that `select` picks; returns how many.
+    fn purge_variants(
+        &self,
+        key: &CacheKey,
+        mode: PurgeMode,
+        now: SystemTime,
+        select: impl Fn(&StoredObject) -> bool,
+    ) -> u64 {
+        let Some(current) = self.cache.get(key) else {
+            return 0;
+        };
+        let hit = current.objects.iter().filter(|o| select(o)).count() as u64;
+        if hit == 0 {
+            return 0;
+        }
+        let kept: Vec<Arc<StoredObject>> = match mode {
+            PurgeMode::Hard => current
+                .objects
+                .iter()
+                .filter(|o| !select(o))
+                .cloned()
+                .collect(),
+            PurgeMode::Soft => current
+                .objects
+                .iter()
+                .map(|o| {
+                    if select(o) {
+                        Arc::new(o.expired_copy(now))
+                    } else {
+                        o.clone()
+                    }
+                })
+                .collect(),
+        };
+        if kept.is_empty() {
+            self.remove_entry(key);
+        } else {
+            self.replace(key, Some(&current), Arc::new(Variants { objects: kept }));
+        }
+        hit
     }
 }
 
@@ -73,21 +257,52 @@ impl Storage for MemoryStore {
     }
 
     fn put(&self, key: CacheKey, object: Arc<StoredObject>) {
-        let merged = match self.cache.get(&key) {
+        let existing = self.cache.get(&key);
+        let merged = Arc::new(match &existing {
             Some(existing) => existing.with(object),
             None => Variants::default().with(object),
-        };
-        self.cache.insert(key, Arc::new(merged));
+        });
+        self.replace(&key, existing.as_deref(), merged);
     }
 
     fn remove(&self, key: &CacheKey) -> bool {
-        self.cache.remove(key).is_some()
+        self.remove_entry(key).is_some()
+    }
+
+    fn purge(&self, target: PurgeTarget<'_>, mode: PurgeMode, now: SystemTime) -> u64 {
+        match target {
+            PurgeTarget::Url(key) => self.purge_variants(key, mode, now, |_| true),
+            PurgeTarget::Tag { service, tag } => self
+                .tags
+                .keys(service, tag)
+                .iter()
+                .map(|key| {
+                    if !self.cache.contains_key(key) {
+                        // Evicted between insert and indexing: drop the dangling entry.
+                        self.tags.forget(service, tag, key);
+                    }
+                    self.purge_variants(key, mode, now, |o| o.has_tag(tag))
+                })
+                .sum(),
+            PurgeTarget::Service(service) => {
+                let keys: Vec<CacheKey> = self
+                    .cache
+                    .iter()
+                    .filter(|(k, _)| k.service() == service)
+                    .map(|(k, _)| k)
+                    .collect();
+                keys.iter()
+                    .map(|key| self.purge_variants(key, mode, now, |_| true))
+                    .sum()
+            }
+        }
     }
 
     fn stats(&self) -> StoreStats {
         StoreStats {
             keys: self.cache.len() as u64,
             bytes: self.cache.weight(),
+            evictions: self.evictions.load(Ordering::Relaxed),
         }
     }
 }
@@ -100,9 +315,9 @@ mod tests {
     use crate::store::VaryKey;
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
-    use std::time::{Duration, SystemTime};
+    use std::time::Duration;
 
-    fn object(len: usize) -> Arc<StoredObject> {
+    fn tagged(len: usize, tags: &[&str]) -> Arc<StoredObject> {
         Arc::new(StoredObject {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
@@ -110,18 +325,23 @@ mod tests {
             body_len: len as u64,
             vary: VaryKey::default(),
             freshness: Freshness {
-                response_time: SystemTime::UNIX_EPOCH,
+                response_time: SystemTime::now(),
                 corrected_initial_age: Duration::ZERO,
                 lifetime: Duration::from_secs(60),
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
                 must_revalidate: false,
             },
+            surrogate_keys: tags.iter().map(|t| Box::<str>::from(*t)).collect(),
         })
     }
 
+    fn object(len: usize) -> Arc<StoredObject> {
+        tagged(len, &[])
+    }
+
     #[test]
-    fn stays_within_its_byte_budget() {
+    fn stays_within_its_byte_budget_and_counts_evictions() {
         let store = MemoryStore::new(1024 * 1024, 64 * 1024);
         for i in 0..1000 {
             store.put(CacheKey::new("s", "h", &format!("/{i}")), object(4096));
@@ -129,6 +349,7 @@ mod tests {
         let stats = store.stats();
         assert!(stats.bytes <= 1024 * 1024, "{stats:?}");
         assert!(stats.keys > 100 && stats.keys < 1000, "{stats:?}");
+        assert!(stats.evictions > 0, "{stats:?}");
     }
 
     #[test]
@@ -158,5 +379,97 @@ mod tests {
         let key = CacheKey::new("s", "h", "/big");
         store.put(key.clone(), object(1024 * 1024));
         assert!(store.get(&key).is_none());
+    }
+
+    #[test]
+    fn purge_by_tag_touches_only_that_service_and_tag() {
+        let store = MemoryStore::new(16 * 1024 * 1024, 1024 * 1024);
+        let now = SystemTime::now();
+        let a = CacheKey::new("s1", "h", "/a");
+        let b = CacheKey::new("s1", "h", "/b");
+        let other = CacheKey::new("s2", "h", "/a");
+        store.put(a.clone(), tagged(10, &["red", "blue"]));
+        store.put(b.clone(), tagged(10, &["blue"]));
+        store.put(other.clone(), tagged(10, &["red"]));
+        let red = PurgeTarget::Tag {
+            service: "s1",
+            tag: "red",
+        };
+        assert_eq!(store.purge(red, PurgeMode::Hard, now), 1);
+        assert!(store.get(&a).is_none());
+        assert!(store.get(&b).is_some() && store.get(&other).is_some());
+        // A re-stored object without the tag is not purged by a stale index entry.
+        store.put(a.clone(), tagged(10, &["green"]));
+        assert_eq!(store.purge(red, PurgeMode::Hard, now), 0);
+        assert!(store.get(&a).is_some());
+    }
+
+    #[test]
+    fn soft_purge_expires_but_keeps() {
+        let store = MemoryStore::new(16 * 1024 * 1024, 1024 * 1024);
+        let now = SystemTime::now();
+        let a = CacheKey::new("s1", "h", "/a");
+        store.put(a.clone(), tagged(10, &["t"]));
+        assert_eq!(store.purge(PurgeTarget::Url(&a), PurgeMode::Soft, now), 1);
+        let obj = store.get(&a).unwrap().objects[0].clone();
+        assert!(obj.freshness.ttl(now + Duration::from_millis(1)).is_none());
+        assert_eq!(
+            store.tags.keys("s1", "t").len(),
+            1,
+            "index after soft purge"
+        );
+        // Still tagged and purgeable.
+        let t = PurgeTarget::Tag {
+            service: "s1",
+            tag: "t",
+        };
+        assert_eq!(store.purge(t, PurgeMode::Hard, now), 1);
+        assert!(store.get(&a).is_none());
+    }
+
+    #[test]
+    fn purge_a_whole_service() {
+        let store = MemoryStore::new(16 * 1024 * 1024, 1024 * 1024);
+        for i in 0..50 {
+            store.put(CacheKey::new("s1", "h", &format!("/{i}")), object(10));
+            store.put(CacheKey::new("s2", "h", &format!("/{i}")), object(10));
+        }
+        assert_eq!(
+            store.purge(
+                PurgeTarget::Service("s1"),
+                PurgeMode::Hard,
+                SystemTime::now()
+            ),
+            50
+        );
+        assert_eq!(store.stats().keys, 50);
+    }
+
+    #[test]
+    fn replacing_a_value_is_not_an_eviction() {
+        let store = MemoryStore::new(16 * 1024 * 1024, 1024 * 1024);
+        let a = CacheKey::new("s", "h", "/a");
+        for _ in 0..10 {
+            store.put(a.clone(), tagged(10, &["t"]));
+        }
+        assert_eq!(store.stats().evictions, 0);
+        assert_eq!(store.tags.keys("s", "t").len(), 1);
+    }
+
+    #[test]
+    fn evicted_keys_leave_the_tag_index() {
+        let store = MemoryStore::new(1024 * 1024, 64 * 1024);
+        for i in 0..1000 {
+            store.put(
+                CacheKey::new("s", "h", &format!("/{i}")),
+                tagged(4096, &["all"]),
+            );
+        }
+        let indexed = store.tags.keys("s", "all").len() as u64;
+        assert_eq!(
+            indexed,
+            store.stats().keys,
+            "index holds exactly the live keys"
+        );
     }
 }

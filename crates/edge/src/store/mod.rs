@@ -5,9 +5,12 @@ mod memory;
 mod object;
 
 pub use memory::MemoryStore;
-pub use object::{CacheKey, StoredObject, Variants, VaryKey, MAX_VARIANTS};
+pub use object::{
+    surrogate_keys, CacheKey, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS, MAX_VARIANTS,
+};
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 /// Object counts and sizes, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,6 +19,34 @@ pub struct StoreStats {
     pub keys: u64,
     /// Bytes accounted against the budget (bodies, headers, keys, bookkeeping).
     pub bytes: u64,
+    /// Keys evicted to make room since the store was created.
+    pub evictions: u64,
+}
+
+/// What to purge.
+#[derive(Debug, Clone, Copy)]
+pub enum PurgeTarget<'a> {
+    /// Every variant of one URL.
+    Url(&'a CacheKey),
+    /// Every object of a service tagged with a surrogate key.
+    Tag {
+        /// Service name.
+        service: &'a str,
+        /// The surrogate key.
+        tag: &'a str,
+    },
+    /// Everything a service has stored.
+    Service(&'a str),
+}
+
+/// How to purge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeMode {
+    /// Remove the objects.
+    Hard,
+    /// Mark them expired: revalidated on the next request, still usable for
+    /// stale-while-revalidate, stale-if-error and the safety net.
+    Soft,
 }
 
 /// A cache storage tier. Lookups are by primary key (method + URL, per service); the
@@ -29,6 +60,8 @@ pub trait Storage: Send + Sync + 'static {
     fn put(&self, key: CacheKey, object: Arc<StoredObject>);
     /// Removes every variant of a key. Returns whether anything was removed.
     fn remove(&self, key: &CacheKey) -> bool;
+    /// Purges objects; returns how many objects (variants) were removed or expired.
+    fn purge(&self, target: PurgeTarget<'_>, mode: PurgeMode, now: SystemTime) -> u64;
     /// Current counts and sizes.
     fn stats(&self) -> StoreStats;
 }

@@ -12,6 +12,33 @@ pub const MAX_VARIANTS: usize = 32;
 pub const MAX_VARY_FIELDS: usize = 16;
 /// Fixed bookkeeping per stored object, counted against the budget.
 const OBJECT_OVERHEAD: u64 = 256;
+/// Most surrogate keys honoured per response.
+pub const MAX_SURROGATE_KEYS: usize = 64;
+/// Longest surrogate key.
+pub const MAX_SURROGATE_KEY_LEN: usize = 256;
+
+/// Surrogate keys (purge tags) of a response: `Surrogate-Key` (space separated, Fastly) and
+/// `Cache-Tag` (comma separated, Cloudflare/Akamai). Bounded in count and length.
+pub fn surrogate_keys(headers: &HeaderMap) -> Box<[Box<str>]> {
+    let mut keys: Vec<Box<str>> = Vec::new();
+    for name in ["surrogate-key", "cache-tag"] {
+        for value in headers.get_all(name) {
+            let Ok(text) = value.to_str() else { continue };
+            for key in text.split([' ', ',', '\t']) {
+                if keys.len() == MAX_SURROGATE_KEYS {
+                    return keys.into_boxed_slice();
+                }
+                if !key.is_empty()
+                    && key.len() <= MAX_SURROGATE_KEY_LEN
+                    && !keys.iter().any(|k| &**k == key)
+                {
+                    keys.push(key.into());
+                }
+            }
+        }
+    }
+    keys.into_boxed_slice()
+}
 
 /// Primary cache key: service, host and request target. Method is implicit (GET; HEAD is
 /// answered from GET).
@@ -28,6 +55,11 @@ impl CacheKey {
         s.push('\n');
         s.push_str(path_and_query);
         Self(s.into())
+    }
+
+    /// The service this key belongs to.
+    pub fn service(&self) -> &str {
+        self.0.split('\n').next().unwrap_or("")
     }
 
     /// Length in bytes, for accounting.
@@ -137,9 +169,32 @@ pub struct StoredObject {
     pub vary: VaryKey,
     /// Freshness computed when the response (or its last validation) arrived.
     pub freshness: Freshness,
+    /// Purge tags from `Surrogate-Key` / `Cache-Tag`.
+    pub surrogate_keys: Box<[Box<str>]>,
 }
 
 impl StoredObject {
+    /// Whether the object carries this purge tag.
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.surrogate_keys.iter().any(|k| &**k == tag)
+    }
+
+    /// A copy that expires at `now` (soft purge): the next request revalidates it, and until
+    /// then it stays usable for stale-while-revalidate, stale-if-error and the safety net.
+    pub fn expired_copy(&self, now: std::time::SystemTime) -> StoredObject {
+        let mut freshness = self.freshness;
+        freshness.lifetime = freshness.lifetime.min(freshness.age(now));
+        StoredObject {
+            status: self.status,
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            body_len: self.body_len,
+            vary: self.vary.clone(),
+            freshness,
+            surrogate_keys: self.surrogate_keys.clone(),
+        }
+    }
+
     /// Bytes counted against the cache budget.
     pub fn weight(&self) -> u64 {
         let headers: usize = self
@@ -147,7 +202,8 @@ impl StoredObject {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 32)
             .sum();
-        self.body_len + headers as u64 + self.vary.weight() + OBJECT_OVERHEAD
+        let tags: usize = self.surrogate_keys.iter().map(|k| k.len() + 16).sum();
+        self.body_len + headers as u64 + tags as u64 + self.vary.weight() + OBJECT_OVERHEAD
     }
 
     /// Body bytes `start..end` as shared slices of the stored chunks (no copy).
@@ -203,6 +259,13 @@ impl Variants {
     pub fn weight(&self) -> u64 {
         self.objects.iter().map(|o| o.weight()).sum()
     }
+
+    /// Every purge tag of every variant.
+    pub fn tags(&self) -> impl Iterator<Item = &str> {
+        self.objects
+            .iter()
+            .flat_map(|o| o.surrogate_keys.iter().map(|k| &**k))
+    }
 }
 
 #[cfg(test)]
@@ -229,6 +292,7 @@ mod tests {
                 stale_if_error: Duration::ZERO,
                 must_revalidate: false,
             },
+            surrogate_keys: Box::new([]),
         })
     }
 
@@ -279,6 +343,24 @@ mod tests {
         // A response without Vary drops the keyed variants.
         let plain = set.with(object(VaryKey::default(), b"plain"));
         assert_eq!(plain.objects.len(), 1);
+    }
+
+    #[test]
+    fn surrogate_keys_from_both_headers_bounded() {
+        let k = surrogate_keys(&h(&[
+            ("surrogate-key", "a b  c"),
+            ("cache-tag", "c,d, e"),
+            ("cache-tag", "f"),
+        ]));
+        let k: Vec<&str> = k.iter().map(|s| &**s).collect();
+        assert_eq!(k, ["a", "b", "c", "d", "e", "f"]);
+        let many = (0..200)
+            .map(|i| format!("k{i}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut hm = HeaderMap::new();
+        hm.insert("surrogate-key", HeaderValue::from_str(&many).unwrap());
+        assert_eq!(surrogate_keys(&hm).len(), MAX_SURROGATE_KEYS);
     }
 
     #[test]
