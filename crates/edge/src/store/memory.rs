@@ -33,7 +33,8 @@ impl Weighter<CacheKey, Arc<Variants>> for VariantsWeighter {
     }
 }
 
-type TagShard = Mutex<HashMap<(Box<str>, Box<str>), HashSet<CacheKey>>>;
+type TagMap = HashMap<(Box<str>, Box<str>), HashSet<CacheKey>>;
+type TagShard = Mutex<TagMap>;
 
 /// Service + tag → keys. Lock order: a cache shard may be held when this is locked (eviction
 /// callback), never the other way round.
@@ -52,11 +53,7 @@ impl TagIndex {
         }
     }
 
-    fn shard(
-        &self,
-        service: &str,
-        tag: &str,
-    ) -> Option<std::sync::MutexGuard<'_, HashMap<(Box<str>, Box<str>), HashSet<CacheKey>>>> {
+    fn shard(&self, service: &str, tag: &str) -> Option<std::sync::MutexGuard<'_, TagMap>> {
         let i = (self.hasher.hash_one((service, tag)) as usize) % self.shards.len();
         let shard = self.shards.get(i)?;
         Some(match shard.lock() {
