@@ -14,20 +14,21 @@ use tokio::time::{Instant, Sleep};
 
 /// An origin body that fails if the origin goes quiet for longer than `idle` between chunks,
 /// so a stalled origin cannot hold a client connection forever.
-#[derive(Debug)]
 pub struct OriginBody {
     body: Incoming,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    sent: metrics::Counter,
 }
 
 impl OriginBody {
     /// Wraps an origin body with an idle timeout.
-    pub fn new(body: Incoming, idle: Duration) -> Self {
+    pub fn new(body: Incoming, idle: Duration, sent: metrics::Counter) -> Self {
         Self {
             body,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            sent,
         }
     }
 }
@@ -41,7 +42,6 @@ pub struct OriginStalled(pub Duration);
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A response body as the edge produces it.
-#[derive(Debug)]
 pub enum EdgeBody {
     /// No body (HEAD, 304, 204).
     Empty,
@@ -93,6 +93,10 @@ impl Body for EdgeBody {
                 Poll::Ready(frame) => {
                     let deadline = Instant::now() + o.idle;
                     o.timer.as_mut().reset(deadline);
+                    if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(|f| f.data_ref()))
+                    {
+                        o.sent.increment(data.map_or(0, |d| d.len() as u64));
+                    }
                     Poll::Ready(frame.map(|r| r.map_err(BoxError::from)))
                 }
                 Poll::Pending => match o.timer.as_mut().poll(cx) {

@@ -4,6 +4,7 @@
 //! connections in [`http`]; storage behind the [`store::Storage`] trait; origins in
 //! [`upstream`]; listeners and reloads in [`server`].
 
+pub mod admin;
 pub mod body;
 pub mod coalesce;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod upstream;
 
 pub use server::{EdgeHandle, EdgeServer};

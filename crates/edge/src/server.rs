@@ -7,6 +7,7 @@
 use crate::proxy::{handle, EdgeState};
 use crate::runtime::Runtime;
 use crate::store::MemoryStore;
+use crate::telemetry::{self, AccessLog};
 use firebreak_config::{load_file, ValidConfig};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -32,6 +33,7 @@ pub struct EdgeServer;
 /// A running edge: its bound addresses, state, and the means to reload or stop it.
 pub struct EdgeHandle {
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     state: Arc<EdgeState>,
     tasks: Vec<JoinHandle<()>>,
     /// Flipped to `true` to ask every open connection to finish gracefully.
@@ -67,8 +69,17 @@ impl EdgeServer {
         ));
         let limits = config.limits.clone();
         let listen: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
+        let admin = config.admin.clone();
+        let access_log = match &config.access_log {
+            Some(log) => Some(AccessLog::open(&log.path).map_err(|e| {
+                ServerError::Config(format!("access_log.path `{}`: {e}", log.path))
+            })?),
+            None => None,
+        };
+        // Install the metrics recorder before the first request is counted.
+        let _ = telemetry::prometheus();
         let runtime = Runtime::build(config, None).map_err(ServerError::Config)?;
-        let state = Arc::new(EdgeState::new(runtime, store));
+        let state = Arc::new(EdgeState::new(runtime, store, access_log));
         let mut listeners = Vec::new();
         for addr in listen {
             let l = TcpListener::bind(addr)
@@ -90,11 +101,24 @@ impl EdgeServer {
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(MAX_H2_STREAMS);
         let builder = Arc::new(builder);
+        let mut tasks = Vec::new();
         let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
         let permits = Arc::new(Semaphore::new(max_connections as usize));
+        let admin_addr = match admin {
+            Some(admin) => {
+                let (addr, task) = crate::admin::start(admin.listen, state.clone())
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: admin.listen,
+                        source,
+                    })?;
+                tasks.push(task);
+                Some(addr)
+            }
+            None => None,
+        };
         let (stop, _) = watch::channel(false);
         let mut addrs = Vec::new();
-        let mut tasks = Vec::new();
         for listener in listeners {
             addrs.push(listener.local_addr().map_err(|source| ServerError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -110,6 +134,7 @@ impl EdgeServer {
         }
         Ok(EdgeHandle {
             addrs,
+            admin_addr,
             state,
             tasks,
             stop,
@@ -186,6 +211,11 @@ impl EdgeHandle {
         &self.addrs
     }
 
+    /// Address of the admin listener, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Shared state (store, runtime), for tests and admin tooling.
     pub fn state(&self) -> &Arc<EdgeState> {
         &self.state
@@ -197,6 +227,12 @@ impl EdgeHandle {
         let current = self.state.runtime.load();
         if current.config.listeners != config.listeners {
             tracing::warn!("listener changes take effect on restart");
+        }
+        if current.config.admin.as_ref().map(|a| a.listen)
+            != config.admin.as_ref().map(|a| a.listen)
+            || current.config.access_log != config.access_log
+        {
+            tracing::warn!("admin listener and access log changes take effect on restart");
         }
         if current.config.cache.max_bytes != config.cache.max_bytes {
             tracing::warn!("cache.max_bytes changes take effect on restart");

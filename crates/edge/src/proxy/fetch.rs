@@ -62,7 +62,7 @@ pub(crate) async fn fetch(
         }
     }
     let request_time = SystemTime::now();
-    let result = ctx.svc.pool.send(&up, None).await;
+    let result = ctx.send_upstream(&up, None).await;
     let response_time = SystemTime::now();
     let resp = match result {
         Ok(resp) => resp,
@@ -140,7 +140,11 @@ pub(crate) async fn fetch(
             let body = if ctx.method == Method::HEAD {
                 EdgeBody::Empty
             } else {
-                EdgeBody::Origin(OriginBody::new(body, ctx.svc.pool.idle_timeout()))
+                EdgeBody::Origin(OriginBody::new(
+                    body,
+                    ctx.svc.pool.idle_timeout(),
+                    crate::telemetry::origin_bytes(&ctx.svc.name),
+                ))
             };
             return Ok(finish(ctx, Response::from_parts(parts, body), st));
         }
@@ -172,7 +176,8 @@ pub(crate) async fn fetch(
     let status = status.stored().with_ttl(freshness.ttl_secs(response_time));
     let age = HeaderValue::from(freshness.age(response_time).as_secs());
     let idle = ctx.svc.pool.idle_timeout();
-    let client = (client_wants_body && !conditional_hit).then_some(tx);
+    let client = (client_wants_body && !conditional_hit)
+        .then(|| (tx, crate::telemetry::origin_bytes(&ctx.svc.name)));
     tokio::spawn(tee(body, idle, client, pending, leader));
 
     let mut resp = if conditional_hit {
@@ -311,10 +316,14 @@ struct PendingObject {
 async fn tee(
     mut body: Incoming,
     idle: std::time::Duration,
-    mut client: Option<mpsc::Sender<Result<Bytes, BoxError>>>,
+    client: Option<(mpsc::Sender<Result<Bytes, BoxError>>, metrics::Counter)>,
     p: PendingObject,
     leader: Leader,
 ) {
+    let (mut client, sent) = match client {
+        Some((tx, sent)) => (Some(tx), Some(sent)),
+        None => (None, None),
+    };
     let mut leader = Some(leader);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0u64;
@@ -355,8 +364,11 @@ async fn tee(
             }
         }
         if let Some(tx) = &client {
+            let n = data.len() as u64;
             if tx.send(Ok(data)).await.is_err() {
                 client = None;
+            } else if let Some(sent) = &sent {
+                sent.increment(n);
             }
         }
         if !storing && client.is_none() {

@@ -14,7 +14,7 @@ pub(crate) async fn forward_unsafe(
     body: Incoming,
 ) -> Result<Response<EdgeBody>, ProxyError> {
     let body = super::request_body(ctx, body)?;
-    let resp = ctx.svc.pool.send(&ctx.upstream(), body).await?;
+    let resp = ctx.send_upstream(&ctx.upstream(), body).await?;
     let status = resp.status();
     if status.is_success() || status.is_redirection() {
         let store = &ctx.state.store;

@@ -70,7 +70,10 @@ pub(crate) async fn cached(
         let leader = match ctx.state.coalescer.join(&key) {
             Join::Leader(leader) => leader,
             Join::Pass => Leader::detached(),
-            Join::Waiter(waiter) => match waiter.wait(coalesce_wait).await {
+            Join::Waiter(waiter) => match {
+                crate::telemetry::coalesced(&ctx.svc.name);
+                waiter.wait(coalesce_wait).await
+            } {
                 FetchOutcome::Stored => {
                     waited_since.get_or_insert(now);
                     continue;

@@ -16,6 +16,7 @@ use crate::error::ProxyError;
 use crate::http::headers::{add_forwarded, append_via};
 use crate::runtime::{RuleAction, Runtime, Service};
 use crate::store::Storage;
+use crate::telemetry::{self, AccessLog, AccessRecord, CacheResult};
 use crate::upstream::UpstreamRequest;
 use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
@@ -37,13 +38,15 @@ pub struct EdgeState {
     pub store: Arc<dyn Storage>,
     /// In-flight fetches, for request coalescing.
     pub coalescer: Coalescer,
+    /// Structured access log, when configured.
+    pub access_log: Option<AccessLog>,
     next_id: AtomicU64,
     id_prefix: u32,
 }
 
 impl EdgeState {
     /// State for a runtime and a store.
-    pub fn new(runtime: Runtime, store: Arc<dyn Storage>) -> Self {
+    pub fn new(runtime: Runtime, store: Arc<dyn Storage>, access_log: Option<AccessLog>) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
@@ -53,6 +56,7 @@ impl EdgeState {
             runtime: ArcSwap::from_pointee(runtime),
             store,
             coalescer: Coalescer::default(),
+            access_log,
             next_id: AtomicU64::new(1),
             id_prefix: seed,
         }
@@ -96,9 +100,30 @@ pub(crate) struct RequestCtx {
     /// Request headers, hop-by-hop fields removed.
     pub headers: HeaderMap,
     pub client_ip: IpAddr,
+    /// Microseconds the origin took to answer (response head), 0 if not asked.
+    pub origin_us: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RequestCtx {
+    /// Sends a request to the service's origin pool, timing it for logs and metrics.
+    pub async fn send_upstream(
+        &self,
+        req: &UpstreamRequest,
+        body: Option<crate::upstream::UpstreamBody>,
+    ) -> Result<hyper::Response<Incoming>, ProxyError> {
+        let started = Instant::now();
+        let result = self.svc.pool.send(req, body).await;
+        let elapsed = started.elapsed();
+        self.origin_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        telemetry::origin(
+            &self.svc.name,
+            result.as_ref().ok().map(|r| r.status()),
+            elapsed,
+        );
+        result
+    }
+
     /// The request as forwarded to an origin: forwarding headers and `Via` added.
     pub fn upstream(&self) -> UpstreamRequest {
         let mut headers = self.headers.clone();
@@ -113,7 +138,15 @@ impl RequestCtx {
     }
 }
 
-/// Serves one client request. Never fails: errors become error responses here.
+/// What `respond::finish` records about a response for the log phase.
+#[derive(Debug, Clone)]
+pub(crate) struct Outcome {
+    pub service: Arc<str>,
+    pub result: CacheResult,
+}
+
+/// Serves one client request. Never fails: errors become error responses here. This is also
+/// the log phase: every request is counted and, when configured, logged.
 pub async fn handle(
     state: Arc<EdgeState>,
     req: Request<Incoming>,
@@ -122,23 +155,93 @@ pub async fn handle(
     let started = Instant::now();
     let runtime = state.runtime.load_full();
     let id = state.request_id();
-    let method = req.method().clone();
-    let result = serve(state, runtime, req, client_ip, id).await;
+    let log_parts = state.access_log.as_ref().map(|_| {
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| {
+                req.headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        (req.method().clone(), host, path, req.version())
+    });
+    let origin_us = Arc::new(AtomicU64::new(0));
+    let (service, result) = serve(
+        state.clone(),
+        runtime,
+        req,
+        client_ip,
+        id,
+        origin_us.clone(),
+    )
+    .await;
     let response = match result {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(request_id = %id, error = %e, "request failed");
-            e.to_response(&id.to_string())
+            let mut r = e.to_response(&id.to_string());
+            if let Some(service) = service {
+                r.extensions_mut().insert(Outcome {
+                    service,
+                    result: CacheResult::Error,
+                });
+            }
+            r
         }
     };
-    tracing::debug!(
-        target: "firebreak::access",
-        request_id = %id,
-        method = %method,
-        status = response.status().as_u16(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-    );
+    let outcome = response.extensions().get::<Outcome>();
+    let unrouted: Arc<str> = Arc::from("-");
+    let service_name = outcome.map(|o| &o.service).unwrap_or(&unrouted);
+    let result = outcome.map(|o| o.result).unwrap_or(CacheResult::Error);
+    telemetry::request(service_name, response.status(), result);
+    if let (Some(log), Some((method, host, path, version))) = (&state.access_log, log_parts) {
+        let origin = origin_us.load(Ordering::Relaxed);
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| (d.as_millis() as f64) / 1000.0)
+            .unwrap_or(0.0);
+        log.write(&AccessRecord {
+            ts,
+            id: id.to_string(),
+            client: client_ip.to_string(),
+            service: service_name,
+            method: method.as_str(),
+            host: &host,
+            path: &path,
+            version: version_label(version),
+            status: response.status().as_u16(),
+            cache: result.as_str(),
+            cache_status: response
+                .headers()
+                .get_all("cache-status")
+                .iter()
+                .last()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+            bytes: http_body::Body::size_hint(response.body()).exact(),
+            duration_us: started.elapsed().as_micros() as u64,
+            origin_us: (origin > 0).then_some(origin),
+        });
+    }
     response
+}
+
+fn version_label(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_09 => "HTTP/0.9",
+        _ => "HTTP/1.1",
+    }
 }
 
 async fn serve(
@@ -147,9 +250,22 @@ async fn serve(
     req: Request<Incoming>,
     client_ip: IpAddr,
     id: RequestId,
-) -> Result<Response<EdgeBody>, ProxyError> {
+    origin_us: Arc<AtomicU64>,
+) -> (Option<Arc<str>>, Result<Response<EdgeBody>, ProxyError>) {
     let (parts, body) = req.into_parts();
-    let (ctx, rule) = route::route(state, runtime, parts, client_ip, id)?;
+    let (ctx, rule) = match route::route(state, runtime, parts, client_ip, id, origin_us) {
+        Ok(routed) => routed,
+        Err(e) => return (None, Err(e)),
+    };
+    let result = dispatch(&ctx, rule, body).await;
+    (Some(ctx.svc.name.clone()), result)
+}
+
+async fn dispatch(
+    ctx: &RequestCtx,
+    rule: Option<RuleAction>,
+    body: Incoming,
+) -> Result<Response<EdgeBody>, ProxyError> {
     match ctx.method {
         Method::GET | Method::HEAD if ctx.svc.cache_enabled && rule != Some(RuleAction::Bypass) => {
             lookup::cached(&ctx, rule).await
@@ -185,7 +301,7 @@ async fn pass(
     body: Option<crate::upstream::UpstreamBody>,
     status: CacheStatus,
 ) -> Result<Response<EdgeBody>, ProxyError> {
-    let resp = ctx.svc.pool.send(&ctx.upstream(), body).await?;
+    let resp = ctx.send_upstream(&ctx.upstream(), body).await?;
     let fwd_status = resp.status();
     Ok(respond::forwarded(
         ctx,

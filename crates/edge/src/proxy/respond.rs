@@ -2,7 +2,7 @@
 //! applies the finishing touches every response gets (`Cache-Status`, `Via`, `Date`, header
 //! rules, removal of hop-by-hop and CDN-targeted fields).
 
-use super::RequestCtx;
+use super::{Outcome, RequestCtx};
 use crate::body::EdgeBody;
 use crate::body::OriginBody;
 use crate::http::conditional::{not_modified, NOT_MODIFIED_FIELDS};
@@ -10,6 +10,7 @@ use crate::http::freshness::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::http::range::{self, RangeDecision};
 use crate::store::StoredObject;
+use crate::telemetry::{self, CacheResult};
 use firebreak_config::HeaderOp;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
@@ -67,6 +68,24 @@ impl CacheStatus {
     pub fn detail(mut self, d: &'static str) -> Self {
         self.detail = Some(d);
         self
+    }
+
+    /// The metric/log category of this outcome.
+    pub fn result(&self) -> CacheResult {
+        let stale_detail = matches!(
+            self.detail,
+            Some("stale-while-revalidate" | "stale-if-error" | "origin-failure-safety-net")
+        );
+        match self.fwd {
+            None if stale_detail => CacheResult::Stale,
+            None => CacheResult::Hit,
+            Some(_) if stale_detail => CacheResult::Stale,
+            Some("stale") if self.fwd_status == Some(StatusCode::NOT_MODIFIED) => {
+                CacheResult::Revalidated
+            }
+            Some("miss" | "vary-miss" | "stale") => CacheResult::Miss,
+            Some(_) => CacheResult::Pass,
+        }
     }
 
     fn render(&self) -> Option<HeaderValue> {
@@ -129,6 +148,7 @@ pub(crate) fn from_object(
             RangeDecision::Full => {
                 *r.status_mut() = obj.status;
                 if !head {
+                    telemetry::body_bytes(&ctx.svc.name, true, obj.body_len);
                     *r.body_mut() = EdgeBody::chunks(obj.body.iter().cloned());
                 }
             }
@@ -141,6 +161,7 @@ pub(crate) fn from_object(
                 {
                     h.insert(header::CONTENT_RANGE, v);
                 }
+                telemetry::body_bytes(&ctx.svc.name, true, end - start);
                 *r.body_mut() = EdgeBody::chunks(obj.body_range(start, end));
             }
             RangeDecision::Unsatisfiable => {
@@ -175,6 +196,10 @@ pub(crate) fn finish(
     if let Some(v) = status.render() {
         h.append("cache-status", v);
     }
+    let result = status.result();
+    if result == CacheResult::Stale {
+        telemetry::stale_served(&ctx.svc.name, status.detail.unwrap_or("stale"));
+    }
     for rule in &ctx.svc.header_rules {
         match (rule.op, &rule.value) {
             (HeaderOp::Set, Some(v)) => {
@@ -189,6 +214,10 @@ pub(crate) fn finish(
             _ => {}
         }
     }
+    resp.extensions_mut().insert(Outcome {
+        service: ctx.svc.name.clone(),
+        result,
+    });
     resp
 }
 
@@ -210,7 +239,8 @@ pub(crate) fn forwarded(
     status: CacheStatus,
 ) -> Response<EdgeBody> {
     let idle = ctx.svc.pool.idle_timeout();
-    let mut resp = resp.map(|b| EdgeBody::Origin(OriginBody::new(b, idle)));
+    let sent = telemetry::origin_bytes(&ctx.svc.name);
+    let mut resp = resp.map(|b| EdgeBody::Origin(OriginBody::new(b, idle, sent)));
     strip_hop_by_hop(resp.headers_mut());
     finish(ctx, resp, status)
 }

@@ -1,0 +1,241 @@
+//! The admin listener: purge, Prometheus metrics and health, on its own port, behind a
+//! bearer token (except `/healthz`).
+//!
+//! | method | path | query | answer |
+//! |---|---|---|---|
+//! | GET | `/healthz` | | `ok` |
+//! | GET | `/metrics` | | Prometheus text |
+//! | POST | `/purge/url` | `url=http://host/path?q`, `soft=true` | `{"purged":N,"service":S}` |
+//! | POST | `/purge/key` | `service=S`, `key=K`, `soft=true` | `{"purged":N,"service":S}` |
+//! | POST | `/purge/all` | `service=S`, `soft=true` | `{"purged":N,"service":S}` |
+//!
+//! A hard purge removes objects; a soft purge marks them expired, so that they are
+//! revalidated on the next request and remain usable for stale-if-error meanwhile.
+
+use crate::body::EdgeBody;
+use crate::proxy::EdgeState;
+use crate::store::{CacheKey, PurgeMode, PurgeTarget};
+use crate::telemetry;
+use firebreak_config::valid_host_name;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+
+/// Concurrent admin connections; the admin port is for operators and scrapers, not crowds.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Longest query string accepted.
+const MAX_QUERY_BYTES: usize = 8 * 1024;
+
+/// Binds the admin listener and serves it in the background.
+pub async fn start(
+    listen: SocketAddr,
+    state: Arc<EdgeState>,
+) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&state, req)) }
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                drop(permit);
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+fn route(state: &EdgeState, req: Request<Incoming>) -> Response<EdgeBody> {
+    let path = req.uri().path();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
+    }
+    if !authorized(state, &req) {
+        let mut r = json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"error":"missing or wrong bearer token"}"#.into(),
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    match (req.method(), path) {
+        (&Method::GET, "/metrics") => metrics(state),
+        (&Method::POST, "/purge/url" | "/purge/key" | "/purge/all") => {
+            let query = req.uri().query().unwrap_or("");
+            if query.len() > MAX_QUERY_BYTES {
+                return error(StatusCode::BAD_REQUEST, "query too long");
+            }
+            let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            match purge(state, path, &params) {
+                Ok((service, n)) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "purged": n, "service": service }).to_string(),
+                ),
+                Err((status, msg)) => error(status, &msg),
+            }
+        }
+        (_, "/metrics" | "/purge/url" | "/purge/key" | "/purge/all") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "wrong method")
+        }
+        _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
+    }
+}
+
+/// Bearer token check, comparing in time independent of where the first difference is.
+fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
+    let runtime = state.runtime.load();
+    let Some(admin) = &runtime.config.admin else {
+        return false;
+    };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (given.trim().as_bytes(), admin.token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn metrics(state: &EdgeState) -> Response<EdgeBody> {
+    telemetry::store(state.store.stats());
+    match telemetry::prometheus() {
+        Some(handle) => {
+            let mut r = text(StatusCode::OK, &handle.render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder unavailable",
+        ),
+    }
+}
+
+type PurgeResult = Result<(String, u64), (StatusCode, String)>;
+
+fn purge(state: &EdgeState, path: &str, params: &HashMap<String, String>) -> PurgeResult {
+    let bad = |m: &str| (StatusCode::BAD_REQUEST, m.to_owned());
+    let soft = match params.get("soft").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(_) => return Err(bad("soft must be true or false")),
+    };
+    let mode = if soft {
+        PurgeMode::Soft
+    } else {
+        PurgeMode::Hard
+    };
+    let runtime = state.runtime.load();
+    let now = SystemTime::now();
+    let service_named = |name: Option<&String>| -> Result<String, (StatusCode, String)> {
+        let name = name.ok_or_else(|| bad("service is required"))?;
+        runtime
+            .service(name)
+            .map(|s| s.name.to_string())
+            .ok_or((StatusCode::NOT_FOUND, format!("no service named `{name}`")))
+    };
+    match path {
+        "/purge/url" => {
+            let url = params.get("url").ok_or_else(|| bad("url is required"))?;
+            let uri: Uri = url.parse().map_err(|_| bad("url is not a URL"))?;
+            let host = uri
+                .host()
+                .map(str::to_ascii_lowercase)
+                .filter(|h| valid_host_name(h))
+                .ok_or_else(|| bad("url needs a valid host"))?;
+            let service = runtime.route(&host).ok_or((
+                StatusCode::NOT_FOUND,
+                format!("no service for host `{host}`"),
+            ))?;
+            let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let key = CacheKey::new(&service.name, &host, pq);
+            telemetry::purge("url", soft);
+            Ok((
+                service.name.to_string(),
+                state.store.purge(PurgeTarget::Url(&key), mode, now),
+            ))
+        }
+        "/purge/key" => {
+            let service = service_named(params.get("service"))?;
+            let tag = params
+                .get("key")
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| bad("key is required"))?;
+            telemetry::purge("key", soft);
+            let n = state.store.purge(
+                PurgeTarget::Tag {
+                    service: &service,
+                    tag,
+                },
+                mode,
+                now,
+            );
+            Ok((service, n))
+        }
+        _ => {
+            let service = service_named(params.get("service"))?;
+            telemetry::purge("all", soft);
+            let n = state.store.purge(PurgeTarget::Service(&service), mode, now);
+            Ok((service, n))
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<EdgeBody> {
+    let mut r = Response::new(EdgeBody::full(body.to_owned()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json(status: StatusCode, body: String) -> Response<EdgeBody> {
+    let mut r = Response::new(EdgeBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, message: &str) -> Response<EdgeBody> {
+    json(status, serde_json::json!({ "error": message }).to_string())
+}

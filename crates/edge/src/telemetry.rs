@@ -1,0 +1,249 @@
+//! Metrics (Prometheus, through the `metrics` facade) and the structured access log.
+//!
+//! Metric names (all prefixed `firebreak_`):
+//! - `requests_total{service,status,cache}` — every client request; `cache` is a
+//!   [`CacheResult`].
+//! - `origin_requests_total{service,status}` and `origin_latency_seconds{service}` (histogram,
+//!   time to the response head; `status="error"` when no response came).
+//! - `body_bytes_total{service,source}` — body bytes sent to clients, `source` = cache|origin.
+//! - `cache_objects`, `cache_bytes`, `cache_evictions_total` — from the store, at scrape time.
+//! - `coalesced_waiters_total{service}`, `stale_served_total{service,reason}`,
+//!   `purges_total{kind,mode}`, `access_log_dropped_total`.
+
+use crate::store::StoreStats;
+use http::StatusCode;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Origin latency histogram buckets, in seconds: 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Access log lines buffered before new ones are dropped (and counted): a slow disk must
+/// never slow requests down.
+const ACCESS_LOG_BUFFER: usize = 16 * 1024;
+
+/// What the cache did for a request, as a small closed set (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    /// Served fresh from cache.
+    Hit,
+    /// Served stale (stale-while-revalidate, stale-if-error, safety net).
+    Stale,
+    /// Fetched from the origin after a miss.
+    Miss,
+    /// A stored response was revalidated with the origin.
+    Revalidated,
+    /// Forwarded without using the cache (bypass, method, uncacheable).
+    Pass,
+    /// The edge answered with an error of its own.
+    Error,
+}
+
+impl CacheResult {
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Stale => "stale",
+            CacheResult::Miss => "miss",
+            CacheResult::Revalidated => "revalidated",
+            CacheResult::Pass => "pass",
+            CacheResult::Error => "error",
+        }
+    }
+}
+
+/// The Prometheus recorder of this process, installed on first use. Several edges in one
+/// process (tests) share it.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("firebreak_origin_latency_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .ok()?;
+            builder.install_recorder().ok()
+        })
+        .as_ref()
+}
+
+/// Static label strings for status codes, so that counting a request allocates nothing.
+pub fn status_label(status: StatusCode) -> &'static str {
+    static LABELS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| {
+        (0..600u16)
+            .map(|c| &*Box::leak(c.to_string().into_boxed_str()))
+            .collect()
+    });
+    labels
+        .get(status.as_u16() as usize)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Counts one client request.
+pub fn request(service: &Arc<str>, status: StatusCode, result: CacheResult) {
+    metrics::counter!(
+        "firebreak_requests_total",
+        "service" => service.clone(),
+        "status" => status_label(status),
+        "cache" => result.as_str()
+    )
+    .increment(1);
+}
+
+/// Counts one origin exchange and its latency to the response head.
+pub fn origin(service: &Arc<str>, status: Option<StatusCode>, latency: Duration) {
+    let status = status.map(status_label).unwrap_or("error");
+    metrics::counter!("firebreak_origin_requests_total", "service" => service.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("firebreak_origin_latency_seconds", "service" => service.clone())
+        .record(latency.as_secs_f64());
+}
+
+/// Counts body bytes sent to clients.
+pub fn body_bytes(service: &Arc<str>, from_cache: bool, n: u64) {
+    let source = if from_cache { "cache" } else { "origin" };
+    metrics::counter!("firebreak_body_bytes_total", "service" => service.clone(), "source" => source)
+        .increment(n);
+}
+
+/// A handle counting body bytes streamed from an origin to a client.
+pub fn origin_bytes(service: &Arc<str>) -> metrics::Counter {
+    metrics::counter!("firebreak_body_bytes_total", "service" => service.clone(), "source" => "origin")
+}
+
+/// Counts a request that waited for another request's fetch.
+pub fn coalesced(service: &Arc<str>) {
+    metrics::counter!("firebreak_coalesced_waiters_total", "service" => service.clone())
+        .increment(1);
+}
+
+/// Counts a stale response served, by reason.
+pub fn stale_served(service: &Arc<str>, reason: &'static str) {
+    metrics::counter!("firebreak_stale_served_total", "service" => service.clone(), "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a purge request.
+pub fn purge(kind: &'static str, soft: bool) {
+    let mode = if soft { "soft" } else { "hard" };
+    metrics::counter!("firebreak_purges_total", "kind" => kind, "mode" => mode).increment(1);
+}
+
+/// Publishes the store's counts (called before each scrape).
+pub fn store(stats: StoreStats) {
+    metrics::gauge!("firebreak_cache_objects").set(stats.keys as f64);
+    metrics::gauge!("firebreak_cache_bytes").set(stats.bytes as f64);
+    metrics::counter!("firebreak_cache_evictions_total").absolute(stats.evictions);
+}
+
+/// One access log record.
+#[derive(Debug, serde::Serialize)]
+pub struct AccessRecord<'a> {
+    /// Unix time in seconds, with milliseconds.
+    pub ts: f64,
+    /// Request id (also on error pages).
+    pub id: String,
+    /// Client address.
+    pub client: String,
+    /// Service name, `-` when the request was refused before routing.
+    pub service: &'a str,
+    /// Method.
+    pub method: &'a str,
+    /// Host as sent.
+    pub host: &'a str,
+    /// Path and query.
+    pub path: &'a str,
+    /// HTTP version.
+    pub version: &'static str,
+    /// Response status.
+    pub status: u16,
+    /// What the cache did.
+    pub cache: &'static str,
+    /// This cache's Cache-Status entry.
+    pub cache_status: &'a str,
+    /// Response body length when known up front.
+    pub bytes: Option<u64>,
+    /// Microseconds until the response head was ready.
+    pub duration_us: u64,
+    /// Microseconds spent waiting for the origin's response head, if it was asked.
+    pub origin_us: Option<u64>,
+}
+
+/// A non-blocking access log: records are queued to a writer thread; when the queue is full
+/// they are dropped and counted, never waited for.
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Opens `path` for appending (`-` = standard output) and starts the writer thread.
+    pub fn open(path: &str) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = if path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )
+        };
+        let (tx, rx) = sync_channel::<String>(ACCESS_LOG_BUFFER);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(out);
+                while let Ok(line) = rx.recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    // Flush when the queue is drained, so lines appear promptly when idle.
+                    while let Ok(more) = rx.try_recv() {
+                        let _ = out.write_all(more.as_bytes());
+                    }
+                    let _ = out.flush();
+                }
+            })?;
+        Ok(Self {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// Queues one record.
+    pub fn write(&self, record: &AccessRecord<'_>) {
+        let Ok(mut line) = serde_json::to_string(record) else {
+            return;
+        };
+        line.push('\n');
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("firebreak_access_log_dropped_total").increment(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_static_and_bounded() {
+        assert_eq!(status_label(StatusCode::OK), "200");
+        assert_eq!(status_label(StatusCode::from_u16(599).unwrap()), "599");
+        assert_eq!(status_label(StatusCode::from_u16(999).unwrap()), "other");
+    }
+}
