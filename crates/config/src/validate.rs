@@ -75,7 +75,7 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 ),
             );
         }
-        if config.listeners.iter().any(|l| l.addr == admin.listen) {
+        if admin.listen.port() != 0 && config.listeners.iter().any(|l| l.addr == admin.listen) {
             c.fail(
                 &[Key("admin"), Key("listen")],
                 "must differ from every [[listener]] address",

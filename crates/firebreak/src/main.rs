@@ -175,12 +175,15 @@ fn one_origin_config(
     parse_str("command line", &text).map_err(|e| e.to_string())
 }
 
-/// The example configuration with the edge on `port` and the origin on `port + 1`.
+/// The example configuration with the edge on `port`, the origin on `port + 1` and the admin
+/// listener on `port + 2`.
 fn example_config(port: u16) -> Result<ValidConfig, String> {
-    let origin_port = port.checked_add(1).ok_or("port must be below 65535")?;
+    let origin_port = port.checked_add(1).ok_or("port must be below 65534")?;
+    let admin_port = port.checked_add(2).ok_or("port must be below 65534")?;
     let text = EXAMPLE_CONFIG
         .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{origin_port}"));
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{origin_port}"))
+        .replace("127.0.0.1:8082", &format!("127.0.0.1:{admin_port}"));
     parse_str("examples/firebreak.toml (built in)", &text).map_err(|e| e.to_string())
 }
 
@@ -195,6 +198,11 @@ async fn up(port: u16) -> Result<(), String> {
     let origin = demo_origin::start(origin_addr)
         .await
         .map_err(|e| format!("demo origin on {origin_addr}: {e}"))?;
+    let token = config
+        .admin
+        .as_ref()
+        .map(|a| a.token.clone())
+        .unwrap_or_default();
     let edge = EdgeServer::start(config).await.map_err(|e| e.to_string())?;
     let edge_addr = edge
         .local_addrs()
@@ -204,6 +212,9 @@ async fn up(port: u16) -> Result<(), String> {
     println!("firebreak is up.");
     println!("  edge        http://{edge_addr}/   (service `demo`, host localhost)");
     println!("  demo origin http://{}/", origin.addr);
+    if let Some(admin) = edge.admin_addr() {
+        println!("  admin       http://{admin}/   (bearer token `{token}`)");
+    }
     println!();
     println!("Try:");
     println!("  curl -si http://{edge_addr}/static/hello.txt   # run twice: fwd=miss, then hit");
@@ -215,6 +226,12 @@ async fn up(port: u16) -> Result<(), String> {
         "  curl -s  http://{}/__origin/stats            # requests the origin saw",
         origin.addr
     );
+    if let Some(admin) = edge.admin_addr() {
+        println!("  curl -s -H 'Authorization: Bearer {token}' http://{admin}/metrics");
+        println!(
+            "  curl -s -X POST -H 'Authorization: Bearer {token}' 'http://{admin}/purge/key?service=demo&key=static'"
+        );
+    }
     println!();
     println!("Ctrl-C stops everything.");
     wait_for_ctrl_c().await;
@@ -259,6 +276,7 @@ mod tests {
         let c = super::example_config(9000).unwrap();
         assert_eq!(c.listeners[0].addr.port(), 9000);
         assert_eq!(c.services[0].origin.servers[0].addr, "127.0.0.1:9001");
-        assert!(super::example_config(65535).is_err());
+        assert_eq!(c.admin.as_ref().unwrap().listen.port(), 9002);
+        assert!(super::example_config(65534).is_err());
     }
 }

@@ -156,6 +156,8 @@ fn up_runs_an_edge_in_front_of_the_demo_origin() {
     );
     let r = get(edge, "/api/data");
     assert!(r.contains("cache-status: firebreak"), "{r}");
+    let admin = up.wait_for_addr("  admin ");
+    assert!(get(admin, "/healthz").starts_with("HTTP/1.1 200"));
 }
 
 #[test]

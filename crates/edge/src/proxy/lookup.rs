@@ -70,19 +70,20 @@ pub(crate) async fn cached(
         let leader = match ctx.state.coalescer.join(&key) {
             Join::Leader(leader) => leader,
             Join::Pass => Leader::detached(),
-            Join::Waiter(waiter) => match {
+            Join::Waiter(waiter) => {
                 crate::telemetry::coalesced(&ctx.svc.name);
-                waiter.wait(coalesce_wait).await
-            } {
-                FetchOutcome::Stored => {
-                    waited_since.get_or_insert(now);
-                    continue;
+                let outcome = waiter.wait(coalesce_wait).await;
+                match outcome {
+                    FetchOutcome::Stored => {
+                        waited_since.get_or_insert(now);
+                        continue;
+                    }
+                    // Uncacheable, failed or too slow: go to the origin at once, in parallel.
+                    FetchOutcome::NotStored | FetchOutcome::Uncacheable | FetchOutcome::Pending => {
+                        Leader::detached()
+                    }
                 }
-                // Uncacheable, failed or too slow: go to the origin at once, in parallel.
-                FetchOutcome::NotStored | FetchOutcome::Uncacheable | FetchOutcome::Pending => {
-                    Leader::detached()
-                }
-            },
+            }
         };
         let revalidate = Revalidate { stored, policy };
         return fetch(ctx, key, revalidate, leader, CacheStatus::fwd(reason)).await;

@@ -224,7 +224,7 @@ pub async fn handle(
                 .headers()
                 .get_all("cache-status")
                 .iter()
-                .last()
+                .next_back()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
             bytes: http_body::Body::size_hint(response.body()).exact(),
@@ -268,15 +268,15 @@ async fn dispatch(
 ) -> Result<Response<EdgeBody>, ProxyError> {
     match ctx.method {
         Method::GET | Method::HEAD if ctx.svc.cache_enabled && rule != Some(RuleAction::Bypass) => {
-            lookup::cached(&ctx, rule).await
+            lookup::cached(ctx, rule).await
         }
-        Method::GET | Method::HEAD => pass(&ctx, None, CacheStatus::fwd("bypass")).await,
+        Method::GET | Method::HEAD => pass(ctx, None, CacheStatus::fwd("bypass")).await,
         Method::POST | Method::PUT | Method::DELETE | Method::PATCH => {
-            invalidate::forward_unsafe(&ctx, body).await
+            invalidate::forward_unsafe(ctx, body).await
         }
         _ => {
-            let body = request_body(&ctx, body)?;
-            pass(&ctx, body, CacheStatus::fwd("method")).await
+            let body = request_body(ctx, body)?;
+            pass(ctx, body, CacheStatus::fwd("method")).await
         }
     }
 }
