@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::http::conditional::{is_conditional, not_modified, NOT_MODIFIED_FIELDS};
 use crate::http::freshness::{evaluate, CachePolicy, Exchange, Storability};
 use crate::http::headers::strip_hop_by_hop;
-use crate::store::{surrogate_keys, CacheKey, Storage, StoredObject, VaryKey};
+use crate::store::{compact_headers, surrogate_keys, CacheKey, Storage, StoredObject, VaryKey};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -278,7 +278,7 @@ fn revalidated(
             Some(StoredObject {
                 status: obj.status,
                 surrogate_keys: surrogate_keys(&headers),
-                headers,
+                headers: compact_headers(&headers),
                 body: obj.body.clone(),
                 body_len: obj.body_len,
                 vary: obj.vary.clone(),
@@ -389,7 +389,7 @@ async fn tee(
     } else {
         chunks
     };
-    let mut headers = p.headers;
+    let mut headers = compact_headers(&p.headers);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     let object = StoredObject {
         status: p.status,

@@ -6,7 +6,7 @@ mod object;
 
 pub use memory::MemoryStore;
 pub use object::{
-    surrogate_keys, CacheKey, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS, MAX_VARIANTS,
+    compact_headers, surrogate_keys, CacheKey, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS, MAX_VARIANTS,
 };
 
 use std::sync::Arc;
