@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 use crate::http::conditional::{is_conditional, not_modified, NOT_MODIFIED_FIELDS};
 use crate::http::freshness::{evaluate, CachePolicy, Exchange, Storability};
 use crate::http::headers::strip_hop_by_hop;
-use crate::store::{compact_headers, surrogate_keys, CacheKey, Storage, StoredObject, VaryKey};
+use crate::store::{surrogate_keys, CacheKey, Storage, StoredHeaders, StoredObject, VaryKey};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -54,11 +54,11 @@ pub(crate) async fn fetch(
         up.headers.remove(h);
     }
     if let Some(obj) = &rv.stored {
-        if let Some(etag) = obj.headers.get(header::ETAG) {
-            up.headers.insert(header::IF_NONE_MATCH, etag.clone());
+        if let Some(etag) = obj.headers.get(&header::ETAG) {
+            up.headers.insert(header::IF_NONE_MATCH, etag);
         }
-        if let Some(lm) = obj.headers.get(header::LAST_MODIFIED) {
-            up.headers.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        if let Some(lm) = obj.headers.get(&header::LAST_MODIFIED) {
+            up.headers.insert(header::IF_MODIFIED_SINCE, lm);
         }
     }
     let request_time = SystemTime::now();
@@ -248,7 +248,7 @@ fn revalidated(
             update.insert(header::DATE, v);
         }
     }
-    let mut headers = obj.headers.clone();
+    let mut headers = obj.headers.to_map();
     headers.remove(header::AGE);
     for name in update.keys() {
         headers.remove(name);
@@ -278,7 +278,7 @@ fn revalidated(
             Some(StoredObject {
                 status: obj.status,
                 surrogate_keys: surrogate_keys(&headers),
-                headers: compact_headers(&headers),
+                headers: StoredHeaders::from_map(&headers),
                 body: obj.body.clone(),
                 body_len: obj.body_len,
                 vary: obj.vary.clone(),
@@ -389,11 +389,13 @@ async fn tee(
     } else {
         chunks
     };
-    let mut headers = compact_headers(&p.headers);
+    let mut headers = p.headers;
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    let surrogate = surrogate_keys(&headers);
+    let headers = StoredHeaders::from_map(&headers);
     let object = StoredObject {
         status: p.status,
-        surrogate_keys: surrogate_keys(&headers),
+        surrogate_keys: surrogate,
         headers,
         body,
         body_len: len,

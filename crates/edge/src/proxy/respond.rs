@@ -127,23 +127,24 @@ pub(crate) fn from_object(
     let status = status.with_ttl(obj.freshness.ttl_secs(now));
     let age = HeaderValue::from(obj.freshness.age(now).as_secs());
     let head = ctx.method == Method::HEAD;
-    let mut resp = if obj.status == StatusCode::OK && not_modified(&ctx.headers, &obj.headers) {
+    let stored = obj.headers.to_map();
+    let mut resp = if obj.status == StatusCode::OK && not_modified(&ctx.headers, &stored) {
         let mut r = Response::new(EdgeBody::Empty);
         *r.status_mut() = StatusCode::NOT_MODIFIED;
         for name in NOT_MODIFIED_FIELDS {
-            for v in obj.headers.get_all(name) {
+            for v in stored.get_all(name) {
                 r.headers_mut().append(name.clone(), v.clone());
             }
         }
         r
     } else {
         let decision = if obj.status == StatusCode::OK && !head {
-            range::decide(&ctx.headers, &obj.headers, obj.body_len)
+            range::decide(&ctx.headers, &stored, obj.body_len)
         } else {
             RangeDecision::Full
         };
         let mut r = Response::new(EdgeBody::Empty);
-        *r.headers_mut() = obj.headers.clone();
+        *r.headers_mut() = stored;
         match decision {
             RangeDecision::Full => {
                 *r.status_mut() = obj.status;

@@ -311,13 +311,13 @@ mod tests {
     use crate::http::freshness::Freshness;
     use crate::store::VaryKey;
     use bytes::Bytes;
-    use http::{HeaderMap, StatusCode};
+    use http::StatusCode;
     use std::time::Duration;
 
     fn tagged(len: usize, tags: &[&str]) -> Arc<StoredObject> {
         Arc::new(StoredObject {
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: Default::default(),
             body: vec![Bytes::from(vec![0u8; len])],
             body_len: len as u64,
             vary: VaryKey::default(),

@@ -1,12 +1,15 @@
 //! Cache storage: what a stored response is, how variants are selected, and the
 //! [`Storage`] trait that the memory store (and later a disk tier) implements.
 
+mod head;
 mod memory;
 mod object;
 
+pub use head::StoredHeaders;
+
 pub use memory::MemoryStore;
 pub use object::{
-    compact_headers, surrogate_keys, CacheKey, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS, MAX_VARIANTS,
+    surrogate_keys, CacheKey, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS, MAX_VARIANTS,
 };
 
 use std::sync::Arc;

@@ -17,33 +17,6 @@ pub const MAX_SURROGATE_KEYS: usize = 64;
 /// Longest surrogate key.
 pub const MAX_SURROGATE_KEY_LEN: usize = 256;
 
-/// A copy of `headers` that owns its bytes in one allocation.
-///
-/// Header values parsed by hyper are slices of the connection's read buffer; storing them as
-/// they are would keep that whole buffer (kilobytes) alive for as long as the object is
-/// cached. All values are copied into one block, and the map is sized to its contents.
-pub fn compact_headers(headers: &HeaderMap) -> HeaderMap {
-    let total: usize = headers.values().map(|v| v.len()).sum();
-    let mut block = bytes::BytesMut::with_capacity(total);
-    for v in headers.values() {
-        block.extend_from_slice(v.as_bytes());
-    }
-    let block = block.freeze();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    let mut offset = 0;
-    for (name, value) in headers {
-        let end = offset + value.len();
-        let bytes = block.slice(offset..end);
-        offset = end;
-        // The bytes came from a valid HeaderValue, so this cannot fail; skip if it somehow does.
-        if let Ok(mut v) = http::HeaderValue::from_maybe_shared(bytes) {
-            v.set_sensitive(value.is_sensitive());
-            out.append(name.clone(), v);
-        }
-    }
-    out
-}
-
 /// Surrogate keys (purge tags) of a response: `Surrogate-Key` (space separated, Fastly) and
 /// `Cache-Tag` (comma separated, Cloudflare/Akamai). Bounded in count and length.
 pub fn surrogate_keys(headers: &HeaderMap) -> Box<[Box<str>]> {
@@ -186,8 +159,8 @@ fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<Box<str>> {
 pub struct StoredObject {
     /// Response status.
     pub status: StatusCode,
-    /// Response headers as stored (hop-by-hop fields already removed).
-    pub headers: HeaderMap,
+    /// Response header fields as stored (hop-by-hop fields already removed).
+    pub headers: super::StoredHeaders,
     /// Body chunks in order.
     pub body: Vec<Bytes>,
     /// Sum of the chunk lengths.
@@ -224,11 +197,7 @@ impl StoredObject {
 
     /// Bytes counted against the cache budget.
     pub fn weight(&self) -> u64 {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 32)
-            .sum();
+        let headers = self.headers.size() + 32;
         let tags: usize = self.surrogate_keys.iter().map(|k| k.len() + 16).sum();
         self.body_len + headers as u64 + tags as u64 + self.vary.weight() + OBJECT_OVERHEAD
     }
@@ -307,7 +276,7 @@ mod tests {
     fn object(vary: VaryKey, body: &'static [u8]) -> Arc<StoredObject> {
         Arc::new(StoredObject {
             status: StatusCode::OK,
-            headers: HeaderMap::new(),
+            headers: Default::default(),
             body: vec![Bytes::from_static(body)],
             body_len: body.len() as u64,
             vary,
@@ -370,15 +339,6 @@ mod tests {
         // A response without Vary drops the keyed variants.
         let plain = set.with(object(VaryKey::default(), b"plain"));
         assert_eq!(plain.objects.len(), 1);
-    }
-
-    #[test]
-    fn compact_headers_keeps_every_value_in_order() {
-        let src = h(&[("a", "1"), ("b", "two"), ("a", "3"), ("x-custom", "")]);
-        let c = compact_headers(&src);
-        assert_eq!(c, src);
-        let a: Vec<_> = c.get_all("a").iter().collect();
-        assert_eq!(a, ["1", "3"]);
     }
 
     #[test]
