@@ -20,8 +20,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-/// Most header fields in one HTTP/1.1 request.
-const MAX_HEADERS: usize = 128;
 /// hyper's smallest allowed read buffer.
 const MIN_BUF: usize = 8192;
 /// Concurrent HTTP/2 streams per connection.
@@ -93,7 +91,8 @@ impl EdgeServer {
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
             .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
-            .max_headers(MAX_HEADERS)
+            // Header count stays at hyper's default limit (100, then 431): setting any other
+            // value makes hyper heap-allocate its header index on every request.
             .keep_alive(true);
         builder
             .http2()

@@ -443,6 +443,36 @@ mod tests {
     }
 
     #[test]
+    fn a_million_small_objects() {
+        const N: usize = 1_000_000;
+        let store = MemoryStore::new(2 << 30, 1 << 20);
+        let body = Bytes::from_static(b"0123456789abcdef");
+        for i in 0..N {
+            let obj = StoredObject {
+                status: StatusCode::OK,
+                headers: Default::default(),
+                body: vec![body.clone()],
+                body_len: body.len() as u64,
+                vary: VaryKey::default(),
+                freshness: tagged(0, &[]).freshness,
+                surrogate_keys: Box::new([]),
+            };
+            store.put(CacheKey::new("s", "h", &format!("/{i}")), Arc::new(obj));
+        }
+        let stats = store.stats();
+        assert_eq!(stats.keys, N as u64, "{stats:?}");
+        assert_eq!(stats.evictions, 0);
+        for i in (0..N).step_by(9973) {
+            assert!(
+                store
+                    .get(&CacheKey::new("s", "h", &format!("/{i}")))
+                    .is_some(),
+                "/{i}"
+            );
+        }
+    }
+
+    #[test]
     fn replacing_a_value_is_not_an_eviction() {
         let store = MemoryStore::new(16 * 1024 * 1024, 1024 * 1024);
         let a = CacheKey::new("s", "h", "/a");

@@ -375,3 +375,39 @@ async fn response_header_rules_apply() {
         assert_eq!(r.header("x-edge"), Some("yes"));
     }
 }
+
+#[tokio::test]
+async fn objects_of_hundreds_of_mib_are_streamed_stored_in_chunks_and_served() {
+    const SIZE: usize = 256 * 1024 * 1024;
+    let big = Bytes::from(vec![42u8; SIZE]);
+    let b2 = big.clone();
+    let origin = TestOrigin::start(move |_| Reply::ok(b2.clone()).cc("max-age=600")).await;
+    let cfg = config(origin.addr, "")
+        .replace("max_bytes = 67108864", "max_bytes = 1073741824")
+        .replace(
+            "max_object_bytes = 16777216",
+            "max_object_bytes = 536870912",
+        );
+    let edge = start_edge(&cfg).await;
+    let first = edge.get("/huge").await;
+    assert_eq!(first.body.len(), SIZE);
+    let mut hit = edge.get("/huge").await;
+    for _ in 0..50 {
+        if hit.cache_status().contains("hit") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        hit = edge.get("/huge").await;
+    }
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.body.len(), SIZE);
+    assert!(hit.body.iter().all(|b| *b == 42));
+    // Stored as the chunks it arrived in, not one contiguous copy.
+    let key = firebreak_edge::store::CacheKey::new("test", "localhost", "/huge");
+    let stored = edge.handle.state().store.get(&key).unwrap();
+    assert!(
+        stored.objects[0].body.len() > 1,
+        "{} chunks",
+        stored.objects[0].body.len()
+    );
+}
