@@ -45,6 +45,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum EdgeBody {
     /// No body (HEAD, 304, 204).
     Empty,
+    /// One buffer: most cached bodies (no queue to allocate).
+    Single(Option<Bytes>),
     /// In-memory chunks: cached bodies and generated pages.
     Chunks {
         /// Chunks still to send.
@@ -61,7 +63,14 @@ pub enum EdgeBody {
 impl EdgeBody {
     /// A body from chunks.
     pub fn chunks(chunks: impl IntoIterator<Item = Bytes>) -> Self {
-        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let mut iter = chunks.into_iter().filter(|c| !c.is_empty());
+        let Some(first) = iter.next() else {
+            return EdgeBody::Empty;
+        };
+        let Some(second) = iter.next() else {
+            return EdgeBody::Single(Some(first));
+        };
+        let chunks: VecDeque<Bytes> = [first, second].into_iter().chain(iter).collect();
         let remaining = chunks.iter().map(|c| c.len() as u64).sum();
         EdgeBody::Chunks { chunks, remaining }
     }
@@ -82,6 +91,7 @@ impl Body for EdgeBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             EdgeBody::Empty => Poll::Ready(None),
+            EdgeBody::Single(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             EdgeBody::Chunks { chunks, remaining } => match chunks.pop_front() {
                 Some(c) => {
                     *remaining -= c.len() as u64;
@@ -111,6 +121,7 @@ impl Body for EdgeBody {
     fn is_end_stream(&self) -> bool {
         match self {
             EdgeBody::Empty => true,
+            EdgeBody::Single(b) => b.is_none(),
             EdgeBody::Chunks { chunks, .. } => chunks.is_empty(),
             EdgeBody::Origin(o) => o.body.is_end_stream(),
             EdgeBody::Tee(_) => false,
@@ -120,6 +131,7 @@ impl Body for EdgeBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             EdgeBody::Empty => SizeHint::with_exact(0),
+            EdgeBody::Single(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             EdgeBody::Chunks { remaining, .. } => SizeHint::with_exact(*remaining),
             EdgeBody::Origin(o) => o.body.size_hint(),
             EdgeBody::Tee(_) => SizeHint::default(),

@@ -48,6 +48,8 @@ pub struct Service {
     pub rules: Vec<(String, RuleAction)>,
     /// Response header rules.
     pub header_rules: Vec<HeaderRule>,
+    /// Pre-registered metric handles for the hit path.
+    pub counters: crate::telemetry::ServiceCounters,
 }
 
 impl Service {
@@ -94,8 +96,10 @@ impl Service {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let name: Arc<str> = c.name.as_str().into();
         Ok(Self {
-            name: c.name.as_str().into(),
+            counters: crate::telemetry::ServiceCounters::new(&name),
+            name,
             pool,
             cache_enabled: c.cache.enabled,
             policy: CachePolicy {

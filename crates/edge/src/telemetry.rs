@@ -29,6 +29,7 @@ const ACCESS_LOG_BUFFER: usize = 16 * 1024;
 
 /// What the cache did for a request, as a small closed set (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum CacheResult {
     /// Served fresh from cache.
     Hit,
@@ -45,6 +46,20 @@ pub enum CacheResult {
 }
 
 impl CacheResult {
+    /// The inverse of `as u8`; unknown values are `Error`.
+    pub fn from_u8(v: u8) -> Self {
+        [
+            CacheResult::Hit,
+            CacheResult::Stale,
+            CacheResult::Miss,
+            CacheResult::Revalidated,
+            CacheResult::Pass,
+        ]
+        .into_iter()
+        .find(|r| *r as u8 == v)
+        .unwrap_or(CacheResult::Error)
+    }
+
     /// Label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -89,6 +104,35 @@ pub fn status_label(status: StatusCode) -> &'static str {
         .unwrap_or("other")
 }
 
+/// Counter handles for the commonest events of one service, registered once so that the hit
+/// path does not look them up (and allocate their labels) on every request.
+#[derive(Clone)]
+pub struct ServiceCounters {
+    /// `requests_total{status="200",cache="hit"}`.
+    pub hit_200: metrics::Counter,
+    /// `body_bytes_total{source="cache"}`.
+    pub cache_bytes: metrics::Counter,
+}
+
+impl ServiceCounters {
+    /// Registers the handles for a service (with whatever recorder is installed).
+    pub fn new(service: &Arc<str>) -> Self {
+        Self {
+            hit_200: metrics::counter!(
+                "firebreak_requests_total",
+                "service" => service.clone(),
+                "status" => "200",
+                "cache" => CacheResult::Hit.as_str()
+            ),
+            cache_bytes: metrics::counter!(
+                "firebreak_body_bytes_total",
+                "service" => service.clone(),
+                "source" => "cache"
+            ),
+        }
+    }
+}
+
 /// Counts one client request.
 pub fn request(service: &Arc<str>, status: StatusCode, result: CacheResult) {
     metrics::counter!(
@@ -107,13 +151,6 @@ pub fn origin(service: &Arc<str>, status: Option<StatusCode>, latency: Duration)
         .increment(1);
     metrics::histogram!("firebreak_origin_latency_seconds", "service" => service.clone())
         .record(latency.as_secs_f64());
-}
-
-/// Counts body bytes sent to clients.
-pub fn body_bytes(service: &Arc<str>, from_cache: bool, n: u64) {
-    let source = if from_cache { "cache" } else { "origin" };
-    metrics::counter!("firebreak_body_bytes_total", "service" => service.clone(), "source" => source)
-        .increment(n);
 }
 
 /// A handle counting body bytes streamed from an origin to a client.

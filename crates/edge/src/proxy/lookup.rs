@@ -115,6 +115,8 @@ fn revalidate_in_background(
     };
     let mut ctx = ctx.clone();
     ctx.method = Method::GET;
+    // The background refresh reports to nobody's log line.
+    ctx.trace = Default::default();
     let key = key.clone();
     tokio::spawn(async move {
         let revalidate = Revalidate {

@@ -100,8 +100,35 @@ pub(crate) struct RequestCtx {
     /// Request headers, hop-by-hop fields removed.
     pub headers: HeaderMap,
     pub client_ip: IpAddr,
-    /// Microseconds the origin took to answer (response head), 0 if not asked.
-    pub origin_us: Arc<std::sync::atomic::AtomicU64>,
+    /// What the log phase learns about this request as it runs.
+    pub trace: Arc<RequestTrace>,
+}
+
+/// Facts gathered along the request path for the log phase; one small allocation per
+/// request, shared by the phases that fill it.
+#[derive(Debug, Default)]
+pub(crate) struct RequestTrace {
+    /// Microseconds the origin took to answer (response heads, summed), 0 if not asked.
+    pub origin_us: AtomicU64,
+    /// The `CacheResult` of the response, as set by `respond::finish`.
+    pub result: std::sync::atomic::AtomicU8,
+}
+
+impl RequestTrace {
+    fn new() -> Self {
+        Self {
+            origin_us: AtomicU64::new(0),
+            result: std::sync::atomic::AtomicU8::new(CacheResult::Error as u8),
+        }
+    }
+
+    pub fn set_result(&self, r: CacheResult) {
+        self.result.store(r as u8, Ordering::Relaxed);
+    }
+
+    fn result(&self) -> CacheResult {
+        CacheResult::from_u8(self.result.load(Ordering::Relaxed))
+    }
 }
 
 impl RequestCtx {
@@ -114,7 +141,8 @@ impl RequestCtx {
         let started = Instant::now();
         let result = self.svc.pool.send(req, body).await;
         let elapsed = started.elapsed();
-        self.origin_us
+        self.trace
+            .origin_us
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         telemetry::origin(
             &self.svc.name,
@@ -136,13 +164,6 @@ impl RequestCtx {
             host: self.host_value.clone(),
         }
     }
-}
-
-/// What `respond::finish` records about a response for the log phase.
-#[derive(Debug, Clone)]
-pub(crate) struct Outcome {
-    pub service: Arc<str>,
-    pub result: CacheResult,
 }
 
 /// Serves one client request. Never fails: errors become error responses here. This is also
@@ -174,37 +195,35 @@ pub async fn handle(
             .unwrap_or_default();
         (req.method().clone(), host, path, req.version())
     });
-    let origin_us = Arc::new(AtomicU64::new(0));
-    let (service, result) = serve(
-        state.clone(),
-        runtime,
-        req,
-        client_ip,
-        id,
-        origin_us.clone(),
-    )
-    .await;
+    let trace = Arc::new(RequestTrace::new());
+    let (service, result) = serve(state.clone(), runtime, req, client_ip, id, trace.clone()).await;
     let response = match result {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(request_id = %id, error = %e, "request failed");
-            let mut r = e.to_response(&id.to_string());
-            if let Some(service) = service {
-                r.extensions_mut().insert(Outcome {
-                    service,
-                    result: CacheResult::Error,
-                });
-            }
-            r
+            trace.set_result(CacheResult::Error);
+            e.to_response(&id.to_string())
         }
     };
-    let outcome = response.extensions().get::<Outcome>();
-    let unrouted: Arc<str> = Arc::from("-");
-    let service_name = outcome.map(|o| &o.service).unwrap_or(&unrouted);
-    let result = outcome.map(|o| o.result).unwrap_or(CacheResult::Error);
-    telemetry::request(service_name, response.status(), result);
+    let result = trace.result();
+    static UNROUTED: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    let unrouted = UNROUTED.get_or_init(|| Arc::from("-"));
+    let service_name = match &service {
+        Some(svc) if result == CacheResult::Hit && response.status() == http::StatusCode::OK => {
+            svc.counters.hit_200.increment(1);
+            &svc.name
+        }
+        Some(svc) => {
+            telemetry::request(&svc.name, response.status(), result);
+            &svc.name
+        }
+        None => {
+            telemetry::request(unrouted, response.status(), result);
+            unrouted
+        }
+    };
     if let (Some(log), Some((method, host, path, version))) = (&state.access_log, log_parts) {
-        let origin = origin_us.load(Ordering::Relaxed);
+        let origin = trace.origin_us.load(Ordering::Relaxed);
         let ts = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| (d.as_millis() as f64) / 1000.0)
@@ -250,15 +269,15 @@ async fn serve(
     req: Request<Incoming>,
     client_ip: IpAddr,
     id: RequestId,
-    origin_us: Arc<AtomicU64>,
-) -> (Option<Arc<str>>, Result<Response<EdgeBody>, ProxyError>) {
+    trace: Arc<RequestTrace>,
+) -> (Option<Arc<Service>>, Result<Response<EdgeBody>, ProxyError>) {
     let (parts, body) = req.into_parts();
-    let (ctx, rule) = match route::route(state, runtime, parts, client_ip, id, origin_us) {
+    let (ctx, rule) = match route::route(state, runtime, parts, client_ip, id, trace) {
         Ok(routed) => routed,
         Err(e) => return (None, Err(e)),
     };
     let result = dispatch(&ctx, rule, body).await;
-    (Some(ctx.svc.name.clone()), result)
+    (Some(ctx.svc.clone()), result)
 }
 
 async fn dispatch(

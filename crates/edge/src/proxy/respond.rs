@@ -2,7 +2,7 @@
 //! applies the finishing touches every response gets (`Cache-Status`, `Via`, `Date`, header
 //! rules, removal of hop-by-hop and CDN-targeted fields).
 
-use super::{Outcome, RequestCtx};
+use super::RequestCtx;
 use crate::body::EdgeBody;
 use crate::body::OriginBody;
 use crate::http::conditional::{not_modified, NOT_MODIFIED_FIELDS};
@@ -12,7 +12,7 @@ use crate::http::range::{self, RangeDecision};
 use crate::store::StoredObject;
 use crate::telemetry::{self, CacheResult};
 use firebreak_config::HeaderOp;
-use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
 use std::fmt::Write;
 use std::time::SystemTime;
@@ -112,7 +112,7 @@ impl CacheStatus {
         if let Some(d) = self.detail {
             let _ = write!(s, "; detail={d}");
         }
-        HeaderValue::from_str(&s).ok()
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
     }
 }
 
@@ -149,7 +149,7 @@ pub(crate) fn from_object(
             RangeDecision::Full => {
                 *r.status_mut() = obj.status;
                 if !head {
-                    telemetry::body_bytes(&ctx.svc.name, true, obj.body_len);
+                    ctx.svc.counters.cache_bytes.increment(obj.body_len);
                     *r.body_mut() = EdgeBody::chunks(obj.body.iter().cloned());
                 }
             }
@@ -162,7 +162,7 @@ pub(crate) fn from_object(
                 {
                     h.insert(header::CONTENT_RANGE, v);
                 }
-                telemetry::body_bytes(&ctx.svc.name, true, end - start);
+                ctx.svc.counters.cache_bytes.increment(end - start);
                 *r.body_mut() = EdgeBody::chunks(obj.body_range(start, end));
             }
             RangeDecision::Unsatisfiable => {
@@ -189,8 +189,13 @@ pub(crate) fn finish(
 ) -> Response<EdgeBody> {
     let h = resp.headers_mut();
     if ctx.svc.strip_cdn_cache_control {
-        h.remove(CDN_CACHE_CONTROL);
-        h.remove(SURROGATE_CONTROL);
+        static CDN_FIELDS: [HeaderName; 2] = [
+            HeaderName::from_static(CDN_CACHE_CONTROL),
+            HeaderName::from_static(SURROGATE_CONTROL),
+        ];
+        for name in &CDN_FIELDS {
+            h.remove(name);
+        }
     }
     // `Date` is added by hyper when missing (cached once a second).
     append_via(h, ctx.version);
@@ -215,10 +220,7 @@ pub(crate) fn finish(
             _ => {}
         }
     }
-    resp.extensions_mut().insert(Outcome {
-        service: ctx.svc.name.clone(),
-        result,
-    });
+    ctx.trace.set_result(result);
     resp
 }
 

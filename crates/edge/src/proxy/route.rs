@@ -18,7 +18,7 @@ pub(crate) fn route(
     mut parts: Parts,
     client_ip: IpAddr,
     id: RequestId,
-    origin_us: Arc<std::sync::atomic::AtomicU64>,
+    trace: Arc<super::RequestTrace>,
 ) -> Result<(RequestCtx, Option<RuleAction>), ProxyError> {
     if parts.method == Method::CONNECT || parts.method == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed);
@@ -56,7 +56,7 @@ pub(crate) fn route(
             path_and_query,
             headers,
             client_ip,
-            origin_us,
+            trace,
         },
         rule,
     ))
