@@ -205,6 +205,16 @@ impl TestOrigin {
         self.requests.lock().unwrap().len()
     }
 
+    /// Waits (up to 1 s) until the origin has seen `n` requests.
+    pub async fn wait_for_requests(&self, n: usize) {
+        for _ in 0..100 {
+            if self.count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn last(&self) -> Recorded {
         self.requests
             .lock()
@@ -323,6 +333,15 @@ impl Resp {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+    /// The `ttl=` of this cache's Cache-Status entry.
+    pub fn ttl(&self) -> i64 {
+        let cs = self.cache_status();
+        cs.split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ttl in {cs:?}"))
+    }
 }
 
 impl Edge {
@@ -363,6 +382,20 @@ impl Edge {
             headers: parts.headers,
             body,
         }
+    }
+
+    /// GETs `path` until it is a cache hit (the tee task may store just after the client has
+    /// the last byte), at most 50 tries 20 ms apart; returns the last response.
+    pub async fn get_until_hit(&self, path: &str) -> Resp {
+        let mut r = self.get(path).await;
+        for _ in 0..50 {
+            if r.cache_status().contains("hit") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            r = self.get(path).await;
+        }
+        r
     }
 
     /// Sends raw bytes on a new connection and returns everything read until close (or 5 s).

@@ -207,14 +207,7 @@ async fn first_byte_reaches_the_client_before_the_origin_finishes() {
     let rest = body.collect().await.unwrap().to_bytes();
     assert_eq!(rest, "second");
     // The same bytes went into the cache.
-    let mut hit = edge.get("/stream").await;
-    for _ in 0..50 {
-        if hit.cache_status().contains("hit") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        hit = edge.get("/stream").await;
-    }
+    let hit = edge.get_until_hit("/stream").await;
     assert_eq!(hit.text(), "first;second");
     assert!(hit.cache_status().contains("hit"));
 }
@@ -227,15 +220,7 @@ async fn large_object_is_teed_to_client_and_cache() {
     let edge = edge_for(&origin).await;
     let first = edge.get("/big").await;
     assert_eq!(first.body.len(), big.len());
-    let mut second = edge.get("/big").await;
-    for _ in 0..50 {
-        if second.cache_status().contains("hit") {
-            break;
-        }
-        // hyper may end a sized response before the tee task has stored it.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        second = edge.get("/big").await;
-    }
+    let second = edge.get_until_hit("/big").await;
     assert!(
         second.cache_status().contains("hit"),
         "{}",
@@ -391,14 +376,7 @@ async fn objects_of_hundreds_of_mib_are_streamed_stored_in_chunks_and_served() {
     let edge = start_edge(&cfg).await;
     let first = edge.get("/huge").await;
     assert_eq!(first.body.len(), SIZE);
-    let mut hit = edge.get("/huge").await;
-    for _ in 0..50 {
-        if hit.cache_status().contains("hit") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        hit = edge.get("/huge").await;
-    }
+    let hit = edge.get_until_hit("/huge").await;
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     assert_eq!(hit.body.len(), SIZE);
     assert!(hit.body.iter().all(|b| *b == 42));

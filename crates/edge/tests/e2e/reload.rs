@@ -19,13 +19,7 @@ async fn reload_swaps_atomically_and_in_flight_requests_finish_on_their_version(
     let edge = Arc::new(start_edge(&with_marker(&base, "v1")).await);
     let e2 = edge.clone();
     let in_flight = tokio::spawn(async move { e2.get("/slow").await });
-    // Wait until the slow request has reached the origin, then reload.
-    for _ in 0..100 {
-        if origin.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    origin.wait_for_requests(1).await;
     let v2 = firebreak_config::parse_str("v2.toml", &with_marker(&base, "v2")).unwrap();
     edge.handle.reload(v2).unwrap();
     assert_eq!(edge.get("/fast").await.header("x-config"), Some("v2"));
@@ -117,12 +111,7 @@ async fn drain_lets_in_flight_requests_finish_and_refuses_new_connections() {
     let edge = Arc::new(start_edge(&config(origin.addr, "")).await);
     let e2 = edge.clone();
     let in_flight = tokio::spawn(async move { e2.get("/slow").await });
-    for _ in 0..100 {
-        if origin.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    origin.wait_for_requests(1).await;
     assert!(
         edge.handle.drain(Duration::from_secs(5)).await,
         "all connections closed"
