@@ -134,8 +134,14 @@ pub(crate) async fn fetch(
     let (freshness, strip_fields, vary) = match plan {
         Err(why) => {
             // Release the waiters at once: they go to the origin in parallel, and so do the
-            // next requests for a while.
-            leader.finish(FetchOutcome::Uncacheable);
+            // next requests for a while — unless this is an origin error: a failing origin
+            // keeps the protection of coalescing.
+            let outcome = if parts.status.is_server_error() {
+                FetchOutcome::NotStored
+            } else {
+                FetchOutcome::Uncacheable
+            };
+            leader.finish(outcome);
             let st = status.detail(why);
             let body = if ctx.method == Method::HEAD {
                 EdgeBody::Empty

@@ -113,3 +113,25 @@ async fn waiters_share_a_response_that_is_stale_on_arrival() {
     edge.get("/nc").await;
     assert_eq!(origin.count(), 2);
 }
+
+#[tokio::test]
+async fn origin_errors_do_not_turn_off_coalescing() {
+    let origin = TestOrigin::start(|r| match r.uri.path() {
+        "/down" => Reply::ok("down").status(503).cc("no-store"),
+        _ => Reply::ok("private").cc("no-store"),
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    edge.get("/down").await;
+    edge.get("/nostore").await;
+    let key = |p: &str| firebreak_edge::store::CacheKey::new("test", "localhost", p);
+    let coalescer = &edge.handle.state().coalescer;
+    assert!(matches!(
+        coalescer.join(&key("/nostore")),
+        firebreak_edge::coalesce::Join::Pass
+    ));
+    assert!(matches!(
+        coalescer.join(&key("/down")),
+        firebreak_edge::coalesce::Join::Leader(_)
+    ));
+}
