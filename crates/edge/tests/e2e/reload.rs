@@ -57,27 +57,11 @@ async fn reload_keeps_warm_origin_connections_when_the_pool_is_unchanged() {
     let base = config(origin.addr, "");
     let edge = start_edge(&with_marker(&base, "a")).await;
     edge.get("/1").await;
-    let before = edge
-        .handle
-        .state()
-        .runtime
-        .load()
-        .service("test")
-        .unwrap()
-        .pool
-        .clone();
+    let before = pool_of(&edge);
     edge.handle
         .reload(firebreak_config::parse_str("b.toml", &with_marker(&base, "b")).unwrap())
         .unwrap();
-    let after = edge
-        .handle
-        .state()
-        .runtime
-        .load()
-        .service("test")
-        .unwrap()
-        .pool
-        .clone();
+    let after = pool_of(&edge);
     assert!(
         Arc::ptr_eq(&before, &after),
         "unchanged pool is carried over"
@@ -93,15 +77,7 @@ async fn reload_keeps_warm_origin_connections_when_the_pool_is_unchanged() {
     edge.handle
         .reload(firebreak_config::parse_str("c.toml", &changed).unwrap())
         .unwrap();
-    let rebuilt = edge
-        .handle
-        .state()
-        .runtime
-        .load()
-        .service("test")
-        .unwrap()
-        .pool
-        .clone();
+    let rebuilt = pool_of(&edge);
     assert!(!Arc::ptr_eq(&before, &rebuilt));
 }
 
@@ -122,4 +98,16 @@ async fn drain_lets_in_flight_requests_finish_and_refuses_new_connections() {
         tokio::net::TcpStream::connect(edge.addr).await.is_err(),
         "listener closed"
     );
+}
+
+/// The origin pool the running configuration uses for service `test`.
+fn pool_of(edge: &Edge) -> Arc<firebreak_edge::upstream::OriginPool> {
+    edge.handle
+        .state()
+        .runtime
+        .load()
+        .service("test")
+        .unwrap()
+        .pool
+        .clone()
 }
