@@ -44,3 +44,10 @@ pub const MAX_REQUEST_BODY_LIMIT: u64 = 64 << 30;
 pub const MIN_ADMIN_TOKEN_LEN: usize = 16;
 /// Longest admin token.
 pub const MAX_ADMIN_TOKEN_LEN: usize = 256;
+/// Longest `path_regex` pattern.
+pub const MAX_REGEX_LEN: usize = 1024;
+/// Largest compiled program (and lazy-DFA cache) of one `path_regex`, in bytes. Bounds the
+/// memory a rule costs on every edge; `\w{1000}{1000}`-style patterns are refused.
+pub const MAX_REGEX_PROGRAM_BYTES: usize = 256 * 1024;
+/// Deepest nesting of groups and repetitions in a `path_regex`.
+pub const MAX_REGEX_NESTING: u32 = 32;

@@ -217,12 +217,19 @@ impl Default for ServiceCacheConfig {
     }
 }
 
-/// A path-prefix cache rule: bypass the cache, or force a freshness lifetime.
+/// A path cache rule: bypass the cache, or force a freshness lifetime. A rule matches by
+/// `path_prefix` or by `path_regex`, exactly one of the two.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRule {
     /// Request paths starting with this prefix match (case-sensitive, must start with `/`).
-    pub path_prefix: String,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// Request paths this regular expression matches (anywhere unless anchored). The syntax is
+    /// the `regex` crate's: matching takes time linear in the path, so look-around and
+    /// backreferences are refused, and the compiled program's size is bounded.
+    #[serde(default)]
+    pub path_regex: Option<String>,
     /// Never look up or store matching requests.
     #[serde(default)]
     pub bypass: bool,

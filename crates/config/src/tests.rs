@@ -304,3 +304,39 @@ fn admin_and_access_log_are_checked() {
     let clash = ok.replace("127.0.0.1:9080", "127.0.0.1:8080");
     assert_eq!(reject(&clash).errors[0].field, "admin.listen");
 }
+
+#[test]
+fn regex_rules_the_linear_time_engine_cannot_run_are_refused() {
+    for (pattern, says) in [
+        (r"^/(?=admin)", "look-around"),
+        (r"^/(a)\\1", "backreference"),
+        (r"^/\\w{1000}{1000}", "size limit"),
+    ] {
+        let text = format!(
+            "{}\n[service.cache]\nrules = [{{ path_regex = \"{pattern}\", bypass = true }}]\n",
+            minimal("")
+        );
+        let e = reject(&text);
+        let err = &e.errors[0];
+        assert_eq!(err.field, "service[0].cache.rules[0].path_regex", "{e}");
+        assert!(err.message.contains("linear-time regex engine"), "{e}");
+        assert!(err.message.contains(says), "{pattern}: {e}");
+        assert_eq!(err.line, 13, "{e}");
+    }
+}
+
+#[test]
+fn a_rule_has_exactly_one_matcher() {
+    let text = format!(
+        "{}\n[service.cache]\nrules = [{{ path_prefix = \"/a\", path_regex = \"^/a\", bypass = true }}, {{ bypass = true }}]\n",
+        minimal("")
+    );
+    let e = reject(&text);
+    assert_eq!(e.errors.len(), 2, "{e}");
+    assert!(e.errors[0].message.contains("exactly one"), "{e}");
+    let ok = format!(
+        "{}\n[service.cache]\nrules = [{{ path_regex = \"^/img/.*\\\\.png$\", ttl_s = 60 }}]\n",
+        minimal("")
+    );
+    parse_str("ok", &ok).unwrap();
+}

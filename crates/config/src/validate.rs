@@ -300,13 +300,25 @@ fn service_cache(c: &mut Checker, base: &[PathSeg], sc: &ServiceCacheConfig) {
     }
     for (i, r) in sc.rules.iter().enumerate() {
         let p = at(&[Key("rules"), Index(i)]);
-        if !r.path_prefix.starts_with('/') || r.path_prefix.len() > MAX_PATH_PREFIX_LEN {
-            let mut q = p.clone();
-            q.push(Key("path_prefix"));
-            c.fail(
-                &q,
-                format!("must start with '/' and be at most {MAX_PATH_PREFIX_LEN} bytes"),
-            );
+        match (&r.path_prefix, &r.path_regex) {
+            (Some(prefix), None) => {
+                if !prefix.starts_with('/') || prefix.len() > MAX_PATH_PREFIX_LEN {
+                    let mut q = p.clone();
+                    q.push(Key("path_prefix"));
+                    c.fail(
+                        &q,
+                        format!("must start with '/' and be at most {MAX_PATH_PREFIX_LEN} bytes"),
+                    );
+                }
+            }
+            (None, Some(pattern)) => {
+                if let Err(e) = compile_path_regex(pattern) {
+                    let mut q = p.clone();
+                    q.push(Key("path_regex"));
+                    c.fail(&q, e);
+                }
+            }
+            _ => c.fail(&p, "a rule needs exactly one of `path_prefix` and `path_regex`"),
         }
         match (r.bypass, r.ttl_s) {
             (true, Some(_)) => c.fail(&p, "set either `bypass = true` or `ttl_s`, not both"),
@@ -319,6 +331,30 @@ fn service_cache(c: &mut Checker, base: &[PathSeg], sc: &ServiceCacheConfig) {
             (true, None) => {}
         }
     }
+}
+
+/// Compiles a cache rule's `path_regex` with the bounds every edge applies: pattern length,
+/// compiled program size and lazy-DFA cache size. The `regex` crate only offers constructs it
+/// can match in linear time, so look-around and backreferences are refused here. The edge
+/// compiles rules with this same function.
+pub fn compile_path_regex(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(format!(
+            "is {} bytes; the limit is {MAX_REGEX_LEN}",
+            pattern.len()
+        ));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_PROGRAM_BYTES)
+        .dfa_size_limit(MAX_REGEX_PROGRAM_BYTES)
+        .nest_limit(MAX_REGEX_NESTING)
+        .build()
+        .map_err(|e| {
+            // The crate's message spans several lines with a caret diagram; keep it on one.
+            let text = e.to_string();
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("not accepted by the linear-time regex engine: {text}")
+        })
 }
 
 /// Headers a rule may not touch: hop-by-hop fields and framing are the proxy's business.

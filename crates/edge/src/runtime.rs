@@ -3,7 +3,7 @@
 
 use crate::http::freshness::CachePolicy;
 use crate::upstream::OriginPool;
-use firebreak_config::{HeaderOp, ServiceConfig, ValidConfig};
+use firebreak_config::{compile_path_regex, HeaderOp, ServiceConfig, ValidConfig};
 use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +29,25 @@ pub struct HeaderRule {
     pub value: Option<HeaderValue>,
 }
 
+/// How a cache rule matches a request path.
+#[derive(Debug)]
+pub enum PathMatch {
+    /// The path starts with this prefix.
+    Prefix(String),
+    /// The (linear-time, size-bounded) regex matches the path.
+    Regex(regex::Regex),
+}
+
+impl PathMatch {
+    /// Whether the rule applies to `path`.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Prefix(prefix) => path.starts_with(prefix.as_str()),
+            Self::Regex(re) => re.is_match(path),
+        }
+    }
+}
+
 /// One service ready to serve.
 pub struct Service {
     /// Unique name (also the cache key namespace).
@@ -44,8 +63,8 @@ pub struct Service {
     pub safety_net: Option<Duration>,
     /// Remove CDN-Cache-Control / Surrogate-Control on the way out.
     pub strip_cdn_cache_control: bool,
-    /// Path-prefix rules, first match wins.
-    pub rules: Vec<(String, RuleAction)>,
+    /// Path rules, first match wins.
+    pub rules: Vec<(PathMatch, RuleAction)>,
     /// Response header rules.
     pub header_rules: Vec<HeaderRule>,
     /// Pre-registered metric handles for the hit path.
@@ -57,7 +76,7 @@ impl Service {
     pub fn rule_for(&self, path: &str) -> Option<RuleAction> {
         self.rules
             .iter()
-            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .find(|(m, _)| m.matches(path))
             .map(|(_, a)| *a)
     }
 
@@ -79,9 +98,14 @@ impl Service {
                     Some(ttl) if !r.bypass => RuleAction::ForceTtl(Duration::from_secs(ttl)),
                     _ => RuleAction::Bypass,
                 };
-                (r.path_prefix.clone(), action)
+                let matcher = match (&r.path_prefix, &r.path_regex) {
+                    (Some(prefix), _) => PathMatch::Prefix(prefix.clone()),
+                    (None, Some(pattern)) => PathMatch::Regex(compile_path_regex(pattern)?),
+                    (None, None) => return Err("a cache rule matches nothing".to_owned()),
+                };
+                Ok((matcher, action))
             })
-            .collect();
+            .collect::<Result<Vec<_>, String>>()?;
         let header_rules = c
             .response_headers
             .iter()
