@@ -3,9 +3,10 @@
 use crate::limits::MAX_CONFIG_BYTES;
 use crate::locate::{line_col, locate, PathSeg};
 use crate::model::Config;
-use crate::validate::validate;
+use crate::validate::{validate, Mode};
 use std::fmt;
 use std::io::Read;
+use std::net::SocketAddr;
 use std::path::Path;
 
 /// A configuration that passed every check. Only [`parse_str`] and [`load_file`] make one, so
@@ -17,6 +18,35 @@ impl ValidConfig {
     /// The validated configuration.
     pub fn get(&self) -> &Config {
         &self.0
+    }
+}
+
+impl ValidConfig {
+    /// Completes a fleet document (validated with [`parse_managed_str`]) with one edge's own
+    /// addresses. Without an `[admin]` table in the document, the admin listener gets
+    /// `fallback_token`, so only requests signed by the control plane and `/healthz` pass.
+    pub fn localize(
+        mut self,
+        listeners: &[SocketAddr],
+        admin: Option<SocketAddr>,
+        fallback_token: impl FnOnce() -> String,
+    ) -> Self {
+        self.0.listeners = listeners
+            .iter()
+            .map(|&addr| crate::model::ListenerConfig { addr })
+            .collect();
+        self.0.admin = match (admin, self.0.admin.take()) {
+            (None, _) => None,
+            (Some(listen), Some(doc)) => Some(crate::model::AdminConfig {
+                listen: Some(listen),
+                token: doc.token,
+            }),
+            (Some(listen), None) => Some(crate::model::AdminConfig {
+                listen: Some(listen),
+                token: fallback_token(),
+            }),
+        };
+        self
     }
 }
 
@@ -120,8 +150,20 @@ fn too_big(name: &str, len: u64) -> ConfigRejected {
     )
 }
 
-/// Parses and validates configuration text. `file` names it in error messages.
+/// Parses and validates configuration text for a standalone edge. `file` names it in error
+/// messages.
 pub fn parse_str(file: &str, text: &str) -> Result<ValidConfig, ConfigRejected> {
+    parse(file, text, Mode::Standalone)
+}
+
+/// Parses and validates a fleet document: configuration given to the control plane, which
+/// must not name per-edge addresses. The control plane and the edges both use this, so a
+/// document is judged the same way in both places.
+pub fn parse_managed_str(file: &str, text: &str) -> Result<ValidConfig, ConfigRejected> {
+    parse(file, text, Mode::Managed)
+}
+
+fn parse(file: &str, text: &str, mode: Mode) -> Result<ValidConfig, ConfigRejected> {
     if text.len() as u64 > MAX_CONFIG_BYTES {
         return Err(too_big(file, text.len() as u64));
     }
@@ -136,7 +178,7 @@ pub fn parse_str(file: &str, text: &str) -> Result<ValidConfig, ConfigRejected> 
             .unwrap_or((0, 0));
         ConfigRejected::one(file, line, column, &field, inner.message().to_owned())
     })?;
-    let problems = validate(&config);
+    let problems = validate(&config, mode);
     if problems.is_empty() {
         return Ok(ValidConfig(config));
     }

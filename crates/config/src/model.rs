@@ -33,7 +33,10 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Socket address, for example `127.0.0.1:9080`. Keep it off the public interface.
-    pub listen: SocketAddr,
+    /// Required for a standalone edge; an edge run by the control plane takes it from its
+    /// command line (`firebreak edge --admin`) instead.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
     /// Bearer token required on every admin request except `/healthz` (16 to 256 printable
     /// ASCII characters).
     pub token: String,

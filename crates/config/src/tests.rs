@@ -297,7 +297,7 @@ mod properties {
 fn admin_and_access_log_are_checked() {
     let ok = format!("{}\n[admin]\nlisten = \"127.0.0.1:9080\"\ntoken = \"0123456789abcdef\"\n[access_log]\npath = \"-\"\n", minimal(""));
     let c = parse_str("a.toml", &ok).unwrap();
-    assert_eq!(c.admin.as_ref().unwrap().listen.port(), 9080);
+    assert_eq!(c.admin.as_ref().unwrap().listen.unwrap().port(), 9080);
     let short = ok.replace("0123456789abcdef", "short");
     let e = reject(&short);
     assert_eq!(e.errors[0].field, "admin.token");
@@ -339,4 +339,31 @@ fn a_rule_has_exactly_one_matcher() {
         minimal("")
     );
     parse_str("ok", &ok).unwrap();
+}
+
+#[test]
+fn fleet_documents_must_not_name_per_edge_addresses() {
+    let e = parse_managed_str("fleet.toml", &minimal("")).unwrap_err();
+    assert_eq!(e.errors[0].field, "listener", "{e}");
+    assert!(e.errors[0].message.contains("set per edge"), "{e}");
+    let without = minimal("").replace("[[listener]]\naddr = \"127.0.0.1:8080\"\n", "");
+    let c = parse_managed_str(
+        "fleet.toml",
+        &format!("[admin]\ntoken = \"0123456789abcdef\"\n{without}"),
+    )
+    .unwrap();
+    let local = c.localize(
+        &["127.0.0.1:1".parse().unwrap()],
+        Some("127.0.0.1:2".parse().unwrap()),
+        || unreachable!(),
+    );
+    assert_eq!(local.listeners.len(), 1);
+    assert_eq!(local.admin.as_ref().unwrap().token, "0123456789abcdef");
+    let e = parse_managed_str(
+        "f",
+        &format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"0123456789abcdef\"\n{without}"),
+    )
+    .unwrap_err();
+    assert_eq!(e.errors[0].field, "admin.listen", "{e}");
+    assert_eq!(e.errors[0].line, 2, "{e}");
 }

@@ -54,12 +54,28 @@ impl Checker {
     }
 }
 
+/// Where a configuration is going to be used: the checks differ only in per-edge settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A file an edge loads itself: it names its listeners and admin address.
+    Standalone,
+    /// A document given to the control plane for the whole fleet: listener and admin
+    /// addresses are per edge (its command line), so the document must not name them.
+    Managed,
+}
+
+const PER_EDGE: &str = "is set per edge (`firebreak edge --listen/--admin`); remove it from configuration given to the control plane";
+
 /// Returns every problem found; empty means valid.
-pub fn validate(config: &Config) -> Vec<Problem> {
+pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     let mut c = Checker {
         problems: Vec::new(),
     };
-    listeners(&mut c, &config.listeners);
+    match mode {
+        Mode::Standalone => listeners(&mut c, &config.listeners),
+        Mode::Managed if !config.listeners.is_empty() => c.fail(&[Key("listener")], PER_EDGE),
+        Mode::Managed => {}
+    }
     cache(&mut c, &config.cache);
     limits(&mut c, &config.limits);
     services(&mut c, &config.services);
@@ -75,11 +91,21 @@ pub fn validate(config: &Config) -> Vec<Problem> {
                 ),
             );
         }
-        if admin.listen.port() != 0 && config.listeners.iter().any(|l| l.addr == admin.listen) {
-            c.fail(
+        match (mode, admin.listen) {
+            (Mode::Standalone, None) => c.fail(
                 &[Key("admin"), Key("listen")],
-                "must differ from every [[listener]] address",
-            );
+                "is required (the address of the admin listener)",
+            ),
+            (Mode::Standalone, Some(listen)) => {
+                if listen.port() != 0 && config.listeners.iter().any(|l| l.addr == listen) {
+                    c.fail(
+                        &[Key("admin"), Key("listen")],
+                        "must differ from every [[listener]] address",
+                    );
+                }
+            }
+            (Mode::Managed, Some(_)) => c.fail(&[Key("admin"), Key("listen")], PER_EDGE),
+            (Mode::Managed, None) => {}
         }
     }
     if let Some(log) = &config.access_log {
@@ -318,7 +344,10 @@ fn service_cache(c: &mut Checker, base: &[PathSeg], sc: &ServiceCacheConfig) {
                     c.fail(&q, e);
                 }
             }
-            _ => c.fail(&p, "a rule needs exactly one of `path_prefix` and `path_regex`"),
+            _ => c.fail(
+                &p,
+                "a rule needs exactly one of `path_prefix` and `path_regex`",
+            ),
         }
         match (r.bypass, r.ttl_s) {
             (true, Some(_)) => c.fail(&p, "set either `bypass = true` or `ttl_s`, not both"),

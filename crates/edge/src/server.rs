@@ -103,14 +103,15 @@ impl EdgeServer {
         let mut tasks = Vec::new();
         let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
         let permits = Arc::new(Semaphore::new(max_connections as usize));
-        let admin_addr = match admin {
-            Some(admin) => {
-                let (addr, task) = crate::admin::start(admin.listen, state.clone())
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: admin.listen,
-                        source,
-                    })?;
+        let admin_addr = match admin.and_then(|a| a.listen) {
+            Some(listen) => {
+                let (addr, task) =
+                    crate::admin::start(listen, state.clone())
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            addr: listen,
+                            source,
+                        })?;
                 tasks.push(task);
                 Some(addr)
             }

@@ -1,0 +1,224 @@
+//! JSON bodies of the control plane's HTTP API (`/v1/...`). Shared by the server, the edges'
+//! agent and the CLI so that all three agree by construction.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest API request body the control plane reads.
+pub const MAX_API_BODY_BYTES: usize = 2 * firebreak_config::MAX_CONFIG_BYTES as usize;
+/// Longest message, author, edge id, POP or cell name.
+pub const MAX_LABEL_LEN: usize = 256;
+
+/// `POST /v1/versions`: submit a configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// The file's name, used in error messages.
+    pub file: String,
+    /// The configuration text.
+    pub document: String,
+    /// Why (shown in `config versions`).
+    pub message: String,
+    /// Who; defaults to the token's name.
+    #[serde(default)]
+    pub author: Option<String>,
+    /// Also make it the target version at once.
+    #[serde(default)]
+    pub activate: bool,
+}
+
+/// A stored version's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// Version number.
+    pub version: u64,
+    /// The version it was made from.
+    pub parent: Option<u64>,
+    /// SHA-256 of the sealed bundle.
+    pub sha256: String,
+    /// Size of the sealed bundle in bytes.
+    pub size: u64,
+    /// Who pushed it.
+    pub author: String,
+    /// Why.
+    pub message: String,
+    /// When, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// SHA-256 of the fleet document.
+    pub fleet_sha256: String,
+    /// Each service and the SHA-256 of its document.
+    pub services: Vec<ServiceHash>,
+}
+
+/// A service's name and document hash within a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHash {
+    /// Service name.
+    pub name: String,
+    /// SHA-256 of its document.
+    pub sha256: String,
+}
+
+/// `GET /v1/versions/{n}`: metadata and the assembled configuration text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionDetail {
+    /// Metadata.
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    /// The configuration text as edges assemble it.
+    pub document: String,
+}
+
+/// `PUT /v1/target`: choose the version the fleet runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetTargetRequest {
+    /// The version.
+    pub version: u64,
+    /// Must be true to choose a version older than the current target.
+    #[serde(default)]
+    pub rollback: bool,
+}
+
+/// One located configuration error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    /// File name.
+    pub file: String,
+    /// 1-based line (0 when not tied to a place).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// Dotted field path.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl From<&firebreak_config::ConfigError> for FieldError {
+    fn from(e: &firebreak_config::ConfigError) -> Self {
+        Self {
+            file: e.file.clone(),
+            line: e.line,
+            column: e.column,
+            field: e.field.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let field = if self.field.is_empty() {
+            "(file)"
+        } else {
+            &self.field
+        };
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, field, self.message
+        )
+    }
+}
+
+/// Every error answer of the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    /// One-line summary.
+    pub error: String,
+    /// Located configuration errors, for a refused push.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+/// A service an edge kept at an older document because the new one did not load there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceFailure {
+    /// Service name.
+    pub service: String,
+    /// Why the new document was refused.
+    pub error: String,
+    /// The version whose document the edge still runs for it, if it had one.
+    pub kept_version: Option<u64>,
+}
+
+/// What an edge tells the control plane after trying to apply a target, and on start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeReport {
+    /// POP (site) name.
+    pub pop: String,
+    /// Cell (rollout group) name.
+    pub cell: String,
+    /// Base URL of the edge's admin listener (purge fan-out goes there).
+    pub admin_url: Option<String>,
+    /// Version it serves, if any.
+    pub applied_version: Option<u64>,
+    /// Target sequence number it last acted on.
+    pub applied_seq: u64,
+    /// Why the last target could not be applied, if it could not.
+    pub error: Option<String>,
+    /// Services kept at an older document.
+    #[serde(default)]
+    pub failed_services: Vec<ServiceFailure>,
+}
+
+/// The control plane's view of one edge (`GET /v1/fleet`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeStatus {
+    /// Edge id.
+    pub id: String,
+    /// Its last report.
+    #[serde(flatten)]
+    pub report: EdgeReport,
+    /// When it last polled or reported, in ms since the Unix epoch.
+    pub last_seen_ms: u64,
+}
+
+/// `POST /v1/purge`: exactly one of `url`, `key` (with `service`) or `all` (with `service`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeRequest {
+    /// Full URL of the object, `http://host/path?query`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Surrogate key.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Everything of the service.
+    #[serde(default)]
+    pub all: bool,
+    /// The service, for `key` and `all`.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// Mark stale instead of removing.
+    #[serde(default)]
+    pub soft: bool,
+    /// How long to wait for acknowledgements (default 2000 ms, at most 30000).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// The answer to a purge: who acknowledged, who did not and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeOutcome {
+    /// Edges asked.
+    pub edges: usize,
+    /// Edges that acknowledged, by id.
+    pub acknowledged: Vec<String>,
+    /// Edges that did not acknowledge in time or failed.
+    pub stragglers: Vec<Straggler>,
+    /// Objects purged, summed over the edges that answered.
+    pub purged: u64,
+    /// Time until the last acknowledgement or the deadline.
+    pub elapsed_ms: u64,
+}
+
+/// An edge that did not acknowledge a purge.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Straggler {
+    /// Edge id.
+    pub id: String,
+    /// Why.
+    pub error: String,
+}

@@ -1,0 +1,206 @@
+//! A configuration version as a signed bundle.
+//!
+//! Wire form: `FBB1` (4 bytes), the ed25519 signature (64 bytes), then the payload: the JSON
+//! of a [`Bundle`]. The signature covers the payload. An edge checks the length before
+//! anything else, then the magic, then the signature, and only then parses the JSON, so a
+//! hostile or truncated download costs a bounded amount of work and never reaches the parser.
+
+use crate::keys::{ControlKey, PublicKey};
+use serde::{Deserialize, Serialize};
+
+/// Largest bundle accepted: a configuration file is at most
+/// [`firebreak_config::MAX_CONFIG_BYTES`]; JSON escaping and metadata fit in the rest.
+pub const MAX_BUNDLE_BYTES: usize = 4 * firebreak_config::MAX_CONFIG_BYTES as usize;
+const MAGIC: &[u8; 4] = b"FBB1";
+const SIG_LEN: usize = 64;
+const HEADER_LEN: usize = MAGIC.len() + SIG_LEN;
+
+/// One configuration version: the fleet-wide document and one document per service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bundle {
+    /// Version number, increasing by one per accepted push.
+    pub version: u64,
+    /// The version this one was made from (the latest when it was pushed).
+    pub parent: Option<u64>,
+    /// When it was accepted, in ms since the Unix epoch.
+    pub created_at_ms: u64,
+    /// Who pushed it.
+    pub author: String,
+    /// Why.
+    pub message: String,
+    /// The fleet-wide settings: the configuration file without its services.
+    pub fleet: String,
+    /// One document per service, in the file's order.
+    pub services: Vec<ServiceDocument>,
+}
+
+/// One service's own configuration document (a single `[[service]]` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceDocument {
+    /// The service's name.
+    pub name: String,
+    /// The TOML text.
+    pub document: String,
+}
+
+impl ServiceDocument {
+    /// SHA-256 of the document text: equal hashes mean an unchanged service.
+    pub fn sha256(&self) -> String {
+        crate::sha256_hex(self.document.as_bytes())
+    }
+}
+
+/// Why a bundle was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// Larger than [`MAX_BUNDLE_BYTES`].
+    #[error("bundle is {len} bytes; the limit is {MAX_BUNDLE_BYTES}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+    },
+    /// Shorter than its header, or not starting with the magic bytes.
+    #[error("not a bundle (truncated or wrong format, {len} bytes)")]
+    NotABundle {
+        /// Its length.
+        len: usize,
+    },
+    /// The signature does not match the payload (tampered, truncated or another key).
+    #[error("bundle signature does not verify with the trusted control-plane key")]
+    BadSignature,
+    /// Its hash differs from the one the signed target names.
+    #[error("bundle hash {got} differs from the target's {want}")]
+    HashMismatch {
+        /// SHA-256 of the bytes received.
+        got: String,
+        /// SHA-256 the target names.
+        want: String,
+    },
+    /// Signed but not a valid payload (a control plane bug or version skew).
+    #[error("bundle payload is malformed: {0}")]
+    Malformed(String),
+}
+
+impl Bundle {
+    /// Serialises and signs the bundle.
+    pub fn seal(&self, key: &ControlKey) -> Result<Vec<u8>, BundleError> {
+        let payload =
+            serde_json::to_vec(self).map_err(|e| BundleError::Malformed(e.to_string()))?;
+        let len = HEADER_LEN + payload.len();
+        if len > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge { len });
+        }
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&key.sign(&payload));
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+
+    /// Checks size, format and signature, then parses. Nothing is parsed before the
+    /// signature verified.
+    pub fn open(bytes: &[u8], key: &PublicKey) -> Result<Self, BundleError> {
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge { len: bytes.len() });
+        }
+        let not = || BundleError::NotABundle { len: bytes.len() };
+        let (magic, rest) = bytes.split_at_checked(MAGIC.len()).ok_or_else(not)?;
+        if magic != MAGIC {
+            return Err(not());
+        }
+        let (sig, payload) = rest.split_at_checked(SIG_LEN).ok_or_else(not)?;
+        key.verify(payload, sig)
+            .map_err(|_| BundleError::BadSignature)?;
+        serde_json::from_slice(payload).map_err(|e| BundleError::Malformed(e.to_string()))
+    }
+
+    /// [`Bundle::open`], first checking the bytes against the SHA-256 a signed target names.
+    pub fn open_expecting(
+        bytes: &[u8],
+        key: &PublicKey,
+        sha256: &str,
+    ) -> Result<Self, BundleError> {
+        if bytes.len() > MAX_BUNDLE_BYTES {
+            return Err(BundleError::TooLarge { len: bytes.len() });
+        }
+        let got = crate::sha256_hex(bytes);
+        if got != sha256 {
+            return Err(BundleError::HashMismatch {
+                got,
+                want: sha256.to_owned(),
+            });
+        }
+        Self::open(bytes, key)
+    }
+
+    /// The whole configuration text: the fleet document followed by every service.
+    pub fn assembled(&self) -> String {
+        crate::document::assemble(&self.fleet, self.services.iter())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Bundle {
+        Bundle {
+            version: 3,
+            parent: Some(2),
+            created_at_ms: 1,
+            author: "a".into(),
+            message: "m".into(),
+            fleet: "[cache]\n".into(),
+            services: vec![ServiceDocument {
+                name: "s".into(),
+                document: "[[service]]\nname = \"s\"\n".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn sealed_bundle_opens_with_the_right_key_only() {
+        let key = ControlKey::generate().unwrap();
+        let sealed = sample().seal(&key).unwrap();
+        assert_eq!(Bundle::open(&sealed, &key.public()).unwrap(), sample());
+        let other = ControlKey::generate().unwrap().public();
+        assert_eq!(
+            Bundle::open(&sealed, &other),
+            Err(BundleError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_refused() {
+        let key = ControlKey::generate().unwrap();
+        let public = key.public();
+        let sealed = sample().seal(&key).unwrap();
+        for len in 0..sealed.len() {
+            assert!(Bundle::open(&sealed[..len], &public).is_err(), "len {len}");
+        }
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x01;
+            assert!(Bundle::open(&bad, &public).is_err(), "byte {i}");
+        }
+        let hash = crate::sha256_hex(&sealed);
+        assert!(Bundle::open_expecting(&sealed, &public, &hash).is_ok());
+        assert!(matches!(
+            Bundle::open_expecting(&sealed[..10], &public, &hash),
+            Err(BundleError::HashMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_input_is_refused_before_anything_else() {
+        let key = ControlKey::generate().unwrap();
+        let huge = vec![0u8; MAX_BUNDLE_BYTES + 1];
+        assert!(matches!(
+            Bundle::open(&huge, &key.public()),
+            Err(BundleError::TooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,183 @@
+//! Small signed statements: the target version an edge should run, and the authorisation of
+//! a control-plane request to an edge's admin listener (purge fan-out).
+
+use crate::keys::{ControlKey, PublicKey};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+/// Largest signed statement accepted.
+pub const MAX_STATEMENT_BYTES: usize = 16 * 1024;
+
+/// The version the fleet should run. `seq` increases with every change of target, so that
+/// edges can tell a newer decision from an older one even when a rollback lowers `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// Increases by one with every target change.
+    pub seq: u64,
+    /// The configuration version to run.
+    pub version: u64,
+    /// SHA-256 of that version's sealed bundle.
+    pub bundle_sha256: String,
+    /// Whether going to an older version is intended. Edges refuse to go back otherwise.
+    pub rollback: bool,
+    /// When it was set, in ms since the Unix epoch.
+    pub set_at_ms: u64,
+    /// Who set it.
+    pub set_by: String,
+}
+
+/// A statement and its signature, as sent over the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signed {
+    /// The JSON text of the statement; parsed only after the signature verified.
+    pub payload: String,
+    /// Base64 ed25519 signature over `payload`.
+    pub signature: String,
+}
+
+/// Why a signed statement was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatementError {
+    /// Larger than [`MAX_STATEMENT_BYTES`].
+    #[error("signed statement too large")]
+    TooLarge,
+    /// The signature does not verify.
+    #[error("signature does not verify with the trusted control-plane key")]
+    BadSignature,
+    /// Verified but not parseable.
+    #[error("malformed statement: {0}")]
+    Malformed(String),
+}
+
+impl Signed {
+    /// Serialises and signs `value`.
+    pub fn sign<T: Serialize>(value: &T, key: &ControlKey) -> Result<Self, StatementError> {
+        let payload =
+            serde_json::to_string(value).map_err(|e| StatementError::Malformed(e.to_string()))?;
+        let signature = B64.encode(key.sign(payload.as_bytes()));
+        Ok(Self { payload, signature })
+    }
+
+    /// Verifies, then parses.
+    pub fn open<T: for<'de> Deserialize<'de>>(&self, key: &PublicKey) -> Result<T, StatementError> {
+        if self.payload.len() > MAX_STATEMENT_BYTES || self.signature.len() > 128 {
+            return Err(StatementError::TooLarge);
+        }
+        let sig = B64
+            .decode(&self.signature)
+            .map_err(|_| StatementError::BadSignature)?;
+        key.verify(self.payload.as_bytes(), &sig)
+            .map_err(|_| StatementError::BadSignature)?;
+        serde_json::from_str(&self.payload).map_err(|e| StatementError::Malformed(e.to_string()))
+    }
+}
+
+/// Header carrying a control-plane request signature to an edge's admin listener.
+pub const SIGNATURE_HEADER: &str = "x-firebreak-signature";
+/// Header carrying the time the control plane signed the request, in ms since the epoch.
+pub const SIGNED_AT_HEADER: &str = "x-firebreak-signed-at";
+/// How far a signed admin request's time may be from the edge's clock.
+pub const MAX_REQUEST_SKEW_MS: u64 = 60_000;
+
+fn request_message(method: &str, path_and_query: &str, signed_at_ms: u64) -> Vec<u8> {
+    format!("firebreak-admin\n{method}\n{path_and_query}\n{signed_at_ms}").into_bytes()
+}
+
+/// Signs an admin request (method and path with query) made by the control plane.
+pub fn sign_request(
+    key: &ControlKey,
+    method: &str,
+    path_and_query: &str,
+    signed_at_ms: u64,
+) -> String {
+    B64.encode(key.sign(&request_message(method, path_and_query, signed_at_ms)))
+}
+
+/// Checks an admin request's signature and that it was signed within
+/// [`MAX_REQUEST_SKEW_MS`] of `now_ms`.
+pub fn verify_request(
+    key: &PublicKey,
+    method: &str,
+    path_and_query: &str,
+    signed_at_ms: u64,
+    signature: &str,
+    now_ms: u64,
+) -> bool {
+    if now_ms.abs_diff(signed_at_ms) > MAX_REQUEST_SKEW_MS || signature.len() > 128 {
+        return false;
+    }
+    let Ok(sig) = B64.decode(signature) else {
+        return false;
+    };
+    key.verify(&request_message(method, path_and_query, signed_at_ms), &sig)
+        .is_ok()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_round_trip_and_tamper() {
+        let key = ControlKey::generate().unwrap();
+        let t = Target {
+            seq: 1,
+            version: 2,
+            bundle_sha256: "x".into(),
+            rollback: false,
+            set_at_ms: 3,
+            set_by: "me".into(),
+        };
+        let s = Signed::sign(&t, &key).unwrap();
+        assert_eq!(s.open::<Target>(&key.public()).unwrap(), t);
+        let mut bad = s.clone();
+        bad.payload = bad.payload.replace("\"version\":2", "\"version\":1");
+        assert_eq!(
+            bad.open::<Target>(&key.public()),
+            Err(StatementError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn request_signatures_bind_method_path_and_time() {
+        let key = ControlKey::generate().unwrap();
+        let p = key.public();
+        let sig = sign_request(&key, "POST", "/purge/all?service=a", 1_000_000);
+        assert!(verify_request(
+            &p,
+            "POST",
+            "/purge/all?service=a",
+            1_000_000,
+            &sig,
+            1_000_500
+        ));
+        assert!(!verify_request(
+            &p,
+            "POST",
+            "/purge/all?service=b",
+            1_000_000,
+            &sig,
+            1_000_500
+        ));
+        assert!(!verify_request(
+            &p,
+            "GET",
+            "/purge/all?service=a",
+            1_000_000,
+            &sig,
+            1_000_500
+        ));
+        assert!(!verify_request(
+            &p,
+            "POST",
+            "/purge/all?service=a",
+            1_000_000,
+            &sig,
+            2_000_000
+        ));
+    }
+}
