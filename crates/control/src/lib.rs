@@ -1,1 +1,17 @@
-//! placeholder
+//! The Firebreak control plane: versioned, validated, signed configuration; the target version
+//! the fleet runs; the fleet registry; purge fan-out; and the HTTP API over all of it.
+//!
+//! - [`store`]: versions, target and edges in redb (embedded) or etcd (replicated).
+//! - [`plane`]: the operations, independent of HTTP.
+//! - [`fanout`]: sending signed purge requests to every edge at once.
+//! - [`api`]: the axum router, bearer-token auth, OpenAPI document.
+
+pub mod api;
+pub mod fanout;
+mod openapi;
+pub mod plane;
+pub mod store;
+
+pub use api::{serve, ControlServer, Tokens};
+pub use plane::Plane;
+pub use store::Store;

@@ -208,6 +208,8 @@ pub struct PurgeOutcome {
     pub acknowledged: Vec<String>,
     /// Edges that did not acknowledge in time or failed.
     pub stragglers: Vec<Straggler>,
+    /// Edges not asked because they have not been seen for over five minutes.
+    pub skipped: Vec<String>,
     /// Objects purged, summed over the edges that answered.
     pub purged: u64,
     /// Time until the last acknowledgement or the deadline.

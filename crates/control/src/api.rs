@@ -1,0 +1,343 @@
+//! The control plane's HTTP API (axum, JSON). Two bearer tokens: the operator's (everything)
+//! and the edges' (poll the target, download bundles, report). The OpenAPI document is served
+//! at `/v1/openapi.json`.
+//!
+//! | method | path | who | what |
+//! |---|---|---|---|
+//! | POST | `/v1/versions` | operator | submit a configuration (validated; 422 with located errors) |
+//! | GET | `/v1/versions?limit=N` | operator | newest versions first |
+//! | GET | `/v1/versions/{n}` | operator | one version and its configuration text |
+//! | GET | `/v1/versions/{n}/bundle` | edge, operator | the signed bundle |
+//! | GET | `/v1/diff?from=A&to=B` | operator | unified diff |
+//! | GET, PUT | `/v1/target` | operator (GET: edge too) | the version the fleet runs |
+//! | GET | `/v1/edges/{id}/target?after=SEQ&wait_ms=MS` | edge | long-poll for a newer target |
+//! | PUT | `/v1/edges/{id}` | edge | report applied version and errors |
+//! | GET | `/v1/fleet` | operator | every edge |
+//! | POST | `/v1/purge` | operator | purge on every edge, with stragglers named |
+
+use crate::plane::{Plane, PlaneError, MAX_LIST};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use firebreak_protocol::api::{
+    ApiError, EdgeReport, FieldError, PurgeRequest, PushRequest, SetTargetRequest,
+    MAX_API_BODY_BYTES,
+};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Longest long-poll.
+const MAX_WAIT_MS: u64 = 60_000;
+
+/// The two bearer tokens.
+#[derive(Clone)]
+pub struct Tokens {
+    /// For operators and the CLI: everything.
+    pub operator: String,
+    /// For edges: poll, download, report.
+    pub edge: String,
+}
+
+#[derive(Clone)]
+struct App {
+    plane: Arc<Plane>,
+    tokens: Tokens,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Operator,
+    Edge,
+}
+
+/// The API router over `plane`.
+pub fn router(plane: Arc<Plane>, tokens: Tokens) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/public-key", get(public_key))
+        .route("/v1/versions", post(push).get(versions))
+        .route("/v1/versions/{n}", get(version))
+        .route("/v1/versions/{n}/bundle", get(bundle))
+        .route("/v1/diff", get(diff))
+        .route("/v1/target", get(target).put(set_target))
+        .route("/v1/edges/{id}/target", get(poll))
+        .route("/v1/edges/{id}", put(report))
+        .route("/v1/fleet", get(fleet))
+        .route("/v1/purge", post(purge))
+        .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .with_state(App { plane, tokens })
+}
+
+/// A running API server.
+pub struct ControlServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ControlServer {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and waits for open requests (long-polls end at once).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `listen` and serves the API in the background.
+pub async fn serve(
+    listen: SocketAddr,
+    plane: Arc<Plane>,
+    tokens: Tokens,
+) -> std::io::Result<ControlServer> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, mut rx) = watch::channel(false);
+    let app = router(plane, tokens);
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "control API server failed");
+        }
+    });
+    Ok(ControlServer { addr, stop, task })
+}
+
+struct Failure(StatusCode, ApiError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+fn fail(status: StatusCode, msg: impl Into<String>) -> Failure {
+    Failure(
+        status,
+        ApiError {
+            error: msg.into(),
+            errors: Vec::new(),
+        },
+    )
+}
+
+impl From<PlaneError> for Failure {
+    fn from(e: PlaneError) -> Self {
+        match e {
+            PlaneError::Invalid(rejected) => Failure(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ApiError {
+                    error: format!(
+                        "configuration refused ({} error{}); nothing was stored",
+                        rejected.errors.len(),
+                        if rejected.errors.len() == 1 { "" } else { "s" }
+                    ),
+                    errors: rejected.errors.iter().map(FieldError::from).collect(),
+                },
+            ),
+            PlaneError::BadRequest(m) => fail(StatusCode::BAD_REQUEST, m),
+            PlaneError::NotFound(m) => fail(StatusCode::NOT_FOUND, m),
+            PlaneError::Conflict(m) => fail(StatusCode::CONFLICT, m),
+            PlaneError::Store(e) => fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            PlaneError::Internal(m) => fail(StatusCode::INTERNAL_SERVER_ERROR, m),
+        }
+    }
+}
+
+type Answer = Result<Response, Failure>;
+
+/// Checks the bearer token in constant time; the edge token is accepted where `edge_ok`.
+fn auth(app: &App, headers: &HeaderMap, edge_ok: bool) -> Result<Role, Failure> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    if equal(given, &app.tokens.operator) {
+        return Ok(Role::Operator);
+    }
+    if edge_ok && equal(given, &app.tokens.edge) {
+        return Ok(Role::Edge);
+    }
+    Err(fail(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong bearer token",
+    ))
+}
+
+fn equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Failure> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("request body: {e}")))
+}
+
+fn who(role: Role) -> &'static str {
+    match role {
+        Role::Operator => "operator",
+        Role::Edge => "edge",
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        crate::openapi::DOCUMENT,
+    )
+        .into_response()
+}
+
+async fn public_key(State(app): State<App>) -> String {
+    format!("{}\n", app.plane.public_key())
+}
+
+async fn push(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    let role = auth(&app, &headers, false)?;
+    let req: PushRequest = body(&bytes)?;
+    let info = app.plane.push(req, who(role)).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+}
+
+async fn versions(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Answer {
+    auth(&app, &headers, false)?;
+    let list = app
+        .plane
+        .versions(q.limit.unwrap_or(50).min(MAX_LIST))
+        .await?;
+    Ok(Json(list).into_response())
+}
+
+async fn version(State(app): State<App>, headers: HeaderMap, Path(n): Path<u64>) -> Answer {
+    auth(&app, &headers, false)?;
+    Ok(Json(app.plane.version(n).await?).into_response())
+}
+
+async fn bundle(State(app): State<App>, headers: HeaderMap, Path(n): Path<u64>) -> Answer {
+    auth(&app, &headers, true)?;
+    let bytes = app.plane.bundle(n).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        bytes,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct DiffQuery {
+    from: u64,
+    to: u64,
+}
+
+async fn diff(State(app): State<App>, headers: HeaderMap, Query(q): Query<DiffQuery>) -> Answer {
+    auth(&app, &headers, false)?;
+    let text = app.plane.diff(q.from, q.to).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response())
+}
+
+async fn target(State(app): State<App>, headers: HeaderMap) -> Answer {
+    auth(&app, &headers, true)?;
+    match app.plane.target() {
+        Some(t) => Ok(Json(t).into_response()),
+        None => Err(fail(StatusCode::NOT_FOUND, "no target version set yet")),
+    }
+}
+
+async fn set_target(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    let role = auth(&app, &headers, false)?;
+    let req: SetTargetRequest = body(&bytes)?;
+    let target = app
+        .plane
+        .set_target(req.version, req.rollback, who(role))
+        .await?;
+    Ok(Json(target).into_response())
+}
+
+#[derive(Deserialize)]
+struct PollQuery {
+    #[serde(default)]
+    after: u64,
+    wait_ms: Option<u64>,
+}
+
+async fn poll(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<PollQuery>,
+) -> Answer {
+    auth(&app, &headers, true)?;
+    crate::plane::edge_id(&id)?;
+    app.plane.touch(&id);
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
+    match app.plane.wait_target(q.after, wait).await {
+        Some(t) => Ok(Json(t).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn report(
+    State(app): State<App>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Answer {
+    auth(&app, &headers, true)?;
+    let report: EdgeReport = body(&bytes)?;
+    app.plane.report(&id, report).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn fleet(State(app): State<App>, headers: HeaderMap) -> Answer {
+    auth(&app, &headers, false)?;
+    Ok(Json(app.plane.fleet().await?).into_response())
+}
+
+async fn purge(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    auth(&app, &headers, false)?;
+    let req: PurgeRequest = body(&bytes)?;
+    Ok(Json(app.plane.purge(req).await?).into_response())
+}

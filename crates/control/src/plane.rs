@@ -1,0 +1,414 @@
+//! The control plane's operations, independent of HTTP: push (validate, split, sign, store),
+//! versions and diffs, the target, the fleet registry and purge.
+
+use crate::fanout::Fanout;
+use crate::store::{Store, StoreError, StoredTarget};
+use bytes::Bytes;
+use firebreak_config::{parse_managed_str, ConfigRejected};
+use firebreak_protocol::api::{
+    EdgeReport, EdgeStatus, PurgeOutcome, PurgeRequest, PushRequest, ServiceHash, VersionDetail,
+    VersionInfo, MAX_LABEL_LEN,
+};
+use firebreak_protocol::bundle::Bundle;
+use firebreak_protocol::document::split;
+use firebreak_protocol::keys::{ControlKey, PublicKey};
+use firebreak_protocol::signed::{Signed, Target};
+use firebreak_protocol::{now_ms, sha256_hex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// How many times a push retries when another replica took the version number.
+const PUSH_ATTEMPTS: usize = 8;
+/// Edges not seen for this long are not asked to purge (they restart with an empty cache).
+pub const EDGE_GONE_MS: u64 = 5 * 60 * 1000;
+/// Default and largest purge deadline.
+const PURGE_DEADLINE_MS: (u64, u64) = (2_000, 30_000);
+/// Most versions listed at once.
+pub const MAX_LIST: usize = 1_000;
+/// Most edges the registry holds.
+const MAX_EDGES: usize = 100_000;
+
+/// Why an operation was refused. Nothing was stored when an operation fails.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaneError {
+    /// The configuration did not validate.
+    #[error("configuration refused")]
+    Invalid(ConfigRejected),
+    /// The request itself is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such version or edge.
+    #[error("{0}")]
+    NotFound(String),
+    /// It conflicts with the current state (going back without `rollback`).
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing failed (should not happen).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The control plane.
+pub struct Plane {
+    store: Store,
+    key: ControlKey,
+    target: watch::Sender<Option<StoredTarget>>,
+    /// When each edge last polled this replica (ms since the epoch).
+    polled: Mutex<HashMap<String, u64>>,
+    fanout: Fanout,
+}
+
+impl Plane {
+    /// Starts a control plane over `store`, signing with `key`. Reads the current target and,
+    /// for etcd, follows changes other replicas make.
+    pub async fn new(store: Store, key: ControlKey) -> Result<Arc<Self>, StoreError> {
+        let current = store.target().await?;
+        let (tx, _) = watch::channel(current);
+        let plane = Arc::new(Self {
+            store,
+            key,
+            target: tx,
+            polled: Mutex::new(HashMap::new()),
+            fanout: Fanout::default(),
+        });
+        let weak = Arc::downgrade(&plane);
+        let store = plane.store.clone();
+        tokio::spawn(async move {
+            store
+                .watch_target(move |t| {
+                    if let Some(plane) = weak.upgrade() {
+                        plane.observe_target(t);
+                    }
+                })
+                .await;
+        });
+        Ok(plane)
+    }
+
+    /// The key edges must trust.
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    fn observe_target(&self, t: StoredTarget) {
+        self.target.send_if_modified(|cur| {
+            if cur.as_ref().is_none_or(|c| c.seq < t.seq) {
+                *cur = Some(t);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Validates, splits, signs and stores a configuration as the next version.
+    pub async fn push(&self, req: PushRequest, author: &str) -> Result<VersionInfo, PlaneError> {
+        label("file", &req.file)?;
+        label("message", &req.message)?;
+        let author = req.author.as_deref().unwrap_or(author).to_owned();
+        label("author", &author)?;
+        let file = if req.file.is_empty() {
+            "config.toml"
+        } else {
+            req.file.as_str()
+        };
+        parse_managed_str(file, &req.document).map_err(PlaneError::Invalid)?;
+        let docs = split(&req.document).map_err(PlaneError::BadRequest)?;
+        for _ in 0..PUSH_ATTEMPTS {
+            let parent = self.store.latest_version().await?;
+            let version = parent.map_or(1, |p| p + 1);
+            let bundle = Bundle {
+                version,
+                parent,
+                created_at_ms: now_ms(),
+                author: author.clone(),
+                message: req.message.clone(),
+                fleet: docs.fleet.clone(),
+                services: docs.services.clone(),
+            };
+            let sealed = bundle
+                .seal(&self.key)
+                .map_err(|e| PlaneError::BadRequest(e.to_string()))?;
+            let info = VersionInfo {
+                version,
+                parent,
+                sha256: sha256_hex(&sealed),
+                size: sealed.len() as u64,
+                author: author.clone(),
+                message: req.message.clone(),
+                created_at_ms: bundle.created_at_ms,
+                fleet_sha256: sha256_hex(bundle.fleet.as_bytes()),
+                services: bundle
+                    .services
+                    .iter()
+                    .map(|s| ServiceHash {
+                        name: s.name.clone(),
+                        sha256: s.sha256(),
+                    })
+                    .collect(),
+            };
+            if self.store.insert_version(&info, &sealed).await? {
+                tracing::info!(version, author = %author, "configuration version stored");
+                if req.activate {
+                    self.set_target(version, false, &author).await?;
+                }
+                return Ok(info);
+            }
+        }
+        Err(PlaneError::Conflict(
+            "could not take a version number: too many concurrent pushes".into(),
+        ))
+    }
+
+    /// The newest versions, newest first.
+    pub async fn versions(&self, limit: usize) -> Result<Vec<VersionInfo>, PlaneError> {
+        Ok(self.store.versions(limit.min(MAX_LIST)).await?)
+    }
+
+    /// One version with its assembled configuration text.
+    pub async fn version(&self, n: u64) -> Result<VersionDetail, PlaneError> {
+        let info = self
+            .store
+            .version(n)
+            .await?
+            .ok_or_else(|| PlaneError::NotFound(format!("no version {n}")))?;
+        let bundle = self.open(n).await?;
+        Ok(VersionDetail {
+            info,
+            document: bundle.assembled(),
+        })
+    }
+
+    async fn open(&self, n: u64) -> Result<Bundle, PlaneError> {
+        let bytes = self.bundle(n).await?;
+        Bundle::open(&bytes, &self.key.public())
+            .map_err(|e| PlaneError::Store(StoreError::Corrupt(format!("version {n}: {e}"))))
+    }
+
+    /// One version's sealed bundle, as edges download it.
+    pub async fn bundle(&self, n: u64) -> Result<Bytes, PlaneError> {
+        self.store
+            .bundle(n)
+            .await?
+            .ok_or_else(|| PlaneError::NotFound(format!("no version {n}")))
+    }
+
+    /// A unified diff of two versions' configuration text.
+    pub async fn diff(&self, a: u64, b: u64) -> Result<String, PlaneError> {
+        let (x, y) = (self.open(a).await?, self.open(b).await?);
+        let (x, y) = (x.assembled(), y.assembled());
+        let diff = similar::TextDiff::from_lines(&x, &y);
+        Ok(diff
+            .unified_diff()
+            .context_radius(3)
+            .header(&format!("version {a}"), &format!("version {b}"))
+            .to_string())
+    }
+
+    /// The current target, signed.
+    pub fn target(&self) -> Option<StoredTarget> {
+        self.target.borrow().clone()
+    }
+
+    /// Makes `version` the fleet's target. Going to an older version than the current target
+    /// needs `rollback`.
+    pub async fn set_target(
+        &self,
+        version: u64,
+        rollback: bool,
+        by: &str,
+    ) -> Result<Target, PlaneError> {
+        let info = self
+            .store
+            .version(version)
+            .await?
+            .ok_or_else(|| PlaneError::NotFound(format!("no version {version}")))?;
+        for _ in 0..PUSH_ATTEMPTS {
+            let current = self.store.target().await?;
+            let (seq, current_version) = match &current {
+                Some(c) => {
+                    let t: Target = c
+                        .signed
+                        .open(&self.key.public())
+                        .map_err(|e| PlaneError::Store(StoreError::Corrupt(e.to_string())))?;
+                    (c.seq, Some(t.version))
+                }
+                None => (0, None),
+            };
+            if let Some(cur) = current_version {
+                if version < cur && !rollback {
+                    return Err(PlaneError::Conflict(format!(
+                        "version {version} is older than the target {cur}; set rollback to go back"
+                    )));
+                }
+            }
+            let target = Target {
+                seq: seq + 1,
+                version,
+                bundle_sha256: info.sha256.clone(),
+                rollback: rollback && current_version.is_some_and(|c| version < c),
+                set_at_ms: now_ms(),
+                set_by: by.to_owned(),
+            };
+            let signed = Signed::sign(&target, &self.key)
+                .map_err(|e| PlaneError::Internal(e.to_string()))?;
+            let stored = StoredTarget {
+                seq: target.seq,
+                signed,
+            };
+            if self.store.set_target(seq, &stored).await? {
+                tracing::info!(version, seq = target.seq, rollback, "target set");
+                self.observe_target(stored);
+                return Ok(target);
+            }
+        }
+        Err(PlaneError::Conflict(
+            "the target is changing too fast; try again".into(),
+        ))
+    }
+
+    /// Waits up to `wait` for a target newer than `after_seq`; `None` if there is none.
+    pub async fn wait_target(&self, after_seq: u64, wait: Duration) -> Option<StoredTarget> {
+        let mut rx = self.target.subscribe();
+        let newer = |t: &Option<StoredTarget>| t.as_ref().is_some_and(|t| t.seq > after_seq);
+        let found = tokio::time::timeout(wait, rx.wait_for(newer)).await;
+        match found {
+            Ok(Ok(t)) => t.clone(),
+            _ => None,
+        }
+    }
+
+    /// Notes that an edge polled.
+    pub fn touch(&self, id: &str) {
+        if let Ok(mut polled) = self.polled.lock() {
+            if polled.len() < MAX_EDGES || polled.contains_key(id) {
+                polled.insert(id.to_owned(), now_ms());
+            }
+        }
+    }
+
+    /// Records an edge's report.
+    pub async fn report(&self, id: &str, report: EdgeReport) -> Result<(), PlaneError> {
+        edge_id(id)?;
+        label("pop", &report.pop)?;
+        label("cell", &report.cell)?;
+        if let Some(url) = &report.admin_url {
+            label("admin_url", url)?;
+            if !url.starts_with("http://") && !url.starts_with("https://") {
+                return Err(PlaneError::BadRequest(
+                    "admin_url must be an http(s) URL".into(),
+                ));
+            }
+        }
+        if report.failed_services.len() > firebreak_config::MAX_SERVICES {
+            return Err(PlaneError::BadRequest("too many failed services".into()));
+        }
+        self.touch(id);
+        let status = EdgeStatus {
+            id: id.to_owned(),
+            report,
+            last_seen_ms: now_ms(),
+        };
+        self.store.put_edge(&status).await?;
+        Ok(())
+    }
+
+    /// Every known edge, with the latest "last seen" this replica knows.
+    pub async fn fleet(&self) -> Result<Vec<EdgeStatus>, PlaneError> {
+        let mut edges = self.store.edges().await?;
+        if let Ok(polled) = self.polled.lock() {
+            for e in &mut edges {
+                if let Some(&t) = polled.get(&e.id) {
+                    e.last_seen_ms = e.last_seen_ms.max(t);
+                }
+            }
+        }
+        edges.sort_by(|a, b| (&a.report.pop, &a.id).cmp(&(&b.report.pop, &b.id)));
+        Ok(edges)
+    }
+
+    /// Purges on every live edge.
+    pub async fn purge(&self, req: PurgeRequest) -> Result<PurgeOutcome, PlaneError> {
+        let path = purge_path(&req)?;
+        let deadline = Duration::from_millis(
+            req.deadline_ms
+                .unwrap_or(PURGE_DEADLINE_MS.0)
+                .clamp(1, PURGE_DEADLINE_MS.1),
+        );
+        let now = now_ms();
+        let (live, gone): (Vec<_>, Vec<_>) = self
+            .fleet()
+            .await?
+            .into_iter()
+            .partition(|e| now.saturating_sub(e.last_seen_ms) <= EDGE_GONE_MS);
+        let skipped = gone.into_iter().map(|e| e.id).collect();
+        Ok(self
+            .fanout
+            .purge(&self.key, live, skipped, &path, deadline)
+            .await)
+    }
+}
+
+fn purge_path(req: &PurgeRequest) -> Result<String, PlaneError> {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    let path = match (&req.url, &req.key, req.all) {
+        (Some(url), None, false) => {
+            label("url", url)?;
+            q.append_pair("url", url);
+            "/purge/url"
+        }
+        (None, Some(key), false) => {
+            label("key", key)?;
+            q.append_pair("key", key);
+            "/purge/key"
+        }
+        (None, None, true) => "/purge/all",
+        _ => {
+            return Err(PlaneError::BadRequest(
+                "give exactly one of url, key or all".into(),
+            ))
+        }
+    };
+    if path != "/purge/url" {
+        let service = req
+            .service
+            .as_deref()
+            .ok_or_else(|| PlaneError::BadRequest("service is required with key or all".into()))?;
+        label("service", service)?;
+        q.append_pair("service", service);
+    }
+    if req.soft {
+        q.append_pair("soft", "true");
+    }
+    Ok(format!("{path}?{}", q.finish()))
+}
+
+fn label(what: &str, value: &str) -> Result<(), PlaneError> {
+    if value.len() > MAX_LABEL_LEN * 16 || value.chars().any(char::is_control) {
+        return Err(PlaneError::BadRequest(format!(
+            "{what} must be at most {} characters without control characters",
+            MAX_LABEL_LEN * 16
+        )));
+    }
+    Ok(())
+}
+
+/// Edge ids: 1 to 128 of letters, digits, `.`, `_`, `-`.
+pub fn edge_id(id: &str) -> Result<(), PlaneError> {
+    if id.is_empty()
+        || id.len() > 128
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(PlaneError::BadRequest(
+            "edge id must be 1 to 128 letters, digits, '.', '_' or '-'".into(),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The etcd store, for several control-plane replicas serving one fleet. Every write is one
+//! etcd transaction with a compare, so replicas racing to add a version or move the target
+//! cannot both win; each replica learns of target changes through an etcd watch.
+
+use super::StoreError;
+use bytes::Bytes;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
+use std::time::Duration;
+
+const PREFIX: &str = "/firebreak/";
+/// Time allowed for one etcd call; past it the call fails and changes nothing we rely on.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn meta_key(n: u64) -> String {
+    format!("{PREFIX}versions/meta/{n:020}")
+}
+fn bundle_key(n: u64) -> String {
+    format!("{PREFIX}versions/bundle/{n:020}")
+}
+fn target_key() -> String {
+    format!("{PREFIX}target")
+}
+fn edge_key(id: &str) -> String {
+    format!("{PREFIX}edges/{id}")
+}
+
+/// A connection to an etcd cluster.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+fn err(e: etcd_client::Error) -> StoreError {
+    StoreError::Unavailable(format!("etcd: {e}"))
+}
+
+async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f).await {
+        Ok(r) => r.map_err(err),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "etcd did not answer within {} s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+impl EtcdStore {
+    /// Connects to the cluster (`http://host:port` endpoints).
+    pub async fn connect(endpoints: &[String]) -> Result<Self, StoreError> {
+        if endpoints.is_empty() {
+            return Err(StoreError::Unavailable("no etcd endpoint given".into()));
+        }
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CALL_TIMEOUT)
+            .with_timeout(CALL_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
+        let client = timed(Client::connect(endpoints, Some(options))).await?;
+        Ok(Self { client })
+    }
+
+    async fn get_one(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut c = self.client.clone();
+        let resp = timed(c.get(key, None)).await?;
+        Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    pub(super) async fn latest_version(&self) -> Result<Option<u64>, StoreError> {
+        let mut c = self.client.clone();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(1)
+            .with_keys_only();
+        let resp = timed(c.get(format!("{PREFIX}versions/meta/"), Some(options))).await?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => {
+                let key = kv.key_str().map_err(err)?;
+                let n = key
+                    .rsplit('/')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad version key {key}")))?;
+                Ok(Some(n))
+            }
+        }
+    }
+
+    pub(super) async fn insert_version(
+        &self,
+        n: u64,
+        meta: &[u8],
+        bundle: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut compares = vec![Compare::create_revision(meta_key(n), CompareOp::Equal, 0)];
+        if n > 1 {
+            // Contiguous numbers: the predecessor must exist.
+            compares.push(Compare::create_revision(
+                meta_key(n - 1),
+                CompareOp::Greater,
+                0,
+            ));
+        }
+        let txn = Txn::new().when(compares).and_then(vec![
+            TxnOp::put(meta_key(n), meta.to_vec(), None),
+            TxnOp::put(bundle_key(n), bundle.to_vec(), None),
+        ]);
+        let mut c = self.client.clone();
+        Ok(timed(c.txn(txn)).await?.succeeded())
+    }
+
+    pub(super) async fn version_meta(&self, n: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_one(meta_key(n)).await
+    }
+
+    pub(super) async fn bundle(&self, n: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.get_one(bundle_key(n)).await?.map(Bytes::from))
+    }
+
+    pub(super) async fn versions(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut c = self.client.clone();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let resp = timed(c.get(format!("{PREFIX}versions/meta/"), Some(options))).await?;
+        Ok(resp.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+    }
+
+    pub(super) async fn target(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_one(target_key()).await
+    }
+
+    pub(super) async fn set_target(
+        &self,
+        expected_seq: u64,
+        raw: &[u8],
+    ) -> Result<bool, StoreError> {
+        // Compare on the stored value's revision: read it, check its sequence number, and
+        // write only if nobody wrote in between.
+        let mut c = self.client.clone();
+        let resp = timed(c.get(target_key(), None)).await?;
+        let (revision, seq) = match resp.kvs().first() {
+            Some(kv) => (
+                kv.mod_revision(),
+                super::decode::<super::StoredTarget>(kv.value())?.seq,
+            ),
+            None => (0, 0),
+        };
+        if seq != expected_seq {
+            return Ok(false);
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                target_key(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then(vec![TxnOp::put(target_key(), raw.to_vec(), None)]);
+        Ok(timed(c.txn(txn)).await?.succeeded())
+    }
+
+    pub(super) async fn put_edge(&self, id: &str, raw: &[u8]) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        timed(c.put(edge_key(id), raw.to_vec(), None)).await?;
+        Ok(())
+    }
+
+    pub(super) async fn edges(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut c = self.client.clone();
+        let resp = timed(c.get(
+            format!("{PREFIX}edges/"),
+            Some(GetOptions::new().with_prefix()),
+        ))
+        .await?;
+        Ok(resp.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+    }
+
+    /// Watches the target key for ever, re-establishing the watch after errors, and calls
+    /// `on_change` with every value seen (also the current one after each reconnect, so a
+    /// change made while disconnected is not missed).
+    pub(super) async fn watch_target(&self, on_change: impl Fn(Vec<u8>) + Send + 'static) {
+        loop {
+            if let Ok(Some(raw)) = self.target().await {
+                on_change(raw);
+            }
+            let mut c = self.client.clone();
+            match c.watch(target_key(), None).await {
+                Ok((_watcher, mut stream)) => loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            for event in resp.events() {
+                                if let Some(kv) = event.kv() {
+                                    on_change(kv.value().to_vec());
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "etcd watch interrupted");
+                            break;
+                        }
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot watch the target in etcd"),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}

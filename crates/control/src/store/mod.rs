@@ -1,0 +1,155 @@
+//! Where the control plane keeps versions, the target and the fleet registry.
+//!
+//! Two backends behind one type: [`redb`](RedbStore), an embedded transactional file (the
+//! default; every write is one atomic, durable transaction, so a `kill -9` at any point leaves
+//! the last committed state), and [`etcd`](EtcdStore), for several control-plane replicas
+//! serving one fleet (each write is one etcd transaction; replicas see the target change
+//! through an etcd watch). Neither needs replication code of ours.
+//!
+//! Layout (both backends): versions by number (metadata JSON and sealed bundle), the target
+//! (its sequence number and the signed statement), and edges by id (their last report).
+
+mod etcd;
+mod redb;
+
+pub use self::etcd::EtcdStore;
+pub use self::redb::RedbStore;
+
+use bytes::Bytes;
+use firebreak_protocol::api::{EdgeStatus, VersionInfo};
+use firebreak_protocol::signed::Signed;
+use serde::{Deserialize, Serialize};
+
+/// A store operation failed; nothing was changed by the failed call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend could not be reached or answered with an error.
+    #[error("configuration store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded (written by an incompatible version?).
+    #[error("configuration store holds unreadable data: {0}")]
+    Corrupt(String),
+}
+
+/// The target as stored: its sequence number (for compare-and-set) and signed statement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTarget {
+    /// Sequence number, equal to the signed statement's.
+    pub seq: u64,
+    /// The signed [`firebreak_protocol::signed::Target`].
+    pub signed: Signed,
+}
+
+/// The configuration store.
+#[derive(Clone)]
+pub enum Store {
+    /// Embedded, single control-plane process.
+    Redb(RedbStore),
+    /// etcd, for several control-plane replicas.
+    Etcd(EtcdStore),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Redb($s) => $e,
+            Store::Etcd($s) => $e,
+        }
+    };
+}
+
+impl Store {
+    /// Opens a store from its address: `redb:PATH`, a plain path, or `etcd://host:port[,…]`.
+    pub async fn open(spec: &str) -> Result<Self, StoreError> {
+        if let Some(endpoints) = spec.strip_prefix("etcd://") {
+            let endpoints: Vec<String> = endpoints
+                .split(',')
+                .filter(|e| !e.is_empty())
+                .map(|e| format!("http://{e}"))
+                .collect();
+            return Ok(Self::Etcd(EtcdStore::connect(&endpoints).await?));
+        }
+        let path = spec.strip_prefix("redb:").unwrap_or(spec);
+        Ok(Self::Redb(
+            RedbStore::open(std::path::Path::new(path)).await?,
+        ))
+    }
+
+    /// The newest version number, if any.
+    pub async fn latest_version(&self) -> Result<Option<u64>, StoreError> {
+        dispatch!(self, s => s.latest_version().await)
+    }
+
+    /// Stores a new version. Returns `false`, storing nothing, if that number is taken
+    /// (another replica won the race; the caller retries with the next number).
+    pub async fn insert_version(
+        &self,
+        info: &VersionInfo,
+        bundle: &[u8],
+    ) -> Result<bool, StoreError> {
+        let meta = serde_json::to_vec(info).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        dispatch!(self, s => s.insert_version(info.version, &meta, bundle).await)
+    }
+
+    /// One version's metadata.
+    pub async fn version(&self, n: u64) -> Result<Option<VersionInfo>, StoreError> {
+        let raw = dispatch!(self, s => s.version_meta(n).await)?;
+        raw.map(|b| decode(&b)).transpose()
+    }
+
+    /// One version's sealed bundle.
+    pub async fn bundle(&self, n: u64) -> Result<Option<Bytes>, StoreError> {
+        dispatch!(self, s => s.bundle(n).await)
+    }
+
+    /// The newest `limit` versions, newest first.
+    pub async fn versions(&self, limit: usize) -> Result<Vec<VersionInfo>, StoreError> {
+        let raw = dispatch!(self, s => s.versions(limit).await)?;
+        raw.iter().map(|b| decode(b)).collect()
+    }
+
+    /// The current target.
+    pub async fn target(&self) -> Result<Option<StoredTarget>, StoreError> {
+        let raw = dispatch!(self, s => s.target().await)?;
+        raw.map(|b| decode(&b)).transpose()
+    }
+
+    /// Replaces the target if its sequence number is still `expected_seq` (0: no target yet).
+    /// Returns `false`, changing nothing, otherwise.
+    pub async fn set_target(
+        &self,
+        expected_seq: u64,
+        new: &StoredTarget,
+    ) -> Result<bool, StoreError> {
+        let raw = serde_json::to_vec(new).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        dispatch!(self, s => s.set_target(expected_seq, &raw).await)
+    }
+
+    /// Records an edge's latest report.
+    pub async fn put_edge(&self, status: &EdgeStatus) -> Result<(), StoreError> {
+        let raw = serde_json::to_vec(status).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        dispatch!(self, s => s.put_edge(&status.id, &raw).await)
+    }
+
+    /// Every known edge.
+    pub async fn edges(&self) -> Result<Vec<EdgeStatus>, StoreError> {
+        let raw = dispatch!(self, s => s.edges().await)?;
+        raw.iter().map(|b| decode(b)).collect()
+    }
+
+    /// Calls `on_change` with the stored target whenever another writer (an etcd replica)
+    /// changes it. The embedded store has no other writers; there this returns at once.
+    pub async fn watch_target(&self, on_change: impl Fn(StoredTarget) + Send + 'static) {
+        if let Store::Etcd(s) = self {
+            s.watch_target(move |raw| match decode::<StoredTarget>(&raw) {
+                Ok(t) => on_change(t),
+                Err(e) => tracing::warn!(error = %e, "ignoring unreadable target from etcd"),
+            })
+            .await;
+        }
+    }
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,194 @@
+//! The embedded store: one redb file. redb commits are atomic and durable (copy-on-write
+//! B-trees with a checksummed commit slot), so a crash or `kill -9` at any point leaves either
+//! the previous or the new state, never a mix.
+
+use super::StoreError;
+use bytes::Bytes;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::path::Path;
+use std::sync::Arc;
+
+const META: TableDefinition<u64, &[u8]> = TableDefinition::new("version_meta");
+const BUNDLES: TableDefinition<u64, &[u8]> = TableDefinition::new("version_bundle");
+const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
+const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
+const TARGET: &str = "target";
+
+/// A redb database file.
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+}
+
+fn err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Unavailable(e.into().to_string())
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file, creating its directory.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+            }
+            let db = Database::create(&path)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+            let txn = db.begin_write().map_err(err)?;
+            {
+                txn.open_table(META).map_err(err)?;
+                txn.open_table(BUNDLES).map_err(err)?;
+                txn.open_table(SINGLETONS).map_err(err)?;
+                txn.open_table(EDGES).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(Self { db: Arc::new(db) })
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    pub(super) async fn latest_version(&self) -> Result<Option<u64>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(META).map_err(err)?;
+            let last = t.last().map_err(err)?.map(|(k, _)| k.value());
+            Ok(last)
+        })
+        .await
+    }
+
+    pub(super) async fn insert_version(
+        &self,
+        n: u64,
+        meta: &[u8],
+        bundle: &[u8],
+    ) -> Result<bool, StoreError> {
+        let (meta, bundle) = (meta.to_vec(), bundle.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut m = txn.open_table(META).map_err(err)?;
+                // Numbers are contiguous: only the successor of the newest may be added.
+                let latest = m.last().map_err(err)?.map(|(k, _)| k.value());
+                if latest.map_or(n != 1, |l| n != l + 1) {
+                    return Ok(false);
+                }
+                m.insert(n, meta.as_slice()).map_err(err)?;
+                let mut b = txn.open_table(BUNDLES).map_err(err)?;
+                b.insert(n, bundle.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn version_meta(&self, n: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(META, n).await
+    }
+
+    pub(super) async fn bundle(&self, n: u64) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.get(BUNDLES, n).await?.map(Bytes::from))
+    }
+
+    async fn get(
+        &self,
+        table: TableDefinition<'static, u64, &'static [u8]>,
+        n: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(table).map_err(err)?;
+            Ok(t.get(n).map_err(err)?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    pub(super) async fn versions(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(META).map_err(err)?;
+            let mut out = Vec::with_capacity(limit.min(t.len().map_err(err)? as usize));
+            for row in t.iter().map_err(err)?.rev().take(limit) {
+                let (_, v) = row.map_err(err)?;
+                out.push(v.value().to_vec());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn target(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(SINGLETONS).map_err(err)?;
+            Ok(t.get(TARGET).map_err(err)?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    pub(super) async fn set_target(
+        &self,
+        expected_seq: u64,
+        raw: &[u8],
+    ) -> Result<bool, StoreError> {
+        let raw = raw.to_vec();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(SINGLETONS).map_err(err)?;
+                let current = match t.get(TARGET).map_err(err)? {
+                    Some(v) => super::decode::<super::StoredTarget>(v.value())?.seq,
+                    None => 0,
+                };
+                if current != expected_seq {
+                    return Ok(false);
+                }
+                t.insert(TARGET, raw.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn put_edge(&self, id: &str, raw: &[u8]) -> Result<(), StoreError> {
+        let (id, raw) = (id.to_owned(), raw.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(EDGES).map_err(err)?;
+                t.insert(id.as_str(), raw.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn edges(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(EDGES).map_err(err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(err)? {
+                let (_, v) = row.map_err(err)?;
+                out.push(v.value().to_vec());
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
