@@ -76,6 +76,12 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
         Mode::Managed if !config.listeners.is_empty() => c.fail(&[Key("listener")], PER_EDGE),
         Mode::Managed => {}
     }
+    if mode == Mode::Managed && config.services.is_empty() {
+        c.fail(
+            &[Key("service")],
+            "a fleet document needs at least one [[service]]; an empty one would stop all traffic",
+        );
+    }
     cache(&mut c, &config.cache);
     limits(&mut c, &config.limits);
     services(&mut c, &config.services);

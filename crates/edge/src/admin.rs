@@ -17,6 +17,8 @@ use crate::proxy::EdgeState;
 use crate::store::{CacheKey, PurgeMode, PurgeTarget};
 use crate::telemetry;
 use firebreak_config::valid_host_name;
+use firebreak_protocol::keys::PublicKey;
+use firebreak_protocol::signed::{verify_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -110,8 +112,14 @@ fn route(state: &EdgeState, req: Request<Incoming>) -> Response<EdgeBody> {
     }
 }
 
-/// Bearer token check, comparing in time independent of where the first difference is.
+/// Bearer token check, comparing in time independent of where the first difference is; or,
+/// on an edge run by a control plane, a request signed by the control plane's key.
 fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
+    if let Some(key) = state.control_key.get() {
+        if signed_by_control(key, req) {
+            return true;
+        }
+    }
     let runtime = state.runtime.load();
     let Some(admin) = &runtime.config.admin else {
         return false;
@@ -126,6 +134,29 @@ fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
     };
     let (a, b) = (given.trim().as_bytes(), admin.token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn signed_by_control(key: &PublicKey, req: &Request<Incoming>) -> bool {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let (Some(signature), Some(at)) = (header(SIGNATURE_HEADER), header(SIGNED_AT_HEADER)) else {
+        return false;
+    };
+    let Ok(at) = at.parse::<u64>() else {
+        return false;
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    verify_request(
+        key,
+        req.method().as_str(),
+        pq,
+        at,
+        signature,
+        firebreak_protocol::now_ms(),
+    )
 }
 
 fn metrics(state: &EdgeState) -> Response<EdgeBody> {

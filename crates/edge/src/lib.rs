@@ -5,6 +5,7 @@
 //! [`upstream`]; listeners and reloads in [`server`].
 
 pub mod admin;
+pub mod agent;
 pub mod body;
 pub mod coalesce;
 pub mod error;

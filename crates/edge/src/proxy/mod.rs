@@ -40,6 +40,9 @@ pub struct EdgeState {
     pub coalescer: Coalescer,
     /// Structured access log, when configured.
     pub access_log: Option<AccessLog>,
+    /// The control plane's public key, when this edge is run by a control plane: admin
+    /// requests signed with it (purge fan-out) are accepted without the bearer token.
+    pub control_key: std::sync::OnceLock<firebreak_protocol::keys::PublicKey>,
     next_id: AtomicU64,
     id_prefix: u32,
 }
@@ -57,6 +60,7 @@ impl EdgeState {
             store,
             coalescer: Coalescer::default(),
             access_log,
+            control_key: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
             id_prefix: seed,
         }

@@ -1,0 +1,170 @@
+//! The edge's HTTP client for the control plane's API: long-poll the target, download a
+//! bundle (size-bounded), report.
+
+use bytes::Bytes;
+use firebreak_protocol::api::EdgeReport;
+use firebreak_protocol::bundle::MAX_BUNDLE_BYTES;
+use firebreak_protocol::signed::{Signed, MAX_STATEMENT_BYTES};
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// The target as the control plane sends it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PolledTarget {
+    /// Sequence number (unverified; the signed payload carries the trusted one).
+    pub seq: u64,
+    /// The signed statement.
+    pub signed: Signed,
+}
+
+/// A client bound to one control plane and edge id.
+#[derive(Clone)]
+pub struct ControlClient {
+    base: String,
+    token: String,
+    id: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ControlClient {
+    /// A client for the API at `base` (`http://host:port`).
+    pub fn new(base: &str, token: &str, id: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector.set_nodelay(true);
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            id: id.to_owned(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), String> {
+        let uri = format!("{}{path}", self.base);
+        let mut req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| format!("bad control-plane URL {uri}: {e}"))?;
+        let exchange = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("control plane unreachable: {e:#}"))?;
+            let status = resp.status();
+            if let Some(len) = resp
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                if len > limit {
+                    return Err(format!(
+                        "answer of {len} bytes exceeds the limit of {limit}"
+                    ));
+                }
+            }
+            let bytes = Limited::new(resp.into_body(), limit)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer: {e}"))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            format!(
+                "control plane did not answer within {} s",
+                timeout.as_secs()
+            )
+        })?
+    }
+
+    /// Waits up to `wait` for a target newer than `after`.
+    pub async fn poll(&self, after: u64, wait: Duration) -> Result<Option<PolledTarget>, String> {
+        let path = format!(
+            "/v1/edges/{}/target?after={after}&wait_ms={}",
+            self.id,
+            wait.as_millis()
+        );
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &path,
+                None,
+                MAX_STATEMENT_BYTES * 2,
+                wait + Duration::from_secs(10),
+            )
+            .await?;
+        match status {
+            StatusCode::NO_CONTENT => Ok(None),
+            StatusCode::OK => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| format!("malformed target: {e}")),
+            s => Err(format!(
+                "control plane answered {s}: {}",
+                String::from_utf8_lossy(&body)
+            )),
+        }
+    }
+
+    /// Downloads a version's sealed bundle.
+    pub async fn bundle(&self, version: u64) -> Result<Bytes, String> {
+        let path = format!("/v1/versions/{version}/bundle");
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &path,
+                None,
+                MAX_BUNDLE_BYTES,
+                Duration::from_secs(30),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "downloading version {version}: control plane answered {status}"
+            ));
+        }
+        Ok(body)
+    }
+
+    /// Sends a report.
+    pub async fn report(&self, report: &EdgeReport) -> Result<(), String> {
+        let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+        let path = format!("/v1/edges/{}", self.id);
+        let (status, body) = self
+            .call(
+                Method::PUT,
+                &path,
+                Some(body),
+                64 * 1024,
+                Duration::from_secs(5),
+            )
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "report refused ({status}): {}",
+                String::from_utf8_lossy(&body)
+            ))
+        }
+    }
+}
