@@ -12,7 +12,9 @@ mod model;
 pub(crate) mod validate;
 
 pub use limits::*;
-pub use load::{load_file, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig};
+pub use load::{
+    load_file, load_file_as, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig,
+};
 pub use model::*;
 pub use validate::{compile_path_regex, valid_host_name, Mode};
 

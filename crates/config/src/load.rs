@@ -122,8 +122,14 @@ impl ConfigRejected {
     }
 }
 
-/// Reads and validates a configuration file. The size is checked before the file is read.
+/// Reads and validates a standalone edge's configuration file. The size is checked before the
+/// file is read.
 pub fn load_file(path: &Path) -> Result<ValidConfig, ConfigRejected> {
+    load_file_as(path, Mode::Standalone)
+}
+
+/// Reads and validates a configuration file for `mode`.
+pub fn load_file_as(path: &Path, mode: Mode) -> Result<ValidConfig, ConfigRejected> {
     let name = path.display().to_string();
     let io_err =
         |e: std::io::Error| ConfigRejected::one(&name, 0, 0, "", format!("cannot read: {e}"));
@@ -137,7 +143,7 @@ pub fn load_file(path: &Path) -> Result<ValidConfig, ConfigRejected> {
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(io_err)?;
-    parse_str(&name, &text)
+    parse(&name, &text, mode)
 }
 
 fn too_big(name: &str, len: u64) -> ConfigRejected {

@@ -1,20 +1,25 @@
 //! `firebreak`: one CLI for the edge cloud.
 
+use api_client::{exit, Api, Failed};
 use clap::{Parser, Subcommand};
 use firebreak_config::{load_file, parse_str, ValidConfig};
+use firebreak_control::{Plane, Store, Tokens};
+use firebreak_edge::agent::{Agent, AgentOptions};
 use firebreak_edge::EdgeServer;
+use firebreak_protocol::api::PurgeRequest;
+use firebreak_protocol::keys::{ControlKey, PublicKey};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod api_client;
 mod demo_origin;
+mod ops;
+mod up;
 
 /// How long Ctrl-C waits for in-flight requests before exiting.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The example configuration `firebreak up` runs.
-const EXAMPLE_CONFIG: &str = include_str!("../../../examples/firebreak.toml");
 
 #[derive(Parser)]
 #[command(name = "firebreak", version, about = "Firebreak edge cloud")]
@@ -23,50 +28,205 @@ struct Cli {
     command: Command,
 }
 
+/// Where the client commands find the control plane.
+#[derive(clap::Args, Clone)]
+struct ApiArgs {
+    /// Control plane URL.
+    #[arg(
+        long = "control",
+        env = "FIREBREAK_CONTROL",
+        default_value = "http://127.0.0.1:7000",
+        global = true
+    )]
+    control: String,
+    /// Operator bearer token.
+    #[arg(
+        long = "token",
+        env = "FIREBREAK_TOKEN",
+        default_value = "",
+        hide_env_values = true,
+        global = true
+    )]
+    token: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run a local network: one edge on 127.0.0.1:8080 in front of the demo origin on
-    /// 127.0.0.1:8081, using the built-in example configuration.
+    /// Run a whole local network on 127.0.0.1: the control plane, two POPs of two edges each
+    /// (separate processes), and the demo origin, with the example configuration pushed
+    /// through the control plane. Ctrl-C stops everything.
     Up {
-        /// Edge port; the demo origin takes the next one.
+        /// First edge port; see the printed map for the rest.
         #[arg(long, default_value_t = 8080)]
         port: u16,
-    },
-    /// Run an edge in front of real origins: from a configuration file (SIGHUP reloads it),
-    /// or in front of one origin with `--origin` (a default service, defaults elsewhere).
-    Edge {
-        /// Configuration file (TOML).
-        #[arg(long, required_unless_present = "origin", conflicts_with_all = ["origin", "listen", "cache_mib"])]
-        config: Option<PathBuf>,
-        /// Origin `host:port` (or `http://host:port`) for a one-origin edge without a file.
+        /// Where control plane and edges keep their data (default: a new temporary directory).
         #[arg(long)]
-        origin: Option<String>,
-        /// Listen address of the one-origin edge.
-        #[arg(long, default_value = "127.0.0.1:8080", requires = "origin")]
-        listen: Option<SocketAddr>,
-        /// Cache size of the one-origin edge, in MiB.
-        #[arg(long, default_value_t = 256, requires = "origin")]
-        cache_mib: u64,
+        data_dir: Option<PathBuf>,
     },
+    /// Run the control plane.
+    Control {
+        /// API address.
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+        /// Data directory (the embedded store and the signing key live here).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Store: `redb` (embedded, in the data directory) or `etcd://host:port[,host:port]`.
+        #[arg(long, default_value = "redb")]
+        store: String,
+        /// Signing key file (created if missing); default `DATA_DIR/control.key`. Replicas
+        /// sharing an etcd store must share the key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Operator bearer token (at least 16 characters).
+        #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Edges' bearer token (at least 16 characters).
+        #[arg(long, env = "FIREBREAK_EDGE_TOKEN", hide_env_values = true)]
+        edge_token: String,
+    },
+    /// Run an edge: under a control plane (`--control`), from a configuration file
+    /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
+    Edge(EdgeArgs),
     /// Run the demo origin alone.
     Origin {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: SocketAddr,
     },
-    /// Configuration tools.
+    /// Configuration: validate locally, push, list, show, diff, set the target.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+        #[command(flatten)]
+        api: ApiArgs,
     },
+    /// The fleet as the control plane sees it.
+    Fleet {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Purge from every edge: a URL, a surrogate key, or everything of a service.
+    Purge {
+        /// Full URL, `http://host/path?query`.
+        #[arg(required_unless_present_any = ["key", "all"], conflicts_with_all = ["key", "all"])]
+        url: Option<String>,
+        /// Surrogate key (with --service).
+        #[arg(long, requires = "service", conflicts_with = "all")]
+        key: Option<String>,
+        /// Everything of the service (with --service).
+        #[arg(long, requires = "service")]
+        all: bool,
+        /// The service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Mark stale (revalidate next time) instead of removing.
+        #[arg(long)]
+        soft: bool,
+        /// How long to wait for the edges, in ms.
+        #[arg(long, default_value_t = 2000)]
+        deadline_ms: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct EdgeArgs {
+    /// Configuration file (TOML), for an edge without a control plane.
+    #[arg(long, conflicts_with_all = ["origin", "control"])]
+    config: Option<PathBuf>,
+    /// Origin `host:port` for a one-origin edge without a file.
+    #[arg(long, conflicts_with = "control")]
+    origin: Option<String>,
+    /// Cache size of the one-origin edge, in MiB.
+    #[arg(long, default_value_t = 256)]
+    cache_mib: u64,
+    /// Control plane URL: the edge takes its configuration from there.
+    #[arg(long)]
+    control: Option<String>,
+    /// Edges' bearer token for the control plane.
+    #[arg(
+        long,
+        env = "FIREBREAK_EDGE_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    token: String,
+    /// The control plane's public key (`ed25519:...`) or a file holding it.
+    #[arg(long, requires = "control")]
+    trust: Option<String>,
+    /// POP (site) name.
+    #[arg(long, default_value = "local")]
+    pop: String,
+    /// Cell (rollout group) name.
+    #[arg(long, default_value = "main")]
+    cell: String,
+    /// Edge id (default: POP-CELL-PORT).
+    #[arg(long)]
+    id: Option<String>,
+    /// Where the last good versions are kept.
+    #[arg(long, requires = "control")]
+    data_dir: Option<PathBuf>,
+    /// Versions kept on disk.
+    #[arg(long, default_value_t = 5)]
+    keep: usize,
+    /// Client listener(s), for `--control` and `--origin` edges.
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Admin listener, for `--control` edges.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a file; exit 0 if valid, 1 with located errors if not.
+    /// Validate a file locally; exit 0 if valid, 1 with located errors if not. A file with
+    /// `[[listener]]` is checked as a standalone edge's file, otherwise as a fleet document
+    /// (what `push` sends).
     Validate {
         /// Configuration file (TOML).
         file: PathBuf,
+    },
+    /// Submit a file as the next version (validated by the control plane the same way).
+    Push {
+        /// Configuration file (TOML).
+        file: PathBuf,
+        /// Why.
+        #[arg(short, long)]
+        message: String,
+        /// Also make it the fleet's target.
+        #[arg(long)]
+        activate: bool,
+    },
+    /// List versions, newest first (`*` marks the target).
+    Versions {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Print one version's configuration.
+    Show {
+        /// Version.
+        version: u64,
+    },
+    /// Unified diff between two versions.
+    Diff {
+        /// From.
+        a: u64,
+        /// To.
+        b: u64,
+    },
+    /// Show the target, or set it (`--rollback` to go back to an older version).
+    Target {
+        /// Version to run.
+        version: Option<u64>,
+        /// Allow going back to an older version.
+        #[arg(long)]
+        rollback: bool,
     },
 }
 
@@ -81,18 +241,10 @@ fn main() -> ExitCode {
         .init();
     if let Command::Config {
         command: ConfigCommand::Validate { file },
+        ..
     } = &cli.command
     {
-        return match load_file(file) {
-            Ok(_) => {
-                println!("{}: ok", file.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        };
+        return validate(file);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,51 +259,216 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    let standalone = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .is_some_and(|t| t.contains_key("listener"));
+    let result = if standalone {
+        load_file(file)
+    } else {
+        firebreak_config::load_file_as(file, firebreak_config::Mode::Managed)
+    };
+    match result {
+        Ok(_) => {
+            let kind = if standalone {
+                "standalone edge file"
+            } else {
+                "fleet document"
+            };
+            println!("{}: ok ({kind})", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run(command: Command) -> Result<(), String> {
+fn fail(message: impl Into<String>) -> Failed {
+    Failed::new(exit::REFUSED, message)
+}
+
+async fn run(command: Command) -> Result<(), Failed> {
     match command {
-        Command::Up { port } => up(port).await,
-        Command::Edge {
-            config,
-            origin,
+        Command::Up { port, data_dir } => up::run(port, data_dir).await.map_err(fail),
+        Command::Control {
             listen,
-            cache_mib,
-        } => {
-            let valid = match (&config, origin) {
-                (Some(path), _) => load_file(path).map_err(|e| e.to_string())?,
-                (None, Some(origin)) => one_origin_config(&origin, listen, cache_mib)?,
-                (None, None) => return Err("give --config FILE or --origin HOST:PORT".into()),
-            };
-            let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
-            for addr in handle.local_addrs() {
-                println!("edge listening on http://{addr}");
-            }
-            let _reloader = match config {
-                Some(path) => Some(handle.reload_on_sighup(path).map_err(|e| e.to_string())?),
-                None => None,
-            };
-            wait_for_ctrl_c().await;
-            tracing::info!("draining connections (up to {DRAIN_LIMIT:?})");
-            if !handle.drain(DRAIN_LIMIT).await {
-                tracing::warn!("some connections were still open after {DRAIN_LIMIT:?}");
-            }
-            Ok(())
-        }
+            data_dir,
+            store,
+            key,
+            token,
+            edge_token,
+        } => control(listen, data_dir, store, key, token, edge_token)
+            .await
+            .map_err(fail),
+        Command::Edge(args) => edge(args).await.map_err(fail),
         Command::Origin { listen } => {
             let origin = demo_origin::start(listen)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| fail(e.to_string()))?;
             println!("demo origin listening on http://{}", origin.addr);
             wait_for_ctrl_c().await;
             Ok(())
         }
-        Command::Config { .. } => Ok(()),
+        Command::Config { command, api } => {
+            let api = Api::new(&api.control, &api.token);
+            match command {
+                ConfigCommand::Validate { .. } => Ok(()),
+                ConfigCommand::Push {
+                    file,
+                    message,
+                    activate,
+                } => ops::push(&api, &file, &message, activate).await,
+                ConfigCommand::Versions { limit } => ops::versions(&api, limit).await,
+                ConfigCommand::Show { version } => ops::show(&api, version).await,
+                ConfigCommand::Diff { a, b } => ops::diff(&api, a, b).await,
+                ConfigCommand::Target { version, rollback } => {
+                    ops::target(&api, version, rollback).await
+                }
+            }
+        }
+        Command::Fleet { json, api } => ops::fleet(&Api::new(&api.control, &api.token), json).await,
+        Command::Purge {
+            url,
+            key,
+            all,
+            service,
+            soft,
+            deadline_ms,
+            api,
+        } => {
+            let req = PurgeRequest {
+                url,
+                key,
+                all,
+                service,
+                soft,
+                deadline_ms: Some(deadline_ms),
+            };
+            ops::purge(&Api::new(&api.control, &api.token), req).await
+        }
     }
+}
+
+fn check_token(what: &str, token: &str) -> Result<(), String> {
+    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{what} must be at least 16 printable characters without spaces"
+        ));
+    }
+    Ok(())
+}
+
+async fn control(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    store: String,
+    key: Option<PathBuf>,
+    token: String,
+    edge_token: String,
+) -> Result<(), String> {
+    check_token("--token", &token)?;
+    check_token("--edge-token", &edge_token)?;
+    let key_path = key.unwrap_or_else(|| data_dir.join("control.key"));
+    let key = ControlKey::load_or_create(&key_path).map_err(|e| e.to_string())?;
+    let public = key.public();
+    let spec = if store == "redb" {
+        format!("redb:{}", data_dir.join("control.redb").display())
+    } else {
+        store
+    };
+    let store = Store::open(&spec).await.map_err(|e| e.to_string())?;
+    let plane = Plane::new(store, key).await.map_err(|e| e.to_string())?;
+    let tokens = Tokens {
+        operator: token,
+        edge: edge_token,
+    };
+    let server = firebreak_control::serve(listen, plane, tokens)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let pub_path = data_dir.join("control.pub");
+    if let Err(e) = std::fs::write(&pub_path, format!("{public}\n")) {
+        tracing::warn!(error = %e, path = %pub_path.display(), "cannot write the public key file");
+    }
+    println!("control plane listening on http://{}", server.local_addr());
+    println!("public key {public} (also in {})", pub_path.display());
+    wait_for_ctrl_c().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn edge(args: EdgeArgs) -> Result<(), String> {
+    if let Some(control) = args.control {
+        let trust = args.trust.ok_or("--trust KEY is required with --control")?;
+        let trust = PublicKey::from_arg(&trust).map_err(|e| e.to_string())?;
+        let data_dir = args
+            .data_dir
+            .ok_or("--data-dir is required with --control")?;
+        if args.listen.is_empty() {
+            return Err("--listen ADDR is required with --control".into());
+        }
+        let port = args.listen.first().map(|a| a.port()).unwrap_or(0);
+        let id = args
+            .id
+            .unwrap_or_else(|| format!("{}-{}-{port}", args.pop, args.cell));
+        let agent = Agent::start(AgentOptions {
+            control,
+            token: args.token,
+            id: id.clone(),
+            pop: args.pop,
+            cell: args.cell,
+            data_dir,
+            trust,
+            listen: args.listen,
+            admin: args.admin,
+            keep: args.keep,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        for addr in agent.edge.local_addrs() {
+            println!("edge {id} listening on http://{addr}");
+        }
+        if let Some(admin) = agent.edge.admin_addr() {
+            println!("edge {id} admin on http://{admin}");
+        }
+        wait_for_ctrl_c().await;
+        agent.shutdown();
+        if !agent.edge.drain(DRAIN_LIMIT).await {
+            tracing::warn!("some connections were still open after {DRAIN_LIMIT:?}");
+        }
+        return Ok(());
+    }
+    let valid = match (&args.config, args.origin) {
+        (Some(path), _) => load_file(path).map_err(|e| e.to_string())?,
+        (None, Some(origin)) => {
+            one_origin_config(&origin, args.listen.first().copied(), args.cache_mib)?
+        }
+        (None, None) => {
+            return Err("give --control URL, --config FILE or --origin HOST:PORT".into())
+        }
+    };
+    let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
+    for addr in handle.local_addrs() {
+        println!("edge listening on http://{addr}");
+    }
+    let _reloader = match args.config {
+        Some(path) => Some(handle.reload_on_sighup(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    wait_for_ctrl_c().await;
+    tracing::info!("draining connections (up to {DRAIN_LIMIT:?})");
+    if !handle.drain(DRAIN_LIMIT).await {
+        tracing::warn!("some connections were still open after {DRAIN_LIMIT:?}");
+    }
+    Ok(())
 }
 
 /// A configuration for one default service in front of one origin.
@@ -175,72 +492,8 @@ fn one_origin_config(
     parse_str("command line", &text).map_err(|e| e.to_string())
 }
 
-/// The example configuration with the edge on `port`, the origin on `port + 1` and the admin
-/// listener on `port + 2`.
-fn example_config(port: u16) -> Result<ValidConfig, String> {
-    let origin_port = port.checked_add(1).ok_or("port must be below 65534")?;
-    let admin_port = port.checked_add(2).ok_or("port must be below 65534")?;
-    let text = EXAMPLE_CONFIG
-        .replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
-        .replace("127.0.0.1:8081", &format!("127.0.0.1:{origin_port}"))
-        .replace("127.0.0.1:8082", &format!("127.0.0.1:{admin_port}"));
-    parse_str("examples/firebreak.toml (built in)", &text).map_err(|e| e.to_string())
-}
-
-async fn up(port: u16) -> Result<(), String> {
-    let config = example_config(port)?;
-    let origin_addr: SocketAddr = config
-        .services
-        .first()
-        .and_then(|s| s.origin.servers.first())
-        .and_then(|s| s.addr.parse().ok())
-        .ok_or("the example configuration names no origin address")?;
-    let origin = demo_origin::start(origin_addr)
-        .await
-        .map_err(|e| format!("demo origin on {origin_addr}: {e}"))?;
-    let token = config
-        .admin
-        .as_ref()
-        .map(|a| a.token.clone())
-        .unwrap_or_default();
-    let edge = EdgeServer::start(config).await.map_err(|e| e.to_string())?;
-    let edge_addr = edge
-        .local_addrs()
-        .first()
-        .copied()
-        .ok_or("the example configuration has no listener")?;
-    println!("firebreak is up.");
-    println!("  edge        http://{edge_addr}/   (service `demo`, host localhost)");
-    println!("  demo origin http://{}/", origin.addr);
-    if let Some(admin) = edge.admin_addr() {
-        println!("  admin       http://{admin}/   (bearer token `{token}`)");
-    }
-    println!();
-    println!("Try:");
-    println!("  curl -si http://{edge_addr}/static/hello.txt   # run twice: fwd=miss, then hit");
-    println!("  curl -si http://{edge_addr}/api/data           # stale-while-revalidate / stale-if-error");
-    println!("  curl -si -H 'Accept-Language: fr' http://{edge_addr}/vary");
-    println!("  curl -si -r 0-9 http://{edge_addr}/static/hello.txt");
-    println!("  curl -si http://{edge_addr}/time               # no-store: always forwarded");
-    println!(
-        "  curl -s  http://{}/__origin/stats            # requests the origin saw",
-        origin.addr
-    );
-    if let Some(admin) = edge.admin_addr() {
-        println!("  curl -s -H 'Authorization: Bearer {token}' http://{admin}/metrics");
-        println!(
-            "  curl -s -X POST -H 'Authorization: Bearer {token}' 'http://{admin}/purge/key?service=demo&key=static'"
-        );
-    }
-    println!();
-    println!("Ctrl-C stops everything.");
-    wait_for_ctrl_c().await;
-    edge.drain(DRAIN_LIMIT).await;
-    Ok(())
-}
-
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM, the signals operators and supervisors stop with.
-async fn wait_for_ctrl_c() {
+pub(crate) async fn wait_for_ctrl_c() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -269,14 +522,5 @@ mod tests {
         assert!(super::one_origin_config("no-port", None, 64).is_err());
         assert!(super::one_origin_config("a\"b:1", None, 64).is_err());
         assert!(super::one_origin_config("127.0.0.1:9000", None, 0).is_err());
-    }
-
-    #[test]
-    fn example_config_moves_with_the_port() {
-        let c = super::example_config(9000).unwrap();
-        assert_eq!(c.listeners[0].addr.port(), 9000);
-        assert_eq!(c.services[0].origin.servers[0].addr, "127.0.0.1:9001");
-        assert_eq!(c.admin.as_ref().unwrap().listen.port(), 9002);
-        assert!(super::example_config(65534).is_err());
     }
 }

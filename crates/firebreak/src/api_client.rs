@@ -1,0 +1,132 @@
+//! The CLI's client for the control plane's API, and the exit codes scripts can rely on.
+
+use bytes::Bytes;
+use firebreak_protocol::api::ApiError;
+use http::{header, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use std::time::Duration;
+
+/// Exit codes of the client commands.
+pub mod exit {
+    /// The control plane refused the request (invalid configuration, unknown version, …).
+    pub const REFUSED: u8 = 1;
+    /// Wrong command line (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// Done in part: a purge some edges did not acknowledge.
+    pub const PARTIAL: u8 = 3;
+    /// The control plane could not be reached, or its store is unavailable.
+    pub const UNAVAILABLE: u8 = 4;
+}
+
+/// A failed call: the message to print and the exit code.
+pub struct Failed {
+    /// What to print.
+    pub message: String,
+    /// Exit code.
+    pub code: u8,
+}
+
+impl Failed {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            code,
+        }
+    }
+}
+
+/// The API at one base URL with one bearer token.
+pub struct Api {
+    base: String,
+    token: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// Largest answer read.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+impl Api {
+    pub fn new(base: &str, token: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// Sends a request; returns the body of a 2xx answer, or a [`Failed`] naming the error
+    /// (with every located configuration error, one per line).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, Failed> {
+        let uri = format!("{}{path}", self.base);
+        let req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Failed::new(exit::USAGE, format!("bad control-plane URL {uri}: {e}")))?;
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| {
+                Failed::new(
+                    exit::UNAVAILABLE,
+                    format!("control plane at {} unreachable: {e:#}", self.base),
+                )
+            })?;
+            let status = resp.status();
+            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok((status, bytes))
+        };
+        let (status, bytes) = tokio::time::timeout(Duration::from_secs(60), exchange)
+            .await
+            .map_err(|_| {
+                Failed::new(
+                    exit::UNAVAILABLE,
+                    "control plane did not answer within 60 s",
+                )
+            })??;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let code = match status {
+            StatusCode::SERVICE_UNAVAILABLE => exit::UNAVAILABLE,
+            _ => exit::REFUSED,
+        };
+        let message = match serde_json::from_slice::<ApiError>(&bytes) {
+            Ok(e) => {
+                let mut m = e.error;
+                for fe in &e.errors {
+                    m.push('\n');
+                    m.push_str(&fe.to_string());
+                }
+                m
+            }
+            Err(_) => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+        };
+        Err(Failed::new(code, message))
+    }
+
+    /// [`Api::call`] and parse JSON.
+    pub async fn json<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, Failed> {
+        let bytes = self.call(method, path, body).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("unexpected answer: {e}")))
+    }
+}

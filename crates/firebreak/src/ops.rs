@@ -1,0 +1,218 @@
+//! Client commands: configuration versions, target, fleet, purge — each one API call, with
+//! plain output and the exit codes in [`crate::api_client::exit`].
+
+use crate::api_client::{exit, Api, Failed};
+use firebreak_protocol::api::{
+    EdgeStatus, PurgeOutcome, PurgeRequest, PushRequest, SetTargetRequest, VersionDetail,
+    VersionInfo,
+};
+use firebreak_protocol::signed::Target;
+use http::Method;
+use std::path::Path;
+
+fn time(ms: u64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failed> {
+    serde_json::to_vec(v).map_err(|e| Failed::new(exit::REFUSED, e.to_string()))
+}
+
+/// `config push FILE -m MSG [--activate]`.
+pub async fn push(api: &Api, file: &Path, message: &str, activate: bool) -> Result<(), Failed> {
+    let meta = std::fs::metadata(file)
+        .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+    if meta.len() > firebreak_config::MAX_CONFIG_BYTES {
+        return Err(Failed::new(
+            exit::REFUSED,
+            format!(
+                "{}:0:0: (file): file is {} bytes; the limit is {}",
+                file.display(),
+                meta.len(),
+                firebreak_config::MAX_CONFIG_BYTES
+            ),
+        ));
+    }
+    let document = std::fs::read_to_string(file)
+        .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+    let req = PushRequest {
+        file: file.display().to_string(),
+        document,
+        message: message.to_owned(),
+        author: std::env::var("USER").ok(),
+        activate,
+    };
+    let info: VersionInfo = api
+        .json(Method::POST, "/v1/versions", Some(to_json(&req)?))
+        .await?;
+    println!(
+        "version {} stored ({} bytes, sha256 {}){}",
+        info.version,
+        info.size,
+        &info.sha256[..16.min(info.sha256.len())],
+        if activate { "; target set" } else { "" }
+    );
+    Ok(())
+}
+
+/// `config versions`.
+pub async fn versions(api: &Api, limit: usize) -> Result<(), Failed> {
+    let list: Vec<VersionInfo> = api
+        .json(Method::GET, &format!("/v1/versions?limit={limit}"), None)
+        .await?;
+    let target: Option<Target> = current_target(api).await?;
+    println!(
+        "{:>7}  {:>6}  {:<29}  {:<12}  MESSAGE",
+        "VERSION", "PARENT", "CREATED", "AUTHOR"
+    );
+    for v in list {
+        let mark = if target.as_ref().is_some_and(|t| t.version == v.version) {
+            "*"
+        } else {
+            " "
+        };
+        println!(
+            "{mark}{:>6}  {:>6}  {:<29}  {:<12}  {}",
+            v.version,
+            v.parent
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            time(v.created_at_ms),
+            v.author,
+            v.message
+        );
+    }
+    Ok(())
+}
+
+async fn current_target(api: &Api) -> Result<Option<Target>, Failed> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        signed: firebreak_protocol::signed::Signed,
+    }
+    match api.json::<Stored>(Method::GET, "/v1/target", None).await {
+        Ok(s) => Ok(serde_json::from_str(&s.signed.payload).ok()),
+        Err(e) if e.code == exit::REFUSED => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `config show N`.
+pub async fn show(api: &Api, version: u64) -> Result<(), Failed> {
+    let d: VersionDetail = api
+        .json(Method::GET, &format!("/v1/versions/{version}"), None)
+        .await?;
+    println!(
+        "# version {} by {} at {}: {}",
+        d.info.version,
+        d.info.author,
+        time(d.info.created_at_ms),
+        d.info.message
+    );
+    print!("{}", d.document);
+    Ok(())
+}
+
+/// `config diff A B`.
+pub async fn diff(api: &Api, a: u64, b: u64) -> Result<(), Failed> {
+    let text = api
+        .call(Method::GET, &format!("/v1/diff?from={a}&to={b}"), None)
+        .await?;
+    print!("{}", String::from_utf8_lossy(&text));
+    Ok(())
+}
+
+/// `config target [N] [--rollback]`.
+pub async fn target(api: &Api, version: Option<u64>, rollback: bool) -> Result<(), Failed> {
+    match version {
+        None => match current_target(api).await? {
+            Some(t) => println!(
+                "target version {} (seq {}, set by {} at {}{})",
+                t.version,
+                t.seq,
+                t.set_by,
+                time(t.set_at_ms),
+                if t.rollback { ", rollback" } else { "" }
+            ),
+            None => println!("no target set"),
+        },
+        Some(version) => {
+            let req = SetTargetRequest { version, rollback };
+            let t: Target = api
+                .json(Method::PUT, "/v1/target", Some(to_json(&req)?))
+                .await?;
+            println!("target version {} (seq {})", t.version, t.seq);
+        }
+    }
+    Ok(())
+}
+
+/// `fleet`.
+pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
+    let edges: Vec<EdgeStatus> = api.json(Method::GET, "/v1/fleet", None).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&edges).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let now = firebreak_protocol::now_ms();
+    println!(
+        "{:<24} {:<8} {:<8} {:>7}  {:>9}  ERROR",
+        "EDGE", "POP", "CELL", "APPLIED", "LAST SEEN"
+    );
+    for e in edges {
+        let mut error = e.report.error.clone().unwrap_or_default();
+        for f in &e.report.failed_services {
+            if !error.is_empty() {
+                error.push_str("; ");
+            }
+            error.push_str(&format!(
+                "service {} kept at {:?}: {}",
+                f.service, f.kept_version, f.error
+            ));
+        }
+        println!(
+            "{:<24} {:<8} {:<8} {:>7}  {:>8}s  {}",
+            e.id,
+            e.report.pop,
+            e.report.cell,
+            e.report
+                .applied_version
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".into()),
+            now.saturating_sub(e.last_seen_ms) / 1000,
+            error
+        );
+    }
+    Ok(())
+}
+
+/// `purge URL | --key K --service S | --all --service S`.
+pub async fn purge(api: &Api, req: PurgeRequest) -> Result<(), Failed> {
+    let out: PurgeOutcome = api
+        .json(Method::POST, "/v1/purge", Some(to_json(&req)?))
+        .await?;
+    println!(
+        "purged {} object(s); {}/{} edges acknowledged in {} ms",
+        out.purged,
+        out.acknowledged.len(),
+        out.edges,
+        out.elapsed_ms
+    );
+    for s in &out.stragglers {
+        println!("  straggler {}: {}", s.id, s.error);
+    }
+    for id in &out.skipped {
+        println!("  skipped {id}: not seen for over five minutes");
+    }
+    if out.stragglers.is_empty() {
+        Ok(())
+    } else {
+        Err(Failed::new(
+            exit::PARTIAL,
+            format!("{} edge(s) did not acknowledge", out.stragglers.len()),
+        ))
+    }
+}

@@ -1,0 +1,283 @@
+//! `firebreak up`: a whole local network on 127.0.0.1 — the control plane, two POPs of two
+//! edges each (separate processes with their own ports and data directories), and the demo
+//! origin — with the example fleet configuration pushed through the control plane.
+//!
+//! Ports for `--port P` (default 8080): edges P..P+3, their admin listeners P+10..P+13, the
+//! demo origin P+20, the control plane P-1080 (7000 by default, the CLI's default).
+
+use crate::api_client::Api;
+use crate::demo_origin;
+use firebreak_protocol::api::EdgeStatus;
+use http::Method;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The example fleet configuration.
+const FLEET_CONFIG: &str = include_str!("../../../examples/fleet.toml");
+const POPS: [&str; 2] = ["ams", "nyc"];
+const CELLS: [&str; 2] = ["c1", "c2"];
+
+struct Children(Vec<(String, Child)>);
+
+impl Children {
+    fn spawn(
+        &mut self,
+        name: &str,
+        args: &[String],
+        logs: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<(), String> {
+        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let log = std::fs::File::create(logs.join(format!("{name}.log")))
+            .map_err(|e| format!("log file for {name}: {e}"))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // The children stop with us even if we are killed without a chance to clean up.
+            // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        self.0.push((name.to_owned(), child));
+        Ok(())
+    }
+
+    /// SIGTERM to each child (by PID), then wait up to `limit`, then SIGKILL.
+    fn stop(&mut self, limit: Duration) {
+        for (_, child) in &self.0 {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: sending a signal to a process we started and have not reaped.
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+        }
+        let deadline = Instant::now() + limit;
+        for (name, child) in &mut self.0 {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        tracing::warn!(%name, "did not stop in time; killing");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        self.0.clear();
+    }
+
+    /// The first child that has exited, no longer tracked.
+    fn exited(&mut self) -> Option<String> {
+        let i = self
+            .0
+            .iter_mut()
+            .position(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))?;
+        let (name, _) = self.0.remove(i);
+        Some(format!("{name} exited"))
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(10));
+    }
+}
+
+fn token() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn port(base: u16, delta: i32) -> Result<u16, String> {
+    u16::try_from(i32::from(base) + delta)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("--port {base} leaves no room for the other ports (1081..65515)"))
+}
+
+async fn wait_until<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl AsyncFnMut() -> Option<T>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{what} did not happen within {} s",
+                limit.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Runs the network until Ctrl-C.
+pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
+    let control_port = port(base, -1080)?;
+    let origin_port = port(base, 20)?;
+    let dir = match data_dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("firebreak-up-{}", std::process::id())),
+    };
+    let logs = dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let (operator, edge_token) = (token()?, token()?);
+    let origin = demo_origin::start(([127, 0, 0, 1], origin_port).into())
+        .await
+        .map_err(|e| format!("demo origin on port {origin_port}: {e}"))?;
+    let mut children = Children(Vec::new());
+    let control_url = format!("http://127.0.0.1:{control_port}");
+    children.spawn(
+        "control",
+        &[
+            "control".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{control_port}"),
+            "--data-dir".into(),
+            dir.join("control").display().to_string(),
+        ],
+        &logs,
+        &[
+            ("FIREBREAK_TOKEN", &operator),
+            ("FIREBREAK_EDGE_TOKEN", &edge_token),
+        ],
+    )?;
+    let api = Api::new(&control_url, &operator);
+    let public = wait_until(
+        "the control plane starting",
+        Duration::from_secs(15),
+        async || api.call(Method::GET, "/v1/public-key", None).await.ok(),
+    )
+    .await
+    .map_err(|e| format!("{e}; see {}", logs.join("control.log").display()))?;
+    let public = String::from_utf8_lossy(&public).trim().to_owned();
+
+    let fleet_file = dir.join("fleet.toml");
+    let text = FLEET_CONFIG.replace("127.0.0.1:8081", &format!("127.0.0.1:{origin_port}"));
+    std::fs::write(&fleet_file, text).map_err(|e| format!("{}: {e}", fleet_file.display()))?;
+    crate::ops::push(
+        &api,
+        &fleet_file,
+        "firebreak up: example configuration",
+        true,
+    )
+    .await
+    .map_err(|e| e.message)?;
+
+    let mut edges = Vec::new();
+    for (p, pop) in POPS.iter().enumerate() {
+        for (c, cell) in CELLS.iter().enumerate() {
+            let i = (p * CELLS.len() + c) as i32;
+            let (listen, admin) = (port(base, i)?, port(base, 10 + i)?);
+            let id = format!("{pop}-{cell}");
+            children.spawn(
+                &format!("edge-{id}"),
+                &[
+                    "edge".into(),
+                    "--control".into(),
+                    control_url.clone(),
+                    "--trust".into(),
+                    public.clone(),
+                    "--pop".into(),
+                    (*pop).into(),
+                    "--cell".into(),
+                    (*cell).into(),
+                    "--id".into(),
+                    id.clone(),
+                    "--data-dir".into(),
+                    dir.join("edges").join(&id).display().to_string(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{listen}"),
+                    "--admin".into(),
+                    format!("127.0.0.1:{admin}"),
+                ],
+                &logs,
+                &[("FIREBREAK_EDGE_TOKEN", &edge_token)],
+            )?;
+            edges.push((id, listen, admin));
+        }
+    }
+    let expected = edges.len();
+    wait_until(
+        "every edge applying the configuration",
+        Duration::from_secs(30),
+        async || {
+            let fleet: Vec<EdgeStatus> = api.json(Method::GET, "/v1/fleet", None).await.ok()?;
+            (fleet
+                .iter()
+                .filter(|e| e.report.applied_version.is_some())
+                .count()
+                >= expected)
+                .then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}; see the logs in {}", logs.display()))?;
+
+    let first = edges.first().map(|e| e.1).unwrap_or(base);
+    println!(
+        "firebreak is up: a control plane, {} POPs of {} edges, a demo origin.",
+        POPS.len(),
+        CELLS.len()
+    );
+    println!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
+    for (id, listen, admin) in &edges {
+        println!("  edge {id:<8}  http://127.0.0.1:{listen}/   admin http://127.0.0.1:{admin}/");
+    }
+    println!("  demo origin    http://{}/", origin.addr);
+    println!("  data and logs  {}", dir.display());
+    println!();
+    println!("Use the CLI against it:");
+    println!("  export FIREBREAK_CONTROL={control_url} FIREBREAK_TOKEN={operator}");
+    println!("  firebreak fleet");
+    println!("  firebreak config versions");
+    println!(
+        "  firebreak config push {} -m 'my change' --activate",
+        fleet_file.display()
+    );
+    println!("  firebreak purge http://localhost:{first}/static/hello.txt");
+    println!("Try:");
+    println!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");
+    println!("  curl -si -H 'Host: assets.localhost' http://127.0.0.1:{first}/static/app.css");
+    println!("  curl -si http://127.0.0.1:{first}/api/data           # stale-while-revalidate");
+    println!();
+    println!("Ctrl-C stops everything.");
+    loop {
+        tokio::select! {
+            _ = crate::wait_for_ctrl_c() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if let Some(what) = children.exited() {
+                    tracing::warn!("{what}; the rest keeps running (see {})", logs.display());
+                }
+            }
+        }
+    }
+    println!("stopping…");
+    children.stop(Duration::from_secs(10));
+    Ok(())
+}
