@@ -143,21 +143,63 @@ fn edge_process_caches_and_reloads_on_sighup() {
 }
 
 #[test]
-fn up_runs_an_edge_in_front_of_the_demo_origin() {
-    // A port pair unlikely to be taken; the test is about `up`, not the port.
+fn up_runs_a_control_plane_two_pops_of_two_edges_and_the_origin() {
+    // Ports unlikely to be taken; the test is about `up`, not the ports.
     let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let mut up = Proc::spawn(&["up", "--port", &port.to_string()]);
-    let edge = up.wait_for_addr("  edge ");
-    assert_eq!(edge.port(), port);
-    let r = get(edge, "/");
-    assert!(
-        r.starts_with("HTTP/1.1 200") && r.contains("firebreak demo origin"),
-        "{r}"
-    );
-    let r = get(edge, "/api/data");
-    assert!(r.contains("cache-status: firebreak"), "{r}");
-    let admin = up.wait_for_addr("  admin ");
-    assert!(get(admin, "/healthz").starts_with("HTTP/1.1 200"));
+    let data = temp_dir("up");
+    let mut up = Proc::spawn(&[
+        "up",
+        "--port",
+        &port.to_string(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let control = up.wait_for_addr("  control plane ");
+    let mut edges = vec![up.wait_for_addr("  edge ams-c1")];
+    for id in ["ams-c2", "nyc-c1", "nyc-c2"] {
+        edges.push(up.wait_for_addr(&format!("  edge {id}")));
+    }
+    assert_eq!(edges[0].port(), port);
+    for edge in &edges {
+        let r = get(*edge, "/");
+        assert!(
+            r.starts_with("HTTP/1.1 200") && r.contains("firebreak demo origin"),
+            "{r}"
+        );
+        assert!(r.contains("x-served-by: firebreak"), "{r}");
+    }
+    let mut line = String::new();
+    while !line.contains("FIREBREAK_TOKEN=") {
+        line.clear();
+        assert!(up.stdout.read_line(&mut line).unwrap() > 0);
+    }
+    let token = line
+        .split("FIREBREAK_TOKEN=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let out = Command::new(BIN)
+        .args([
+            "fleet",
+            "--control",
+            &format!("http://{control}"),
+            "--token",
+            &token,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for id in ["ams-c1", "ams-c2", "nyc-c1", "nyc-c2"] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert_eq!(row.split_whitespace().nth(3), Some("1"), "{text}");
+    }
+    drop(up);
+    std::fs::remove_dir_all(&data).ok();
 }
 
 #[test]
@@ -186,16 +228,22 @@ fn config_validate_exit_codes_and_messages() {
         err.contains("bad.toml:7:1: service[0].hostz: unknown field `hostz`"),
         "{err}"
     );
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/firebreak.toml");
-    let out = Command::new(BIN)
-        .args(["config", "validate", example])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for (example, kind) in [
+        ("firebreak.toml", "standalone edge file"),
+        ("fleet.toml", "fleet document"),
+    ] {
+        let path = format!("{}/../../examples/{example}", env!("CARGO_MANIFEST_DIR"));
+        let out = Command::new(BIN)
+            .args(["config", "validate", &path])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(kind));
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
