@@ -50,6 +50,8 @@ pub struct Tokens {
 struct App {
     plane: Arc<Plane>,
     tokens: Tokens,
+    /// Becomes `true` on shutdown: long-polls end at once instead of holding it up.
+    stopping: watch::Receiver<bool>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -58,8 +60,8 @@ enum Role {
     Edge,
 }
 
-/// The API router over `plane`.
-pub fn router(plane: Arc<Plane>, tokens: Tokens) -> Router {
+/// The API router over `plane`; long-polls end when `stopping` turns `true`.
+pub fn router(plane: Arc<Plane>, tokens: Tokens, stopping: watch::Receiver<bool>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
@@ -74,7 +76,11 @@ pub fn router(plane: Arc<Plane>, tokens: Tokens) -> Router {
         .route("/v1/fleet", get(fleet))
         .route("/v1/purge", post(purge))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
-        .with_state(App { plane, tokens })
+        .with_state(App {
+            plane,
+            tokens,
+            stopping,
+        })
 }
 
 /// A running API server.
@@ -91,9 +97,15 @@ impl ControlServer {
     }
 
     /// Stops accepting and waits for open requests (long-polls end at once).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
 
@@ -106,7 +118,7 @@ pub async fn serve(
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (stop, mut rx) = watch::channel(false);
-    let app = router(plane, tokens);
+    let app = router(plane, tokens, rx.clone());
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -313,7 +325,12 @@ async fn poll(
     crate::plane::edge_id(&id)?;
     app.plane.touch(&id);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
-    match app.plane.wait_target(q.after, wait).await {
+    let mut stopping = app.stopping.clone();
+    let found = tokio::select! {
+        t = app.plane.wait_target(q.after, wait) => t,
+        _ = stopping.wait_for(|s| *s) => None,
+    };
+    match found {
         Some(t) => Ok(Json(t).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }

@@ -1,0 +1,1 @@
+//! Edges under the control plane.

@@ -1,0 +1,292 @@
+//! Test harness: a control plane in this process (redb or etcd store), edges under it, a
+//! small origin, an etcd server process, and a plain HTTP client.
+
+use bytes::Bytes;
+use firebreak_control::{Plane, Store, Tokens};
+use firebreak_edge::agent::{Agent, AgentOptions};
+use firebreak_protocol::keys::{ControlKey, PublicKey};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const OPERATOR: &str = "operator-token-0123456789";
+pub const EDGE: &str = "edge-token-0123456789abcd";
+
+/// A fresh directory under the system's temp dir.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "fb-fleet-{}-{name}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One HTTP exchange.
+pub async fn http(method: Method, url: &str, token: &str, body: Option<String>) -> (StatusCode, Bytes) {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("no answer in 30 s")
+        .unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// A GET through an edge for `host`; returns status, the `x-version` header and the body.
+pub async fn through(edge: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(format!("http://{edge}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let version = resp
+        .headers()
+        .get("x-version")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, version, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// An origin answering every GET with `origin says PATH`, cacheable for a minute.
+pub async fn origin() -> SocketAddr {
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let body = format!("origin says {}", req.uri().path());
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder()
+                            .header("cache-control", "max-age=60")
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap(),
+                    )
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A fleet document: services `a` (host a.test) and `b` (host b.test) in front of `origin`,
+/// each answering with `x-version: <marker>`.
+pub fn fleet_doc(origin: SocketAddr, marker: &str) -> String {
+    let mut doc = String::from("[cache]\nmax_bytes = 67108864\nmax_object_bytes = 1048576\n");
+    for name in ["a", "b"] {
+        doc.push_str(&format!(
+            "\n[[service]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\n[service.origin]\nservers = [{{ addr = \"{origin}\" }}]\n[[service.response_headers]]\nname = \"x-version\"\nop = \"set\"\nvalue = \"{marker}\"\n"
+        ));
+    }
+    doc
+}
+
+/// A control plane in this process.
+pub struct Control {
+    pub url: String,
+    pub plane: Arc<Plane>,
+    pub store: Store,
+    pub key_path: PathBuf,
+    server: Option<firebreak_control::ControlServer>,
+}
+
+impl Control {
+    /// Starts one over `store_spec` (`redb:PATH` or `etcd://...`), key in `dir`.
+    pub async fn start(store_spec: &str, dir: &Path) -> Self {
+        let key_path = dir.join("control.key");
+        let key = ControlKey::load_or_create(&key_path).unwrap();
+        let store = Store::open(store_spec).await.unwrap();
+        let plane = Plane::new(store.clone(), key).await.unwrap();
+        let tokens = Tokens {
+            operator: OPERATOR.into(),
+            edge: EDGE.into(),
+        };
+        let server = firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), tokens)
+            .await
+            .unwrap();
+        Self {
+            url: format!("http://{}", server.local_addr()),
+            plane,
+            store,
+            key_path,
+            server: Some(server),
+        }
+    }
+
+    pub fn public(&self) -> PublicKey {
+        self.plane.public_key()
+    }
+
+    /// The signing key (the same file the plane loaded).
+    pub fn key(&self) -> ControlKey {
+        ControlKey::load_or_create(&self.key_path).unwrap()
+    }
+
+    pub async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> (StatusCode, serde_json::Value) {
+        let (status, bytes) = http(method, &format!("{}{path}", self.url), OPERATOR, body.map(|b| b.to_string())).await;
+        let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, value)
+    }
+
+    /// Pushes a document and sets it as target; returns the version.
+    pub async fn release(&self, doc: &str) -> u64 {
+        let (status, v) = self
+            .call(
+                Method::POST,
+                "/v1/versions",
+                Some(serde_json::json!({"file": "fleet.toml", "document": doc, "message": "test", "activate": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        v["version"].as_u64().unwrap()
+    }
+
+    /// Stops the API server (edges then see the control plane as down).
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+/// An edge under `control`, listening on ephemeral ports.
+pub async fn edge(control: &Control, data_dir: &Path, id: &str) -> Agent {
+    edge_trusting(&control.url, control.public(), data_dir, id).await
+}
+
+pub async fn edge_trusting(url: &str, trust: PublicKey, data_dir: &Path, id: &str) -> Agent {
+    let opts = AgentOptions {
+        control: url.to_owned(),
+        token: EDGE.into(),
+        id: id.into(),
+        pop: "pop1".into(),
+        cell: "c1".into(),
+        data_dir: data_dir.to_owned(),
+        trust,
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        keep: 3,
+    };
+    tokio::time::timeout(Duration::from_secs(20), Agent::start(opts))
+        .await
+        .expect("edge did not start within 20 s")
+        .unwrap()
+}
+
+pub fn addr(agent: &Agent) -> SocketAddr {
+    agent.edge.local_addrs()[0]
+}
+
+/// Waits until `check` holds for the agent's status.
+pub async fn wait_for(agent: &Agent, what: &str, check: impl Fn(&firebreak_edge::agent::AgentStatus) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = agent.status();
+        if check(&s) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "edge never reached: {what}; status {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn wait_applied(agent: &Agent, version: u64) {
+    wait_for(agent, &format!("version {version} applied"), |s| {
+        s.applied.as_ref().is_some_and(|a| a.version == version)
+    })
+    .await
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// An etcd server process (Debian's `etcd-server`), killed by PID when dropped.
+pub struct Etcd {
+    child: Option<Child>,
+    pub endpoint: String,
+    dir: PathBuf,
+}
+
+impl Etcd {
+    pub fn start() -> Self {
+        let dir = temp_dir("etcd");
+        let (client, peer) = (free_port(), free_port());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "test",
+                "--data-dir",
+                dir.join("data").to_str().unwrap(),
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("test={peer_url}"),
+                "--max-request-bytes",
+                "8388608",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd is not installed (apt-get install etcd-server; .ci/run does)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(Instant::now() < deadline, "etcd did not start; see {}", dir.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child: Some(child),
+            endpoint: format!("etcd://127.0.0.1:{client}"),
+            dir,
+        }
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
