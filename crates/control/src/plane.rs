@@ -251,7 +251,7 @@ impl Plane {
                 seq: seq + 1,
                 version,
                 bundle_sha256: info.sha256.clone(),
-                rollback: rollback && current_version.is_some_and(|c| version < c),
+                rollback,
                 set_at_ms: now_ms(),
                 set_by: by.to_owned(),
             };

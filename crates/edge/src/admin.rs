@@ -37,9 +37,11 @@ const MAX_ADMIN_CONNECTIONS: usize = 64;
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 
 /// Binds the admin listener and serves it in the background.
+/// Open connections close gracefully when `stop` turns `true`.
 pub async fn start(
     listen: SocketAddr,
     state: Arc<EdgeState>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
@@ -54,6 +56,7 @@ pub async fn start(
                 continue;
             };
             let state = state.clone();
+            let stop = stop.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req| {
                     let state = state.clone();
@@ -65,7 +68,17 @@ pub async fn start(
                     .http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10));
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                let mut stop = stop;
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    // The flag only ever turns from false to true.
+                    Ok(()) = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
                 drop(permit);
             });
         }

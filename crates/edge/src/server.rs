@@ -103,21 +103,21 @@ impl EdgeServer {
         let mut tasks = Vec::new();
         let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
         let permits = Arc::new(Semaphore::new(max_connections as usize));
+        let (stop, _) = watch::channel(false);
         let admin_addr = match admin.and_then(|a| a.listen) {
             Some(listen) => {
-                let (addr, task) =
-                    crate::admin::start(listen, state.clone())
-                        .await
-                        .map_err(|source| ServerError::Bind {
-                            addr: listen,
-                            source,
-                        })?;
+                let (addr, task) = crate::admin::start(listen, state.clone(), stop.subscribe())
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: listen,
+                        source,
+                    })?;
                 tasks.push(task);
                 Some(addr)
             }
             None => None,
         };
-        let (stop, _) = watch::channel(false);
+
         let mut addrs = Vec::new();
         for listener in listeners {
             addrs.push(listener.local_addr().map_err(|source| ServerError::Bind {

@@ -86,6 +86,8 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     /// Services kept at an older document.
     pub failed_services: Vec<ServiceFailure>,
+    /// Why the control plane cannot be reached, while it cannot (the edge keeps serving).
+    pub control_error: Option<String>,
 }
 
 /// A running edge under a control plane.
@@ -211,7 +213,7 @@ impl Worker {
                 admin_url: admin_url.clone(),
                 applied_version: s.applied.as_ref().map(|a| a.version),
                 applied_seq: s.applied.as_ref().map_or(0, |a| a.seq),
-                error: s.last_error,
+                error: s.last_error.or(s.control_error),
                 failed_services: s.failed_services,
             }
         }
@@ -226,6 +228,12 @@ impl Worker {
             s.applied = Some(applied);
             s.failed_services = failures;
             s.last_error = error;
+        }
+    }
+
+    fn set_control_error(&self, error: Option<String>) {
+        if let Ok(mut s) = self.status.lock() {
+            s.control_error = error;
         }
     }
 
@@ -320,7 +328,11 @@ impl Worker {
         let mut backoff = Duration::from_millis(200);
         loop {
             let after = self.current().map_or(0, |a| a.seq);
-            match self.client.poll(after, POLL_WAIT).await {
+            let polled = self.client.poll(after, POLL_WAIT).await;
+            if polled.is_ok() {
+                self.set_control_error(None);
+            }
+            match polled {
                 Ok(Some(polled)) => {
                     let result = self.apply(polled).await;
                     let failed = result.is_err();
@@ -340,6 +352,7 @@ impl Worker {
                 Ok(None) => backoff = Duration::from_millis(200),
                 Err(e) => {
                     tracing::warn!(error = %e, "control plane unreachable; serving the current version");
+                    self.set_control_error(Some(e));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

@@ -13,7 +13,10 @@ fn push_body(doc: &str) -> serde_json::Value {
 async fn refused_documents_store_nothing(c: &Control) {
     let origin: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
     let good = fleet_doc(origin, "v1");
-    let padded = format!("{good}\n#{}\n", "x".repeat(firebreak_config::MAX_CONFIG_BYTES as usize));
+    let padded = format!(
+        "{good}\n#{}\n",
+        "x".repeat(firebreak_config::MAX_CONFIG_BYTES as usize)
+    );
     let cases: Vec<(String, &str, &str)> = vec![
         (padded, "", "the limit is"),
         (good.replace("hosts =", "hostz ="), "service[0].hostz", "unknown field `hostz`"),
@@ -29,15 +32,29 @@ async fn refused_documents_store_nothing(c: &Control) {
         (format!("[[listener]]\naddr = \"127.0.0.1:1\"\n{good}"), "listener", "set per edge"),
     ];
     for (doc, field, says) in cases {
-        let (status, body) = c.call(Method::POST, "/v1/versions", Some(push_body(&doc))).await;
+        let (status, body) = c
+            .call(Method::POST, "/v1/versions", Some(push_body(&doc)))
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {body}");
-        assert!(body["error"].as_str().unwrap().contains("nothing was stored"), "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("nothing was stored"),
+            "{body}"
+        );
         let first = &body["errors"][0];
         assert_eq!(first["file"], "fleet.toml", "{body}");
         assert_eq!(first["field"], field, "{body}");
-        assert!(first["message"].as_str().unwrap().contains(says), "{field}: {body}");
+        assert!(
+            first["message"].as_str().unwrap().contains(says),
+            "{field}: {body}"
+        );
         if !field.is_empty() {
-            assert!(first["line"].as_u64().unwrap() > 0, "{field} has no line: {body}");
+            assert!(
+                first["line"].as_u64().unwrap() > 0,
+                "{field} has no line: {body}"
+            );
         }
     }
     let (_, list) = c.call(Method::GET, "/v1/versions", None).await;
@@ -46,11 +63,23 @@ async fn refused_documents_store_nothing(c: &Control) {
 
 async fn versions_diff_target_rollback(c: &Control) {
     let origin: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let (status, v1) = c.call(Method::POST, "/v1/versions", Some(push_body(&fleet_doc(origin, "v1")))).await;
+    let (status, v1) = c
+        .call(
+            Method::POST,
+            "/v1/versions",
+            Some(push_body(&fleet_doc(origin, "v1"))),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{v1}");
     assert_eq!(v1["version"], 1);
     assert_eq!(v1["services"].as_array().unwrap().len(), 2);
-    let (_, v2) = c.call(Method::POST, "/v1/versions", Some(push_body(&fleet_doc(origin, "v2")))).await;
+    let (_, v2) = c
+        .call(
+            Method::POST,
+            "/v1/versions",
+            Some(push_body(&fleet_doc(origin, "v2"))),
+        )
+        .await;
     assert_eq!(v2["version"], 2);
     assert_eq!(v2["parent"], 1);
     // Only the changed services' hashes differ; here both services changed their header.
@@ -58,32 +87,92 @@ async fn versions_diff_target_rollback(c: &Control) {
     let (status, diff) = c.call(Method::GET, "/v1/diff?from=1&to=2", None).await;
     assert_eq!(status, StatusCode::OK);
     let diff = diff.as_str().unwrap().to_owned();
-    assert!(diff.contains("-value = \"v1\"") && diff.contains("+value = \"v2\""), "{diff}");
+    assert!(
+        diff.contains("-value = \"v1\"") && diff.contains("+value = \"v2\""),
+        "{diff}"
+    );
     let (_, shown) = c.call(Method::GET, "/v1/versions/1", None).await;
-    assert!(shown["document"].as_str().unwrap().contains("value = \"v1\""), "{shown}");
-    assert_eq!(c.call(Method::GET, "/v1/versions/9", None).await.0, StatusCode::NOT_FOUND);
+    assert!(
+        shown["document"]
+            .as_str()
+            .unwrap()
+            .contains("value = \"v1\""),
+        "{shown}"
+    );
+    assert_eq!(
+        c.call(Method::GET, "/v1/versions/9", None).await.0,
+        StatusCode::NOT_FOUND
+    );
 
-    assert_eq!(c.call(Method::GET, "/v1/target", None).await.0, StatusCode::NOT_FOUND);
-    let (status, t) = c.call(Method::PUT, "/v1/target", Some(json!({"version": 2}))).await;
+    assert_eq!(
+        c.call(Method::GET, "/v1/target", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, t) = c
+        .call(Method::PUT, "/v1/target", Some(json!({"version": 2})))
+        .await;
     assert_eq!(status, StatusCode::OK, "{t}");
-    assert_eq!((t["version"].as_u64(), t["seq"].as_u64()), (Some(2), Some(1)));
-    let (status, e) = c.call(Method::PUT, "/v1/target", Some(json!({"version": 1}))).await;
+    assert_eq!(
+        (t["version"].as_u64(), t["seq"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let (status, e) = c
+        .call(Method::PUT, "/v1/target", Some(json!({"version": 1})))
+        .await;
     assert_eq!(status, StatusCode::CONFLICT, "{e}");
     assert!(e["error"].as_str().unwrap().contains("rollback"), "{e}");
-    let (status, t) = c.call(Method::PUT, "/v1/target", Some(json!({"version": 1, "rollback": true}))).await;
+    let (status, t) = c
+        .call(
+            Method::PUT,
+            "/v1/target",
+            Some(json!({"version": 1, "rollback": true})),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{t}");
-    assert_eq!((t["version"].as_u64(), t["rollback"].as_bool()), (Some(1), Some(true)));
-    assert_eq!(c.call(Method::PUT, "/v1/target", Some(json!({"version": 7}))).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (t["version"].as_u64(), t["rollback"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(
+        c.call(Method::PUT, "/v1/target", Some(json!({"version": 7})))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 async fn auth_and_openapi(c: &Control) {
-    let (s, _) = http(Method::GET, &format!("{}/v1/versions", c.url), "wrong-token-xxxxxxxx", None).await;
+    let (s, _) = http(
+        Method::GET,
+        &format!("{}/v1/versions", c.url),
+        "wrong-token-xxxxxxxx",
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = http(Method::POST, &format!("{}/v1/versions", c.url), EDGE, Some("{}".into())).await;
+    let (s, _) = http(
+        Method::POST,
+        &format!("{}/v1/versions", c.url),
+        EDGE,
+        Some("{}".into()),
+    )
+    .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED, "the edge token must not push");
-    let (s, _) = http(Method::GET, &format!("{}/v1/versions/1/bundle", c.url), EDGE, None).await;
+    let (s, _) = http(
+        Method::GET,
+        &format!("{}/v1/versions/1/bundle", c.url),
+        EDGE,
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "the edge token downloads bundles");
-    let (s, b) = http(Method::POST, &format!("{}/v1/versions", c.url), OPERATOR, Some("{not json".into())).await;
+    let (s, b) = http(
+        Method::POST,
+        &format!("{}/v1/versions", c.url),
+        OPERATOR,
+        Some("{not json".into()),
+    )
+    .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b:?}");
     let (s, doc) = http(Method::GET, &format!("{}/v1/openapi.json", c.url), "", None).await;
     assert_eq!(s, StatusCode::OK);
@@ -99,7 +188,10 @@ async fn auth_and_openapi(c: &Control) {
         "/v1/fleet",
         "/v1/purge",
     ] {
-        assert!(doc["paths"][path].is_object(), "{path} is not in the OpenAPI document");
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} is not in the OpenAPI document"
+        );
     }
 }
 
@@ -114,9 +206,17 @@ async fn scenario(spec: &str, dir: &std::path::Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_over_the_embedded_store() {
     let dir = temp_dir("api-redb");
-    scenario(&format!("redb:{}", dir.join("control.redb").display()), &dir).await;
+    scenario(
+        &format!("redb:{}", dir.join("control.redb").display()),
+        &dir,
+    )
+    .await;
     // The store survives a restart of the control plane with everything in it.
-    let c = Control::start(&format!("redb:{}", dir.join("control.redb").display()), &dir).await;
+    let c = Control::start(
+        &format!("redb:{}", dir.join("control.redb").display()),
+        &dir,
+    )
+    .await;
     let (_, list) = c.call(Method::GET, "/v1/versions", None).await;
     assert_eq!(list.as_array().unwrap().len(), 2);
     assert_eq!(c.plane.target().unwrap().seq, 2);
@@ -137,11 +237,20 @@ async fn api_over_etcd_and_two_replicas_share_one_fleet() {
     let seq = b.plane.target().unwrap().seq;
     let waiter = {
         let plane = b.plane.clone();
-        tokio::spawn(async move { plane.wait_target(seq, std::time::Duration::from_secs(10)).await })
+        tokio::spawn(async move {
+            plane
+                .wait_target(seq, std::time::Duration::from_secs(10))
+                .await
+        })
     };
-    let (status, _) = a.call(Method::PUT, "/v1/target", Some(json!({"version": 2}))).await;
+    let (status, _) = a
+        .call(Method::PUT, "/v1/target", Some(json!({"version": 2})))
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let seen = waiter.await.unwrap().expect("replica b never saw the new target");
+    let seen = waiter
+        .await
+        .unwrap()
+        .expect("replica b never saw the new target");
     assert_eq!(seen.seq, seq + 1);
     // Concurrent pushes through both replicas get distinct, contiguous version numbers.
     let doc = fleet_doc("127.0.0.1:9".parse().unwrap(), "race");
@@ -150,7 +259,10 @@ async fn api_over_etcd_and_two_replicas_share_one_fleet() {
         a.call(Method::POST, "/v1/versions", body()),
         b.call(Method::POST, "/v1/versions", body())
     );
-    let mut got = vec![ra.1["version"].as_u64().unwrap(), rb.1["version"].as_u64().unwrap()];
+    let mut got = vec![
+        ra.1["version"].as_u64().unwrap(),
+        rb.1["version"].as_u64().unwrap(),
+    ];
     got.sort();
     assert_eq!(got, vec![3, 4]);
     std::fs::remove_dir_all(&dir).ok();

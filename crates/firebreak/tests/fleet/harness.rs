@@ -33,8 +33,14 @@ pub fn temp_dir(name: &str) -> PathBuf {
 }
 
 /// One HTTP exchange.
-pub async fn http(method: Method, url: &str, token: &str, body: Option<String>) -> (StatusCode, Bytes) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+pub async fn http(
+    method: Method,
+    url: &str,
+    token: &str,
+    body: Option<String>,
+) -> (StatusCode, Bytes) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let req = Request::builder()
         .method(method)
         .uri(url)
@@ -52,7 +58,8 @@ pub async fn http(method: Method, url: &str, token: &str, body: Option<String>) 
 
 /// A GET through an edge for `host`; returns status, the `x-version` header and the body.
 pub async fn through(edge: SocketAddr, host: &str, path: &str) -> (u16, String, String) {
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let req = Request::get(format!("http://{edge}{path}"))
         .header("host", host)
         .body(Full::new(Bytes::new()))
@@ -75,7 +82,9 @@ pub async fn origin() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
                     let body = format!("origin says {}", req.uri().path());
@@ -127,9 +136,10 @@ impl Control {
             operator: OPERATOR.into(),
             edge: EDGE.into(),
         };
-        let server = firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), tokens)
-            .await
-            .unwrap();
+        let server =
+            firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), tokens)
+                .await
+                .unwrap();
         Self {
             url: format!("http://{}", server.local_addr()),
             plane,
@@ -148,9 +158,22 @@ impl Control {
         ControlKey::load_or_create(&self.key_path).unwrap()
     }
 
-    pub async fn call(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> (StatusCode, serde_json::Value) {
-        let (status, bytes) = http(method, &format!("{}{path}", self.url), OPERATOR, body.map(|b| b.to_string())).await;
-        let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let (status, bytes) = http(
+            method,
+            &format!("{}{path}", self.url),
+            OPERATOR,
+            body.map(|b| b.to_string()),
+        )
+        .await;
+        let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
         (status, value)
     }
 
@@ -204,14 +227,21 @@ pub fn addr(agent: &Agent) -> SocketAddr {
 }
 
 /// Waits until `check` holds for the agent's status.
-pub async fn wait_for(agent: &Agent, what: &str, check: impl Fn(&firebreak_edge::agent::AgentStatus) -> bool) {
+pub async fn wait_for(
+    agent: &Agent,
+    what: &str,
+    check: impl Fn(&firebreak_edge::agent::AgentStatus) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let s = agent.status();
         if check(&s) {
             return;
         }
-        assert!(Instant::now() < deadline, "edge never reached: {what}; status {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "edge never reached: {what}; status {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -224,7 +254,11 @@ pub async fn wait_applied(agent: &Agent, version: u64) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// An etcd server process (Debian's `etcd-server`), killed by PID when dropped.
@@ -265,7 +299,11 @@ impl Etcd {
             .expect("etcd is not installed (apt-get install etcd-server; .ci/run does)");
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-            assert!(Instant::now() < deadline, "etcd did not start; see {}", dir.display());
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not start; see {}",
+                dir.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {
