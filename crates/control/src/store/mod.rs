@@ -45,8 +45,8 @@ pub struct StoredTarget {
 pub enum Store {
     /// Embedded, single control-plane process.
     Redb(RedbStore),
-    /// etcd, for several control-plane replicas.
-    Etcd(EtcdStore),
+    /// etcd, for several control-plane replicas (boxed: the client is large).
+    Etcd(Box<EtcdStore>),
 }
 
 macro_rules! dispatch {
@@ -67,7 +67,7 @@ impl Store {
                 .filter(|e| !e.is_empty())
                 .map(|e| format!("http://{e}"))
                 .collect();
-            return Ok(Self::Etcd(EtcdStore::connect(&endpoints).await?));
+            return Ok(Self::Etcd(Box::new(EtcdStore::connect(&endpoints).await?)));
         }
         let path = spec.strip_prefix("redb:").unwrap_or(spec);
         Ok(Self::Redb(
