@@ -445,9 +445,8 @@ impl Worker {
 fn random_token() -> String {
     let mut bytes = [0u8; 24];
     if getrandom::getrandom(&mut bytes).is_err() {
-        // No randomness: a token nobody can send (it contains a space, which the bearer check
-        // never matches because given tokens are trimmed and configured ones have none).
-        return "no token available".to_owned();
+        // No randomness: a token nobody can send (HTTP header values cannot contain NUL).
+        return "\0no-token".to_owned();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
