@@ -125,6 +125,36 @@ rules = [{ path_prefix = "/never/", bypass = true }, { path_prefix = "/forced/",
 }
 
 #[tokio::test]
+async fn regex_rules_match_paths_in_order_with_prefix_rules() {
+    let origin = TestOrigin::start(|_| Reply::ok("r")).await;
+    let cfg = config(
+        origin.addr,
+        r#"rules = [{ path_regex = "^/api/v[0-9]+/live$", bypass = true }, { path_regex = "\\.(css|js)$", ttl_s = 90 }, { path_prefix = "/api/", ttl_s = 10 }]"#,
+    );
+    let edge = start_edge(&cfg).await;
+    edge.get("/api/v2/live").await;
+    assert!(edge
+        .get("/api/v2/live")
+        .await
+        .cache_status()
+        .contains("fwd=bypass"));
+    edge.get("/app/site.css").await;
+    let r = edge.get("/app/site.css").await;
+    assert!(
+        r.cache_status().contains("hit") && (89..=90).contains(&r.ttl()),
+        "{}",
+        r.cache_status()
+    );
+    edge.get("/api/v2/other").await;
+    let r = edge.get("/api/v2/other").await;
+    assert!(
+        r.cache_status().contains("hit") && (9..=10).contains(&r.ttl()),
+        "{}",
+        r.cache_status()
+    );
+}
+
+#[tokio::test]
 async fn forced_ttl_overrides_origin_max_age() {
     let origin = TestOrigin::start(|_| Reply::ok("f").cc("max-age=0")).await;
     let cfg = config(
