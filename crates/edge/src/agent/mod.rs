@@ -301,6 +301,14 @@ impl Worker {
 
     /// Before the first version: poll until one applies, then start the server.
     async fn wait_for_first(&mut self) -> Result<(), AgentError> {
+        // Register at once, so that the fleet view shows an edge waiting for its first version.
+        if let Ok(mut s) = self.status.lock() {
+            s.last_error = Some("waiting for the first version".into());
+        }
+        let report = self.reporter();
+        if let Err(e) = self.client.report(&report(&self.status)).await {
+            tracing::warn!(error = %e, "cannot register with the control plane yet");
+        }
         let mut backoff = Duration::from_millis(200);
         loop {
             match self.client.poll(0, POLL_WAIT).await {

@@ -337,3 +337,38 @@ async fn an_older_target_without_rollback_is_refused_by_the_edge() {
     assert_eq!(through(addr(&e), "a.test", "/").await.1, "v1");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_with_nothing_registers_waits_and_serves_nothing_until_its_first_version() {
+    let dir = temp_dir("first");
+    let origin = origin().await;
+    let c = Control::start(&redb(&dir), &dir).await;
+    let (url, public, data) = (c.url.clone(), c.public(), dir.join("e"));
+    let starting = tokio::spawn(async move { edge_trusting(&url, public, &data, "early").await });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let f = fleet(&c).await;
+        if let Some(e) = f.first() {
+            assert_eq!(e.report.applied_version, None);
+            assert_eq!(
+                e.report.error.as_deref(),
+                Some("waiting for the first version")
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the waiting edge never registered"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        !starting.is_finished(),
+        "an edge without a version must not serve"
+    );
+    c.release(&fleet_doc(origin, "v1")).await;
+    let e = starting.await.unwrap();
+    wait_applied(&e, 1).await;
+    assert_eq!(through(addr(&e), "a.test", "/").await.1, "v1");
+    std::fs::remove_dir_all(&dir).ok();
+}

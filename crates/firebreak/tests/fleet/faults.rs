@@ -152,7 +152,13 @@ async fn control_plane_killed_mid_push_loses_nothing_committed_and_edges_keep_se
     control.0.wait().unwrap();
     let acknowledged = pusher.await.unwrap();
     assert!(acknowledged > 0, "no push went through before the kill");
-    // The edge serves through the outage.
+    // The edge serves through the outage, and knows why it hears nothing.
+    wait_for(&e, "control plane outage noted", |s| {
+        s.control_error
+            .as_deref()
+            .is_some_and(|m| m.contains("unreachable"))
+    })
+    .await;
     for _ in 0..10 {
         assert_eq!(through(addr(&e), "a.test", "/").await.0, 200);
     }
