@@ -17,8 +17,13 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with(args, &[])
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -277,4 +282,122 @@ fn one_origin_edge_without_a_file_and_sigterm_stops_it() {
         assert!(Instant::now() < deadline, "edge did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Runs a client command against `control`; returns exit code, stdout and stderr.
+fn client(control: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("FIREBREAK_CONTROL", control)
+        .env("FIREBREAK_TOKEN", "cli-test-operator-token")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_commands_exit_codes_scripts_can_rely_on() {
+    let dir = temp_dir("client");
+    // Nothing listening: exit 4.
+    let (code, _, err) = client("http://127.0.0.1:9", &["config", "versions"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+
+    let mut control = Proc::spawn_with(
+        &[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.join("control").to_str().unwrap(),
+        ],
+        &[
+            ("FIREBREAK_TOKEN", "cli-test-operator-token"),
+            ("FIREBREAK_EDGE_TOKEN", "cli-test-edge-token-xx"),
+        ],
+    );
+    let url = format!(
+        "http://{}",
+        control.wait_for_addr("control plane listening")
+    );
+    let fleet = dir.join("fleet.toml");
+    let good = edge_config("127.0.0.1:9".parse().unwrap(), "one")
+        .replace("[[listener]]\naddr = \"127.0.0.1:0\"\n", "");
+    std::fs::write(&fleet, &good).unwrap();
+    let (code, out, err) = client(
+        &url,
+        &[
+            "config",
+            "push",
+            fleet.to_str().unwrap(),
+            "-m",
+            "first",
+            "--activate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("version 1 stored") && out.contains("target set"),
+        "{out}"
+    );
+    std::fs::write(&fleet, good.replace("\"one\"", "\"two\"")).unwrap();
+    assert_eq!(
+        client(
+            &url,
+            &["config", "push", fleet.to_str().unwrap(), "-m", "second"]
+        )
+        .0,
+        0
+    );
+
+    // A refused push: exit 1, every error located in the file, nothing stored.
+    std::fs::write(&fleet, good.replace("hosts =", "hostz =")).unwrap();
+    let (code, _, err) = client(
+        &url,
+        &["config", "push", fleet.to_str().unwrap(), "-m", "bad"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("fleet.toml:5:1: service[0].hostz: unknown field `hostz`"),
+        "{err}"
+    );
+    let (code, out, _) = client(&url, &["config", "versions"]);
+    assert_eq!(code, 0);
+    assert_eq!(out.lines().count(), 3, "header + two versions:\n{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("*") && l.contains(" 1 ")),
+        "target marked:\n{out}"
+    );
+
+    let (code, out, _) = client(&url, &["config", "diff", "1", "2"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("-value = \"one\"") && out.contains("+value = \"two\""),
+        "{out}"
+    );
+    assert_eq!(client(&url, &["config", "target", "2"]).0, 0);
+    let (code, _, err) = client(&url, &["config", "target", "1"]);
+    assert_eq!(code, 1, "going back needs --rollback: {err}");
+    assert_eq!(client(&url, &["config", "target", "1", "--rollback"]).0, 0);
+    assert_eq!(client(&url, &["config", "show", "9"]).0, 1);
+    // No edges: a purge is trivially acknowledged by all of none.
+    assert_eq!(client(&url, &["purge", "--all", "--service", "demo"]).0, 0);
+    // Wrong token: refused.
+    let out = Command::new(BIN)
+        .args([
+            "fleet",
+            "--control",
+            &url,
+            "--token",
+            "wrong-token-wrong-token",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    drop(control);
+    std::fs::remove_dir_all(&dir).ok();
 }
