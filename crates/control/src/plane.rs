@@ -202,7 +202,10 @@ impl Plane {
     pub async fn diff(&self, a: u64, b: u64) -> Result<String, PlaneError> {
         let (x, y) = (self.open(a).await?, self.open(b).await?);
         let (x, y) = (x.assembled(), y.assembled());
-        let diff = similar::TextDiff::from_lines(&x, &y);
+        // Bounded: past the deadline `similar` falls back to a coarser (still correct) diff.
+        let diff = similar::TextDiff::configure()
+            .timeout(Duration::from_secs(2))
+            .diff_lines(&x, &y);
         Ok(diff
             .unified_diff()
             .context_radius(3)

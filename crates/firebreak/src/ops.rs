@@ -49,7 +49,7 @@ pub async fn push(api: &Api, file: &Path, message: &str, activate: bool) -> Resu
         "version {} stored ({} bytes, sha256 {}){}",
         info.version,
         info.size,
-        &info.sha256[..16.min(info.sha256.len())],
+        info.sha256.get(..16).unwrap_or(&info.sha256),
         if activate { "; target set" } else { "" }
     );
     Ok(())
