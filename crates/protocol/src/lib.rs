@@ -34,3 +34,40 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod hostile_input {
+    use crate::bundle::Bundle;
+    use crate::keys::ControlKey;
+    use crate::signed::{Signed, Target};
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Arbitrary bytes, and arbitrary bytes behind a valid magic, never verify and never panic.
+        #[test]
+        fn arbitrary_bundles_are_refused(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let key = ControlKey::generate().unwrap().public();
+            prop_assert!(Bundle::open(&body, &key).is_err());
+            let mut framed = b"FBB1".to_vec();
+            framed.extend_from_slice(&body);
+            prop_assert!(Bundle::open(&framed, &key).is_err());
+        }
+
+        /// Arbitrary statements never verify and never panic.
+        #[test]
+        fn arbitrary_statements_are_refused(payload in ".{0,300}", signature in ".{0,200}") {
+            let key = ControlKey::generate().unwrap().public();
+            let statement = Signed { payload, signature };
+            prop_assert!(statement.open::<Target>(&key).is_err());
+        }
+
+        /// Splitting arbitrary text returns a result, never a panic.
+        #[test]
+        fn splitting_arbitrary_text_never_panics(text in "(\\[\\[service\\]\\]\n|name = \"[a-z]{0,3}\"\n|[a-z =\\[\\]\"{},.0-9\n]{0,40}){0,12}") {
+            let _ = crate::document::split(&text);
+        }
+    }
+}
