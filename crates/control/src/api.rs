@@ -17,6 +17,7 @@
 
 use crate::plane::{Plane, PlaneError, MAX_LIST};
 use axum::body::Bytes;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -176,6 +177,14 @@ impl From<PlaneError> for Failure {
 
 type Answer = Result<Response, Failure>;
 
+fn bad_query(e: QueryRejection) -> Failure {
+    fail(StatusCode::BAD_REQUEST, e.body_text())
+}
+
+fn bad_path(e: PathRejection) -> Failure {
+    fail(StatusCode::BAD_REQUEST, e.body_text())
+}
+
 /// Checks the bearer token in constant time; the edge token is accepted where `edge_ok`.
 fn auth(app: &App, headers: &HeaderMap, edge_ok: bool) -> Result<Role, Failure> {
     let given = headers
@@ -243,9 +252,10 @@ struct ListQuery {
 async fn versions(
     State(app): State<App>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Answer {
     auth(&app, &headers, false)?;
+    let Query(q) = q.map_err(bad_query)?;
     let list = app
         .plane
         .versions(q.limit.unwrap_or(50).min(MAX_LIST))
@@ -253,13 +263,23 @@ async fn versions(
     Ok(Json(list).into_response())
 }
 
-async fn version(State(app): State<App>, headers: HeaderMap, Path(n): Path<u64>) -> Answer {
+async fn version(
+    State(app): State<App>,
+    headers: HeaderMap,
+    n: Result<Path<u64>, PathRejection>,
+) -> Answer {
     auth(&app, &headers, false)?;
+    let Path(n) = n.map_err(bad_path)?;
     Ok(Json(app.plane.version(n).await?).into_response())
 }
 
-async fn bundle(State(app): State<App>, headers: HeaderMap, Path(n): Path<u64>) -> Answer {
+async fn bundle(
+    State(app): State<App>,
+    headers: HeaderMap,
+    n: Result<Path<u64>, PathRejection>,
+) -> Answer {
     auth(&app, &headers, true)?;
+    let Path(n) = n.map_err(bad_path)?;
     let bytes = app.plane.bundle(n).await?;
     Ok((
         [(
@@ -277,8 +297,13 @@ struct DiffQuery {
     to: u64,
 }
 
-async fn diff(State(app): State<App>, headers: HeaderMap, Query(q): Query<DiffQuery>) -> Answer {
+async fn diff(
+    State(app): State<App>,
+    headers: HeaderMap,
+    q: Result<Query<DiffQuery>, QueryRejection>,
+) -> Answer {
     auth(&app, &headers, false)?;
+    let Query(q) = q.map_err(bad_query)?;
     let text = app.plane.diff(q.from, q.to).await?;
     Ok((
         [(
@@ -318,10 +343,11 @@ struct PollQuery {
 async fn poll(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Query<PollQuery>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<PollQuery>, QueryRejection>,
 ) -> Answer {
     auth(&app, &headers, true)?;
+    let (Path(id), Query(q)) = (id.map_err(bad_path)?, q.map_err(bad_query)?);
     crate::plane::edge_id(&id)?;
     app.plane.touch(&id);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
@@ -339,10 +365,11 @@ async fn poll(
 async fn report(
     State(app): State<App>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     bytes: Bytes,
 ) -> Answer {
     auth(&app, &headers, true)?;
+    let Path(id) = id.map_err(bad_path)?;
     let report: EdgeReport = body(&bytes)?;
     app.plane.report(&id, report).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

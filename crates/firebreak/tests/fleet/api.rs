@@ -174,6 +174,16 @@ async fn auth_and_openapi(c: &Control) {
     )
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{b:?}");
+    // Malformed paths and queries get JSON errors too.
+    for path in [
+        "/v1/versions/abc",
+        "/v1/diff?from=1",
+        "/v1/versions?limit=-1",
+    ] {
+        let (s, body) = c.call(Method::GET, path, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert!(body["error"].is_string(), "{path}: {body}");
+    }
     let (s, doc) = http(Method::GET, &format!("{}/v1/openapi.json", c.url), "", None).await;
     assert_eq!(s, StatusCode::OK);
     let doc: serde_json::Value = serde_json::from_slice(&doc).unwrap();
