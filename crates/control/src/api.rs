@@ -27,16 +27,23 @@ use firebreak_protocol::api::{
     ApiError, EdgeReport, FieldError, PurgeRequest, PushRequest, SetTargetRequest,
     MAX_API_BODY_BYTES,
 };
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 /// Longest long-poll.
 const MAX_WAIT_MS: u64 = 60_000;
+/// Most open API connections (each edge holds one for its long-poll).
+pub const MAX_CONNECTIONS: usize = 50_000;
+/// Time a client has to send a complete request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two bearer tokens.
 #[derive(Clone)]
@@ -118,20 +125,75 @@ pub async fn serve(
 ) -> std::io::Result<ControlServer> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let (stop, mut rx) = watch::channel(false);
+    let (stop, rx) = watch::channel(false);
     let app = router(plane, tokens, rx.clone());
-    let task = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = rx.wait_for(|s| *s).await;
-        };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %e, "control API server failed");
-        }
-    });
+    let task = tokio::spawn(accept_loop(listener, app, rx));
     Ok(ControlServer { addr, stop, task })
+}
+
+/// Resolves once `rx` says stop (or its sender is gone, which never happens while serving).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Accepts connections (at most [`MAX_CONNECTIONS`] open), each served by hyper with a bound
+/// on the time to send a request head; on stop, every connection finishes gracefully.
+async fn accept_loop(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                Ok(()) = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+        // Reap finished connections so the set does not grow.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 struct Failure(StatusCode, ApiError);
