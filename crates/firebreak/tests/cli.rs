@@ -203,6 +203,27 @@ fn up_runs_a_control_plane_two_pops_of_two_edges_and_the_origin() {
             .unwrap_or_else(|| panic!("{text}"));
         assert_eq!(row.split_whitespace().nth(3), Some("1"), "{text}");
     }
+    // SIGTERM (as Ctrl-C) stops the whole network: up exits, every edge port closes.
+    let ok = Command::new("kill")
+        .args(["-TERM", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while up.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "up did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for edge in &edges {
+        assert!(
+            TcpStream::connect(edge).is_err(),
+            "edge {edge} still listening after up stopped"
+        );
+    }
+    assert!(
+        TcpStream::connect(control).is_err(),
+        "control plane still listening"
+    );
     drop(up);
     std::fs::remove_dir_all(&data).ok();
 }
