@@ -419,6 +419,26 @@ fn client_commands_exit_codes_scripts_can_rely_on() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
+    // An edge whose listener is taken exits with the reason instead of waiting for ever.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "edge",
+            "--control",
+            &url,
+            "--trust",
+            dir.join("control/control.pub").to_str().unwrap(),
+            "--data-dir",
+            dir.join("edge").to_str().unwrap(),
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+        ])
+        .env("FIREBREAK_EDGE_TOKEN", "cli-test-edge-token-xx")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot listen on"), "{err}");
     drop(control);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -115,6 +115,7 @@ impl Agent {
             client,
             status: status.clone(),
             edge: None,
+            fatal: None,
         };
         match worker.restore() {
             Some((applied, config)) => {
@@ -185,6 +186,8 @@ struct Worker {
     client: ControlClient,
     status: Arc<Mutex<AgentStatus>>,
     edge: Option<Arc<EdgeHandle>>,
+    /// An error that ends the agent's start (a listener that cannot be bound).
+    fatal: Option<ServerError>,
 }
 
 impl Worker {
@@ -315,6 +318,9 @@ impl Worker {
                 Ok(Some(polled)) => match self.apply(polled).await {
                     Ok(()) => return Ok(()),
                     Err(e) => {
+                        if let Some(fatal) = self.fatal.take() {
+                            return Err(AgentError::Server(fatal));
+                        }
                         self.set_error(e);
                         tokio::time::sleep(backoff).await;
                     }
@@ -419,12 +425,17 @@ impl Worker {
             Some(edge) => edge
                 .reload(config)
                 .map_err(|e| format!("version {} not applied: {e}", bundle.version))?,
-            None => {
-                let edge = EdgeServer::start(config)
-                    .await
-                    .map_err(|e| format!("cannot start serving version {}: {e}", bundle.version))?;
-                self.edge = Some(Arc::new(edge));
-            }
+            None => match EdgeServer::start(config).await {
+                Ok(edge) => self.edge = Some(Arc::new(edge)),
+                Err(e) => {
+                    let message = format!("cannot start serving version {}: {e}", bundle.version);
+                    if matches!(e, ServerError::Bind { .. }) {
+                        // A listener that cannot be bound will not bind on a retry either.
+                        self.fatal = Some(e);
+                    }
+                    return Err(message);
+                }
+            },
         }
         let applied = composed.applied;
         let mut error = None;
