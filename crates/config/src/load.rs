@@ -57,8 +57,9 @@ impl std::ops::Deref for ValidConfig {
     }
 }
 
-/// One problem in a configuration file, located precisely enough to fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One problem in a configuration file, located precisely enough to fix it. Serialisable:
+/// the control plane's API returns these as they are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ConfigError {
     /// File name as given by the caller.
     pub file: String,

@@ -24,9 +24,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use firebreak_protocol::api::{
-    ApiError, EdgeReport, FieldError, PurgeRequest, PushRequest, SetTargetRequest,
-    MAX_API_BODY_BYTES,
+    ApiError, EdgeReport, PurgeRequest, PushRequest, SetTargetRequest, MAX_API_BODY_BYTES,
 };
+use firebreak_protocol::same_secret;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -225,7 +225,7 @@ impl From<PlaneError> for Failure {
                         rejected.errors.len(),
                         if rejected.errors.len() == 1 { "" } else { "s" }
                     ),
-                    errors: rejected.errors.iter().map(FieldError::from).collect(),
+                    errors: rejected.errors,
                 },
             ),
             PlaneError::BadRequest(m) => fail(StatusCode::BAD_REQUEST, m),
@@ -255,21 +255,16 @@ fn auth(app: &App, headers: &HeaderMap, edge_ok: bool) -> Result<Role, Failure> 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or("");
-    if equal(given, &app.tokens.operator) {
+    if same_secret(given, &app.tokens.operator) {
         return Ok(Role::Operator);
     }
-    if edge_ok && equal(given, &app.tokens.edge) {
+    if edge_ok && same_secret(given, &app.tokens.edge) {
         return Ok(Role::Edge);
     }
     Err(fail(
         StatusCode::UNAUTHORIZED,
         "missing or wrong bearer token",
     ))
-}
-
-fn equal(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Failure> {

@@ -145,8 +145,7 @@ fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
     else {
         return false;
     };
-    let (a, b) = (given.trim().as_bytes(), admin.token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    firebreak_protocol::same_secret(given.trim(), &admin.token)
 }
 
 fn signed_by_control(key: &PublicKey, req: &Request<Incoming>) -> bool {

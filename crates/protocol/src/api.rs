@@ -79,47 +79,8 @@ pub struct SetTargetRequest {
     pub rollback: bool,
 }
 
-/// One located configuration error.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldError {
-    /// File name.
-    pub file: String,
-    /// 1-based line (0 when not tied to a place).
-    pub line: usize,
-    /// 1-based column.
-    pub column: usize,
-    /// Dotted field path.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl From<&firebreak_config::ConfigError> for FieldError {
-    fn from(e: &firebreak_config::ConfigError) -> Self {
-        Self {
-            file: e.file.clone(),
-            line: e.line,
-            column: e.column,
-            field: e.field.clone(),
-            message: e.message.clone(),
-        }
-    }
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let field = if self.field.is_empty() {
-            "(file)"
-        } else {
-            &self.field
-        };
-        write!(
-            f,
-            "{}:{}:{}: {}: {}",
-            self.file, self.line, self.column, field, self.message
-        )
-    }
-}
+/// One located configuration error (file, line, column, field, message).
+pub use firebreak_config::ConfigError as FieldError;
 
 /// Every error answer of the API.
 #[derive(Debug, Clone, Serialize, Deserialize)]

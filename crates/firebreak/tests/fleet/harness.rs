@@ -253,7 +253,8 @@ pub async fn wait_applied(agent: &Agent, version: u64) {
     .await
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
