@@ -6,14 +6,14 @@ use crate::store::{Store, StoreError, StoredTarget};
 use bytes::Bytes;
 use firebreak_config::{parse_managed_str, ConfigRejected};
 use firebreak_protocol::api::{
-    EdgeReport, EdgeStatus, PurgeOutcome, PurgeRequest, PushRequest, ServiceHash, VersionDetail,
-    VersionInfo, MAX_LABEL_LEN,
+    EdgeReport, EdgeStatus, PurgeOutcome, PurgeRequest, PushRequest, VersionDetail, VersionInfo,
+    MAX_LABEL_LEN,
 };
 use firebreak_protocol::bundle::Bundle;
 use firebreak_protocol::document::split;
 use firebreak_protocol::keys::{ControlKey, PublicKey};
+use firebreak_protocol::now_ms;
 use firebreak_protocol::signed::{Signed, Target};
-use firebreak_protocol::{now_ms, sha256_hex};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -134,24 +134,7 @@ impl Plane {
             let sealed = bundle
                 .seal(&self.key)
                 .map_err(|e| PlaneError::BadRequest(e.to_string()))?;
-            let info = VersionInfo {
-                version,
-                parent,
-                sha256: sha256_hex(&sealed),
-                size: sealed.len() as u64,
-                author: author.clone(),
-                message: req.message.clone(),
-                created_at_ms: bundle.created_at_ms,
-                fleet_sha256: sha256_hex(bundle.fleet.as_bytes()),
-                services: bundle
-                    .services
-                    .iter()
-                    .map(|s| ServiceHash {
-                        name: s.name.clone(),
-                        sha256: s.sha256(),
-                    })
-                    .collect(),
-            };
+            let info = bundle.describe(&sealed);
             if self.store.insert_version(&info, &sealed).await? {
                 tracing::info!(version, author = %author, "configuration version stored");
                 if req.activate {

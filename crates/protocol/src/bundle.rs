@@ -135,6 +135,28 @@ impl Bundle {
         Self::open(bytes, key)
     }
 
+    /// The metadata the control plane stores and lists for this bundle, sealed as `sealed`.
+    pub fn describe(&self, sealed: &[u8]) -> crate::api::VersionInfo {
+        crate::api::VersionInfo {
+            version: self.version,
+            parent: self.parent,
+            sha256: crate::sha256_hex(sealed),
+            size: sealed.len() as u64,
+            author: self.author.clone(),
+            message: self.message.clone(),
+            created_at_ms: self.created_at_ms,
+            fleet_sha256: crate::sha256_hex(self.fleet.as_bytes()),
+            services: self
+                .services
+                .iter()
+                .map(|s| crate::api::ServiceHash {
+                    name: s.name.clone(),
+                    sha256: s.sha256(),
+                })
+                .collect(),
+        }
+    }
+
     /// The whole configuration text: the fleet document followed by every service.
     pub fn assembled(&self) -> String {
         crate::document::assemble(&self.fleet, self.services.iter())

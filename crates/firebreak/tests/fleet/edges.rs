@@ -2,11 +2,10 @@
 //! bundles and targets, static stability, versions kept on disk.
 
 use crate::harness::*;
-use firebreak_protocol::api::{EdgeStatus, ServiceHash, VersionInfo};
+use firebreak_protocol::api::EdgeStatus;
 use firebreak_protocol::bundle::Bundle;
 use firebreak_protocol::document::split;
 use firebreak_protocol::keys::ControlKey;
-use firebreak_protocol::sha256_hex;
 use http::{Method, StatusCode};
 use serde_json::json;
 
@@ -34,24 +33,7 @@ async fn store_version(
         services: docs.services,
     };
     let sealed = bundle.seal(key).unwrap();
-    let info = VersionInfo {
-        version: n,
-        parent: Some(n - 1),
-        sha256: sha256_hex(&sealed),
-        size: sealed.len() as u64,
-        author: "test".into(),
-        message: "crafted".into(),
-        created_at_ms: 1,
-        fleet_sha256: String::new(),
-        services: bundle
-            .services
-            .iter()
-            .map(|s| ServiceHash {
-                name: s.name.clone(),
-                sha256: s.sha256(),
-            })
-            .collect(),
-    };
+    let info = bundle.describe(&sealed);
     assert!(c
         .store
         .insert_version(&info, &tamper(sealed))
