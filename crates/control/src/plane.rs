@@ -235,6 +235,9 @@ impl Plane {
             }
             let target = Target {
                 seq: seq + 1,
+                audience: firebreak_protocol::signed::EVERYONE.to_owned(),
+                stage: None,
+                rollout: None,
                 version,
                 bundle_sha256: info.sha256.clone(),
                 rollback,

@@ -122,6 +122,23 @@ pub struct EdgeReport {
     /// Services kept at an older document.
     #[serde(default)]
     pub failed_services: Vec<ServiceFailure>,
+    /// What became of the last version the edge was asked to stage.
+    #[serde(default)]
+    pub staged: Option<StageReport>,
+    /// Versions this edge refuses to run again: it crash-looped on them and booted the
+    /// previous version instead (safe mode).
+    #[serde(default)]
+    pub bad_versions: Vec<u64>,
+}
+
+/// The outcome of staging a version (download, verify, build; not served).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageReport {
+    /// The version.
+    pub version: u64,
+    /// `None` when staged; else why it cannot be.
+    pub error: Option<String>,
 }
 
 /// The control plane's view of one edge (`GET /v1/fleet`).

@@ -5,6 +5,7 @@
 //! - [`signed`]: small signed statements (the target version).
 //! - [`document`]: splitting a configuration file into the fleet document and one document per
 //!   service, and assembling them again, so that each service can be applied on its own.
+//! - [`health`]: per-version, per-service request counts that rollout gates judge.
 //! - [`api`]: the JSON bodies of the control plane's HTTP API.
 //!
 //! Everything an edge receives is hostile until verified: sizes are checked before parsing,
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod bundle;
 pub mod document;
+pub mod health;
 pub mod keys;
 pub mod signed;
 

@@ -9,23 +9,70 @@ use serde::{Deserialize, Serialize};
 /// Largest signed statement accepted.
 pub const MAX_STATEMENT_BYTES: usize = 16 * 1024;
 
-/// The version the fleet should run. `seq` increases with every change of target, so that
-/// edges can tell a newer decision from an older one even when a rollback lowers `version`.
+/// The version an edge should run. Each statement names its audience: every edge (`*`), one
+/// cell (`cell:NAME`) or one edge (`edge:ID`), and edges refuse statements addressed to others,
+/// so a target signed for the canary cell cannot be replayed to the rest of the fleet. `seq`
+/// increases with every change of any target, so that edges can tell a newer decision from an
+/// older one even when a rollback lowers `version`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     /// Increases by one with every target change.
     pub seq: u64,
+    /// Who this statement is for: `*`, `cell:NAME` or `edge:ID`.
+    pub audience: String,
     /// The configuration version to run.
     pub version: u64,
     /// SHA-256 of that version's sealed bundle.
     pub bundle_sha256: String,
     /// Whether going to an older version is intended. Edges refuse to go back otherwise.
     pub rollback: bool,
+    /// A version to download, verify and build now without serving it (a rollout's stage
+    /// phase); the edge reports whether it could.
+    #[serde(default)]
+    pub stage: Option<Stage>,
+    /// The rollout this statement belongs to, if any.
+    #[serde(default)]
+    pub rollout: Option<u64>,
     /// When it was set, in ms since the Unix epoch.
     pub set_at_ms: u64,
     /// Who set it.
     pub set_by: String,
+}
+
+/// A version to prepare without serving it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// The version.
+    pub version: u64,
+    /// SHA-256 of its sealed bundle.
+    pub bundle_sha256: String,
+}
+
+/// The audience of statements for every edge.
+pub const EVERYONE: &str = "*";
+
+/// The audience naming one cell.
+pub fn cell_audience(cell: &str) -> String {
+    format!("cell:{cell}")
+}
+
+/// The audience naming one edge.
+pub fn edge_audience(id: &str) -> String {
+    format!("edge:{id}")
+}
+
+impl Target {
+    /// Whether this statement is addressed to the edge `id` in `cell`.
+    pub fn addressed_to(&self, id: &str, cell: &str) -> bool {
+        match self.audience.split_once(':') {
+            None => self.audience == EVERYONE,
+            Some(("cell", c)) => c == cell,
+            Some(("edge", e)) => e == id,
+            Some(_) => false,
+        }
+    }
 }
 
 /// A statement and its signature, as sent over the API.
@@ -126,12 +173,18 @@ mod tests {
         let key = ControlKey::generate().unwrap();
         let t = Target {
             seq: 1,
+            audience: cell_audience("c1"),
             version: 2,
             bundle_sha256: "x".into(),
             rollback: false,
             set_at_ms: 3,
             set_by: "me".into(),
+            stage: None,
+            rollout: None,
         };
+        assert!(t.addressed_to("e1", "c1"));
+        assert!(!t.addressed_to("e1", "c2"));
+        assert!(!t.addressed_to("c1", "c2"));
         let s = Signed::sign(&t, &key).unwrap();
         assert_eq!(s.open::<Target>(&key.public()).unwrap(), t);
         let mut bad = s.clone();

@@ -9,9 +9,11 @@
 //! Layout (both backends): versions by number (metadata JSON and sealed bundle), the target
 //! (its sequence number and the signed statement), and edges by id (their last report).
 
+#[cfg(feature = "etcd")]
 mod etcd;
 mod redb;
 
+#[cfg(feature = "etcd")]
 pub use self::etcd::EtcdStore;
 pub use self::redb::RedbStore;
 
@@ -46,6 +48,7 @@ pub enum Store {
     /// Embedded, single control-plane process.
     Redb(RedbStore),
     /// etcd, for several control-plane replicas (boxed: the client is large).
+    #[cfg(feature = "etcd")]
     Etcd(Box<EtcdStore>),
 }
 
@@ -53,6 +56,7 @@ macro_rules! dispatch {
     ($self:ident, $s:ident => $e:expr) => {
         match $self {
             Store::Redb($s) => $e,
+            #[cfg(feature = "etcd")]
             Store::Etcd($s) => $e,
         }
     };
@@ -62,11 +66,21 @@ impl Store {
     /// Opens a store from its address: `redb:PATH`, a plain path, or `etcd://host:port[,…]`.
     pub async fn open(spec: &str) -> Result<Self, StoreError> {
         if let Some(endpoints) = spec.strip_prefix("etcd://") {
+            #[cfg(not(feature = "etcd"))]
+            {
+                let _ = endpoints;
+                return Err(StoreError::Unavailable(
+                    "this build has no etcd store: build with `--features etcd` (needs protoc)"
+                        .into(),
+                ));
+            }
+            #[cfg(feature = "etcd")]
             let endpoints: Vec<String> = endpoints
                 .split(',')
                 .filter(|e| !e.is_empty())
                 .map(|e| format!("http://{e}"))
                 .collect();
+            #[cfg(feature = "etcd")]
             return Ok(Self::Etcd(Box::new(EtcdStore::connect(&endpoints).await?)));
         }
         let path = spec.strip_prefix("redb:").unwrap_or(spec);
@@ -140,6 +154,9 @@ impl Store {
     /// Calls `on_change` with the stored target whenever another writer (an etcd replica)
     /// changes it. The embedded store has no other writers; there this returns at once.
     pub async fn watch_target(&self, on_change: impl Fn(StoredTarget) + Send + 'static) {
+        #[cfg(not(feature = "etcd"))]
+        let _ = on_change;
+        #[cfg(feature = "etcd")]
         if let Store::Etcd(s) = self {
             s.watch_target(move |raw| match decode::<StoredTarget>(&raw) {
                 Ok(t) => on_change(t),

@@ -218,6 +218,8 @@ impl Worker {
                 applied_seq: s.applied.as_ref().map_or(0, |a| a.seq),
                 error: s.last_error.or(s.control_error),
                 failed_services: s.failed_services,
+                staged: None,
+                bad_versions: Vec::new(),
             }
         }
     }

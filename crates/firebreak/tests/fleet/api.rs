@@ -233,6 +233,7 @@ async fn api_over_the_embedded_store() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_over_etcd_and_two_replicas_share_one_fleet() {
     let etcd = Etcd::start();

@@ -66,6 +66,7 @@ async fn call(
     (s, serde_json::from_slice(&b).unwrap_or_default())
 }
 
+#[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_unavailable_refuses_writes_and_the_edge_keeps_serving() {
     let mut etcd = Etcd::start();

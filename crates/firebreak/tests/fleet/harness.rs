@@ -263,12 +263,14 @@ pub fn free_port() -> u16 {
 }
 
 /// An etcd server process (Debian's `etcd-server`), killed by PID when dropped.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 pub struct Etcd {
     child: Option<Child>,
     pub endpoint: String,
     dir: PathBuf,
 }
 
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 impl Etcd {
     pub fn start() -> Self {
         let dir = temp_dir("etcd");
