@@ -9,6 +9,7 @@ mod limits;
 mod load;
 mod locate;
 mod model;
+mod rollout;
 pub(crate) mod validate;
 
 pub use limits::*;
@@ -16,6 +17,7 @@ pub use load::{
     load_file, load_file_as, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig,
 };
 pub use model::*;
+pub use rollout::*;
 pub use validate::{compile_path_regex, valid_host_name, Mode};
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub struct Config {
     /// Structured access log (`[access_log]`). Off when absent.
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
+    /// How new versions roll out through the fleet (`[rollout]`); read by the control plane.
+    #[serde(default)]
+    pub rollout: crate::rollout::RolloutConfig,
 }
 
 /// The admin listener.

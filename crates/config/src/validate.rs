@@ -11,19 +11,26 @@ pub struct Problem {
     pub message: String,
 }
 
-struct Checker {
+pub(crate) struct Checker {
     problems: Vec<Problem>,
 }
 
 impl Checker {
-    fn fail(&mut self, path: &[PathSeg], message: impl Into<String>) {
+    pub(crate) fn fail(&mut self, path: &[PathSeg], message: impl Into<String>) {
         self.problems.push(Problem {
             path: path.to_vec(),
             message: message.into(),
         });
     }
 
-    fn count(&mut self, path: &[PathSeg], n: usize, min: usize, max: usize, what: &str) -> bool {
+    pub(crate) fn count(
+        &mut self,
+        path: &[PathSeg],
+        n: usize,
+        min: usize,
+        max: usize,
+        what: &str,
+    ) -> bool {
         if n < min {
             self.fail(path, format!("at least {min} {what} required, found {n}"));
             false
@@ -82,6 +89,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
             "a fleet document needs at least one [[service]]; an empty one would stop all traffic",
         );
     }
+    crate::rollout::check(&mut c, &config.rollout);
     cache(&mut c, &config.cache);
     limits(&mut c, &config.limits);
     services(&mut c, &config.services);

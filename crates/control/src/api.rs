@@ -9,9 +9,16 @@
 //! | GET | `/v1/versions/{n}` | operator | one version and its configuration text |
 //! | GET | `/v1/versions/{n}/bundle` | edge, operator | the signed bundle |
 //! | GET | `/v1/diff?from=A&to=B` | operator | unified diff |
-//! | GET, PUT | `/v1/target` | operator (GET: edge too) | the version the fleet runs |
-//! | GET | `/v1/edges/{id}/target?after=SEQ&wait_ms=MS` | edge | long-poll for a newer target |
-//! | PUT | `/v1/edges/{id}` | edge | report applied version and errors |
+//! | GET, PUT | `/v1/target` | operator (GET: edge too) | the fleet-wide target; PUT only rolls back to a version the fleet ran |
+//! | POST | `/v1/rollouts` | operator | roll a version out on a plan |
+//! | GET | `/v1/rollout` | operator | the current or last rollout, its cells and the gate's numbers |
+//! | POST | `/v1/rollout/{pause,resume,abort}` | operator | act on the running rollout |
+//! | POST | `/v1/rollback` | operator | the whole fleet back to a version it ran |
+//! | POST | `/v1/switches/{name}` | operator | flip a kill switch (a version on the emergency plan) |
+//! | GET | `/v1/audit?limit=N` | operator | the audit log |
+//! | GET | `/v1/edges/{id}/target?after=SEQ&cell=C&wait_ms=MS` | edge | long-poll for a newer target |
+//! | PUT | `/v1/edges/{id}` | edge | report applied version, staging and errors |
+//! | POST | `/v1/edges/{id}/health` | edge | health counts of the running version |
 //! | GET | `/v1/fleet` | operator | every edge |
 //! | POST | `/v1/purge` | operator | purge on every edge, with stragglers named |
 
@@ -24,8 +31,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use firebreak_protocol::api::{
-    ApiError, EdgeReport, PurgeRequest, PushRequest, SetTargetRequest, MAX_API_BODY_BYTES,
+    ActionRequest, ApiError, DeployRequest, EdgeReport, PurgeRequest, PushRequest,
+    RollbackRequest, SetTargetRequest, SwitchRequest, MAX_API_BODY_BYTES,
 };
+use firebreak_protocol::health::HealthReport;
 use firebreak_protocol::same_secret;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -81,6 +90,13 @@ pub fn router(plane: Arc<Plane>, tokens: Tokens, stopping: watch::Receiver<bool>
         .route("/v1/target", get(target).put(set_target))
         .route("/v1/edges/{id}/target", get(poll))
         .route("/v1/edges/{id}", put(report))
+        .route("/v1/edges/{id}/health", post(health))
+        .route("/v1/rollouts", post(deploy))
+        .route("/v1/rollout", get(rollout))
+        .route("/v1/rollout/{action}", post(rollout_action))
+        .route("/v1/rollback", post(rollback))
+        .route("/v1/switches/{name}", post(switch))
+        .route("/v1/audit", get(audit))
         .route("/v1/fleet", get(fleet))
         .route("/v1/purge", post(purge))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
@@ -383,9 +399,15 @@ async fn target(State(app): State<App>, headers: HeaderMap) -> Answer {
 async fn set_target(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
     let role = auth(&app, &headers, false)?;
     let req: SetTargetRequest = body(&bytes)?;
+    if !req.rollback {
+        return Err(fail(
+            StatusCode::CONFLICT,
+            "a version reaches the fleet only through a rollout (POST /v1/rollouts, `firebreak deploy`); setting the target at once is only for rolling back (rollback = true) to a version the fleet ran",
+        ));
+    }
     let target = app
         .plane
-        .set_target(req.version, req.rollback, who(role))
+        .rollback(Some(req.version), who(role), "config target --rollback")
         .await?;
     Ok(Json(target).into_response())
 }
@@ -394,6 +416,8 @@ async fn set_target(State(app): State<App>, headers: HeaderMap, bytes: Bytes) ->
 struct PollQuery {
     #[serde(default)]
     after: u64,
+    #[serde(default)]
+    cell: String,
     wait_ms: Option<u64>,
 }
 
@@ -410,7 +434,7 @@ async fn poll(
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
     let mut stopping = app.stopping.clone();
     let found = tokio::select! {
-        t = app.plane.wait_target(q.after, wait) => t,
+        t = app.plane.wait_target(&id, &q.cell, q.after, wait) => t,
         _ = stopping.wait_for(|s| *s) => None,
     };
     match found {
@@ -441,4 +465,101 @@ async fn purge(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answ
     auth(&app, &headers, false)?;
     let req: PurgeRequest = body(&bytes)?;
     Ok(Json(app.plane.purge(req).await?).into_response())
+}
+
+async fn health(
+    State(app): State<App>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> Answer {
+    auth(&app, &headers, true)?;
+    let Path(id) = id.map_err(bad_path)?;
+    let report: HealthReport = body(&bytes)?;
+    app.plane.record_health(&id, report)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn deploy(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    let role = auth(&app, &headers, false)?;
+    let req: DeployRequest = body(&bytes)?;
+    let r = app
+        .plane
+        .deploy(req.version, req.plan.as_deref(), who(role), &req.message)
+        .await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn rollout(State(app): State<App>, headers: HeaderMap) -> Answer {
+    auth(&app, &headers, false)?;
+    Ok(Json(app.plane.rollout_view().await?).into_response())
+}
+
+async fn rollout_action(
+    State(app): State<App>,
+    headers: HeaderMap,
+    action: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> Answer {
+    let role = auth(&app, &headers, false)?;
+    let Path(action) = action.map_err(bad_path)?;
+    let req: ActionRequest = if bytes.is_empty() {
+        ActionRequest::default()
+    } else {
+        body(&bytes)?
+    };
+    let by = who(role);
+    let r = match action.as_str() {
+        "pause" => app.plane.pause(by, &req.message).await?,
+        "resume" => app.plane.resume(by, &req.message).await?,
+        "abort" => app.plane.abort(by, &req.message).await?,
+        _ => {
+            return Err(fail(
+                StatusCode::NOT_FOUND,
+                "no such action: pause, resume or abort",
+            ))
+        }
+    };
+    Ok(Json(r).into_response())
+}
+
+async fn rollback(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    let role = auth(&app, &headers, false)?;
+    let req: RollbackRequest = if bytes.is_empty() {
+        RollbackRequest::default()
+    } else {
+        body(&bytes)?
+    };
+    let t = app
+        .plane
+        .rollback(req.version, who(role), &req.message)
+        .await?;
+    Ok(Json(t).into_response())
+}
+
+async fn switch(
+    State(app): State<App>,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> Answer {
+    let role = auth(&app, &headers, false)?;
+    let Path(name) = name.map_err(bad_path)?;
+    let req: SwitchRequest = body(&bytes)?;
+    let r = app
+        .plane
+        .switch(&name, req.on, who(role), &req.message)
+        .await?;
+    Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+async fn audit(
+    State(app): State<App>,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Answer {
+    auth(&app, &headers, false)?;
+    let Query(q) = q.map_err(bad_query)?;
+    let list = app.plane.audit_log(q.limit.unwrap_or(100)).await?;
+    Ok(Json(list).into_response())
 }

@@ -3,6 +3,7 @@
 //!
 //! - [`store`]: versions, target and edges in redb (embedded) or etcd (replicated).
 //! - [`plane`]: the operations, independent of HTTP.
+//! - [`rollout`]: staged rollouts over cells, health gates, automatic rollback, audit log.
 //! - [`fanout`]: sending signed purge requests to every edge at once.
 //! - [`api`]: the axum router, bearer-token auth, OpenAPI document.
 
@@ -10,6 +11,7 @@ pub mod api;
 pub mod fanout;
 mod openapi;
 pub mod plane;
+pub mod rollout;
 pub mod store;
 
 pub use api::{serve, ControlServer, Tokens};

@@ -2,7 +2,8 @@
 //! versions and diffs, the target, the fleet registry and purge.
 
 use crate::fanout::Fanout;
-use crate::store::{Store, StoreError, StoredTarget};
+use crate::rollout::health::HealthBook;
+use crate::store::{FleetState, Store, StoreError, StoredTarget};
 use bytes::Bytes;
 use firebreak_config::{parse_managed_str, ConfigRejected};
 use firebreak_protocol::api::{
@@ -13,7 +14,6 @@ use firebreak_protocol::bundle::Bundle;
 use firebreak_protocol::document::split;
 use firebreak_protocol::keys::{ControlKey, PublicKey};
 use firebreak_protocol::now_ms;
-use firebreak_protocol::signed::{Signed, Target};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -53,40 +53,76 @@ pub enum PlaneError {
     Internal(String),
 }
 
+/// Timing of the control plane's own loops (shorter in tests).
+#[derive(Debug, Clone, Copy)]
+pub struct PlaneOptions {
+    /// How often the rollout driver looks at the running rollout.
+    pub tick: Duration,
+}
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_millis(250),
+        }
+    }
+}
+
 /// The control plane.
 pub struct Plane {
-    store: Store,
-    key: ControlKey,
-    target: watch::Sender<Option<StoredTarget>>,
+    pub(crate) store: Store,
+    pub(crate) key: ControlKey,
+    /// The fleet state as last read or written (targets, rollout); long-polls watch it.
+    pub(crate) state: watch::Sender<FleetState>,
     /// When each edge last polled this replica (ms since the epoch).
     polled: Mutex<HashMap<String, u64>>,
     fanout: Fanout,
+    /// Edges' health reports, for the gates.
+    pub(crate) health: HealthBook,
+    /// The gate's latest judgement of each rollout (not stored: it changes every look).
+    pub(crate) gate_view: Mutex<HashMap<u64, crate::rollout::gate::GateReport>>,
+    /// When the gate last looked at each rollout's wave.
+    pub(crate) looked: Mutex<HashMap<(u64, usize), std::time::Instant>>,
 }
 
 impl Plane {
     /// Starts a control plane over `store`, signing with `key`. Reads the current target and,
     /// for etcd, follows changes other replicas make.
     pub async fn new(store: Store, key: ControlKey) -> Result<Arc<Self>, StoreError> {
-        let current = store.target().await?;
+        Self::with_options(store, key, PlaneOptions::default()).await
+    }
+
+    /// [`Plane::new`] with explicit timings. Also starts the rollout driver, which resumes a
+    /// rollout stored in the middle of a wave.
+    pub async fn with_options(
+        store: Store,
+        key: ControlKey,
+        options: PlaneOptions,
+    ) -> Result<Arc<Self>, StoreError> {
+        let current = store.state().await?.unwrap_or_default();
         let (tx, _) = watch::channel(current);
         let plane = Arc::new(Self {
             store,
             key,
-            target: tx,
+            state: tx,
             polled: Mutex::new(HashMap::new()),
             fanout: Fanout::default(),
+            health: HealthBook::default(),
+            gate_view: Mutex::new(HashMap::new()),
+            looked: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&plane);
         let store = plane.store.clone();
         tokio::spawn(async move {
             store
-                .watch_target(move |t| {
+                .watch_state(move |t| {
                     if let Some(plane) = weak.upgrade() {
-                        plane.observe_target(t);
+                        plane.observe_state(t);
                     }
                 })
                 .await;
         });
+        crate::rollout::driver::spawn(Arc::downgrade(&plane), options.tick);
         Ok(plane)
     }
 
@@ -95,15 +131,20 @@ impl Plane {
         self.key.public()
     }
 
-    fn observe_target(&self, t: StoredTarget) {
-        self.target.send_if_modified(|cur| {
-            if cur.as_ref().is_none_or(|c| c.seq < t.seq) {
-                *cur = Some(t);
+    pub(crate) fn observe_state(&self, t: FleetState) {
+        self.state.send_if_modified(|cur| {
+            if cur.seq < t.seq {
+                *cur = t;
                 true
             } else {
                 false
             }
         });
+    }
+
+    /// The fleet state as this replica last saw it.
+    pub fn fleet_state(&self) -> FleetState {
+        self.state.borrow().clone()
     }
 
     /// Validates, splits, signs and stores a configuration as the next version.
@@ -138,7 +179,7 @@ impl Plane {
             if self.store.insert_version(&info, &sealed).await? {
                 tracing::info!(version, author = %author, "configuration version stored");
                 if req.activate {
-                    self.set_target(version, false, &author).await?;
+                    self.deploy(version, None, &author, &req.message).await?;
                 }
                 return Ok(info);
             }
@@ -196,78 +237,25 @@ impl Plane {
             .to_string())
     }
 
-    /// The current target, signed.
+    /// The fleet-wide target, signed.
     pub fn target(&self) -> Option<StoredTarget> {
-        self.target.borrow().clone()
+        self.state.borrow().default.clone()
     }
 
-    /// Makes `version` the fleet's target. Going to an older version than the current target
-    /// needs `rollback`.
-    pub async fn set_target(
+    /// Waits up to `wait` for a target for edge `id` in `cell` newer than `after_seq`;
+    /// `None` if there is none.
+    pub async fn wait_target(
         &self,
-        version: u64,
-        rollback: bool,
-        by: &str,
-    ) -> Result<Target, PlaneError> {
-        let info = self
-            .store
-            .version(version)
-            .await?
-            .ok_or_else(|| PlaneError::NotFound(format!("no version {version}")))?;
-        for _ in 0..PUSH_ATTEMPTS {
-            let current = self.store.target().await?;
-            let (seq, current_version) = match &current {
-                Some(c) => {
-                    let t: Target = c
-                        .signed
-                        .open(&self.key.public())
-                        .map_err(|e| PlaneError::Store(StoreError::Corrupt(e.to_string())))?;
-                    (c.seq, Some(t.version))
-                }
-                None => (0, None),
-            };
-            if let Some(cur) = current_version {
-                if version < cur && !rollback {
-                    return Err(PlaneError::Conflict(format!(
-                        "version {version} is older than the target {cur}; set rollback to go back"
-                    )));
-                }
-            }
-            let target = Target {
-                seq: seq + 1,
-                audience: firebreak_protocol::signed::EVERYONE.to_owned(),
-                stage: None,
-                rollout: None,
-                version,
-                bundle_sha256: info.sha256.clone(),
-                rollback,
-                set_at_ms: now_ms(),
-                set_by: by.to_owned(),
-            };
-            let signed = Signed::sign(&target, &self.key)
-                .map_err(|e| PlaneError::Internal(e.to_string()))?;
-            let stored = StoredTarget {
-                seq: target.seq,
-                signed,
-            };
-            if self.store.set_target(seq, &stored).await? {
-                tracing::info!(version, seq = target.seq, rollback, "target set");
-                self.observe_target(stored);
-                return Ok(target);
-            }
-        }
-        Err(PlaneError::Conflict(
-            "the target is changing too fast; try again".into(),
-        ))
-    }
-
-    /// Waits up to `wait` for a target newer than `after_seq`; `None` if there is none.
-    pub async fn wait_target(&self, after_seq: u64, wait: Duration) -> Option<StoredTarget> {
-        let mut rx = self.target.subscribe();
-        let newer = |t: &Option<StoredTarget>| t.as_ref().is_some_and(|t| t.seq > after_seq);
+        id: &str,
+        cell: &str,
+        after_seq: u64,
+        wait: Duration,
+    ) -> Option<StoredTarget> {
+        let mut rx = self.state.subscribe();
+        let newer = |s: &FleetState| s.effective(id, cell).is_some_and(|t| t.seq > after_seq);
         let found = tokio::time::timeout(wait, rx.wait_for(newer)).await;
         match found {
-            Ok(Ok(t)) => t.clone(),
+            Ok(Ok(s)) => s.effective(id, cell).cloned(),
             _ => None,
         }
     }
@@ -375,6 +363,11 @@ fn purge_path(req: &PurgeRequest) -> Result<String, PlaneError> {
         q.append_pair("soft", "true");
     }
     Ok(format!("{path}?{}", q.finish()))
+}
+
+/// Checks a free-text field: bounded, no control characters.
+pub(crate) fn label_text(what: &str, value: &str) -> Result<(), PlaneError> {
+    label(what, value)
 }
 
 fn label(what: &str, value: &str) -> Result<(), PlaneError> {

@@ -16,6 +16,7 @@ use std::sync::Arc;
 mod api_client;
 mod demo_origin;
 mod ops;
+mod rollouts;
 mod up;
 
 /// How long Ctrl-C waits for in-flight requests before exiting.
@@ -109,6 +110,59 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Roll a version out: staged on every edge, then wave by wave, each judged by the
+    /// health gate; follows it live. Exit 0 when complete, 1 when rolled back or held.
+    Deploy {
+        /// The version.
+        version: u64,
+        /// The plan (from the fleet's current version; default `default`).
+        #[arg(long)]
+        plan: Option<String>,
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The running (or last) rollout: status, pause, resume, abort.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Roll the whole fleet back at once to a version it ran (default: the one before).
+    Rollback {
+        /// The version.
+        version: Option<u64>,
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Flip a kill switch (`[[switch]]` in the fleet settings): a new version rolled out on
+    /// the emergency plan, staged and gated.
+    Switch {
+        /// The switch.
+        name: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The audit log: every rollout action and gate decision.
+    Audit {
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Purge from every edge: a URL, a surrogate key, or everything of a service.
     Purge {
         /// Full URL, `http://host/path?query`.
@@ -180,6 +234,42 @@ struct EdgeArgs {
     /// Admin listener, for `--control` edges.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Heartbeat to the control plane, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    heartbeat_ms: u64,
+    /// How often health counts go to the control plane (what rollout gates judge), in ms.
+    #[arg(long, default_value_t = 5_000)]
+    health_interval_ms: u64,
+    /// Safe mode: crashes of one version that make the edge boot the previous one instead.
+    #[arg(long, default_value_t = 3)]
+    safe_mode_crashes: u32,
+    /// Safe mode: the window those crashes must fall in, in seconds.
+    #[arg(long, default_value_t = 300)]
+    safe_mode_window_s: u64,
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Where the rollout is: waves, cells, the gate's numbers.
+    Status,
+    /// Stop where it is.
+    Pause {
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Go on (a held rollout too); the current wave bakes again.
+    Resume {
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+    /// Stop and roll back every edge that took the version.
+    Abort {
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -336,6 +426,45 @@ async fn run(command: Command) -> Result<(), Failed> {
             }
         }
         Command::Fleet { json, api } => ops::fleet(&Api::new(&api.control, &api.token), json).await,
+        Command::Deploy {
+            version,
+            plan,
+            message,
+            api,
+        } => rollouts::deploy(&Api::new(&api.control, &api.token), version, plan, &message).await,
+        Command::Rollout { command, api } => {
+            let api = Api::new(&api.control, &api.token);
+            match command {
+                RolloutCommand::Status => rollouts::status(&api).await,
+                RolloutCommand::Pause { message } => rollouts::action(&api, "pause", &message).await,
+                RolloutCommand::Resume { message } => {
+                    rollouts::action(&api, "resume", &message).await
+                }
+                RolloutCommand::Abort { message } => rollouts::action(&api, "abort", &message).await,
+            }
+        }
+        Command::Rollback {
+            version,
+            message,
+            api,
+        } => rollouts::rollback(&Api::new(&api.control, &api.token), version, &message).await,
+        Command::Switch {
+            name,
+            state,
+            message,
+            api,
+        } => {
+            rollouts::switch(
+                &Api::new(&api.control, &api.token),
+                &name,
+                state == "on",
+                &message,
+            )
+            .await
+        }
+        Command::Audit { limit, api } => {
+            rollouts::audit(&Api::new(&api.control, &api.token), limit).await
+        }
         Command::Purge {
             url,
             key,
@@ -430,6 +559,12 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
             listen: args.listen,
             admin: args.admin,
             keep: args.keep,
+            heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(100)),
+            health_interval: std::time::Duration::from_millis(args.health_interval_ms.max(100)),
+            safe_mode: firebreak_edge::agent::journal::SafeMode {
+                crashes: args.safe_mode_crashes.max(1),
+                window: std::time::Duration::from_secs(args.safe_mode_window_s.max(1)),
+            },
         })
         .await
         .map_err(|e| e.to_string())?;

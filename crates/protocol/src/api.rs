@@ -202,3 +202,49 @@ pub struct Straggler {
     /// Why.
     pub error: String,
 }
+
+/// `POST /v1/rollouts`: roll a version out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// The version.
+    pub version: u64,
+    /// The plan (default: `default`).
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Why.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST /v1/rollout/{pause,resume,abort}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionRequest {
+    /// Why.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST /v1/rollback`: set the whole fleet to a version it already ran.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The version (default: the one the fleet ran before its current one).
+    #[serde(default)]
+    pub version: Option<u64>,
+    /// Why.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `POST /v1/switches/{name}`: flip a kill switch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchRequest {
+    /// The new state.
+    pub on: bool,
+    /// Why.
+    #[serde(default)]
+    pub message: String,
+}

@@ -22,6 +22,9 @@ fn bundle_key(n: u64) -> String {
 fn target_key() -> String {
     format!("{PREFIX}target")
 }
+fn audit_key(key: &str) -> String {
+    format!("{PREFIX}audit/{key}")
+}
 fn edge_key(id: &str) -> String {
     format!("{PREFIX}edges/{id}")
 }
@@ -147,7 +150,7 @@ impl EtcdStore {
         let (revision, seq) = match resp.kvs().first() {
             Some(kv) => (
                 kv.mod_revision(),
-                super::decode::<super::StoredTarget>(kv.value())?.seq,
+                super::state_seq(kv.value())?,
             ),
             None => (0, 0),
         };
@@ -177,6 +180,23 @@ impl EtcdStore {
             Some(GetOptions::new().with_prefix()),
         ))
         .await?;
+        Ok(resp.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+    }
+
+    pub(super) async fn put_audit(&self, key: &str, raw: &[u8]) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        timed(c.put(audit_key(key), raw.to_vec(), None)).await?;
+        Ok(())
+    }
+
+    /// Newest first.
+    pub(super) async fn audit_log(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut c = self.client.clone();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
+        let resp = timed(c.get(format!("{PREFIX}audit/"), Some(options))).await?;
         Ok(resp.kvs().iter().map(|kv| kv.value().to_vec()).collect())
     }
 

@@ -19,8 +19,7 @@ pub use self::redb::RedbStore;
 
 use bytes::Bytes;
 use firebreak_protocol::api::{EdgeStatus, VersionInfo};
-use firebreak_protocol::signed::Signed;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// A store operation failed; nothing was changed by the failed call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -33,13 +32,20 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// The target as stored: its sequence number (for compare-and-set) and signed statement.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredTarget {
-    /// Sequence number, equal to the signed statement's.
-    pub seq: u64,
-    /// The signed [`firebreak_protocol::signed::Target`].
-    pub signed: Signed,
+pub use crate::rollout::state::{AuditEntry, FleetState, StoredTarget};
+
+/// Most audit entries listed at once.
+pub const MAX_AUDIT_LIST: usize = 10_000;
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    #[serde(default)]
+    seq: u64,
+}
+
+/// The sequence number of a stored fleet state.
+pub(crate) fn state_seq(raw: &[u8]) -> Result<u64, StoreError> {
+    Ok(decode::<SeqOnly>(raw)?.seq)
 }
 
 /// The configuration store.
@@ -122,21 +128,34 @@ impl Store {
         raw.iter().map(|b| decode(b)).collect()
     }
 
-    /// The current target.
-    pub async fn target(&self) -> Result<Option<StoredTarget>, StoreError> {
+    /// The fleet state (targets, rollout).
+    pub async fn state(&self) -> Result<Option<FleetState>, StoreError> {
         let raw = dispatch!(self, s => s.target().await)?;
         raw.map(|b| decode(&b)).transpose()
     }
 
-    /// Replaces the target if its sequence number is still `expected_seq` (0: no target yet).
+    /// Replaces the fleet state if its sequence number is still `expected_seq` (0: none yet).
     /// Returns `false`, changing nothing, otherwise.
-    pub async fn set_target(
-        &self,
-        expected_seq: u64,
-        new: &StoredTarget,
-    ) -> Result<bool, StoreError> {
+    pub async fn set_state(&self, expected_seq: u64, new: &FleetState) -> Result<bool, StoreError> {
         let raw = serde_json::to_vec(new).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         dispatch!(self, s => s.set_target(expected_seq, &raw).await)
+    }
+
+    /// Appends an audit entry.
+    pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let raw = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut nonce = [0u8; 4];
+        let _ = getrandom::getrandom(&mut nonce);
+        let key = format!("{:020}-{:08x}", entry.at_ms, u32::from_be_bytes(nonce));
+        dispatch!(self, s => s.put_audit(&key, &raw).await)
+    }
+
+    /// The newest `limit` audit entries, oldest first.
+    pub async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let raw = dispatch!(self, s => s.audit_log(limit.min(MAX_AUDIT_LIST)).await)?;
+        let mut out: Vec<AuditEntry> = raw.iter().map(|b| decode(b)).collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
     }
 
     /// Records an edge's latest report.
@@ -151,16 +170,16 @@ impl Store {
         raw.iter().map(|b| decode(b)).collect()
     }
 
-    /// Calls `on_change` with the stored target whenever another writer (an etcd replica)
-    /// changes it. The embedded store has no other writers; there this returns at once.
-    pub async fn watch_target(&self, on_change: impl Fn(StoredTarget) + Send + 'static) {
+    /// Calls `on_change` with the stored fleet state whenever another writer (an etcd
+    /// replica) changes it. The embedded store has no other writers; there this returns at once.
+    pub async fn watch_state(&self, on_change: impl Fn(FleetState) + Send + 'static) {
         #[cfg(not(feature = "etcd"))]
         let _ = on_change;
         #[cfg(feature = "etcd")]
         if let Store::Etcd(s) = self {
-            s.watch_target(move |raw| match decode::<StoredTarget>(&raw) {
+            s.watch_target(move |raw| match decode::<FleetState>(&raw) {
                 Ok(t) => on_change(t),
-                Err(e) => tracing::warn!(error = %e, "ignoring unreadable target from etcd"),
+                Err(e) => tracing::warn!(error = %e, "ignoring unreadable fleet state from etcd"),
             })
             .await;
         }

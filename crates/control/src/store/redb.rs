@@ -12,6 +12,7 @@ const META: TableDefinition<u64, &[u8]> = TableDefinition::new("version_meta");
 const BUNDLES: TableDefinition<u64, &[u8]> = TableDefinition::new("version_bundle");
 const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
 const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
+const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
 const TARGET: &str = "target";
 
 /// A redb database file.
@@ -41,6 +42,7 @@ impl RedbStore {
                 txn.open_table(BUNDLES).map_err(err)?;
                 txn.open_table(SINGLETONS).map_err(err)?;
                 txn.open_table(EDGES).map_err(err)?;
+                txn.open_table(AUDIT).map_err(err)?;
             }
             txn.commit().map_err(err)?;
             Ok(Self { db: Arc::new(db) })
@@ -150,7 +152,7 @@ impl RedbStore {
             {
                 let mut t = txn.open_table(SINGLETONS).map_err(err)?;
                 let current = match t.get(TARGET).map_err(err)? {
-                    Some(v) => super::decode::<super::StoredTarget>(v.value())?.seq,
+                    Some(v) => super::state_seq(v.value())?,
                     None => 0,
                 };
                 if current != expected_seq {
@@ -184,6 +186,35 @@ impl RedbStore {
             let t = txn.open_table(EDGES).map_err(err)?;
             let mut out = Vec::new();
             for row in t.iter().map_err(err)? {
+                let (_, v) = row.map_err(err)?;
+                out.push(v.value().to_vec());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn put_audit(&self, key: &str, raw: &[u8]) -> Result<(), StoreError> {
+        let (key, raw) = (key.to_owned(), raw.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(AUDIT).map_err(err)?;
+                t.insert(key.as_str(), raw.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Newest first.
+    pub(super) async fn audit_log(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(AUDIT).map_err(err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(err)?.rev().take(limit) {
                 let (_, v) = row.map_err(err)?;
                 out.push(v.value().to_vec());
             }

@@ -97,10 +97,16 @@ impl ControlClient {
         })?
     }
 
-    /// Waits up to `wait` for a target newer than `after`.
-    pub async fn poll(&self, after: u64, wait: Duration) -> Result<Option<PolledTarget>, String> {
+    /// Waits up to `wait` for a target for this edge (in `cell`) newer than `after`.
+    pub async fn poll(
+        &self,
+        after: u64,
+        cell: &str,
+        wait: Duration,
+    ) -> Result<Option<PolledTarget>, String> {
+        let cell: String = form_urlencoded::byte_serialize(cell.as_bytes()).collect();
         let path = format!(
-            "/v1/edges/{}/target?after={after}&wait_ms={}",
+            "/v1/edges/{}/target?after={after}&cell={cell}&wait_ms={}",
             self.id,
             wait.as_millis()
         );
@@ -143,6 +149,23 @@ impl ControlClient {
             ));
         }
         Ok(body)
+    }
+
+    /// Sends the health counts of the running version.
+    pub async fn health(&self, report: &firebreak_protocol::health::HealthReport) -> Result<(), String> {
+        let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
+        let path = format!("/v1/edges/{}/health", self.id);
+        let (status, body) = self
+            .call(Method::POST, &path, Some(body), 64 * 1024, Duration::from_secs(5))
+            .await?;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "health report refused ({status}): {}",
+                String::from_utf8_lossy(&body)
+            ))
+        }
     }
 
     /// Sends a report.

@@ -12,16 +12,18 @@
 pub mod client;
 pub mod compose;
 pub mod disk;
+pub mod journal;
 
 use crate::server::{EdgeHandle, EdgeServer, ServerError};
 use client::{ControlClient, PolledTarget};
 use compose::{compose, Applied};
 use disk::LocalVersions;
 use firebreak_config::ValidConfig;
-use firebreak_protocol::api::{EdgeReport, ServiceFailure};
+use firebreak_protocol::api::{EdgeReport, ServiceFailure, StageReport};
 use firebreak_protocol::bundle::{Bundle, MAX_BUNDLE_BYTES};
 use firebreak_protocol::keys::PublicKey;
-use firebreak_protocol::signed::Target;
+use firebreak_protocol::signed::{Stage, Target};
+use journal::{BootJournal, SafeMode};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,8 +33,6 @@ use tokio::task::JoinHandle;
 
 /// How long one long-poll waits.
 const POLL_WAIT: Duration = Duration::from_secs(25);
-/// How often the edge reports even when nothing changed (the fleet view's "last seen").
-const HEARTBEAT: Duration = Duration::from_secs(10);
 /// Longest pause between attempts while the control plane fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -59,6 +59,34 @@ pub struct AgentOptions {
     pub admin: Option<SocketAddr>,
     /// How many versions to keep on disk.
     pub keep: usize,
+    /// How often the edge reports even when nothing changed (the fleet view's "last seen").
+    pub heartbeat: Duration,
+    /// How often the edge sends its health counts (what rollout gates judge).
+    pub health_interval: Duration,
+    /// When a crash-looping version is given up (safe mode).
+    pub safe_mode: SafeMode,
+}
+
+impl AgentOptions {
+    /// Options with the default timings: heartbeat 10 s, health every 5 s, safe mode after 3
+    /// crashes of one version within 5 minutes.
+    pub fn new(control: String, token: String, id: String, data_dir: PathBuf, trust: PublicKey) -> Self {
+        Self {
+            control,
+            token,
+            id,
+            pop: "local".into(),
+            cell: "main".into(),
+            data_dir,
+            trust,
+            listen: Vec::new(),
+            admin: None,
+            keep: 5,
+            heartbeat: Duration::from_secs(10),
+            health_interval: Duration::from_secs(5),
+            safe_mode: SafeMode::default(),
+        }
+    }
 }
 
 /// Why the agent could not start.
@@ -88,6 +116,16 @@ pub struct AgentStatus {
     pub failed_services: Vec<ServiceFailure>,
     /// Why the control plane cannot be reached, while it cannot (the edge keeps serving).
     pub control_error: Option<String>,
+    /// The last version staged (or that failed to stage).
+    pub staged: Option<StageReport>,
+    /// Versions this edge crash-looped on and refuses (safe mode).
+    pub bad_versions: Vec<u64>,
+    /// The newest target sequence number acted on (applied, staged, or nothing to do).
+    pub seen_seq: u64,
+    /// When the running version started serving (ms since the epoch).
+    pub serving_since_ms: u64,
+    /// Targets refused because they were addressed to another edge or cell.
+    pub misaddressed: u64,
 }
 
 /// A running edge under a control plane.
@@ -95,6 +133,7 @@ pub struct Agent {
     /// The edge server.
     pub edge: Arc<EdgeHandle>,
     status: Arc<Mutex<AgentStatus>>,
+    journal: Arc<BootJournal>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -107,8 +146,13 @@ impl Agent {
             source,
         })?;
         let disk = Arc::new(disk);
+        let (journal, newly_bad) = BootJournal::open(&opts.data_dir, opts.safe_mode);
+        let journal = Arc::new(journal);
         let client = ControlClient::new(&opts.control, &opts.token, &opts.id);
-        let status = Arc::new(Mutex::new(AgentStatus::default()));
+        let status = Arc::new(Mutex::new(AgentStatus {
+            bad_versions: journal.bad(),
+            ..AgentStatus::default()
+        }));
         let mut worker = Worker {
             opts: opts.clone(),
             disk,
@@ -116,14 +160,26 @@ impl Agent {
             status: status.clone(),
             edge: None,
             fatal: None,
+            journal: journal.clone(),
         };
+        if let Some(bad) = newly_bad {
+            worker.set_error(format!(
+                "version {bad} crashed this edge {} times within {:?}; booted the previous version and refuse {bad} (safe mode)",
+                opts.safe_mode.crashes, opts.safe_mode.window
+            ));
+        }
         match worker.restore() {
             Some((applied, config)) => {
                 tracing::info!(
                     version = applied.version,
                     "serving the last good version from disk"
                 );
+                let version = applied.version;
+                if let Ok(mut s) = status.lock() {
+                    s.seen_seq = applied.seq;
+                }
                 worker.set_applied(applied, Vec::new(), None);
+                journal.serving(version);
                 worker.edge = Some(Arc::new(EdgeServer::start(config).await?));
             }
             None => {
@@ -140,12 +196,39 @@ impl Agent {
         let heartbeat = {
             let (client, status, report) =
                 (worker.client.clone(), status.clone(), worker.reporter());
+            let every = opts.heartbeat.max(Duration::from_millis(100));
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(HEARTBEAT).await;
+                    tokio::time::sleep(every).await;
                     let r = report(&status);
                     if let Err(e) = client.report(&r).await {
                         tracing::debug!(error = %e, "heartbeat not delivered");
+                    }
+                }
+            })
+        };
+        let health = {
+            let (client, status, edge) = (worker.client.clone(), status.clone(), edge.clone());
+            let every = opts.health_interval.max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    let (version, since_ms) = match status.lock() {
+                        Ok(s) => match &s.applied {
+                            Some(a) => (a.version, s.serving_since_ms),
+                            None => continue,
+                        },
+                        Err(_) => continue,
+                    };
+                    let (total, services) = edge.health();
+                    let report = firebreak_protocol::health::HealthReport {
+                        version,
+                        since_ms,
+                        total,
+                        services,
+                    };
+                    if let Err(e) = client.health(&report).await {
+                        tracing::debug!(error = %e, "health report not delivered");
                     }
                 }
             })
@@ -154,7 +237,8 @@ impl Agent {
         Ok(Self {
             edge,
             status,
-            tasks: vec![watcher, heartbeat],
+            journal,
+            tasks: vec![watcher, heartbeat, health],
         })
     }
 
@@ -163,12 +247,14 @@ impl Agent {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Stops following the control plane and stops the edge.
+    /// Stops following the control plane and stops the edge; records a clean stop in the
+    /// boot journal (so that this stop is not counted as a crash).
     pub fn shutdown(&self) {
         for t in &self.tasks {
             t.abort();
         }
         self.edge.shutdown();
+        self.journal.clean_stop();
     }
 }
 
@@ -188,6 +274,7 @@ struct Worker {
     edge: Option<Arc<EdgeHandle>>,
     /// An error that ends the agent's start (a listener that cannot be bound).
     fatal: Option<ServerError>,
+    journal: Arc<BootJournal>,
 }
 
 impl Worker {
@@ -218,8 +305,8 @@ impl Worker {
                 applied_seq: s.applied.as_ref().map_or(0, |a| a.seq),
                 error: s.last_error.or(s.control_error),
                 failed_services: s.failed_services,
-                staged: None,
-                bad_versions: Vec::new(),
+                staged: s.staged,
+                bad_versions: s.bad_versions,
             }
         }
     }
@@ -230,6 +317,10 @@ impl Worker {
 
     fn set_applied(&self, applied: Applied, failures: Vec<ServiceFailure>, error: Option<String>) {
         if let Ok(mut s) = self.status.lock() {
+            if s.applied.as_ref().map(|a| a.version) != Some(applied.version) {
+                s.serving_since_ms = firebreak_protocol::now_ms();
+            }
+            s.seen_seq = s.seen_seq.max(applied.seq);
             s.applied = Some(applied);
             s.failed_services = failures;
             s.last_error = error;
@@ -270,7 +361,12 @@ impl Worker {
                 }
             }
         };
-        if let Some(record) = self.disk.load_applied() {
+        let bad = self.journal.bad();
+        if let Some(record) = self
+            .disk
+            .load_applied()
+            .filter(|r| !bad.contains(&r.version) && !r.services.iter().any(|p| bad.contains(&p.version)))
+        {
             let rebuilt = (|| {
                 let main = open(record.version)?;
                 let mut services = Vec::new();
@@ -294,6 +390,9 @@ impl Worker {
             tracing::warn!("applied.json does not rebuild; trying kept versions");
         }
         for v in self.disk.versions() {
+            if bad.contains(&v) {
+                continue;
+            }
             if let Some(b) = open(v) {
                 if let Ok(c) = compose(&b, 0, None) {
                     let config = self.localize(c.config);
@@ -316,9 +415,16 @@ impl Worker {
         }
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.client.poll(0, POLL_WAIT).await {
+            let after = self.seen();
+            match self.client.poll(after, &self.opts.cell, POLL_WAIT).await {
                 Ok(Some(polled)) => match self.apply(polled).await {
-                    Ok(()) => return Ok(()),
+                    Ok(()) if self.edge.is_some() => return Ok(()),
+                    Ok(()) => {
+                        let report = self.reporter();
+                        if let Err(e) = self.client.report(&report(&self.status)).await {
+                            tracing::warn!(error = %e, "report not delivered");
+                        }
+                    }
                     Err(e) => {
                         if let Some(fatal) = self.fatal.take() {
                             return Err(AgentError::Server(fatal));
@@ -343,8 +449,8 @@ impl Worker {
         let _ = self.client.report(&report(&self.status)).await;
         let mut backoff = Duration::from_millis(200);
         loop {
-            let after = self.current().map_or(0, |a| a.seq);
-            let polled = self.client.poll(after, POLL_WAIT).await;
+            let after = self.seen();
+            let polled = self.client.poll(after, &self.opts.cell, POLL_WAIT).await;
             if polled.is_ok() {
                 self.set_control_error(None);
             }
@@ -376,17 +482,138 @@ impl Worker {
         }
     }
 
-    /// Verifies, downloads, composes, keeps and applies one target. On error nothing changed.
+    fn seen(&self) -> u64 {
+        self.status.lock().map(|s| s.seen_seq).unwrap_or(0)
+    }
+
+    fn note_seen(&self, seq: u64) {
+        if let Ok(mut s) = self.status.lock() {
+            s.seen_seq = s.seen_seq.max(seq);
+        }
+    }
+
+    /// Verifies one target, stages what it asks to stage, and applies the version it names.
+    /// On error nothing changed.
     async fn apply(&mut self, polled: PolledTarget) -> Result<(), String> {
         let target: Target = polled
             .signed
             .open(&self.opts.trust)
             .map_err(|e| format!("target refused: {e}"))?;
+        if !target.addressed_to(&self.opts.id, &self.opts.cell) {
+            if let Ok(mut s) = self.status.lock() {
+                s.misaddressed += 1;
+            }
+            metrics::counter!("firebreak_targets_refused_total", "reason" => "audience").increment(1);
+            return Err(format!(
+                "target seq {} is addressed to {}, not to edge {} in cell {}; refused",
+                target.seq, target.audience, self.opts.id, self.opts.cell
+            ));
+        }
+        if target.seq <= self.seen() {
+            return Ok(());
+        }
+        if let Some(stage) = &target.stage {
+            self.stage(stage).await;
+        }
+        if target.version == 0 {
+            // Nothing to run yet (a first version being staged).
+            self.note_seen(target.seq);
+            return Ok(());
+        }
+        if self.journal.is_bad(target.version) {
+            self.note_seen(target.seq);
+            return Err(format!(
+                "version {} crash-looped on this edge; refused (safe mode)",
+                target.version
+            ));
+        }
+        self.activate(&target).await?;
+        self.note_seen(target.seq);
+        Ok(())
+    }
+
+    /// The sealed bundle of `version`: the copy kept on disk when its hash matches, else a
+    /// download.
+    async fn fetch(&self, version: u64, sha256: &str) -> Result<bytes::Bytes, String> {
+        if let Ok(kept) = self.disk.load_bundle(version, MAX_BUNDLE_BYTES) {
+            if firebreak_protocol::sha256_hex(&kept) == sha256 {
+                return Ok(bytes::Bytes::from(kept));
+            }
+        }
+        self.client.bundle(version).await
+    }
+
+    /// Downloads, verifies and builds `stage.version` without serving it, keeps it on disk,
+    /// and records the outcome for the next report.
+    async fn stage(&mut self, stage: &Stage) {
+        let current = self.current();
+        if current.as_ref().is_some_and(|c| c.version == stage.version) {
+            return;
+        }
+        let already = self
+            .status
+            .lock()
+            .ok()
+            .and_then(|s| s.staged.clone())
+            .is_some_and(|s| s.version == stage.version && s.error.is_none());
+        if already {
+            return;
+        }
+        let outcome = self.try_stage(stage, current.as_ref()).await;
+        if let Err(e) = &outcome {
+            tracing::warn!(version = stage.version, error = %e, "cannot stage version");
+        } else {
+            tracing::info!(version = stage.version, "version staged");
+        }
+        if let Ok(mut s) = self.status.lock() {
+            s.staged = Some(StageReport {
+                version: stage.version,
+                error: outcome.err(),
+            });
+        }
+        let report = self.reporter();
+        if let Err(e) = self.client.report(&report(&self.status)).await {
+            tracing::warn!(error = %e, "stage report not delivered");
+        }
+    }
+
+    async fn try_stage(&self, stage: &Stage, current: Option<&Applied>) -> Result<(), String> {
+        if self.journal.is_bad(stage.version) {
+            return Err(format!(
+                "version {} crash-looped on this edge (safe mode)",
+                stage.version
+            ));
+        }
+        let bytes = self.fetch(stage.version, &stage.bundle_sha256).await?;
+        let bundle = Bundle::open_expecting(&bytes, &self.opts.trust, &stage.bundle_sha256)
+            .map_err(|e| format!("version {}: {e}", stage.version))?;
+        if bundle.version != stage.version {
+            return Err(format!(
+                "bundle is version {} but {} was asked for",
+                bundle.version, stage.version
+            ));
+        }
+        let composed = compose(&bundle, 0, current)
+            .map_err(|e| format!("version {} does not load: {e}", stage.version))?;
+        if let Some(f) = composed.failures.first() {
+            return Err(format!(
+                "service `{}` of version {} does not load: {}",
+                f.service, stage.version, f.error
+            ));
+        }
+        let config = self.localize(composed.config);
+        crate::runtime::Runtime::build(config, None)
+            .map_err(|e| format!("version {} cannot be built: {e}", stage.version))?;
+        self.disk.save_bundle(bundle.version, &bytes).map_err(|e| {
+            format!("cannot keep version {} on disk: {e}", bundle.version)
+        })?;
+        Ok(())
+    }
+
+    /// Downloads (or takes from disk), composes, keeps and serves the target's version.
+    async fn activate(&mut self, target: &Target) -> Result<(), String> {
         let current = self.current();
         if let Some(cur) = &current {
-            if target.seq <= cur.seq {
-                return Ok(());
-            }
             if target.version < cur.version && !target.rollback {
                 return Err(format!(
                     "target version {} is older than the running {} and not a rollback; refused",
@@ -405,7 +632,7 @@ impl Worker {
                 return Ok(());
             }
         }
-        let bytes = self.client.bundle(target.version).await?;
+        let bytes = self.fetch(target.version, &target.bundle_sha256).await?;
         let bundle = Bundle::open_expecting(&bytes, &self.opts.trust, &target.bundle_sha256)
             .map_err(|e| format!("version {}: {e}", target.version))?;
         if bundle.version != target.version {
@@ -423,21 +650,33 @@ impl Worker {
             )
         })?;
         let config = self.localize(composed.config);
-        match &self.edge {
+        // Recorded before the swap: if serving this version crashes the process, the next
+        // boot knows which version did it.
+        self.journal.serving(bundle.version);
+        let swapped = match &self.edge {
             Some(edge) => edge
                 .reload(config)
-                .map_err(|e| format!("version {} not applied: {e}", bundle.version))?,
+                .map_err(|e| format!("version {} not applied: {e}", bundle.version)),
             None => match EdgeServer::start(config).await {
-                Ok(edge) => self.edge = Some(Arc::new(edge)),
+                Ok(edge) => {
+                    self.edge = Some(Arc::new(edge));
+                    Ok(())
+                }
                 Err(e) => {
                     let message = format!("cannot start serving version {}: {e}", bundle.version);
                     if matches!(e, ServerError::Bind { .. }) {
                         // A listener that cannot be bound will not bind on a retry either.
                         self.fatal = Some(e);
                     }
-                    return Err(message);
+                    Err(message)
                 }
             },
+        };
+        if let Err(e) = swapped {
+            if let Some(cur) = &current {
+                self.journal.serving(cur.version);
+            }
+            return Err(e);
         }
         let applied = composed.applied;
         let mut error = None;

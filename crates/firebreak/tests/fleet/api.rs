@@ -108,19 +108,26 @@ async fn versions_diff_target_rollback(c: &Control) {
         c.call(Method::GET, "/v1/target", None).await.0,
         StatusCode::NOT_FOUND
     );
-    let (status, t) = c
+    // Setting the target at once is gone: versions travel by rollout.
+    let (status, e) = c
         .call(Method::PUT, "/v1/target", Some(json!({"version": 2})))
         .await;
-    assert_eq!(status, StatusCode::OK, "{t}");
-    assert_eq!(
-        (t["version"].as_u64(), t["seq"].as_u64()),
-        (Some(2), Some(1))
-    );
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("rollout"), "{e}");
+    for v in [1, 2] {
+        let (status, r) = c
+            .call(Method::POST, "/v1/rollouts", Some(json!({"version": v, "message": "t"})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{r}");
+        c.wait_rollout(v, "complete").await;
+    }
+    let (_, t) = c.call(Method::GET, "/v1/target", None).await;
+    assert_eq!(t["version"].as_u64(), Some(2), "{t}");
+    // Going back: only with rollback, only to a version the fleet ran.
     let (status, e) = c
         .call(Method::PUT, "/v1/target", Some(json!({"version": 1})))
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("rollback"), "{e}");
     let (status, t) = c
         .call(
             Method::PUT,
@@ -129,16 +136,31 @@ async fn versions_diff_target_rollback(c: &Control) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{t}");
+    assert_eq!(t["version"].as_u64(), Some(1), "{t}");
     assert_eq!(
-        (t["version"].as_u64(), t["rollback"].as_bool()),
-        (Some(1), Some(true))
-    );
-    assert_eq!(
-        c.call(Method::PUT, "/v1/target", Some(json!({"version": 7})))
-            .await
-            .0,
+        c.call(
+            Method::PUT,
+            "/v1/target",
+            Some(json!({"version": 7, "rollback": true}))
+        )
+        .await
+        .0,
         StatusCode::NOT_FOUND
     );
+    // Deploying an older version than the fleet's is refused (that is a rollback).
+    let (status, e) = c
+        .call(Method::POST, "/v1/rollouts", Some(json!({"version": 1})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    // The audit log has every step.
+    let (_, log) = c.call(Method::GET, "/v1/audit", None).await;
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(actions.contains(&"deploy") && actions.contains(&"complete") && actions.contains(&"rollback"), "{actions:?}");
 }
 
 async fn auth_and_openapi(c: &Control) {
@@ -250,12 +272,16 @@ async fn api_over_etcd_and_two_replicas_share_one_fleet() {
         let plane = b.plane.clone();
         tokio::spawn(async move {
             plane
-                .wait_target(seq, std::time::Duration::from_secs(10))
+                .wait_target("x", "c1", seq, std::time::Duration::from_secs(10))
                 .await
         })
     };
     let (status, _) = a
-        .call(Method::PUT, "/v1/target", Some(json!({"version": 2})))
+        .call(
+            Method::PUT,
+            "/v1/target",
+            Some(json!({"version": 2, "rollback": true})),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let seen = waiter

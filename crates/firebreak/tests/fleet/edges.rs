@@ -141,7 +141,7 @@ async fn a_service_whose_document_fails_keeps_its_version_and_the_others_update(
         "hosts = [\"b.test\"]\nbrand_new_field = true",
     );
     store_version(&c, 2, &doc, |b| b, &c.key()).await;
-    c.plane.set_target(2, false, "test").await.unwrap();
+    c.deploy(2).await;
     wait_applied(&e, 2).await;
     let s = e.status();
     assert_eq!(s.failed_services.len(), 1, "{s:?}");
@@ -196,10 +196,16 @@ async fn bad_signature_and_truncated_download_are_refused_and_the_edge_keeps_ser
 
     let stranger = ControlKey::generate().unwrap();
     store_version(&c, 2, &fleet_doc(origin, "evil"), |b| b, &stranger).await;
-    c.plane.set_target(2, false, "test").await.unwrap();
+    c.start_deploy(2).await;
+    let view = c.wait_rollout(2, "stage_failed").await;
+    assert!(
+        view["rollout"]["outcome"].as_str().unwrap().contains("signature"),
+        "{view:#}"
+    );
     wait_for(&e, "bad signature reported", |s| {
-        s.last_error
-            .as_deref()
+        s.staged
+            .as_ref()
+            .and_then(|s| s.error.as_deref())
             .is_some_and(|m| m.contains("signature"))
     })
     .await;
@@ -217,9 +223,13 @@ async fn bad_signature_and_truncated_download_are_refused_and_the_edge_keeps_ser
         &c.key(),
     )
     .await;
-    c.plane.set_target(3, false, "test").await.unwrap();
+    c.start_deploy(3).await;
+    c.wait_rollout(3, "stage_failed").await;
     wait_for(&e, "truncation reported", |s| {
-        s.last_error.as_deref().is_some_and(|m| m.contains("hash"))
+        s.staged
+            .as_ref()
+            .and_then(|s| s.error.as_deref())
+            .is_some_and(|m| m.contains("hash"))
     })
     .await;
     assert_eq!(through(addr(&e), "a.test", "/").await.1, "v1");
@@ -286,13 +296,13 @@ async fn an_older_target_without_rollback_is_refused_by_the_edge() {
     c.release(&fleet_doc(origin, "v2")).await;
     let e = edge(&c, &dir.join("e"), "e").await;
     wait_applied(&e, 2).await;
-    let current = c.store.target().await.unwrap().unwrap();
+    let mut state = c.store.state().await.unwrap().unwrap();
     let info = c.store.version(1).await.unwrap().unwrap();
     let target = firebreak_protocol::signed::Target {
         audience: "*".into(),
         stage: None,
         rollout: None,
-        seq: current.seq + 1,
+        seq: state.seq + 1,
         version: 1,
         bundle_sha256: info.sha256,
         rollback: false,
@@ -302,9 +312,13 @@ async fn an_older_target_without_rollback_is_refused_by_the_edge() {
     let signed = firebreak_protocol::signed::Signed::sign(&target, &c.key()).unwrap();
     let stored = firebreak_control::store::StoredTarget {
         seq: target.seq,
+        version: 1,
         signed,
     };
-    assert!(c.store.set_target(current.seq, &stored).await.unwrap());
+    let previous = state.seq;
+    state.seq = target.seq;
+    state.default = Some(stored);
+    assert!(c.store.set_state(previous, &state).await.unwrap());
     wait_for(&e, "downgrade refused", |s| {
         s.last_error.as_deref().is_some_and(|m| m.contains("older"))
     })

@@ -108,6 +108,7 @@ pub async fn origin() -> SocketAddr {
 /// each answering with `x-version: <marker>`.
 pub fn fleet_doc(origin: SocketAddr, marker: &str) -> String {
     let mut doc = String::from("[cache]\nmax_bytes = 67108864\nmax_object_bytes = 1048576\n");
+    doc.push_str(FAST_ROLLOUT);
     for name in ["a", "b"] {
         doc.push_str(&format!(
             "\n[[service]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\n[service.origin]\nservers = [{{ addr = \"{origin}\" }}]\n[[service.response_headers]]\nname = \"x-version\"\nop = \"set\"\nvalue = \"{marker}\"\n"
@@ -115,6 +116,10 @@ pub fn fleet_doc(origin: SocketAddr, marker: &str) -> String {
     }
     doc
 }
+
+/// Rollout settings for tests that are not about rollouts: one wave, one-second bake, no
+/// traffic required (said explicitly with `min_requests = 0`).
+pub const FAST_ROLLOUT: &str = "\n[rollout]\nedge_gone_s = 5\nstage_timeout_s = 15\n[[rollout.plan]]\nname = \"default\"\nwaves = [{ percent = 100 }]\nbake_s = 1\ninterval_s = 1\nmin_requests = 0\nmax_wait_s = 15\nactivate_timeout_s = 15\n";
 
 /// A control plane in this process.
 pub struct Control {
@@ -131,7 +136,15 @@ impl Control {
         let key_path = dir.join("control.key");
         let key = ControlKey::load_or_create(&key_path).unwrap();
         let store = Store::open(store_spec).await.unwrap();
-        let plane = Plane::new(store.clone(), key).await.unwrap();
+        let plane = Plane::with_options(
+            store.clone(),
+            key,
+            firebreak_control::plane::PlaneOptions {
+                tick: Duration::from_millis(100),
+            },
+        )
+        .await
+        .unwrap();
         let tokens = Tokens {
             operator: OPERATOR.into(),
             edge: EDGE.into(),
@@ -177,7 +190,8 @@ impl Control {
         (status, value)
     }
 
-    /// Pushes a document and sets it as target; returns the version.
+    /// Pushes a document and rolls it out (`activate`); waits until the rollout completes.
+    /// Returns the version.
     pub async fn release(&self, doc: &str) -> u64 {
         let (status, v) = self
             .call(
@@ -187,7 +201,51 @@ impl Control {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{v}");
-        v["version"].as_u64().unwrap()
+        let version = v["version"].as_u64().unwrap();
+        self.wait_rollout(version, "complete").await;
+        version
+    }
+
+    /// Rolls a stored version out on the default plan and waits until it completes.
+    pub async fn deploy(&self, version: u64) {
+        let (status, v) = self
+            .call(
+                Method::POST,
+                "/v1/rollouts",
+                Some(serde_json::json!({"version": version, "message": "test"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        self.wait_rollout(version, "complete").await;
+    }
+
+    /// Starts a rollout of a stored version on the default plan (does not wait).
+    pub async fn start_deploy(&self, version: u64) {
+        let (status, v) = self
+            .call(
+                Method::POST,
+                "/v1/rollouts",
+                Some(serde_json::json!({"version": version, "message": "test"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+    }
+
+    /// Waits until the rollout of `version` reaches `phase`; returns the rollout view.
+    pub async fn wait_rollout(&self, version: u64, phase: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let (_, view) = self.call(Method::GET, "/v1/rollout", None).await;
+            let r = &view["rollout"];
+            if r["version"].as_u64() == Some(version) && r["phase"].as_str() == Some(phase) {
+                return view;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rollout of version {version} never reached {phase}: {view:#}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops the API server (edges then see the control plane as down).
@@ -215,6 +273,9 @@ pub async fn edge_trusting(url: &str, trust: PublicKey, data_dir: &Path, id: &st
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         admin: Some("127.0.0.1:0".parse().unwrap()),
         keep: 3,
+        heartbeat: Duration::from_millis(500),
+        health_interval: Duration::from_millis(500),
+        safe_mode: Default::default(),
     };
     tokio::time::timeout(Duration::from_secs(20), Agent::start(opts))
         .await
