@@ -5,12 +5,14 @@
 //! [`ConfigRejected`] whose errors each name the file, line, column and field. Nothing is
 //! half-applied: callers only ever see a complete, valid configuration or none at all.
 
+mod drills;
 mod limits;
 mod load;
 mod locate;
 mod model;
 pub(crate) mod validate;
 
+pub use drills::{FaultAction, FaultConfig, SwitchAction, SwitchConfig};
 pub use limits::*;
 pub use load::{
     load_file, load_file_as, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig,

@@ -26,6 +26,9 @@ pub struct Config {
     /// Structured access log (`[access_log]`). Off when absent.
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
+    /// Kill switches (`[[switch]]`), each acting on one service.
+    #[serde(default, rename = "switch")]
+    pub switches: Vec<crate::drills::SwitchConfig>,
 }
 
 /// The admin listener.
@@ -126,6 +129,9 @@ pub struct ServiceConfig {
     /// Header rules applied to every response sent to clients.
     #[serde(default)]
     pub response_headers: Vec<HeaderRule>,
+    /// Injected faults for drills (`[[service.fault]]`); none by default.
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<crate::drills::FaultConfig>,
 }
 
 /// An origin pool: servers, failover and connection settings.

@@ -11,19 +11,27 @@ pub struct Problem {
     pub message: String,
 }
 
-struct Checker {
-    problems: Vec<Problem>,
+/// Collects problems; shared with the checks of sibling modules (`drills`).
+pub(crate) struct Checker {
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl Checker {
-    fn fail(&mut self, path: &[PathSeg], message: impl Into<String>) {
+    pub(crate) fn fail(&mut self, path: &[PathSeg], message: impl Into<String>) {
         self.problems.push(Problem {
             path: path.to_vec(),
             message: message.into(),
         });
     }
 
-    fn count(&mut self, path: &[PathSeg], n: usize, min: usize, max: usize, what: &str) -> bool {
+    pub(crate) fn count(
+        &mut self,
+        path: &[PathSeg],
+        n: usize,
+        min: usize,
+        max: usize,
+        what: &str,
+    ) -> bool {
         if n < min {
             self.fail(path, format!("at least {min} {what} required, found {n}"));
             false
@@ -85,6 +93,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     cache(&mut c, &config.cache);
     limits(&mut c, &config.limits);
     services(&mut c, &config.services);
+    crate::drills::check_switches(&mut c, &config.switches, &config.services);
     if let Some(admin) = &config.admin {
         let len = admin.token.len();
         if !(MIN_ADMIN_TOKEN_LEN..=MAX_ADMIN_TOKEN_LEN).contains(&len)
@@ -262,6 +271,7 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
         origin(c, &at(&[Key("origin")]), &s.origin);
         service_cache(c, &at(&[Key("cache")]), &s.cache);
         header_rules(c, &at(&[Key("response_headers")]), &s.response_headers);
+        crate::drills::check_faults(c, &at(&[Key("fault")]), &s.faults);
     }
 }
 
