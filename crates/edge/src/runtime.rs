@@ -195,6 +195,11 @@ impl Runtime {
                 default = Some(i);
             }
         }
+        for sw in config.switches.iter().filter(|sw| sw.on) {
+            if !config.services.iter().any(|s| s.name == sw.service) {
+                tracing::warn!(switch = %sw.name, service = %sw.service, "switch names no service here; it has no effect");
+            }
+        }
         Ok(Self {
             config,
             services,
