@@ -5,6 +5,7 @@
 //! [`ConfigRejected`] whose errors each name the file, line, column and field. Nothing is
 //! half-applied: callers only ever see a complete, valid configuration or none at all.
 
+mod drills;
 mod limits;
 mod load;
 mod locate;
@@ -12,6 +13,7 @@ mod model;
 mod rollout;
 pub(crate) mod validate;
 
+pub use drills::{FaultAction, FaultConfig, SwitchAction, SwitchConfig};
 pub use limits::*;
 pub use load::{
     load_file, load_file_as, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig,

@@ -51,3 +51,11 @@ pub const MAX_REGEX_LEN: usize = 1024;
 pub const MAX_REGEX_PROGRAM_BYTES: usize = 256 * 1024;
 /// Deepest nesting of groups and repetitions in a `path_regex`.
 pub const MAX_REGEX_NESTING: u32 = 32;
+/// Most injected faults (`[[service.fault]]`) per service.
+pub const MAX_FAULTS_PER_SERVICE: usize = 16;
+/// Longest injected delay: one minute.
+pub const MAX_FAULT_DELAY_MS: u64 = 60_000;
+/// Most kill switches (`[[switch]]`) in one file.
+pub const MAX_SWITCHES: usize = 64;
+/// Longest kill switch name; it appears in a response header and in logs.
+pub const MAX_SWITCH_NAME_LEN: usize = 64;

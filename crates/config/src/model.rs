@@ -29,6 +29,9 @@ pub struct Config {
     /// How new versions roll out through the fleet (`[rollout]`); read by the control plane.
     #[serde(default)]
     pub rollout: crate::rollout::RolloutConfig,
+    /// Kill switches (`[[switch]]`), each acting on one service.
+    #[serde(default, rename = "switch")]
+    pub switches: Vec<crate::drills::SwitchConfig>,
 }
 
 /// The admin listener.
@@ -129,6 +132,9 @@ pub struct ServiceConfig {
     /// Header rules applied to every response sent to clients.
     #[serde(default)]
     pub response_headers: Vec<HeaderRule>,
+    /// Injected faults for drills (`[[service.fault]]`); none by default.
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<crate::drills::FaultConfig>,
 }
 
 /// An origin pool: servers, failover and connection settings.

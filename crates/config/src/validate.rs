@@ -11,8 +11,9 @@ pub struct Problem {
     pub message: String,
 }
 
+/// Collects problems; shared with the checks of sibling modules (`drills`).
 pub(crate) struct Checker {
-    problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl Checker {
@@ -93,6 +94,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     cache(&mut c, &config.cache);
     limits(&mut c, &config.limits);
     services(&mut c, &config.services);
+    crate::drills::check_switches(&mut c, &config.switches, &config.services);
     if let Some(admin) = &config.admin {
         let len = admin.token.len();
         if !(MIN_ADMIN_TOKEN_LEN..=MAX_ADMIN_TOKEN_LEN).contains(&len)
@@ -270,6 +272,7 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
         origin(c, &at(&[Key("origin")]), &s.origin);
         service_cache(c, &at(&[Key("cache")]), &s.cache);
         header_rules(c, &at(&[Key("response_headers")]), &s.response_headers);
+        crate::drills::check_faults(c, &at(&[Key("fault")]), &s.faults);
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::body::EdgeBody;
 use http::{header, HeaderValue, Response, StatusCode};
+use std::sync::Arc;
 
 /// Why the edge could not produce the response the client asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +31,15 @@ pub enum ProxyError {
     /// The request body is longer than `limits.max_request_body_bytes`.
     #[error("request body too large")]
     PayloadTooLarge,
+    /// An injected fault (`action = "status"`) answered with this status (a drill).
+    #[error("injected fault (drill)")]
+    Fault(StatusCode),
+    /// The service is disabled by the named kill switch.
+    #[error("service disabled by switch `{0}`")]
+    SwitchedOff(Arc<str>),
+    /// Request handling panicked; the panic was caught.
+    #[error("internal error")]
+    Panic,
 }
 
 impl ProxyError {
@@ -44,6 +54,9 @@ impl ProxyError {
             ProxyError::OriginTimeout | ProxyError::NotCached => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Fault(status) => *status,
+            ProxyError::SwitchedOff(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Panic => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -58,6 +71,9 @@ impl ProxyError {
             ProxyError::OriginUnreachable(_) => "firebreak; fwd=miss; detail=origin-unreachable",
             ProxyError::OriginTimeout => "firebreak; fwd=miss; detail=origin-timeout",
             ProxyError::OriginBadResponse(_) => "firebreak; fwd=miss; detail=origin-bad-response",
+            ProxyError::Fault(_) => "firebreak; detail=fault",
+            ProxyError::SwitchedOff(_) => "firebreak; detail=switch",
+            ProxyError::Panic => "firebreak; detail=internal-error",
         }
     }
 
@@ -103,6 +119,17 @@ impl ProxyError {
             // A client that sent one malformed request is not trusted with the next one on
             // the same connection (HTTP/1.1; hyper drops the field on HTTP/2).
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        match self {
+            ProxyError::Fault(_) => {
+                h.insert("x-firebreak-fault", HeaderValue::from_static("status"));
+            }
+            ProxyError::SwitchedOff(name) => {
+                if let Ok(v) = HeaderValue::from_str(name) {
+                    h.insert("x-firebreak-switch", v);
+                }
+            }
+            _ => {}
         }
         if matches!(self, ProxyError::MethodNotAllowed) {
             h.insert(

@@ -1,9 +1,14 @@
 //! The runtime form of a validated configuration: services indexed by host, origin pools
 //! built, header rules parsed. A `Runtime` is immutable; reloads build a new one and swap it.
 
+use crate::drills::{Fault, Switches};
+use crate::health::HealthCounters;
 use crate::http::freshness::CachePolicy;
 use crate::upstream::OriginPool;
-use firebreak_config::{compile_path_regex, HeaderOp, ServiceConfig, ValidConfig};
+use firebreak_config::{
+    compile_path_regex, Config, FaultAction, HeaderOp, ServiceConfig, ValidConfig,
+};
+use firebreak_protocol::health::{Counts, ServiceHealth};
 use http::{HeaderName, HeaderValue};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +74,12 @@ pub struct Service {
     pub header_rules: Vec<HeaderRule>,
     /// Pre-registered metric handles for the hit path.
     pub counters: crate::telemetry::ServiceCounters,
+    /// What this service served under this runtime's version (never carried over).
+    pub health: HealthCounters,
+    /// Injected per-request faults (drills), in configuration order.
+    pub faults: Vec<Fault>,
+    /// Kill switches engaged for this service.
+    pub switches: Switches,
 }
 
 impl Service {
@@ -80,7 +91,15 @@ impl Service {
             .map(|(_, a)| *a)
     }
 
-    fn build(c: &ServiceConfig, previous: Option<&Runtime>) -> Result<Self, String> {
+    fn build(
+        c: &ServiceConfig,
+        fleet: &Config,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, String> {
+        if c.faults.iter().any(|f| f.action == FaultAction::FailBuild) {
+            return Err("injected fault `fail_build` (drill): this version cannot be built".into());
+        }
+        let switches = Switches::for_service(fleet, &c.name);
         let reused = previous
             .and_then(|rt| rt.services.iter().find(|s| *s.name == *c.name))
             .filter(|s| s.pool.config() == &c.origin)
@@ -93,6 +112,7 @@ impl Service {
             .cache
             .rules
             .iter()
+            .filter(|r| !(switches.no_regex_rules && r.path_regex.is_some()))
             .map(|r| {
                 let action = match r.ttl_s {
                     Some(ttl) if !r.bypass => RuleAction::ForceTtl(Duration::from_secs(ttl)),
@@ -125,19 +145,20 @@ impl Service {
             counters: crate::telemetry::ServiceCounters::new(&name),
             name,
             pool,
-            cache_enabled: c.cache.enabled,
+            cache_enabled: c.cache.enabled && !switches.bypass_cache,
             policy: CachePolicy {
                 default_ttl: c.cache.default_ttl_s.map(Duration::from_secs),
                 forced_ttl: None,
                 heuristic: c.cache.heuristic_freshness,
             },
-            safety_net: c
-                .cache
-                .serve_stale_on_origin_failure
+            safety_net: (c.cache.serve_stale_on_origin_failure && !switches.no_stale)
                 .then(|| Duration::from_secs(c.cache.max_stale_on_failure_s)),
             strip_cdn_cache_control: c.cache.strip_cdn_cache_control,
             rules,
             header_rules,
+            health: HealthCounters::default(),
+            faults: Fault::compile(&c.faults),
+            switches,
         })
     }
 }
@@ -149,18 +170,23 @@ pub struct Runtime {
     services: Vec<Arc<Service>>,
     by_host: HashMap<String, usize>,
     default: Option<usize>,
+    /// Requests no service matched (refused before routing), under this version.
+    pub unrouted: HealthCounters,
 }
 
 impl Runtime {
     /// Builds every service. Any failure rejects the whole configuration. Origin pools whose
-    /// settings did not change are carried over from `previous`.
+    /// settings did not change are carried over from `previous`; health counters are not
+    /// (they start at zero: they belong to this version). A `fail_build` fault fails here;
+    /// a `crash_on_load` fault does not (see [`Runtime::crash_on_load`]).
     pub fn build(config: ValidConfig, previous: Option<&Runtime>) -> Result<Self, String> {
         let mut services = Vec::with_capacity(config.services.len());
         let mut by_host = HashMap::new();
         let mut default = None;
         for (i, s) in config.services.iter().enumerate() {
             services.push(Arc::new(
-                Service::build(s, previous).map_err(|e| format!("service `{}`: {e}", s.name))?,
+                Service::build(s, &config, previous)
+                    .map_err(|e| format!("service `{}`: {e}", s.name))?,
             ));
             for h in &s.hosts {
                 by_host.insert(h.to_ascii_lowercase(), i);
@@ -169,12 +195,50 @@ impl Runtime {
                 default = Some(i);
             }
         }
+        for sw in config.switches.iter().filter(|sw| sw.on) {
+            if !config.services.iter().any(|s| s.name == sw.service) {
+                tracing::warn!(switch = %sw.name, service = %sw.service, "switch names no service here; it has no effect");
+            }
+        }
         Ok(Self {
             config,
             services,
             by_host,
             default,
+            unrouted: HealthCounters::default(),
         })
+    }
+
+    /// The service carrying a `crash_on_load` fault, if any: installing this runtime for
+    /// serving must abort the process (a drill of a latent crash bug).
+    pub fn crash_on_load(&self) -> Option<&str> {
+        self.config
+            .services
+            .iter()
+            .find(|s| {
+                s.faults
+                    .iter()
+                    .any(|f| f.action == FaultAction::CrashOnLoad)
+            })
+            .map(|s| s.name.as_str())
+    }
+
+    /// What this version served: the total (requests no service matched included) and each
+    /// service that saw requests.
+    pub fn health(&self) -> (Counts, Vec<ServiceHealth>) {
+        let mut total = self.unrouted.snapshot();
+        let mut services = Vec::new();
+        for svc in &self.services {
+            let counts = svc.health.snapshot();
+            total.add(&counts);
+            if counts.requests > 0 || counts.origin_requests > 0 {
+                services.push(ServiceHealth {
+                    service: svc.name.to_string(),
+                    counts,
+                });
+            }
+        }
+        (total, services)
     }
 
     /// A service by name.

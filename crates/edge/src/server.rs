@@ -9,6 +9,7 @@ use crate::runtime::Runtime;
 use crate::store::MemoryStore;
 use crate::telemetry::{self, AccessLog};
 use firebreak_config::{load_file, ValidConfig};
+use firebreak_protocol::health::{Counts, ServiceHealth};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -77,6 +78,7 @@ impl EdgeServer {
         // Install the metrics recorder before the first request is counted.
         let _ = telemetry::prometheus();
         let runtime = Runtime::build(config, None).map_err(ServerError::Config)?;
+        abort_if_crash_on_load(&runtime);
         let state = Arc::new(EdgeState::new(runtime, store, access_log));
         let mut listeners = Vec::new();
         for addr in listen {
@@ -193,6 +195,19 @@ async fn accept_loop(
     }
 }
 
+/// The `crash_on_load` drill: a runtime carrying it is about to be installed for serving, so
+/// the process dies the way a latent crash bug would kill it. Building the runtime (staging)
+/// does not get here.
+fn abort_if_crash_on_load(runtime: &Runtime) {
+    if let Some(service) = runtime.crash_on_load() {
+        tracing::error!(
+            service,
+            "injected fault `crash_on_load` (drill): aborting the process"
+        );
+        std::process::abort();
+    }
+}
+
 /// Resolves once `stop` turns `true` (never, if the handle is gone without stopping).
 async fn stopped(mut stop: watch::Receiver<bool>) {
     loop {
@@ -238,8 +253,16 @@ impl EdgeHandle {
             tracing::warn!("cache.max_bytes changes take effect on restart");
         }
         let runtime = Runtime::build(config, Some(&current)).map_err(ServerError::Config)?;
+        abort_if_crash_on_load(&runtime);
         self.state.runtime.store(Arc::new(runtime));
         Ok(())
+    }
+
+    /// What the running configuration version served so far: the total (requests no service
+    /// matched included) and each service that saw requests. Counts restart at zero with
+    /// every reload.
+    pub fn health(&self) -> (Counts, Vec<ServiceHealth>) {
+        self.state.runtime.load().health()
     }
 
     /// Reads, validates and applies a configuration file; on any error the running

@@ -7,6 +7,7 @@
 //!   time to the response head; `status="error"` when no response came).
 //! - `body_bytes_total{service,source}` — body bytes sent to clients, `source` = cache|origin.
 //! - `cache_objects`, `cache_bytes`, `cache_evictions_total` — from the store, at scrape time.
+//! - `panics_total{service}` — panics caught in request handling (each answered 500).
 //! - `coalesced_waiters_total{service}`, `stale_served_total{service,reason}`,
 //!   `purges_total{kind,mode}`, `access_log_dropped_total`.
 
@@ -168,6 +169,13 @@ pub fn coalesced(service: &Arc<str>) {
 pub fn stale_served(service: &Arc<str>, reason: &'static str) {
     metrics::counter!("firebreak_stale_served_total", "service" => service.clone(), "reason" => reason)
         .increment(1);
+}
+
+/// Counts a panic caught in request handling (`-` when it happened before routing).
+pub fn panicked(service: Option<&Arc<str>>) {
+    static UNROUTED: OnceLock<Arc<str>> = OnceLock::new();
+    let service = service.unwrap_or_else(|| UNROUTED.get_or_init(|| Arc::from("-")));
+    metrics::counter!("firebreak_panics_total", "service" => service.clone()).increment(1);
 }
 
 /// Counts a purge request.

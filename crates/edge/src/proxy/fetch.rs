@@ -212,12 +212,16 @@ fn is_origin_failure(s: StatusCode) -> bool {
     matches!(s.as_u16(), 500 | 502 | 503 | 504)
 }
 
-/// The stored response, if it may stand in for a failed origin.
+/// The stored response, if it may stand in for a failed origin (never while the service's
+/// `no_stale` switch is on).
 fn usable_on_error(
     ctx: &RequestCtx,
     rv: &Revalidate,
     now: SystemTime,
 ) -> Option<(Arc<StoredObject>, &'static str)> {
+    if ctx.svc.switches.no_stale {
+        return None;
+    }
     let obj = rv.stored.as_ref()?;
     let f = &obj.freshness;
     if f.can_serve_on_error(now, None) {

@@ -45,6 +45,7 @@ pub(crate) async fn cached(
                 return Ok(from_object(ctx, obj, status, now));
             }
             if !obj.freshness.stale_while_revalidate.is_zero()
+                && !ctx.svc.switches.no_stale
                 && obj.freshness.can_serve_while_revalidating(now)
             {
                 revalidate_in_background(ctx, &key, obj.clone(), policy);

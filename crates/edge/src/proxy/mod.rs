@@ -13,16 +13,19 @@ mod route;
 use crate::body::EdgeBody;
 use crate::coalesce::Coalescer;
 use crate::error::ProxyError;
+use crate::health::Source;
 use crate::http::headers::{add_forwarded, append_via};
 use crate::runtime::{RuleAction, Runtime, Service};
 use crate::store::Storage;
 use crate::telemetry::{self, AccessLog, AccessRecord, CacheResult};
 use crate::upstream::UpstreamRequest;
 use arc_swap::ArcSwap;
+use futures_util::FutureExt;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version};
 use hyper::body::Incoming;
 use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -110,12 +113,15 @@ pub(crate) struct RequestCtx {
 
 /// Facts gathered along the request path for the log phase; one small allocation per
 /// request, shared by the phases that fill it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct RequestTrace {
     /// Microseconds the origin took to answer (response heads, summed), 0 if not asked.
     pub origin_us: AtomicU64,
     /// The `CacheResult` of the response, as set by `respond::finish`.
     pub result: std::sync::atomic::AtomicU8,
+    /// The service the request was routed to, set once routing succeeded: the log phase
+    /// needs it even when the request's future panicked.
+    service: std::sync::OnceLock<Arc<Service>>,
 }
 
 impl RequestTrace {
@@ -123,6 +129,7 @@ impl RequestTrace {
         Self {
             origin_us: AtomicU64::new(0),
             result: std::sync::atomic::AtomicU8::new(CacheResult::Error as u8),
+            service: std::sync::OnceLock::new(),
         }
     }
 
@@ -145,6 +152,7 @@ impl RequestCtx {
         let started = Instant::now();
         let result = self.svc.pool.send(req, body).await;
         let elapsed = started.elapsed();
+        self.svc.health.origin(result.is_ok());
         self.trace
             .origin_us
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -200,19 +208,37 @@ pub async fn handle(
         (req.method().clone(), host, path, req.version())
     });
     let trace = Arc::new(RequestTrace::new());
-    let (service, result) = serve(state.clone(), runtime, req, client_ip, id, trace.clone()).await;
-    let response = match result {
-        Ok(r) => r,
+    let serving = serve(state.clone(), runtime, req, client_ip, id, trace.clone());
+    // A panic anywhere in request handling (up to the response head) ends this request with
+    // a 500, never the connection or the process.
+    let result = match AssertUnwindSafe(serving).catch_unwind().await {
+        Ok(result) => result,
+        Err(payload) => Err(caught_panic(&trace, id, payload.as_ref())),
+    };
+    let (response, source) = match result {
+        Ok(r) => (r, Source::Origin),
         Err(e) => {
-            tracing::warn!(request_id = %id, error = %e, "request failed");
+            if e != ProxyError::Panic {
+                tracing::warn!(request_id = %id, error = %e, "request failed");
+            }
             trace.set_result(CacheResult::Error);
-            e.to_response(&id.to_string())
+            (e.to_response(&id.to_string()), Source::Edge)
         }
     };
     let result = trace.result();
+    let service = trace.service.get();
+    let hit = matches!(result, CacheResult::Hit | CacheResult::Stale);
+    let head = started.elapsed();
+    match service {
+        Some(svc) => svc.health.response(response.status(), source, hit, head),
+        // Refused before routing: counted by the version installed now (the request's own
+        // unless a reload happened in these microseconds); keeps the hit path free of one
+        // more reference count on the runtime.
+        None => (state.runtime.load().unrouted).response(response.status(), source, hit, head),
+    }
     static UNROUTED: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
     let unrouted = UNROUTED.get_or_init(|| Arc::from("-"));
-    let service_name = match &service {
+    let service_name = match service {
         Some(svc) if result == CacheResult::Hit && response.status() == http::StatusCode::OK => {
             svc.counters.hit_200.increment(1);
             &svc.name
@@ -258,6 +284,27 @@ pub async fn handle(
     response
 }
 
+/// Counts and logs a panic caught in request handling; the request is answered with
+/// [`ProxyError::Panic`].
+fn caught_panic(
+    trace: &RequestTrace,
+    id: RequestId,
+    payload: &(dyn std::any::Any + Send),
+) -> ProxyError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let service = trace.service.get();
+    if let Some(svc) = service {
+        svc.health.panic();
+    }
+    telemetry::panicked(service.map(|s| &s.name));
+    tracing::error!(request_id = %id, panic = message, "request handling panicked; answered 500");
+    ProxyError::Panic
+}
+
 fn version_label(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",
@@ -274,14 +321,14 @@ async fn serve(
     client_ip: IpAddr,
     id: RequestId,
     trace: Arc<RequestTrace>,
-) -> (Option<Arc<Service>>, Result<Response<EdgeBody>, ProxyError>) {
+) -> Result<Response<EdgeBody>, ProxyError> {
     let (parts, body) = req.into_parts();
-    let (ctx, rule) = match route::route(state, runtime, parts, client_ip, id, trace) {
-        Ok(routed) => routed,
-        Err(e) => return (None, Err(e)),
-    };
-    let result = dispatch(&ctx, rule, body).await;
-    (Some(ctx.svc.clone()), result)
+    let (ctx, rule) = route::route(state, runtime, parts, client_ip, id, trace)?;
+    let _ = ctx.trace.service.set(ctx.svc.clone());
+    if ctx.svc.switches.disabled_by.is_some() || !ctx.svc.faults.is_empty() {
+        crate::drills::before_serving(&ctx.svc, ctx.path_and_query.path()).await?;
+    }
+    dispatch(&ctx, rule, body).await
 }
 
 async fn dispatch(

@@ -8,6 +8,7 @@ mod admin;
 mod bad_input;
 mod caching;
 mod coalescing;
+mod drills;
 mod proxying;
 mod reload;
 mod stale;
