@@ -282,6 +282,17 @@ impl Plane {
                 ));
             }
         }
+        if report.listen.len() > 16 || report.listen.iter().any(|l| l.len() > MAX_LABEL_LEN) {
+            return Err(PlaneError::BadRequest("listen: at most 16 short URLs".into()));
+        }
+        if report.bad_versions.len() > 64 {
+            return Err(PlaneError::BadRequest("bad_versions: at most 64".into()));
+        }
+        if let Some(s) = &report.staged {
+            if let Some(e) = &s.error {
+                label("staged.error", e)?;
+            }
+        }
         if report.failed_services.len() > firebreak_config::MAX_SERVICES {
             return Err(PlaneError::BadRequest("too many failed services".into()));
         }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 mod api_client;
 mod demo_origin;
+mod load;
 mod ops;
 mod rollouts;
 mod up;
@@ -53,9 +54,9 @@ struct ApiArgs {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a whole local network on 127.0.0.1: the control plane, two POPs of two edges each
-    /// (separate processes), and the demo origin, with the example configuration pushed
-    /// through the control plane. Ctrl-C stops everything.
+    /// Run a whole local network on 127.0.0.1: the control plane, three POPs of two edges
+    /// each (separate processes, one cell per POP), and the demo origin, with the example
+    /// configuration rolled out through the control plane. Ctrl-C stops everything.
     Up {
         /// First edge port; see the printed map for the rest.
         #[arg(long, default_value_t = 8080)]

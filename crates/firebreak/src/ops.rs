@@ -50,7 +50,11 @@ pub async fn push(api: &Api, file: &Path, message: &str, activate: bool) -> Resu
         info.version,
         info.size,
         info.sha256.get(..16).unwrap_or(&info.sha256),
-        if activate { "; target set" } else { "" }
+        if activate {
+            "; rollout started (`firebreak rollout status`)"
+        } else {
+            ""
+        }
     );
     Ok(())
 }

@@ -1,8 +1,11 @@
-//! `firebreak up`: a whole local network on 127.0.0.1 — the control plane, two POPs of two
-//! edges each (separate processes with their own ports and data directories), and the demo
-//! origin — with the example fleet configuration pushed through the control plane.
+//! `firebreak up`: a whole local network on 127.0.0.1 — the control plane, three POPs of two
+//! edges each (separate processes with their own ports and data directories; each POP is a
+//! cell), and the demo origin — with the example fleet configuration rolled out through the
+//! control plane like any version (staged, canary edge first, gated). A small synthetic load
+//! keeps every edge busy so that the gates have traffic to judge, and edge processes that exit
+//! are restarted, as a supervisor would.
 //!
-//! Ports for `--port P` (default 8080): edges P..P+3, their admin listeners P+10..P+13, the
+//! Ports for `--port P` (default 8080): edges P..P+5, their admin listeners P+10..P+15, the
 //! demo origin P+20, the control plane P-1080 (7000 by default, the CLI's default).
 
 use crate::api_client::Api;
@@ -15,8 +18,18 @@ use std::time::{Duration, Instant};
 
 /// The example fleet configuration.
 const FLEET_CONFIG: &str = include_str!("../../../examples/fleet.toml");
-const POPS: [&str; 2] = ["ams", "nyc"];
-const CELLS: [&str; 2] = ["c1", "c2"];
+const POPS: [&str; 3] = ["ams", "nyc", "sin"];
+/// Edges per POP.
+const EDGES_PER_POP: usize = 2;
+/// Synthetic requests per second and edge.
+const LOAD_PER_EDGE: u32 = 20;
+
+/// A child process and how to start it again.
+struct Spec {
+    name: String,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
 
 struct Children(Vec<(String, Child)>);
 
@@ -29,7 +42,10 @@ impl Children {
         env: &[(&str, &str)],
     ) -> Result<(), String> {
         let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-        let log = std::fs::File::create(logs.join(format!("{name}.log")))
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(logs.join(format!("{name}.log")))
             .map_err(|e| format!("log file for {name}: {e}"))?;
         let mut cmd = Command::new(exe);
         cmd.args(args)
@@ -93,7 +109,16 @@ impl Children {
             .iter_mut()
             .position(|(_, c)| matches!(c.try_wait(), Ok(Some(_))))?;
         let (name, _) = self.0.remove(i);
-        Some(format!("{name} exited"))
+        Some(name)
+    }
+
+    fn start(&mut self, spec: &Spec, logs: &Path) -> Result<(), String> {
+        let env: Vec<(&str, &str)> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.spawn(&spec.name, &spec.args, logs, &env)
     }
 }
 
@@ -180,24 +205,17 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     let fleet_file = dir.join("fleet.toml");
     let text = FLEET_CONFIG.replace("127.0.0.1:8081", &format!("127.0.0.1:{origin_port}"));
     std::fs::write(&fleet_file, text).map_err(|e| format!("{}: {e}", fleet_file.display()))?;
-    crate::ops::push(
-        &api,
-        &fleet_file,
-        "firebreak up: example configuration",
-        true,
-    )
-    .await
-    .map_err(|e| e.message)?;
 
+    let mut specs = Vec::new();
     let mut edges = Vec::new();
     for (p, pop) in POPS.iter().enumerate() {
-        for (c, cell) in CELLS.iter().enumerate() {
-            let i = (p * CELLS.len() + c) as i32;
+        for n in 0..EDGES_PER_POP {
+            let i = (p * EDGES_PER_POP + n) as i32;
             let (listen, admin) = (port(base, i)?, port(base, 10 + i)?);
-            let id = format!("{pop}-{cell}");
-            children.spawn(
-                &format!("edge-{id}"),
-                &[
+            let id = format!("{pop}-{}", n + 1);
+            specs.push(Spec {
+                name: format!("edge-{id}"),
+                args: vec![
                     "edge".into(),
                     "--control".into(),
                     control_url.clone(),
@@ -206,7 +224,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
                     "--pop".into(),
                     (*pop).into(),
                     "--cell".into(),
-                    (*cell).into(),
+                    (*pop).into(),
                     "--id".into(),
                     id.clone(),
                     "--data-dir".into(),
@@ -215,35 +233,67 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
                     format!("127.0.0.1:{listen}"),
                     "--admin".into(),
                     format!("127.0.0.1:{admin}"),
+                    "--heartbeat-ms".into(),
+                    "1000".into(),
+                    "--health-interval-ms".into(),
+                    "1000".into(),
+                    "--safe-mode-window-s".into(),
+                    "120".into(),
                 ],
-                &logs,
-                &[("FIREBREAK_EDGE_TOKEN", &edge_token)],
-            )?;
+                env: vec![("FIREBREAK_EDGE_TOKEN".into(), edge_token.clone())],
+            });
             edges.push((id, listen, admin));
         }
     }
+    for spec in &specs {
+        children.start(spec, &logs)?;
+    }
     let expected = edges.len();
     wait_until(
-        "every edge applying the configuration",
+        "every edge registering",
         Duration::from_secs(30),
         async || {
             let fleet: Vec<EdgeStatus> = api.json(Method::GET, "/v1/fleet", None).await.ok()?;
-            (fleet
-                .iter()
-                .filter(|e| e.report.applied_version.is_some())
-                .count()
-                >= expected)
-                .then_some(())
+            (fleet.len() >= expected).then_some(())
         },
     )
     .await
     .map_err(|e| format!("{e}; see the logs in {}", logs.display()))?;
+    let targets: Vec<(String, std::net::SocketAddr)> = edges
+        .iter()
+        .map(|(id, listen, _)| (id.clone(), ([127, 0, 0, 1], *listen).into()))
+        .collect();
+    let _load = crate::load::Load::start(&targets, LOAD_PER_EDGE);
+    println!(
+        "rolling the example configuration out: staged on every edge, then the canary edge, its cell, the rest (gated; about half a minute)…"
+    );
+    crate::ops::push(
+        &api,
+        &fleet_file,
+        "firebreak up: example configuration",
+        true,
+    )
+    .await
+    .map_err(|e| e.message)?;
+    wait_until(
+        "the first rollout completing",
+        Duration::from_secs(180),
+        async || {
+            let view: firebreak_control::rollout::RolloutView =
+                api.json(Method::GET, "/v1/rollout", None).await.ok()?;
+            let r = view.rollout?;
+            (r.phase.is_end() || r.held.is_some()).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| format!("{e}; see the logs in {}", logs.display()))?;
+    crate::rollouts::status(&api).await.map_err(|e| e.message)?;
 
     let first = edges.first().map(|e| e.1).unwrap_or(base);
     println!(
-        "firebreak is up: a control plane, {} POPs of {} edges, a demo origin.",
+        "firebreak is up: a control plane, {} POPs of {} edges (one cell each), a demo origin.",
         POPS.len(),
-        CELLS.len()
+        EDGES_PER_POP
     );
     println!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
     for (id, listen, admin) in &edges {
@@ -251,15 +301,18 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     }
     println!("  demo origin    http://{}/", origin.addr);
     println!("  data and logs  {}", dir.display());
+    println!("  synthetic load {LOAD_PER_EDGE} req/s per edge (feeds the rollout gates)");
     println!();
     println!("Use the CLI against it:");
     println!("  export FIREBREAK_CONTROL={control_url} FIREBREAK_TOKEN={operator}");
     println!("  firebreak fleet");
     println!("  firebreak config versions");
     println!(
-        "  firebreak config push {} -m 'my change' --activate",
+        "  firebreak config push {} -m 'my change'   # then: firebreak deploy N",
         fleet_file.display()
     );
+    println!("  firebreak rollout status | firebreak audit");
+    println!("  firebreak drill          # a broken version: caught in the canary, rolled back");
     println!("  firebreak purge http://localhost:{first}/static/hello.txt");
     println!("Try:");
     println!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");
@@ -267,12 +320,23 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     println!("  curl -si http://127.0.0.1:{first}/api/data           # stale-while-revalidate");
     println!();
     println!("Ctrl-C stops everything.");
+    let mut restarts: Vec<Instant> = Vec::new();
     loop {
         tokio::select! {
             _ = crate::wait_for_ctrl_c() => break,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                if let Some(what) = children.exited() {
-                    tracing::warn!("{what}; the rest keeps running (see {})", logs.display());
+                if let Some(name) = children.exited() {
+                    match specs.iter().find(|s| s.name == name) {
+                        Some(spec) => {
+                            restarts.retain(|t| t.elapsed() < Duration::from_secs(60));
+                            restarts.push(Instant::now());
+                            tracing::warn!(%name, "exited; restarting it (see {})", logs.display());
+                            if let Err(e) = children.start(spec, &logs) {
+                                tracing::warn!(%name, error = %e, "cannot restart");
+                            }
+                        }
+                        None => tracing::warn!("{name} exited; the rest keeps running (see {})", logs.display()),
+                    }
                 }
             }
         }

@@ -362,9 +362,20 @@ fn client_commands_exit_codes_scripts_can_rely_on() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("version 1 stored") && out.contains("target set"),
+        out.contains("version 1 stored") && out.contains("rollout started"),
         "{out}"
     );
+    // With no edges every wave is empty, so the rollout completes by itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, out, err) = client(&url, &["rollout", "status"]);
+        assert_eq!(code, 0, "{err}");
+        if out.contains(": complete") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "first rollout never completed:\n{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     std::fs::write(&fleet, good.replace("\"one\"", "\"two\"")).unwrap();
     assert_eq!(
         client(
@@ -400,10 +411,28 @@ fn client_commands_exit_codes_scripts_can_rely_on() {
         out.contains("-value = \"one\"") && out.contains("+value = \"two\""),
         "{out}"
     );
-    assert_eq!(client(&url, &["config", "target", "2"]).0, 0);
+    // Setting the target at once is refused: versions travel by rollout.
+    let (code, _, err) = client(&url, &["config", "target", "2"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("rollout"), "{err}");
+    let (code, out, err) = client(&url, &["deploy", "2", "-m", "second"]);
+    assert_eq!(code, 0, "deploy follows the rollout to its end: {out}{err}");
+    assert!(out.contains("complete"), "{out}");
+    // A second deploy of what the fleet runs is refused.
+    assert_eq!(client(&url, &["deploy", "2"]).0, 1);
     let (code, _, err) = client(&url, &["config", "target", "1"]);
     assert_eq!(code, 1, "going back needs --rollback: {err}");
     assert_eq!(client(&url, &["config", "target", "1", "--rollback"]).0, 0);
+    let (code, out, err) = client(&url, &["rollback", "2", "-m", "forward again"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("version 2"), "{out}");
+    assert_eq!(client(&url, &["rollback", "9"]).0, 1);
+    assert_eq!(client(&url, &["rollout", "pause"]).0, 1, "nothing to pause");
+    let (code, out, _) = client(&url, &["audit"]);
+    assert_eq!(code, 0);
+    for action in ["deploy", "complete", "rollback"] {
+        assert!(out.contains(action), "audit lacks {action}:\n{out}");
+    }
     assert_eq!(client(&url, &["config", "show", "9"]).0, 1);
     // No edges: a purge is trivially acknowledged by all of none.
     assert_eq!(client(&url, &["purge", "--all", "--service", "demo"]).0, 0);

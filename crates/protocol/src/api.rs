@@ -113,6 +113,9 @@ pub struct EdgeReport {
     pub cell: String,
     /// Base URL of the edge's admin listener (purge fan-out goes there).
     pub admin_url: Option<String>,
+    /// The edge's client listeners (`http://addr`), for operators and drills.
+    #[serde(default)]
+    pub listen: Vec<String>,
     /// Version it serves, if any.
     pub applied_version: Option<u64>,
     /// Target sequence number it last acted on.

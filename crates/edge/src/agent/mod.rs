@@ -295,12 +295,18 @@ impl Worker {
             self.opts.cell.clone(),
             self.admin_url(),
         );
+        let listen: Vec<String> = self
+            .edge
+            .as_ref()
+            .map(|e| e.local_addrs().iter().map(|a| format!("http://{a}")).collect())
+            .unwrap_or_default();
         move |status| {
             let s = status.lock().map(|s| s.clone()).unwrap_or_default();
             EdgeReport {
                 pop: pop.clone(),
                 cell: cell.clone(),
                 admin_url: admin_url.clone(),
+                listen: listen.clone(),
                 applied_version: s.applied.as_ref().map(|a| a.version),
                 applied_seq: s.applied.as_ref().map_or(0, |a| a.seq),
                 error: s.last_error.or(s.control_error),
