@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 mod api_client;
 mod demo_origin;
+mod drill;
 mod load;
 mod ops;
 mod rollouts;
@@ -153,6 +154,25 @@ enum Command {
         /// Why.
         #[arg(short, long, default_value = "")]
         message: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The outage drill, against a running fleet (`firebreak up`): push a version that breaks
+    /// one service, roll it out under a steady load, and report time to detect, time until
+    /// every edge is back, and the failed requests per cell. Exit 0 when every target is met.
+    Drill {
+        /// How to break the version.
+        #[arg(long, value_enum, default_value = "closed-origin")]
+        fault: drill::Breakage,
+        /// The service to break (default: the default service).
+        #[arg(long)]
+        service: Option<String>,
+        /// Requests per second and edge.
+        #[arg(long, default_value_t = 50)]
+        rate: u32,
+        /// Append the report (markdown) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -463,6 +483,13 @@ async fn run(command: Command) -> Result<(), Failed> {
             )
             .await
         }
+        Command::Drill {
+            fault,
+            service,
+            rate,
+            out,
+            api,
+        } => drill::run(&Api::new(&api.control, &api.token), fault, service, rate, out).await,
         Command::Audit { limit, api } => {
             rollouts::audit(&Api::new(&api.control, &api.token), limit).await
         }

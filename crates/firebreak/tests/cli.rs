@@ -148,7 +148,7 @@ fn edge_process_caches_and_reloads_on_sighup() {
 }
 
 #[test]
-fn up_runs_a_control_plane_two_pops_of_two_edges_and_the_origin() {
+fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_rollout() {
     // Ports unlikely to be taken; the test is about `up`, not the ports.
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let data = temp_dir("up");
@@ -160,8 +160,8 @@ fn up_runs_a_control_plane_two_pops_of_two_edges_and_the_origin() {
         data.to_str().unwrap(),
     ]);
     let control = up.wait_for_addr("  control plane ");
-    let mut edges = vec![up.wait_for_addr("  edge ams-c1")];
-    for id in ["ams-c2", "nyc-c1", "nyc-c2"] {
+    let mut edges = vec![up.wait_for_addr("  edge ams-1")];
+    for id in ["ams-2", "nyc-1", "nyc-2", "sin-1", "sin-2"] {
         edges.push(up.wait_for_addr(&format!("  edge {id}")));
     }
     assert_eq!(edges[0].port(), port);
@@ -196,13 +196,23 @@ fn up_runs_a_control_plane_two_pops_of_two_edges_and_the_origin() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for id in ["ams-c1", "ams-c2", "nyc-c1", "nyc-c2"] {
+    for id in ["ams-1", "ams-2", "nyc-1", "nyc-2", "sin-1", "sin-2"] {
         let row = text
             .lines()
             .find(|l| l.starts_with(id))
             .unwrap_or_else(|| panic!("{text}"));
         assert_eq!(row.split_whitespace().nth(3), Some("1"), "{text}");
     }
+    // The first version came through a rollout: staged, then wave by wave, gated.
+    let out = Command::new(BIN)
+        .args(["audit", "--control", &format!("http://{control}"), "--token", &token])
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        audit.contains("deploy") && audit.contains("wave") && audit.contains("complete"),
+        "{audit}"
+    );
     // SIGTERM (as Ctrl-C) stops the whole network: up exits, every edge port closes.
     let ok = Command::new("kill")
         .args(["-TERM", &up.child.id().to_string()])

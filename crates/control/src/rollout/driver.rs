@@ -365,7 +365,14 @@ async fn wave(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(
         .health
         .evidence(r.id, r.wave, &member_ids, r.version, r.from);
     let looks = (r.plan.max_wait_s / r.plan.interval_s.max(1)).max(1);
-    let report = gate::judge(&r.plan.gate, r.plan.min_requests, looks, &evidence);
+    let mut thresholds = r.plan.gate.clone();
+    if matches!(r.kind, super::state::RolloutKind::Switch { .. }) {
+        // A kill switch changes caching on purpose (bypass, no stale): more requests to the
+        // origin is its point, not a regression. Errors and latency are still judged.
+        thresholds.origin_ratio = 1000.0;
+        thresholds.origin_min = 1.0;
+    }
+    let report = gate::judge(&thresholds, r.plan.min_requests, looks, &evidence);
     if let Ok(mut view) = plane.gate_view.lock() {
         view.insert(r.id, report.clone());
     }
