@@ -142,10 +142,13 @@ pub async fn target(api: &Api, version: Option<u64>, rollback: bool) -> Result<(
         },
         Some(version) => {
             let req = SetTargetRequest { version, rollback };
-            let t: Target = api
+            let t: firebreak_control::store::StoredTarget = api
                 .json(Method::PUT, "/v1/target", Some(to_json(&req)?))
                 .await?;
-            println!("target version {} (seq {})", t.version, t.seq);
+            println!(
+                "fleet rolled back to version {} (seq {})",
+                t.version, t.seq
+            );
         }
     }
     Ok(())
