@@ -437,6 +437,8 @@ async fn poll(
         t = app.plane.wait_target(&id, &q.cell, q.after, wait) => t,
         _ = stopping.wait_for(|s| *s) => None,
     };
+    // An edge holding a long-poll is alive: note it at the end too.
+    app.plane.touch(&id);
     match found {
         Some(t) => Ok(Json(t).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),

@@ -159,6 +159,14 @@ impl Plane {
             req.file.as_str()
         };
         parse_managed_str(file, &req.document).map_err(PlaneError::Invalid)?;
+        if req.activate {
+            if let Some(r) = self.fleet_state().running() {
+                return Err(PlaneError::Conflict(format!(
+                    "rollout {} of version {} is running; push without activate and deploy later (nothing was stored)",
+                    r.id, r.version
+                )));
+            }
+        }
         let docs = split(&req.document).map_err(PlaneError::BadRequest)?;
         for _ in 0..PUSH_ATTEMPTS {
             let parent = self.store.latest_version().await?;

@@ -219,6 +219,35 @@ impl Control {
         self.wait_rollout(version, "complete").await;
     }
 
+    /// Points every edge at `version` behind the rollout machinery's back (as a buggy or
+    /// compromised control plane might): for tests of the edge's own defences.
+    pub async fn force_target(&self, version: u64, rollback: bool) {
+        let mut state = self.store.state().await.unwrap().unwrap_or_default();
+        let info = self.store.version(version).await.unwrap().unwrap();
+        let target = firebreak_protocol::signed::Target {
+            seq: state.seq + 1,
+            audience: "*".into(),
+            version,
+            bundle_sha256: info.sha256,
+            rollback,
+            stage: None,
+            rollout: None,
+            set_at_ms: 1,
+            set_by: "test".into(),
+        };
+        let signed = firebreak_protocol::signed::Signed::sign(&target, &self.key()).unwrap();
+        let previous = state.seq;
+        state.seq = target.seq;
+        state.default = Some(firebreak_control::store::StoredTarget {
+            seq: target.seq,
+            version,
+            signed,
+        });
+        state.cells.clear();
+        state.edges.clear();
+        assert!(self.store.set_state(previous, &state).await.unwrap());
+    }
+
     /// Starts a rollout of a stored version on the default plan (does not wait).
     pub async fn start_deploy(&self, version: u64) {
         let (status, v) = self
