@@ -207,6 +207,7 @@ impl Control {
     }
 
     /// Rolls a stored version out on the default plan and waits until it completes.
+    #[allow(dead_code)]
     pub async fn deploy(&self, version: u64) {
         let (status, v) = self
             .call(
