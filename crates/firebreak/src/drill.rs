@@ -24,6 +24,9 @@ pub enum Breakage {
     Status,
     /// An injected fault: every request of the service panics.
     Panic,
+    /// An injected fault: the edge process aborts when it starts serving the version (needs a
+    /// supervisor that restarts edges, as `firebreak up` does; safe mode catches it).
+    Crash,
 }
 
 fn refused(m: impl Into<String>) -> Failed {
@@ -83,12 +86,15 @@ fn break_document(
             origin.insert("servers", toml_edit::value(servers));
             format!("service {name}'s origin pointed at closed port {port}")
         }
-        Breakage::Status | Breakage::Panic => {
+        Breakage::Status | Breakage::Panic | Breakage::Crash => {
             let mut fault = toml_edit::Table::new();
             match how {
                 Breakage::Status => {
                     fault.insert("action", toml_edit::value("status"));
                     fault.insert("status", toml_edit::value(503));
+                }
+                Breakage::Crash => {
+                    fault.insert("action", toml_edit::value("crash_on_load"));
                 }
                 _ => {
                     fault.insert("action", toml_edit::value("panic"));
@@ -99,7 +105,11 @@ fn break_document(
             table.insert("fault", toml_edit::Item::ArrayOfTables(faults));
             format!(
                 "service {name} with an injected fault ({})",
-                if matches!(how, Breakage::Status) { "503" } else { "panic" }
+                match how {
+                    Breakage::Status => "503",
+                    Breakage::Crash => "the process aborts on load",
+                    _ => "panic",
+                }
             )
         }
     };
@@ -201,6 +211,15 @@ pub async fn run(
                 took.insert(e.id.clone());
             }
         }
+        // Edges the version was sent to (a version that crashes an edge is never reported
+        // applied by it).
+        for c in &view.cells {
+            for e in &c.edges {
+                if e.target == Some(info.version) {
+                    took.insert(e.id.clone());
+                }
+            }
+        }
         let Some(r) = view.rollout.filter(|r| r.id == rollout.id) else {
             return Err(refused("the drill's rollout was replaced by another"));
         };
@@ -268,7 +287,7 @@ pub async fn run(
         line(format!("- gate: {gate_reason}"));
     }
     line(format!(
-        "- edges that took version {}: {} of {} ({})",
+        "- edges the version was sent to: version {}: {} of {} ({})",
         info.version,
         took.len(),
         all.len(),

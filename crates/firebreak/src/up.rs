@@ -31,7 +31,9 @@ struct Spec {
     env: Vec<(String, String)>,
 }
 
-struct Children(Vec<(String, Child)>);
+/// The running children, and the program they run (resolved once at start: if the file is
+/// replaced while `up` runs, restarts still find it by path).
+struct Children(Vec<(String, Child)>, PathBuf);
 
 impl Children {
     fn spawn(
@@ -41,7 +43,7 @@ impl Children {
         logs: &Path,
         env: &[(&str, &str)],
     ) -> Result<(), String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+        let exe = self.1.clone();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -175,7 +177,8 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     let origin = demo_origin::start(([127, 0, 0, 1], origin_port).into())
         .await
         .map_err(|e| format!("demo origin on port {origin_port}: {e}"))?;
-    let mut children = Children(Vec::new());
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut children = Children(Vec::new(), exe);
     let control_url = format!("http://127.0.0.1:{control_port}");
     children.spawn(
         "control",

@@ -330,8 +330,28 @@ async fn wave(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(
         }
         return Ok(());
     }
+    // A wave edge that was reachable at staging and has gone silent since the version was
+    // sent to it may have been killed by it: that is a failure, never a pass.
+    let excluded: HashSet<&str> = r
+        .excluded
+        .iter()
+        .filter_map(|x| x.split(':').next())
+        .collect();
+    if let Some(e) = members.iter().find(|e| {
+        !excluded.contains(e.id.as_str()) && now.saturating_sub(e.last_seen_ms) > r.edge_gone_ms
+    }) {
+        let reason = format!(
+            "edge {} stopped reporting after version {} was sent to it (last seen {} s ago; crashed?)",
+            e.id,
+            r.version,
+            now.saturating_sub(e.last_seen_ms) / 1000
+        );
+        plane.roll_back_running(&reason, None, "gate").await?;
+        return Ok(());
+    }
     if live_members.is_empty() {
-        // Nothing in this wave serves traffic: there is nothing to judge or protect.
+        // Nothing in this wave serves traffic (no edge, or only edges already gone at
+        // staging): there is nothing to judge or protect.
         let report = gate::GateReport {
             verdict: Verdict::Pass,
             reason: "no live edge in this wave".into(),
