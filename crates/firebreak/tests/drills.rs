@@ -190,7 +190,10 @@ impl ControlProc {
             .unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
     }
 
     /// Stores `doc` as the next version; `activate` also rolls it out on the default plan.
@@ -509,8 +512,7 @@ activate_timeout_s = 30
         .await;
     let outcome = view["rollout"]["outcome"].as_str().unwrap();
     assert!(
-        outcome.contains("edge edge-c1 crash-looped on version 2")
-            && outcome.contains("safe mode"),
+        outcome.contains("edge edge-c1 crash-looped on version 2") && outcome.contains("safe mode"),
         "{outcome}"
     );
     assert_eq!(view["rollout"]["wave"], 0, "stopped in the canary wave");
@@ -598,7 +600,10 @@ p99_min_ms = 5000
         .iter()
         .map(|c| EdgeSpec::new(&dir, c))
         .collect();
-    let _procs: Vec<Proc> = edges.iter().map(|e| Proc(e.spawn(&control.url, &control.trust()))).collect();
+    let _procs: Vec<Proc> = edges
+        .iter()
+        .map(|e| Proc(e.spawn(&control.url, &control.trust())))
+        .collect();
     control
         .wait_fleet("three edges on version 1", |f| {
             f.len() == 3 && f.iter().all(|e| e["applied_version"] == 1)
@@ -623,7 +628,11 @@ p99_min_ms = 5000
                 while !stop.load(Ordering::Relaxed) {
                     tick.tick().await;
                     n += 1;
-                    let host = if n % 2 == 0 { "a.test" } else { "b.test" };
+                    let host = if n.is_multiple_of(2) {
+                        "a.test"
+                    } else {
+                        "b.test"
+                    };
                     let got = through(&client, addr, host, &format!("/nocache/{n}")).await;
                     let mut t = tally.lock().unwrap();
                     match got {
@@ -677,8 +686,14 @@ p99_min_ms = 5000
     assert_eq!(status, StatusCode::OK, "{after}");
     let r = &after["rollout"];
     assert_eq!(r["id"], id, "{after:#}");
-    assert_eq!(r["started_ms"], before["rollout"]["started_ms"], "{after:#}");
-    assert_eq!(r["phase"], "wave", "resumed elsewhere than in a wave: {after:#}");
+    assert_eq!(
+        r["started_ms"], before["rollout"]["started_ms"],
+        "{after:#}"
+    );
+    assert_eq!(
+        r["phase"], "wave",
+        "resumed elsewhere than in a wave: {after:#}"
+    );
     assert!(
         r["wave"].as_u64().unwrap() >= wave,
         "went back from wave {wave}: {after:#}"
@@ -714,7 +729,11 @@ p99_min_ms = 5000
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert_eq!(actions.iter().filter(|a| **a == "deploy").count(), 1, "{audit:#?}");
+    assert_eq!(
+        actions.iter().filter(|a| **a == "deploy").count(),
+        1,
+        "{audit:#?}"
+    );
     assert_eq!(
         actions,
         ["deploy", "wave", "wave", "wave", "complete"],

@@ -357,15 +357,16 @@ impl Fleet {
         for m in &fleet.edges {
             wait_applied(&m.agent, 1).await;
         }
-        fleet.wait_view("every edge listed on version 1", |cells| {
-            cells.len() == CELLS.len()
-                && cells.iter().all(|c| {
-                    c["edges"].as_array().is_some_and(|e| {
-                        e.len() == PER_CELL && e.iter().all(|e| e["applied"] == 1)
+        fleet
+            .wait_view("every edge listed on version 1", |cells| {
+                cells.len() == CELLS.len()
+                    && cells.iter().all(|c| {
+                        c["edges"].as_array().is_some_and(|e| {
+                            e.len() == PER_CELL && e.iter().all(|e| e["applied"] == 1)
+                        })
                     })
-                })
-        })
-        .await;
+            })
+            .await;
         fleet
     }
 
@@ -601,7 +602,11 @@ async fn an_injected_503_fault_is_caught_by_the_gate() {
     let (failing, canary) = caught(&fleet, load, v2, id).await;
     assert_eq!(failing["metric"], "5xx", "{failing:#}");
     assert_eq!(
-        canary.statuses.keys().filter(|s| **s >= 500).collect::<Vec<_>>(),
+        canary
+            .statuses
+            .keys()
+            .filter(|s| **s >= 500)
+            .collect::<Vec<_>>(),
         [&503],
         "{canary:#?}"
     );
@@ -631,13 +636,20 @@ async fn a_version_that_cannot_be_built_stops_at_stage() {
     assert_eq!(view["fleet_version"], 1, "{view:#}");
     fleet.all_on(1, "v1").await;
     let state = fleet.c.store.state().await.unwrap().unwrap();
-    assert!(state.cells.is_empty() && state.edges.is_empty(), "{state:?}");
+    assert!(
+        state.cells.is_empty() && state.edges.is_empty(),
+        "{state:?}"
+    );
     let after = load.snapshot();
     load.wait_ok(&after, 10).await;
     let seen = load.stop().await;
     for (edge, s) in &seen {
         assert_eq!(s.failed, 0, "edge {edge} failed requests: {s:#?}");
-        assert_eq!(s.versions, BTreeSet::from(["v1".to_owned()]), "{edge}: {s:#?}");
+        assert_eq!(
+            s.versions,
+            BTreeSet::from(["v1".to_owned()]),
+            "{edge}: {s:#?}"
+        );
     }
     for m in &fleet.edges {
         let s = m.agent.status();
@@ -645,7 +657,10 @@ async fn a_version_that_cannot_be_built_stops_at_stage() {
         let staged = s.staged.unwrap();
         assert_eq!(staged.version, v2, "{}", m.id);
         assert!(
-            staged.error.as_deref().is_some_and(|e| e.contains("fail_build")),
+            staged
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("fail_build")),
             "{}: {staged:?}",
             m.id
         );
@@ -672,7 +687,11 @@ async fn a_version_that_panics_every_request_is_caught_and_rolled_back() {
     assert_eq!(failing["metric"], "5xx", "{failing:#}");
     // Every panic was answered: a 500 with a request id, never a dropped connection.
     assert_eq!(
-        canary.statuses.keys().filter(|s| **s >= 500 || **s == 0).collect::<Vec<_>>(),
+        canary
+            .statuses
+            .keys()
+            .filter(|s| **s >= 500 || **s == 0)
+            .collect::<Vec<_>>(),
         [&500],
         "{canary:#?}"
     );
@@ -724,7 +743,10 @@ async fn one_broken_tenant_trips_the_gate_while_the_fleet_barely_moves() {
     assert_eq!(failing["scope"], "service:b", "{failing:#}");
     assert_eq!(failing["metric"], "5xx", "{failing:#}");
     let view = fleet.c.wait_rollout(v2, "rolled_back").await;
-    let checks = view["rollout"]["last_gate"]["checks"].as_array().unwrap().clone();
+    let checks = view["rollout"]["last_gate"]["checks"]
+        .as_array()
+        .unwrap()
+        .clone();
     let total = checks
         .iter()
         .find(|c| c["scope"] == "total" && c["metric"] == "5xx")
@@ -766,7 +788,11 @@ async fn a_canary_target_cannot_be_replayed_to_another_cell() {
     // The signed statement that moved cell c1 to version 2, served to cell c2 as its own
     // override (as a compromised or buggy store or replica might).
     let mut state = fleet.c.store.state().await.unwrap().unwrap();
-    let stolen = state.cells.get("c1").cloned().expect("no target for cell c1");
+    let stolen = state
+        .cells
+        .get("c1")
+        .cloned()
+        .expect("no target for cell c1");
     assert_eq!(stolen.version, v2);
     assert!(!state.cells.contains_key("c2"), "{state:?}");
     let previous = state.seq;
@@ -792,10 +818,7 @@ async fn a_canary_target_cannot_be_replayed_to_another_cell() {
         .wait_view("cell c2 reporting the refusal", |cells| {
             cells.iter().filter(|c| c["cell"] == "c2").all(|c| {
                 c["edges"].as_array().unwrap().iter().all(|e| {
-                    e["applied"] == 1
-                        && e["error"]
-                            .as_str()
-                            .is_some_and(|m| m.contains("refused"))
+                    e["applied"] == 1 && e["error"].as_str().is_some_and(|m| m.contains("refused"))
                 })
             })
         })
