@@ -754,3 +754,133 @@ p99_min_ms = 5000
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to a process this test started, by PID.
+fn signal(child: &Child, signal: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -{signal} {}", child.id());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_back_from_a_long_outage_does_not_take_quiet_edges_for_gone() {
+    // The control plane is down longer than `edge_gone_s`, and when it comes back the edges
+    // have not reconnected yet (frozen here with SIGSTOP; in production: their back-off and
+    // ten-second heartbeat). Every stored last-seen time is older than `edge_gone_s`; the
+    // wave must not be judged as "no live edge" and passed on no evidence.
+    let dir = temp_dir("quiet");
+    let origin = origin().await;
+    let mut control = ControlProc::start(&dir.join("control"), free_port());
+    let rollout = r#"
+[rollout]
+edge_gone_s = 3
+stage_timeout_s = 20
+[[rollout.plan]]
+name = "default"
+waves = [{ cells = 1 }, { percent = 100 }]
+bake_s = 1
+interval_s = 1
+min_requests = 20
+max_wait_s = 60
+activate_timeout_s = 20
+"#;
+    control
+        .push(&document(origin, "v1", rollout, ""), true)
+        .await;
+    control
+        .wait_rollout("version 1 complete", 20, |v| {
+            v["rollout"]["version"] == 1 && v["rollout"]["phase"] == "complete"
+        })
+        .await;
+    let edges: Vec<EdgeSpec> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|c| EdgeSpec::new(&dir, c))
+        .collect();
+    let procs: Vec<Proc> = edges
+        .iter()
+        .map(|e| Proc(e.spawn(&control.url, &control.trust())))
+        .collect();
+    control
+        .wait_fleet("three edges on version 1", |f| {
+            f.len() == 3 && f.iter().all(|e| e["applied_version"] == 1)
+        })
+        .await;
+    let v2 = control
+        .push(&document(origin, "v2", rollout, ""), false)
+        .await;
+    let id = control.deploy(v2).await;
+    // The canary cell runs version 2; no traffic, so the wave waits for its 20 requests.
+    control
+        .wait_fleet("the canary on version 2", |f| {
+            f.iter()
+                .any(|e| e["id"] == "edge-c1" && e["applied_version"] == v2)
+        })
+        .await;
+    control
+        .wait_rollout("the canary wave", 20, |v| {
+            v["rollout"]["id"] == id && v["rollout"]["phase"] == "wave"
+        })
+        .await;
+    for p in &procs {
+        signal(&p.0, "STOP");
+    }
+    control.kill();
+    // Longer than edge_gone_s (3 s) since any edge was heard of: the clock has to pass.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    control.restart();
+    // For a second the edges are still silent; the rollout stays in its first wave.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        let (_, v) = control.call(Method::GET, "/v1/rollout", None).await;
+        assert_eq!(v["rollout"]["id"], id, "{v:#}");
+        assert_eq!(v["rollout"]["phase"], "wave", "{v:#}");
+        assert_eq!(v["rollout"]["wave"], 0, "moved on without the edges: {v:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for p in &procs {
+        signal(&p.0, "CONT");
+    }
+    control
+        .wait_fleet("the edges back", |f| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            f.len() == 3
+                && f.iter().all(|e| {
+                    e["last_seen_ms"]
+                        .as_u64()
+                        .is_some_and(|t| now.saturating_sub(t) < 1_000)
+                })
+        })
+        .await;
+    let (_, v) = control.call(Method::GET, "/v1/rollout", None).await;
+    assert_eq!(v["rollout"]["phase"], "wave", "{v:#}");
+    assert_eq!(v["rollout"]["wave"], 0, "{v:#}");
+    let audit = control.audit(id).await;
+    assert!(
+        audit.iter().all(|e| !e["message"]
+            .as_str()
+            .unwrap()
+            .contains("no live edge in this wave")),
+        "{audit:#?}"
+    );
+    let (status, r) = control
+        .call(
+            Method::POST,
+            "/v1/rollout/abort",
+            Some(json!({"message": "end of drill"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    control
+        .wait_fleet("every edge back on version 1", |f| {
+            f.len() == 3 && f.iter().all(|e| e["applied_version"] == 1)
+        })
+        .await;
+    drop(procs);
+    drop(control);
+    let _ = std::fs::remove_dir_all(&dir);
+}
