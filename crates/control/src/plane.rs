@@ -83,6 +83,9 @@ pub struct Plane {
     pub(crate) gate_view: Mutex<HashMap<u64, crate::rollout::gate::GateReport>>,
     /// When the gate last looked at each rollout's wave.
     pub(crate) looked: Mutex<HashMap<(u64, usize), std::time::Instant>>,
+    /// When this replica started (ms since the epoch): the rollout driver counts an edge as
+    /// seen no earlier than this, since it cannot have heard from it before.
+    pub(crate) started_ms: u64,
 }
 
 impl Plane {
@@ -110,6 +113,7 @@ impl Plane {
             health: HealthBook::default(),
             gate_view: Mutex::new(HashMap::new()),
             looked: Mutex::new(HashMap::new()),
+            started_ms: now_ms(),
         });
         let weak = Arc::downgrade(&plane);
         let store = plane.store.clone();

@@ -46,7 +46,14 @@ pub async fn step(plane: &Arc<Plane>) -> Result<(), PlaneError> {
     if r.paused || r.held.is_some() {
         return Ok(());
     }
-    let fleet = plane.fleet().await?;
+    let mut fleet = plane.fleet().await?;
+    // A replica that just started (a restart after an outage) has not heard from any edge
+    // yet: their stored last-seen times are as old as the outage. Count them as seen when
+    // the replica started, so that they are not taken for gone — which would stage and pass
+    // waves on no evidence — before they had `edge_gone` to reconnect.
+    for e in &mut fleet {
+        e.last_seen_ms = e.last_seen_ms.max(plane.started_ms);
+    }
     match r.phase {
         Phase::Staging => staging(plane, &state, &r, &fleet).await,
         Phase::Wave => wave(plane, &r, &fleet).await,

@@ -292,12 +292,28 @@ pub async fn edge(control: &Control, data_dir: &Path, id: &str) -> Agent {
 }
 
 pub async fn edge_trusting(url: &str, trust: PublicKey, data_dir: &Path, id: &str) -> Agent {
+    edge_placed(url, trust, data_dir, id, "pop1", "c1").await
+}
+
+/// An edge under `control` in POP `pop` and cell `cell`.
+pub async fn edge_in(control: &Control, data_dir: &Path, id: &str, pop: &str, cell: &str) -> Agent {
+    edge_placed(&control.url, control.public(), data_dir, id, pop, cell).await
+}
+
+pub async fn edge_placed(
+    url: &str,
+    trust: PublicKey,
+    data_dir: &Path,
+    id: &str,
+    pop: &str,
+    cell: &str,
+) -> Agent {
     let opts = AgentOptions {
         control: url.to_owned(),
         token: EDGE.into(),
         id: id.into(),
-        pop: "pop1".into(),
-        cell: "c1".into(),
+        pop: pop.into(),
+        cell: cell.into(),
         data_dir: data_dir.to_owned(),
         trust,
         listen: vec!["127.0.0.1:0".parse().unwrap()],

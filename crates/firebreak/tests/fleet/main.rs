@@ -7,3 +7,4 @@ mod api;
 mod edges;
 mod faults;
 mod harness;
+mod rollouts;
