@@ -368,6 +368,10 @@ async fn operator(
 enum Event {
     /// The first report was accepted.
     Registered,
+    /// A target asking to stage `version` arrived (the long-poll woke).
+    StageAsked { version: u64, at_us: u64 },
+    /// The bundle of a staged `version` was downloaded and verified.
+    StageVerified { version: u64, at_us: u64 },
     /// A `staged` report for `version` was accepted.
     Staged { edge: usize, version: u64, at_us: u64 },
     /// A report naming `version` applied (from another version) was accepted.
@@ -642,7 +646,17 @@ impl SimEdge {
                 .and_then(|s| s.staged.clone())
                 .is_some_and(|s| s.version == stage.version && s.error.is_none());
             if current != Some(stage.version) && !already {
+                self.shared.event(Event::StageAsked {
+                    version: stage.version,
+                    at_us: now_us(),
+                });
                 let outcome = self.bundle(stage.version, &stage.bundle_sha256).await;
+                if outcome.is_ok() {
+                    self.shared.event(Event::StageVerified {
+                        version: stage.version,
+                        at_us: now_us(),
+                    });
+                }
                 if let Ok(mut s) = self.state.lock() {
                     s.staged = Some(StageReport {
                         version: stage.version,
@@ -685,7 +699,7 @@ impl SimEdge {
         if let Ok(mut s) = self.state.lock() {
             s.seen_seq = s.seen_seq.max(target.seq);
         }
-        Ok(changed.map(|(v, t)| (v, t)))
+        Ok(changed)
     }
 
     async fn follow(self: Arc<Self>) {
@@ -810,6 +824,10 @@ struct RunResult {
     first_rollout_ms: f64,
     staged_p50_ms: f64,
     staged_max_ms: f64,
+    /// Deploy to the stage target's arrival (long-poll wake-up), p50 and max.
+    asked_ms: (f64, f64),
+    /// Deploy to the bundle downloaded and verified, p50 and max.
+    verified_ms: (f64, f64),
     /// Deploy to wave 1's start (the control plane noticing that every edge staged).
     stage_phase_ms: f64,
     waves: Vec<WaveResult>,
@@ -1059,6 +1077,24 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
     if staged.len() != n {
         return Err(format!("only {} of {n} edges staged version {v2}", staged.len()));
     }
+    let since_deploy = |want: fn(&Event) -> Option<(u64, u64)>| -> Vec<f64> {
+        let mut v: Vec<f64> = events
+            .iter()
+            .filter_map(want)
+            .filter(|(version, _)| *version == v2)
+            .map(|(_, at)| at.saturating_sub(deploy_us) as f64 / 1000.0)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let asked = since_deploy(|e| match e {
+        Event::StageAsked { version, at_us, .. } => Some((*version, *at_us)),
+        _ => None,
+    });
+    let verified = since_deploy(|e| match e {
+        Event::StageVerified { version, at_us, .. } => Some((*version, *at_us)),
+        _ => None,
+    });
     let mut stage_ms: Vec<f64> = staged
         .values()
         .map(|t| t.saturating_sub(deploy_us) as f64 / 1000.0)
@@ -1163,6 +1199,8 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
         first_rollout_ms,
         staged_p50_ms: pct(&stage_ms, 50.0),
         staged_max_ms: stage_ms.last().copied().unwrap_or(f64::NAN),
+        asked_ms: (pct(&asked, 50.0), asked.last().copied().unwrap_or(f64::NAN)),
+        verified_ms: (pct(&verified, 50.0), verified.last().copied().unwrap_or(f64::NAN)),
         stage_phase_ms: (first_set_at as f64) - deploy_us as f64 / 1000.0,
         waves,
         rollout_ms: complete_ms.saturating_sub(started_ms) as f64,
@@ -1261,9 +1299,9 @@ fn detail_table(results: &[RunResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| store | edges | register all | first rollout (v1) | wave: new cells, edges, activation p50 / max, wave length | reports in rollout | bundle downloads (bytes) | sim CPU in rollout | HTTP errors | refused targets | outcome |"
+        "| store | edges | register all | first rollout (v1) | stage: target arrived, bundle verified, staged reported (p50 / max) | wave: new cells, edges, activation p50 / max, wave length | reports in rollout | bundle downloads (bytes) | sim CPU in rollout | HTTP errors | refused targets | outcome |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---|---:|---|---:|---:|---:|---|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---|");
     for r in results {
         let waves: Vec<String> = r
             .waves
@@ -1282,11 +1320,17 @@ fn detail_table(results: &[RunResult]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {:.2} s | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} / {}, {} / {}, {} / {} | {} | {} | {} ({}) | {:.2} s | {} | {} | {} |",
             r.store,
             r.edges,
             ms(r.register_ms),
             ms(r.first_rollout_ms),
+            ms(r.asked_ms.0),
+            ms(r.asked_ms.1),
+            ms(r.verified_ms.0),
+            ms(r.verified_ms.1),
+            ms(r.staged_p50_ms),
+            ms(r.staged_max_ms),
             waves.join("; "),
             r.reports,
             r.downloads,
