@@ -388,6 +388,8 @@ enum Event {
 #[derive(Default)]
 struct Counters {
     http_errors: u64,
+    /// The last HTTP failure, for the log.
+    last_error: Option<String>,
     refused_targets: u64,
     bundle_downloads: u64,
     bundle_bytes: u64,
@@ -412,6 +414,13 @@ impl Shared {
         if let Ok(mut v) = self.events.lock() {
             v.push(e);
         }
+    }
+
+    fn failed(&self, e: String) {
+        self.count(|c| {
+            c.http_errors += 1;
+            c.last_error = Some(e);
+        });
     }
 
     fn count(&self, f: impl FnOnce(&mut Counters)) {
@@ -506,8 +515,8 @@ impl SimEdge {
     async fn heartbeat(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.shared.heartbeat_every).await;
-            if self.report().await.is_err() {
-                self.shared.count(|c| c.http_errors += 1);
+            if let Err(e) = self.report().await {
+                self.shared.failed(format!("heartbeat: {e}"));
             }
         }
     }
@@ -568,8 +577,10 @@ impl SimEdge {
             )
             .await;
             self.shared.count(|c| c.health_reports += 1);
-            if !matches!(out, Ok((s, _)) if s.is_success()) {
-                self.shared.count(|c| c.http_errors += 1);
+            match out {
+                Ok((s, _)) if s.is_success() => {}
+                Ok((s, b)) => self.shared.failed(format!("health: {s}: {}", String::from_utf8_lossy(&b))),
+                Err(e) => self.shared.failed(format!("health: {e}")),
             }
         }
     }
@@ -753,7 +764,7 @@ impl SimEdge {
                                 });
                             }
                         }
-                        Err(_) => self.shared.count(|c| c.http_errors += 1),
+                        Err(e) => self.shared.failed(format!("report: {e}")),
                     }
                     if failed {
                         tokio::time::sleep(backoff).await;
@@ -763,8 +774,13 @@ impl SimEdge {
                     }
                 }
                 Ok((StatusCode::NO_CONTENT, _)) => backoff = Duration::from_millis(200),
-                Ok(_) | Err(_) => {
-                    self.shared.count(|c| c.http_errors += 1);
+                Ok((s, b)) => {
+                    self.shared.failed(format!("poll: {s}: {}", String::from_utf8_lossy(&b)));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    self.shared.failed(format!("poll: {e}"));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -1053,6 +1069,9 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
     while tasks.join_next().await.is_some() {}
     control.stop();
     drop(etcd);
+    if let Some(e) = shared.counters.lock().ok().and_then(|c| c.last_error.clone()) {
+        eprintln!("   last HTTP error of the simulated edges: {e}");
+    }
 
     let events: Vec<Event> = shared
         .events
