@@ -10,6 +10,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The target as the control plane sends it.
@@ -28,6 +29,8 @@ pub struct ControlClient {
     token: String,
     id: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// One report in flight at a time (shared by clones): see [`ControlClient::report_with`].
+    report_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ControlClient {
@@ -41,6 +44,7 @@ impl ControlClient {
             token: token.to_owned(),
             id: id.to_owned(),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            report_turn: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -168,7 +172,18 @@ impl ControlClient {
         }
     }
 
-    /// Sends a report.
+    /// Sends the report `build` makes, built only once the previous report of this edge was
+    /// answered. The control plane keeps the last report it received, so two reports in flight
+    /// at once (a heartbeat and the report of a new version) could arrive in either order, and
+    /// a heartbeat built before the change could overwrite the change's report until the next
+    /// heartbeat; a rollout's wave then waits a whole heartbeat for an edge that already
+    /// applied its version.
+    pub async fn report_with(&self, build: impl FnOnce() -> EdgeReport) -> Result<(), String> {
+        let _turn = self.report_turn.lock().await;
+        self.report(&build()).await
+    }
+
+    /// Sends a report (use [`ControlClient::report_with`] where reports may overlap).
     pub async fn report(&self, report: &EdgeReport) -> Result<(), String> {
         let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
         let path = format!("/v1/edges/{}", self.id);

@@ -200,8 +200,7 @@ impl Agent {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let r = report(&status);
-                    if let Err(e) = client.report(&r).await {
+                    if let Err(e) = client.report_with(|| report(&status)).await {
                         tracing::debug!(error = %e, "heartbeat not delivered");
                     }
                 }
@@ -416,7 +415,7 @@ impl Worker {
             s.last_error = Some("waiting for the first version".into());
         }
         let report = self.reporter();
-        if let Err(e) = self.client.report(&report(&self.status)).await {
+        if let Err(e) = self.client.report_with(|| report(&self.status)).await {
             tracing::warn!(error = %e, "cannot register with the control plane yet");
         }
         let mut backoff = Duration::from_millis(200);
@@ -427,7 +426,7 @@ impl Worker {
                     Ok(()) if self.edge.is_some() => return Ok(()),
                     Ok(()) => {
                         let report = self.reporter();
-                        if let Err(e) = self.client.report(&report(&self.status)).await {
+                        if let Err(e) = self.client.report_with(|| report(&self.status)).await {
                             tracing::warn!(error = %e, "report not delivered");
                         }
                     }
@@ -452,7 +451,7 @@ impl Worker {
     /// Follows the target for ever.
     async fn follow(&mut self) {
         let report = self.reporter();
-        let _ = self.client.report(&report(&self.status)).await;
+        let _ = self.client.report_with(|| report(&self.status)).await;
         let mut backoff = Duration::from_millis(200);
         loop {
             let after = self.seen();
@@ -467,7 +466,7 @@ impl Worker {
                     if let Err(e) = result {
                         self.set_error(e);
                     }
-                    if let Err(e) = self.client.report(&report(&self.status)).await {
+                    if let Err(e) = self.client.report_with(|| report(&self.status)).await {
                         tracing::warn!(error = %e, "report not delivered");
                     }
                     if failed {
@@ -578,7 +577,7 @@ impl Worker {
             });
         }
         let report = self.reporter();
-        if let Err(e) = self.client.report(&report(&self.status)).await {
+        if let Err(e) = self.client.report_with(|| report(&self.status)).await {
             tracing::warn!(error = %e, "stage report not delivered");
         }
     }
