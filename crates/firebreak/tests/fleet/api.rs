@@ -219,6 +219,13 @@ async fn auth_and_openapi(c: &Control) {
         "/v1/edges/{id}",
         "/v1/fleet",
         "/v1/purge",
+        "/v1/edges/{id}/health",
+        "/v1/rollouts",
+        "/v1/rollout",
+        "/v1/rollout/{action}",
+        "/v1/rollback",
+        "/v1/switches/{name}",
+        "/v1/audit",
     ] {
         assert!(
             doc["paths"][path].is_object(),
