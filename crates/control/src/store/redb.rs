@@ -15,10 +15,55 @@ const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
 const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
 const TARGET: &str = "target";
 
+/// Most edge reports written in one transaction.
+const MAX_REPORT_BATCH: usize = 1024;
+
+/// One edge report waiting for the writer, and who to tell when it is durable.
+type ReportWrite = (
+    String,
+    Vec<u8>,
+    tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+);
+
 /// A redb database file.
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
+    /// Edge reports go through one writer thread that commits whatever has queued up in one
+    /// durable transaction (group commit): a thousand edges reporting at once cost a few
+    /// fsyncs, not a thousand.
+    reports: tokio::sync::mpsc::Sender<ReportWrite>,
+}
+
+/// Writes queued edge reports, many per transaction, until every sender is gone. Holds the
+/// database only while writing, so that dropping the store closes the file at once.
+fn report_writer(db: std::sync::Weak<Database>, mut rx: tokio::sync::mpsc::Receiver<ReportWrite>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_REPORT_BATCH {
+            match rx.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        let result = (|| {
+            let db = db
+                .upgrade()
+                .ok_or_else(|| StoreError::Unavailable("store closed".into()))?;
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(EDGES).map_err(err)?;
+                for (id, raw, _) in &batch {
+                    t.insert(id.as_str(), raw.as_slice()).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })();
+        for (_, _, done) in batch {
+            let _ = done.send(result.clone());
+        }
+    }
 }
 
 fn err(e: impl Into<redb::Error>) -> StoreError {
@@ -45,7 +90,14 @@ impl RedbStore {
                 txn.open_table(AUDIT).map_err(err)?;
             }
             txn.commit().map_err(err)?;
-            Ok(Self { db: Arc::new(db) })
+            let db = Arc::new(db);
+            let (reports, rx) = tokio::sync::mpsc::channel(4 * MAX_REPORT_BATCH);
+            let writer = Arc::downgrade(&db);
+            std::thread::Builder::new()
+                .name("redb-reports".into())
+                .spawn(move || report_writer(writer, rx))
+                .map_err(|e| StoreError::Unavailable(format!("report writer: {e}")))?;
+            Ok(Self { db, reports })
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
@@ -167,17 +219,13 @@ impl RedbStore {
     }
 
     pub(super) async fn put_edge(&self, id: &str, raw: &[u8]) -> Result<(), StoreError> {
-        let (id, raw) = (id.to_owned(), raw.to_vec());
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut t = txn.open_table(EDGES).map_err(err)?;
-                t.insert(id.as_str(), raw.as_slice()).map_err(err)?;
-            }
-            txn.commit().map_err(err)?;
-            Ok(())
-        })
-        .await
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.reports
+            .send((id.to_owned(), raw.to_vec(), done))
+            .await
+            .map_err(|_| StoreError::Unavailable("report writer stopped".into()))?;
+        wait.await
+            .map_err(|_| StoreError::Unavailable("report writer stopped".into()))?
     }
 
     pub(super) async fn edges(&self) -> Result<Vec<Vec<u8>>, StoreError> {
