@@ -221,22 +221,7 @@ async fn end_at_stage(plane: &Arc<Plane>, r: &Rollout, reason: &str) -> Result<(
             cur.outcome = Some(reason.to_owned());
             let cur = cur.clone();
             // Stop asking edges to stage it; nothing else changes (no edge serves it).
-            if let (Some(from), Some(sha)) = (cur.from, cur.from_sha256.as_deref()) {
-                s.default = Some(plane.sign_target(
-                    seq,
-                    TargetSpec {
-                        audience: EVERYONE.into(),
-                        version: from,
-                        sha256: sha,
-                        rollback: true,
-                        stage: None,
-                        rollout: Some(cur.id),
-                        by: "control-plane",
-                    },
-                )?);
-            } else {
-                s.default = None;
-            }
+            s.default = plane.back_to_previous(seq, &cur, "control-plane")?;
             Ok(Some(cur))
         })
         .await?;

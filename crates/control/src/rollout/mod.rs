@@ -67,6 +67,33 @@ impl Plane {
         })
     }
 
+    /// The statement that sends every edge back to the version rollout `r` replaced, signed
+    /// for `seq`; `None` for the fleet's first version (nothing to go back to).
+    pub(crate) fn back_to_previous(
+        &self,
+        seq: u64,
+        r: &Rollout,
+        by: &str,
+    ) -> Result<Option<StoredTarget>, PlaneError> {
+        match (r.from, r.from_sha256.as_deref()) {
+            (Some(from), Some(sha)) => self
+                .sign_target(
+                    seq,
+                    TargetSpec {
+                        audience: EVERYONE.into(),
+                        version: from,
+                        sha256: sha,
+                        rollback: true,
+                        stage: None,
+                        rollout: Some(r.id),
+                        by,
+                    },
+                )
+                .map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Applies `change` to the stored fleet state with compare-and-set, retrying on a race.
     /// `change` gets the state and the sequence number the new state will carry; it may be
     /// called more than once, so it must only compute.
@@ -356,20 +383,9 @@ impl Plane {
                     .ok_or_else(|| PlaneError::Conflict("no rollout is running".into()))?;
                 let mut r = running;
                 let now = now_ms();
-                match (r.from, r.from_sha256.as_deref()) {
-                    (Some(from), Some(sha)) => {
-                        state.default = Some(self.sign_target(
-                            seq,
-                            TargetSpec {
-                                audience: EVERYONE.into(),
-                                version: from,
-                                sha256: sha,
-                                rollback: true,
-                                stage: None,
-                                rollout: Some(r.id),
-                                by,
-                            },
-                        )?);
+                match (self.back_to_previous(seq, &r, by)?, r.from) {
+                    (Some(back), Some(from)) => {
+                        state.default = Some(back);
                         state.cells.clear();
                         state.edges.clear();
                         r.phase = Phase::RolledBack;

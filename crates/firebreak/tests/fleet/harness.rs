@@ -209,14 +209,7 @@ impl Control {
     /// Rolls a stored version out on the default plan and waits until it completes.
     #[allow(dead_code)]
     pub async fn deploy(&self, version: u64) {
-        let (status, v) = self
-            .call(
-                Method::POST,
-                "/v1/rollouts",
-                Some(serde_json::json!({"version": version, "message": "test"})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{v}");
+        self.start_deploy(version).await;
         self.wait_rollout(version, "complete").await;
     }
 

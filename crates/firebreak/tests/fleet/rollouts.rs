@@ -451,14 +451,30 @@ impl Fleet {
 
     /// The audit entries of rollout `id`, oldest first.
     async fn audit(&self, id: u64) -> Vec<Value> {
-        let (status, log) = self.c.call(Method::GET, "/v1/audit?limit=500", None).await;
-        assert_eq!(status, StatusCode::OK, "{log}");
-        log.as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["rollout"] == id)
-            .cloned()
-            .collect()
+        // The audit entry of a rollout's last step is appended right after the step is
+        // stored: wait (bounded) until the entries reach an ending action.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, log) = self.c.call(Method::GET, "/v1/audit?limit=500", None).await;
+            assert_eq!(status, StatusCode::OK, "{log}");
+            let entries: Vec<Value> = log
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["rollout"] == id)
+                .cloned()
+                .collect();
+            let ended = entries.last().is_some_and(|e| {
+                matches!(
+                    e["action"].as_str(),
+                    Some("complete" | "rolled-back" | "stage-failed" | "held")
+                )
+            });
+            if ended || std::time::Instant::now() >= deadline {
+                return entries;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn cell_of(&self, id: &str) -> &str {
