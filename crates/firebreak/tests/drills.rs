@@ -5,11 +5,17 @@
 //! wave when it comes back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+
+/// The fleet tests' harness (its origin), shared rather than copied.
+#[path = "fleet/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,41 +64,6 @@ fn log_file(dir: &Path, name: &str) -> std::fs::File {
         .append(true)
         .open(dir.join(format!("{name}.log")))
         .unwrap()
-}
-
-/// An origin answering every GET with `origin says PATH`; `/nocache/` paths with
-/// `cache-control: no-store`.
-async fn origin() -> SocketAddr {
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    let cache = if path.starts_with("/nocache/") {
-                        "no-store"
-                    } else {
-                        "max-age=60"
-                    };
-                    Ok::<_, std::convert::Infallible>(
-                        http::Response::builder()
-                            .header("cache-control", cache)
-                            .body(Full::new(Bytes::from(format!("origin says {path}"))))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// A fleet document: services `a` and `b` in front of `origin`, answering with
@@ -473,7 +444,7 @@ async fn all_serve(edges: &[EdgeSpec], marker: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_on_load_version_triggers_safe_mode() {
     let dir = temp_dir("safe-mode");
-    let origin = origin().await;
+    let origin = harness::origin().await;
     let control = ControlProc::start(&dir.join("control"), free_port());
     // The canary cell first, then every cell. No traffic is required for a verdict
     // (min_requests = 0): this drill is about the crash loop, not the gate's statistics. The
@@ -579,7 +550,7 @@ struct Tally {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_killed_mid_wave_resumes_on_restart() {
     let dir = temp_dir("resume");
-    let origin = origin().await;
+    let origin = harness::origin().await;
     let mut control = ControlProc::start(&dir.join("control"), free_port());
     // Three waves of three seconds each. The load below is light; the plan states that no
     // traffic evidence is required (min_requests = 0) and judges only on clear failures, so
@@ -787,7 +758,7 @@ async fn a_control_plane_back_from_a_long_outage_does_not_take_quiet_edges_for_g
     // ten-second heartbeat). Every stored last-seen time is older than `edge_gone_s`; the
     // wave must not be judged as "no live edge" and passed on no evidence.
     let dir = temp_dir("quiet");
-    let origin = origin().await;
+    let origin = harness::origin().await;
     let mut control = ControlProc::start(&dir.join("control"), free_port());
     let rollout = r#"
 [rollout]

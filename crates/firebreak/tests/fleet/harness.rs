@@ -75,7 +75,8 @@ pub async fn through(edge: SocketAddr, host: &str, path: &str) -> (u16, String, 
     (status, version, String::from_utf8_lossy(&body).into_owned())
 }
 
-/// An origin answering every GET with `origin says PATH`, cacheable for a minute.
+/// An origin answering every GET with `origin says PATH`, cacheable for a minute; paths under
+/// `/nocache/` with `cache-control: no-store` (every such request reaches it).
 pub async fn origin() -> SocketAddr {
     use hyper::service::service_fn;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -87,11 +88,16 @@ pub async fn origin() -> SocketAddr {
             };
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let body = format!("origin says {}", req.uri().path());
+                    let path = req.uri().path().to_owned();
+                    let cache = if path.starts_with("/nocache/") {
+                        "no-store"
+                    } else {
+                        "max-age=60"
+                    };
                     Ok::<_, std::convert::Infallible>(
                         http::Response::builder()
-                            .header("cache-control", "max-age=60")
-                            .body(Full::new(Bytes::from(body)))
+                            .header("cache-control", cache)
+                            .body(Full::new(Bytes::from(format!("origin says {path}"))))
                             .unwrap(),
                     )
                 });

@@ -11,7 +11,7 @@ use firebreak_edge::agent::Agent;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -96,41 +96,6 @@ fn two(marker: &str, origin: SocketAddr, a_origin: SocketAddr, extra_a: &str) ->
             },
         ],
     )
-}
-
-/// An origin answering every GET with `origin says PATH`: paths under `/nocache/` with
-/// `cache-control: no-store` (every request reaches it), the rest cacheable for a minute.
-async fn drill_origin() -> SocketAddr {
-    use hyper::service::service_fn;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let svc = service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let path = req.uri().path().to_owned();
-                    let cache = if path.starts_with("/nocache/") {
-                        "no-store"
-                    } else {
-                        "max-age=60"
-                    };
-                    Ok::<_, std::convert::Infallible>(
-                        http::Response::builder()
-                            .header("cache-control", cache)
-                            .body(Full::new(Bytes::from(format!("origin says {path}"))))
-                            .unwrap(),
-                    )
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 /// What one edge's clients saw.
@@ -328,7 +293,7 @@ impl Fleet {
     /// waits until every one serves it and the control plane lists all six.
     async fn start(name: &str, v1: impl FnOnce(SocketAddr) -> String) -> Self {
         let dir = temp_dir(name);
-        let origin = drill_origin().await;
+        let origin = origin().await;
         let c = Control::start(
             &format!("redb:{}", dir.join("control.redb").display()),
             &dir,
