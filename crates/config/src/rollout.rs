@@ -241,7 +241,10 @@ fn name_ok(name: &str) -> bool {
 
 /// Checks `[rollout]`.
 pub(crate) fn check(c: &mut Checker, r: &RolloutConfig) {
-    for (key, v) in [("edge_gone_s", r.edge_gone_s), ("stage_timeout_s", r.stage_timeout_s)] {
+    for (key, v) in [
+        ("edge_gone_s", r.edge_gone_s),
+        ("stage_timeout_s", r.stage_timeout_s),
+    ] {
         if v == 0 || v > MAX_ROLLOUT_S {
             c.fail(
                 &[Key("rollout"), Key(key)],
@@ -249,14 +252,23 @@ pub(crate) fn check(c: &mut Checker, r: &RolloutConfig) {
             );
         }
     }
-    if !c.count(&[Key("rollout"), Key("plan")], r.plans.len(), 0, MAX_PLANS, "plans") {
+    if !c.count(
+        &[Key("rollout"), Key("plan")],
+        r.plans.len(),
+        0,
+        MAX_PLANS,
+        "plans",
+    ) {
         return;
     }
     let mut seen = std::collections::HashSet::new();
     for (i, p) in r.plans.iter().enumerate() {
         let at = |k: &'static str| [Key("rollout"), Key("plan"), Index(i), Key(k)];
         if !name_ok(&p.name) {
-            c.fail(&at("name"), "must be 1 to 64 lowercase letters, digits, '-' or '_'");
+            c.fail(
+                &at("name"),
+                "must be 1 to 64 lowercase letters, digits, '-' or '_'",
+            );
         } else if !seen.insert(p.name.as_str()) {
             c.fail(&at("name"), format!("plan `{}` is defined twice", p.name));
         }
@@ -278,7 +290,13 @@ pub(crate) fn check(c: &mut Checker, r: &RolloutConfig) {
         }
         if c.count(&at("waves"), p.waves.len(), 1, MAX_WAVES, "waves") {
             for (w, wave) in p.waves.iter().enumerate() {
-                let path = [Key("rollout"), Key("plan"), Index(i), Key("waves"), Index(w)];
+                let path = [
+                    Key("rollout"),
+                    Key("plan"),
+                    Index(i),
+                    Key("waves"),
+                    Index(w),
+                ];
                 let set = [
                     wave.edges.is_some(),
                     wave.cells.is_some(),

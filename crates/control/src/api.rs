@@ -31,8 +31,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use firebreak_protocol::api::{
-    ActionRequest, ApiError, DeployRequest, EdgeReport, PurgeRequest, PushRequest,
-    RollbackRequest, SetTargetRequest, SwitchRequest, MAX_API_BODY_BYTES,
+    ActionRequest, ApiError, DeployRequest, EdgeReport, PurgeRequest, PushRequest, RollbackRequest,
+    SetTargetRequest, SwitchRequest, MAX_API_BODY_BYTES,
 };
 use firebreak_protocol::health::HealthReport;
 use firebreak_protocol::same_secret;

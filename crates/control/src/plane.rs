@@ -295,7 +295,9 @@ impl Plane {
             }
         }
         if report.listen.len() > 16 || report.listen.iter().any(|l| l.len() > MAX_LABEL_LEN) {
-            return Err(PlaneError::BadRequest("listen: at most 16 short URLs".into()));
+            return Err(PlaneError::BadRequest(
+                "listen: at most 16 short URLs".into(),
+            ));
         }
         if report.bad_versions.len() > 64 {
             return Err(PlaneError::BadRequest("bad_versions: at most 64".into()));

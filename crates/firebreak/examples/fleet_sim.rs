@@ -165,7 +165,12 @@ fn usage(pid: u32) -> Usage {
     // Fields after the command (which may contain spaces) start at field 3 (state).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> f64 { fields.get(n - 3).and_then(|v| v.parse().ok()).unwrap_or(0.0) };
+    let field = |n: usize| -> f64 {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
     let cpu_s = (field(14) + field(15)) / tick;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |key: &str| -> u64 {
@@ -219,7 +224,9 @@ fn wait_port(port: u16, limit: Duration, what: &str) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
-            return Err(format!("{what} did not listen on port {port} within {limit:?}"));
+            return Err(format!(
+                "{what} did not listen on port {port} within {limit:?}"
+            ));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -254,7 +261,10 @@ fn start_etcd(bin: &Path, dir: &Path) -> Result<(Proc, String), String> {
         .stderr(log)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let p = Proc { child, name: "etcd" };
+    let p = Proc {
+        child,
+        name: "etcd",
+    };
     wait_port(client, Duration::from_secs(20), "etcd")?;
     Ok((p, format!("etcd://127.0.0.1:{client}")))
 }
@@ -264,7 +274,12 @@ fn start_control(bin: &Path, dir: &Path, store: &str) -> Result<(Proc, String, P
     let data = dir.join("control");
     let log = std::fs::File::create(dir.join("control.log")).map_err(|e| e.to_string())?;
     let child = Command::new(bin)
-        .args(["control", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "control",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(&data)
         .args(["--store", store])
         .env("FIREBREAK_TOKEN", TOKEN)
@@ -328,7 +343,10 @@ async fn call(
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| e.to_string())?;
     let exchange = async {
-        let resp = http.request(req).await.map_err(|e| format!("{url}: {e:#}"))?;
+        let resp = http
+            .request(req)
+            .await
+            .map_err(|e| format!("{url}: {e:#}"))?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), 16 << 20)
             .collect()
@@ -352,7 +370,10 @@ async fn operator(
     let body = body.map(|b| b.to_string().into_bytes());
     let (status, bytes) = call(http, method, url, TOKEN, body, Duration::from_secs(30)).await?;
     if !status.is_success() {
-        return Err(format!("{url}: {status}: {}", String::from_utf8_lossy(&bytes)));
+        return Err(format!(
+            "{url}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        ));
     }
     if bytes.is_empty() {
         return Ok(serde_json::Value::Null);
@@ -373,7 +394,11 @@ enum Event {
     /// The bundle of a staged `version` was downloaded and verified.
     StageVerified { version: u64, at_us: u64 },
     /// A `staged` report for `version` was accepted.
-    Staged { edge: usize, version: u64, at_us: u64 },
+    Staged {
+        edge: usize,
+        version: u64,
+        at_us: u64,
+    },
     /// A report naming `version` applied (from another version) was accepted.
     Applied {
         edge: usize,
@@ -490,7 +515,10 @@ impl SimEdge {
         self.shared.count(|c| c.reports += 1);
         match out {
             Ok((s, _)) if s.is_success() => Ok(()),
-            Ok((s, b)) => Err(format!("report refused: {s}: {}", String::from_utf8_lossy(&b))),
+            Ok((s, b)) => Err(format!(
+                "report refused: {s}: {}",
+                String::from_utf8_lossy(&b)
+            )),
             Err(e) => Err(e),
         }
     }
@@ -579,7 +607,9 @@ impl SimEdge {
             self.shared.count(|c| c.health_reports += 1);
             match out {
                 Ok((s, _)) if s.is_success() => {}
-                Ok((s, b)) => self.shared.failed(format!("health: {s}: {}", String::from_utf8_lossy(&b))),
+                Ok((s, b)) => self
+                    .shared
+                    .failed(format!("health: {s}: {}", String::from_utf8_lossy(&b))),
                 Err(e) => self.shared.failed(format!("health: {e}")),
             }
         }
@@ -588,11 +618,12 @@ impl SimEdge {
     /// The bundle of `version` with hash `sha`: the kept copy (verified again), else a
     /// download, verified (hash, size, signature, parse) and kept.
     async fn bundle(&self, version: u64, sha: &str) -> Result<Bytes, String> {
-        let kept = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|s| s.kept.get(&version).filter(|(h, _)| h == sha).map(|(_, b)| b.clone()));
+        let kept = self.state.lock().ok().and_then(|s| {
+            s.kept
+                .get(&version)
+                .filter(|(h, _)| h == sha)
+                .map(|(_, b)| b.clone())
+        });
         let bytes = match kept {
             Some(b) => b,
             None => {
@@ -619,7 +650,10 @@ impl SimEdge {
         let bundle = Bundle::open_expecting(&bytes, &self.shared.key, sha)
             .map_err(|e| format!("version {version}: {e}"))?;
         if bundle.version != version {
-            return Err(format!("bundle is version {} not {version}", bundle.version));
+            return Err(format!(
+                "bundle is version {} not {version}",
+                bundle.version
+            ));
         }
         if let Ok(mut s) = self.state.lock() {
             s.kept.insert(version, (sha.to_owned(), bytes.clone()));
@@ -775,7 +809,8 @@ impl SimEdge {
                 }
                 Ok((StatusCode::NO_CONTENT, _)) => backoff = Duration::from_millis(200),
                 Ok((s, b)) => {
-                    self.shared.failed(format!("poll: {s}: {}", String::from_utf8_lossy(&b)));
+                    self.shared
+                        .failed(format!("poll: {s}: {}", String::from_utf8_lossy(&b)));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -877,7 +912,12 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Waits for the running rollout to end; returns the final `rollout` object.
-async fn wait_rollout(http: &Http, base: &str, id: u64, limit: Duration) -> Result<serde_json::Value, String> {
+async fn wait_rollout(
+    http: &Http,
+    base: &str,
+    id: u64,
+    limit: Duration,
+) -> Result<serde_json::Value, String> {
     let deadline = Instant::now() + limit;
     loop {
         let view = operator(http, Method::GET, &format!("{base}/v1/rollout"), None).await?;
@@ -919,13 +959,19 @@ async fn push_and_deploy(http: &Http, base: &str, marker: &str) -> Result<(u64, 
         Some(serde_json::json!({"version": version, "message": marker})),
     )
     .await?;
-    let id = r.get("id").and_then(|v| v.as_u64()).ok_or("deploy answered no rollout id")?;
+    let id = r
+        .get("id")
+        .and_then(|v| v.as_u64())
+        .ok_or("deploy answered no rollout id")?;
     Ok((version, id, sent_us))
 }
 
 /// Parses `… wave K of N activated: cells [a, b] edges [...]` from an audit message.
 fn wave_cells(message: &str) -> Option<(usize, Vec<String>)> {
-    let at = message.rfind("; wave ").map(|i| i + 2).or_else(|| message.find("wave "))?;
+    let at = message
+        .rfind("; wave ")
+        .map(|i| i + 2)
+        .or_else(|| message.find("wave "))?;
     let rest = &message[at + 5..];
     let k: usize = rest.split_whitespace().next()?.parse().ok()?;
     let cells_at = rest.find("cells [")? + 7;
@@ -951,7 +997,13 @@ async fn run(args: &Args, store: &str, n: usize, http: &Http) -> Result<RunResul
     result
 }
 
-async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> Result<RunResult, String> {
+async fn run_in(
+    args: &Args,
+    store: &str,
+    n: usize,
+    http: &Http,
+    dir: &Path,
+) -> Result<RunResult, String> {
     let mut etcd = None;
     let spec = match store {
         "redb" => "redb".to_owned(),
@@ -1018,7 +1070,10 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
     let deadline = Instant::now() + Duration::from_secs(60);
     while registered(&shared) < n {
         if Instant::now() > deadline || !control.alive() {
-            return Err(format!("only {} of {n} edges registered in 60 s", registered(&shared)));
+            return Err(format!(
+                "only {} of {n} edges registered in 60 s",
+                registered(&shared)
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -1027,9 +1082,18 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
     // v1: the fleet's first version.
     let t1 = Instant::now();
     let (_, id1, _) = push_and_deploy(http, &base, "v1").await?;
-    let r1 = wait_rollout(http, &base, id1, Duration::from_secs(args.rollout_timeout_s)).await?;
+    let r1 = wait_rollout(
+        http,
+        &base,
+        id1,
+        Duration::from_secs(args.rollout_timeout_s),
+    )
+    .await?;
     if r1.get("phase").and_then(|v| v.as_str()) != Some("complete") {
-        return Err(format!("first rollout ended {}", r1.get("outcome").unwrap_or(&serde_json::Value::Null)));
+        return Err(format!(
+            "first rollout ended {}",
+            r1.get("outcome").unwrap_or(&serde_json::Value::Null)
+        ));
     }
     let first_rollout_ms = t1.elapsed().as_secs_f64() * 1000.0;
 
@@ -1046,12 +1110,26 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
     let counters_before = shared
         .counters
         .lock()
-        .map(|c| (c.reports, c.bundle_downloads, c.bundle_bytes, c.http_errors, c.refused_targets))
+        .map(|c| {
+            (
+                c.reports,
+                c.bundle_downloads,
+                c.bundle_bytes,
+                c.http_errors,
+                c.refused_targets,
+            )
+        })
         .unwrap_or_default();
 
     // v2: the measured rollout.
     let (v2, id2, deploy_us) = push_and_deploy(http, &base, "v2").await?;
-    let r2 = wait_rollout(http, &base, id2, Duration::from_secs(args.rollout_timeout_s)).await?;
+    let r2 = wait_rollout(
+        http,
+        &base,
+        id2,
+        Duration::from_secs(args.rollout_timeout_s),
+    )
+    .await?;
     let done_us = now_us();
     let after = usage(pid);
     let etcd_after = etcd_pid.map(usage);
@@ -1061,15 +1139,30 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
         .and_then(|v| v.as_str())
         .unwrap_or("")
         .to_owned();
-    let phase = r2.get("phase").and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let audit = operator(http, Method::GET, &format!("{base}/v1/audit?limit=200"), None).await?;
+    let phase = r2
+        .get("phase")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_owned();
+    let audit = operator(
+        http,
+        Method::GET,
+        &format!("{base}/v1/audit?limit=200"),
+        None,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let end = usage(pid);
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
     control.stop();
     drop(etcd);
-    if let Some(e) = shared.counters.lock().ok().and_then(|c| c.last_error.clone()) {
+    if let Some(e) = shared
+        .counters
+        .lock()
+        .ok()
+        .and_then(|c| c.last_error.clone())
+    {
         eprintln!("   last HTTP error of the simulated edges: {e}");
     }
 
@@ -1081,20 +1174,36 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
     let counters = shared
         .counters
         .lock()
-        .map(|c| (c.reports, c.bundle_downloads, c.bundle_bytes, c.http_errors, c.refused_targets))
+        .map(|c| {
+            (
+                c.reports,
+                c.bundle_downloads,
+                c.bundle_bytes,
+                c.http_errors,
+                c.refused_targets,
+            )
+        })
         .unwrap_or_default();
 
     // Staging: deploy request sent → each edge's accepted `staged` report.
     let mut staged: HashMap<usize, u64> = HashMap::new();
     for e in &events {
-        if let Event::Staged { edge, version, at_us } = e {
+        if let Event::Staged {
+            edge,
+            version,
+            at_us,
+        } = e
+        {
             if *version == v2 {
                 staged.entry(*edge).or_insert(*at_us);
             }
         }
     }
     if staged.len() != n {
-        return Err(format!("only {} of {n} edges staged version {v2}", staged.len()));
+        return Err(format!(
+            "only {} of {n} edges staged version {v2}",
+            staged.len()
+        ));
     }
     let since_deploy = |want: fn(&Event) -> Option<(u64, u64)>| -> Vec<f64> {
         let mut v: Vec<f64> = events
@@ -1135,7 +1244,10 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
             wave_cells_list.insert(k, (cells, at));
         }
     }
-    let complete_ms = r2.get("ended_ms").and_then(|v| v.as_u64()).unwrap_or(done_us / 1000);
+    let complete_ms = r2
+        .get("ended_ms")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(done_us / 1000);
     let mut applied: HashMap<usize, (u64, u64)> = HashMap::new(); // edge → (set_at_ms, at_us)
     for e in &events {
         if let Event::Applied {
@@ -1154,7 +1266,10 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
     }
     let mut waves = Vec::new();
     let mut seen_cells: HashSet<String> = HashSet::new();
-    let starts: Vec<(usize, u64)> = wave_cells_list.iter().map(|(k, (_, at))| (*k, *at)).collect();
+    let starts: Vec<(usize, u64)> = wave_cells_list
+        .iter()
+        .map(|(k, (_, at))| (*k, *at))
+        .collect();
     for (k, (cells, _)) in &wave_cells_list {
         let new: HashSet<&String> = cells.iter().filter(|c| !seen_cells.contains(*c)).collect();
         let members: Vec<usize> = edges
@@ -1189,7 +1304,11 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
             .map(|(_, at)| *at)
             .unwrap_or(complete_ms);
         let this_start = if start_ms == u64::MAX {
-            starts.iter().find(|(j, _)| j == k).map(|(_, at)| *at).unwrap_or(0)
+            starts
+                .iter()
+                .find(|(j, _)| j == k)
+                .map(|(_, at)| *at)
+                .unwrap_or(0)
         } else {
             start_ms
         };
@@ -1209,7 +1328,10 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
         .and(applied.values().map(|(s, _)| *s).min())
         .or(wave1_start)
         .unwrap_or(0);
-    let started_ms = r2.get("started_ms").and_then(|v| v.as_u64()).unwrap_or(deploy_us / 1000);
+    let started_ms = r2
+        .get("started_ms")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(deploy_us / 1000);
     Ok(RunResult {
         store: store.to_owned(),
         edges: n,
@@ -1219,7 +1341,10 @@ async fn run_in(args: &Args, store: &str, n: usize, http: &Http, dir: &Path) -> 
         staged_p50_ms: pct(&stage_ms, 50.0),
         staged_max_ms: stage_ms.last().copied().unwrap_or(f64::NAN),
         asked_ms: (pct(&asked, 50.0), asked.last().copied().unwrap_or(f64::NAN)),
-        verified_ms: (pct(&verified, 50.0), verified.last().copied().unwrap_or(f64::NAN)),
+        verified_ms: (
+            pct(&verified, 50.0),
+            verified.last().copied().unwrap_or(f64::NAN),
+        ),
         stage_phase_ms: (first_set_at as f64) - deploy_us as f64 / 1000.0,
         waves,
         rollout_ms: complete_ms.saturating_sub(started_ms) as f64,
@@ -1320,7 +1445,10 @@ fn detail_table(results: &[RunResult]) -> String {
         s,
         "| store | edges | register all | first rollout (v1) | stage: target arrived, bundle verified, staged reported (p50 / max) | wave: new cells, edges, activation p50 / max, wave length | reports in rollout | bundle downloads (bytes) | sim CPU in rollout | HTTP errors | refused targets | outcome |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---|");
+    let _ = writeln!(
+        s,
+        "|---|---:|---:|---:|---|---|---:|---|---:|---:|---:|---|"
+    );
     for r in results {
         let waves: Vec<String> = r
             .waves
@@ -1369,7 +1497,9 @@ fn fit(points: &[(f64, f64)]) -> Option<(f64, f64)> {
         return None;
     }
     let n = points.len() as f64;
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
     let (mut num, mut den) = (0.0, 0.0);
     for (x, y) in points {
@@ -1397,8 +1527,14 @@ fn growth(results: &[RunResult]) -> String {
             .iter()
             .map(|r| (r.edges as f64, r.cp_hwm_mib - r.cp_rss_base_mib))
             .collect();
-        let cpu: Vec<(f64, f64)> = rs.iter().map(|r| (r.edges as f64, r.cp_cpu_rollout_s)).collect();
-        let idle: Vec<(f64, f64)> = rs.iter().map(|r| (r.edges as f64, r.cp_cpu_idle_pct)).collect();
+        let cpu: Vec<(f64, f64)> = rs
+            .iter()
+            .map(|r| (r.edges as f64, r.cp_cpu_rollout_s))
+            .collect();
+        let idle: Vec<(f64, f64)> = rs
+            .iter()
+            .map(|r| (r.edges as f64, r.cp_cpu_idle_pct))
+            .collect();
         let line = |what: &str, pts: &[(f64, f64)], unit: &str, scale: f64| -> String {
             match fit(pts) {
                 Some((a, b)) => {
@@ -1416,8 +1552,18 @@ fn growth(results: &[RunResult]) -> String {
                 None => String::new(),
             }
         };
-        s.push_str(&line("RSS after registration, above the empty process", &mem, "MiB", 1000.0));
-        s.push_str(&line("peak RSS above the empty process", &peak, "MiB", 1000.0));
+        s.push_str(&line(
+            "RSS after registration, above the empty process",
+            &mem,
+            "MiB",
+            1000.0,
+        ));
+        s.push_str(&line(
+            "peak RSS above the empty process",
+            &peak,
+            "MiB",
+            1000.0,
+        ));
         s.push_str(&line("CPU time of one rollout", &cpu, "s", 1000.0));
         s.push_str(&line("CPU while idle", &idle, "%", 1000.0));
     }
@@ -1434,7 +1580,9 @@ fn machine() -> String {
                 .map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {

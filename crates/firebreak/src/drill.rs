@@ -136,7 +136,11 @@ pub async fn run(
     }
     let current: Stored = api.json(Method::GET, "/v1/target", None).await?;
     let detail: VersionDetail = api
-        .json(Method::GET, &format!("/v1/versions/{}", current.version), None)
+        .json(
+            Method::GET,
+            &format!("/v1/versions/{}", current.version),
+            None,
+        )
         .await?;
     let fleet: Vec<EdgeStatus> = api.json(Method::GET, "/v1/fleet", None).await?;
     let mut targets: Vec<(String, SocketAddr)> = Vec::new();
@@ -229,11 +233,7 @@ pub async fn run(
         if r.phase.is_end() || r.held.is_some() {
             if detected.is_none() {
                 detected = Some(Instant::now());
-                outcome = r
-                    .outcome
-                    .clone()
-                    .or(r.held.clone())
-                    .unwrap_or_default();
+                outcome = r.outcome.clone().or(r.held.clone()).unwrap_or_default();
                 gate_reason = r.last_gate.map(|g| g.reason).unwrap_or_default();
                 if activated.is_none() {
                     activated = Some((Instant::now(), load.snapshot()));
@@ -252,7 +252,9 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let finish = end.clone().unwrap_or_else(|| (Instant::now(), load.snapshot()));
+    let finish = end
+        .clone()
+        .unwrap_or_else(|| (Instant::now(), load.snapshot()));
     drop(load);
     let (t_act, at_act) = activated.unwrap_or_else(|| (started, warm.clone()));
     let all: BTreeSet<String> = cell_of.keys().cloned().collect();
@@ -334,10 +336,7 @@ pub async fn run(
         && untouched_f == 0
         && fleet_failed <= canary_share;
     line(String::new());
-    line(format!(
-        "targets {}",
-        if met { "met" } else { "NOT met" }
-    ));
+    line(format!("targets {}", if met { "met" } else { "NOT met" }));
     if let Some(path) = out {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()

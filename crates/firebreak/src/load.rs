@@ -98,7 +98,10 @@ impl Load {
             .map(|(id, c)| {
                 (
                     id.clone(),
-                    (c.ok.load(Ordering::Relaxed), c.failed.load(Ordering::Relaxed)),
+                    (
+                        c.ok.load(Ordering::Relaxed),
+                        c.failed.load(Ordering::Relaxed),
+                    ),
                 )
             })
             .collect()

@@ -457,11 +457,15 @@ async fn run(command: Command) -> Result<(), Failed> {
             let api = Api::new(&api.control, &api.token);
             match command {
                 RolloutCommand::Status => rollouts::status(&api).await,
-                RolloutCommand::Pause { message } => rollouts::action(&api, "pause", &message).await,
+                RolloutCommand::Pause { message } => {
+                    rollouts::action(&api, "pause", &message).await
+                }
                 RolloutCommand::Resume { message } => {
                     rollouts::action(&api, "resume", &message).await
                 }
-                RolloutCommand::Abort { message } => rollouts::action(&api, "abort", &message).await,
+                RolloutCommand::Abort { message } => {
+                    rollouts::action(&api, "abort", &message).await
+                }
             }
         }
         Command::Rollback {
@@ -489,7 +493,16 @@ async fn run(command: Command) -> Result<(), Failed> {
             rate,
             out,
             api,
-        } => drill::run(&Api::new(&api.control, &api.token), fault, service, rate, out).await,
+        } => {
+            drill::run(
+                &Api::new(&api.control, &api.token),
+                fault,
+                service,
+                rate,
+                out,
+            )
+            .await
+        }
         Command::Audit { limit, api } => {
             rollouts::audit(&Api::new(&api.control, &api.token), limit).await
         }

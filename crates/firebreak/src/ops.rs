@@ -145,10 +145,7 @@ pub async fn target(api: &Api, version: Option<u64>, rollback: bool) -> Result<(
             let t: firebreak_control::store::StoredTarget = api
                 .json(Method::PUT, "/v1/target", Some(to_json(&req)?))
                 .await?;
-            println!(
-                "fleet rolled back to version {} (seq {})",
-                t.version, t.seq
-            );
+            println!("fleet rolled back to version {} (seq {})", t.version, t.seq);
         }
     }
     Ok(())

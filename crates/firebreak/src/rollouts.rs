@@ -64,7 +64,11 @@ fn cell_lines(view: &RolloutView, version: u64) -> Vec<String> {
     view.cells
         .iter()
         .map(|c| {
-            let on = c.edges.iter().filter(|e| e.applied == Some(version)).count();
+            let on = c
+                .edges
+                .iter()
+                .filter(|e| e.applied == Some(version))
+                .count();
             format!(
                 "  cell {:<10} target {:>5}  {}/{} edges on {version}",
                 c.cell,
@@ -237,7 +241,10 @@ pub async fn follow(api: &Api, id: u64) -> Result<(), Failed> {
     loop {
         let view: RolloutView = api.json(Method::GET, "/v1/rollout", None).await?;
         let Some(r) = view.rollout.as_ref().filter(|r| r.id == id) else {
-            return Err(Failed::new(exit::REFUSED, format!("rollout {id} was replaced")));
+            return Err(Failed::new(
+                exit::REFUSED,
+                format!("rollout {id} was replaced"),
+            ));
         };
         let on: usize = view
             .cells

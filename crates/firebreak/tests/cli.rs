@@ -205,7 +205,13 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
     }
     // The first version came through a rollout: staged, then wave by wave, gated.
     let out = Command::new(BIN)
-        .args(["audit", "--control", &format!("http://{control}"), "--token", &token])
+        .args([
+            "audit",
+            "--control",
+            &format!("http://{control}"),
+            "--token",
+            &token,
+        ])
         .output()
         .unwrap();
     let audit = String::from_utf8_lossy(&out.stdout);
@@ -383,7 +389,10 @@ fn client_commands_exit_codes_scripts_can_rely_on() {
         if out.contains(": complete") {
             break;
         }
-        assert!(Instant::now() < deadline, "first rollout never completed:\n{out}");
+        assert!(
+            Instant::now() < deadline,
+            "first rollout never completed:\n{out}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::fs::write(&fleet, good.replace("\"one\"", "\"two\"")).unwrap();

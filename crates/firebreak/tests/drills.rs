@@ -5,7 +5,6 @@
 //! wave when it comes back.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 /// The fleet tests' harness (its origin), shared rather than copied.
 #[path = "fleet/harness.rs"]
 #[allow(dead_code)]

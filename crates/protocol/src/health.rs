@@ -104,7 +104,8 @@ impl Counts {
     pub fn is_plausible(&self) -> bool {
         self.latency.len() <= LATENCY_BUCKETS
             && self.status_5xx <= self.requests
-            && self.edge_5xx.saturating_add(self.origin_5xx) <= self.requests.saturating_add(self.panics)
+            && self.edge_5xx.saturating_add(self.origin_5xx)
+                <= self.requests.saturating_add(self.panics)
             && self.requests < u64::MAX / 4
     }
 }

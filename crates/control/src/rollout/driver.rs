@@ -79,7 +79,13 @@ async fn staging(
     let excluded: Vec<String> = fleet
         .iter()
         .filter(|e| !live.iter().any(|l| l.id == e.id))
-        .map(|e| format!("{}: not seen for {} s", e.id, now.saturating_sub(e.last_seen_ms) / 1000))
+        .map(|e| {
+            format!(
+                "{}: not seen for {} s",
+                e.id,
+                now.saturating_sub(e.last_seen_ms) / 1000
+            )
+        })
         .collect();
     let mut waiting = Vec::new();
     for e in &live {
@@ -99,7 +105,10 @@ async fn staging(
             return end_at_stage(plane, r, &reason).await;
         }
         if e.report.bad_versions.contains(&r.version) {
-            let reason = format!("edge {} refuses version {} (it crash-looped on it)", e.id, r.version);
+            let reason = format!(
+                "edge {} refuses version {} (it crash-looped on it)",
+                e.id, r.version
+            );
             return end_at_stage(plane, r, &reason).await;
         }
         if !staged {
@@ -133,7 +142,10 @@ async fn staging(
     let _ = state;
     let started = plane
         .update(|s, seq| {
-            let Some(cur) = s.rollout.as_mut().filter(|x| x.id == id && x.phase == Phase::Staging)
+            let Some(cur) = s
+                .rollout
+                .as_mut()
+                .filter(|x| x.id == id && x.phase == Phase::Staging)
             else {
                 return Ok(None);
             };
@@ -212,7 +224,10 @@ async fn end_at_stage(plane: &Arc<Plane>, r: &Rollout, reason: &str) -> Result<(
     let id = r.id;
     let done = plane
         .update(|s, seq| {
-            let Some(cur) = s.rollout.as_mut().filter(|x| x.id == id && x.phase == Phase::Staging)
+            let Some(cur) = s
+                .rollout
+                .as_mut()
+                .filter(|x| x.id == id && x.phase == Phase::Staging)
             else {
                 return Ok(None);
             };
@@ -250,7 +265,11 @@ async fn hold(
     let id = r.id;
     let held = plane
         .update(|s, _| {
-            let Some(cur) = s.rollout.as_mut().filter(|x| x.id == id && !x.phase.is_end()) else {
+            let Some(cur) = s
+                .rollout
+                .as_mut()
+                .filter(|x| x.id == id && !x.phase.is_end())
+            else {
                 return Ok(false);
             };
             cur.held = Some(reason.to_owned());
@@ -268,7 +287,9 @@ async fn hold(
                 action: "held".into(),
                 version: Some(r.version),
                 rollout: Some(r.id),
-                message: format!("waiting for an operator (`firebreak rollout resume|abort`): {reason}"),
+                message: format!(
+                    "waiting for an operator (`firebreak rollout resume|abort`): {reason}"
+                ),
                 gate,
             })
             .await;
@@ -284,7 +305,10 @@ async fn wave(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(
         .filter(|e| cells.contains(&e.report.cell) || edges.contains(&e.id))
         .collect();
     // An edge that crash-looped on the version booted the previous one: a failed gate.
-    if let Some(e) = fleet.iter().find(|e| e.report.bad_versions.contains(&r.version)) {
+    if let Some(e) = fleet
+        .iter()
+        .find(|e| e.report.bad_versions.contains(&r.version))
+    {
         let reason = format!(
             "edge {} crash-looped on version {} and went back to its previous version (safe mode)",
             e.id, r.version
@@ -391,9 +415,13 @@ async fn wave(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(
     match report.verdict {
         Verdict::Fail => {
             let reason = format!("gate failed in wave {}: {}", r.wave + 1, report.reason);
-            plane.roll_back_running(&reason, Some(report), "gate").await?;
+            plane
+                .roll_back_running(&reason, Some(report), "gate")
+                .await?;
         }
-        Verdict::Pass if !fresh && pending.is_empty() && elapsed >= r.plan.bake_s.saturating_mul(1000) => {
+        Verdict::Pass
+            if !fresh && pending.is_empty() && elapsed >= r.plan.bake_s.saturating_mul(1000) =>
+        {
             advance(plane, r, report).await?;
         }
         _ if elapsed >= r.plan.max_wait_s.saturating_mul(1000) => {
@@ -410,7 +438,11 @@ async fn wave(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(
     Ok(())
 }
 
-async fn advance(plane: &Arc<Plane>, r: &Rollout, report: gate::GateReport) -> Result<(), PlaneError> {
+async fn advance(
+    plane: &Arc<Plane>,
+    r: &Rollout,
+    report: gate::GateReport,
+) -> Result<(), PlaneError> {
     let (id, wave) = (r.id, r.wave);
     let moved = plane
         .update(|s, seq| {
@@ -471,7 +503,11 @@ async fn advance(plane: &Arc<Plane>, r: &Rollout, report: gate::GateReport) -> R
             .audit(AuditEntry {
                 at_ms: now_ms(),
                 who: "gate".into(),
-                action: if cur.phase == Phase::Complete { "complete".into() } else { "wave".into() },
+                action: if cur.phase == Phase::Complete {
+                    "complete".into()
+                } else {
+                    "wave".into()
+                },
                 version: Some(cur.version),
                 rollout: Some(cur.id),
                 message,

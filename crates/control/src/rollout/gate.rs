@@ -169,9 +169,7 @@ pub fn judge(g: &GateConfig, min_requests: u64, looks: u64, e: &Evidence) -> Gat
     } else {
         (
             Verdict::Pass,
-            format!(
-                "{wave_requests} requests, 5xx share upper bound {upper:.4} < {threshold:.4}"
-            ),
+            format!("{wave_requests} requests, 5xx share upper bound {upper:.4} < {threshold:.4}"),
         )
     };
     GateReport {
@@ -218,7 +216,12 @@ fn compare(
     if n < MIN_SAMPLE {
         return;
     }
-    let mut proportion = |metric: &str, x: u64, bx: Option<(u64, u64)>, ratio: f64, margin: f64, limit: Option<f64>| {
+    let mut proportion = |metric: &str,
+                          x: u64,
+                          bx: Option<(u64, u64)>,
+                          ratio: f64,
+                          margin: f64,
+                          limit: Option<f64>| {
         let p = share(x, n);
         let (t, k, pb, nb) = match bx {
             Some((bx, bn)) => {
@@ -469,23 +472,43 @@ mod tests {
     #[test]
     fn a_broken_canary_fails_against_a_healthy_baseline() {
         let g = GateConfig::default();
-        let r = judge(&g, 100, 60, &evidence(counts(200, 200, 200, 5), Some(counts(5000, 2, 500, 5))));
+        let r = judge(
+            &g,
+            100,
+            60,
+            &evidence(counts(200, 200, 200, 5), Some(counts(5000, 2, 500, 5))),
+        );
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
     }
 
     #[test]
     fn a_handful_of_errors_on_a_quiet_canary_neither_passes_nor_fails() {
         let g = GateConfig::default();
-        let r = judge(&g, 100, 60, &evidence(counts(30, 1, 3, 5), Some(counts(5000, 10, 500, 5))));
+        let r = judge(
+            &g,
+            100,
+            60,
+            &evidence(counts(30, 1, 3, 5), Some(counts(5000, 10, 500, 5))),
+        );
         assert_eq!(r.verdict, Verdict::Wait, "{r:?}");
-        let r = judge(&g, 100, 60, &evidence(counts(5, 5, 0, 5), Some(counts(5000, 10, 500, 5))));
+        let r = judge(
+            &g,
+            100,
+            60,
+            &evidence(counts(5, 5, 0, 5), Some(counts(5000, 10, 500, 5))),
+        );
         assert_eq!(r.verdict, Verdict::Wait, "{r:?}");
     }
 
     #[test]
     fn a_healthy_canary_with_enough_traffic_passes() {
         let g = GateConfig::default();
-        let r = judge(&g, 500, 60, &evidence(counts(2000, 1, 200, 5), Some(counts(8000, 6, 800, 5))));
+        let r = judge(
+            &g,
+            500,
+            60,
+            &evidence(counts(2000, 1, 200, 5), Some(counts(8000, 6, 800, 5))),
+        );
         assert_eq!(r.verdict, Verdict::Pass, "{r:?}");
     }
 
@@ -493,7 +516,15 @@ mod tests {
     fn an_outage_that_hits_the_baseline_too_does_not_fail_the_canary() {
         let g = GateConfig::default();
         // Origin down everywhere: 60% errors on both sides.
-        let r = judge(&g, 100, 60, &evidence(counts(1000, 600, 1000, 5), Some(counts(4000, 2400, 4000, 5))));
+        let r = judge(
+            &g,
+            100,
+            60,
+            &evidence(
+                counts(1000, 600, 1000, 5),
+                Some(counts(4000, 2400, 4000, 5)),
+            ),
+        );
         assert_ne!(r.verdict, Verdict::Fail, "{r:?}");
         // With no baseline the absolute limit applies.
         let r = judge(&g, 100, 60, &evidence(counts(1000, 600, 1000, 5), None));
@@ -509,13 +540,25 @@ mod tests {
         let e = Evidence {
             wave: wave.clone(),
             wave_services: vec![
-                ServiceHealth { service: "big".into(), counts: counts(9_940, 0, 900, 5) },
-                ServiceHealth { service: "small".into(), counts: counts(60, 60, 60, 5) },
+                ServiceHealth {
+                    service: "big".into(),
+                    counts: counts(9_940, 0, 900, 5),
+                },
+                ServiceHealth {
+                    service: "small".into(),
+                    counts: counts(60, 60, 60, 5),
+                },
             ],
             baseline: Some(base),
             baseline_services: vec![
-                ServiceHealth { service: "big".into(), counts: counts(29_800, 30, 2900, 5) },
-                ServiceHealth { service: "small".into(), counts: counts(200, 0, 100, 5) },
+                ServiceHealth {
+                    service: "big".into(),
+                    counts: counts(29_800, 30, 2900, 5),
+                },
+                ServiceHealth {
+                    service: "small".into(),
+                    counts: counts(200, 0, 100, 5),
+                },
             ],
         };
         let r = judge(&g, 100, 60, &e);
@@ -526,7 +569,12 @@ mod tests {
     #[test]
     fn a_collapsed_hit_ratio_and_a_404_storm_fail() {
         let g = GateConfig::default();
-        let r = judge(&g, 100, 60, &evidence(counts(1000, 0, 950, 5), Some(counts(4000, 0, 400, 5))));
+        let r = judge(
+            &g,
+            100,
+            60,
+            &evidence(counts(1000, 0, 950, 5), Some(counts(4000, 0, 400, 5))),
+        );
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         let mut wave = counts(1000, 0, 100, 5);
         wave.status_4xx = 400;
@@ -537,7 +585,12 @@ mod tests {
     #[test]
     fn slower_latency_fails_only_when_the_rank_test_agrees() {
         let g = GateConfig::default();
-        let r = judge(&g, 100, 60, &evidence(counts(1000, 0, 100, 900), Some(counts(4000, 0, 400, 5))));
+        let r = judge(
+            &g,
+            100,
+            60,
+            &evidence(counts(1000, 0, 100, 900), Some(counts(4000, 0, 400, 5))),
+        );
         assert_eq!(r.verdict, Verdict::Fail, "{r:?}");
         assert!(rank_z(&counts(100, 0, 0, 5).latency, &counts(100, 0, 0, 5).latency).abs() < 1e-9);
     }

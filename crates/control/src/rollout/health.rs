@@ -19,7 +19,11 @@ pub struct HealthBook {
     marks: Mutex<HashMap<(u64, usize), HashMap<String, HealthReport>>>,
 }
 
-fn merge(into: &mut Vec<ServiceHealth>, services: &[ServiceHealth], minus: Option<&[ServiceHealth]>) {
+fn merge(
+    into: &mut Vec<ServiceHealth>,
+    services: &[ServiceHealth],
+    minus: Option<&[ServiceHealth]>,
+) {
     for s in services {
         let counts = match minus.and_then(|m| m.iter().find(|b| b.service == s.service)) {
             Some(before) => s.counts.since(&before.counts),
@@ -80,7 +84,9 @@ impl HealthBook {
                     fresh = true;
                     latest
                         .iter()
-                        .filter(|(id, r)| !members.contains(*id) && Some(r.version) == baseline_version)
+                        .filter(|(id, r)| {
+                            !members.contains(*id) && Some(r.version) == baseline_version
+                        })
                         .map(|(id, r)| (id.clone(), r.clone()))
                         .collect()
                 })

@@ -43,7 +43,11 @@ pub(crate) struct TargetSpec<'a> {
 
 impl Plane {
     /// Signs one target statement for sequence number `seq`.
-    pub(crate) fn sign_target(&self, seq: u64, t: TargetSpec<'_>) -> Result<StoredTarget, PlaneError> {
+    pub(crate) fn sign_target(
+        &self,
+        seq: u64,
+        t: TargetSpec<'_>,
+    ) -> Result<StoredTarget, PlaneError> {
         let target = Target {
             seq,
             audience: t.audience,
@@ -135,7 +139,10 @@ impl Plane {
         crate::plane::edge_id(id)?;
         if report.services.len() > firebreak_protocol::health::MAX_REPORTED_SERVICES
             || !report.total.is_plausible()
-            || report.services.iter().any(|s| !s.counts.is_plausible() || s.service.len() > 256)
+            || report
+                .services
+                .iter()
+                .any(|s| !s.counts.is_plausible() || s.service.len() > 256)
         {
             return Err(PlaneError::BadRequest("implausible health report".into()));
         }
@@ -147,8 +154,8 @@ impl Plane {
     /// The rollout settings of `version` (its fleet document's `[rollout]`).
     async fn rollout_settings(&self, version: u64) -> Result<RolloutConfig, PlaneError> {
         let detail = self.version(version).await?;
-        let config = parse_managed_str(&format!("version {version}"), &detail.document)
-            .map_err(|_| {
+        let config =
+            parse_managed_str(&format!("version {version}"), &detail.document).map_err(|_| {
                 PlaneError::Store(StoreError::Corrupt(format!(
                     "version {version} no longer validates"
                 )))
@@ -172,7 +179,8 @@ impl Plane {
                 "the emergency plan takes only kill switches (`firebreak switch`) and rollbacks (`firebreak rollback`)".into(),
             ));
         }
-        self.start(version, plan, RolloutKind::Deploy, by, message).await
+        self.start(version, plan, RolloutKind::Deploy, by, message)
+            .await
     }
 
     async fn start(

@@ -148,10 +148,7 @@ impl EtcdStore {
         let mut c = self.client.clone();
         let resp = timed(c.get(target_key(), None)).await?;
         let (revision, seq) = match resp.kvs().first() {
-            Some(kv) => (
-                kv.mod_revision(),
-                super::state_seq(kv.value())?,
-            ),
+            Some(kv) => (kv.mod_revision(), super::state_seq(kv.value())?),
             None => (0, 0),
         };
         if seq != expected_seq {

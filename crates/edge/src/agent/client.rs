@@ -156,11 +156,20 @@ impl ControlClient {
     }
 
     /// Sends the health counts of the running version.
-    pub async fn health(&self, report: &firebreak_protocol::health::HealthReport) -> Result<(), String> {
+    pub async fn health(
+        &self,
+        report: &firebreak_protocol::health::HealthReport,
+    ) -> Result<(), String> {
         let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
         let path = format!("/v1/edges/{}/health", self.id);
         let (status, body) = self
-            .call(Method::POST, &path, Some(body), 64 * 1024, Duration::from_secs(5))
+            .call(
+                Method::POST,
+                &path,
+                Some(body),
+                64 * 1024,
+                Duration::from_secs(5),
+            )
             .await?;
         if status.is_success() {
             Ok(())

@@ -70,7 +70,13 @@ pub struct AgentOptions {
 impl AgentOptions {
     /// Options with the default timings: heartbeat 10 s, health every 5 s, safe mode after 3
     /// crashes of one version within 5 minutes.
-    pub fn new(control: String, token: String, id: String, data_dir: PathBuf, trust: PublicKey) -> Self {
+    pub fn new(
+        control: String,
+        token: String,
+        id: String,
+        data_dir: PathBuf,
+        trust: PublicKey,
+    ) -> Self {
         Self {
             control,
             token,
@@ -297,7 +303,12 @@ impl Worker {
         let listen: Vec<String> = self
             .edge
             .as_ref()
-            .map(|e| e.local_addrs().iter().map(|a| format!("http://{a}")).collect())
+            .map(|e| {
+                e.local_addrs()
+                    .iter()
+                    .map(|a| format!("http://{a}"))
+                    .collect()
+            })
             .unwrap_or_default();
         move |status| {
             let s = status.lock().map(|s| s.clone()).unwrap_or_default();
@@ -367,11 +378,9 @@ impl Worker {
             }
         };
         let bad = self.journal.bad();
-        if let Some(record) = self
-            .disk
-            .load_applied()
-            .filter(|r| !bad.contains(&r.version) && !r.services.iter().any(|p| bad.contains(&p.version)))
-        {
+        if let Some(record) = self.disk.load_applied().filter(|r| {
+            !bad.contains(&r.version) && !r.services.iter().any(|p| bad.contains(&p.version))
+        }) {
             let rebuilt = (|| {
                 let main = open(record.version)?;
                 let mut services = Vec::new();
@@ -508,7 +517,8 @@ impl Worker {
             if let Ok(mut s) = self.status.lock() {
                 s.misaddressed += 1;
             }
-            metrics::counter!("firebreak_targets_refused_total", "reason" => "audience").increment(1);
+            metrics::counter!("firebreak_targets_refused_total", "reason" => "audience")
+                .increment(1);
             return Err(format!(
                 "target seq {} is addressed to {}, not to edge {} in cell {}; refused",
                 target.seq, target.audience, self.opts.id, self.opts.cell
@@ -609,9 +619,9 @@ impl Worker {
         let config = self.localize(composed.config);
         crate::runtime::Runtime::build(config, None)
             .map_err(|e| format!("version {} cannot be built: {e}", stage.version))?;
-        self.disk.save_bundle(bundle.version, &bytes).map_err(|e| {
-            format!("cannot keep version {} on disk: {e}", bundle.version)
-        })?;
+        self.disk
+            .save_bundle(bundle.version, &bytes)
+            .map_err(|e| format!("cannot keep version {} on disk: {e}", bundle.version))?;
         Ok(())
     }
 

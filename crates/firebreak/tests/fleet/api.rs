@@ -116,7 +116,11 @@ async fn versions_diff_target_rollback(c: &Control) {
     assert!(e["error"].as_str().unwrap().contains("rollout"), "{e}");
     for v in [1, 2] {
         let (status, r) = c
-            .call(Method::POST, "/v1/rollouts", Some(json!({"version": v, "message": "t"})))
+            .call(
+                Method::POST,
+                "/v1/rollouts",
+                Some(json!({"version": v, "message": "t"})),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{r}");
         c.wait_rollout(v, "complete").await;
@@ -160,7 +164,12 @@ async fn versions_diff_target_rollback(c: &Control) {
         .iter()
         .map(|e| e["action"].as_str().unwrap())
         .collect();
-    assert!(actions.contains(&"deploy") && actions.contains(&"complete") && actions.contains(&"rollback"), "{actions:?}");
+    assert!(
+        actions.contains(&"deploy")
+            && actions.contains(&"complete")
+            && actions.contains(&"rollback"),
+        "{actions:?}"
+    );
 }
 
 async fn auth_and_openapi(c: &Control) {

@@ -145,7 +145,10 @@ async fn a_service_whose_document_fails_keeps_its_version_and_the_others_update(
     c.start_deploy(2).await;
     let view = c.wait_rollout(2, "stage_failed").await;
     assert!(
-        view["rollout"]["outcome"].as_str().unwrap().contains("brand_new_field"),
+        view["rollout"]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("brand_new_field"),
         "{view:#}"
     );
     assert_eq!(through(addr(&e), "a.test", "/").await.1, "v1");
@@ -209,7 +212,10 @@ async fn bad_signature_and_truncated_download_are_refused_and_the_edge_keeps_ser
     c.start_deploy(2).await;
     let view = c.wait_rollout(2, "stage_failed").await;
     assert!(
-        view["rollout"]["outcome"].as_str().unwrap().contains("signature"),
+        view["rollout"]["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("signature"),
         "{view:#}"
     );
     wait_for(&e, "bad signature reported", |s| {

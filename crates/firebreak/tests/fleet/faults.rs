@@ -135,8 +135,7 @@ async fn control_plane_killed_mid_push_loses_nothing_committed_and_edges_keep_se
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                     .build_http();
             let doc = fleet_doc(origin, &format!("v{i}"));
-            let body = json!({"file": "f", "document": doc, "message": "loop"})
-                .to_string();
+            let body = json!({"file": "f", "document": doc, "message": "loop"}).to_string();
             let req = http::Request::post(format!("http://127.0.0.1:{port}/v1/versions"))
                 .header("authorization", format!("Bearer {OPERATOR}"))
                 .body(http_body_util::Full::new(bytes::Bytes::from(body)))
@@ -196,7 +195,10 @@ async fn control_plane_killed_mid_push_loses_nothing_committed_and_edges_keep_se
         if numbers.contains(&version) {
             break version;
         }
-        assert!(Instant::now() < deadline, "target never named a stored version: {target}");
+        assert!(
+            Instant::now() < deadline,
+            "target never named a stored version: {target}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     wait_applied(&e, version).await;
@@ -258,7 +260,9 @@ async fn a_full_disk_on_the_edge_keeps_the_running_version_and_says_why() {
         .call(
             Method::POST,
             "/v1/versions",
-            Some(json!({"file": "fleet.toml", "document": big, "message": "big", "activate": true})),
+            Some(
+                json!({"file": "fleet.toml", "document": big, "message": "big", "activate": true}),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
