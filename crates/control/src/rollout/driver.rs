@@ -55,7 +55,7 @@ pub async fn step(plane: &Arc<Plane>) -> Result<(), PlaneError> {
         e.last_seen_ms = e.last_seen_ms.max(plane.started_ms);
     }
     match r.phase {
-        Phase::Staging => staging(plane, &state, &r, &fleet).await,
+        Phase::Staging => staging(plane, &r, &fleet).await,
         Phase::Wave => wave(plane, &r, &fleet).await,
         _ => Ok(()),
     }
@@ -68,12 +68,7 @@ fn live<'a>(r: &Rollout, fleet: &'a [EdgeStatus], now: u64) -> Vec<&'a EdgeStatu
         .collect()
 }
 
-async fn staging(
-    plane: &Arc<Plane>,
-    state: &FleetState,
-    r: &Rollout,
-    fleet: &[EdgeStatus],
-) -> Result<(), PlaneError> {
+async fn staging(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(), PlaneError> {
     let now = now_ms();
     let live = live(r, fleet, now);
     let excluded: Vec<String> = fleet
@@ -139,7 +134,6 @@ async fn staging(
         .collect();
     canary.sort();
     let id = r.id;
-    let _ = state;
     let started = plane
         .update(|s, seq| {
             let Some(cur) = s

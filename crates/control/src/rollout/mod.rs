@@ -240,7 +240,7 @@ impl Plane {
                         )));
                     }
                 }
-                supersede(state, "a kill switch went first", seq);
+                supersede(state, "a kill switch went first");
                 // Every edge without an override (after superseding: every edge) stages.
                 let current_sha = from_sha.as_deref().unwrap_or("");
                 state.default = Some(self.sign_target(
@@ -471,7 +471,7 @@ impl Plane {
                         "the fleet never ran version {version}; only versions it ran can be set at once — deploy it instead"
                     )));
                 }
-                supersede(state, &format!("superseded by a rollback to version {version}"), seq);
+                supersede(state, &format!("superseded by a rollback to version {version}"));
                 let t = self.sign_target(
                     seq,
                     TargetSpec {
@@ -549,7 +549,7 @@ impl Plane {
 
 /// Ends a running rollout, if any, because something else goes first: its edges return to
 /// the version it replaced (the caller writes the new fleet-wide target).
-fn supersede(state: &mut FleetState, why: &str, _seq: u64) {
+fn supersede(state: &mut FleetState, why: &str) {
     if let Some(r) = state.rollout.as_mut().filter(|r| !r.phase.is_end()) {
         r.phase = Phase::Superseded;
         r.ended_ms = Some(now_ms());

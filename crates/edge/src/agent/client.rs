@@ -155,30 +155,36 @@ impl ControlClient {
         Ok(body)
     }
 
-    /// Sends the health counts of the running version.
-    pub async fn health(
+    /// Sends `value` as JSON and expects a success status; `what` names it in errors.
+    async fn send_json<T: serde::Serialize>(
         &self,
-        report: &firebreak_protocol::health::HealthReport,
+        method: Method,
+        path: &str,
+        value: &T,
+        what: &str,
     ) -> Result<(), String> {
-        let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
-        let path = format!("/v1/edges/{}/health", self.id);
+        let body = serde_json::to_vec(value).map_err(|e| e.to_string())?;
         let (status, body) = self
-            .call(
-                Method::POST,
-                &path,
-                Some(body),
-                64 * 1024,
-                Duration::from_secs(5),
-            )
+            .call(method, path, Some(body), 64 * 1024, Duration::from_secs(5))
             .await?;
         if status.is_success() {
             Ok(())
         } else {
             Err(format!(
-                "health report refused ({status}): {}",
+                "{what} refused ({status}): {}",
                 String::from_utf8_lossy(&body)
             ))
         }
+    }
+
+    /// Sends the health counts of the running version.
+    pub async fn health(
+        &self,
+        report: &firebreak_protocol::health::HealthReport,
+    ) -> Result<(), String> {
+        let path = format!("/v1/edges/{}/health", self.id);
+        self.send_json(Method::POST, &path, report, "health report")
+            .await
     }
 
     /// Sends the report `build` makes, built only once the previous report of this edge was
@@ -194,24 +200,7 @@ impl ControlClient {
 
     /// Sends a report (use [`ControlClient::report_with`] where reports may overlap).
     pub async fn report(&self, report: &EdgeReport) -> Result<(), String> {
-        let body = serde_json::to_vec(report).map_err(|e| e.to_string())?;
         let path = format!("/v1/edges/{}", self.id);
-        let (status, body) = self
-            .call(
-                Method::PUT,
-                &path,
-                Some(body),
-                64 * 1024,
-                Duration::from_secs(5),
-            )
-            .await?;
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "report refused ({status}): {}",
-                String::from_utf8_lossy(&body)
-            ))
-        }
+        self.send_json(Method::PUT, &path, report, "report").await
     }
 }
