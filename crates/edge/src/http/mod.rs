@@ -1,6 +1,7 @@
 //! HTTP semantics the edge needs that are independent of any connection: Cache-Control
 //! parsing, freshness arithmetic, validators, ranges and hop-by-hop header rules.
 
+pub mod accept_encoding;
 pub mod cache_control;
 pub mod conditional;
 pub mod freshness;

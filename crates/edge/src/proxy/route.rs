@@ -42,6 +42,7 @@ pub(crate) fn route(
     let rule = svc.rule_for(path_and_query.path());
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
+    crate::http::accept_encoding::normalise(&mut headers);
     headers.remove(header::HOST);
     Ok((
         RequestCtx {

@@ -242,7 +242,7 @@ impl MemoryStore {
         if kept.is_empty() {
             self.remove_entry(key);
         } else {
-            self.replace(key, Some(&current), Arc::new(Variants { objects: kept }));
+            self.replace(key, Some(&current), Arc::new(Variants::new(kept)));
         }
         hit
     }

@@ -3,6 +3,7 @@
 use crate::http::freshness::Freshness;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, StatusCode};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Most variants kept per URL; a response that varies on a high-cardinality header cannot
@@ -221,34 +222,84 @@ impl StoredObject {
     }
 }
 
-/// Every stored variant of one URL, newest first.
+/// Every stored variant of one URL, newest first, with how often each was selected.
+///
+/// A URL holds at most [`MAX_VARIANTS`] variants. When a new one arrives at a full set, the
+/// least used goes — ties broken against the *youngest* — so a client minting variant after
+/// variant (random values of a header the origin varies on) only pushes out its own earlier
+/// ones, never the copy everyone else is reading. Uses are counted only while a URL has more
+/// than one variant, so the common single-variant hit pays nothing for it.
 #[derive(Debug, Default)]
 pub struct Variants {
     /// The variants.
     pub objects: Vec<Arc<StoredObject>>,
+    /// Selections of each variant (same order as `objects`), since it arrived or since the
+    /// URL got its second variant.
+    hits: Vec<AtomicU64>,
 }
 
 impl Variants {
-    /// The newest variant whose `Vary` values match the request.
-    pub fn select(&self, request: &HeaderMap) -> Option<&Arc<StoredObject>> {
-        self.objects.iter().find(|o| o.vary.matches(request))
+    /// A set of variants with no uses counted.
+    pub fn new(objects: Vec<Arc<StoredObject>>) -> Self {
+        let hits = objects.iter().map(|_| AtomicU64::new(0)).collect();
+        Self { objects, hits }
     }
 
-    /// A new set with `object` added: it replaces the variant with the same `Vary` values;
-    /// variants stored under different `Vary` field names are dropped (the origin changed its
-    /// mind about what the response varies on); the oldest beyond [`MAX_VARIANTS`] go.
-    pub fn with(&self, object: Arc<StoredObject>) -> Variants {
-        let mut objects = Vec::with_capacity((self.objects.len() + 1).min(MAX_VARIANTS));
-        objects.push(object.clone());
-        for o in &self.objects {
-            if objects.len() == MAX_VARIANTS {
-                break;
-            }
-            if o.vary.same_names(&object.vary) && o.vary != object.vary {
-                objects.push(o.clone());
+    /// The newest variant whose `Vary` values match the request (counted as a use).
+    pub fn select(&self, request: &HeaderMap) -> Option<&Arc<StoredObject>> {
+        let i = self.objects.iter().position(|o| o.vary.matches(request))?;
+        if self.objects.len() > 1 {
+            if let Some(h) = self.hits.get(i) {
+                h.fetch_add(1, Ordering::Relaxed);
             }
         }
-        Variants { objects }
+        self.objects.get(i)
+    }
+
+    fn hits_of(&self, i: usize) -> u64 {
+        self.hits.get(i).map_or(0, |h| h.load(Ordering::Relaxed))
+    }
+
+    /// A new set with `object` added: it replaces the variant with the same `Vary` values
+    /// (and inherits its use count); variants stored under different `Vary` field names are
+    /// dropped (the origin changed its mind about what the response varies on); beyond
+    /// [`MAX_VARIANTS`] the least used goes, the youngest of equals first.
+    pub fn with(&self, object: Arc<StoredObject>) -> Variants {
+        let mut inherited = 0;
+        let mut kept: Vec<(Arc<StoredObject>, u64)> = Vec::with_capacity(self.objects.len());
+        for (i, o) in self.objects.iter().enumerate() {
+            if !o.vary.same_names(&object.vary) {
+                continue;
+            }
+            if o.vary == object.vary {
+                inherited = self.hits_of(i);
+            } else {
+                kept.push((o.clone(), self.hits_of(i)));
+            }
+        }
+        while kept.len() >= MAX_VARIANTS {
+            // `kept` is newest first: among the least used, the first found is the youngest.
+            let least = kept
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, hits))| *hits)
+                .map(|(i, _)| i);
+            match least {
+                Some(i) => {
+                    kept.remove(i);
+                }
+                None => break,
+            }
+        }
+        let mut objects = Vec::with_capacity(kept.len() + 1);
+        let mut hits = Vec::with_capacity(kept.len() + 1);
+        objects.push(object);
+        hits.push(AtomicU64::new(inherited));
+        for (o, h) in kept {
+            objects.push(o);
+            hits.push(AtomicU64::new(h));
+        }
+        Variants { objects, hits }
     }
 
     /// Bytes counted against the cache budget.
@@ -339,6 +390,34 @@ mod tests {
         // A response without Vary drops the keyed variants.
         let plain = set.with(object(VaryKey::default(), b"plain"));
         assert_eq!(plain.objects.len(), 1);
+    }
+
+    #[test]
+    fn minted_variants_do_not_push_out_the_popular_one() {
+        let resp = h(&[("vary", "x-v")]);
+        let key = |v: &str| {
+            let mut req = HeaderMap::new();
+            req.insert("x-v", HeaderValue::from_str(v).unwrap());
+            (VaryKey::from_exchange(&resp, &req).unwrap(), req)
+        };
+        let (k, popular) = key("popular");
+        let mut set = Variants::default().with(object(k, b"popular"));
+        // Readers keep using it while an attacker mints values, interleaved and in bursts.
+        for i in 0..(MAX_VARIANTS * 4) {
+            if i % 8 == 0 {
+                assert_eq!(&set.select(&popular).unwrap().body[0][..], b"popular");
+            }
+            set = set.with(object(key(&format!("junk{i}")).0, b"junk"));
+            assert!(set.objects.len() <= MAX_VARIANTS);
+        }
+        assert_eq!(&set.select(&popular).unwrap().body[0][..], b"popular");
+        // A revalidated popular copy keeps its standing.
+        let (k, _) = key("popular");
+        set = set.with(object(k, b"popular2"));
+        for i in 0..(MAX_VARIANTS * 2) {
+            set = set.with(object(key(&format!("more{i}")).0, b"junk"));
+        }
+        assert_eq!(&set.select(&popular).unwrap().body[0][..], b"popular2");
     }
 
     #[test]

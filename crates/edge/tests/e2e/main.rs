@@ -12,3 +12,4 @@ mod drills;
 mod proxying;
 mod reload;
 mod stale;
+mod variants;
