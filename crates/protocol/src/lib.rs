@@ -26,10 +26,17 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Compares two secrets in time that does not depend on where they first differ.
+/// Compares two secrets in time that depends neither on where they first differ nor on
+/// their lengths: both are hashed (SHA-256) and the digests compared with `subtle`'s
+/// constant-time equality, which the optimiser cannot turn into an early exit.
 pub fn same_secret(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::Digest;
+    use subtle::ConstantTimeEq;
+    let (da, db) = (
+        sha2::Sha256::digest(a.as_bytes()),
+        sha2::Sha256::digest(b.as_bytes()),
+    );
+    bool::from(da.as_slice().ct_eq(db.as_slice()))
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
@@ -51,8 +58,32 @@ mod hostile_input {
     use crate::signed::{Signed, Target};
     use proptest::prelude::*;
 
+    #[test]
+    fn same_secret_compares_whole_secrets_of_any_length() {
+        let token = "0123456789abcdef0123456789abcdef";
+        assert!(crate::same_secret(token, token));
+        for wrong in [
+            "",
+            "0",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdeF",
+            "0123456789abcdef0123456789abcdef0",
+            "x123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!crate::same_secret(wrong, token), "{wrong:?}");
+            assert!(!crate::same_secret(token, wrong), "{wrong:?}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Two secrets compare equal exactly when they are equal.
+        #[test]
+        fn same_secret_is_equality(a in ".{0,40}", b in ".{0,40}") {
+            prop_assert_eq!(crate::same_secret(&a, &b), a == b);
+            prop_assert!(crate::same_secret(&a, &a));
+        }
 
         /// Arbitrary bytes, and arbitrary bytes behind a valid magic, never verify and never panic.
         #[test]

@@ -9,6 +9,7 @@ mod bad_input;
 mod caching;
 mod coalescing;
 mod drills;
+mod h2_floods;
 mod proxying;
 mod reload;
 mod stale;
