@@ -9,6 +9,8 @@ mod bad_input;
 mod caching;
 mod coalescing;
 mod drills;
+mod poisoning;
 mod proxying;
 mod reload;
+mod smuggling;
 mod stale;
