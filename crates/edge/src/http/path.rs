@@ -126,8 +126,16 @@ fn normalize_percent(path: &[u8]) -> Result<Vec<u8>, BadPath> {
             i += 1;
             continue;
         }
-        let h = path.get(i + 1).copied().and_then(hex_value).ok_or(BadPath)?;
-        let l = path.get(i + 2).copied().and_then(hex_value).ok_or(BadPath)?;
+        let h = path
+            .get(i + 1)
+            .copied()
+            .and_then(hex_value)
+            .ok_or(BadPath)?;
+        let l = path
+            .get(i + 2)
+            .copied()
+            .and_then(hex_value)
+            .ok_or(BadPath)?;
         let v = h << 4 | l;
         if is_unreserved(v) {
             out.push(v);

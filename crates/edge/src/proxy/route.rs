@@ -9,8 +9,8 @@
 
 use super::{EdgeState, RequestCtx, RequestId};
 use crate::error::ProxyError;
-use crate::http::path::{normalize, BadPath};
 use crate::http::headers::{strip_client_forwarding, strip_hop_by_hop};
+use crate::http::path::{normalize, BadPath};
 use crate::runtime::{RuleAction, Runtime};
 use firebreak_config::valid_host_name;
 use http::request::Parts;

@@ -48,10 +48,9 @@ async fn host_header_override_still_wins() {
 
 #[tokio::test]
 async fn web_cache_deception_paths_are_normalised() {
-    let origin = TestOrigin::start(|r| {
-        Reply::ok(format!("secret for {}", r.uri.path())).cc("max-age=60")
-    })
-    .await;
+    let origin =
+        TestOrigin::start(|r| Reply::ok(format!("secret for {}", r.uri.path())).cc("max-age=60"))
+            .await;
     let edge = start_edge(&private_bypass(origin.addr)).await;
     for (path, upstream) in [
         ("/x/../private/me", "/private/me"),
@@ -72,7 +71,11 @@ async fn web_cache_deception_paths_are_normalised() {
             "{path} was cached: {}",
             second.cache_status()
         );
-        assert_eq!(origin.count(), before + 2, "{path}: both reached the origin");
+        assert_eq!(
+            origin.count(),
+            before + 2,
+            "{path}: both reached the origin"
+        );
     }
     // One form for the key, too: a cacheable path requested in two spellings is one object.
     let a = edge.get("/public/a.css").await;
@@ -81,7 +84,9 @@ async fn web_cache_deception_paths_are_normalised() {
     let b = edge.get("/public/./x/..//%61.css").await;
     assert!(b.cache_status().contains("hit"), "{}", b.cache_status());
     // A broken escape is refused, not forwarded.
-    let bad = edge.raw(b"GET /%zz HTTP/1.1\r\nHost: localhost\r\n\r\n").await;
+    let bad = edge
+        .raw(b"GET /%zz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
     assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
 }
 
@@ -144,7 +149,10 @@ async fn trusted_proxy_forwarding_headers_are_kept() {
     .await;
     let seen = origin.last();
     assert_eq!(seen.header("x-forwarded-host"), Some("www.example"));
-    assert_eq!(seen.header("x-forwarded-for"), Some("203.0.113.9, 127.0.0.1"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9, 127.0.0.1")
+    );
     assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
 }
 
@@ -165,15 +173,16 @@ async fn service_strip_and_key_headers() {
     );
     let edge = start_edge(&toml).await;
     let phone = edge
-        .get_with(
-            "/k",
-            &[("x-device", "phone"), ("x-app-override", "admin")],
-        )
+        .get_with("/k", &[("x-device", "phone"), ("x-app-override", "admin")])
         .await;
     assert_eq!(phone.text(), "device=phone override=-");
     let desk = edge.get_with("/k", &[("x-device", "desktop")]).await;
     assert_eq!(desk.text(), "device=desktop override=-");
-    assert!(desk.cache_status().contains("fwd=miss"), "{}", desk.cache_status());
+    assert!(
+        desk.cache_status().contains("fwd=miss"),
+        "{}",
+        desk.cache_status()
+    );
     let again = edge.get_with("/k", &[("x-device", "phone")]).await;
     assert_eq!(again.text(), "device=phone override=-");
 }

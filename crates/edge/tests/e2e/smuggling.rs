@@ -79,7 +79,9 @@ async fn serve_raw(mut s: TcpStream, handling: BodyHandling, heads: Arc<Mutex<Ve
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
         if !matches!(method, "GET" | "HEAD" | "POST" | "OPTIONS") || !path.starts_with('/') {
             let _ = s
-                .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .write_all(
+                    b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
                 .await;
             return;
         }
