@@ -6,6 +6,7 @@
 //! half-applied: callers only ever see a complete, valid configuration or none at all.
 
 mod drills;
+mod forwarding;
 mod limits;
 mod load;
 mod locate;
@@ -14,6 +15,7 @@ mod rollout;
 pub(crate) mod validate;
 
 pub use drills::{FaultAction, FaultConfig, SwitchAction, SwitchConfig};
+pub use forwarding::{Cidr, ForwardingConfig, ServiceForwardingConfig};
 pub use limits::*;
 pub use load::{
     load_file, load_file_as, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig,

@@ -59,3 +59,9 @@ pub const MAX_FAULT_DELAY_MS: u64 = 60_000;
 pub const MAX_SWITCHES: usize = 64;
 /// Longest kill switch name; it appears in a response header and in logs.
 pub const MAX_SWITCH_NAME_LEN: usize = 64;
+/// Most trusted proxy blocks (`forwarding.trusted_proxies`); checked linearly per miss.
+pub const MAX_TRUSTED_PROXIES: usize = 256;
+/// Most extra request headers a service strips (`service.forwarding.strip_request_headers`).
+pub const MAX_STRIP_HEADERS: usize = 32;
+/// Most request headers in a service's cache key (`service.forwarding.cache_key_headers`).
+pub const MAX_CACHE_KEY_HEADERS: usize = 8;

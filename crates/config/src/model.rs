@@ -32,6 +32,9 @@ pub struct Config {
     /// Kill switches (`[[switch]]`), each acting on one service.
     #[serde(default, rename = "switch")]
     pub switches: Vec<crate::drills::SwitchConfig>,
+    /// Trusted proxies for forwarding headers (`[forwarding]`).
+    #[serde(default)]
+    pub forwarding: crate::forwarding::ForwardingConfig,
 }
 
 /// The admin listener.
@@ -135,6 +138,9 @@ pub struct ServiceConfig {
     /// Injected faults for drills (`[[service.fault]]`); none by default.
     #[serde(default, rename = "fault")]
     pub faults: Vec<crate::drills::FaultConfig>,
+    /// Extra request headers to strip or to key on (`[service.forwarding]`).
+    #[serde(default)]
+    pub forwarding: crate::forwarding::ServiceForwardingConfig,
 }
 
 /// An origin pool: servers, failover and connection settings.

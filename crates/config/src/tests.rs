@@ -367,3 +367,49 @@ fn fleet_documents_must_not_name_per_edge_addresses() {
     assert_eq!(e.errors[0].field, "admin.listen", "{e}");
     assert_eq!(e.errors[0].line, 2, "{e}");
 }
+
+#[test]
+fn forwarding_settings_are_checked() {
+    let ok = format!(
+        "[forwarding]\ntrusted_proxies = [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.1\"]\n{}\
+         [service.forwarding]\nstrip_request_headers = [\"x-app-override\"]\n\
+         cache_key_headers = [\"x-device\"]\n",
+        minimal("")
+    );
+    let c = parse_str("edge.toml", &ok).unwrap();
+    assert_eq!(c.get().forwarding.trusted_proxies.len(), 3);
+    assert_eq!(
+        c.get().services[0].forwarding.cache_key_headers,
+        ["x-device"]
+    );
+    let defaults = parse_str("edge.toml", &minimal("")).unwrap();
+    assert!(defaults.get().forwarding.trusted_proxies.is_empty());
+
+    let bad = format!(
+        "[forwarding]\ntrusted_proxies = [\"10.0.0.0/40\"]\n{}\
+         [service.forwarding]\nstrip_request_headers = [\"bad header\"]\n\
+         cache_key_headers = [\"host\"]\n",
+        minimal("")
+    );
+    let e = reject(&bad);
+    let fields: Vec<_> = e.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "forwarding.trusted_proxies[0]",
+            "service[0].forwarding.strip_request_headers[0]",
+            "service[0].forwarding.cache_key_headers[0]"
+        ],
+        "{e}"
+    );
+    let many = (0..9).map(|i| format!("\"x-{i}\"")).collect::<Vec<_>>();
+    let text = format!(
+        "{}[service.forwarding]\ncache_key_headers = [{}]\n",
+        minimal(""),
+        many.join(", ")
+    );
+    let e = reject(&text);
+    assert!(e.errors[0].message.contains("at most 8"), "{e}");
+    let e = reject(&format!("[forwarding]\nunknown = 1\n{}", minimal("")));
+    assert!(e.errors[0].field.contains("unknown"), "{e}");
+}

@@ -95,6 +95,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     limits(&mut c, &config.limits);
     services(&mut c, &config.services);
     crate::drills::check_switches(&mut c, &config.switches, &config.services);
+    crate::forwarding::check(&mut c, &config.forwarding);
     if let Some(admin) = &config.admin {
         let len = admin.token.len();
         if !(MIN_ADMIN_TOKEN_LEN..=MAX_ADMIN_TOKEN_LEN).contains(&len)
@@ -273,6 +274,7 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
         service_cache(c, &at(&[Key("cache")]), &s.cache);
         header_rules(c, &at(&[Key("response_headers")]), &s.response_headers);
         crate::drills::check_faults(c, &at(&[Key("fault")]), &s.faults);
+        crate::forwarding::check_service(c, &at(&[Key("forwarding")]), &s.forwarding);
     }
 }
 

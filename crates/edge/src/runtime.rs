@@ -6,7 +6,7 @@ use crate::health::HealthCounters;
 use crate::http::freshness::CachePolicy;
 use crate::upstream::OriginPool;
 use firebreak_config::{
-    compile_path_regex, Config, FaultAction, HeaderOp, ServiceConfig, ValidConfig,
+    compile_path_regex, Cidr, Config, FaultAction, HeaderOp, ServiceConfig, ValidConfig,
 };
 use firebreak_protocol::health::{Counts, ServiceHealth};
 use http::{HeaderName, HeaderValue};
@@ -80,14 +80,24 @@ pub struct Service {
     pub faults: Vec<Fault>,
     /// Kill switches engaged for this service.
     pub switches: Switches,
+    /// Extra request headers removed at routing (`[service.forwarding]`).
+    pub strip_headers: Vec<HeaderName>,
+    /// Request headers whose values are part of the cache key (`[service.forwarding]`).
+    pub key_headers: Vec<HeaderName>,
 }
 
 impl Service {
-    /// The first rule whose prefix matches `path`.
+    /// The first rule matching `path`, which must be the normalised path
+    /// ([`crate::http::path`]). Rules see encoded slashes (`%2F`) as separators, since an
+    /// origin may: a `/private/` rule covers `/private%2Fme`.
     pub fn rule_for(&self, path: &str) -> Option<RuleAction> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let view = crate::http::path::rule_view(path);
         self.rules
             .iter()
-            .find(|(m, _)| m.matches(path))
+            .find(|(m, _)| m.matches(&view))
             .map(|(_, a)| *a)
     }
 
@@ -140,8 +150,18 @@ impl Service {
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
+        let header_names = |names: &[String]| {
+            names
+                .iter()
+                .map(|n| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("{n}: {e}")))
+                .collect::<Result<Vec<_>, String>>()
+        };
+        let strip_headers = header_names(&c.forwarding.strip_request_headers)?;
+        let key_headers = header_names(&c.forwarding.cache_key_headers)?;
         let name: Arc<str> = c.name.as_str().into();
         Ok(Self {
+            strip_headers,
+            key_headers,
             counters: crate::telemetry::ServiceCounters::new(&name),
             name,
             pool,
@@ -172,6 +192,8 @@ pub struct Runtime {
     default: Option<usize>,
     /// Requests no service matched (refused before routing), under this version.
     pub unrouted: HealthCounters,
+    /// Client addresses whose forwarding headers are trusted (`forwarding.trusted_proxies`).
+    trusted_proxies: Vec<Cidr>,
 }
 
 impl Runtime {
@@ -200,7 +222,14 @@ impl Runtime {
                 tracing::warn!(switch = %sw.name, service = %sw.service, "switch names no service here; it has no effect");
             }
         }
+        let trusted_proxies = config
+            .forwarding
+            .trusted_proxies
+            .iter()
+            .map(|p| Cidr::parse(p))
+            .collect::<Result<Vec<_>, String>>()?;
         Ok(Self {
+            trusted_proxies,
             config,
             services,
             by_host,
@@ -239,6 +268,11 @@ impl Runtime {
             }
         }
         (total, services)
+    }
+
+    /// Whether `client` is a trusted proxy whose forwarding headers are kept.
+    pub fn trusts(&self, client: std::net::IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|c| c.contains(client))
     }
 
     /// A service by name.

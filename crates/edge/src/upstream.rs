@@ -92,7 +92,9 @@ pub struct UpstreamRequest {
     pub method: Method,
     /// Path and query.
     pub path_and_query: PathAndQuery,
-    /// Headers (hop-by-hop fields already removed, forwarding fields added).
+    /// Headers (hop-by-hop fields already removed, forwarding fields added). Framing fields
+    /// in it (`Content-Length`, `Transfer-Encoding`, `Expect`) are ignored: the pool frames
+    /// the request from the body it sends.
     pub headers: HeaderMap,
     /// Host header to send unless the pool overrides it.
     pub host: HeaderValue,
@@ -275,13 +277,35 @@ impl OriginPool {
             .path_and_query(req.path_and_query.clone())
             .build()
             .map_err(|_| ProxyError::BadRequest("request target"))?;
+        // The request is framed by the edge alone (a client's Content-Length on a GET whose
+        // body is not forwarded desynchronised pooled connections: CL.0): an exact body size
+        // is sent as Content-Length, any other body chunked (by hyper, as no length is set),
+        // no body as no length at all, except `Content-Length: 0` for methods whose requests
+        // normally carry content (RFC 9110 §8.6). `Expect` is answered by the edge's own
+        // server when it reads the client's body; it is never forwarded.
+        let length = match &body {
+            Some(b) => http_body::Body::size_hint(b).exact(),
+            None if matches!(req.method, Method::POST | Method::PUT | Method::PATCH) => Some(0),
+            None => None,
+        };
         let body =
             body.unwrap_or_else(|| Empty::new().map_err(|never| match never {}).boxed_unsync());
         let mut request = Request::new(body);
         *request.method_mut() = req.method.clone();
         *request.uri_mut() = uri;
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = req.headers.clone();
+        let mut headers = req.headers.clone();
+        for name in [
+            http::header::CONTENT_LENGTH,
+            http::header::TRANSFER_ENCODING,
+            http::header::EXPECT,
+        ] {
+            headers.remove(name);
+        }
+        if let Some(n) = length {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        *request.headers_mut() = headers;
         let host = self.host_header.clone().unwrap_or_else(|| req.host.clone());
         request.headers_mut().insert(http::header::HOST, host);
         Ok(request)

@@ -56,22 +56,101 @@ pub fn append_via(headers: &mut HeaderMap, version: http::Version) {
     headers.append(header::VIA, via_value(version));
 }
 
-/// Adds `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` (RFC 7239) for the client.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str) {
+/// Headers through which a client could tell the origin what host, scheme, port, address or
+/// URL the request "really" had. Only a trusted proxy may send them; anyone else's copies are
+/// dropped (they reach the origin unkeyed: one request would poison a cached page).
+const CLIENT_FORWARDING: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-host",
+    "x-rewrite-url",
+    "x-host",
+    "x-http-host-override",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+    "x-url-scheme",
+    "front-end-https",
+];
+
+/// Method overrides: on a cacheable GET/HEAD they would make the origin answer another
+/// method under the GET's key. Kept on other methods (APIs use them with POST).
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Removes a client's forwarding headers ([`CLIENT_FORWARDING`], and for GET/HEAD the method
+/// overrides). One pass over the names; nothing is removed (no hashing) when none is present.
+pub fn strip_client_forwarding(headers: &mut HeaderMap, cacheable_method: bool) {
+    let present = headers.keys().any(|k| {
+        let k = k.as_str();
+        // Every listed name starts with `x-`, `f` or `t`: most browser headers are
+        // skipped on their first byte.
+        matches!(k.as_bytes().first(), Some(b'x' | b'f' | b't'))
+            && (CLIENT_FORWARDING.contains(&k)
+                || (cacheable_method && METHOD_OVERRIDES.contains(&k)))
+    });
+    if !present {
+        return;
+    }
+    for name in CLIENT_FORWARDING {
+        headers.remove(*name);
+    }
+    if cacheable_method {
+        for name in METHOD_OVERRIDES {
+            headers.remove(*name);
+        }
+    }
+}
+
+/// Adds `X-Forwarded-For`, `X-Forwarded-Host`, `X-Forwarded-Proto` and `Forwarded`
+/// (RFC 7239) for the client. `host` is the normalised host the request was routed by. From a
+/// trusted proxy (`trusted`), its `X-Forwarded-For` and `Forwarded` are extended and its
+/// `X-Forwarded-Host`/`-Proto` kept; from anyone else they were dropped by
+/// [`strip_client_forwarding`] and are set here.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, host: &str, trusted: bool) {
     let ip = client.to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        Some(prev) if trusted && !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip.clone(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    if !(trusted && headers.contains_key("x-forwarded-proto")) {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+    let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
+    if host_ok && !(trusted && headers.contains_key("x-forwarded-host")) {
+        if let Ok(v) = HeaderValue::from_str(host) {
+            headers.insert("x-forwarded-host", v);
+        }
+    }
+    if !trusted {
+        headers.remove(header::FORWARDED);
+    }
     let node = match client {
         IpAddr::V4(_) => ip,
         IpAddr::V6(_) => format!("\"[{ip}]\""),
     };
-    let host_ok = !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic() && b != b'"');
     let element = if host_ok {
         format!("for={node};host=\"{host}\";proto=http")
     } else {
@@ -105,17 +184,54 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_append() {
+    fn forwarded_headers_append_only_for_trusted_proxies() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "example.com");
+        h.insert("x-forwarded-host", HeaderValue::from_static("lb.example"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "example.com", true);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "lb.example");
+        let fwd: Vec<_> = h.get_all("forwarded").iter().collect();
         assert_eq!(
-            h["forwarded"],
-            "for=127.0.0.1;host=\"example.com\";proto=http"
+            fwd,
+            [
+                "for=10.0.0.1",
+                "for=127.0.0.1;host=\"example.com\";proto=http"
+            ]
         );
+
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, "::1".parse().unwrap(), "");
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "example.com", false);
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(h.get_all("forwarded").iter().count(), 1);
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::1".parse().unwrap(), "", false);
         assert_eq!(h["forwarded"], "for=\"[::1]\";proto=http");
+    }
+
+    #[test]
+    fn client_forwarding_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-forwarded-host",
+            "x-original-url",
+            "x-host",
+            "forwarded",
+            "x-real-ip",
+        ] {
+            h.insert(name, HeaderValue::from_static("evil.example"));
+        }
+        h.insert("x-http-method-override", HeaderValue::from_static("DELETE"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let mut post = h.clone();
+        strip_client_forwarding(&mut h, true);
+        assert_eq!(h.len(), 1, "{h:?}");
+        strip_client_forwarding(&mut post, false);
+        assert_eq!(post.len(), 2, "{post:?}");
+        assert!(post.contains_key("x-http-method-override"));
     }
 }

@@ -6,6 +6,7 @@ pub mod cache_control;
 pub mod conditional;
 pub mod freshness;
 pub mod headers;
+pub mod path;
 pub mod range;
 
 #[cfg(test)]

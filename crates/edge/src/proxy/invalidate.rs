@@ -5,7 +5,6 @@ use super::respond::{forwarded, CacheStatus};
 use super::RequestCtx;
 use crate::body::EdgeBody;
 use crate::error::ProxyError;
-use crate::store::CacheKey;
 use http::{header, Response, Uri};
 use hyper::body::Incoming;
 
@@ -18,18 +17,14 @@ pub(crate) async fn forward_unsafe(
     let status = resp.status();
     if status.is_success() || status.is_redirection() {
         let store = &ctx.state.store;
-        store.remove(&CacheKey::new(
-            &ctx.svc.name,
-            &ctx.host,
-            ctx.path_and_query.as_str(),
-        ));
+        store.remove(&super::lookup::cache_key(ctx, ctx.path_and_query.as_str()));
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = resp
                 .headers()
                 .get(&name)
                 .and_then(|v| same_host_target(ctx, v))
             {
-                store.remove(&CacheKey::new(&ctx.svc.name, &ctx.host, &target));
+                store.remove(&super::lookup::cache_key(ctx, &target));
             }
         }
     }
@@ -50,9 +45,11 @@ fn same_host_target(ctx: &RequestCtx, value: &http::HeaderValue) -> Option<Strin
     } else if !uri.path().starts_with('/') {
         return None;
     }
-    Some(
-        uri.path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".into()),
-    )
+    let root = http::uri::PathAndQuery::from_static("/");
+    let pq = uri.path_and_query().unwrap_or(&root);
+    // Keys hold normalised paths (see `crate::http::path`).
+    match crate::http::path::normalize(pq).ok()? {
+        Some(normal) => Some(normal.as_str().to_owned()),
+        None => Some(pq.as_str().to_owned()),
+    }
 }

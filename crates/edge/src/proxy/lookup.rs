@@ -21,7 +21,7 @@ pub(crate) async fn cached(
     ctx: &RequestCtx,
     rule: Option<RuleAction>,
 ) -> Result<Response<EdgeBody>, ProxyError> {
-    let key = CacheKey::new(&ctx.svc.name, &ctx.host, ctx.path_and_query.as_str());
+    let key = cache_key(ctx, ctx.path_and_query.as_str());
     let mut policy = ctx.svc.policy;
     if let Some(RuleAction::ForceTtl(ttl)) = rule {
         policy.forced_ttl = Some(ttl);
@@ -101,6 +101,30 @@ pub(crate) async fn cached(
         CacheStatus::fwd("miss"),
     )
     .await
+}
+
+/// The cache key of `path_and_query` (normalised) on the request's host. A service's
+/// `cache_key_headers` add the request's values of those headers, so a response that depends
+/// on one is never served to a request with another value.
+pub(crate) fn cache_key(ctx: &RequestCtx, path_and_query: &str) -> CacheKey {
+    if ctx.svc.key_headers.is_empty() {
+        return CacheKey::new(&ctx.svc.name, &ctx.host, path_and_query);
+    }
+    let mut target = String::with_capacity(path_and_query.len() + 64);
+    target.push_str(path_and_query);
+    for name in &ctx.svc.key_headers {
+        // Header values never hold a newline, so `\n` cannot be forged from a value.
+        target.push('\n');
+        target.push_str(name.as_str());
+        target.push(':');
+        for (i, v) in ctx.headers.get_all(name).iter().enumerate() {
+            if i > 0 {
+                target.push(',');
+            }
+            target.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    CacheKey::new(&ctx.svc.name, &ctx.host, &target)
 }
 
 /// stale-while-revalidate: one background refresh per key; concurrent stale hits do not

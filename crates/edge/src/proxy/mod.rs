@@ -97,16 +97,18 @@ pub(crate) struct RequestCtx {
     pub runtime: Arc<Runtime>,
     pub svc: Arc<Service>,
     pub id: RequestId,
-    /// Lowercased host without port.
+    /// The normalised authority: lowercased host without port. The cache key and the `Host`
+    /// sent upstream (unless the pool sets `host_header`) are both this.
     pub host: String,
-    /// Host header value as the client sent it (forwarded upstream).
-    pub host_value: HeaderValue,
     pub method: Method,
     pub version: Version,
     pub path_and_query: PathAndQuery,
-    /// Request headers, hop-by-hop fields removed.
+    /// Request headers: hop-by-hop fields removed, and unless `trusted_proxy` the client's
+    /// forwarding headers too.
     pub headers: HeaderMap,
     pub client_ip: IpAddr,
+    /// `client_ip` is in `forwarding.trusted_proxies`: its forwarding headers are kept.
+    pub trusted_proxy: bool,
     /// What the log phase learns about this request as it runs.
     pub trace: Arc<RequestTrace>,
 }
@@ -143,14 +145,25 @@ impl RequestTrace {
 }
 
 impl RequestCtx {
-    /// Sends a request to the service's origin pool, timing it for logs and metrics.
+    /// Sends a request to the service's origin pool, timing it for logs and metrics. The
+    /// origin's framing is settled here for every path (fetch, pass, invalidate): a response
+    /// with both `Transfer-Encoding` and `Content-Length` loses the latter (RFC 9112 §6.3: the
+    /// body was read chunked; forwarding the length truncated it), and the response is an
+    /// HTTP/1.1 message whatever version the origin spoke (the status line the client gets is
+    /// the edge's).
     pub async fn send_upstream(
         &self,
         req: &UpstreamRequest,
         body: Option<crate::upstream::UpstreamBody>,
     ) -> Result<hyper::Response<Incoming>, ProxyError> {
         let started = Instant::now();
-        let result = self.svc.pool.send(req, body).await;
+        let mut result = self.svc.pool.send(req, body).await;
+        if let Ok(resp) = &mut result {
+            if resp.headers().contains_key(http::header::TRANSFER_ENCODING) {
+                resp.headers_mut().remove(http::header::CONTENT_LENGTH);
+            }
+            *resp.version_mut() = Version::HTTP_11;
+        }
         let elapsed = started.elapsed();
         self.svc.health.origin(result.is_ok());
         self.trace
@@ -164,16 +177,23 @@ impl RequestCtx {
         result
     }
 
-    /// The request as forwarded to an origin: forwarding headers and `Via` added.
+    /// The request as forwarded to an origin: forwarding headers and `Via` added, `Host` the
+    /// normalised authority. Framing (`Content-Length`, `Transfer-Encoding`, `Expect`) is
+    /// never copied from the client: `OriginPool` frames the request from the body it sends.
     pub fn upstream(&self) -> UpstreamRequest {
         let mut headers = self.headers.clone();
-        add_forwarded(&mut headers, self.client_ip, &self.host);
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers.remove(http::header::EXPECT);
+        add_forwarded(&mut headers, self.client_ip, &self.host, self.trusted_proxy);
         append_via(&mut headers, self.version);
+        // The host passed `valid_host_name`, so it is a valid header value.
+        let host = HeaderValue::from_str(&self.host)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         UpstreamRequest {
             method: self.method.clone(),
             path_and_query: self.path_and_query.clone(),
             headers,
-            host: self.host_value.clone(),
+            host,
         }
     }
 }

@@ -1,8 +1,16 @@
 //! Phase 1: validate the request head and pick the service.
+//!
+//! Everything later phases read about the request's identity is settled here, once: the
+//! authority (lowercased host, port dropped: the cache key and the `Host` sent upstream are
+//! both that one value), the path (normalised by [`crate::http::path`]; nothing reads the
+//! raw path after this, except the access log, which records what the client sent) and the
+//! headers (hop-by-hop fields gone; a client's forwarding headers gone unless it is a trusted
+//! proxy; the service's extra strip list applied).
 
 use super::{EdgeState, RequestCtx, RequestId};
 use crate::error::ProxyError;
-use crate::http::headers::strip_hop_by_hop;
+use crate::http::headers::{strip_client_forwarding, strip_hop_by_hop};
+use crate::http::path::{normalize, BadPath};
 use crate::runtime::{RuleAction, Runtime};
 use firebreak_config::valid_host_name;
 use http::request::Parts;
@@ -23,27 +31,39 @@ pub(crate) fn route(
     if parts.method == Method::CONNECT || parts.method == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let host_value = host_value(&parts)?;
-    let host = host_name(&host_value)?;
+    let host = host_name(&host_value(&parts)?)?;
     let svc = runtime
         .route(&host)
         .cloned()
         .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
-    let path_and_query = parts
+    let raw = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if !path_and_query.as_str().starts_with('/') {
+    if !raw.as_str().starts_with('/') {
         return Err(ProxyError::BadRequest(
             "request target must be an absolute path",
         ));
     }
+    let path_and_query = match normalize(&raw) {
+        Ok(None) => raw,
+        Ok(Some(normal)) => normal,
+        Err(BadPath) => return Err(ProxyError::BadRequest("malformed percent-encoding in path")),
+    };
     let rule = svc.rule_for(path_and_query.path());
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     crate::http::accept_encoding::normalise(&mut headers);
     headers.remove(header::HOST);
+    let trusted_proxy = runtime.trusts(client_ip);
+    if !trusted_proxy {
+        let cacheable = parts.method == Method::GET || parts.method == Method::HEAD;
+        strip_client_forwarding(&mut headers, cacheable);
+    }
+    for name in &svc.strip_headers {
+        headers.remove(name);
+    }
     Ok((
         RequestCtx {
             state,
@@ -51,12 +71,12 @@ pub(crate) fn route(
             svc,
             id,
             host,
-            host_value,
             method: parts.method,
             version: parts.version,
             path_and_query,
             headers,
             client_ip,
+            trusted_proxy,
             trace,
         },
         rule,
@@ -78,7 +98,9 @@ fn host_value(parts: &Parts) -> Result<HeaderValue, ProxyError> {
     }
 }
 
-/// Lowercased host without port; refuses anything that is not a host name or IP literal.
+/// The normalised authority: lowercased host, port dropped (the edge's own listening port
+/// says nothing about the resource; keeping it upstream but not in the key let `Host:
+/// localhost:1337` poison what every client gets). Refuses anything that is not a host name or IP literal.
 fn host_name(value: &HeaderValue) -> Result<String, ProxyError> {
     let bad = ProxyError::BadRequest("invalid Host header");
     let s = value.to_str().map_err(|_| bad.clone())?;
