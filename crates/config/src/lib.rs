@@ -6,6 +6,7 @@
 //! half-applied: callers only ever see a complete, valid configuration or none at all.
 
 mod drills;
+mod fetch;
 mod limits;
 mod load;
 mod locate;
@@ -13,6 +14,7 @@ mod model;
 mod rollout;
 pub(crate) mod validate;
 
+pub use fetch::{BreakerConfig, FetchConfig, MAX_BREAKER_FAILURES};
 pub use drills::{FaultAction, FaultConfig, SwitchAction, SwitchConfig};
 pub use limits::*;
 pub use load::{
