@@ -11,4 +11,6 @@ mod coalescing;
 mod drills;
 mod proxying;
 mod reload;
+mod origin_faults;
+mod slow_clients;
 mod stale;
