@@ -75,8 +75,7 @@ async fn abandoned_fills_stay_within_budget() {
                     return;
                 }
             }
-            // Handed over whole: wait until the body is consumed by the connection.
-            tx.closed().await;
+            // Handed over whole (all but the last chunk or two were read by the edge).
             let _ = done_tx.send(true);
         });
         Reply::streamed(rx)
