@@ -515,6 +515,7 @@ async fn run_fill(
     let mut len = 0u64;
     let mut origin_deadline = Instant::now() + limits.origin_idle;
     let mut paused = false;
+    let mut last: Option<Bytes> = None;
     let ended: Result<(), FillFailed> = loop {
         // Nobody waits for this fill any more: finish it only if it is short.
         let wanted = limits.background
@@ -583,7 +584,13 @@ async fn run_fill(
                 }
             }
         }
-        fill.push(data);
+        // The last byte of a complete object reaches the client only once the object is
+        // stored, so a client that got the whole body finds it on its next request.
+        if kept.is_some() && p.declared_len == Some(len) {
+            last = Some(data);
+        } else {
+            fill.push(data);
+        }
     };
     let stored = match (ended.is_ok(), kept.take()) {
         (true, Some(k)) if p.declared_len.is_none_or(|d| d == len) => {
@@ -609,8 +616,10 @@ async fn run_fill(
     }
     drop(leader);
     drop(body);
-    // The client's body ends only after the object is stored, so a client that got the
-    // whole body finds the object on its next request.
+    if let Some(last) = last {
+        fill.push(last);
+    }
+    // The client's body ends only after the object is stored.
     fill.finish(ended);
     // Keep watching the client until it has taken what is queued for it or is detached.
     while let Some(at) = fill.stuck_at(limits.write_timeout) {

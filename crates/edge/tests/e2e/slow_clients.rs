@@ -115,3 +115,81 @@ async fn abandoned_fills_stay_within_budget() {
     assert_eq!(stats.fill_bytes, 0, "{stats:?}");
     assert_eq!(stats.keys, 0, "{stats:?}");
 }
+
+/// Reads at least `n` bytes from a raw connection, within 10 s; returns how many it read.
+async fn read_body(s: &mut TcpStream, n: usize) -> usize {
+    let mut got = 0;
+    let mut buf = vec![0u8; 256 * 1024];
+    let read = async {
+        while got < n {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(k) => got += k,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("body bytes did not come");
+    assert!(got >= n, "connection closed after {got} bytes");
+    got
+}
+
+#[tokio::test]
+async fn fills_over_budget_stream_through_unstored() {
+    const MIB: usize = 1024 * 1024;
+    // /held: 12 MiB fed by the test; anything else: 8 MiB at once.
+    let (held_tx, held_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let held_rx = Arc::new(std::sync::Mutex::new(Some(held_rx)));
+    let origin = TestOrigin::start(move |r| {
+        if r.uri.path() == "/held" {
+            if let Some(rx) = held_rx.lock().unwrap().take() {
+                return Reply::streamed(rx)
+                    .cc("max-age=600")
+                    .header("content-length", (12 * MIB).to_string());
+            }
+        }
+        Reply::ok(vec![3u8; 8 * MIB]).cc("max-age=600")
+    })
+    .await;
+    // The budget holds one largest object: 16 MiB.
+    let cfg = config(origin.addr, "") + "\n[fetch]\nfill_budget_bytes = 16777216\n";
+    let edge = start_edge(&cfg).await;
+    let (last_tx, last_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![5u8; MIB]);
+        for _ in 0..11 {
+            held_tx.send(Ok(chunk.clone())).await.unwrap();
+        }
+        let _ = last_rx.await;
+        held_tx.send(Ok(chunk)).await.unwrap();
+    });
+    let mut held = TcpStream::connect(edge.addr).await.unwrap();
+    held.write_all(b"GET /held HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut held, Duration::from_secs(10)).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Its client has 10 MiB: the fill keeps at least that much, 6 MiB of budget are left.
+    let got = read_body(&mut held, 10 * MIB).await;
+    let state = edge.handle.state().clone();
+    assert!(state.store.stats().fill_bytes >= 10 * MIB as u64);
+    // A fill that does not fit streams through whole, and is not stored.
+    let over = edge.get("/over").await;
+    assert_eq!(over.status, StatusCode::OK);
+    assert_eq!(over.body.len(), 8 * MIB);
+    let again = edge.get("/over").await;
+    assert!(
+        again.cache_status().contains("fwd=miss"),
+        "{}",
+        again.cache_status()
+    );
+    assert!(state.store.stats().fill_bytes <= 16 * MIB as u64);
+    // The held fill completes and is stored; its reservation is given back.
+    last_tx.send(()).unwrap();
+    // (`read_head` may have taken a few KiB of the body with the head.)
+    read_body(&mut held, 12 * MIB - got - 4096).await;
+    let hit = edge.get("/held").await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(state.store.stats().fill_bytes, 0);
+}
