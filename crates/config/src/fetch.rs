@@ -109,7 +109,10 @@ pub(crate) fn check_breaker(c: &mut Checker, at: &[PathSeg], b: &BreakerConfig) 
         let path: Vec<PathSeg> = at.iter().cloned().chain([Key("failures")]).collect();
         c.fail(
             &path,
-            format!("must be between 1 and {MAX_BREAKER_FAILURES}, got {}", b.failures),
+            format!(
+                "must be between 1 and {MAX_BREAKER_FAILURES}, got {}",
+                b.failures
+            ),
         );
     }
     let path: Vec<PathSeg> = at.iter().cloned().chain([Key("open_ms")]).collect();
@@ -122,5 +125,66 @@ fn timeout(c: &mut Checker, path: &[PathSeg], ms: u64) {
             path,
             format!("must be between 1 and {MAX_TIMEOUT_MS} ms, got {ms}"),
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use crate::parse_str;
+
+    const BASE: &str = r#"
+[[listener]]
+addr = "127.0.0.1:8080"
+
+[[service]]
+name = "a"
+hosts = ["a.example"]
+
+[service.origin]
+servers = [{ addr = "127.0.0.1:9000" }]
+"#;
+
+    fn errors(extra: &str, origin: &str) -> String {
+        let text = BASE.replace(
+            "servers = [{ addr = \"127.0.0.1:9000\" }]",
+            &format!("servers = [{{ addr = \"127.0.0.1:9000\" }}]\n{origin}"),
+        ) + extra;
+        match parse_str("edge.toml", &text) {
+            Ok(_) => String::new(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse_str("edge.toml", BASE).unwrap();
+        assert_eq!(c.fetch.request_body_idle_timeout_ms, 30_000);
+        assert_eq!(c.fetch.client_write_timeout_ms, 30_000);
+        assert_eq!(c.fetch.abandoned_fill_bytes, 4 * 1024 * 1024);
+        // A quarter of the 256 MiB cache, which is also the largest object.
+        assert_eq!(c.fetch.fill_budget(&c.cache), 64 * 1024 * 1024);
+        let b = &c.services[0].origin.breaker;
+        assert_eq!((b.failures, b.open_ms), (5, 10_000));
+    }
+
+    #[test]
+    fn settings_are_checked_and_named() {
+        assert_eq!(errors("\n[fetch]\nrequest_body_idle_timeout_ms = 500\nclient_write_timeout_ms = 500\nfill_budget_bytes = 67108864\n", "breaker = { failures = 1, open_ms = 500 }"), "");
+        let e = errors("\n[fetch]\nrequest_body_idle_timeout_ms = 0\n", "");
+        assert!(e.contains("fetch.request_body_idle_timeout_ms"), "{e}");
+        let e = errors("\n[fetch]\nclient_write_timeout_ms = 600001\n", "");
+        assert!(e.contains("fetch.client_write_timeout_ms"), "{e}");
+        let e = errors("\n[fetch]\nfill_budget_bytes = 1024\n", "");
+        assert!(
+            e.contains("fetch.fill_budget_bytes") && e.contains("max_object_bytes"),
+            "{e}"
+        );
+        let e = errors("\n[fetch]\nfill_bytes = 1\n", "");
+        assert!(e.contains("fill_bytes"), "{e}");
+        let e = errors("", "breaker = { failures = 0 }");
+        assert!(e.contains("origin.breaker.failures"), "{e}");
+        let e = errors("", "breaker = { open_ms = 0 }");
+        assert!(e.contains("origin.breaker.open_ms"), "{e}");
     }
 }

@@ -14,8 +14,8 @@ mod model;
 mod rollout;
 pub(crate) mod validate;
 
-pub use fetch::{BreakerConfig, FetchConfig, MAX_BREAKER_FAILURES};
 pub use drills::{FaultAction, FaultConfig, SwitchAction, SwitchConfig};
+pub use fetch::{BreakerConfig, FetchConfig, MAX_BREAKER_FAILURES};
 pub use limits::*;
 pub use load::{
     load_file, load_file_as, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig,

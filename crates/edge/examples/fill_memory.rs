@@ -62,19 +62,20 @@ async fn main() {
                     let chunk = chunk.clone();
                     let guard = Ended(ended.clone(), 0, sent.clone());
                     async move {
-                        let frames = futures_util::stream::unfold(
-                            (0usize, guard),
-                            move |(i, mut guard)| {
+                        let frames =
+                            futures_util::stream::unfold((0usize, guard), move |(i, mut guard)| {
                                 let chunk = chunk.clone();
                                 async move {
                                     if i == OBJECT / MIB {
                                         return None;
                                     }
                                     guard.1 += MIB;
-                                    Some((Ok::<_, std::io::Error>(Frame::data(chunk)), (i + 1, guard)))
+                                    Some((
+                                        Ok::<_, std::io::Error>(Frame::data(chunk)),
+                                        (i + 1, guard),
+                                    ))
                                 }
-                            },
-                        );
+                            });
                         let mut resp = Response::new(StreamBody::new(frames));
                         let h = resp.headers_mut();
                         h.insert("cache-control", "max-age=600".parse().unwrap());

@@ -267,9 +267,8 @@ impl Fill {
     pub fn detach_if_stuck(&self, write_timeout: Duration) -> bool {
         let waker = {
             let mut st = self.lock();
-            let stuck = st.reader
-                && !st.queue.is_empty()
-                && st.last_take + write_timeout <= Instant::now();
+            let stuck =
+                st.reader && !st.queue.is_empty() && st.last_take + write_timeout <= Instant::now();
             if !stuck {
                 return false;
             }

@@ -88,7 +88,9 @@ impl ProxyError {
             ProxyError::SwitchedOff(_) => "firebreak; detail=switch",
             ProxyError::Panic => "firebreak; detail=internal-error",
             ProxyError::RequestTimeout => "firebreak; detail=request-body-timeout",
-            ProxyError::OriginUnavailable { .. } => "firebreak; fwd=miss; detail=origin-breaker-open",
+            ProxyError::OriginUnavailable { .. } => {
+                "firebreak; fwd=miss; detail=origin-breaker-open"
+            }
         }
     }
 

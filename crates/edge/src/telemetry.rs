@@ -313,7 +313,6 @@ pub fn fill_client_detached(service: &Arc<str>) {
         .increment(1);
 }
 
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -177,7 +177,9 @@ impl http_body::Body for WatchedBody {
                 Poll::Pending
             }
             Poll::Ready(frame) => {
-                this.upload.waiting_on_client.store(false, Ordering::Release);
+                this.upload
+                    .waiting_on_client
+                    .store(false, Ordering::Release);
                 this.upload.touch();
                 match &frame {
                     None | Some(Err(_)) => this.upload.finish(),
@@ -468,14 +470,15 @@ impl OriginPool {
             b.state.swap(OPEN, Ordering::AcqRel) != OPEN
         } else {
             failures >= self.config.breaker.failures
-                && b
-                    .state
+                && b.state
                     .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
         };
         if open || probe {
-            b.retry_at_ms
-                .store(self.now_ms() + self.config.breaker.open_ms, Ordering::Release);
+            b.retry_at_ms.store(
+                self.now_ms() + self.config.breaker.open_ms,
+                Ordering::Release,
+            );
         }
         if open {
             crate::telemetry::breaker(&s.label, "open");
@@ -496,7 +499,12 @@ impl OriginPool {
             .servers
             .iter()
             .filter(|s| s.breaker.state.load(Ordering::Acquire) != CLOSED)
-            .map(|s| s.breaker.retry_at_ms.load(Ordering::Acquire).saturating_sub(now))
+            .map(|s| {
+                s.breaker
+                    .retry_at_ms
+                    .load(Ordering::Acquire)
+                    .saturating_sub(now)
+            })
             .min()
             .unwrap_or(0);
         ProxyError::OriginUnavailable {
@@ -772,7 +780,10 @@ mod tests {
         assert!(matches!(p.admit(a), Admit::Yes), "one fault: still closed");
         p.faulted(a, false);
         assert!(matches!(p.admit(a), Admit::No), "open");
-        assert!(p.attempt_order().is_empty(), "an open server is never tried");
+        assert!(
+            p.attempt_order().is_empty(),
+            "an open server is never tried"
+        );
         assert_eq!(
             p.unavailable(),
             ProxyError::OriginUnavailable { retry_after_s: 1 }
@@ -783,13 +794,11 @@ mod tests {
         assert!(matches!(probe, Admit::Probe(_)));
         assert!(matches!(p.admit(a), Admit::No), "one probe at a time");
         // A failed probe opens it again for the whole cool-down.
-        drop(match probe {
-            Admit::Probe(g) => {
-                p.faulted(a, true);
-                g.disarm();
-            }
-            _ => unreachable!(),
-        });
+        let Admit::Probe(g) = probe else {
+            unreachable!()
+        };
+        p.faulted(a, true);
+        g.disarm();
         assert!(matches!(p.admit(a), Admit::No));
         tokio::time::advance(Duration::from_millis(1001)).await;
         // A cancelled probe lets the next request probe at once.
@@ -802,7 +811,10 @@ mod tests {
         };
         p.succeeded(a);
         g.disarm();
-        assert!(matches!(p.admit(a), Admit::Yes), "closed after a good probe");
+        assert!(
+            matches!(p.admit(a), Admit::Yes),
+            "closed after a good probe"
+        );
         p.faulted(a, false);
         assert!(matches!(p.admit(a), Admit::Yes), "the count restarted");
     }

@@ -80,7 +80,16 @@ pub(crate) async fn fetch(
     if fwd_status == StatusCode::NOT_MODIFIED {
         if let Some(obj) = &rv.stored {
             let target = (key, generation);
-            return Ok(refresh(ctx, target, obj, resp.headers(), times, &rv.policy, leader, status));
+            return Ok(refresh(
+                ctx,
+                target,
+                obj,
+                resp.headers(),
+                times,
+                &rv.policy,
+                leader,
+                status,
+            ));
         }
     }
     if is_origin_failure(fwd_status) {
@@ -94,7 +103,15 @@ pub(crate) async fn fetch(
         Err(why) => Ok(pass_through(ctx, parts, body, leader, status.detail(why))),
         Ok(plan) => {
             let pending = PendingObject::new(ctx, key, &parts, plan, generation);
-            Ok(answer_with_fill(ctx, parts, body, pending, leader, status, rv.background))
+            Ok(answer_with_fill(
+                ctx,
+                parts,
+                body,
+                pending,
+                leader,
+                status,
+                rv.background,
+            ))
         }
     }
 }

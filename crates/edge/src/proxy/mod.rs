@@ -362,9 +362,8 @@ pub(crate) fn request_body(
     if body.size_hint().lower() > limit {
         return Err(ProxyError::PayloadTooLarge);
     }
-    let idle = std::time::Duration::from_millis(
-        ctx.runtime.config.fetch.request_body_idle_timeout_ms,
-    );
+    let idle =
+        std::time::Duration::from_millis(ctx.runtime.config.fetch.request_body_idle_timeout_ms);
     Ok((!body.is_end_stream()).then(|| crate::upstream::client_body(body, limit, idle)))
 }
 

@@ -357,12 +357,7 @@ impl Storage for MemoryStore {
             .map_or(0, |g| g.load(Ordering::Acquire))
     }
 
-    fn put_if_generation(
-        &self,
-        key: CacheKey,
-        object: Arc<StoredObject>,
-        generation: u64,
-    ) -> bool {
+    fn put_if_generation(&self, key: CacheKey, object: Arc<StoredObject>, generation: u64) -> bool {
         let _guard = match self.purging.read() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),

@@ -125,8 +125,7 @@ pub trait Storage: Send + Sync + 'static {
     fn generation(&self, service: &str) -> u64;
     /// Stores `object` only if the service's purge generation is still `generation`
     /// (atomically with respect to purges); returns whether it was stored.
-    fn put_if_generation(&self, key: CacheKey, object: Arc<StoredObject>, generation: u64)
-        -> bool;
+    fn put_if_generation(&self, key: CacheKey, object: Arc<StoredObject>, generation: u64) -> bool;
     /// The memory budget of fills in progress.
     fn fills(&self) -> &FillBudget;
 }

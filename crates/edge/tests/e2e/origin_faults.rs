@@ -83,7 +83,12 @@ async fn silent_origin_opens_breaker_and_fails_fast() {
     let edge = start_edge(&faults_config(addr, 2, "")).await;
     for i in 0..2 {
         let r = edge.get(&format!("/t{i}")).await;
-        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.cache_status());
+        assert_eq!(
+            r.status,
+            StatusCode::GATEWAY_TIMEOUT,
+            "{}",
+            r.cache_status()
+        );
     }
     let asked = accepted.load(Ordering::SeqCst);
     assert_eq!(asked, 2);
@@ -91,7 +96,12 @@ async fn silent_origin_opens_breaker_and_fails_fast() {
     // the silent origin (before, each was sent to it as a last resort and waited out).
     for i in 0..10 {
         let r = edge.get(&format!("/open{i}")).await;
-        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.cache_status());
+        assert_eq!(
+            r.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            r.cache_status()
+        );
         let retry: u64 = r
             .header("retry-after")
             .expect("Retry-After")
@@ -100,7 +110,11 @@ async fn silent_origin_opens_breaker_and_fails_fast() {
         assert!((1..=600).contains(&retry), "{retry}");
         assert!(r.cache_status().contains("breaker"), "{}", r.cache_status());
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), asked, "the silent origin was asked again");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        asked,
+        "the silent origin was asked again"
+    );
 }
 
 #[tokio::test]
@@ -133,7 +147,11 @@ async fn silent_origin_serves_stale_while_open() {
         assert_eq!(r.text(), "v1", "{}", r.cache_status());
         assert!(r.cache_status().contains("stale"), "{}", r.cache_status());
     }
-    assert_eq!(origin.count(), asked, "the silent origin was asked while open");
+    assert_eq!(
+        origin.count(),
+        asked,
+        "the silent origin was asked while open"
+    );
 }
 
 const TOKEN: &str = "test-admin-token-0123";

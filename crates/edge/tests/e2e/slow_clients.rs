@@ -52,7 +52,11 @@ async fn stuck_client_does_not_hold_back_fill_or_waiters() {
         waiter.cache_status()
     );
     let later = edge.get("/big").await;
-    assert!(later.cache_status().contains("hit"), "{}", later.cache_status());
+    assert!(
+        later.cache_status().contains("hit"),
+        "{}",
+        later.cache_status()
+    );
     assert_eq!(origin.count(), 1, "one origin request for everyone");
     drop(stuck);
 }
