@@ -296,7 +296,9 @@ fn answer_with_fill(
         origin_idle: ctx.svc.pool.idle_timeout(),
         write_timeout: Duration::from_millis(fetch.client_write_timeout_ms),
         abandoned_bytes: fetch.abandoned_fill_bytes,
-        background,
+        // Nobody left a fill whose requester never wanted the body (a background refresh,
+        // HEAD, a 304 to the client's own validators): it is bounded by the budget only.
+        background: background || !client_wants_body || conditional_hit,
         service: ctx.svc.name.clone(),
     };
     let sent = crate::telemetry::origin_bytes(&ctx.svc.name);
@@ -499,7 +501,8 @@ struct FillLimits {
     write_timeout: Duration,
     /// Longest fill finished once nobody waits for it.
     abandoned_bytes: u64,
-    /// A background refresh: never abandoned.
+    /// Nobody reads the body by design (background refresh, HEAD, 304 to the client):
+    /// never abandoned.
     background: bool,
     service: Arc<str>,
 }
