@@ -332,3 +332,68 @@ impl Drop for FillReader {
         self.fill.progress.notify_one();
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn counter() -> metrics::Counter {
+        metrics::Counter::noop()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_nothing_is_detached_and_its_queue_dropped() {
+        let timeout = Duration::from_secs(5);
+        let (fill, reader) = Fill::new(true, counter());
+        let mut body = EdgeBody::Fill(reader.unwrap());
+        fill.push(Bytes::from_static(b"a"));
+        assert_eq!(
+            body.frame().await.unwrap().unwrap().into_data().unwrap(),
+            "a"
+        );
+        // Caught up: nothing waits for the client, it cannot be stuck.
+        assert_eq!(fill.stuck_at(timeout), None);
+        fill.push(Bytes::from(vec![0u8; 1000]));
+        let at = fill.stuck_at(timeout).unwrap();
+        tokio::time::sleep_until(at - Duration::from_millis(1)).await;
+        assert!(!fill.detach_if_stuck(timeout));
+        tokio::time::sleep_until(at).await;
+        assert!(fill.detach_if_stuck(timeout));
+        assert!(!fill.has_reader());
+        assert_eq!(fill.unread_bytes(), 0);
+        // Later chunks are not queued for it, and it fails when it reads again.
+        fill.push(Bytes::from_static(b"b"));
+        assert_eq!(fill.unread_bytes(), 0);
+        assert!(body.frame().await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_reader_gets_every_chunk_then_the_end_after_finish() {
+        let (fill, reader) = Fill::new(true, counter());
+        let body = EdgeBody::Fill(reader.unwrap());
+        let f2 = fill.clone();
+        let feeder = tokio::spawn(async move {
+            for i in 0..100u8 {
+                f2.push(Bytes::from(vec![i; 10]));
+                tokio::task::yield_now().await;
+            }
+            f2.finish(Ok(()));
+        });
+        let all = body.collect().await.unwrap().to_bytes();
+        feeder.await.unwrap();
+        assert_eq!(all.len(), 1000);
+        assert_eq!(all[999], 99);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_leaves_is_seen_by_the_fill() {
+        let (fill, reader) = Fill::new(true, counter());
+        fill.push(Bytes::from_static(b"x"));
+        drop(reader);
+        fill.progressed().await;
+        assert!(!fill.has_reader());
+        assert_eq!(fill.unread_bytes(), 0);
+    }
+}
