@@ -507,10 +507,35 @@ struct FillLimits {
     service: Arc<str>,
 }
 
-/// What the fill keeps for the cache, and its reservation in the fill budget.
+/// What the fill keeps for the cache, and its reservation in the fill budget (given back
+/// when dropped: stored, given up, or the task unwound).
 struct Kept {
     chunks: Vec<Bytes>,
     reserved: u64,
+    store: Arc<dyn Storage>,
+}
+
+impl Kept {
+    /// Keeps a chunk (`len` bytes received so far, this chunk included) if the object stays
+    /// within `max_bytes` and the fill budget has room; else why the fill stops keeping.
+    fn keep(&mut self, data: &Bytes, len: u64, max_bytes: u64) -> Result<(), FetchOutcome> {
+        let n = data.len() as u64;
+        if len > max_bytes {
+            return Err(FetchOutcome::Uncacheable);
+        }
+        if !self.store.fills().try_reserve(n) {
+            return Err(FetchOutcome::NotStored);
+        }
+        self.reserved += n;
+        self.chunks.push(data.clone());
+        Ok(())
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.store.fills().release(self.reserved);
+    }
 }
 
 /// Reads the origin body once, at the origin's pace: each chunk is kept for the cache
@@ -525,12 +550,11 @@ async fn run_fill(
     leader: Leader,
     limits: FillLimits,
 ) {
-    let store = p.store.clone();
-    let budget = store.fills();
     let mut leader = Some(leader);
     let mut kept = Some(Kept {
         chunks: Vec::new(),
         reserved: 0,
+        store: p.store.clone(),
     });
     let mut len = 0u64;
     let mut origin_deadline = Instant::now() + limits.origin_idle;
@@ -558,10 +582,7 @@ async fn run_fill(
         let frame = tokio::select! {
             () = fill.progressed() => continue,
             () = sleep_until_some(stuck_at) => {
-                if fill.detach_if_stuck(limits.write_timeout) {
-                    crate::telemetry::fill_client_detached(&limits.service);
-                    tracing::info!("client took no bytes for {:?}; detached from the fill", limits.write_timeout);
-                }
+                detach_if_stuck(&fill, &limits);
                 continue;
             }
             frame = body.frame(), if !wait_for_client => frame,
@@ -583,25 +604,14 @@ async fn run_fill(
             continue;
         };
         len += data.len() as u64;
-        if let Some(k) = kept.as_mut() {
-            let outcome = if len > p.max_bytes {
-                Some(FetchOutcome::Uncacheable)
-            } else if !budget.try_reserve(data.len() as u64) {
+        if let Some(Err(outcome)) = kept.as_mut().map(|k| k.keep(&data, len, p.max_bytes)) {
+            // Stop keeping: the response streams through to its client.
+            if outcome == FetchOutcome::NotStored {
                 crate::telemetry::fill_not_stored(&limits.service, "budget");
-                Some(FetchOutcome::NotStored)
-            } else {
-                k.reserved += data.len() as u64;
-                k.chunks.push(data.clone());
-                None
-            };
-            if let Some(outcome) = outcome {
-                // Stop keeping: the response streams through to its client.
-                if let Some(k) = kept.take() {
-                    budget.release(k.reserved);
-                }
-                if let Some(l) = leader.take() {
-                    l.finish(outcome);
-                }
+            }
+            kept = None;
+            if let Some(l) = leader.take() {
+                l.finish(outcome);
             }
         }
         // The last byte of a complete object reaches the client only once the object is
@@ -612,30 +622,24 @@ async fn run_fill(
             fill.push(data);
         }
     };
-    let stored = match (ended.is_ok(), kept.take()) {
-        (true, Some(k)) if p.declared_len.is_none_or(|d| d == len) => {
-            let reserved = k.reserved;
-            let stored = p.store(k.chunks, len);
-            // The bytes now belong to the cache's own budget.
-            budget.release(reserved);
+    drop(body);
+    let stored = match kept {
+        Some(mut k) if ended.is_ok() && p.declared_len.is_none_or(|d| d == len) => {
+            let service = limits.service.clone();
+            let stored = p.store(std::mem::take(&mut k.chunks), len);
+            // The bytes now count against the cache's own budget.
+            drop(k);
             if !stored {
-                crate::telemetry::fill_not_stored(&limits.service, "purged");
+                crate::telemetry::fill_not_stored(&service, "purged");
             }
             stored
         }
-        (_, Some(k)) => {
-            budget.release(k.reserved);
-            false
-        }
-        (_, None) => false,
+        _ => false,
     };
-    if stored {
-        if let Some(l) = leader.take() {
-            l.finish(FetchOutcome::Stored);
-        }
+    if let (true, Some(l)) = (stored, leader.take()) {
+        l.finish(FetchOutcome::Stored);
     }
     drop(leader);
-    drop(body);
     if let Some(last) = last {
         fill.push(last);
     }
@@ -645,12 +649,19 @@ async fn run_fill(
     while let Some(at) = fill.stuck_at(limits.write_timeout) {
         tokio::select! {
             () = fill.progressed() => {}
-            () = tokio::time::sleep_until(at) => {
-                if fill.detach_if_stuck(limits.write_timeout) {
-                    crate::telemetry::fill_client_detached(&limits.service);
-                }
-            }
+            () = tokio::time::sleep_until(at) => detach_if_stuck(&fill, &limits),
         }
+    }
+}
+
+/// Detaches the fill's client if it has taken nothing for the write timeout.
+fn detach_if_stuck(fill: &Fill, limits: &FillLimits) {
+    if fill.detach_if_stuck(limits.write_timeout) {
+        crate::telemetry::fill_client_detached(&limits.service);
+        tracing::info!(
+            "client took no bytes for {:?}; detached from the fill",
+            limits.write_timeout
+        );
     }
 }
 
