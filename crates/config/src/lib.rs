@@ -6,6 +6,7 @@
 //! half-applied: callers only ever see a complete, valid configuration or none at all.
 
 mod drills;
+mod fetch;
 mod forwarding;
 mod limits;
 mod load;
@@ -15,6 +16,7 @@ mod rollout;
 pub(crate) mod validate;
 
 pub use drills::{FaultAction, FaultConfig, SwitchAction, SwitchConfig};
+pub use fetch::{BreakerConfig, FetchConfig, MAX_BREAKER_FAILURES};
 pub use forwarding::{Cidr, ForwardingConfig, ServiceForwardingConfig};
 pub use limits::*;
 pub use load::{

@@ -35,6 +35,9 @@ pub struct Config {
     /// Trusted proxies for forwarding headers (`[forwarding]`).
     #[serde(default)]
     pub forwarding: crate::forwarding::ForwardingConfig,
+    /// The origin/fill path: upload and client timeouts, fill memory (`[fetch]`).
+    #[serde(default)]
+    pub fetch: crate::fetch::FetchConfig,
 }
 
 /// The admin listener.
@@ -165,6 +168,9 @@ pub struct OriginPoolConfig {
     /// Host header sent to the origin; by default the client's host is forwarded.
     #[serde(default)]
     pub host_header: Option<String>,
+    /// Circuit breaker per server (`breaker = { failures = 5, open_ms = 10000 }`).
+    #[serde(default)]
+    pub breaker: crate::fetch::BreakerConfig,
 }
 
 fn default_connect_timeout_ms() -> u64 {

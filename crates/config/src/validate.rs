@@ -92,6 +92,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     }
     crate::rollout::check(&mut c, &config.rollout);
     cache(&mut c, &config.cache);
+    crate::fetch::check(&mut c, &config.fetch, &config.cache);
     limits(&mut c, &config.limits);
     services(&mut c, &config.services);
     crate::drills::check_switches(&mut c, &config.switches, &config.services);
@@ -315,6 +316,7 @@ fn origin(c: &mut Checker, base: &[PathSeg], o: &OriginPoolConfig) {
     c.timeout(&at(&[Key("connect_timeout_ms")]), o.connect_timeout_ms);
     c.timeout(&at(&[Key("response_timeout_ms")]), o.response_timeout_ms);
     c.timeout(&at(&[Key("idle_timeout_ms")]), o.idle_timeout_ms);
+    crate::fetch::check_breaker(c, &at(&[Key("breaker")]), &o.breaker);
     if o.max_idle_per_server > 10_000 {
         c.fail(&at(&[Key("max_idle_per_server")]), "must be at most 10000");
     }

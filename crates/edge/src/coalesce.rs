@@ -165,6 +165,15 @@ impl Leader {
         Self { slot: None }
     }
 
+    /// Number of requests waiting for this fetch right now (a waiter that timed out or went
+    /// away no longer counts).
+    pub fn waiters(&self) -> usize {
+        self.slot.as_ref().map_or(0, |(_, _, tx)| {
+            // One receiver is the table's own.
+            tx.receiver_count().saturating_sub(1)
+        })
+    }
+
     /// Reports the outcome. Call after the object is in the store, so that waiters find it.
     pub fn finish(mut self, outcome: FetchOutcome) {
         self.complete(outcome);
@@ -239,6 +248,7 @@ mod tests {
         let Join::Waiter(w) = c.join(&key("/a")) else {
             panic!()
         };
+        assert_eq!(leader.waiters(), 1);
         let handle = tokio::spawn(w.wait(Duration::from_secs(5)));
         drop(leader);
         assert_eq!(handle.await.unwrap(), FetchOutcome::NotStored);

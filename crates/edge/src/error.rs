@@ -40,6 +40,17 @@ pub enum ProxyError {
     /// Request handling panicked; the panic was caught.
     #[error("internal error")]
     Panic,
+    /// The client's request body went silent for longer than
+    /// `fetch.request_body_idle_timeout_ms` (the client's fault: the origin is not blamed).
+    #[error("request body timed out")]
+    RequestTimeout,
+    /// Every origin server of the pool has its circuit breaker open: answered at once,
+    /// with `Retry-After` (seconds until the next probe may go).
+    #[error("origin unavailable (circuit breaker open)")]
+    OriginUnavailable {
+        /// Seconds until a server of the pool may be probed again.
+        retry_after_s: u64,
+    },
 }
 
 impl ProxyError {
@@ -57,6 +68,8 @@ impl ProxyError {
             ProxyError::Fault(status) => *status,
             ProxyError::SwitchedOff(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Panic => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::OriginUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -74,6 +87,10 @@ impl ProxyError {
             ProxyError::Fault(_) => "firebreak; detail=fault",
             ProxyError::SwitchedOff(_) => "firebreak; detail=switch",
             ProxyError::Panic => "firebreak; detail=internal-error",
+            ProxyError::RequestTimeout => "firebreak; detail=request-body-timeout",
+            ProxyError::OriginUnavailable { .. } => {
+                "firebreak; fwd=miss; detail=origin-breaker-open"
+            }
         }
     }
 
@@ -112,9 +129,12 @@ impl ProxyError {
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("x-request-id", v);
         }
+        if let ProxyError::OriginUnavailable { retry_after_s } = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+        }
         if matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed
+            ProxyError::BadRequest(_) | ProxyError::MethodNotAllowed | ProxyError::RequestTimeout
         ) {
             // A client that sent one malformed request is not trusted with the next one on
             // the same connection (HTTP/1.1; hyper drops the field on HTTP/2).

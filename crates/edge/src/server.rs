@@ -62,10 +62,10 @@ impl EdgeServer {
     /// Binds every listener and starts serving. Fails without side effects if any address
     /// cannot be bound.
     pub async fn start(config: ValidConfig) -> Result<EdgeHandle, ServerError> {
-        let store = Arc::new(MemoryStore::new(
-            config.cache.max_bytes,
-            config.cache.max_object_bytes,
-        ));
+        let store = Arc::new(
+            MemoryStore::new(config.cache.max_bytes, config.cache.max_object_bytes)
+                .with_fill_budget(config.fetch.fill_budget(&config.cache)),
+        );
         let limits = config.limits.clone();
         let listen: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
         let admin = config.admin.clone();

@@ -10,6 +10,9 @@
 //! - `panics_total{service}` — panics caught in request handling (each answered 500).
 //! - `coalesced_waiters_total{service}`, `stale_served_total{service,reason}`,
 //!   `purges_total{kind,mode}`, `access_log_dropped_total`.
+//! - `origin_breaker_transitions_total{origin,state}`, `origin_breaker_open{origin}`,
+//!   `fills_not_stored_total{service,reason}`, `fill_clients_detached_total{service}`,
+//!   `fill_bytes`, `fill_budget_bytes` — the origin/fill path (see `upstream`, `proxy::fetch`).
 
 use crate::store::StoreStats;
 use http::StatusCode;
@@ -189,6 +192,8 @@ pub fn store(stats: StoreStats) {
     metrics::gauge!("firebreak_cache_objects").set(stats.keys as f64);
     metrics::gauge!("firebreak_cache_bytes").set(stats.bytes as f64);
     metrics::counter!("firebreak_cache_evictions_total").absolute(stats.evictions);
+    metrics::gauge!("firebreak_fill_bytes").set(stats.fill_bytes as f64);
+    metrics::gauge!("firebreak_fill_budget_bytes").set(stats.fill_budget as f64);
 }
 
 /// One access log record.
@@ -278,6 +283,34 @@ impl AccessLog {
             }
         }
     }
+}
+
+/// A circuit breaker of an origin server changed state (`closed`, `open`, `half_open`):
+/// `origin_breaker_transitions_total{origin,state}` and the gauge
+/// `origin_breaker_open{origin}` (1 while the server is kept out).
+pub fn breaker(origin: &Arc<str>, state: &'static str) {
+    metrics::counter!(
+        "firebreak_origin_breaker_transitions_total",
+        "origin" => origin.clone(),
+        "state" => state
+    )
+    .increment(1);
+    let open = if state == "closed" { 0.0 } else { 1.0 };
+    metrics::gauge!("firebreak_origin_breaker_open", "origin" => origin.clone()).set(open);
+}
+
+/// Counts a fill that was not stored for a reason of the fill path (`budget`, `abandoned`,
+/// `purged`): `fills_not_stored_total{service,reason}`.
+pub fn fill_not_stored(service: &Arc<str>, reason: &'static str) {
+    metrics::counter!("firebreak_fills_not_stored_total", "service" => service.clone(), "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a client detached from a fill because it took no bytes for
+/// `fetch.client_write_timeout_ms`: `fill_clients_detached_total{service}`.
+pub fn fill_client_detached(service: &Arc<str>) {
+    metrics::counter!("firebreak_fill_clients_detached_total", "service" => service.clone())
+        .increment(1);
 }
 
 #[cfg(test)]

@@ -1,5 +1,17 @@
 //! Origin pools: weighted selection, passive health (failed servers are ejected for a while),
-//! failover to the next server and to backups, pooled HTTP/1.1 keep-alive connections.
+//! a circuit breaker per server, failover to the next server and to backups, pooled HTTP/1.1
+//! keep-alive connections.
+//!
+//! Only origin faults count against a server: connect refused or timed out, no response head
+//! within `response_timeout_ms` of the request (body included) having been sent, a reset or
+//! malformed response. A client that uploads slowly is bounded by its own idle timeout
+//! (`fetch.request_body_idle_timeout_ms`, answered 408) and never blames the origin.
+//!
+//! Breaker: closed → open after `breaker.failures` consecutive faults → after `open_ms`
+//! exactly one request probes (half-open) → success closes, a fault opens again. Open
+//! servers are never tried; when every server is open the request fails at once
+//! ([`ProxyError::OriginUnavailable`], 503 with `Retry-After`) and the fetch serves stale
+//! where it may.
 
 use crate::body::BoxError;
 use crate::error::ProxyError;
@@ -13,8 +25,13 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
 
 /// Body type of requests sent to origins.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -29,12 +46,24 @@ pub enum ClientBodyError {
     /// Longer than `limits.max_request_body_bytes`.
     #[error("client request body exceeds the limit")]
     TooLarge,
+    /// The client sent nothing for longer than `fetch.request_body_idle_timeout_ms`.
+    #[error("client request body idle for more than {0:?}")]
+    Idle(Duration),
 }
 
-/// Wraps a client's streamed request body for forwarding, failing once it passes `limit`.
-pub fn client_body(body: hyper::body::Incoming, limit: u64) -> UpstreamBody {
+/// Wraps a client's streamed request body for forwarding, failing once it passes `limit` or
+/// once the client has sent nothing for `idle`.
+pub fn client_body(body: hyper::body::Incoming, limit: u64, idle: Duration) -> UpstreamBody {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let body = body.map_err(|e| BoxError::from(ClientBodyError::Malformed(e)));
+    let body = IdleBody {
+        body,
+        idle,
+        timer: None,
+    }
+    .map_err(|e| match e {
+        IdleError::Body(e) => BoxError::from(ClientBodyError::Malformed(e)),
+        IdleError::Idle(d) => BoxError::from(ClientBodyError::Idle(d)),
+    });
     http_body_util::Limited::new(body, limit)
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
@@ -46,6 +75,156 @@ pub fn client_body(body: hyper::body::Incoming, limit: u64) -> UpstreamBody {
         .boxed_unsync()
 }
 
+enum IdleError {
+    Body(hyper::Error),
+    Idle(Duration),
+}
+
+/// A client body that fails when the client stays silent for longer than `idle` while the
+/// body is being read (the timer runs only while the edge waits for the client).
+struct IdleBody {
+    body: hyper::body::Incoming,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl http_body::Body for IdleBody {
+    type Data = Bytes;
+    type Error = IdleError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, IdleError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(IdleError::Body)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(IdleError::Idle(idle)))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+use std::future::Future;
+
+/// What `send` learns about an upload while hyper sends it: whether the body has been
+/// handed over completely, and when hyper last took a frame (so that an origin that stops
+/// reading is told apart from a client that stops sending).
+struct Upload {
+    done: AtomicBool,
+    notify: Notify,
+    /// The body is waiting for the client (its own idle timer runs).
+    waiting_on_client: AtomicBool,
+    /// When hyper last took a frame, in ms since `epoch`.
+    last_taken_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Upload {
+    fn finish(&self) {
+        if !self.done.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_taken_ms.store(ms, Ordering::Release);
+    }
+
+    fn last_taken(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.last_taken_ms.load(Ordering::Acquire))
+    }
+}
+
+/// The request body as hyper sees it, reporting progress to [`Upload`].
+struct WatchedBody {
+    inner: UpstreamBody,
+    upload: Arc<Upload>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                this.upload.waiting_on_client.store(true, Ordering::Release);
+                Poll::Pending
+            }
+            Poll::Ready(frame) => {
+                this.upload
+                    .waiting_on_client
+                    .store(false, Ordering::Release);
+                this.upload.touch();
+                match &frame {
+                    None | Some(Err(_)) => this.upload.finish(),
+                    Some(Ok(_)) if this.inner.is_end_stream() => this.upload.finish(),
+                    Some(Ok(_)) => {}
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.upload.finish();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        self.upload.finish();
+    }
+}
+
+fn watched(body: UpstreamBody) -> (UpstreamBody, Arc<Upload>) {
+    let upload = Arc::new(Upload {
+        done: AtomicBool::new(false),
+        notify: Notify::new(),
+        waiting_on_client: AtomicBool::new(false),
+        last_taken_ms: AtomicU64::new(0),
+        epoch: Instant::now(),
+    });
+    let body = WatchedBody {
+        inner: body,
+        upload: upload.clone(),
+    };
+    (body.boxed_unsync(), upload)
+}
+
 /// The client-side cause of a failed forward, if that is what it was.
 fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -55,6 +234,7 @@ fn client_body_error(e: &(dyn std::error::Error + 'static)) -> Option<ProxyError
             Some(ClientBodyError::Malformed(_)) => {
                 return Some(ProxyError::BadRequest("malformed request body"))
             }
+            Some(ClientBodyError::Idle(_)) => return Some(ProxyError::RequestTimeout),
             None => cur = err.source(),
         }
     }
@@ -66,12 +246,74 @@ const EJECT_FOR: Duration = Duration::from_secs(5);
 /// Most servers one request tries (only requests without a body are retried).
 const MAX_ATTEMPTS: usize = 3;
 
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// The circuit breaker of one server.
+struct Breaker {
+    state: AtomicU8,
+    /// Consecutive origin faults while closed.
+    failures: AtomicU32,
+    /// While open: ms since the pool's epoch when one probe may go.
+    retry_at_ms: AtomicU64,
+}
+
 struct OriginServer {
     authority: Authority,
+    /// The authority as a metric label.
+    label: Arc<str>,
     weight: u32,
     backup: bool,
     /// Milliseconds since the pool's epoch until which this server is ejected.
     ejected_until_ms: AtomicU64,
+    breaker: Breaker,
+}
+
+/// Whether a server may be asked now.
+enum Admit<'a> {
+    Yes,
+    /// As the one probe of a half-open breaker.
+    Probe(ProbeGuard<'a>),
+    No,
+}
+
+/// The probe of a half-open breaker: if it ends without an origin verdict (cancelled, or the
+/// client's fault), the breaker goes back to open with the probe allowed at once.
+struct ProbeGuard<'a> {
+    pool: &'a OriginPool,
+    server: &'a OriginServer,
+    armed: bool,
+}
+
+impl ProbeGuard<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let b = &self.server.breaker;
+            b.retry_at_ms.store(self.pool.now_ms(), Ordering::Release);
+            let _ = b
+                .state
+                .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire);
+        }
+    }
+}
+
+/// How an exchange with one server failed.
+enum Failure {
+    /// The client's body failed: the client's fault.
+    Client(ProxyError),
+    /// No connection could be made (nothing was sent).
+    Connect(String),
+    /// No response head in time.
+    Timeout,
+    /// Reset or malformed response: the request may have reached the origin.
+    Bad(String),
 }
 
 /// A pool of origin servers for one service.
@@ -113,9 +355,15 @@ impl OriginPool {
                         .addr
                         .parse::<Authority>()
                         .map_err(|e| format!("{}: {e}", s.addr))?,
+                    label: Arc::from(s.addr.as_str()),
                     weight: s.weight.max(1),
                     backup: s.backup,
                     ejected_until_ms: AtomicU64::new(0),
+                    breaker: Breaker {
+                        state: AtomicU8::new(CLOSED),
+                        failures: AtomicU32::new(0),
+                        retry_at_ms: AtomicU64::new(0),
+                    },
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -159,7 +407,16 @@ impl OriginPool {
     }
 
     fn healthy(&self, s: &OriginServer) -> bool {
-        s.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+        s.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms() && self.may_probe_or_closed(s)
+    }
+
+    /// Closed, or open with its cool-down over (a probe may go).
+    fn may_probe_or_closed(&self, s: &OriginServer) -> bool {
+        match s.breaker.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => s.breaker.retry_at_ms.load(Ordering::Acquire) <= self.now_ms(),
+            _ => false,
+        }
     }
 
     fn eject(&self, s: &OriginServer) {
@@ -168,8 +425,98 @@ impl OriginPool {
         tracing::warn!(origin = %s.authority, "origin ejected for {:?}", EJECT_FOR);
     }
 
+    /// Whether `s` may be asked now; takes the probe of an open breaker whose cool-down is
+    /// over (one request wins it).
+    fn admit<'a>(&'a self, s: &'a OriginServer) -> Admit<'a> {
+        let b = &s.breaker;
+        match b.state.load(Ordering::Acquire) {
+            CLOSED => Admit::Yes,
+            OPEN if b.retry_at_ms.load(Ordering::Acquire) <= self.now_ms() => {
+                match b
+                    .state
+                    .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => {
+                        crate::telemetry::breaker(&s.label, "half_open");
+                        tracing::info!(origin = %s.authority, "origin breaker half-open: probing");
+                        Admit::Probe(ProbeGuard {
+                            pool: self,
+                            server: s,
+                            armed: true,
+                        })
+                    }
+                    Err(_) => Admit::No,
+                }
+            }
+            _ => Admit::No,
+        }
+    }
+
+    /// An exchange with `s` succeeded: its breaker closes.
+    fn succeeded(&self, s: &OriginServer) {
+        let b = &s.breaker;
+        b.failures.store(0, Ordering::Release);
+        if b.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
+            crate::telemetry::breaker(&s.label, "closed");
+            tracing::info!(origin = %s.authority, "origin breaker closed");
+        }
+    }
+
+    /// An origin fault on `s`: ejected for a while, and its breaker opens after
+    /// `breaker.failures` consecutive faults (at once when this was the probe).
+    fn faulted(&self, s: &OriginServer, probe: bool) {
+        self.eject(s);
+        let b = &s.breaker;
+        let failures = b.failures.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        let open = if probe {
+            b.state.swap(OPEN, Ordering::AcqRel) != OPEN
+        } else {
+            failures >= self.config.breaker.failures
+                && b.state
+                    .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+        };
+        if open || probe {
+            b.retry_at_ms.store(
+                self.now_ms() + self.config.breaker.open_ms,
+                Ordering::Release,
+            );
+        }
+        if open {
+            crate::telemetry::breaker(&s.label, "open");
+            tracing::warn!(
+                origin = %s.authority,
+                failures,
+                "origin breaker open for {} ms",
+                self.config.breaker.open_ms
+            );
+        }
+    }
+
+    /// The answer when no server may be asked: 503 with the seconds until the earliest
+    /// probe.
+    fn unavailable(&self) -> ProxyError {
+        let now = self.now_ms();
+        let wait_ms = self
+            .servers
+            .iter()
+            .filter(|s| s.breaker.state.load(Ordering::Acquire) != CLOSED)
+            .map(|s| {
+                s.breaker
+                    .retry_at_ms
+                    .load(Ordering::Acquire)
+                    .saturating_sub(now)
+            })
+            .min()
+            .unwrap_or(0);
+        ProxyError::OriginUnavailable {
+            retry_after_s: wait_ms.div_ceil(1000).max(1),
+        }
+    }
+
     /// Servers to try, in order: one healthy primary picked by weight, the other healthy
-    /// primaries, healthy backups, then (last resort) ejected servers.
+    /// primaries, healthy backups, then (last resort) ejected servers whose breaker is closed
+    /// (or due for its probe). Servers with an open breaker are never tried.
     fn attempt_order(&self) -> Vec<usize> {
         let healthy_primaries: Vec<usize> = (0..self.servers.len())
             .filter(|&i| {
@@ -208,10 +555,11 @@ impl OriginPool {
                 .get(i)
                 .is_some_and(|s| s.backup && self.healthy(s))
         }));
-        order.extend(
-            (0..self.servers.len())
-                .filter(|&i| self.servers.get(i).is_some_and(|s| !self.healthy(s))),
-        );
+        order.extend((0..self.servers.len()).filter(|&i| {
+            self.servers
+                .get(i)
+                .is_some_and(|s| !self.healthy(s) && self.may_probe_or_closed(s))
+        }));
         order
     }
 
@@ -224,45 +572,111 @@ impl OriginPool {
     ) -> Result<Response<Incoming>, ProxyError> {
         let retryable = body.is_none();
         let mut body = body;
-        let mut last_err = ProxyError::OriginUnreachable("no origin servers".into());
-        for (attempt, idx) in self.attempt_order().into_iter().enumerate() {
-            if attempt >= MAX_ATTEMPTS || (attempt > 0 && !retryable) {
+        let mut last_err = None;
+        let mut tried = 0;
+        for idx in self.attempt_order() {
+            if tried >= MAX_ATTEMPTS || (tried > 0 && !retryable) {
                 break;
             }
             let Some(server) = self.servers.get(idx) else {
                 continue;
             };
-            let request = self.build(req, server, body.take())?;
-            match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
-                Ok(Ok(resp)) => return Ok(resp),
-                Ok(Err(e)) if e.is_connect() => {
-                    self.eject(server);
-                    last_err = ProxyError::OriginUnreachable(format!("{}: {e}", server.authority));
+            let probe = match self.admit(server) {
+                Admit::No => continue,
+                Admit::Yes => None,
+                Admit::Probe(guard) => Some(guard),
+            };
+            tried += 1;
+            let (upload, progress) = match body.take() {
+                Some(b) => {
+                    let (b, p) = watched(b);
+                    (Some(b), Some(p))
                 }
-                Ok(Err(e)) if client_body_error(&e).is_some() => {
-                    return Err(client_body_error(&e).unwrap_or(ProxyError::BadRequest("body")));
+                None => (None, None),
+            };
+            let request = self.build(req, server, upload)?;
+            let is_probe = probe.is_some();
+            match self.exchange(request, progress).await {
+                Ok(resp) => {
+                    self.succeeded(server);
+                    if let Some(p) = probe {
+                        p.disarm();
+                    }
+                    return Ok(resp);
                 }
-                Ok(Err(e)) => {
-                    let detail = std::error::Error::source(&e)
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|| e.to_string());
+                // Not the origin's fault: the breaker learns nothing (a probe is re-armed).
+                Err(Failure::Client(e)) => return Err(e),
+                Err(Failure::Connect(e)) => {
+                    self.faulted(server, is_probe);
+                    last_err = Some(ProxyError::OriginUnreachable(format!(
+                        "{}: {e}",
+                        server.authority
+                    )));
+                }
+                Err(Failure::Bad(detail)) => {
+                    self.faulted(server, is_probe);
                     // The request may have reached the origin: never replay it.
                     return Err(ProxyError::OriginBadResponse(format!(
                         "{}: {detail}",
                         server.authority
                     )));
                 }
-                Err(_) => {
-                    self.eject(server);
-                    last_err = ProxyError::OriginTimeout;
+                Err(Failure::Timeout) => {
+                    self.faulted(server, is_probe);
+                    last_err = Some(ProxyError::OriginTimeout);
                     // A timed-out request may have had effects; only idempotent ones move on.
                     if !req.method.is_idempotent() {
                         break;
                     }
                 }
             }
+            if let Some(p) = probe {
+                p.disarm();
+            }
         }
-        Err(last_err)
+        Err(last_err.unwrap_or_else(|| self.unavailable()))
+    }
+
+    /// One exchange with one server. The response timeout starts once the request, body
+    /// included, has been handed to the connection; while the client's body is still
+    /// coming, only the origin not taking it (no frame taken for the response timeout while
+    /// the client has more) counts against the origin.
+    async fn exchange(
+        &self,
+        request: Request<UpstreamBody>,
+        upload: Option<Arc<Upload>>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        if let Some(upload) = upload {
+            loop {
+                if upload.done.load(Ordering::Acquire) {
+                    break;
+                }
+                let deadline = if upload.waiting_on_client.load(Ordering::Acquire) {
+                    // The client body's own idle timer bounds this wait.
+                    Instant::now() + self.response_timeout
+                } else {
+                    upload.last_taken() + self.response_timeout
+                };
+                tokio::select! {
+                    r = &mut response => return classify(r),
+                    () = upload.notify.notified() => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        let stuck = !upload.done.load(Ordering::Acquire)
+                            && !upload.waiting_on_client.load(Ordering::Acquire)
+                            && upload.last_taken() + self.response_timeout <= Instant::now();
+                        if stuck {
+                            return Err(Failure::Timeout);
+                        }
+                    }
+                }
+            }
+        }
+        match tokio::time::timeout(self.response_timeout, response).await {
+            Ok(r) => classify(r),
+            Err(_) => Err(Failure::Timeout),
+        }
     }
 
     fn build(
@@ -312,6 +726,26 @@ impl OriginPool {
     }
 }
 
+fn classify(
+    r: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<Incoming>, Failure> {
+    match r {
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            if let Some(client) = client_body_error(&e) {
+                return Err(Failure::Client(client));
+            }
+            if e.is_connect() {
+                return Err(Failure::Connect(e.to_string()));
+            }
+            let detail = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            Err(Failure::Bad(detail))
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -333,6 +767,10 @@ mod tests {
             idle_timeout_ms: 1000,
             max_idle_per_server: 4,
             host_header: None,
+            breaker: firebreak_config::BreakerConfig {
+                failures: 2,
+                open_ms: 1000,
+            },
         })
         .unwrap()
     }
@@ -356,5 +794,52 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(p.attempt_order(), vec![1, 2, 0]);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn breaker_opens_after_consecutive_faults_and_lets_one_probe_through() {
+        let p = pool(&[("a:1", 1, false)]);
+        let a = &p.servers[0];
+        p.faulted(a, false);
+        assert!(matches!(p.admit(a), Admit::Yes), "one fault: still closed");
+        p.faulted(a, false);
+        assert!(matches!(p.admit(a), Admit::No), "open");
+        assert!(
+            p.attempt_order().is_empty(),
+            "an open server is never tried"
+        );
+        assert_eq!(
+            p.unavailable(),
+            ProxyError::OriginUnavailable { retry_after_s: 1 }
+        );
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        assert_eq!(p.attempt_order(), vec![0], "due for its probe");
+        let probe = p.admit(a);
+        assert!(matches!(probe, Admit::Probe(_)));
+        assert!(matches!(p.admit(a), Admit::No), "one probe at a time");
+        // A failed probe opens it again for the whole cool-down.
+        let Admit::Probe(g) = probe else {
+            unreachable!()
+        };
+        p.faulted(a, true);
+        g.disarm();
+        assert!(matches!(p.admit(a), Admit::No));
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        // A cancelled probe lets the next request probe at once.
+        let Admit::Probe(g) = p.admit(a) else {
+            unreachable!()
+        };
+        drop(g);
+        let Admit::Probe(g) = p.admit(a) else {
+            unreachable!()
+        };
+        p.succeeded(a);
+        g.disarm();
+        assert!(
+            matches!(p.admit(a), Admit::Yes),
+            "closed after a good probe"
+        );
+        p.faulted(a, false);
+        assert!(matches!(p.admit(a), Admit::Yes), "the count restarted");
     }
 }

@@ -1,28 +1,47 @@
 //! Phase: fetch from the origin, then store. Handles revalidation (304), stale-if-error and
-//! the operator's serve-stale safety net, and tees storable bodies to client and cache at once.
+//! the operator's serve-stale safety net, and fills the cache while the client is answered.
+//!
+//! The steps, one function each: [`fetch`] asks the origin (through the pool: failover,
+//! breaker), [`fallback`] turns a failed exchange into stale or an error, [`refresh`]
+//! applies a 304, [`storage_plan`] decides whether the response may be stored, and
+//! [`answer_with_fill`] starts the fill task ([`run_fill`]) and answers the client from it.
+//!
+//! The fill reads the origin at the origin's pace into the pending object; its client (if
+//! any) is fed from what has arrived ([`Fill`]) and detached when it takes nothing for
+//! `fetch.client_write_timeout_ms`, so a slow client never holds back the store or the
+//! coalesced waiters. Bytes kept by fills count against the store's [`FillBudget`]
+//! (`fetch.fill_budget_bytes`); a fill that cannot reserve streams through unstored. A fill
+//! nobody waits for any more (no client, no waiter) is cut off if it is longer than
+//! `fetch.abandoned_fill_bytes`. The purge generation read before the origin is asked is
+//! checked at insert, so an object purged while it was being fetched never comes back.
+//! Coalesced waiters do not stream from the fill in progress: they wait for it to be stored
+//! (the fill no longer waits on any client, so that is the origin's pace).
 
 use super::respond::{finish, from_object, CacheStatus};
 use super::RequestCtx;
-use crate::body::{BoxError, EdgeBody, OriginBody, OriginStalled};
+use crate::body::{EdgeBody, Fill, FillFailed, OriginBody};
 use crate::coalesce::{FetchOutcome, Leader};
 use crate::error::ProxyError;
 use crate::http::conditional::{is_conditional, not_modified, NOT_MODIFIED_FIELDS};
-use crate::http::freshness::{evaluate, CachePolicy, Exchange, Storability};
+use crate::http::freshness::{evaluate, CachePolicy, Exchange, Freshness, Storability};
 use crate::http::headers::strip_hop_by_hop;
 use crate::store::{surrogate_keys, CacheKey, Storage, StoredHeaders, StoredObject, VaryKey};
+use crate::upstream::UpstreamRequest;
 use bytes::{Bytes, BytesMut};
+use http::response::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::sync::Arc;
-use std::time::SystemTime;
-use tokio::sync::mpsc;
+use std::time::{Duration, SystemTime};
+use tokio::time::Instant;
 
-/// Chunks buffered between the tee task and a slow client.
-const TEE_CHANNEL_CHUNKS: usize = 16;
 /// Bodies up to this size are compacted into one fresh buffer when stored, so that a small
 /// object does not pin the larger network buffer its bytes arrived in.
 const COMPACT_BELOW: u64 = 1024 * 1024;
+/// A fill that is not stored (too large, over the fill budget) reads the origin ahead of its
+/// client by at most this much: beyond it the origin waits for the client.
+const PASS_WINDOW: u64 = 256 * 1024;
 
 /// What the fetch may fall back on.
 pub(crate) struct Revalidate {
@@ -30,7 +49,13 @@ pub(crate) struct Revalidate {
     pub stored: Option<Arc<StoredObject>>,
     /// Storability policy for this request.
     pub policy: CachePolicy,
+    /// A background refresh (stale-while-revalidate): nobody reads the answer, the fill is
+    /// wanted anyway.
+    pub background: bool,
 }
+
+/// When the request was sent and when its answer's head arrived.
+type ExchangeTimes = (SystemTime, SystemTime);
 
 /// Fetches the object for a cacheable GET/HEAD and stores it when allowed.
 pub(crate) async fn fetch(
@@ -40,8 +65,61 @@ pub(crate) async fn fetch(
     leader: Leader,
     status: CacheStatus,
 ) -> Result<Response<EdgeBody>, ProxyError> {
+    // Read before the origin is asked: a purge from now on cancels what this fetch stores.
+    let generation = ctx.state.store.generation(&ctx.svc.name);
+    let request_time = SystemTime::now();
+    let result = ctx.send_upstream(&origin_request(ctx, &rv), None).await;
+    let response_time = SystemTime::now();
+    let resp = match result {
+        Ok(resp) => resp,
+        Err(e) => return fallback(ctx, &rv, e, response_time),
+    };
+    let times = (request_time, response_time);
+    let fwd_status = resp.status();
+    let status = status.with_fwd_status(fwd_status);
+    if fwd_status == StatusCode::NOT_MODIFIED {
+        if let Some(obj) = &rv.stored {
+            let target = (key, generation);
+            return Ok(refresh(
+                ctx,
+                target,
+                obj,
+                resp.headers(),
+                times,
+                &rv.policy,
+                leader,
+                status,
+            ));
+        }
+    }
+    if is_origin_failure(fwd_status) {
+        if let Some((obj, detail)) = usable_on_error(ctx, &rv, response_time) {
+            return Ok(from_object(ctx, &obj, status.detail(detail), response_time));
+        }
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    match storage_plan(ctx, &parts, times, &rv.policy) {
+        Err(why) => Ok(pass_through(ctx, parts, body, leader, status.detail(why))),
+        Ok(plan) => {
+            let pending = PendingObject::new(ctx, key, &parts, plan, generation);
+            Ok(answer_with_fill(
+                ctx,
+                parts,
+                body,
+                pending,
+                leader,
+                status,
+                rv.background,
+            ))
+        }
+    }
+}
+
+/// The request sent to the origin: a GET of the whole representation with our own
+/// validators, whatever the client asked.
+fn origin_request(ctx: &RequestCtx, rv: &Revalidate) -> UpstreamRequest {
     let mut up = ctx.upstream();
-    // Fetch the whole representation, with our own validators, whatever the client asked.
     up.method = Method::GET;
     for h in [
         header::IF_NONE_MATCH,
@@ -61,52 +139,78 @@ pub(crate) async fn fetch(
             up.headers.insert(header::IF_MODIFIED_SINCE, lm);
         }
     }
-    let request_time = SystemTime::now();
-    let result = ctx.send_upstream(&up, None).await;
-    let response_time = SystemTime::now();
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(e) => {
-            return match usable_on_error(ctx, &rv, response_time) {
-                Some((obj, detail)) => {
-                    tracing::info!(request_id = %ctx.id, error = %e, "origin failed; serving stale");
-                    let st = CacheStatus::fwd("stale").detail(detail);
-                    Ok(from_object(ctx, &obj, st, response_time))
-                }
-                None => Err(e),
-            };
-        }
-    };
-    let fwd_status = resp.status();
-    let status = status.with_fwd_status(fwd_status);
+    up
+}
 
-    if fwd_status == StatusCode::NOT_MODIFIED {
-        if let Some(obj) = &rv.stored {
-            let exchange = (request_time, response_time);
-            let updated = revalidated(ctx, obj, resp.headers(), exchange, &rv.policy);
-            return Ok(match updated {
-                Some(updated) => {
-                    let updated = Arc::new(updated);
-                    ctx.state.store.put(key, updated.clone());
-                    leader.finish(FetchOutcome::Stored);
-                    from_object(ctx, &updated, status.stored(), response_time)
-                }
-                // The 304 made the response unstorable: serve it this once, drop the copy.
-                None => {
-                    ctx.state.store.remove(&key);
-                    from_object(ctx, obj, status, response_time)
-                }
-            });
+/// The origin could not be asked or did not answer (including an open breaker): stale if
+/// allowed, else the error.
+fn fallback(
+    ctx: &RequestCtx,
+    rv: &Revalidate,
+    e: ProxyError,
+    now: SystemTime,
+) -> Result<Response<EdgeBody>, ProxyError> {
+    match usable_on_error(ctx, rv, now) {
+        Some((obj, detail)) => {
+            tracing::info!(request_id = %ctx.id, error = %e, "origin failed; serving stale");
+            let st = CacheStatus::fwd("stale").detail(detail);
+            Ok(from_object(ctx, &obj, st, now))
+        }
+        None => Err(e),
+    }
+}
+
+/// A 304 for our validators: the stored response, updated and stored again (unless a purge
+/// happened since the fetch started).
+#[allow(clippy::too_many_arguments)]
+fn refresh(
+    ctx: &RequestCtx,
+    (key, generation): (CacheKey, u64),
+    obj: &Arc<StoredObject>,
+    not_modified: &HeaderMap,
+    times: ExchangeTimes,
+    policy: &CachePolicy,
+    leader: Leader,
+    status: CacheStatus,
+) -> Response<EdgeBody> {
+    let response_time = times.1;
+    match revalidated(ctx, obj, not_modified, times, policy) {
+        Some(updated) => {
+            let updated = Arc::new(updated);
+            let stored = ctx
+                .state
+                .store
+                .put_if_generation(key, updated.clone(), generation);
+            if stored {
+                leader.finish(FetchOutcome::Stored);
+            } else {
+                crate::telemetry::fill_not_stored(&ctx.svc.name, "purged");
+            }
+            from_object(ctx, &updated, status.stored(), response_time)
+        }
+        // The 304 made the response unstorable: serve it this once, drop the copy.
+        None => {
+            ctx.state.store.remove(&key);
+            from_object(ctx, obj, status, response_time)
         }
     }
-    if is_origin_failure(fwd_status) {
-        if let Some((obj, detail)) = usable_on_error(ctx, &rv, response_time) {
-            return Ok(from_object(ctx, &obj, status.detail(detail), response_time));
-        }
-    }
+}
 
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+/// How a storable response will be kept.
+struct StoragePlan {
+    freshness: Freshness,
+    strip_fields: Vec<String>,
+    vary: VaryKey,
+    declared_len: Option<u64>,
+}
+
+/// Whether the response may be stored, and how; the reason (a `Cache-Status` detail) if not.
+fn storage_plan(
+    ctx: &RequestCtx,
+    parts: &Parts,
+    (request_time, response_time): ExchangeTimes,
+    policy: &CachePolicy,
+) -> Result<StoragePlan, &'static str> {
     let storability = evaluate(
         &Exchange {
             method: &Method::GET,
@@ -116,11 +220,11 @@ pub(crate) async fn fetch(
             request_time,
             response_time,
         },
-        &rv.policy,
+        policy,
     );
     let max_object = ctx.runtime.config.cache.max_object_bytes;
     let declared_len = content_length(&parts.headers);
-    let plan = match storability {
+    match storability {
         Storability::NoStore(why) => Err(why),
         Storability::Store {
             freshness,
@@ -128,63 +232,78 @@ pub(crate) async fn fetch(
         } => match VaryKey::from_exchange(&parts.headers, &ctx.headers) {
             None => Err("vary"),
             Some(_) if declared_len.is_some_and(|l| l > max_object) => Err("too-large"),
-            Some(vary) => Ok((freshness, strip_fields, vary)),
+            Some(vary) => Ok(StoragePlan {
+                freshness,
+                strip_fields,
+                vary,
+                declared_len,
+            }),
         },
-    };
-    let (freshness, strip_fields, vary) = match plan {
-        Err(why) => {
-            // Release the waiters at once: they go to the origin in parallel, and so do the
-            // next requests for a while — unless this is an origin error: a failing origin
-            // keeps the protection of coalescing.
-            let outcome = if parts.status.is_server_error() {
-                FetchOutcome::NotStored
-            } else {
-                FetchOutcome::Uncacheable
-            };
-            leader.finish(outcome);
-            let st = status.detail(why);
-            let body = if ctx.method == Method::HEAD {
-                EdgeBody::Empty
-            } else {
-                EdgeBody::Origin(OriginBody::new(
-                    body,
-                    ctx.svc.pool.idle_timeout(),
-                    crate::telemetry::origin_bytes(&ctx.svc.name),
-                ))
-            };
-            return Ok(finish(ctx, Response::from_parts(parts, body), st));
-        }
-        Ok(plan) => plan,
-    };
-
-    let mut stored_headers = parts.headers.clone();
-    for f in &strip_fields {
-        stored_headers.remove(f.as_str());
     }
-    // The age is kept in `Freshness`; every response from the copy gets a computed Age.
-    stored_headers.remove(header::AGE);
-    super::respond::ensure_date(&mut stored_headers);
-    let pending = PendingObject {
-        store: ctx.state.store.clone(),
-        key,
-        status: parts.status,
-        headers: stored_headers,
-        vary,
-        freshness,
-        max_bytes: max_object,
-        declared_len,
+}
+
+/// An unstorable response: the waiters are released and the body streams through.
+fn pass_through(
+    ctx: &RequestCtx,
+    parts: Parts,
+    body: Incoming,
+    leader: Leader,
+    status: CacheStatus,
+) -> Response<EdgeBody> {
+    // Release the waiters at once: they go to the origin in parallel, and so do the next
+    // requests for a while — unless this is an origin error: a failing origin keeps the
+    // protection of coalescing.
+    let outcome = if parts.status.is_server_error() {
+        FetchOutcome::NotStored
+    } else {
+        FetchOutcome::Uncacheable
     };
-    let (tx, rx) = mpsc::channel(TEE_CHANNEL_CHUNKS);
-    let client_wants_body = ctx.method != Method::HEAD;
+    leader.finish(outcome);
+    let body = if ctx.method == Method::HEAD {
+        EdgeBody::Empty
+    } else {
+        EdgeBody::Origin(OriginBody::new(
+            body,
+            ctx.svc.pool.idle_timeout(),
+            crate::telemetry::origin_bytes(&ctx.svc.name),
+        ))
+    };
+    finish(ctx, Response::from_parts(parts, body), status)
+}
+
+/// Starts the fill task and answers the client: from the fill, or a 304 when the client's
+/// own validators match, or a head only (HEAD).
+fn answer_with_fill(
+    ctx: &RequestCtx,
+    parts: Parts,
+    body: Incoming,
+    pending: PendingObject,
+    leader: Leader,
+    status: CacheStatus,
+    background: bool,
+) -> Response<EdgeBody> {
+    let response_time = pending.freshness.response_time;
+    let client_wants_body = ctx.method != Method::HEAD && !background;
     let conditional_hit = parts.status == StatusCode::OK
         && is_conditional(&ctx.headers)
         && not_modified(&ctx.headers, &pending.headers);
-    let status = status.stored().with_ttl(freshness.ttl_secs(response_time));
-    let age = HeaderValue::from(freshness.age(response_time).as_secs());
-    let idle = ctx.svc.pool.idle_timeout();
-    let client = (client_wants_body && !conditional_hit)
-        .then(|| (tx, crate::telemetry::origin_bytes(&ctx.svc.name)));
-    tokio::spawn(tee(body, idle, client, pending, leader));
+    let status = status
+        .stored()
+        .with_ttl(pending.freshness.ttl_secs(response_time));
+    let age = HeaderValue::from(pending.freshness.age(response_time).as_secs());
+    let fetch = &ctx.runtime.config.fetch;
+    let limits = FillLimits {
+        origin_idle: ctx.svc.pool.idle_timeout(),
+        write_timeout: Duration::from_millis(fetch.client_write_timeout_ms),
+        abandoned_bytes: fetch.abandoned_fill_bytes,
+        // Nobody left a fill whose requester never wanted the body (a background refresh,
+        // HEAD, a 304 to the client's own validators): it is bounded by the budget only.
+        background: background || !client_wants_body || conditional_hit,
+        service: ctx.svc.name.clone(),
+    };
+    let sent = crate::telemetry::origin_bytes(&ctx.svc.name);
+    let (fill, reader) = Fill::new(client_wants_body && !conditional_hit, sent);
+    tokio::spawn(run_fill(body, fill, pending, leader, limits));
 
     let mut resp = if conditional_hit {
         let mut r = Response::new(EdgeBody::Empty);
@@ -196,15 +315,11 @@ pub(crate) async fn fetch(
         }
         r
     } else {
-        let body = if client_wants_body {
-            EdgeBody::Tee(rx)
-        } else {
-            EdgeBody::Empty
-        };
+        let body = reader.map_or(EdgeBody::Empty, EdgeBody::Fill);
         Response::from_parts(parts, body)
     };
     resp.headers_mut().insert(header::AGE, age);
-    Ok(finish(ctx, resp, status))
+    finish(ctx, resp, status)
 }
 
 /// 5xx answers that count as an origin failure for stale-if-error (RFC 5861 §4).
@@ -315,105 +430,245 @@ struct PendingObject {
     status: StatusCode,
     headers: HeaderMap,
     vary: VaryKey,
-    freshness: crate::http::freshness::Freshness,
+    freshness: Freshness,
     max_bytes: u64,
     declared_len: Option<u64>,
+    /// The service's purge generation when the fetch started.
+    generation: u64,
 }
 
-/// Reads the origin body once, forwarding each chunk to the client (if any) and keeping it
-/// for the cache. The client going away does not stop the fill; an object growing past the
-/// size limit stops the fill but not the client; a broken origin body stores nothing.
-async fn tee(
+impl PendingObject {
+    fn new(
+        ctx: &RequestCtx,
+        key: CacheKey,
+        parts: &Parts,
+        plan: StoragePlan,
+        generation: u64,
+    ) -> Self {
+        let mut headers = parts.headers.clone();
+        for f in &plan.strip_fields {
+            headers.remove(f.as_str());
+        }
+        // The age is kept in `Freshness`; every response from the copy gets a computed Age.
+        headers.remove(header::AGE);
+        super::respond::ensure_date(&mut headers);
+        Self {
+            store: ctx.state.store.clone(),
+            key,
+            status: parts.status,
+            headers,
+            vary: plan.vary,
+            freshness: plan.freshness,
+            max_bytes: ctx.runtime.config.cache.max_object_bytes,
+            declared_len: plan.declared_len,
+            generation,
+        }
+    }
+
+    /// Stores the complete body; false if a purge since the fetch started forbids it.
+    fn store(self, chunks: Vec<Bytes>, len: u64) -> bool {
+        let body = if len <= COMPACT_BELOW && !chunks.is_empty() {
+            let mut buf = BytesMut::with_capacity(len as usize);
+            for c in &chunks {
+                buf.extend_from_slice(c);
+            }
+            vec![buf.freeze()]
+        } else {
+            chunks
+        };
+        let mut headers = self.headers;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        let surrogate = surrogate_keys(&headers);
+        let object = StoredObject {
+            status: self.status,
+            surrogate_keys: surrogate,
+            headers: StoredHeaders::from_map(&headers),
+            body,
+            body_len: len,
+            vary: self.vary,
+            freshness: self.freshness,
+        };
+        self.store
+            .put_if_generation(self.key, Arc::new(object), self.generation)
+    }
+}
+
+/// Bounds of one fill.
+struct FillLimits {
+    /// Longest silence of the origin between body chunks.
+    origin_idle: Duration,
+    /// Longest time the client may take nothing while bytes wait for it.
+    write_timeout: Duration,
+    /// Longest fill finished once nobody waits for it.
+    abandoned_bytes: u64,
+    /// Nobody reads the body by design (background refresh, HEAD, 304 to the client):
+    /// never abandoned.
+    background: bool,
+    service: Arc<str>,
+}
+
+/// What the fill keeps for the cache, and its reservation in the fill budget (given back
+/// when dropped: stored, given up, or the task unwound).
+struct Kept {
+    chunks: Vec<Bytes>,
+    reserved: u64,
+    store: Arc<dyn Storage>,
+}
+
+impl Kept {
+    /// Keeps a chunk (`len` bytes received so far, this chunk included) if the object stays
+    /// within `max_bytes` and the fill budget has room; else why the fill stops keeping.
+    fn keep(&mut self, data: &Bytes, len: u64, max_bytes: u64) -> Result<(), FetchOutcome> {
+        let n = data.len() as u64;
+        if len > max_bytes {
+            return Err(FetchOutcome::Uncacheable);
+        }
+        if !self.store.fills().try_reserve(n) {
+            return Err(FetchOutcome::NotStored);
+        }
+        self.reserved += n;
+        self.chunks.push(data.clone());
+        Ok(())
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.store.fills().release(self.reserved);
+    }
+}
+
+/// Reads the origin body once, at the origin's pace: each chunk is kept for the cache
+/// (within the object size limit and the fill budget) and queued for the client, if there
+/// is one. The client going away does not stop the fill unless nobody else waits for it and
+/// it is longer than the abandoned limit; a broken origin body stores nothing; an object
+/// purged since the fetch started is not stored.
+async fn run_fill(
     mut body: Incoming,
-    idle: std::time::Duration,
-    client: Option<(mpsc::Sender<Result<Bytes, BoxError>>, metrics::Counter)>,
+    fill: Arc<Fill>,
     p: PendingObject,
     leader: Leader,
+    limits: FillLimits,
 ) {
-    let (mut client, sent) = match client {
-        Some((tx, sent)) => (Some(tx), Some(sent)),
-        None => (None, None),
-    };
     let mut leader = Some(leader);
-    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut kept = Some(Kept {
+        chunks: Vec::new(),
+        reserved: 0,
+        store: p.store.clone(),
+    });
     let mut len = 0u64;
-    let mut storing = true;
-    loop {
-        let next = tokio::time::timeout(idle, body.frame()).await;
-        let frame = match next {
-            Ok(None) => break,
-            Ok(Some(Ok(frame))) => frame,
-            Ok(Some(Err(e))) => {
-                tracing::warn!(error = %e, "origin body failed; not stored");
-                if let Some(tx) = client.take() {
-                    let _ = tx.send(Err(Box::new(e))).await;
-                }
-                return;
+    let mut origin_deadline = Instant::now() + limits.origin_idle;
+    let mut paused = false;
+    let mut last: Option<Bytes> = None;
+    let ended: Result<(), FillFailed> = loop {
+        // Nobody waits for this fill any more: finish it only if it is short.
+        let wanted = limits.background
+            || fill.has_reader()
+            || leader.as_ref().is_some_and(|l| l.waiters() > 0);
+        if !wanted {
+            let size = p.declared_len.unwrap_or(0).max(len);
+            if kept.is_none() || size > limits.abandoned_bytes {
+                crate::telemetry::fill_not_stored(&limits.service, "abandoned");
+                break Err(FillFailed::Cut);
             }
-            Err(_) => {
+        }
+        // Not storing: read ahead of the client by a window only.
+        let wait_for_client = kept.is_none() && fill.unread_bytes() > PASS_WINDOW;
+        if paused && !wait_for_client {
+            origin_deadline = Instant::now() + limits.origin_idle;
+        }
+        paused = wait_for_client;
+        let stuck_at = fill.stuck_at(limits.write_timeout);
+        let frame = tokio::select! {
+            () = fill.progressed() => continue,
+            () = sleep_until_some(stuck_at) => {
+                detach_if_stuck(&fill, &limits);
+                continue;
+            }
+            frame = body.frame(), if !wait_for_client => frame,
+            () = tokio::time::sleep_until(origin_deadline), if !wait_for_client => {
                 tracing::warn!("origin body stalled; not stored");
-                if let Some(tx) = client.take() {
-                    let _ = tx.send(Err(Box::new(OriginStalled(idle)))).await;
-                }
-                return;
+                break Err(FillFailed::Stalled(limits.origin_idle));
             }
         };
+        let frame = match frame {
+            None => break Ok(()),
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "origin body failed; not stored");
+                break Err(FillFailed::Origin(e.to_string()));
+            }
+        };
+        origin_deadline = Instant::now() + limits.origin_idle;
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if storing {
-            len += data.len() as u64;
-            if len > p.max_bytes {
-                storing = false;
-                chunks = Vec::new();
-                if let Some(l) = leader.take() {
-                    l.finish(FetchOutcome::Uncacheable);
-                }
-            } else {
-                chunks.push(data.clone());
+        len += data.len() as u64;
+        if let Some(Err(outcome)) = kept.as_mut().map(|k| k.keep(&data, len, p.max_bytes)) {
+            // Stop keeping: the response streams through to its client.
+            if outcome == FetchOutcome::NotStored {
+                crate::telemetry::fill_not_stored(&limits.service, "budget");
+            }
+            kept = None;
+            if let Some(l) = leader.take() {
+                l.finish(outcome);
             }
         }
-        if let Some(tx) = &client {
-            let n = data.len() as u64;
-            if tx.send(Ok(data)).await.is_err() {
-                client = None;
-            } else if let Some(sent) = &sent {
-                sent.increment(n);
+        // The last byte of a complete object reaches the client only once the object is
+        // stored, so a client that got the whole body finds it on its next request.
+        if kept.is_some() && p.declared_len == Some(len) {
+            last = Some(data);
+        } else {
+            fill.push(data);
+        }
+    };
+    drop(body);
+    let stored = match kept {
+        Some(mut k) if ended.is_ok() && p.declared_len.is_none_or(|d| d == len) => {
+            let service = limits.service.clone();
+            let stored = p.store(std::mem::take(&mut k.chunks), len);
+            // The bytes now count against the cache's own budget.
+            drop(k);
+            if !stored {
+                crate::telemetry::fill_not_stored(&service, "purged");
             }
+            stored
         }
-        if !storing && client.is_none() {
-            return;
-        }
-    }
-    // The client's body ends only after the object is stored (below, when `client` drops),
-    // so a client that got the whole body finds the object on its next request.
-    if !storing || p.declared_len.is_some_and(|d| d != len) {
-        return;
-    }
-    let body = if len <= COMPACT_BELOW && !chunks.is_empty() {
-        let mut buf = BytesMut::with_capacity(len as usize);
-        for c in &chunks {
-            buf.extend_from_slice(c);
-        }
-        vec![buf.freeze()]
-    } else {
-        chunks
+        _ => false,
     };
-    let mut headers = p.headers;
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    let surrogate = surrogate_keys(&headers);
-    let headers = StoredHeaders::from_map(&headers);
-    let object = StoredObject {
-        status: p.status,
-        surrogate_keys: surrogate,
-        headers,
-        body,
-        body_len: len,
-        vary: p.vary,
-        freshness: p.freshness,
-    };
-    p.store.put(p.key, Arc::new(object));
-    if let Some(l) = leader.take() {
+    if let (true, Some(l)) = (stored, leader.take()) {
         l.finish(FetchOutcome::Stored);
+    }
+    drop(leader);
+    if let Some(last) = last {
+        fill.push(last);
+    }
+    // The client's body ends only after the object is stored.
+    fill.finish(ended);
+    // Keep watching the client until it has taken what is queued for it or is detached.
+    while let Some(at) = fill.stuck_at(limits.write_timeout) {
+        tokio::select! {
+            () = fill.progressed() => {}
+            () = tokio::time::sleep_until(at) => detach_if_stuck(&fill, &limits),
+        }
+    }
+}
+
+/// Detaches the fill's client if it has taken nothing for the write timeout.
+fn detach_if_stuck(fill: &Fill, limits: &FillLimits) {
+    if fill.detach_if_stuck(limits.write_timeout) {
+        crate::telemetry::fill_client_detached(&limits.service);
+        tracing::info!(
+            "client took no bytes for {:?}; detached from the fill",
+            limits.write_timeout
+        );
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -86,12 +86,17 @@ pub(crate) async fn cached(
                 }
             }
         };
-        let revalidate = Revalidate { stored, policy };
+        let revalidate = Revalidate {
+            stored,
+            policy,
+            background: false,
+        };
         return fetch(ctx, key, revalidate, leader, CacheStatus::fwd(reason)).await;
     }
     let revalidate = Revalidate {
         stored: None,
         policy,
+        background: false,
     };
     fetch(
         ctx,
@@ -147,6 +152,7 @@ fn revalidate_in_background(
         let revalidate = Revalidate {
             stored: Some(stored),
             policy,
+            background: true,
         };
         // The response is dropped: the fetch stores what it gets on its own.
         let _ = fetch(&ctx, key, revalidate, leader, CacheStatus::fwd("stale")).await;

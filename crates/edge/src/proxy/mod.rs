@@ -382,7 +382,9 @@ pub(crate) fn request_body(
     if body.size_hint().lower() > limit {
         return Err(ProxyError::PayloadTooLarge);
     }
-    Ok((!body.is_end_stream()).then(|| crate::upstream::client_body(body, limit)))
+    let idle =
+        std::time::Duration::from_millis(ctx.runtime.config.fetch.request_body_idle_timeout_ms);
+    Ok((!body.is_end_stream()).then(|| crate::upstream::client_body(body, limit, idle)))
 }
 
 /// Forwards the request unchanged and streams the origin's answer back, storing nothing.

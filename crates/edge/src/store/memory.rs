@@ -6,14 +6,16 @@
 //! eviction, and checked against the objects at purge time, so a stale index entry can never
 //! purge an object that no longer carries the tag.
 
-use super::{CacheKey, PurgeMode, PurgeTarget, Storage, StoreStats, StoredObject, Variants};
+use super::{
+    CacheKey, FillBudget, PurgeMode, PurgeTarget, Storage, StoreStats, StoredObject, Variants,
+};
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 /// Average object size assumed when sizing the index up front.
@@ -22,6 +24,9 @@ const ESTIMATED_OBJECT_BYTES: u64 = 8 * 1024;
 const MAX_SHARDS: u64 = 64;
 /// Shards of the surrogate-key index.
 const TAG_SHARDS: usize = 16;
+/// Purge generation slots; services are hashed onto them, so a purge of one service rarely
+/// cancels the fills of another.
+const GENERATION_SLOTS: usize = 64;
 
 #[derive(Clone)]
 struct VariantsWeighter;
@@ -133,6 +138,13 @@ pub struct MemoryStore {
     cache: Cache<CacheKey, Arc<Variants>, VariantsWeighter, DefaultHashBuilder, EvictionHook>,
     tags: Arc<TagIndex>,
     evictions: Arc<AtomicU64>,
+    /// Purge generation per slot of services.
+    generations: Box<[AtomicU64]>,
+    hasher: RandomState,
+    /// Taken shared by `put_if_generation` (check + insert) and exclusively by purges to
+    /// move the generation: a fill's check and insert are never split by a purge.
+    purging: RwLock<()>,
+    fills: FillBudget,
 }
 
 impl MemoryStore {
@@ -177,6 +189,35 @@ impl MemoryStore {
             cache,
             tags,
             evictions,
+            generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+            purging: RwLock::new(()),
+            fills: FillBudget::new((max_bytes / 4).max(max_object_bytes)),
+        }
+    }
+
+    /// Sets the bound on bytes held by fills in progress (default: a quarter of `max_bytes`,
+    /// at least `max_object_bytes`).
+    pub fn with_fill_budget(mut self, bytes: u64) -> Self {
+        self.fills = FillBudget::new(bytes);
+        self
+    }
+
+    fn generation_slot(&self, service: &str) -> Option<&AtomicU64> {
+        let i = (self.hasher.hash_one(service) as usize) % self.generations.len();
+        self.generations.get(i)
+    }
+
+    /// Moves the service's purge generation, waiting out any check-and-insert in progress.
+    /// Called before the objects are removed: a fill that stored before this is removed by
+    /// the purge, one that stores after it is refused.
+    fn next_generation(&self, service: &str) {
+        let _guard = match self.purging.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(slot) = self.generation_slot(service) {
+            slot.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -263,10 +304,16 @@ impl Storage for MemoryStore {
     }
 
     fn remove(&self, key: &CacheKey) -> bool {
+        self.next_generation(key.service());
         self.remove_entry(key).is_some()
     }
 
     fn purge(&self, target: PurgeTarget<'_>, mode: PurgeMode, now: SystemTime) -> u64 {
+        let service = match target {
+            PurgeTarget::Url(key) => key.service(),
+            PurgeTarget::Tag { service, .. } | PurgeTarget::Service(service) => service,
+        };
+        self.next_generation(service);
         match target {
             PurgeTarget::Url(key) => self.purge_variants(key, mode, now, |_| true),
             PurgeTarget::Tag { service, tag } => self
@@ -300,7 +347,30 @@ impl Storage for MemoryStore {
             keys: self.cache.len() as u64,
             bytes: self.cache.weight(),
             evictions: self.evictions.load(Ordering::Relaxed),
+            fill_bytes: self.fills.used(),
+            fill_budget: self.fills.limit(),
         }
+    }
+
+    fn generation(&self, service: &str) -> u64 {
+        self.generation_slot(service)
+            .map_or(0, |g| g.load(Ordering::Acquire))
+    }
+
+    fn put_if_generation(&self, key: CacheKey, object: Arc<StoredObject>, generation: u64) -> bool {
+        let _guard = match self.purging.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if self.generation(key.service()) != generation {
+            return false;
+        }
+        self.put(key, object);
+        true
+    }
+
+    fn fills(&self) -> &FillBudget {
+        &self.fills
     }
 }
 
@@ -481,6 +551,43 @@ mod tests {
         }
         assert_eq!(store.stats().evictions, 0);
         assert_eq!(store.tags.keys("s", "t").len(), 1);
+    }
+
+    #[test]
+    fn a_purge_since_the_fill_started_refuses_its_insert() {
+        let store = MemoryStore::new(16 * 1024 * 1024, 1024 * 1024);
+        let a = CacheKey::new("s1", "h", "/a");
+        let other = CacheKey::new("s2", "h", "/a");
+        let gen = store.generation("s1");
+        let other_gen = store.generation("s2");
+        store.purge(PurgeTarget::Url(&a), PurgeMode::Hard, SystemTime::now());
+        assert!(!store.put_if_generation(a.clone(), object(10), gen));
+        assert!(store.get(&a).is_none());
+        // A fill that started after the purge stores.
+        assert!(store.put_if_generation(a.clone(), object(10), store.generation("s1")));
+        assert!(store.get(&a).is_some());
+        // Removal by an unsafe method counts too.
+        let gen = store.generation("s1");
+        store.remove(&a);
+        assert!(!store.put_if_generation(a.clone(), object(10), gen));
+        // Another service is not affected (unless it shares the slot by chance).
+        if store.generation("s2") == other_gen {
+            assert!(store.put_if_generation(other, object(10), other_gen));
+        }
+    }
+
+    #[test]
+    fn fill_budget_reserves_and_releases() {
+        let store = MemoryStore::new(16 * 1024 * 1024, 1024 * 1024).with_fill_budget(100);
+        let b = store.fills();
+        assert!(b.try_reserve(60));
+        assert!(!b.try_reserve(41));
+        assert!(b.try_reserve(40));
+        b.release(100);
+        assert_eq!(b.used(), 0);
+        b.release(5);
+        assert_eq!(b.used(), 0);
+        assert_eq!(store.stats().fill_budget, 100);
     }
 
     #[test]

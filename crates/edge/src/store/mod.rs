@@ -12,6 +12,7 @@ pub use object::{
     surrogate_keys, CacheKey, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS, MAX_VARIANTS,
 };
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -24,6 +25,57 @@ pub struct StoreStats {
     pub bytes: u64,
     /// Keys evicted to make room since the store was created.
     pub evictions: u64,
+    /// Bytes held by fills in progress (not yet stored), see [`FillBudget`].
+    pub fill_bytes: u64,
+    /// The bound on `fill_bytes`.
+    pub fill_budget: u64,
+}
+
+/// Memory held by fills in progress (responses being received before they are stored), for
+/// all fills of the process together. A fill reserves each chunk before keeping it; a fill
+/// that cannot reserve stops buffering (its response streams through and is not stored).
+#[derive(Debug)]
+pub struct FillBudget {
+    used: AtomicU64,
+    limit: u64,
+}
+
+impl FillBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        Self {
+            used: AtomicU64::new(0),
+            limit,
+        }
+    }
+
+    /// Reserves `n` bytes if they fit.
+    pub fn try_reserve(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` reserved bytes.
+    pub fn release(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+
+    /// The bound.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
 }
 
 /// What to purge.
@@ -67,4 +119,13 @@ pub trait Storage: Send + Sync + 'static {
     fn purge(&self, target: PurgeTarget<'_>, mode: PurgeMode, now: SystemTime) -> u64;
     /// Current counts and sizes.
     fn stats(&self) -> StoreStats;
+    /// The purge generation of a service: it changes with every purge or removal that may
+    /// touch the service's objects. A fill reads it before asking the origin and stores
+    /// with [`Storage::put_if_generation`], so a purge that raced the fill wins.
+    fn generation(&self, service: &str) -> u64;
+    /// Stores `object` only if the service's purge generation is still `generation`
+    /// (atomically with respect to purges); returns whether it was stored.
+    fn put_if_generation(&self, key: CacheKey, object: Arc<StoredObject>, generation: u64) -> bool;
+    /// The memory budget of fills in progress.
+    fn fills(&self) -> &FillBudget;
 }

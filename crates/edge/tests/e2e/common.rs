@@ -410,3 +410,60 @@ impl Edge {
         String::from_utf8_lossy(&out).into_owned()
     }
 }
+
+/// An origin that accepts connections and never answers (nor closes them); counts accepted
+/// connections.
+pub async fn silent_origin() -> (SocketAddr, Arc<AtomicUsize>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c2 = count.clone();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            c2.fetch_add(1, Ordering::SeqCst);
+            held.push(s);
+        }
+    });
+    (addr, count, task)
+}
+
+/// Reads from a raw connection until the end of a response head; `None` if the connection
+/// closed or nothing complete came within `limit`.
+pub async fn read_head(s: &mut TcpStream, limit: Duration) -> Option<String> {
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            out.extend_from_slice(&buf[..n]);
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                return Some(String::from_utf8_lossy(&out[..end]).into_owned());
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok().flatten()
+}
+
+/// Sends an admin request with a bearer token; returns the status.
+pub async fn admin_request(addr: SocketAddr, path_and_query: &str, token: &str) -> StatusCode {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{addr}{path_and_query}"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .expect("admin did not answer within 10 s")
+        .unwrap();
+    resp.status()
+}
