@@ -225,8 +225,16 @@ fn purge(state: &EdgeState, path: &str, params: &HashMap<String, String>) -> Pur
                 StatusCode::NOT_FOUND,
                 format!("no service for host `{host}`"),
             ))?;
-            let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let key = CacheKey::new(&service.name, &host, pq);
+            // The same normal form the request path stores under (`proxy::route`), so
+            // `/%70rivate/x` purges what `/private/x` stored.
+            let raw = uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            let pq = crate::http::path::normalize(&raw)
+                .map_err(|_| bad("url has a malformed percent-encoding"))?
+                .unwrap_or(raw);
+            let key = CacheKey::new(&service.name, &host, pq.as_str());
             telemetry::purge("url", soft);
             Ok((
                 service.name.to_string(),

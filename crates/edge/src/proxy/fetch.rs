@@ -229,16 +229,18 @@ fn storage_plan(
         Storability::Store {
             freshness,
             strip_fields,
-        } => match VaryKey::from_exchange(&parts.headers, &ctx.headers) {
-            None => Err("vary"),
-            Some(_) if declared_len.is_some_and(|l| l > max_object) => Err("too-large"),
-            Some(vary) => Ok(StoragePlan {
-                freshness,
-                strip_fields,
-                vary,
-                declared_len,
-            }),
-        },
+        } => {
+            match VaryKey::from_exchange_with(&parts.headers, &ctx.headers, &ctx.svc.key_headers) {
+                None => Err("vary"),
+                Some(_) if declared_len.is_some_and(|l| l > max_object) => Err("too-large"),
+                Some(vary) => Ok(StoragePlan {
+                    freshness,
+                    strip_fields,
+                    vary,
+                    declared_len,
+                }),
+            }
+        }
     }
 }
 

@@ -109,27 +109,11 @@ pub(crate) async fn cached(
 }
 
 /// The cache key of `path_and_query` (normalised) on the request's host. A service's
-/// `cache_key_headers` add the request's values of those headers, so a response that depends
-/// on one is never served to a request with another value.
+/// `cache_key_headers` are not part of it: they select among the URL's variants, as if every
+/// response named them in `Vary` (see `VaryKey::from_exchange_with`), so a purge by URL and
+/// an invalidation reach every copy of the URL.
 pub(crate) fn cache_key(ctx: &RequestCtx, path_and_query: &str) -> CacheKey {
-    if ctx.svc.key_headers.is_empty() {
-        return CacheKey::new(&ctx.svc.name, &ctx.host, path_and_query);
-    }
-    let mut target = String::with_capacity(path_and_query.len() + 64);
-    target.push_str(path_and_query);
-    for name in &ctx.svc.key_headers {
-        // Header values never hold a newline, so `\n` cannot be forged from a value.
-        target.push('\n');
-        target.push_str(name.as_str());
-        target.push(':');
-        for (i, v) in ctx.headers.get_all(name).iter().enumerate() {
-            if i > 0 {
-                target.push(',');
-            }
-            target.push_str(&String::from_utf8_lossy(v.as_bytes()));
-        }
-    }
-    CacheKey::new(&ctx.svc.name, &ctx.host, &target)
+    CacheKey::new(&ctx.svc.name, &ctx.host, path_and_query)
 }
 
 /// stale-while-revalidate: one background refresh per key; concurrent stale hits do not

@@ -84,7 +84,27 @@ impl VaryKey {
     /// Reads the response's `Vary` field names and the request's values for them. `None`
     /// when the response cannot be keyed (`Vary: *`, unparsable, or too many fields).
     pub fn from_exchange(response: &HeaderMap, request: &HeaderMap) -> Option<Self> {
+        Self::from_exchange_with(response, request, &[])
+    }
+
+    /// As [`VaryKey::from_exchange`], with `declared` fields first: the request headers the
+    /// service adds to its cache key (`[service.forwarding] cache_key_headers`), which select
+    /// variants exactly as if every response named them in `Vary` — so a purge by URL
+    /// reaches every one of them and the variant bound applies to them too.
+    pub fn from_exchange_with(
+        response: &HeaderMap,
+        request: &HeaderMap,
+        declared: &[HeaderName],
+    ) -> Option<Self> {
         let mut fields: Vec<(HeaderName, Option<Box<str>>)> = Vec::new();
+        for name in declared {
+            if fields.len() == MAX_VARY_FIELDS {
+                return None;
+            }
+            if !fields.iter().any(|(n, _)| n == name) {
+                fields.push((name.clone(), normalized(request, name)));
+            }
+        }
         for value in response.get_all(header::VARY) {
             for name in value.to_str().ok()?.split(',') {
                 let name = name.trim();

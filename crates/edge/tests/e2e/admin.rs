@@ -280,3 +280,51 @@ async fn access_log_writes_one_json_line_per_request() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn purge_by_url_reaches_the_normal_form_and_every_key_header_copy() {
+    let origin = TestOrigin::start(|r| {
+        Reply::ok(format!(
+            "{} for {}",
+            r.uri.path(),
+            r.header("x-device").unwrap_or("-")
+        ))
+        .cc("max-age=600")
+    })
+    .await;
+    let base = config(
+        origin.addr,
+        "\n[service.forwarding]\ncache_key_headers = [\"x-device\"]\n",
+    );
+    let edge = start_edge(&with_admin(&base)).await;
+    let admin_addr = edge.handle.admin_addr().unwrap();
+    for device in ["phone", "desktop"] {
+        let h = [("x-device", device)];
+        assert_eq!(
+            edge.get_with("/priv/x", &h).await.text(),
+            format!("/priv/x for {device}")
+        );
+        let again = edge.get_with("/priv/x", &h).await;
+        assert!(
+            again.cache_status().contains("hit"),
+            "{}",
+            again.cache_status()
+        );
+        assert_eq!(again.text(), format!("/priv/x for {device}"));
+    }
+    // The purge names the URL in another spelling of the same path.
+    let (status, body) = admin(
+        admin_addr,
+        Method::POST,
+        "/purge/url?url=http%3A%2F%2Flocalhost%2F%2570riv%2F.%2Fx",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, r#"{"purged":2,"service":"test"}"#);
+    for device in ["phone", "desktop"] {
+        let r = edge.get_with("/priv/x", &[("x-device", device)]).await;
+        // The first is a plain miss, the second a miss among the first's variants.
+        assert!(r.cache_status().contains("miss"), "{}", r.cache_status());
+    }
+}

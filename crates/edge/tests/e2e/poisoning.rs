@@ -179,7 +179,7 @@ async fn service_strip_and_key_headers() {
     let desk = edge.get_with("/k", &[("x-device", "desktop")]).await;
     assert_eq!(desk.text(), "device=desktop override=-");
     assert!(
-        desk.cache_status().contains("fwd=miss"),
+        desk.cache_status().contains("fwd=vary-miss"),
         "{}",
         desk.cache_status()
     );
