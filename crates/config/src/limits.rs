@@ -59,3 +59,11 @@ pub const MAX_FAULT_DELAY_MS: u64 = 60_000;
 pub const MAX_SWITCHES: usize = 64;
 /// Longest kill switch name; it appears in a response header and in logs.
 pub const MAX_SWITCH_NAME_LEN: usize = 64;
+/// Most requests in flight per edge (bounds for `limits.clients.max_requests_in_flight`).
+pub const MAX_REQUESTS_IN_FLIGHT_LIMIT: usize = 10_000_000;
+/// Highest per-address request rate or burst an operator can set.
+pub const MAX_RATE_PER_SECOND: u32 = 1_000_000;
+/// Fewest client addresses whose rate state is tracked per service.
+pub const MIN_TRACKED_ADDRESSES: usize = 64;
+/// Most client addresses whose rate state is tracked per service (about 40 bytes each).
+pub const MAX_TRACKED_ADDRESSES: usize = 10_000_000;

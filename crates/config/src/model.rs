@@ -62,6 +62,10 @@ pub struct AccessLogConfig {
 pub struct ListenerConfig {
     /// Socket address, for example `127.0.0.1:8080` or `[::1]:8080`.
     pub addr: SocketAddr,
+    /// Connections start with a PROXY protocol header (v2, or v1 text) from a load balancer;
+    /// its source address is the client's. A connection without a valid header is closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// Process-wide cache settings.
@@ -99,6 +103,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Largest request body forwarded to an origin (413 beyond it).
     pub max_request_body_bytes: u64,
+    /// Connection deadlines and per-client limits (`[limits.clients]`).
+    pub clients: crate::clients::ClientLimitsConfig,
 }
 
 impl Default for LimitsConfig {
@@ -108,6 +114,7 @@ impl Default for LimitsConfig {
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
             max_request_body_bytes: 100 * 1024 * 1024,
+            clients: Default::default(),
         }
     }
 }
@@ -135,6 +142,9 @@ pub struct ServiceConfig {
     /// Injected faults for drills (`[[service.fault]]`); none by default.
     #[serde(default, rename = "fault")]
     pub faults: Vec<crate::drills::FaultConfig>,
+    /// Per-client rate limit overrides (`[service.clients]`).
+    #[serde(default)]
+    pub clients: crate::clients::ServiceClientLimits,
 }
 
 /// An origin pool: servers, failover and connection settings.

@@ -43,7 +43,7 @@ impl Checker {
         }
     }
 
-    fn timeout(&mut self, path: &[PathSeg], ms: u64) {
+    pub(crate) fn timeout(&mut self, path: &[PathSeg], ms: u64) {
         if ms == 0 || ms > MAX_TIMEOUT_MS {
             self.fail(
                 path,
@@ -193,6 +193,7 @@ fn limits(c: &mut Checker, limits: &LimitsConfig) {
             format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
         );
     }
+    crate::clients::check(c, &limits.clients);
 }
 
 fn services(c: &mut Checker, services: &[ServiceConfig]) {
@@ -273,6 +274,7 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
         service_cache(c, &at(&[Key("cache")]), &s.cache);
         header_rules(c, &at(&[Key("response_headers")]), &s.response_headers);
         crate::drills::check_faults(c, &at(&[Key("fault")]), &s.faults);
+        crate::clients::check_service(c, &base, &s.clients);
     }
 }
 
