@@ -40,6 +40,12 @@ pub enum ProxyError {
     /// Request handling panicked; the panic was caught.
     #[error("internal error")]
     Panic,
+    /// The client's address is over its request rate; retry after this many seconds.
+    #[error("too many requests from this address")]
+    RateLimited(u64),
+    /// The edge has too many requests in flight; retry after this many seconds.
+    #[error("the edge is overloaded")]
+    Overloaded(u64),
 }
 
 impl ProxyError {
@@ -57,6 +63,8 @@ impl ProxyError {
             ProxyError::Fault(status) => *status,
             ProxyError::SwitchedOff(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Panic => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -74,6 +82,8 @@ impl ProxyError {
             ProxyError::Fault(_) => "firebreak; detail=fault",
             ProxyError::SwitchedOff(_) => "firebreak; detail=switch",
             ProxyError::Panic => "firebreak; detail=internal-error",
+            ProxyError::RateLimited(_) => "firebreak; detail=rate-limited",
+            ProxyError::Overloaded(_) => "firebreak; detail=overloaded",
         }
     }
 
@@ -130,6 +140,9 @@ impl ProxyError {
                 }
             }
             _ => {}
+        }
+        if let ProxyError::RateLimited(s) | ProxyError::Overloaded(s) = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*s));
         }
         if matches!(self, ProxyError::MethodNotAllowed) {
             h.insert(
