@@ -412,11 +412,13 @@ impl Edge {
 }
 
 /// A TCP connection to `to` from the loopback address `from` (any of 127.0.0.0/8), so that a
-/// test can play several client addresses.
+/// test can play several client addresses. Fails after 5 s (a full accept queue drops SYNs).
 pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
-    socket.connect(to).await
+    tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// Whether the peer closes `stream` (end of stream or reset) within `limit`; whatever it sends

@@ -17,12 +17,19 @@ fn with_admin(base: String) -> String {
     format!("{base}\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n")
 }
 
-/// Opens `n` connections from `from` that never send anything (those the kernel refuses are
-/// skipped).
+/// Opens `n` connections from `from` that never send anything, all at once (those the
+/// kernel does not accept within 5 s are skipped).
 async fn idle_sockets(from: &str, to: SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let from: Arc<str> = Arc::from(from);
+    let tries: Vec<_> = (0..n)
+        .map(|_| {
+            let from = from.clone();
+            tokio::spawn(async move { connect_from(&from, to).await })
+        })
+        .collect();
     let mut out = Vec::new();
-    for _ in 0..n {
-        if let Ok(s) = connect_from(from, to).await {
+    for t in tries {
+        if let Ok(Ok(s)) = t.await {
             out.push(s);
         }
     }
