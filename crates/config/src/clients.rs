@@ -37,6 +37,10 @@ pub struct ClientLimitsConfig {
     pub requests_per_second: u32,
     /// Bucket size: requests one address may send in a burst. 0 = one second's worth.
     pub burst: u32,
+    /// A request over its rate is answered 429 after this delay (0 = at once): a client
+    /// that keeps sending on its few allowed connections is slowed down to a trickle of
+    /// cheap answers instead of taking the edge's CPU from everyone else.
+    pub rate_limited_delay_ms: u64,
     /// Most client addresses whose rate state is kept per service; when full, the entry
     /// closest to a fresh bucket is forgotten.
     pub max_tracked_addresses: usize,
@@ -54,6 +58,7 @@ impl Default for ClientLimitsConfig {
             max_requests_in_flight: 10_000,
             requests_per_second: 0,
             burst: 0,
+            rate_limited_delay_ms: 250,
             max_tracked_addresses: 100_000,
         }
     }
@@ -107,8 +112,7 @@ pub(crate) fn check(c: &mut Checker, l: &ClientLimitsConfig) {
     ] {
         c.timeout(&at(name), ms);
     }
-    if l.max_connections_per_address == 0 || l.max_connections_per_address > MAX_CONNECTIONS_LIMIT
-    {
+    if l.max_connections_per_address == 0 || l.max_connections_per_address > MAX_CONNECTIONS_LIMIT {
         c.fail(
             &at("max_connections_per_address"),
             format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
@@ -118,6 +122,12 @@ pub(crate) fn check(c: &mut Checker, l: &ClientLimitsConfig) {
         c.fail(
             &at("max_requests_in_flight"),
             format!("must be between 1 and {MAX_REQUESTS_IN_FLIGHT_LIMIT}"),
+        );
+    }
+    if l.rate_limited_delay_ms > MAX_RATE_LIMITED_DELAY_MS {
+        c.fail(
+            &at("rate_limited_delay_ms"),
+            format!("must be at most {MAX_RATE_LIMITED_DELAY_MS} ms (0 = answer at once)"),
         );
     }
     rate(c, &at("requests_per_second"), l.requests_per_second);
@@ -132,7 +142,10 @@ pub(crate) fn check(c: &mut Checker, l: &ClientLimitsConfig) {
 
 pub(crate) fn check_service(c: &mut Checker, base: &[PathSeg], s: &ServiceClientLimits) {
     let at = |k: &'static str| -> Vec<PathSeg> {
-        base.iter().cloned().chain([Key("clients"), Key(k)]).collect()
+        base.iter()
+            .cloned()
+            .chain([Key("clients"), Key(k)])
+            .collect()
     };
     if let Some(r) = s.requests_per_second {
         rate(c, &at("requests_per_second"), r);

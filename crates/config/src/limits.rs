@@ -67,3 +67,5 @@ pub const MAX_RATE_PER_SECOND: u32 = 1_000_000;
 pub const MIN_TRACKED_ADDRESSES: usize = 64;
 /// Most client addresses whose rate state is tracked per service (about 40 bytes each).
 pub const MAX_TRACKED_ADDRESSES: usize = 10_000_000;
+/// Longest delay before a rate-limited request is answered.
+pub const MAX_RATE_LIMITED_DELAY_MS: u64 = 10_000;

@@ -5,9 +5,9 @@
 //! ```
 //!
 //! One process: an origin, an edge (its own runtime, two workers), a flooder from 127.0.0.2
-//! (`FLOOD_CONNECTIONS` keep-alive connections sending as fast as they are answered, plus
-//! `IDLE_SOCKETS` sockets that never send) and a polite client from 127.0.0.1 (one keep-alive
-//! connection, one request every 2 ms, a cached 1 KiB object). Prints p50/p99 of the polite
+//! (`FLOOD_CONNECTIONS` keep-alive connections sending as fast as they are answered) and
+//! 127.0.0.3 (`IDLE_SOCKETS` sockets that never send) and a polite client from 127.0.0.1 (one keep-alive
+//! connection, one request every 5 ms, a cached 1 KiB object). Prints p50/p99 of the polite
 //! client unloaded and under the flood, and their ratio (target: p99 within 2x). The edge
 //! runs with the per-address limits of `[limits.clients]` below; the same run without them
 //! (`--no-limits`) shows what the flood does to an unprotected edge.
@@ -30,7 +30,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let no_limits = args.iter().any(|a| a == "--no-limits");
     let nums: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let polite_n = nums.first().copied().unwrap_or(2000);
+    let polite_n = nums.first().copied().unwrap_or(1500);
     let flood_conns = nums.get(1).copied().unwrap_or(64);
     let idle = nums.get(2).copied().unwrap_or(500);
 
@@ -45,7 +45,7 @@ fn main() {
         let clients = if no_limits {
             "max_connections_per_address = 100000".to_owned()
         } else {
-            "max_connections_per_address = 16\nrequests_per_second = 1000\nburst = 1000".to_owned()
+            "max_connections_per_address = 16\nrequests_per_second = 300\nburst = 300".to_owned()
         };
         let toml = format!(
             r#"
@@ -89,7 +89,7 @@ servers = [{{ addr = "{origin}" }}]
         let stats = Arc::new(FloodStats::default());
         let mut _idle = Vec::new();
         for _ in 0..idle {
-            if let Ok(s) = connect_from("127.0.0.2", edge_addr).await {
+            if let Ok(s) = connect_from("127.0.0.3", edge_addr).await {
                 _idle.push(s);
             }
         }
@@ -113,11 +113,11 @@ servers = [{{ addr = "{origin}" }}]
         }
 
         println!(
-            "edge {} | polite client: {polite_n} GETs (one every 2 ms) of a cached 1 KiB object from 127.0.0.1",
-            if no_limits { "WITHOUT per-address limits" } else { "with per-address limits (16 connections, 1000 req/s burst 1000)" }
+            "edge {} | polite client: {polite_n} GETs (one every 5 ms) of a cached 1 KiB object from 127.0.0.1",
+            if no_limits { "WITHOUT per-address limits" } else { "with per-address limits (16 connections, 300 req/s burst 300, 429 after 250 ms)" }
         );
         println!(
-            "flood from 127.0.0.2: {flood_conns} keep-alive connections ({} got in) + {idle} idle sockets; {:.0} answers/s during the measurement ({} ok, {} 429)",
+            "flood from 127.0.0.2: {flood_conns} keep-alive connections ({} got in), {idle} idle sockets from 127.0.0.3; {:.0} answers/s during the measurement ({} ok, {} 429)",
             stats.connected.load(Ordering::Relaxed),
             flood_rate,
             stats.ok.load(Ordering::Relaxed),
@@ -200,6 +200,9 @@ async fn flood(addr: SocketAddr, stop: Arc<AtomicBool>, stats: Arc<FloodStats>) 
             .header("host", "localhost")
             .body(Empty::<Bytes>::new())
             .unwrap();
+        if send.ready().await.is_err() {
+            return;
+        }
         let Ok(resp) = send.send_request(req).await else {
             return;
         };
@@ -243,20 +246,31 @@ impl Polite {
             .header("host", "localhost")
             .body(Empty::<Bytes>::new())
             .unwrap();
+        if let Err(e) = self.send.ready().await {
+            eprintln!("polite: {e}");
+            return false;
+        }
         match self.send.send_request(req).await {
             Ok(resp) => {
-                let ok = resp.status() == 200;
-                ok && resp.into_body().collect().await.is_ok()
+                let status = resp.status();
+                let ok = resp.into_body().collect().await.is_ok();
+                if status != 200 || !ok {
+                    eprintln!("polite: status {status}, body complete: {ok}");
+                }
+                status == 200 && ok
             }
-            Err(_) => false,
+            Err(e) => {
+                eprintln!("polite: {e}");
+                false
+            }
         }
     }
 
-    /// `n` requests, one every 2 ms (500/s: a polite client, under its 1000/s limit).
+    /// `n` requests, one every 5 ms (200/s: a polite client, under its 300/s limit).
     async fn measure(&mut self, n: usize) -> Summary {
         let mut lat = Vec::with_capacity(n);
         let mut errors = 0;
-        let mut pace = tokio::time::interval(Duration::from_millis(2));
+        let mut pace = tokio::time::interval(Duration::from_millis(5));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         for _ in 0..n {
             pace.tick().await;

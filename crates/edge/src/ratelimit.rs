@@ -20,8 +20,9 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// Shards of a rate table.
 const SHARDS: usize = 64;
@@ -34,6 +35,8 @@ type Limiter = RateLimiter<u128, BoundedStore, MonotonicClock>;
 pub struct ClientGate {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Milliseconds a rate-limited request waits before its 429.
+    reject_delay_ms: AtomicU64,
     rates: ArcSwap<Rates>,
 }
 
@@ -48,6 +51,7 @@ impl Default for ClientGate {
         Self {
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(usize::MAX),
+            reject_delay_ms: AtomicU64::new(0),
             rates: ArcSwap::from_pointee(Rates::default()),
         }
     }
@@ -69,6 +73,8 @@ impl ClientGate {
         let clients = &config.limits.clients;
         self.max_in_flight
             .store(clients.max_requests_in_flight, Ordering::Relaxed);
+        self.reject_delay_ms
+            .store(clients.rate_limited_delay_ms, Ordering::Relaxed);
         let old = self.rates.load();
         let mut by_service = HashMap::new();
         for s in &config.services {
@@ -86,18 +92,16 @@ impl ClientGate {
         self.rates.store(Arc::new(Rates { by_service }));
     }
 
-    /// Admits one request of `service` from `ip`, or says why not.
-    pub fn admit(&self, service: &Arc<str>, ip: IpAddr) -> Result<InFlight<'_>, ProxyError> {
-        let rates = self.rates.load();
-        if !rates.by_service.is_empty() {
-            if let Some((_, _, limiter)) = rates.by_service.get(service) {
-                if let Err(not_until) = limiter.check_key(&client_key(ip)) {
-                    crate::telemetry::rate_limited(service);
-                    let wait = not_until.wait_time_from(limiter.clock().now());
-                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    return Err(ProxyError::RateLimited(secs.max(1)));
-                }
+    /// Admits one request of `service` from `ip`, or says why not. A request over its
+    /// rate is refused after `rate_limited_delay_ms` (the only wait here).
+    pub async fn admit(&self, service: &Arc<str>, ip: IpAddr) -> Result<InFlight<'_>, ProxyError> {
+        if let Some(retry_after) = self.over_rate(service, ip) {
+            crate::telemetry::rate_limited(service);
+            let delay = self.reject_delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
             }
+            return Err(ProxyError::RateLimited(retry_after));
         }
         let n = self.in_flight.fetch_add(1, Ordering::AcqRel);
         let admitted = InFlight(&self.in_flight);
@@ -106,6 +110,18 @@ impl ClientGate {
             return Err(ProxyError::Overloaded(SHED_RETRY_AFTER_S));
         }
         Ok(admitted)
+    }
+
+    /// `Some(Retry-After seconds)` when `ip` is over `service`'s rate.
+    fn over_rate(&self, service: &Arc<str>, ip: IpAddr) -> Option<u64> {
+        let rates = self.rates.load();
+        if rates.by_service.is_empty() {
+            return None;
+        }
+        let (_, _, limiter) = rates.by_service.get(service)?;
+        let not_until = limiter.check_key(&client_key(ip)).err()?;
+        let wait = not_until.wait_time_from(limiter.clock().now());
+        Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1))
     }
 
     /// Requests in flight now.
@@ -163,7 +179,10 @@ impl StateStore for BoundedStore {
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
-        let mut shard = self.shard(*key).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(*key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let previous = shard.get(key).copied();
         let (result, next) = f(previous.map(Nanos::from))?;
         if previous.is_none() && shard.len() >= self.per_shard {
@@ -234,19 +253,19 @@ mod tests {
         assert!(l.len() <= 64, "{}", l.len());
     }
 
-    #[test]
-    fn in_flight_bound_sheds_and_releases() {
+    #[tokio::test]
+    async fn in_flight_bound_sheds_and_releases() {
         let gate = ClientGate::default();
         gate.max_in_flight.store(1, Ordering::Relaxed);
         let svc: Arc<str> = Arc::from("s");
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let first = gate.admit(&svc, ip).unwrap();
+        let first = gate.admit(&svc, ip).await.unwrap();
         assert_eq!(
-            gate.admit(&svc, ip).err(),
+            gate.admit(&svc, ip).await.err(),
             Some(ProxyError::Overloaded(SHED_RETRY_AFTER_S))
         );
         drop(first);
-        assert!(gate.admit(&svc, ip).is_ok());
+        assert!(gate.admit(&svc, ip).await.is_ok());
         assert_eq!(gate.in_flight(), 0);
     }
 }

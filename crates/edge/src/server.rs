@@ -97,11 +97,11 @@ impl EdgeServer {
             Some(listen) => {
                 let (addr, task) =
                     crate::admin::start(listen, state.clone(), stop.subscribe(), &limits)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: listen,
-                        source,
-                    })?;
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            addr: listen,
+                            source,
+                        })?;
                 tasks.push(task);
                 Some(addr)
             }

@@ -119,7 +119,9 @@ impl ListenerConf {
             .keep_alive_interval(Duration::from_millis(
                 limits.clients.h2_keepalive_interval_ms,
             ))
-            .keep_alive_timeout(Duration::from_millis(limits.clients.h2_keepalive_timeout_ms));
+            .keep_alive_timeout(Duration::from_millis(
+                limits.clients.h2_keepalive_timeout_ms,
+            ));
         Self {
             label,
             proxy_protocol,
@@ -166,7 +168,10 @@ impl AddressTable {
     /// Takes one connection slot for `ip`, or `None` when the address holds its limit.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddressGuard> {
         let key = client_key(ip);
-        let mut shard = self.shard(key).lock().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let n = shard.entry(key).or_insert(0);
         if *n >= self.limit {
             return None;
@@ -181,7 +186,10 @@ impl AddressTable {
     /// Connections open from `ip`'s address group.
     pub fn count(&self, ip: IpAddr) -> u32 {
         let key = client_key(ip);
-        let shard = self.shard(key).lock().unwrap_or_else(PoisonError::into_inner);
+        let shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         shard.get(&key).copied().unwrap_or(0)
     }
 }

@@ -333,10 +333,7 @@ mod tests {
 
     #[test]
     fn http_is_not_a_header() {
-        assert_eq!(
-            parse(b"GET / HTTP/1.1\r\n"),
-            Err(ProxyHeaderError::Missing)
-        );
+        assert_eq!(parse(b"GET / HTTP/1.1\r\n"), Err(ProxyHeaderError::Missing));
         assert_eq!(parse(b"PRI * HTTP/2.0"), Err(ProxyHeaderError::Missing));
     }
 

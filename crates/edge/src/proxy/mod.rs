@@ -328,7 +328,11 @@ async fn serve(
     let (parts, body) = req.into_parts();
     let (ctx, rule) = route::route(state, runtime, parts, client_ip, id, trace)?;
     let _ = ctx.trace.service.set(ctx.svc.clone());
-    let _admitted = ctx.state.clients.admit(&ctx.svc.name, ctx.client_ip)?;
+    let _admitted = ctx
+        .state
+        .clients
+        .admit(&ctx.svc.name, ctx.client_ip)
+        .await?;
     if ctx.svc.switches.disabled_by.is_some() || !ctx.svc.faults.is_empty() {
         crate::drills::before_serving(&ctx.svc, ctx.path_and_query.path()).await?;
     }

@@ -47,10 +47,18 @@ async fn proxy_protocol_v2_sets_client_address() {
         "\n[service.clients]\nrequests_per_second = 1\nburst = 1\n",
     ))
     .await;
-    let request = [v2([203, 0, 113, 7], 5555, 1, &[0x04, 0, 2, 7, 7]), get("/a").into_bytes()].concat();
+    let request = [
+        v2([203, 0, 113, 7], 5555, 1, &[0x04, 0, 2, 7, 7]),
+        get("/a").into_bytes(),
+    ]
+    .concat();
     let answer = exchange_from("127.0.0.1", edge.addr, &request).await;
     assert_eq!(status_of(&answer), Some(200), "{answer:?}");
-    let xff = origin.last().header("x-forwarded-for").unwrap_or("").to_owned();
+    let xff = origin
+        .last()
+        .header("x-forwarded-for")
+        .unwrap_or("")
+        .to_owned();
     assert!(xff.contains("203.0.113.7"), "origin saw {xff:?}");
     assert!(!xff.contains("127.0.0.1"), "origin saw {xff:?}");
     // The stated address is the one limited: a second request from it is over its bucket,
@@ -60,7 +68,11 @@ async fn proxy_protocol_v2_sets_client_address() {
     let v1 = format!("PROXY TCP4 198.51.100.9 127.0.0.1 4000 80\r\n{}", get("/b"));
     let other = exchange_from("127.0.0.1", edge.addr, v1.as_bytes()).await;
     assert_eq!(status_of(&other), Some(200), "{other:?}");
-    let xff = origin.last().header("x-forwarded-for").unwrap_or("").to_owned();
+    let xff = origin
+        .last()
+        .header("x-forwarded-for")
+        .unwrap_or("")
+        .to_owned();
     assert!(xff.contains("198.51.100.9"), "origin saw {xff:?}");
     // LOCAL (the balancer's own health check): served as the balancer's address.
     let local = [v2([0, 0, 0, 0], 0, 0, &[]), get("/c").into_bytes()].concat();
@@ -85,7 +97,11 @@ async fn proxy_protocol_header_refused_when_off() {
     assert_eq!(origin.count(), 0, "the origin was asked");
     // A plain request on the plain listener is served with the socket's own address.
     assert_eq!(status_from("127.0.0.1", plain, "/c").await, Some(200));
-    let xff = origin.last().header("x-forwarded-for").unwrap_or("").to_owned();
+    let xff = origin
+        .last()
+        .header("x-forwarded-for")
+        .unwrap_or("")
+        .to_owned();
     assert!(!xff.contains("203.0.113.7"), "origin saw {xff:?}");
 }
 
@@ -98,9 +114,18 @@ async fn missing_proxy_header_is_refused() {
     let cases: [(&str, Vec<u8>); 5] = [
         ("no header", get("/a").into_bytes()),
         ("h2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec()),
-        ("malformed v2", [bad_version, get("/a").into_bytes()].concat()),
-        ("malformed v1", format!("PROXY TCP4 nonsense\r\n{}", get("/a")).into_bytes()),
-        ("v1 line too long", [b"PROXY ".as_slice(), &[b'9'; 200]].concat()),
+        (
+            "malformed v2",
+            [bad_version, get("/a").into_bytes()].concat(),
+        ),
+        (
+            "malformed v1",
+            format!("PROXY TCP4 nonsense\r\n{}", get("/a")).into_bytes(),
+        ),
+        (
+            "v1 line too long",
+            [b"PROXY ".as_slice(), &[b'9'; 200]].concat(),
+        ),
     ];
     for (what, bytes) in cases {
         let mut s = connect_from("127.0.0.1", edge.addr).await.unwrap();
@@ -112,10 +137,17 @@ async fn missing_proxy_header_is_refused() {
         )
         .await;
         assert!(read.is_ok(), "{what}: connection left open");
-        assert!(out.is_empty(), "{what}: answered {:?}", String::from_utf8_lossy(&out));
+        assert!(
+            out.is_empty(),
+            "{what}: answered {:?}",
+            String::from_utf8_lossy(&out)
+        );
     }
     // Silence: closed at the first-bytes deadline.
     let mut s = connect_from("127.0.0.1", edge.addr).await.unwrap();
-    assert!(closed_within(&mut s, Duration::from_secs(10)).await, "silent connection left open");
+    assert!(
+        closed_within(&mut s, Duration::from_secs(10)).await,
+        "silent connection left open"
+    );
     assert_eq!(origin.count(), 0, "the origin was asked");
 }

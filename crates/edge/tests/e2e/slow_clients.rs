@@ -56,7 +56,10 @@ async fn slowloris_head_is_cut_off() {
     let h2_unfinished_headers = [PREFACE, SETTINGS, OPEN_HEADERS].concat();
     let cases: [(&str, &[u8]); 5] = [
         ("one byte", b"G"),
-        ("HTTP/1 head cut short", b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: a"),
+        (
+            "HTTP/1 head cut short",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: a",
+        ),
         ("h2 preface cut short", b"PRI * HTTP/2.0\r\n"),
         ("h2 header block never ended", &h2_unfinished_headers),
         (
