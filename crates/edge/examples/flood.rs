@@ -191,7 +191,7 @@ async fn flood(addr: SocketAddr, stop: Arc<AtomicBool>, stats: Arc<FloodStats>) 
     while !stop.load(Ordering::Relaxed) {
         path += 1;
         // Half hits, half distinct misses: the flood also reaches the origin.
-        let uri = if path % 2 == 0 {
+        let uri = if path & 1 == 0 {
             "/polite".to_owned()
         } else {
             format!("/flood/{}", path % 1000)

@@ -280,19 +280,6 @@ impl AccessLog {
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_labels_are_static_and_bounded() {
-        assert_eq!(status_label(StatusCode::OK), "200");
-        assert_eq!(status_label(StatusCode::from_u16(599).unwrap()), "599");
-        assert_eq!(status_label(StatusCode::from_u16(999).unwrap()), "other");
-    }
-}
-
 // Connection bounds and client fairness (`conn`, `ratelimit`):
 // - `connections_refused_total{listener,reason}` — closed at accept: `per_address`.
 // - `connections_closed_total{listener,reason}` — closed by a deadline or a bad preamble:
@@ -320,4 +307,17 @@ pub fn rate_limited(service: &Arc<str>) {
 /// Counts a request shed because the edge had too many in flight.
 pub fn shed(service: &Arc<str>) {
     metrics::counter!("firebreak_shed_total", "service" => service.clone()).increment(1);
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_static_and_bounded() {
+        assert_eq!(status_label(StatusCode::OK), "200");
+        assert_eq!(status_label(StatusCode::from_u16(599).unwrap()), "599");
+        assert_eq!(status_label(StatusCode::from_u16(999).unwrap()), "other");
+    }
 }

@@ -33,7 +33,7 @@ async fn h2_preface_only_sockets_are_closed() {
         waits.push(tokio::spawn(async move {
             let mut s = connect_from("127.0.0.2", addr).await.unwrap();
             s.write_all(PREFACE).await.unwrap();
-            if i % 2 == 0 {
+            if i & 1 == 0 {
                 s.write_all(SETTINGS).await.unwrap();
             }
             closed_within(&mut s, CLOSED_WITHIN).await
