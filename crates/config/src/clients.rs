@@ -170,6 +170,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bad_values_are_refused_naming_the_field() {
+        let text = r#"
+[[listener]]
+addr = "127.0.0.1:8080"
+proxy_protocol = true
+
+[limits.clients]
+first_bytes_timeout_ms = 0
+max_connections_per_address = 0
+
+[[service]]
+name = "a"
+hosts = ["a.example"]
+[service.origin]
+servers = [{ addr = "127.0.0.1:9000" }]
+[service.clients]
+requests_per_second = 2000000
+"#;
+        let e = crate::parse_str("edge.toml", text).unwrap_err().to_string();
+        for field in [
+            "limits.clients.first_bytes_timeout_ms",
+            "limits.clients.max_connections_per_address",
+            "service[0].clients.requests_per_second",
+        ] {
+            assert!(e.contains(field), "{field} not named in:\n{e}");
+        }
+        let ok = text
+            .replace("first_bytes_timeout_ms = 0", "first_bytes_timeout_ms = 1")
+            .replace(
+                "max_connections_per_address = 0",
+                "max_connections_per_address = 1",
+            )
+            .replace("2000000", "5");
+        let c = crate::parse_str("edge.toml", &ok).unwrap();
+        assert!(c.listeners[0].proxy_protocol);
+    }
+
+    #[test]
     fn service_rate_overrides_the_fleet() {
         let fleet = ClientLimitsConfig {
             requests_per_second: 10,
