@@ -77,3 +77,31 @@ async fn slowloris_head_is_cut_off() {
     }
     assert_eq!(edge.get("/after").await.status, 200);
 }
+
+#[tokio::test]
+async fn idle_h2_connection_is_closed_after_its_last_stream() {
+    use http_body_util::{BodyExt, Empty};
+    let origin = TestOrigin::start(|_| Reply::ok("x").cc("max-age=60")).await;
+    let edge = start_edge(&short_deadlines(origin.addr)).await;
+    // A well-behaved h2 client (it answers PINGs) that makes one request and then idles.
+    let stream = connect_from("127.0.0.2", edge.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://localhost/h2")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await.unwrap();
+    // The edge ends the connection (GOAWAY, close) once it has had no stream for 1 s.
+    let ended = tokio::time::timeout(CLOSED_WITHIN, conn).await;
+    assert!(
+        ended.is_ok(),
+        "idle h2 connection still open after {CLOSED_WITHIN:?}"
+    );
+}
