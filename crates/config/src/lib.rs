@@ -5,6 +5,7 @@
 //! [`ConfigRejected`] whose errors each name the file, line, column and field. Nothing is
 //! half-applied: callers only ever see a complete, valid configuration or none at all.
 
+mod clients;
 mod drills;
 mod fetch;
 mod forwarding;
@@ -15,6 +16,7 @@ mod model;
 mod rollout;
 pub(crate) mod validate;
 
+pub use clients::{ClientLimitsConfig, RateQuota, ServiceClientLimits};
 pub use drills::{FaultAction, FaultConfig, SwitchAction, SwitchConfig};
 pub use fetch::{BreakerConfig, FetchConfig, MAX_BREAKER_FAILURES};
 pub use forwarding::{Cidr, ForwardingConfig, ServiceForwardingConfig};

@@ -65,3 +65,13 @@ pub const MAX_TRUSTED_PROXIES: usize = 256;
 pub const MAX_STRIP_HEADERS: usize = 32;
 /// Most request headers in a service's cache key (`service.forwarding.cache_key_headers`).
 pub const MAX_CACHE_KEY_HEADERS: usize = 8;
+/// Most requests in flight per edge (bounds for `limits.clients.max_requests_in_flight`).
+pub const MAX_REQUESTS_IN_FLIGHT_LIMIT: usize = 10_000_000;
+/// Highest per-address request rate or burst an operator can set.
+pub const MAX_RATE_PER_SECOND: u32 = 1_000_000;
+/// Fewest client addresses whose rate state is tracked per service.
+pub const MIN_TRACKED_ADDRESSES: usize = 64;
+/// Most client addresses whose rate state is tracked per service (about 40 bytes each).
+pub const MAX_TRACKED_ADDRESSES: usize = 10_000_000;
+/// Longest delay before a rate-limited request is answered.
+pub const MAX_RATE_LIMITED_DELAY_MS: u64 = 10_000;

@@ -33,7 +33,10 @@ impl ValidConfig {
     ) -> Self {
         self.0.listeners = listeners
             .iter()
-            .map(|&addr| crate::model::ListenerConfig { addr })
+            .map(|&addr| crate::model::ListenerConfig {
+                addr,
+                proxy_protocol: false,
+            })
             .collect();
         self.0.admin = match (admin, self.0.admin.take()) {
             (None, _) => None,

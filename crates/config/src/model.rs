@@ -68,6 +68,10 @@ pub struct AccessLogConfig {
 pub struct ListenerConfig {
     /// Socket address, for example `127.0.0.1:8080` or `[::1]:8080`.
     pub addr: SocketAddr,
+    /// Connections start with a PROXY protocol header (v2, or v1 text) from a load balancer;
+    /// its source address is the client's. A connection without a valid header is closed.
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// Process-wide cache settings.
@@ -105,6 +109,8 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Largest request body forwarded to an origin (413 beyond it).
     pub max_request_body_bytes: u64,
+    /// Connection deadlines and per-client limits (`[limits.clients]`).
+    pub clients: crate::clients::ClientLimitsConfig,
 }
 
 impl Default for LimitsConfig {
@@ -114,6 +120,7 @@ impl Default for LimitsConfig {
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
             max_request_body_bytes: 100 * 1024 * 1024,
+            clients: Default::default(),
         }
     }
 }
@@ -144,6 +151,9 @@ pub struct ServiceConfig {
     /// Extra request headers to strip or to key on (`[service.forwarding]`).
     #[serde(default)]
     pub forwarding: crate::forwarding::ServiceForwardingConfig,
+    /// Per-client rate limit overrides (`[service.clients]`).
+    #[serde(default)]
+    pub clients: crate::clients::ServiceClientLimits,
 }
 
 /// An origin pool: servers, failover and connection settings.

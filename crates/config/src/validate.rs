@@ -43,7 +43,7 @@ impl Checker {
         }
     }
 
-    fn timeout(&mut self, path: &[PathSeg], ms: u64) {
+    pub(crate) fn timeout(&mut self, path: &[PathSeg], ms: u64) {
         if ms == 0 || ms > MAX_TIMEOUT_MS {
             self.fail(
                 path,
@@ -195,6 +195,7 @@ fn limits(c: &mut Checker, limits: &LimitsConfig) {
             format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
         );
     }
+    crate::clients::check(c, &limits.clients);
 }
 
 fn services(c: &mut Checker, services: &[ServiceConfig]) {
@@ -276,6 +277,7 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
         header_rules(c, &at(&[Key("response_headers")]), &s.response_headers);
         crate::drills::check_faults(c, &at(&[Key("fault")]), &s.faults);
         crate::forwarding::check_service(c, &at(&[Key("forwarding")]), &s.forwarding);
+        crate::clients::check_service(c, &base, &s.clients);
     }
 }
 

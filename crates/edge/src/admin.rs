@@ -13,76 +13,54 @@
 //! revalidated on the next request and remain usable for stale-if-error meanwhile.
 
 use crate::body::EdgeBody;
+use crate::conn::{accept_loop, AddressTable, ListenerConf};
 use crate::proxy::EdgeState;
 use crate::store::{CacheKey, PurgeMode, PurgeTarget};
 use crate::telemetry;
-use firebreak_config::valid_host_name;
+use firebreak_config::{valid_host_name, LimitsConfig};
 use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::signed::{verify_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 /// Concurrent admin connections; the admin port is for operators and scrapers, not crowds.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// Concurrent admin connections from one address (IPv6: one /64): a flood from one address
+/// leaves room for the control plane, the scraper and the load balancer's `/healthz`.
+const MAX_ADMIN_CONNECTIONS_PER_ADDRESS: usize = 8;
 /// Longest query string accepted.
 const MAX_QUERY_BYTES: usize = 8 * 1024;
 
-/// Binds the admin listener and serves it in the background.
+/// Binds the admin listener and serves it in the background, with the client listeners'
+/// deadlines (`[limits]`, `[limits.clients]`) and its own connection bounds.
 /// Open connections close gracefully when `stop` turns `true`.
 pub async fn start(
     listen: SocketAddr,
     state: Arc<EdgeState>,
     stop: tokio::sync::watch::Receiver<bool>,
+    limits: &LimitsConfig,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                return;
-            };
-            let Ok((stream, _)) = listener.accept().await else {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            };
-            let state = state.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let state = state.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&state, req)) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10));
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                let mut stop = stop;
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    // The flag only ever turns from false to true.
-                    Ok(()) = stop.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-                drop(permit);
-            });
-        }
-    });
+    let conf = Arc::new(ListenerConf::new(
+        "admin",
+        limits,
+        false,
+        Arc::new(AddressTable::new(MAX_ADMIN_CONNECTIONS_PER_ADDRESS)),
+    ));
+    let handler = move |req, _client| {
+        let state = state.clone();
+        async move { route(&state, req) }
+    };
+    let task = tokio::spawn(accept_loop(listener, conf, permits, stop, handler));
     Ok((addr, task))
 }
 

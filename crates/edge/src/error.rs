@@ -51,6 +51,12 @@ pub enum ProxyError {
         /// Seconds until a server of the pool may be probed again.
         retry_after_s: u64,
     },
+    /// The client's address is over its request rate; retry after this many seconds.
+    #[error("too many requests from this address")]
+    RateLimited(u64),
+    /// The edge has too many requests in flight; retry after this many seconds.
+    #[error("the edge is overloaded")]
+    Overloaded(u64),
 }
 
 impl ProxyError {
@@ -70,6 +76,8 @@ impl ProxyError {
             ProxyError::Panic => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::OriginUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -91,6 +99,8 @@ impl ProxyError {
             ProxyError::OriginUnavailable { .. } => {
                 "firebreak; fwd=miss; detail=origin-breaker-open"
             }
+            ProxyError::RateLimited(_) => "firebreak; detail=rate-limited",
+            ProxyError::Overloaded(_) => "firebreak; detail=overloaded",
         }
     }
 
@@ -150,6 +160,9 @@ impl ProxyError {
                 }
             }
             _ => {}
+        }
+        if let ProxyError::RateLimited(s) | ProxyError::Overloaded(s) = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*s));
         }
         if matches!(self, ProxyError::MethodNotAllowed) {
             h.insert(

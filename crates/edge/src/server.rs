@@ -4,27 +4,21 @@
 //! the same port. A reload builds a complete new [`Runtime`] and swaps it atomically; requests
 //! already running finish on the version they started with.
 
+use crate::conn::{accept_loop, AddressTable, ListenerConf};
 use crate::proxy::{handle, EdgeState};
 use crate::runtime::Runtime;
 use crate::store::MemoryStore;
 use crate::telemetry::{self, AccessLog};
 use firebreak_config::{load_file, ValidConfig};
 use firebreak_protocol::health::{Counts, ServiceHealth};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
 
-/// hyper's smallest allowed read buffer.
-const MIN_BUF: usize = 8192;
-/// Concurrent HTTP/2 streams per connection.
-const MAX_H2_STREAMS: u32 = 256;
+use tokio::task::JoinHandle;
 
 /// Starts edges.
 pub struct EdgeServer;
@@ -67,7 +61,11 @@ impl EdgeServer {
                 .with_fill_budget(config.fetch.fill_budget(&config.cache)),
         );
         let limits = config.limits.clone();
-        let listen: Vec<SocketAddr> = config.listeners.iter().map(|l| l.addr).collect();
+        let listen: Vec<(SocketAddr, bool)> = config
+            .listeners
+            .iter()
+            .map(|l| (l.addr, l.proxy_protocol))
+            .collect();
         let admin = config.admin.clone();
         let access_log = match &config.access_log {
             Some(log) => Some(AccessLog::open(&log.path).map_err(|e| {
@@ -80,40 +78,30 @@ impl EdgeServer {
         let runtime = Runtime::build(config, None).map_err(ServerError::Config)?;
         abort_if_crash_on_load(&runtime);
         let state = Arc::new(EdgeState::new(runtime, store, access_log));
+        state.clients.configure(&state.runtime.load().config);
         let mut listeners = Vec::new();
-        for addr in listen {
+        for (addr, proxy_protocol) in listen {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServerError::Bind { addr, source })?;
-            listeners.push(l);
+            listeners.push((l, proxy_protocol));
         }
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-            .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
-            // Header count stays at hyper's default limit (100, then 431): setting any other
-            // value makes hyper heap-allocate its header index on every request.
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(MAX_H2_STREAMS);
-        let builder = Arc::new(builder);
+        let per_address = Arc::new(AddressTable::new(
+            limits.clients.max_connections_per_address,
+        ));
         let mut tasks = Vec::new();
         let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
         let permits = Arc::new(Semaphore::new(max_connections as usize));
         let (stop, _) = watch::channel(false);
         let admin_addr = match admin.and_then(|a| a.listen) {
             Some(listen) => {
-                let (addr, task) = crate::admin::start(listen, state.clone(), stop.subscribe())
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: listen,
-                        source,
-                    })?;
+                let (addr, task) =
+                    crate::admin::start(listen, state.clone(), stop.subscribe(), &limits)
+                        .await
+                        .map_err(|source| ServerError::Bind {
+                            addr: listen,
+                            source,
+                        })?;
                 tasks.push(task);
                 Some(addr)
             }
@@ -121,17 +109,25 @@ impl EdgeServer {
         };
 
         let mut addrs = Vec::new();
-        for listener in listeners {
+        for (listener, proxy_protocol) in listeners {
             addrs.push(listener.local_addr().map_err(|source| ServerError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?);
+            let conf = Arc::new(ListenerConf::new(
+                "client",
+                &limits,
+                proxy_protocol,
+                per_address.clone(),
+            ));
+            let state = state.clone();
+            let handler = move |req, client_ip| handle(state.clone(), req, client_ip);
             tasks.push(tokio::spawn(accept_loop(
                 listener,
-                state.clone(),
-                builder.clone(),
+                conf,
                 permits.clone(),
                 stop.subscribe(),
+                handler,
             )));
         }
         Ok(EdgeHandle {
@@ -146,55 +142,6 @@ impl EdgeServer {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    state: Arc<EdgeState>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    permits: Arc<Semaphore>,
-    stop: watch::Receiver<bool>,
-) {
-    loop {
-        // Bound concurrent connections: beyond the limit, clients wait in the kernel backlog.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let builder = builder.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let client_ip = peer.ip();
-            let service = service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(state, req, client_ip).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopped(stop) => {
-                    // Finish the requests in progress, then close (HTTP/2: GOAWAY).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(error = %e, %peer, "connection ended with error");
-            }
-            drop(permit);
-        });
-    }
-}
-
 /// The `crash_on_load` drill: a runtime carrying it is about to be installed for serving, so
 /// the process dies the way a latent crash bug would kill it. Building the runtime (staging)
 /// does not get here.
@@ -205,18 +152,6 @@ fn abort_if_crash_on_load(runtime: &Runtime) {
             "injected fault `crash_on_load` (drill): aborting the process"
         );
         std::process::abort();
-    }
-}
-
-/// Resolves once `stop` turns `true` (never, if the handle is gone without stopping).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    loop {
-        if *stop.borrow_and_update() {
-            return;
-        }
-        if stop.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
     }
 }
 
@@ -243,6 +178,11 @@ impl EdgeHandle {
         if current.config.listeners != config.listeners {
             tracing::warn!("listener changes take effect on restart");
         }
+        if current.config.limits != config.limits {
+            tracing::warn!(
+                "connection limits and timeouts take effect on restart (rates and the in-flight bound now)"
+            );
+        }
         if current.config.admin.as_ref().map(|a| a.listen)
             != config.admin.as_ref().map(|a| a.listen)
             || current.config.access_log != config.access_log
@@ -254,6 +194,7 @@ impl EdgeHandle {
         }
         let runtime = Runtime::build(config, Some(&current)).map_err(ServerError::Config)?;
         abort_if_crash_on_load(&runtime);
+        self.state.clients.configure(&runtime.config);
         self.state.runtime.store(Arc::new(runtime));
         Ok(())
     }

@@ -313,6 +313,35 @@ pub fn fill_client_detached(service: &Arc<str>) {
         .increment(1);
 }
 
+// Connection bounds and client fairness (`conn`, `ratelimit`):
+// - `connections_refused_total{listener,reason}` — closed at accept: `per_address`.
+// - `connections_closed_total{listener,reason}` — closed by a deadline or a bad preamble:
+//   `first_bytes_timeout`, `proxy_header`, `closed_early`, `head_timeout`, `idle`.
+// - `rate_limited_total{service}` — requests answered 429 (per-address token bucket).
+// - `shed_total{service}` — requests answered 503 because too many were in flight.
+
+/// Counts a connection refused at accept.
+pub fn connection_refused(listener: &'static str, reason: &'static str) {
+    metrics::counter!("firebreak_connections_refused_total", "listener" => listener, "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a connection the edge closed because of a deadline or a bad preamble.
+pub fn connection_closed(listener: &'static str, reason: &'static str) {
+    metrics::counter!("firebreak_connections_closed_total", "listener" => listener, "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a request refused by its client's rate limit.
+pub fn rate_limited(service: &Arc<str>) {
+    metrics::counter!("firebreak_rate_limited_total", "service" => service.clone()).increment(1);
+}
+
+/// Counts a request shed because the edge had too many in flight.
+pub fn shed(service: &Arc<str>) {
+    metrics::counter!("firebreak_shed_total", "service" => service.clone()).increment(1);
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -46,6 +46,8 @@ pub struct EdgeState {
     /// The control plane's public key, when this edge is run by a control plane: admin
     /// requests signed with it (purge fan-out) are accepted without the bearer token.
     pub control_key: std::sync::OnceLock<firebreak_protocol::keys::PublicKey>,
+    /// Per-address rate limits and the bound on requests in flight.
+    pub clients: crate::ratelimit::ClientGate,
     next_id: AtomicU64,
     id_prefix: u32,
 }
@@ -64,6 +66,7 @@ impl EdgeState {
             coalescer: Coalescer::default(),
             access_log,
             control_key: std::sync::OnceLock::new(),
+            clients: Default::default(),
             next_id: AtomicU64::new(1),
             id_prefix: seed,
         }
@@ -345,6 +348,11 @@ async fn serve(
     let (parts, body) = req.into_parts();
     let (ctx, rule) = route::route(state, runtime, parts, client_ip, id, trace)?;
     let _ = ctx.trace.service.set(ctx.svc.clone());
+    let _admitted = ctx
+        .state
+        .clients
+        .admit(&ctx.svc.name, ctx.client_ip)
+        .await?;
     if ctx.svc.switches.disabled_by.is_some() || !ctx.svc.faults.is_empty() {
         crate::drills::before_serving(&ctx.svc, ctx.path_and_query.path()).await?;
     }

@@ -467,3 +467,68 @@ pub async fn admin_request(addr: SocketAddr, path_and_query: &str, token: &str) 
         .unwrap();
     resp.status()
 }
+
+/// A TCP connection to `to` from the loopback address `from` (any of 127.0.0.0/8), so that a
+/// test can play several client addresses. Fails after 5 s (a full accept queue drops SYNs).
+pub async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse().unwrap(), 0))?;
+    tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
+}
+
+/// Whether the peer closes `stream` (end of stream or reset) within `limit`; whatever it sends
+/// first is read and dropped.
+pub async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Sends raw `request` on a new connection from `from` to `to` and returns everything the
+/// edge sent until it closed (None if it sent nothing or did not close within 10 s).
+pub async fn exchange_from(from: &str, to: SocketAddr, request: &[u8]) -> Option<String> {
+    let mut s = connect_from(from, to).await.ok()?;
+    s.write_all(request).await.ok()?;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    match read {
+        Ok(Ok(_)) if !out.is_empty() => Some(String::from_utf8_lossy(&out).into_owned()),
+        _ => None,
+    }
+}
+
+/// GETs `path` (Host: localhost) on a new connection from `from` to `to`: the whole answer.
+pub async fn get_from(from: &str, to: SocketAddr, path: &str) -> Option<String> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    exchange_from(from, to, req.as_bytes()).await
+}
+
+/// The status code of a raw HTTP/1.1 answer.
+pub fn status_of(answer: &Option<String>) -> Option<u16> {
+    answer
+        .as_deref()?
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()
+}
+
+/// GETs `path` on a new connection from `from`: the status (None if no answer).
+pub async fn status_from(from: &str, to: SocketAddr, path: &str) -> Option<u16> {
+    status_of(&get_from(from, to, path).await)
+}
+
+/// `base` with `[limits]` and `[limits.clients]` tables added.
+pub fn with_limits(base: &str, limits: &str, clients: &str) -> String {
+    format!("{base}\n[limits]\n{limits}\n\n[limits.clients]\n{clients}\n")
+}
