@@ -26,6 +26,9 @@ pub struct ClientLimitsConfig {
     pub h2_keepalive_interval_ms: u64,
     /// HTTP/2: a PING not acknowledged within this time closes the connection.
     pub h2_keepalive_timeout_ms: u64,
+    /// A connection whose socket takes no bytes of a response for this long (the client
+    /// stopped reading) is closed (nginx's `send_timeout`).
+    pub send_timeout_ms: u64,
     /// Most concurrent connections from one client address (IPv6: one /64) on each client
     /// listener; checked before `limits.max_connections`, so one address cannot fill the edge.
     pub max_connections_per_address: usize,
@@ -54,6 +57,7 @@ impl Default for ClientLimitsConfig {
             h2_idle_timeout_ms: 60_000,
             h2_keepalive_interval_ms: 20_000,
             h2_keepalive_timeout_ms: 20_000,
+            send_timeout_ms: 60_000,
             max_connections_per_address: 1_000,
             max_requests_in_flight: 10_000,
             requests_per_second: 0,
@@ -109,6 +113,7 @@ pub(crate) fn check(c: &mut Checker, l: &ClientLimitsConfig) {
         ("h2_idle_timeout_ms", l.h2_idle_timeout_ms),
         ("h2_keepalive_interval_ms", l.h2_keepalive_interval_ms),
         ("h2_keepalive_timeout_ms", l.h2_keepalive_timeout_ms),
+        ("send_timeout_ms", l.send_timeout_ms),
     ] {
         c.timeout(&at(name), ms);
     }

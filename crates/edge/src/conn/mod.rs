@@ -62,6 +62,8 @@ pub struct Timeouts {
     pub keepalive: Duration,
     /// HTTP/2 time without an open stream.
     pub h2_idle: Duration,
+    /// Longest a response write may wait on a socket that takes nothing.
+    pub send: Duration,
 }
 
 impl Timeouts {
@@ -73,6 +75,7 @@ impl Timeouts {
             head: Duration::from_millis(limits.header_read_timeout_ms),
             keepalive: Duration::from_millis(c.keepalive_timeout_ms),
             h2_idle: Duration::from_millis(c.h2_idle_timeout_ms),
+            send: Duration::from_millis(c.send_timeout_ms),
         }
     }
 }
@@ -316,6 +319,8 @@ pub(crate) struct Activity {
     head_started: AtomicU64,
     /// Whether reads mark head starts (HTTP/1 only; h2 reads PINGs and SETTINGS anytime).
     track_heads: bool,
+    /// 1 + when a write found the socket full and has not got through since; 0 = none.
+    write_blocked: AtomicU64,
 }
 
 impl Activity {
@@ -327,6 +332,18 @@ impl Activity {
             // The preamble bytes are the first request's head starting.
             head_started: AtomicU64::new(if track_heads { 1 } else { 0 }),
             track_heads,
+            write_blocked: AtomicU64::new(0),
+        }
+    }
+
+    /// A write returned `Pending` (the socket is full) or got through.
+    fn write_progress(&self, blocked: bool) {
+        let stamped = self.write_blocked.load(Ordering::Relaxed) != 0;
+        if blocked && !stamped {
+            self.write_blocked
+                .store(self.now_ms().saturating_add(1), Ordering::Relaxed);
+        } else if !blocked && stamped {
+            self.write_blocked.store(0, Ordering::Relaxed);
         }
     }
 
@@ -350,7 +367,25 @@ impl Activity {
         }
     }
 
+    /// What the watchdog does now: a write stalled for `send` ends the connection; other
+    /// waits are capped so that a stall is noticed in time.
     fn verdict(&self, t: &Timeouts) -> Verdict {
+        let blocked = self.write_blocked.load(Ordering::Relaxed);
+        if blocked == 0 {
+            return self.deadlines(t);
+        }
+        let send = u64::try_from(t.send.as_millis()).unwrap_or(u64::MAX);
+        let waited = self.now_ms().saturating_sub(blocked - 1);
+        match send.checked_sub(waited) {
+            Some(left) if left > 0 => match self.deadlines(t) {
+                Verdict::Wait(d) => Verdict::Wait(d.min(Duration::from_millis(left))),
+                other => other,
+            },
+            _ => Verdict::SendStalled,
+        }
+    }
+
+    fn deadlines(&self, t: &Timeouts) -> Verdict {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let now = self.now_ms();
         if self.in_flight.load(Ordering::Acquire) > 0 {
@@ -389,6 +424,8 @@ impl Activity {
 
 enum Verdict {
     Wait(Duration),
+    /// The client has taken no bytes for `send`: it stopped reading.
+    SendStalled,
     HeadTooSlow,
     Idle,
 }
@@ -475,7 +512,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write(cx, buf);
+        me.activity.write_progress(r.is_pending());
+        r
     }
 
     fn poll_write_vectored(
@@ -483,7 +523,10 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let me = self.get_mut();
+        let r = Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        me.activity.write_progress(r.is_pending());
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -662,6 +705,10 @@ async fn drive<C>(
                 Verdict::Wait(d) => check.as_mut().reset(tokio::time::Instant::now() + d),
                 Verdict::HeadTooSlow => {
                     crate::telemetry::connection_closed(label, "head_timeout");
+                    return;
+                }
+                Verdict::SendStalled => {
+                    crate::telemetry::connection_closed(label, "send_timeout");
                     return;
                 }
                 Verdict::Idle if shut => return,

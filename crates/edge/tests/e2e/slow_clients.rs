@@ -197,3 +197,50 @@ async fn fills_over_budget_stream_through_unstored() {
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     assert_eq!(state.store.stats().fill_bytes, 0);
 }
+
+/// The edge's count of client connections it closed for `reason`.
+fn closed_for(reason: &str) -> u64 {
+    let text = firebreak_edge::telemetry::prometheus()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    let series =
+        format!("firebreak_connections_closed_total{{listener=\"client\",reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn stuck_client_socket_is_closed_after_the_send_timeout() {
+    let body = Bytes::from(vec![7u8; BIG]);
+    let origin = TestOrigin::start(move |_| Reply::ok(body.clone()).cc("max-age=600")).await;
+    let cfg = with_limits(
+        &config(origin.addr, ""),
+        "header_read_timeout_ms = 1000",
+        "send_timeout_ms = 1000",
+    );
+    let edge = start_edge(&cfg).await;
+    let before = closed_for("send_timeout");
+    let mut stuck = stuck_client(edge.addr, "/big").await;
+    // The edge gives up on the socket: counted, and the connection is gone.
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while closed_for("send_timeout") == before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a client that stopped reading was never closed"
+        );
+        tick.tick().await;
+    }
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stuck.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection is still open");
+    assert!(
+        got.len() < BIG,
+        "the whole body arrived: {} bytes",
+        got.len()
+    );
+    // Everyone else is served.
+    assert_eq!(edge.get("/big").await.body.len(), BIG);
+}
