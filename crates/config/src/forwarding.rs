@@ -86,19 +86,11 @@ impl Cidr {
     }
 }
 
-/// Headers a service may neither strip nor key on: the proxy owns them.
-const PROTECTED: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-    "expect",
-];
+/// Headers a service may neither strip nor key on: the proxy owns them (the framing and
+/// hop-by-hop fields response header rules may not touch either, plus `Host` and `Expect`).
+fn protected(name: &str) -> bool {
+    matches!(name, "host" | "expect") || crate::validate::PROTECTED_HEADERS.contains(&name)
+}
 
 pub(crate) fn check(c: &mut Checker, f: &ForwardingConfig) {
     let base = [Key("forwarding"), Key("trusted_proxies")];
@@ -141,7 +133,7 @@ pub(crate) fn check_service(c: &mut Checker, base: &[PathSeg], f: &ServiceForwar
             p.push(Index(i));
             match http::HeaderName::from_bytes(name.as_bytes()) {
                 Err(_) => c.fail(&p, format!("`{name}` is not a valid header name")),
-                Ok(n) if PROTECTED.contains(&n.as_str()) => c.fail(
+                Ok(n) if protected(n.as_str()) => c.fail(
                     &p,
                     format!("`{name}` is managed by the proxy and cannot be listed here"),
                 ),

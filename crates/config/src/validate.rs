@@ -410,7 +410,7 @@ pub fn compile_path_regex(pattern: &str) -> Result<regex::Regex, String> {
 }
 
 /// Headers a rule may not touch: hop-by-hop fields and framing are the proxy's business.
-const PROTECTED_HEADERS: &[&str] = &[
+pub(crate) const PROTECTED_HEADERS: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",

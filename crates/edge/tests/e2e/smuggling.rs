@@ -91,23 +91,8 @@ async fn serve_raw(mut s: TcpStream, handling: BodyHandling, heads: Arc<Mutex<Ve
             .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0);
-        let skip = |buf: &mut Vec<u8>| {
-            let n = length.min(buf.len());
-            buf.drain(..n);
-            length - n
-        };
-        if handling == BodyHandling::WaitForBody {
-            let mut remaining = skip(&mut buf);
-            while remaining > 0 {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        let take = n.min(remaining);
-                        remaining -= take;
-                        buf.extend_from_slice(&chunk[take..n]);
-                    }
-                }
-            }
+        if handling == BodyHandling::WaitForBody && !discard(&mut s, &mut buf, length).await {
+            return;
         }
         let body = format!("path={path}");
         let answer = format!(
@@ -119,19 +104,31 @@ async fn serve_raw(mut s: TcpStream, handling: BodyHandling, heads: Arc<Mutex<Ve
         }
         if handling == BodyHandling::AnswerThenDiscard {
             // The body is discarded after the answer, from whatever the connection carries.
-            let mut remaining = skip(&mut buf);
-            while remaining > 0 {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        let take = n.min(remaining);
-                        remaining -= take;
-                        buf.extend_from_slice(&chunk[take..n]);
-                    }
-                }
+            if !discard(&mut s, &mut buf, length).await {
+                return;
             }
         }
     }
+}
+
+/// Drops the next `length` bytes of the connection (those already in `buf` first); `false`
+/// if the connection closed first.
+async fn discard(s: &mut TcpStream, buf: &mut Vec<u8>, length: usize) -> bool {
+    let n = length.min(buf.len());
+    buf.drain(..n);
+    let mut remaining = length - n;
+    let mut chunk = [0u8; 4096];
+    while remaining > 0 {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                let take = n.min(remaining);
+                remaining -= take;
+                buf.extend_from_slice(&chunk[take..n]);
+            }
+        }
+    }
+    true
 }
 
 /// Sends raw bytes to the edge and reads the answer until the edge closes (or 5 s).
