@@ -203,6 +203,35 @@ fn header_rules_are_checked() {
 }
 
 #[test]
+fn header_rules_that_would_corrupt_responses_are_refused() {
+    for name in [
+        "content-encoding",
+        "Content-Length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+    ] {
+        for op in ["set", "remove"] {
+            let text = format!(
+                "{}\n[[service.response_headers]]\nname = \"{name}\"\nop = \"{op}\"\n{}",
+                minimal(""),
+                if op == "set" { "value = \"x\"\n" } else { "" }
+            );
+            let e = reject(&text);
+            assert_eq!(e.errors.len(), 1, "{name} {op}: {e}");
+            assert_eq!(
+                e.errors[0].field, "service[0].response_headers[0].name",
+                "{e}"
+            );
+            assert!(e.errors[0].message.contains("managed by the proxy"), "{e}");
+        }
+    }
+}
+
+#[test]
 fn two_defaults_and_hostless_service_are_refused() {
     let text = r#"
 [[listener]]

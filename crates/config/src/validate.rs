@@ -420,6 +420,8 @@ pub(crate) const PROTECTED_HEADERS: &[&str] = &[
     "upgrade",
     "content-length",
     "content-range",
+    // The body's coding: setting or removing it leaves the body unreadable for clients.
+    "content-encoding",
 ];
 
 fn header_rules(c: &mut Checker, base: &[PathSeg], rules: &[HeaderRule]) {
