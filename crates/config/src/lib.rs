@@ -4,6 +4,8 @@
 //! [`ValidConfig`] — every field checked, every size and count bounded — or a
 //! [`ConfigRejected`] whose errors each name the file, line, column and field. Nothing is
 //! half-applied: callers only ever see a complete, valid configuration or none at all.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 mod clients;
 mod drills;

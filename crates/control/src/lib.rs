@@ -6,6 +6,8 @@
 //! - [`rollout`]: staged rollouts over cells, health gates, automatic rollback, audit log.
 //! - [`fanout`]: sending signed purge requests to every edge at once.
 //! - [`api`]: the axum router, bearer-token auth, OpenAPI document.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod api;
 pub mod fanout;

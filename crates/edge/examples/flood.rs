@@ -11,7 +11,7 @@
 //! client unloaded and under the flood, and their ratio (target: p99 within 2x). The edge
 //! runs with the per-address limits of `[limits.clients]` below; the same run without them
 //! (`--no-limits`) shows what the flood does to an unprotected edge.
-
+#![allow(clippy::indexing_slicing)] // a measuring tool, not the product: its own fixed data
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use bytes::Bytes;

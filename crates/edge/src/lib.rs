@@ -3,6 +3,8 @@
 //! The request path lives in [`proxy`], one module per phase; HTTP semantics independent of
 //! connections in [`http`]; storage behind the [`store::Storage`] trait; origins in
 //! [`upstream`]; listeners and reloads in [`server`].
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod admin;
 pub mod agent;

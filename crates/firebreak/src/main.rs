@@ -1,4 +1,5 @@
 //! `firebreak`: one CLI for the edge cloud.
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 use api_client::{exit, Api, Failed};
 use clap::{Parser, Subcommand};

@@ -3,7 +3,12 @@
 //! that crash-loops on a version must end up in safe mode and the rollout rolled back; a
 //! control plane killed with SIGKILL in the middle of a rollout must resume it from the stored
 //! wave when it comes back.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 /// The fleet tests' harness (its origin), shared rather than copied.
 #[path = "fleet/harness.rs"]

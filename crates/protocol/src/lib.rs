@@ -10,6 +10,8 @@
 //!
 //! Everything an edge receives is hostile until verified: sizes are checked before parsing,
 //! signatures before trusting, and every failure is a typed error.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod api;
 pub mod bundle;

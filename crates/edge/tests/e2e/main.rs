@@ -1,6 +1,11 @@
 //! End-to-end tests: the real edge server on a loopback port in front of real origin servers
 //! (hyper, or raw TCP for malformed answers), driven by a real HTTP client.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 

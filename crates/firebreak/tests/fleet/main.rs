@@ -1,7 +1,12 @@
 //! The control plane and edges under it, end to end: real API server (axum), real stores
 //! (redb, and etcd started by the test), real edges with data directories, real processes
 //! where the fault needs one (kill -9, a full disk).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod api;
 mod edges;
