@@ -31,6 +31,12 @@ pub struct FleetState {
     /// Increases with every change; the compare-and-set key. Statements written in a change
     /// carry this number, so edges always see a newer decision as a larger number.
     pub seq: u64,
+    /// This store's history: set (ms since the Unix epoch) when the state is first written
+    /// and changed again when a store is restored from a backup or rebuilt, so that edges can
+    /// order statements by `(epoch, seq)` and tell a new history from a replay of an old one.
+    /// 0 in states written before epochs existed.
+    #[serde(default)]
+    pub epoch: u64,
     /// The target of every edge without an override.
     pub default: Option<StoredTarget>,
     /// Per-cell overrides (a rollout's waves).
