@@ -1,19 +1,23 @@
 //! A configuration version as a signed bundle.
 //!
-//! Wire form: `FBB1` (4 bytes), the ed25519 signature (64 bytes), then the payload: the JSON
-//! of a [`Bundle`]. The signature covers the payload. An edge checks the length before
+//! Wire form: `FBB2` (4 bytes), the signing key's id (8 bytes, see
+//! [`crate::keyring::KeyId`]), the ed25519 signature (64 bytes), then the payload: the JSON of
+//! a [`Bundle`]. The signature covers the payload. The older `FBB1` form (no key id) is still
+//! read: its signature is checked with every key that fits. An edge checks the length before
 //! anything else, then the magic, then the signature, and only then parses the JSON, so a
 //! hostile or truncated download costs a bounded amount of work and never reaches the parser.
 
-use crate::keys::{ControlKey, PublicKey};
+use crate::keyring::{KeyId, KeyRefused, Sign, Signs, Verify};
 use serde::{Deserialize, Serialize};
 
 /// Largest bundle accepted: a configuration file is at most
 /// [`firebreak_config::MAX_CONFIG_BYTES`]; JSON escaping and metadata fit in the rest.
 pub const MAX_BUNDLE_BYTES: usize = 4 * firebreak_config::MAX_CONFIG_BYTES as usize;
 const MAGIC: &[u8; 4] = b"FBB1";
+const MAGIC_WITH_ID: &[u8; 4] = b"FBB2";
+const ID_LEN: usize = 8;
 const SIG_LEN: usize = 64;
-const HEADER_LEN: usize = MAGIC.len() + SIG_LEN;
+const HEADER_LEN: usize = MAGIC_WITH_ID.len() + ID_LEN + SIG_LEN;
 
 /// One configuration version: the fleet-wide document and one document per service.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,6 +74,9 @@ pub enum BundleError {
     /// The signature does not match the payload (tampered, truncated or another key).
     #[error("bundle signature does not verify with the trusted control-plane key")]
     BadSignature,
+    /// Signed by a key not trusted for it (unknown, or outside the times it is good for).
+    #[error("bundle: {0}")]
+    Key(KeyRefused),
     /// Its hash differs from the one the signed target names.
     #[error("bundle hash {got} differs from the target's {want}")]
     HashMismatch {
@@ -84,42 +91,58 @@ pub enum BundleError {
 }
 
 impl Bundle {
-    /// Serialises and signs the bundle.
-    pub fn seal(&self, key: &ControlKey) -> Result<Vec<u8>, BundleError> {
+    /// Serialises and signs the bundle; the sealed form names the key.
+    pub fn seal<S: Sign + ?Sized>(&self, key: &S) -> Result<Vec<u8>, BundleError> {
         let payload =
             serde_json::to_vec(self).map_err(|e| BundleError::Malformed(e.to_string()))?;
         let len = HEADER_LEN + payload.len();
         if len > MAX_BUNDLE_BYTES {
             return Err(BundleError::TooLarge { len });
         }
+        let (id, sig) = key.sign_message(&payload);
         let mut out = Vec::with_capacity(len);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&key.sign(&payload));
+        out.extend_from_slice(MAGIC_WITH_ID);
+        out.extend_from_slice(&id.0);
+        out.extend_from_slice(&sig);
         out.extend_from_slice(&payload);
         Ok(out)
     }
 
-    /// Checks size, format and signature, then parses. Nothing is parsed before the
-    /// signature verified.
-    pub fn open(bytes: &[u8], key: &PublicKey) -> Result<Self, BundleError> {
+    /// Checks size, format and signature (with one trusted key or a key set), then parses.
+    /// Nothing is parsed before the signature verified; a key trusted only for some signing
+    /// times is then checked against `created_at_ms`.
+    pub fn open<K: Verify + ?Sized>(bytes: &[u8], key: &K) -> Result<Self, BundleError> {
         if bytes.len() > MAX_BUNDLE_BYTES {
             return Err(BundleError::TooLarge { len: bytes.len() });
         }
         let not = || BundleError::NotABundle { len: bytes.len() };
         let (magic, rest) = bytes.split_at_checked(MAGIC.len()).ok_or_else(not)?;
-        if magic != MAGIC {
+        let (id, rest) = if magic == MAGIC_WITH_ID {
+            let (id, rest) = rest.split_at_checked(ID_LEN).ok_or_else(not)?;
+            let id: [u8; ID_LEN] = id.try_into().map_err(|_| not())?;
+            (Some(KeyId(id)), rest)
+        } else if magic == MAGIC {
+            (None, rest)
+        } else {
             return Err(not());
-        }
+        };
         let (sig, payload) = rest.split_at_checked(SIG_LEN).ok_or_else(not)?;
-        key.verify(payload, sig)
-            .map_err(|_| BundleError::BadSignature)?;
-        serde_json::from_slice(payload).map_err(|e| BundleError::Malformed(e.to_string()))
+        let window = key
+            .verify_signed(id, payload, sig, Signs::Bundle)
+            .map_err(|e| match e {
+                KeyRefused::BadSignature => BundleError::BadSignature,
+                other => BundleError::Key(other),
+            })?;
+        let bundle: Self =
+            serde_json::from_slice(payload).map_err(|e| BundleError::Malformed(e.to_string()))?;
+        window.admit(bundle.created_at_ms).map_err(BundleError::Key)?;
+        Ok(bundle)
     }
 
     /// [`Bundle::open`], first checking the bytes against the SHA-256 a signed target names.
-    pub fn open_expecting(
+    pub fn open_expecting<K: Verify + ?Sized>(
         bytes: &[u8],
-        key: &PublicKey,
+        key: &K,
         sha256: &str,
     ) -> Result<Self, BundleError> {
         if bytes.len() > MAX_BUNDLE_BYTES {
@@ -167,6 +190,7 @@ impl Bundle {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::keys::ControlKey;
 
     fn sample() -> Bundle {
         Bundle {
@@ -189,10 +213,15 @@ mod tests {
         let sealed = sample().seal(&key).unwrap();
         assert_eq!(Bundle::open(&sealed, &key.public()).unwrap(), sample());
         let other = ControlKey::generate().unwrap().public();
-        assert_eq!(
+        assert!(matches!(
             Bundle::open(&sealed, &other),
-            Err(BundleError::BadSignature)
-        );
+            Err(BundleError::Key(KeyRefused::UnknownKey(_)))
+        ));
+        // The older form without a key id is still read, and checked with the key.
+        let mut old = b"FBB1".to_vec();
+        old.extend_from_slice(&sealed[12..]);
+        assert_eq!(Bundle::open(&old, &key.public()).unwrap(), sample());
+        assert_eq!(Bundle::open(&old, &other), Err(BundleError::BadSignature));
     }
 
     #[test]

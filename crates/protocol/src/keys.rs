@@ -131,6 +131,11 @@ impl PublicKey {
             .map_err(|_| BadSignature)
     }
 
+    /// The 32 bytes of the key (what its key id is computed from).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
     /// Reads a public key given either as text (`ed25519:…`) or as the path of a file holding
     /// that text.
     pub fn from_arg(arg: &str) -> Result<Self, KeyError> {

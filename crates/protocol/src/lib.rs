@@ -1,6 +1,7 @@
 //! The Firebreak control protocol: what travels between the control plane and the edges.
 //!
 //! - [`keys`]: the control plane's ed25519 signing key and the public key edges trust.
+//! - [`keyring`]: key ids, key sets, rotation and revocation; what signs and what verifies.
 //! - [`bundle`]: one configuration version as a signed, size-bounded bundle.
 //! - [`signed`]: small signed statements (the target version).
 //! - [`document`]: splitting a configuration file into the fleet document and one document per
@@ -17,6 +18,7 @@ pub mod api;
 pub mod bundle;
 pub mod document;
 pub mod health;
+pub mod keyring;
 pub mod keys;
 pub mod signed;
 

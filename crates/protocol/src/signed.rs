@@ -1,9 +1,7 @@
 //! Small signed statements: the target version an edge should run, and the authorisation of
 //! a control-plane request to an edge's admin listener (purge fan-out).
 
-use crate::keys::{ControlKey, PublicKey};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
+use crate::keyring::{parse_signature_text, signature_text, statement_time, KeyRefused, Sign, Signs, Verify};
 use serde::{Deserialize, Serialize};
 
 /// Largest signed statement accepted.
@@ -94,31 +92,53 @@ pub enum StatementError {
     /// The signature does not verify.
     #[error("signature does not verify with the trusted control-plane key")]
     BadSignature,
+    /// Signed by a key not trusted for it (unknown, revoked, or outside its times).
+    #[error(transparent)]
+    Key(KeyRefused),
     /// Verified but not parseable.
     #[error("malformed statement: {0}")]
     Malformed(String),
 }
 
+impl From<KeyRefused> for StatementError {
+    fn from(e: KeyRefused) -> Self {
+        match e {
+            KeyRefused::BadSignature => Self::BadSignature,
+            other => Self::Key(other),
+        }
+    }
+}
+
 impl Signed {
-    /// Serialises and signs `value`.
-    pub fn sign<T: Serialize>(value: &T, key: &ControlKey) -> Result<Self, StatementError> {
+    /// Serialises and signs `value`; the signature names the key (`KEYID:BASE64`).
+    pub fn sign<T: Serialize>(value: &T, key: &(impl Sign + ?Sized)) -> Result<Self, StatementError> {
         let payload =
             serde_json::to_string(value).map_err(|e| StatementError::Malformed(e.to_string()))?;
-        let signature = B64.encode(key.sign(payload.as_bytes()));
-        Ok(Self { payload, signature })
+        let (id, sig) = key.sign_message(payload.as_bytes());
+        Ok(Self {
+            payload,
+            signature: signature_text(id, &sig),
+        })
     }
 
-    /// Verifies, then parses.
-    pub fn open<T: for<'de> Deserialize<'de>>(&self, key: &PublicKey) -> Result<T, StatementError> {
+    /// Verifies (with one trusted key or a key set), then parses. A key trusted only for some
+    /// signing times is checked against the payload's `set_at_ms` / `signed_at_ms`.
+    pub fn open<T: for<'de> Deserialize<'de>>(
+        &self,
+        key: &(impl Verify + ?Sized),
+    ) -> Result<T, StatementError> {
         if self.payload.len() > MAX_STATEMENT_BYTES || self.signature.len() > 128 {
             return Err(StatementError::TooLarge);
         }
-        let sig = B64
-            .decode(&self.signature)
-            .map_err(|_| StatementError::BadSignature)?;
-        key.verify(self.payload.as_bytes(), &sig)
-            .map_err(|_| StatementError::BadSignature)?;
-        serde_json::from_str(&self.payload).map_err(|e| StatementError::Malformed(e.to_string()))
+        let (id, sig) = parse_signature_text(&self.signature)?;
+        let window = key.verify_signed(id, self.payload.as_bytes(), &sig, Signs::Statement)?;
+        let value = serde_json::from_str(&self.payload)
+            .map_err(|e| StatementError::Malformed(e.to_string()))?;
+        if window.is_bounded() {
+            let at = statement_time(&self.payload).ok_or(KeyRefused::NoTime(window.key))?;
+            window.admit(at)?;
+        }
+        Ok(value)
     }
 }
 
@@ -134,19 +154,21 @@ fn request_message(method: &str, path_and_query: &str, signed_at_ms: u64) -> Vec
 }
 
 /// Signs an admin request (method and path with query) made by the control plane.
-pub fn sign_request(
-    key: &ControlKey,
+pub fn sign_request<S: Sign + ?Sized>(
+    key: &S,
     method: &str,
     path_and_query: &str,
     signed_at_ms: u64,
 ) -> String {
-    B64.encode(key.sign(&request_message(method, path_and_query, signed_at_ms)))
+    let (id, sig) = key.sign_message(&request_message(method, path_and_query, signed_at_ms));
+    signature_text(id, &sig)
 }
 
-/// Checks an admin request's signature and that it was signed within
+/// Checks an admin request's signature (with one trusted key or a key set: the key must be
+/// good at `signed_at_ms` and not revoked) and that it was signed within
 /// [`MAX_REQUEST_SKEW_MS`] of `now_ms`.
-pub fn verify_request(
-    key: &PublicKey,
+pub fn verify_request<K: Verify + ?Sized>(
+    key: &K,
     method: &str,
     path_and_query: &str,
     signed_at_ms: u64,
@@ -156,17 +178,23 @@ pub fn verify_request(
     if now_ms.abs_diff(signed_at_ms) > MAX_REQUEST_SKEW_MS || signature.len() > 128 {
         return false;
     }
-    let Ok(sig) = B64.decode(signature) else {
+    let Ok((id, sig)) = parse_signature_text(signature) else {
         return false;
     };
-    key.verify(&request_message(method, path_and_query, signed_at_ms), &sig)
-        .is_ok()
+    key.verify_signed(
+        id,
+        &request_message(method, path_and_query, signed_at_ms),
+        &sig,
+        Signs::Request,
+    )
+    .is_ok_and(|w| w.admit(signed_at_ms).is_ok())
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::keys::ControlKey;
 
     #[test]
     fn target_round_trip_and_tamper() {
