@@ -21,6 +21,10 @@
 //! | POST | `/v1/edges/{id}/health` | edge | health counts of the running version |
 //! | GET | `/v1/fleet` | operator | every edge |
 //! | POST | `/v1/purge` | operator | purge on every edge, with stragglers named |
+//! | GET | `/v1/keys?after=GEN` | edge, operator | signed key-set statements newer than GEN, oldest first |
+//! | GET | `/v1/keys/ring` | operator | the keys, which signs now, and from when |
+//! | POST | `/v1/keys/rotate` | operator (admin) | a new signing key, after an overlap |
+//! | POST | `/v1/keys/{id}/revoke` | operator (admin) | revoke a key from a stated time |
 
 use crate::plane::{Plane, PlaneError, MAX_LIST};
 use axum::body::Bytes;
@@ -99,6 +103,10 @@ pub fn router(plane: Arc<Plane>, tokens: Tokens, stopping: watch::Receiver<bool>
         .route("/v1/audit", get(audit))
         .route("/v1/fleet", get(fleet))
         .route("/v1/purge", post(purge))
+        .route("/v1/keys", get(key_chain))
+        .route("/v1/keys/ring", get(key_ring))
+        .route("/v1/keys/rotate", post(rotate_key))
+        .route("/v1/keys/{id}/revoke", post(revoke_key))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .with_state(App {
             plane,
@@ -564,4 +572,50 @@ async fn audit(
     let Query(q) = q.map_err(bad_query)?;
     let list = app.plane.audit_log(q.limit.unwrap_or(100)).await?;
     Ok(Json(list).into_response())
+}
+
+#[derive(Deserialize)]
+struct KeysQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn key_chain(
+    State(app): State<App>,
+    headers: HeaderMap,
+    q: Result<Query<KeysQuery>, QueryRejection>,
+) -> Answer {
+    auth(&app, &headers, true)?;
+    let Query(q) = q.map_err(bad_query)?;
+    Ok(Json(firebreak_protocol::keyring::KeyChain {
+        chain: app.plane.keys().chain_after(q.after),
+    })
+    .into_response())
+}
+
+async fn key_ring(State(app): State<App>, headers: HeaderMap) -> Answer {
+    auth(&app, &headers, false)?;
+    Ok(Json(app.plane.keys().view()).into_response())
+}
+
+async fn rotate_key(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
+    let role = auth(&app, &headers, false)?;
+    let req: crate::keys::RotateRequest = if bytes.is_empty() {
+        Default::default()
+    } else {
+        body(&bytes)?
+    };
+    Ok(Json(app.plane.rotate_key(req, who(role)).await?).into_response())
+}
+
+async fn revoke_key(
+    State(app): State<App>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> Answer {
+    let role = auth(&app, &headers, false)?;
+    let Path(id) = id.map_err(bad_path)?;
+    let req: crate::keys::RevokeRequest = body(&bytes)?;
+    Ok(Json(app.plane.revoke_key(&id, req, who(role)).await?).into_response())
 }

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use firebreak_protocol::api::{EdgeStatus, PurgeOutcome, Straggler};
-use firebreak_protocol::keys::ControlKey;
+use firebreak_protocol::keyring::Sign;
 use firebreak_protocol::signed::{sign_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -39,7 +39,7 @@ impl Fanout {
     /// most `deadline`.
     pub async fn purge(
         &self,
-        key: &ControlKey,
+        key: &(impl Sign + ?Sized),
         edges: Vec<EdgeStatus>,
         skipped: Vec<String>,
         path_and_query: &str,

@@ -4,6 +4,7 @@
 //! - [`store`]: versions, target and edges in redb (embedded) or etcd (replicated).
 //! - [`plane`]: the operations, independent of HTTP.
 //! - [`rollout`]: staged rollouts over cells, health gates, automatic rollback, audit log.
+//! - [`keys`]: the signing keys: current, previous, rotation with an overlap, revocation.
 //! - [`fanout`]: sending signed purge requests to every edge at once.
 //! - [`api`]: the axum router, bearer-token auth, OpenAPI document.
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod fanout;
+pub mod keys;
 mod openapi;
 pub mod plane;
 pub mod rollout;

@@ -12,7 +12,8 @@ use firebreak_protocol::api::{
 };
 use firebreak_protocol::bundle::Bundle;
 use firebreak_protocol::document::split;
-use firebreak_protocol::keys::{ControlKey, PublicKey};
+use crate::keys::ControlKeys;
+use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::now_ms;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -71,7 +72,8 @@ impl Default for PlaneOptions {
 /// The control plane.
 pub struct Plane {
     pub(crate) store: Store,
-    pub(crate) key: ControlKey,
+    /// The signing keys (signs with the current one; verifies with every key in the set).
+    pub(crate) key: ControlKeys,
     /// The fleet state as last read or written (targets, rollout); long-polls watch it.
     pub(crate) state: watch::Sender<FleetState>,
     /// When each edge last polled this replica (ms since the epoch).
@@ -89,9 +91,10 @@ pub struct Plane {
 }
 
 impl Plane {
-    /// Starts a control plane over `store`, signing with `key`. Reads the current target and,
-    /// for etcd, follows changes other replicas make.
-    pub async fn new(store: Store, key: ControlKey) -> Result<Arc<Self>, StoreError> {
+    /// Starts a control plane over `store`, signing with `key` (one key, or the key ring of
+    /// [`ControlKeys::open`]). Reads the current target and, for etcd, follows changes other
+    /// replicas make.
+    pub async fn new(store: Store, key: impl Into<ControlKeys>) -> Result<Arc<Self>, StoreError> {
         Self::with_options(store, key, PlaneOptions::default()).await
     }
 
@@ -99,9 +102,10 @@ impl Plane {
     /// rollout stored in the middle of a wave.
     pub async fn with_options(
         store: Store,
-        key: ControlKey,
+        key: impl Into<ControlKeys>,
         options: PlaneOptions,
     ) -> Result<Arc<Self>, StoreError> {
+        let key = key.into();
         let current = store.state().await?.unwrap_or_default();
         let (tx, _) = watch::channel(current);
         let plane = Arc::new(Self {
@@ -130,7 +134,7 @@ impl Plane {
         Ok(plane)
     }
 
-    /// The key edges must trust.
+    /// The key edges must trust (the one signing now).
     pub fn public_key(&self) -> PublicKey {
         self.key.public()
     }
@@ -222,7 +226,7 @@ impl Plane {
 
     async fn open(&self, n: u64) -> Result<Bundle, PlaneError> {
         let bytes = self.bundle(n).await?;
-        Bundle::open(&bytes, &self.key.public())
+        Bundle::open(&bytes, &self.key)
             .map_err(|e| PlaneError::Store(StoreError::Corrupt(format!("version {n}: {e}"))))
     }
 

@@ -112,6 +112,12 @@ impl Sign for ControlKey {
     }
 }
 
+impl<T: Sign + ?Sized> Sign for std::sync::Arc<T> {
+    fn sign_message(&self, message: &[u8]) -> (KeyId, [u8; 64]) {
+        (**self).sign_message(message)
+    }
+}
+
 /// What a signature is on: revoked keys are accepted (for their past) only on bundles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signs {

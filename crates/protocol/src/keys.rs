@@ -98,6 +98,16 @@ impl ControlKey {
     pub fn sign(&self, message: &[u8]) -> [u8; 64] {
         self.0.sign(message).to_bytes()
     }
+
+    /// The key as the text a key file holds (`ed25519-secret:<base64>`): a secret.
+    pub fn to_secret_text(&self) -> String {
+        format!("{SECRET_PREFIX}{}", B64.encode(self.0.to_bytes()))
+    }
+
+    /// Reads [`ControlKey::to_secret_text`]'s form.
+    pub fn from_secret_text(text: &str) -> Result<Self, KeyError> {
+        Self::from_text(text.trim())
+    }
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
