@@ -18,7 +18,7 @@ use crate::proxy::EdgeState;
 use crate::store::{CacheKey, PurgeMode, PurgeTarget};
 use crate::telemetry;
 use firebreak_config::{valid_host_name, LimitsConfig};
-use firebreak_protocol::keys::PublicKey;
+use firebreak_protocol::keyring::Verify;
 use firebreak_protocol::signed::{verify_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -106,7 +106,11 @@ fn route(state: &EdgeState, req: Request<Incoming>) -> Response<EdgeBody> {
 /// Bearer token check, comparing in time independent of where the first difference is; or,
 /// on an edge run by a control plane, a request signed by the control plane's key.
 fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
-    if let Some(key) = state.control_key.get() {
+    if let Some(keys) = state.control_keys.get() {
+        if signed_by_control(&**keys, req) {
+            return true;
+        }
+    } else if let Some(key) = state.control_key.get() {
         if signed_by_control(key, req) {
             return true;
         }
@@ -126,7 +130,7 @@ fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
     firebreak_protocol::same_secret(given.trim(), &admin.token)
 }
 
-fn signed_by_control(key: &PublicKey, req: &Request<Incoming>) -> bool {
+fn signed_by_control(key: &(impl Verify + ?Sized), req: &Request<Incoming>) -> bool {
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let (Some(signature), Some(at)) = (header(SIGNATURE_HEADER), header(SIGNED_AT_HEADER)) else {
         return false;

@@ -198,6 +198,29 @@ impl ControlClient {
         self.report(&build()).await
     }
 
+    /// The control plane's key-set statements newer than generation `after`, oldest first
+    /// (unverified: see [`super::trust::TrustStore`]).
+    pub async fn keys(
+        &self,
+        after: u64,
+    ) -> Result<Vec<firebreak_protocol::keyring::KeySetStatement>, String> {
+        use firebreak_protocol::keyring::{KeyChain, MAX_CHAIN, MAX_KEY_SET_BYTES};
+        let path = format!("/v1/keys?after={after}");
+        let limit = MAX_CHAIN * (MAX_KEY_SET_BYTES + 4096);
+        let (status, body) = self
+            .call(Method::GET, &path, None, limit, Duration::from_secs(10))
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "key sets: control plane answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        serde_json::from_slice::<KeyChain>(&body)
+            .map(|c| c.chain)
+            .map_err(|e| format!("malformed key chain: {e}"))
+    }
+
     /// Sends a report (use [`ControlClient::report_with`] where reports may overlap).
     pub async fn report(&self, report: &EdgeReport) -> Result<(), String> {
         let path = format!("/v1/edges/{}", self.id);

@@ -13,6 +13,7 @@ pub mod client;
 pub mod compose;
 pub mod disk;
 pub mod journal;
+pub mod trust;
 
 use crate::server::{EdgeHandle, EdgeServer, ServerError};
 use client::{ControlClient, PolledTarget};
@@ -24,6 +25,7 @@ use firebreak_protocol::bundle::{Bundle, MAX_BUNDLE_BYTES};
 use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::signed::{Stage, Target};
 use journal::{BootJournal, SafeMode};
+use trust::TrustStore;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -132,6 +134,8 @@ pub struct AgentStatus {
     pub serving_since_ms: u64,
     /// Targets refused because they were addressed to another edge or cell.
     pub misaddressed: u64,
+    /// The generation of the control plane's key set this edge trusts (0: only `--trust`).
+    pub key_generation: u64,
 }
 
 /// A running edge under a control plane.
@@ -155,10 +159,28 @@ impl Agent {
         let (journal, newly_bad) = BootJournal::open(&opts.data_dir, opts.safe_mode);
         let journal = Arc::new(journal);
         let client = ControlClient::new(&opts.control, &opts.token, &opts.id);
+        let trust = Arc::new(TrustStore::open(&opts.data_dir, opts.trust));
         let status = Arc::new(Mutex::new(AgentStatus {
             bad_versions: journal.bad(),
+            key_generation: trust.generation(),
             ..AgentStatus::default()
         }));
+        let keys = {
+            let (trust, status) = (trust.clone(), status.clone());
+            let client = client.clone();
+            let every = opts.heartbeat.max(Duration::from_millis(100));
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = trust.refresh(&client).await {
+                        tracing::warn!(error = %e, "control-plane key set not updated");
+                    }
+                    if let Ok(mut s) = status.lock() {
+                        s.key_generation = trust.generation();
+                    }
+                    tokio::time::sleep(every).await;
+                }
+            })
+        };
         let mut worker = Worker {
             opts: opts.clone(),
             disk,
@@ -167,6 +189,7 @@ impl Agent {
             edge: None,
             fatal: None,
             journal: journal.clone(),
+            trust: trust.clone(),
         };
         if let Some(bad) = newly_bad {
             worker.set_error(format!(
@@ -199,6 +222,7 @@ impl Agent {
             )));
         };
         let _ = edge.state().control_key.set(opts.trust);
+        let _ = edge.state().control_keys.set(trust.clone());
         let heartbeat = {
             let (client, status, report) =
                 (worker.client.clone(), status.clone(), worker.reporter());
@@ -243,7 +267,7 @@ impl Agent {
             edge,
             status,
             journal,
-            tasks: vec![watcher, heartbeat, health],
+            tasks: vec![watcher, heartbeat, health, keys],
         })
     }
 
@@ -280,6 +304,8 @@ struct Worker {
     /// An error that ends the agent's start (a listener that cannot be bound).
     fatal: Option<ServerError>,
     journal: Arc<BootJournal>,
+    /// The control-plane keys this edge trusts.
+    trust: Arc<TrustStore>,
 }
 
 impl Worker {
@@ -359,7 +385,7 @@ impl Worker {
     /// The newest good configuration on disk: what `applied.json` names, else the newest
     /// bundle that loads on its own.
     fn restore(&self) -> Option<(Applied, ValidConfig)> {
-        let key = self.opts.trust;
+        let key = self.trust.clone();
         let mut bundles: HashMap<u64, Bundle> = HashMap::new();
         let mut open = |v: u64| -> Option<Bundle> {
             if let Some(b) = bundles.get(&v) {
@@ -511,7 +537,7 @@ impl Worker {
     async fn apply(&mut self, polled: PolledTarget) -> Result<(), String> {
         let target: Target = polled
             .signed
-            .open(&self.opts.trust)
+            .open(&*self.trust)
             .map_err(|e| format!("target refused: {e}"))?;
         if !target.addressed_to(&self.opts.id, &self.opts.cell) {
             if let Ok(mut s) = self.status.lock() {
@@ -600,7 +626,7 @@ impl Worker {
             ));
         }
         let bytes = self.fetch(stage.version, &stage.bundle_sha256).await?;
-        let bundle = Bundle::open_expecting(&bytes, &self.opts.trust, &stage.bundle_sha256)
+        let bundle = Bundle::open_expecting(&bytes, &*self.trust, &stage.bundle_sha256)
             .map_err(|e| format!("version {}: {e}", stage.version))?;
         if bundle.version != stage.version {
             return Err(format!(
@@ -648,7 +674,7 @@ impl Worker {
             }
         }
         let bytes = self.fetch(target.version, &target.bundle_sha256).await?;
-        let bundle = Bundle::open_expecting(&bytes, &self.opts.trust, &target.bundle_sha256)
+        let bundle = Bundle::open_expecting(&bytes, &*self.trust, &target.bundle_sha256)
             .map_err(|e| format!("version {}: {e}", target.version))?;
         if bundle.version != target.version {
             return Err(format!(

@@ -46,6 +46,11 @@ pub struct EdgeState {
     /// The control plane's public key, when this edge is run by a control plane: admin
     /// requests signed with it (purge fan-out) are accepted without the bearer token.
     pub control_key: std::sync::OnceLock<firebreak_protocol::keys::PublicKey>,
+    /// The control plane's keys as this edge trusts them (rotation, revocation): when set,
+    /// admin requests are verified with these instead of `control_key`.
+    pub control_keys: std::sync::OnceLock<
+        Arc<dyn firebreak_protocol::keyring::Verify + Send + Sync>,
+    >,
     /// Per-address rate limits and the bound on requests in flight.
     pub clients: crate::ratelimit::ClientGate,
     next_id: AtomicU64,
@@ -66,6 +71,7 @@ impl EdgeState {
             coalescer: Coalescer::default(),
             access_log,
             control_key: std::sync::OnceLock::new(),
+            control_keys: std::sync::OnceLock::new(),
             clients: Default::default(),
             next_id: AtomicU64::new(1),
             id_prefix: seed,
