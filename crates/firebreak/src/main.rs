@@ -17,6 +17,7 @@ use std::sync::Arc;
 mod api_client;
 mod demo_origin;
 mod drill;
+mod keys;
 mod load;
 mod ops;
 mod rollouts;
@@ -34,7 +35,7 @@ struct Cli {
 
 /// Where the client commands find the control plane.
 #[derive(clap::Args, Clone)]
-struct ApiArgs {
+pub(crate) struct ApiArgs {
     /// Control plane URL.
     #[arg(
         long = "control",
@@ -42,7 +43,7 @@ struct ApiArgs {
         default_value = "http://127.0.0.1:7000",
         global = true
     )]
-    control: String,
+    pub(crate) control: String,
     /// Operator bearer token.
     #[arg(
         long = "token",
@@ -51,7 +52,7 @@ struct ApiArgs {
         hide_env_values = true,
         global = true
     )]
-    token: String,
+    pub(crate) token: String,
 }
 
 #[derive(Subcommand)]
@@ -67,14 +68,18 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Run the control plane.
+    /// Run the control plane; or, with a subcommand, manage its signing keys.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Control {
+        /// Signing keys: rotate, revoke, list.
+        #[command(subcommand)]
+        command: Option<keys::KeyCommand>,
         /// API address.
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: SocketAddr,
         /// Data directory (the embedded store and the signing key live here).
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required = true)]
+        data_dir: Option<PathBuf>,
         /// Store: `redb` (embedded, in the data directory) or `etcd://host:port[,host:port]`.
         #[arg(long, default_value = "redb")]
         store: String,
@@ -83,11 +88,20 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
         /// Operator bearer token (at least 16 characters).
-        #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true, required = true)]
+        token: Option<String>,
         /// Edges' bearer token (at least 16 characters).
-        #[arg(long, env = "FIREBREAK_EDGE_TOKEN", hide_env_values = true)]
-        edge_token: String,
+        #[arg(
+            long,
+            env = "FIREBREAK_EDGE_TOKEN",
+            hide_env_values = true,
+            required = true
+        )]
+        edge_token: Option<String>,
+        /// How long a rotated-out signing key keeps signing beside the new one (edges fetch
+        /// the new key set meanwhile), in seconds; `rotate-key --overlap-s` overrides it.
+        #[arg(long, default_value_t = 7 * 24 * 3600)]
+        key_overlap_s: u64,
     },
     /// Run an edge: under a control plane (`--control`), from a configuration file
     /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
@@ -412,15 +426,38 @@ async fn run(command: Command) -> Result<(), Failed> {
     match command {
         Command::Up { port, data_dir } => up::run(port, data_dir).await.map_err(fail),
         Command::Control {
+            command: Some(command),
+            ..
+        } => keys::run(command).await,
+        Command::Control {
+            command: None,
             listen,
             data_dir,
             store,
             key,
             token,
             edge_token,
-        } => control(listen, data_dir, store, key, token, edge_token)
+            key_overlap_s,
+        } => {
+            let (Some(data_dir), Some(token), Some(edge_token)) = (data_dir, token, edge_token)
+            else {
+                return Err(Failed::new(
+                    exit::USAGE,
+                    "--data-dir, --token and --edge-token are required to run the control plane",
+                ));
+            };
+            control(
+                listen,
+                data_dir,
+                store,
+                key,
+                token,
+                edge_token,
+                key_overlap_s,
+            )
             .await
-            .map_err(fail),
+            .map_err(fail)
+        }
         Command::Edge(args) => edge(args).await.map_err(fail),
         Command::Origin { listen } => {
             let origin = demo_origin::start(listen)
@@ -545,11 +582,21 @@ async fn control(
     key: Option<PathBuf>,
     token: String,
     edge_token: String,
+    key_overlap_s: u64,
 ) -> Result<(), String> {
     check_token("--token", &token)?;
     check_token("--edge-token", &edge_token)?;
+    let overlap = std::time::Duration::from_secs(key_overlap_s);
+    if overlap > firebreak_control::keys::MAX_OVERLAP {
+        return Err(format!(
+            "--key-overlap-s {key_overlap_s} is longer than the limit of {} s",
+            firebreak_control::keys::MAX_OVERLAP.as_secs()
+        ));
+    }
     let key_path = key.unwrap_or_else(|| data_dir.join("control.key"));
     let key = ControlKey::load_or_create(&key_path).map_err(|e| e.to_string())?;
+    let key = firebreak_control::keys::ControlKeys::open(&key_path, key, overlap)
+        .map_err(|e| e.to_string())?;
     let public = key.public();
     let spec = if store == "redb" {
         format!("redb:{}", data_dir.join("control.redb").display())
