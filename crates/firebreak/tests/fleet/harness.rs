@@ -437,3 +437,60 @@ impl Drop for Etcd {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+impl Control {
+    /// [`Control::start`] with the key ring kept beside the key file (`control.key.ring`), as
+    /// `firebreak control` runs it: rotations and revocations survive a restart.
+    pub async fn start_with_ring(store_spec: &str, dir: &Path) -> Self {
+        let key_path = dir.join("control.key");
+        let key = ControlKey::load_or_create(&key_path).unwrap();
+        let keys = firebreak_control::keys::ControlKeys::open(
+            &key_path,
+            key,
+            firebreak_control::keys::DEFAULT_OVERLAP,
+        )
+        .unwrap();
+        let store = Store::open(store_spec).await.unwrap();
+        let plane = Plane::with_options(
+            store.clone(),
+            keys,
+            firebreak_control::plane::PlaneOptions {
+                tick: Duration::from_millis(100),
+            },
+        )
+        .await
+        .unwrap();
+        let tokens = Tokens {
+            operator: OPERATOR.into(),
+            edge: EDGE.into(),
+        };
+        let server =
+            firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), tokens)
+                .await
+                .unwrap();
+        Self {
+            url: format!("http://{}", server.local_addr()),
+            plane,
+            store,
+            key_path,
+            server: Some(server),
+        }
+    }
+}
+
+/// Waits (polling, up to 20 s) until `check` resolves to `true`; fails the test naming `what`.
+#[allow(dead_code)]
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
