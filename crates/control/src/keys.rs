@@ -137,7 +137,12 @@ impl Ring {
             .filter(good)
             .filter(|h| h.sign_from_ms <= now)
             .max_by_key(|h| h.sign_from_ms)
-            .or_else(|| self.secrets.iter().filter(good).min_by_key(|h| h.sign_from_ms))
+            .or_else(|| {
+                self.secrets
+                    .iter()
+                    .filter(good)
+                    .min_by_key(|h| h.sign_from_ms)
+            })
     }
 
     fn to_file(&self) -> RingFile {
@@ -174,7 +179,11 @@ impl Ring {
         }
         let anchor = secrets
             .iter()
-            .find(|h| file.set.get(h.id).is_some_and(|k| k.revoked_at_ms.is_none()))
+            .find(|h| {
+                file.set
+                    .get(h.id)
+                    .is_some_and(|k| k.revoked_at_ms.is_none())
+            })
             .map(|h| h.key.public())
             .ok_or("no secret key left that is not revoked")?;
         Ok(Self {
@@ -648,7 +657,11 @@ impl Plane {
         let view = tokio::task::spawn_blocking(move || keys.rotate(overlap))
             .await
             .map_err(|e| PlaneError::Internal(e.to_string()))??;
-        let new = view.keys.last().map(|k| k.entry.id.to_string()).unwrap_or_default();
+        let new = view
+            .keys
+            .last()
+            .map(|k| k.entry.id.to_string())
+            .unwrap_or_default();
         let until = view
             .keys
             .last()
@@ -802,7 +815,13 @@ mod tests {
         let view = keys.rotate(Some(Duration::from_secs(3600))).unwrap();
         assert_eq!(view.generation, 1);
         assert_eq!(view.current, Some(a_id), "old key signs during the overlap");
-        let b_id = view.keys.iter().find(|k| k.entry.id != a_id).unwrap().entry.id;
+        let b_id = view
+            .keys
+            .iter()
+            .find(|k| k.entry.id != a_id)
+            .unwrap()
+            .entry
+            .id;
         // An edge that trusts only A takes the new set from the chain.
         let (set, applied, err) = apply_chain(&edge, &keys.chain_after(0));
         assert_eq!((applied, err), (1, None));
@@ -830,8 +849,14 @@ mod tests {
         assert!(Bundle::open(&old, &keys).is_ok());
         let new = bundle(now_ms()).seal(&keys).unwrap();
         assert!(Bundle::open(&new, &set).is_ok());
-        assert!(Bundle::open(&new, &edge).is_err(), "the edge's old set lacks B");
-        assert_eq!(keys.public(), set.get(view.current.unwrap()).unwrap().public);
+        assert!(
+            Bundle::open(&new, &edge).is_err(),
+            "the edge's old set lacks B"
+        );
+        assert_eq!(
+            keys.public(),
+            set.get(view.current.unwrap()).unwrap().public
+        );
     }
 
     #[test]
@@ -874,7 +899,10 @@ mod tests {
         let key_path = d.join("control.key");
         let key = ControlKey::load_or_create(&key_path).unwrap();
         let keys = ControlKeys::open(&key_path, key, DEFAULT_OVERLAP).unwrap();
-        assert!(!ring_path(&key_path).exists(), "no ring file before a rotation");
+        assert!(
+            !ring_path(&key_path).exists(),
+            "no ring file before a rotation"
+        );
         let view = keys.rotate(Some(Duration::ZERO)).unwrap();
         let ring = ring_path(&key_path);
         #[cfg(unix)]

@@ -2,6 +2,7 @@
 //! versions and diffs, the target, the fleet registry and purge.
 
 use crate::fanout::Fanout;
+use crate::keys::ControlKeys;
 use crate::rollout::health::HealthBook;
 use crate::store::{FleetState, Store, StoreError, StoredTarget};
 use bytes::Bytes;
@@ -12,7 +13,6 @@ use firebreak_protocol::api::{
 };
 use firebreak_protocol::bundle::Bundle;
 use firebreak_protocol::document::split;
-use crate::keys::ControlKeys;
 use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::now_ms;
 use std::collections::HashMap;

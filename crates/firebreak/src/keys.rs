@@ -66,7 +66,9 @@ pub fn parse_time(text: &str, now_ms: u64) -> Result<u64, String> {
         return Ok(ms);
     }
     let t = humantime::parse_rfc3339_weak(text).map_err(|e| {
-        format!("--after {text}: {e} (give now, now-2h, 2026-11-30T16:00:00Z or ms since the epoch)")
+        format!(
+            "--after {text}: {e} (give now, now-2h, 2026-11-30T16:00:00Z or ms since the epoch)"
+        )
     })?;
     let d = t
         .duration_since(std::time::UNIX_EPOCH)
@@ -86,7 +88,10 @@ fn print(view: &RingView) {
         let mut notes = Vec::new();
         if k.signing {
             notes.push("SIGNING".to_owned());
-        } else if let Some(from) = k.signs_from_ms.filter(|f| *f > firebreak_protocol::now_ms()) {
+        } else if let Some(from) = k
+            .signs_from_ms
+            .filter(|f| *f > firebreak_protocol::now_ms())
+        {
             notes.push(format!("signs from {}", time(from)));
         }
         notes.push(format!("valid from {}", time(e.valid_from_ms)));

@@ -135,7 +135,9 @@ impl Bundle {
             })?;
         let bundle: Self =
             serde_json::from_slice(payload).map_err(|e| BundleError::Malformed(e.to_string()))?;
-        window.admit(bundle.created_at_ms).map_err(BundleError::Key)?;
+        window
+            .admit(bundle.created_at_ms)
+            .map_err(BundleError::Key)?;
         Ok(bundle)
     }
 

@@ -486,9 +486,7 @@ impl KeySet {
         for old in &self.keys {
             let Some(new) = next.get(old.id) else {
                 let ended = old.revoked_at_ms.is_some()
-                    || old
-                        .retire_after_ms
-                        .is_some_and(|r| r <= next.signed_at_ms);
+                    || old.retire_after_ms.is_some_and(|r| r <= next.signed_at_ms);
                 if !ended {
                     return Err(KeySetError::Widens {
                         key: old.id,
@@ -531,9 +529,7 @@ impl KeySet {
             // anything but the bundles of its past (an edge started with a newer key learns
             // the retired ones it never saw).
             let ended = new.revoked_at_ms.is_some()
-                || new
-                    .retire_after_ms
-                    .is_some_and(|r| r <= next.signed_at_ms);
+                || new.retire_after_ms.is_some_and(|r| r <= next.signed_at_ms);
             if self.get(new.id).is_none() && !ended {
                 let self_signed = sigs
                     .iter()
@@ -593,7 +589,8 @@ impl KeySetStatement {
     /// Signs `set` with each of `signers`.
     pub fn sign(set: &KeySet, signers: &[&dyn Sign]) -> Result<Self, KeySetError> {
         set.check_shape()?;
-        let payload = serde_json::to_string(set).map_err(|e| KeySetError::Malformed(e.to_string()))?;
+        let payload =
+            serde_json::to_string(set).map_err(|e| KeySetError::Malformed(e.to_string()))?;
         let signatures = signers
             .iter()
             .map(|s| {
@@ -613,7 +610,9 @@ impl KeySetStatement {
         struct G {
             generation: u64,
         }
-        serde_json::from_str::<G>(&self.payload).ok().map(|g| g.generation)
+        serde_json::from_str::<G>(&self.payload)
+            .ok()
+            .map(|g| g.generation)
     }
 }
 
@@ -688,10 +687,16 @@ mod tests {
         let text = signature_text(sid, &sig);
         let (parsed, bytes) = parse_signature_text(&text).unwrap();
         assert_eq!(parsed, Some(id));
-        assert_eq!(a.public().verify_signed(parsed, b"m", &bytes, Signs::Statement).unwrap(), Window::always(id));
+        assert_eq!(
+            a.public()
+                .verify_signed(parsed, b"m", &bytes, Signs::Statement)
+                .unwrap(),
+            Window::always(id)
+        );
         let b = key();
         assert_eq!(
-            b.public().verify_signed(parsed, b"m", &bytes, Signs::Statement),
+            b.public()
+                .verify_signed(parsed, b"m", &bytes, Signs::Statement),
             Err(KeyRefused::UnknownKey(id))
         );
     }
@@ -707,14 +712,28 @@ mod tests {
         // During the overlap both keys verify statements; after it, only the new one.
         let (ia, sa) = a.sign_message(b"x");
         let (ib, sb) = b.sign_message(b"x");
-        let wa = set.verify_signed(Some(ia), b"x", &sa, Signs::Statement).unwrap();
-        let wb = set.verify_signed(Some(ib), b"x", &sb, Signs::Statement).unwrap();
+        let wa = set
+            .verify_signed(Some(ia), b"x", &sa, Signs::Statement)
+            .unwrap();
+        let wb = set
+            .verify_signed(Some(ib), b"x", &sb, Signs::Statement)
+            .unwrap();
         assert!(wa.admit(1_400).is_ok() && wb.admit(1_400).is_ok());
-        assert!(wa.admit(1_501).is_err(), "old key retired after the overlap");
+        assert!(
+            wa.admit(1_501).is_err(),
+            "old key retired after the overlap"
+        );
         assert!(wb.admit(1_501).is_ok());
-        assert!(wb.admit(999).is_err(), "new key is not good before it existed");
+        assert!(
+            wb.admit(999).is_err(),
+            "new key is not good before it existed"
+        );
         // A bundle the old key sealed before retirement still verifies (restart from disk).
-        assert!(set.verify_signed(Some(ia), b"x", &sa, Signs::Bundle).unwrap().admit(10).is_ok());
+        assert!(set
+            .verify_signed(Some(ia), b"x", &sa, Signs::Bundle)
+            .unwrap()
+            .admit(10)
+            .is_ok());
     }
 
     #[test]
@@ -754,7 +773,9 @@ mod tests {
             set.accept(&KeySetStatement::sign(&late, &[&a, &c]).unwrap()),
             Err(KeySetError::NoTrustedSignature { .. })
         ));
-        assert!(set.accept(&KeySetStatement::sign(&late, &[&b, &c]).unwrap()).is_ok());
+        assert!(set
+            .accept(&KeySetStatement::sign(&late, &[&b, &c]).unwrap())
+            .is_ok());
         // Extending the retirement or dropping the current key widens trust.
         let mut extend = set.clone();
         extend.generation = 2;
@@ -796,7 +817,9 @@ mod tests {
             set.accept(&by_a),
             Err(KeySetError::NoTrustedSignature { .. })
         ));
-        let set = set.accept(&KeySetStatement::sign(&revoke, &[&b]).unwrap()).unwrap();
+        let set = set
+            .accept(&KeySetStatement::sign(&revoke, &[&b]).unwrap())
+            .unwrap();
         // Now A's statements are refused whatever time they claim; its bundles only up to
         // the revocation time.
         let (ia, sa) = a.sign_message(b"x");
@@ -808,7 +831,9 @@ mod tests {
             set.verify_signed(Some(ia), b"x", &sa, Signs::Request),
             Err(KeyRefused::Revoked(ia))
         );
-        let w = set.verify_signed(Some(ia), b"x", &sa, Signs::Bundle).unwrap();
+        let w = set
+            .verify_signed(Some(ia), b"x", &sa, Signs::Bundle)
+            .unwrap();
         assert!(w.admit(1_100).is_ok());
         assert!(w.admit(1_201).is_err());
         // The revoked key cannot revoke B (nor un-revoke itself).

@@ -1,7 +1,9 @@
 //! Small signed statements: the target version an edge should run, and the authorisation of
 //! a control-plane request to an edge's admin listener (purge fan-out).
 
-use crate::keyring::{parse_signature_text, signature_text, statement_time, KeyRefused, Sign, Signs, Verify};
+use crate::keyring::{
+    parse_signature_text, signature_text, statement_time, KeyRefused, Sign, Signs, Verify,
+};
 use serde::{Deserialize, Serialize};
 
 /// Largest signed statement accepted.
@@ -111,7 +113,10 @@ impl From<KeyRefused> for StatementError {
 
 impl Signed {
     /// Serialises and signs `value`; the signature names the key (`KEYID:BASE64`).
-    pub fn sign<T: Serialize>(value: &T, key: &(impl Sign + ?Sized)) -> Result<Self, StatementError> {
+    pub fn sign<T: Serialize>(
+        value: &T,
+        key: &(impl Sign + ?Sized),
+    ) -> Result<Self, StatementError> {
         let payload =
             serde_json::to_string(value).map_err(|e| StatementError::Malformed(e.to_string()))?;
         let (id, sig) = key.sign_message(payload.as_bytes());

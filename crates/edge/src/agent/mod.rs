@@ -25,13 +25,13 @@ use firebreak_protocol::bundle::{Bundle, MAX_BUNDLE_BYTES};
 use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::signed::{Stage, Target};
 use journal::{BootJournal, SafeMode};
-use trust::TrustStore;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use trust::TrustStore;
 
 /// How long one long-poll waits.
 const POLL_WAIT: Duration = Duration::from_secs(25);

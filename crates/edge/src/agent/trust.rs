@@ -114,10 +114,15 @@ impl TrustStore {
         let (set, applied, refused) = apply_chain(&current, chain);
         if applied > 0 {
             let mut all = kept;
-            all.extend(chain.iter().filter(|s| {
-                s.claimed_generation()
-                    .is_some_and(|g| g > current.generation && g <= set.generation)
-            }).cloned());
+            all.extend(
+                chain
+                    .iter()
+                    .filter(|s| {
+                        s.claimed_generation()
+                            .is_some_and(|g| g > current.generation && g <= set.generation)
+                    })
+                    .cloned(),
+            );
             if all.len() > MAX_CHAIN {
                 let extra = all.len() - MAX_CHAIN;
                 all.drain(..extra);
@@ -236,7 +241,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("fb-trust-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let (a, b) = (ControlKey::generate().unwrap(), ControlKey::generate().unwrap());
+        let (a, b) = (
+            ControlKey::generate().unwrap(),
+            ControlKey::generate().unwrap(),
+        );
         let store = TrustStore::open(&dir, a.public());
         assert_eq!(store.generation(), 0);
         assert_eq!(store.apply(&[rotation(&a, &b)]).unwrap(), 1);

@@ -48,9 +48,8 @@ pub struct EdgeState {
     pub control_key: std::sync::OnceLock<firebreak_protocol::keys::PublicKey>,
     /// The control plane's keys as this edge trusts them (rotation, revocation): when set,
     /// admin requests are verified with these instead of `control_key`.
-    pub control_keys: std::sync::OnceLock<
-        Arc<dyn firebreak_protocol::keyring::Verify + Send + Sync>,
-    >,
+    pub control_keys:
+        std::sync::OnceLock<Arc<dyn firebreak_protocol::keyring::Verify + Send + Sync>>,
     /// Per-address rate limits and the bound on requests in flight.
     pub clients: crate::ratelimit::ClientGate,
     next_id: AtomicU64,

@@ -40,10 +40,13 @@ async fn rotate(c: &Control, overlap_ms: u64) -> (String, String) {
 
 /// Waits until the control plane signs with `key`.
 async fn wait_signing(c: &Control, key: &str) {
-    wait_until(&format!("the control plane signs with key {key}"), || async {
-        let (_, view) = c.call(Method::GET, "/v1/keys/ring", None).await;
-        view["current"] == json!(key)
-    })
+    wait_until(
+        &format!("the control plane signs with key {key}"),
+        || async {
+            let (_, view) = c.call(Method::GET, "/v1/keys/ring", None).await;
+            view["current"] == json!(key)
+        },
+    )
     .await;
 }
 
@@ -142,7 +145,12 @@ impl Load {
 }
 
 /// Restarts an edge from its data dir, trusting `trust` (the control plane may be down).
-async fn restart(url: &str, trust: firebreak_protocol::keys::PublicKey, dir: &Path, id: &str) -> Agent {
+async fn restart(
+    url: &str,
+    trust: firebreak_protocol::keys::PublicKey,
+    dir: &Path,
+    id: &str,
+) -> Agent {
     edge_trusting(url, trust, dir, id).await
 }
 
@@ -150,7 +158,8 @@ async fn restart(url: &str, trust: firebreak_protocol::keys::PublicKey, dir: &Pa
 async fn key_rotation_without_downtime() {
     let dir = temp_dir("key-rotation");
     let origin = origin().await;
-    let mut c = Control::start_with_ring(&format!("redb:{}", dir.join("c.redb").display()), &dir).await;
+    let mut c =
+        Control::start_with_ring(&format!("redb:{}", dir.join("c.redb").display()), &dir).await;
     let first_key = c.public();
     release_marked(&c, origin, "v1").await;
     let e1 = edge(&c, &dir.join("e1"), "e1").await;
@@ -164,17 +173,34 @@ async fn key_rotation_without_downtime() {
     wait_key_generation(&e1, 1).await;
     wait_key_generation(&e2, 1).await;
     wait_signing(&c, &new).await;
-    assert_eq!(c.public(), c.plane.keys().set().get(new.parse().unwrap()).unwrap().public);
+    assert_eq!(
+        c.public(),
+        c.plane
+            .keys()
+            .set()
+            .get(new.parse().unwrap())
+            .unwrap()
+            .public
+    );
 
     // A version pushed now is sealed (and its target signed) by the new key only.
     let v2 = release_marked(&c, origin, "v2").await;
     assert_eq!(bundle_key(&c, v2).await, new);
-    assert_ne!(bundle_key(&c, 1).await, new, "version 1 was sealed by {old}");
+    assert_ne!(
+        bundle_key(&c, 1).await,
+        new,
+        "version 1 was sealed by {old}"
+    );
     wait_applied(&e1, v2).await;
     wait_applied(&e2, v2).await;
     let (ok, failed, errors) = load.finish().await;
     assert!(ok > 0, "the load never got an answer");
-    assert_eq!(failed, 0, "{failed} of {} requests failed: {errors:?}", ok + failed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed: {errors:?}",
+        ok + failed
+    );
     eprintln!("rotation under load: {ok} requests answered, {failed} failed");
 
     // Restart from disk with the control plane down, still started with the first key only.
@@ -270,14 +296,18 @@ async fn revoked_key_signatures_are_refused() {
         .iter()
         .filter_map(|a| a["action"].as_str())
         .collect();
-    assert!(actions.contains(&"key-rotate") && actions.contains(&"key-revoke"), "{audit}");
+    assert!(
+        actions.contains(&"key-rotate") && actions.contains(&"key-revoke"),
+        "{audit}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_restarts_from_disk_after_old_key_retired() {
     let dir = temp_dir("key-retired");
     let origin = origin().await;
-    let mut c = Control::start_with_ring(&format!("redb:{}", dir.join("c.redb").display()), &dir).await;
+    let mut c =
+        Control::start_with_ring(&format!("redb:{}", dir.join("c.redb").display()), &dir).await;
     let first_key = c.public();
     release_marked(&c, origin, "v1").await;
     let e = edge(&c, &dir.join("e"), "e").await;
@@ -295,7 +325,10 @@ async fn edge_restarts_from_disk_after_old_key_retired() {
         .find(|k| k["id"] == json!(old))
         .and_then(|k| k["retire_after_ms"].as_u64())
         .unwrap();
-    assert!(firebreak_protocol::now_ms() > retire, "the old key is retired");
+    assert!(
+        firebreak_protocol::now_ms() > retire,
+        "the old key is retired"
+    );
 
     // With the control plane down, the edge restarts from its disk: the bundle the old key
     // sealed before it retired still verifies, with the key set kept in the data dir.
@@ -311,7 +344,13 @@ async fn edge_restarts_from_disk_after_old_key_retired() {
 
     // Started with the new key instead (the operator updated --trust): the kept set verifies
     // from it too, and the old bundle still loads.
-    let new_public = c.plane.keys().set().get(new.parse().unwrap()).unwrap().public;
+    let new_public = c
+        .plane
+        .keys()
+        .set()
+        .get(new.parse().unwrap())
+        .unwrap()
+        .public;
     let e = restart(&c.url, new_public, &dir.join("e"), "e").await;
     wait_applied(&e, 1).await;
     assert_eq!(e.status().key_generation, 1);
