@@ -177,13 +177,13 @@ pub enum KeyRefused {
     #[error("signature does not verify with the trusted control-plane key")]
     BadSignature,
     /// Made by a key the verifier does not know.
-    #[error("signed by key {0}, which is not trusted here")]
+    #[error("signature made by key {0}, which is not trusted here")]
     UnknownKey(KeyId),
     /// Made by a revoked key, on something a revoked key may never sign.
-    #[error("signed by key {0}, which is revoked")]
+    #[error("signature made by key {0}, which is revoked")]
     Revoked(KeyId),
     /// Made at a time the key was not good for.
-    #[error("signed by key {key} at {at_ms} ms, outside the times it is trusted for ({from_ms} to {until_ms} ms)")]
+    #[error("signature made by key {key} at {at_ms} ms, outside the times it is trusted for ({from_ms} to {until_ms} ms)")]
     OutsideWindow {
         /// The key.
         key: KeyId,
@@ -195,7 +195,7 @@ pub enum KeyRefused {
         until_ms: u64,
     },
     /// The signed thing carries no signing time, and the key is only good for some.
-    #[error("signed by key {0}, which is trusted only for some signing times, but the statement carries none")]
+    #[error("signature made by key {0}, which is trusted only for some signing times, but the statement carries none")]
     NoTime(KeyId),
 }
 
