@@ -806,8 +806,8 @@ mod tests {
         let set = KeySet::trusting(a.public())
             .accept(&KeySetStatement::sign(&rotated(&a, &b, 1_000, 500), &[&a, &b]).unwrap())
             .unwrap();
-        // A revoking itself does not count as a signature from a good key... and A revoking B
-        // signed only by A would be accepted before A is revoked, so revoke A with B:
+        // A statement revoking A, signed only by A, does not count: A's signature is not a
+        // good key's once the statement revokes it. Signed by B, it is accepted.
         let mut revoke = set.clone();
         revoke.generation = 2;
         revoke.signed_at_ms = 1_300;

@@ -171,8 +171,13 @@ impl Agent {
             let every = opts.heartbeat.max(Duration::from_millis(100));
             tokio::spawn(async move {
                 loop {
-                    if let Err(e) = trust.refresh(&client).await {
-                        tracing::warn!(error = %e, "control-plane key set not updated");
+                    match trust.refresh(&client).await {
+                        Err(e) if e.starts_with("key set refused") => {
+                            tracing::warn!(error = %e, "control-plane key set not updated");
+                        }
+                        // Unreachable control plane: the target poll reports it already.
+                        Err(e) => tracing::debug!(error = %e, "key sets not fetched"),
+                        Ok(_) => {}
                     }
                     if let Ok(mut s) = status.lock() {
                         s.key_generation = trust.generation();
