@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 mod api_client;
+mod control_flags;
 mod demo_origin;
 mod drill;
 mod load;
@@ -88,6 +89,8 @@ enum Command {
         /// Edges' bearer token (at least 16 characters).
         #[arg(long, env = "FIREBREAK_EDGE_TOKEN", hide_env_values = true)]
         edge_token: String,
+        #[command(flatten)]
+        api: control_flags::ApiFlags,
     },
     /// Run an edge: under a control plane (`--control`), from a configuration file
     /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
@@ -418,7 +421,8 @@ async fn run(command: Command) -> Result<(), Failed> {
             key,
             token,
             edge_token,
-        } => control(listen, data_dir, store, key, token, edge_token)
+            api,
+        } => control(listen, data_dir, store, key, token, edge_token, api)
             .await
             .map_err(fail),
         Command::Edge(args) => edge(args).await.map_err(fail),
@@ -545,9 +549,11 @@ async fn control(
     key: Option<PathBuf>,
     token: String,
     edge_token: String,
+    api: control_flags::ApiFlags,
 ) -> Result<(), String> {
     check_token("--token", &token)?;
     check_token("--edge-token", &edge_token)?;
+    let limits = api.limits(control_flags::raise_open_files_limit())?;
     let key_path = key.unwrap_or_else(|| data_dir.join("control.key"));
     let key = ControlKey::load_or_create(&key_path).map_err(|e| e.to_string())?;
     let public = key.public();
@@ -562,7 +568,7 @@ async fn control(
         operator: token,
         edge: edge_token,
     };
-    let server = firebreak_control::serve(listen, plane, tokens)
+    let server = firebreak_control::serve_with(listen, plane, tokens, limits)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let pub_path = data_dir.join("control.pub");
@@ -577,6 +583,7 @@ async fn control(
 }
 
 async fn edge(args: EdgeArgs) -> Result<(), String> {
+    control_flags::raise_open_files_limit();
     if let Some(control) = args.control {
         let trust = args.trust.ok_or("--trust KEY is required with --control")?;
         let trust = PublicKey::from_arg(&trust).map_err(|e| e.to_string())?;
