@@ -7,6 +7,7 @@
 //!   service, and assembling them again, so that each service can be applied on its own.
 //! - [`health`]: per-version, per-service request counts that rollout gates judge.
 //! - [`api`]: the JSON bodies of the control plane's HTTP API.
+//! - [`client`]: the one HTTP client wrapper (CLI, edge agent, purge fan-out).
 //! - [`serve`]: the one serve loop (accept to close, every wait bounded) of the edge's
 //!   listeners, the control plane's API and the demo origin.
 //!
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod client;
 pub mod document;
 pub mod health;
 pub mod keys;
