@@ -161,7 +161,7 @@ pub async fn run(
         return Err(refused("no edge reports a listener; is the fleet up?"));
     }
     let (broken, what) = break_document(&detail.document, service.as_deref(), how)?;
-    println!(
+    out!(
         "drill: {} edges in {} cells on version {}; breaking {what}",
         targets.len(),
         cell_of.values().collect::<BTreeSet<_>>().len(),
@@ -195,7 +195,7 @@ pub async fn run(
             })?),
         )
         .await?;
-    println!(
+    out!(
         "version {} pushed; rollout {} on plan `{}`",
         info.version, rollout.id, rollout.plan.name
     );
@@ -278,7 +278,7 @@ pub async fn run(
     let canary_share = share(canary_n, total_n);
     let mut report = String::new();
     let mut line = |s: String| {
-        println!("{s}");
+        out!("{s}");
         report.push_str(&s);
         report.push('\n');
     };

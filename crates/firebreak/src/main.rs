@@ -14,6 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+#[macro_use]
+mod stdout;
 mod api_client;
 mod control_flags;
 mod demo_origin;
@@ -397,7 +399,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
             } else {
                 "fleet document"
             };
-            println!("{}: ok ({kind})", file.display());
+            out!("{}: ok ({kind})", file.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -430,7 +432,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             let origin = demo_origin::start(listen)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-            println!("demo origin listening on http://{}", origin.addr);
+            out!("demo origin listening on http://{}", origin.addr);
             wait_for_ctrl_c().await;
             Ok(())
         }
@@ -575,8 +577,8 @@ async fn control(
     if let Err(e) = std::fs::write(&pub_path, format!("{public}\n")) {
         tracing::warn!(error = %e, path = %pub_path.display(), "cannot write the public key file");
     }
-    println!("control plane listening on http://{}", server.local_addr());
-    println!("public key {public} (also in {})", pub_path.display());
+    out!("control plane listening on http://{}", server.local_addr());
+    out!("public key {public} (also in {})", pub_path.display());
     wait_for_ctrl_c().await;
     server.shutdown().await;
     Ok(())
@@ -618,10 +620,10 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
         for addr in agent.edge.local_addrs() {
-            println!("edge {id} listening on http://{addr}");
+            out!("edge {id} listening on http://{addr}");
         }
         if let Some(admin) = agent.edge.admin_addr() {
-            println!("edge {id} admin on http://{admin}");
+            out!("edge {id} admin on http://{admin}");
         }
         wait_for_ctrl_c().await;
         agent.shutdown();
@@ -641,7 +643,7 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
     };
     let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
     for addr in handle.local_addrs() {
-        println!("edge listening on http://{addr}");
+        out!("edge listening on http://{addr}");
     }
     let _reloader = match args.config {
         Some(path) => Some(handle.reload_on_sighup(path).map_err(|e| e.to_string())?),
