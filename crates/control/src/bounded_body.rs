@@ -114,7 +114,9 @@ pub async fn read(State(bounds): State<BodyBounds>, req: Request, next: Next) ->
     let outcome = tokio::time::timeout(bounds.timeout, reading).await;
     match outcome {
         Ok(Outcome::Read(bytes, permit)) => {
-            let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+            let response = next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
             drop(permit);
             response
         }

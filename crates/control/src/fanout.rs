@@ -2,10 +2,10 @@
 //! acknowledged or when the deadline passes, naming the edges that did not.
 
 use firebreak_protocol::api::{EdgeStatus, PurgeOutcome, Straggler};
+use firebreak_protocol::client::{ClientError, HttpClient};
 use firebreak_protocol::keys::ControlKey;
 use firebreak_protocol::signed::{sign_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use http::{Method, Request};
-use firebreak_protocol::client::{ClientError, HttpClient};
 use http_body_util::Full;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

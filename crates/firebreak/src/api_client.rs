@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use firebreak_protocol::api::ApiError;
-use http::{header, Method, Request, StatusCode};
 use firebreak_protocol::client::{ClientError, HttpClient};
+use http::{header, Method, Request, StatusCode};
 use http_body_util::Full;
 use std::time::Duration;
 

@@ -123,6 +123,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_flag() {
         let t = T::parse_from(["t", "--body-timeout-ms", "0"]);
-        assert!(t.api.limits(None).unwrap_err().starts_with("--body-timeout-ms"));
+        assert!(t
+            .api
+            .limits(None)
+            .unwrap_err()
+            .starts_with("--body-timeout-ms"));
     }
 }

@@ -2,10 +2,10 @@
 //! the edge by hand. It counts the requests it serves (`/__origin/stats`).
 
 use bytes::Bytes;
+use firebreak_protocol::serve::{accept_loop, AddressTable, ListenerConf};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use firebreak_protocol::serve::{accept_loop, AddressTable, ListenerConf};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +38,9 @@ pub async fn start(addr: SocketAddr) -> std::io::Result<DemoOrigin> {
         "origin",
         &limits,
         false,
-        Arc::new(AddressTable::new(limits.clients.max_connections_per_address)),
+        Arc::new(AddressTable::new(
+            limits.clients.max_connections_per_address,
+        )),
     ));
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // The origin runs until the process ends: nothing ever stops it.

@@ -197,7 +197,9 @@ pub async fn run(
         .await?;
     out!(
         "version {} pushed; rollout {} on plan `{}`",
-        info.version, rollout.id, rollout.plan.name
+        info.version,
+        rollout.id,
+        rollout.plan.name
     );
     let started = Instant::now();
     let deadline = started + Duration::from_secs(300);

@@ -78,7 +78,10 @@ pub async fn versions(api: &Api, limit: usize) -> Result<(), Failed> {
     let target: Option<Target> = current_target(api).await?;
     out!(
         "{:>7}  {:>6}  {:<29}  {:<12}  MESSAGE",
-        "VERSION", "PARENT", "CREATED", "AUTHOR"
+        "VERSION",
+        "PARENT",
+        "CREATED",
+        "AUTHOR"
     );
     for v in list {
         let mark = if target.as_ref().is_some_and(|t| t.version == v.version) {
@@ -175,7 +178,11 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
     let now = firebreak_protocol::now_ms();
     out!(
         "{:<24} {:<8} {:<8} {:>7}  {:>9}  ERROR",
-        "EDGE", "POP", "CELL", "APPLIED", "LAST SEEN"
+        "EDGE",
+        "POP",
+        "CELL",
+        "APPLIED",
+        "LAST SEEN"
     );
     for e in edges {
         let mut error = e.report.error.clone().unwrap_or_default();

@@ -86,9 +86,7 @@ impl Control {
             .env("FIREBREAK_TOKEN", OPERATOR)
             .env("FIREBREAK_EDGE_TOKEN", EDGE)
             .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(dir.join("control.log")).unwrap(),
-            )
+            .stderr(std::fs::File::create(dir.join("control.log")).unwrap())
             .spawn()
             .unwrap();
         let c = Self { child, port, dir };
@@ -234,7 +232,10 @@ async fn idle_connections_do_not_exhaust_the_api() {
     )
     .await;
     let closed = closed.into_iter().filter(|c| *c).count();
-    assert_eq!(closed, n, "the server closed only {closed} of {n} silent connections");
+    assert_eq!(
+        closed, n,
+        "the server closed only {closed} of {n} silent connections"
+    );
     c.healthz(Duration::from_secs(10)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.fds() > fds_before + 16 {

@@ -4,9 +4,9 @@
 use bytes::Bytes;
 use firebreak_protocol::api::EdgeReport;
 use firebreak_protocol::bundle::MAX_BUNDLE_BYTES;
+use firebreak_protocol::client::{ClientError, HttpClient};
 use firebreak_protocol::signed::{Signed, MAX_STATEMENT_BYTES};
 use http::{header, Method, Request, StatusCode};
-use firebreak_protocol::client::{ClientError, HttpClient};
 use http_body_util::Full;
 use serde::Deserialize;
 use std::sync::Arc;
