@@ -199,8 +199,10 @@ impl ControlServer {
 
     /// Stops accepting and waits (at most [`SHUTDOWN_GRACE`]) for open requests; long-polls
     /// end at once.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.task.abort();
+        // The listening socket is closed once the aborted task is gone: the port is free.
+        let _ = (&mut self.task).await;
         self.stop.send_replace(true);
         let all = self.permits.acquire_many(self.max_connections);
         if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
