@@ -26,6 +26,7 @@
 //! | POST | `/v1/keys/rotate` | operator (admin) | a new signing key, after an overlap |
 //! | POST | `/v1/keys/{id}/revoke` | operator (admin) | revoke a key from a stated time |
 
+use crate::bounded_body::{self, BodyBounds};
 use crate::plane::{Plane, PlaneError, MAX_LIST};
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -40,23 +41,15 @@ use firebreak_protocol::api::{
 };
 use firebreak_protocol::health::HealthReport;
 use firebreak_protocol::same_secret;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::watch;
+
+pub use crate::listener::{serve, ControlServer, MAX_CONNECTIONS};
 
 /// Longest long-poll.
 const MAX_WAIT_MS: u64 = 60_000;
-/// Most open API connections (each edge holds one for its long-poll).
-pub const MAX_CONNECTIONS: usize = 50_000;
-/// Time a client has to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The two bearer tokens.
 #[derive(Clone)]
@@ -81,8 +74,21 @@ enum Role {
     Edge,
 }
 
-/// The API router over `plane`; long-polls end when `stopping` turns `true`.
+/// The API router over `plane` with the default body bounds; long-polls end when `stopping`
+/// turns `true`.
 pub fn router(plane: Arc<Plane>, tokens: Tokens, stopping: watch::Receiver<bool>) -> Router {
+    router_with(plane, tokens, stopping, BodyBounds::default())
+}
+
+/// The API router; request bodies are read within `bodies` (the innermost layer: whatever
+/// checks a request's head, such as authentication, goes outside it so that it runs before a
+/// body byte is read).
+pub fn router_with(
+    plane: Arc<Plane>,
+    tokens: Tokens,
+    stopping: watch::Receiver<bool>,
+    bodies: BodyBounds,
+) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
@@ -108,116 +114,15 @@ pub fn router(plane: Arc<Plane>, tokens: Tokens, stopping: watch::Receiver<bool>
         .route("/v1/keys/rotate", post(rotate_key))
         .route("/v1/keys/{id}/revoke", post(revoke_key))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            bodies,
+            bounded_body::read,
+        ))
         .with_state(App {
             plane,
             tokens,
             stopping,
         })
-}
-
-/// A running API server.
-pub struct ControlServer {
-    addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl ControlServer {
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Stops accepting and waits for open requests (long-polls end at once).
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for ControlServer {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-/// Binds `listen` and serves the API in the background.
-pub async fn serve(
-    listen: SocketAddr,
-    plane: Arc<Plane>,
-    tokens: Tokens,
-) -> std::io::Result<ControlServer> {
-    let listener = TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    let (stop, rx) = watch::channel(false);
-    let app = router(plane, tokens, rx.clone());
-    let task = tokio::spawn(accept_loop(listener, app, rx));
-    Ok(ControlServer { addr, stop, task })
-}
-
-/// Resolves once `rx` says stop (or its sender is gone, which never happens while serving).
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    loop {
-        if *rx.borrow_and_update() {
-            return;
-        }
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Accepts connections (at most [`MAX_CONNECTIONS`] open), each served by hyper with a bound
-/// on the time to send a request head; on stop, every connection finishes gracefully.
-async fn accept_loop(listener: TcpListener, app: Router, mut stop: watch::Receiver<bool>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = stopped(&mut stop) => break,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => break,
-        };
-        let service = TowerToHyperService::new(app.clone());
-        let mut stop = stop.clone();
-        connections.spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                Ok(()) = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-            drop(permit);
-        });
-        // Reap finished connections so the set does not grow.
-        while connections.try_join_next().is_some() {}
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(10), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
 }
 
 struct Failure(StatusCode, ApiError);

@@ -1,14 +1,12 @@
 //! Purge fan-out: one signed admin request to every live edge at once, answered when all have
 //! acknowledged or when the deadline passes, naming the edges that did not.
 
-use bytes::Bytes;
 use firebreak_protocol::api::{EdgeStatus, PurgeOutcome, Straggler};
+use firebreak_protocol::client::{ClientError, HttpClient};
 use firebreak_protocol::keyring::Sign;
 use firebreak_protocol::signed::{sign_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use http::{Method, Request};
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -19,18 +17,14 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// An HTTP client for edges' admin listeners (pooled, keep-alive).
 #[derive(Clone)]
 pub struct Fanout {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: HttpClient,
 }
 
 impl Default for Fanout {
     fn default() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Self { client }
+        Self {
+            client: HttpClient::new(Duration::from_secs(2)),
+        }
     }
 }
 
@@ -63,10 +57,7 @@ impl Fanout {
             let signature = signature.clone();
             let uri = format!("{}{path_and_query}", base.trim_end_matches('/'));
             set.spawn(async move {
-                let result =
-                    tokio::time::timeout(deadline, send(&client, &uri, &signature, signed_at))
-                        .await
-                        .unwrap_or_else(|_| Err("no acknowledgement before the deadline".into()));
+                let result = send(&client, &uri, &signature, signed_at, deadline).await;
                 (edge.id, result)
             });
         }
@@ -96,25 +87,26 @@ impl Fanout {
 }
 
 async fn send(
-    client: &Client<HttpConnector, Empty<Bytes>>,
+    client: &HttpClient,
     uri: &str,
     signature: &str,
     signed_at: u64,
+    deadline: Duration,
 ) -> Result<u64, String> {
     let req = Request::builder()
         .method(Method::POST)
         .uri(uri)
         .header(SIGNATURE_HEADER, signature)
         .header(SIGNED_AT_HEADER, signed_at.to_string())
-        .body(Empty::new())
+        .body(Full::default())
         .map_err(|e| format!("bad admin URL {uri}: {e}"))?;
-    let resp = client.request(req).await.map_err(|e| format!("{e:#}"))?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), MAX_ANSWER_BYTES)
-        .collect()
+    let (status, body) = client
+        .exchange(req, MAX_ANSWER_BYTES, deadline)
         .await
-        .map_err(|e| format!("reading the answer: {e}"))?
-        .to_bytes();
+        .map_err(|e| match e {
+            ClientError::Timeout(_) => "no acknowledgement before the deadline".to_owned(),
+            other => other.to_string(),
+        })?;
     let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     if status.is_success() {
         Ok(value.get("purged").and_then(|v| v.as_u64()).unwrap_or(0))

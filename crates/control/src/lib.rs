@@ -7,17 +7,22 @@
 //! - [`keys`]: the signing keys: current, previous, rotation with an overlap, revocation.
 //! - [`fanout`]: sending signed purge requests to every edge at once.
 //! - [`api`]: the axum router, bearer-token auth, OpenAPI document.
+//! - [`listener`]: serving the API within its bounds ([`ApiLimits`]); [`bounded_body`]: request
+//!   bodies read with size, time and memory bounds, errors as JSON.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod api;
+pub mod bounded_body;
 pub mod fanout;
 pub mod keys;
+pub mod listener;
 mod openapi;
 pub mod plane;
 pub mod rollout;
 pub mod store;
 
 pub use api::{serve, ControlServer, Tokens};
+pub use listener::{serve_with, ApiLimits};
 pub use plane::Plane;
 pub use store::Store;

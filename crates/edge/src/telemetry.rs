@@ -320,17 +320,7 @@ pub fn fill_client_detached(service: &Arc<str>) {
 // - `rate_limited_total{service}` — requests answered 429 (per-address token bucket).
 // - `shed_total{service}` — requests answered 503 because too many were in flight.
 
-/// Counts a connection refused at accept.
-pub fn connection_refused(listener: &'static str, reason: &'static str) {
-    metrics::counter!("firebreak_connections_refused_total", "listener" => listener, "reason" => reason)
-        .increment(1);
-}
-
-/// Counts a connection the edge closed because of a deadline or a bad preamble.
-pub fn connection_closed(listener: &'static str, reason: &'static str) {
-    metrics::counter!("firebreak_connections_closed_total", "listener" => listener, "reason" => reason)
-        .increment(1);
-}
+// Connections refused and closed are counted by the serve loop (`firebreak_protocol::serve`).
 
 /// Counts a request refused by its client's rate limit.
 pub fn rate_limited(service: &Arc<str>) {

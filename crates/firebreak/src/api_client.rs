@@ -2,10 +2,9 @@
 
 use bytes::Bytes;
 use firebreak_protocol::api::ApiError;
+use firebreak_protocol::client::{ClientError, HttpClient};
 use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use std::time::Duration;
 
 /// Exit codes of the client commands.
@@ -41,7 +40,7 @@ impl Failed {
 pub struct Api {
     base: String,
     token: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
 }
 
 /// Largest answer read.
@@ -49,12 +48,10 @@ const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
 impl Api {
     pub fn new(base: &str, token: &str) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: HttpClient::new(Duration::from_secs(3)),
         }
     }
 
@@ -74,29 +71,20 @@ impl Api {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Failed::new(exit::USAGE, format!("bad control-plane URL {uri}: {e}")))?;
-        let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| {
-                Failed::new(
-                    exit::UNAVAILABLE,
-                    format!("control plane at {} unreachable: {e:#}", self.base),
-                )
-            })?;
-            let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("reading the answer: {e}")))?
-                .to_bytes();
-            Ok((status, bytes))
-        };
-        let (status, bytes) = tokio::time::timeout(Duration::from_secs(60), exchange)
+        let (status, bytes) = self
+            .client
+            .exchange(req, MAX_ANSWER, Duration::from_secs(60))
             .await
-            .map_err(|_| {
-                Failed::new(
-                    exit::UNAVAILABLE,
-                    "control plane did not answer within 60 s",
-                )
-            })??;
+            .map_err(|e| {
+                let message = match e {
+                    ClientError::Unreachable(e) => {
+                        format!("control plane at {} unreachable: {e}", self.base)
+                    }
+                    ClientError::Timeout(_) => "control plane did not answer within 60 s".into(),
+                    other => other.to_string(),
+                };
+                Failed::new(exit::UNAVAILABLE, message)
+            })?;
         if status.is_success() {
             return Ok(bytes);
         }

@@ -2,20 +2,21 @@
 //! the edge by hand. It counts the requests it serves (`/__origin/stats`).
 
 use bytes::Bytes;
+use firebreak_protocol::serve::{accept_loop, AddressTable, ListenerConf};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
 
 /// Largest body `/large` produces.
 const MAX_LARGE_MIB: u64 = 256;
+/// Most open connections.
+const MAX_CONNECTIONS: usize = 10_000;
 /// Longest delay `/slow` accepts.
 const MAX_SLOW_MS: u64 = 30_000;
 
@@ -31,23 +32,24 @@ pub async fn start(addr: SocketAddr) -> std::io::Result<DemoOrigin> {
     let addr = listener.local_addr()?;
     let hits = Arc::new(AtomicU64::new(0));
     let started = SystemTime::now();
-    tokio::spawn(async move {
-        let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let hits = hits.clone();
-            let builder = builder.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req| {
-                    let hits = hits.clone();
-                    async move { Ok::<_, std::convert::Infallible>(serve(req, &hits, started).await) }
-                });
-                let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
-    });
+    // The shared serve loop, with an edge listener's default bounds.
+    let limits = firebreak_config::LimitsConfig::default();
+    let conf = Arc::new(ListenerConf::new(
+        "origin",
+        &limits,
+        false,
+        Arc::new(AddressTable::new(
+            limits.clients.max_connections_per_address,
+        )),
+    ));
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // The origin runs until the process ends: nothing ever stops it.
+    let (_, stopping) = watch::channel(false);
+    let handler = move |req, _client| {
+        let hits = hits.clone();
+        async move { serve(req, &hits, started).await }
+    };
+    tokio::spawn(accept_loop(listener, conf, permits, stopping, handler));
     Ok(DemoOrigin { addr })
 }
 

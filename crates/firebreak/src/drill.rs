@@ -161,7 +161,7 @@ pub async fn run(
         return Err(refused("no edge reports a listener; is the fleet up?"));
     }
     let (broken, what) = break_document(&detail.document, service.as_deref(), how)?;
-    println!(
+    out!(
         "drill: {} edges in {} cells on version {}; breaking {what}",
         targets.len(),
         cell_of.values().collect::<BTreeSet<_>>().len(),
@@ -195,9 +195,11 @@ pub async fn run(
             })?),
         )
         .await?;
-    println!(
+    out!(
         "version {} pushed; rollout {} on plan `{}`",
-        info.version, rollout.id, rollout.plan.name
+        info.version,
+        rollout.id,
+        rollout.plan.name
     );
     let started = Instant::now();
     let deadline = started + Duration::from_secs(300);
@@ -278,7 +280,7 @@ pub async fn run(
     let canary_share = share(canary_n, total_n);
     let mut report = String::new();
     let mut line = |s: String| {
-        println!("{s}");
+        out!("{s}");
         report.push_str(&s);
         report.push('\n');
     };

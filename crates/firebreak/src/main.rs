@@ -14,7 +14,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+#[macro_use]
+mod stdout;
 mod api_client;
+mod control_flags;
 mod demo_origin;
 mod drill;
 mod keys;
@@ -102,6 +105,8 @@ enum Command {
         /// the new key set meanwhile), in seconds; `rotate-key --overlap-s` overrides it.
         #[arg(long, default_value_t = 7 * 24 * 3600)]
         key_overlap_s: u64,
+        #[command(flatten)]
+        api: control_flags::ApiFlags,
     },
     /// Run an edge: under a control plane (`--control`), from a configuration file
     /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
@@ -408,7 +413,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
             } else {
                 "fleet document"
             };
-            println!("{}: ok ({kind})", file.display());
+            out!("{}: ok ({kind})", file.display());
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -438,6 +443,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             token,
             edge_token,
             key_overlap_s,
+            api,
         } => {
             let (Some(data_dir), Some(token), Some(edge_token)) = (data_dir, token, edge_token)
             else {
@@ -454,6 +460,7 @@ async fn run(command: Command) -> Result<(), Failed> {
                 token,
                 edge_token,
                 key_overlap_s,
+                api,
             )
             .await
             .map_err(fail)
@@ -463,7 +470,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             let origin = demo_origin::start(listen)
                 .await
                 .map_err(|e| fail(e.to_string()))?;
-            println!("demo origin listening on http://{}", origin.addr);
+            out!("demo origin listening on http://{}", origin.addr);
             wait_for_ctrl_c().await;
             Ok(())
         }
@@ -583,9 +590,11 @@ async fn control(
     token: String,
     edge_token: String,
     key_overlap_s: u64,
+    api: control_flags::ApiFlags,
 ) -> Result<(), String> {
     check_token("--token", &token)?;
     check_token("--edge-token", &edge_token)?;
+    let limits = api.limits(control_flags::raise_open_files_limit())?;
     let overlap = std::time::Duration::from_secs(key_overlap_s);
     if overlap > firebreak_control::keys::MAX_OVERLAP {
         return Err(format!(
@@ -609,21 +618,22 @@ async fn control(
         operator: token,
         edge: edge_token,
     };
-    let server = firebreak_control::serve(listen, plane, tokens)
+    let server = firebreak_control::serve_with(listen, plane, tokens, limits)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let pub_path = data_dir.join("control.pub");
     if let Err(e) = std::fs::write(&pub_path, format!("{public}\n")) {
         tracing::warn!(error = %e, path = %pub_path.display(), "cannot write the public key file");
     }
-    println!("control plane listening on http://{}", server.local_addr());
-    println!("public key {public} (also in {})", pub_path.display());
+    out!("control plane listening on http://{}", server.local_addr());
+    out!("public key {public} (also in {})", pub_path.display());
     wait_for_ctrl_c().await;
     server.shutdown().await;
     Ok(())
 }
 
 async fn edge(args: EdgeArgs) -> Result<(), String> {
+    control_flags::raise_open_files_limit();
     if let Some(control) = args.control {
         let trust = args.trust.ok_or("--trust KEY is required with --control")?;
         let trust = PublicKey::from_arg(&trust).map_err(|e| e.to_string())?;
@@ -658,10 +668,10 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
         for addr in agent.edge.local_addrs() {
-            println!("edge {id} listening on http://{addr}");
+            out!("edge {id} listening on http://{addr}");
         }
         if let Some(admin) = agent.edge.admin_addr() {
-            println!("edge {id} admin on http://{admin}");
+            out!("edge {id} admin on http://{admin}");
         }
         wait_for_ctrl_c().await;
         agent.shutdown();
@@ -681,7 +691,7 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
     };
     let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
     for addr in handle.local_addrs() {
-        println!("edge listening on http://{addr}");
+        out!("edge listening on http://{addr}");
     }
     let _reloader = match args.config {
         Some(path) => Some(handle.reload_on_sighup(path).map_err(|e| e.to_string())?),

@@ -10,8 +10,19 @@ use firebreak_protocol::signed::Target;
 use http::Method;
 use std::path::Path;
 
-fn time(ms: u64) -> String {
-    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+/// Latest time an HTTP date can name: 9999-12-31 23:59:59.999 UTC, in ms since the epoch.
+const LAST_HTTP_DATE_MS: u64 = 253_402_300_799_999;
+
+/// `ms` since the epoch as an HTTP date; a time past year 9999 (which `httpdate` cannot
+/// format, and panics on) is refused and shown as such.
+pub(crate) fn time(ms: u64) -> String {
+    if ms > LAST_HTTP_DATE_MS {
+        return format!("(invalid time: {ms} ms is past year 9999)");
+    }
+    match std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_millis(ms)) {
+        Some(t) => httpdate::fmt_http_date(t),
+        None => format!("(invalid time: {ms} ms)"),
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failed> {
@@ -45,7 +56,7 @@ pub async fn push(api: &Api, file: &Path, message: &str, activate: bool) -> Resu
     let info: VersionInfo = api
         .json(Method::POST, "/v1/versions", Some(to_json(&req)?))
         .await?;
-    println!(
+    out!(
         "version {} stored ({} bytes, sha256 {}){}",
         info.version,
         info.size,
@@ -65,9 +76,12 @@ pub async fn versions(api: &Api, limit: usize) -> Result<(), Failed> {
         .json(Method::GET, &format!("/v1/versions?limit={limit}"), None)
         .await?;
     let target: Option<Target> = current_target(api).await?;
-    println!(
+    out!(
         "{:>7}  {:>6}  {:<29}  {:<12}  MESSAGE",
-        "VERSION", "PARENT", "CREATED", "AUTHOR"
+        "VERSION",
+        "PARENT",
+        "CREATED",
+        "AUTHOR"
     );
     for v in list {
         let mark = if target.as_ref().is_some_and(|t| t.version == v.version) {
@@ -75,7 +89,7 @@ pub async fn versions(api: &Api, limit: usize) -> Result<(), Failed> {
         } else {
             " "
         };
-        println!(
+        out!(
             "{mark}{:>6}  {:>6}  {:<29}  {:<12}  {}",
             v.version,
             v.parent
@@ -106,14 +120,14 @@ pub async fn show(api: &Api, version: u64) -> Result<(), Failed> {
     let d: VersionDetail = api
         .json(Method::GET, &format!("/v1/versions/{version}"), None)
         .await?;
-    println!(
+    out!(
         "# version {} by {} at {}: {}",
         d.info.version,
         d.info.author,
         time(d.info.created_at_ms),
         d.info.message
     );
-    print!("{}", d.document);
+    outp!("{}", d.document);
     Ok(())
 }
 
@@ -122,7 +136,7 @@ pub async fn diff(api: &Api, a: u64, b: u64) -> Result<(), Failed> {
     let text = api
         .call(Method::GET, &format!("/v1/diff?from={a}&to={b}"), None)
         .await?;
-    print!("{}", String::from_utf8_lossy(&text));
+    outp!("{}", String::from_utf8_lossy(&text));
     Ok(())
 }
 
@@ -130,7 +144,7 @@ pub async fn diff(api: &Api, a: u64, b: u64) -> Result<(), Failed> {
 pub async fn target(api: &Api, version: Option<u64>, rollback: bool) -> Result<(), Failed> {
     match version {
         None => match current_target(api).await? {
-            Some(t) => println!(
+            Some(t) => out!(
                 "target version {} (seq {}, set by {} at {}{})",
                 t.version,
                 t.seq,
@@ -138,14 +152,14 @@ pub async fn target(api: &Api, version: Option<u64>, rollback: bool) -> Result<(
                 time(t.set_at_ms),
                 if t.rollback { ", rollback" } else { "" }
             ),
-            None => println!("no target set"),
+            None => out!("no target set"),
         },
         Some(version) => {
             let req = SetTargetRequest { version, rollback };
             let t: firebreak_control::store::StoredTarget = api
                 .json(Method::PUT, "/v1/target", Some(to_json(&req)?))
                 .await?;
-            println!("fleet rolled back to version {} (seq {})", t.version, t.seq);
+            out!("fleet rolled back to version {} (seq {})", t.version, t.seq);
         }
     }
     Ok(())
@@ -155,16 +169,20 @@ pub async fn target(api: &Api, version: Option<u64>, rollback: bool) -> Result<(
 pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
     let edges: Vec<EdgeStatus> = api.json(Method::GET, "/v1/fleet", None).await?;
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&edges).unwrap_or_default()
         );
         return Ok(());
     }
     let now = firebreak_protocol::now_ms();
-    println!(
+    out!(
         "{:<24} {:<8} {:<8} {:>7}  {:>9}  ERROR",
-        "EDGE", "POP", "CELL", "APPLIED", "LAST SEEN"
+        "EDGE",
+        "POP",
+        "CELL",
+        "APPLIED",
+        "LAST SEEN"
     );
     for e in edges {
         let mut error = e.report.error.clone().unwrap_or_default();
@@ -177,7 +195,7 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
                 f.service, f.kept_version, f.error
             ));
         }
-        println!(
+        out!(
             "{:<24} {:<8} {:<8} {:>7}  {:>8}s  {}",
             e.id,
             e.report.pop,
@@ -198,7 +216,7 @@ pub async fn purge(api: &Api, req: PurgeRequest) -> Result<(), Failed> {
     let out: PurgeOutcome = api
         .json(Method::POST, "/v1/purge", Some(to_json(&req)?))
         .await?;
-    println!(
+    out!(
         "purged {} object(s); {}/{} edges acknowledged in {} ms",
         out.purged,
         out.acknowledged.len(),
@@ -206,10 +224,10 @@ pub async fn purge(api: &Api, req: PurgeRequest) -> Result<(), Failed> {
         out.elapsed_ms
     );
     for s in &out.stragglers {
-        println!("  straggler {}: {}", s.id, s.error);
+        out!("  straggler {}: {}", s.id, s.error);
     }
     for id in &out.skipped {
-        println!("  skipped {id}: not seen for over five minutes");
+        out!("  skipped {id}: not seen for over five minutes");
     }
     if out.stragglers.is_empty() {
         Ok(())

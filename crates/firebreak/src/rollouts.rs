@@ -83,9 +83,9 @@ fn cell_lines(view: &RolloutView, version: u64) -> Vec<String> {
 /// Prints the current or last rollout.
 fn print_view(view: &RolloutView) {
     match &view.rollout {
-        None => println!("no rollout yet"),
+        None => out!("no rollout yet"),
         Some(r) => {
-            println!(
+            out!(
                 "rollout {}: version {} (from {}) on plan `{}` by {}: {}",
                 r.id,
                 r.version,
@@ -95,22 +95,22 @@ fn print_view(view: &RolloutView) {
                 phase_name(r)
             );
             if let Some(o) = &r.outcome {
-                println!("outcome: {o}");
+                out!("outcome: {o}");
             }
             for l in cell_lines(view, r.version) {
-                println!("{l}");
+                out!("{l}");
             }
             if !r.excluded.is_empty() {
-                println!("left out: {}", r.excluded.join("; "));
+                out!("left out: {}", r.excluded.join("; "));
             }
             if let Some(g) = &view.gate {
                 for l in gate_lines(g) {
-                    println!("{l}");
+                    out!("{l}");
                 }
             }
         }
     }
-    println!(
+    out!(
         "fleet version: {}",
         view.fleet_version.map_or("none".into(), |v| v.to_string())
     );
@@ -135,9 +135,9 @@ pub async fn action(api: &Api, action: &str, message: &str) -> Result<(), Failed
             Some(to_json(&req)?),
         )
         .await?;
-    println!("rollout {}: {}", r.id, phase_name(&r));
+    out!("rollout {}: {}", r.id, phase_name(&r));
     if let Some(o) = &r.outcome {
-        println!("outcome: {o}");
+        out!("outcome: {o}");
     }
     Ok(())
 }
@@ -151,7 +151,7 @@ pub async fn rollback(api: &Api, version: Option<u64>, message: &str) -> Result<
     let t: firebreak_control::store::StoredTarget = api
         .json(Method::POST, "/v1/rollback", Some(to_json(&req)?))
         .await?;
-    println!(
+    out!(
         "fleet rolled back to version {} (seq {}); edges report as they apply it (`firebreak fleet`)",
         t.version, t.seq
     );
@@ -164,9 +164,9 @@ pub async fn audit(api: &Api, limit: usize) -> Result<(), Failed> {
         .json(Method::GET, &format!("/v1/audit?limit={limit}"), None)
         .await?;
     for e in list {
-        println!(
+        out!(
             "{}  {:<12} {:<13} v{:<5} {}",
-            httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(e.at_ms)),
+            crate::ops::time(e.at_ms),
             e.who,
             e.action,
             e.version.map_or("-".into(), |v| v.to_string()),
@@ -174,7 +174,7 @@ pub async fn audit(api: &Api, limit: usize) -> Result<(), Failed> {
         );
         if let Some(g) = &e.gate {
             for l in gate_lines(g).iter().skip(1) {
-                println!("{l}");
+                out!("{l}");
             }
         }
     }
@@ -196,7 +196,7 @@ pub async fn deploy(
     let r: Rollout = api
         .json(Method::POST, "/v1/rollouts", Some(to_json(&req)?))
         .await?;
-    println!(
+    out!(
         "rollout {} of version {} on plan `{}` ({} waves): staging on every edge",
         r.id,
         r.version,
@@ -219,7 +219,7 @@ pub async fn switch(api: &Api, name: &str, on: bool, message: &str) -> Result<()
             Some(to_json(&req)?),
         )
         .await?;
-    println!(
+    out!(
         "kill switch {name} {}: version {} rolling out on plan `{}`",
         if on { "on" } else { "off" },
         r.version,
@@ -270,7 +270,7 @@ pub async fn follow(api: &Api, id: u64) -> Result<(), Failed> {
                     b.println(format!("{} started", phase_name(r)));
                 }
             }
-            None if line != last_line => println!("{line}"),
+            None if line != last_line => out!("{line}"),
             None => {}
         }
         last_line = line;

@@ -267,7 +267,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
         .map(|(id, listen, _)| (id.clone(), ([127, 0, 0, 1], *listen).into()))
         .collect();
     let _load = crate::load::Load::start(&targets, LOAD_PER_EDGE);
-    println!(
+    out!(
         "rolling the example configuration out: staged on every edge, then the canary edge, its cell, the rest (gated; about half a minute)…"
     );
     crate::ops::push(
@@ -293,36 +293,36 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     crate::rollouts::status(&api).await.map_err(|e| e.message)?;
 
     let first = edges.first().map(|e| e.1).unwrap_or(base);
-    println!(
+    out!(
         "firebreak is up: a control plane, {} POPs of {} edges (one cell each), a demo origin.",
         POPS.len(),
         EDGES_PER_POP
     );
-    println!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
+    out!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
     for (id, listen, admin) in &edges {
-        println!("  edge {id:<8}  http://127.0.0.1:{listen}/   admin http://127.0.0.1:{admin}/");
+        out!("  edge {id:<8}  http://127.0.0.1:{listen}/   admin http://127.0.0.1:{admin}/");
     }
-    println!("  demo origin    http://{}/", origin.addr);
-    println!("  data and logs  {}", dir.display());
-    println!("  synthetic load {LOAD_PER_EDGE} req/s per edge (feeds the rollout gates)");
-    println!();
-    println!("Use the CLI against it:");
-    println!("  export FIREBREAK_CONTROL={control_url} FIREBREAK_TOKEN={operator}");
-    println!("  firebreak fleet");
-    println!("  firebreak config versions");
-    println!(
+    out!("  demo origin    http://{}/", origin.addr);
+    out!("  data and logs  {}", dir.display());
+    out!("  synthetic load {LOAD_PER_EDGE} req/s per edge (feeds the rollout gates)");
+    out!();
+    out!("Use the CLI against it:");
+    out!("  export FIREBREAK_CONTROL={control_url} FIREBREAK_TOKEN={operator}");
+    out!("  firebreak fleet");
+    out!("  firebreak config versions");
+    out!(
         "  firebreak config push {} -m 'my change'   # then: firebreak deploy N",
         fleet_file.display()
     );
-    println!("  firebreak rollout status | firebreak audit");
-    println!("  firebreak drill          # a broken version: caught in the canary, rolled back");
-    println!("  firebreak purge http://localhost:{first}/static/hello.txt");
-    println!("Try:");
-    println!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");
-    println!("  curl -si -H 'Host: assets.localhost' http://127.0.0.1:{first}/static/app.css");
-    println!("  curl -si http://127.0.0.1:{first}/api/data           # stale-while-revalidate");
-    println!();
-    println!("Ctrl-C stops everything.");
+    out!("  firebreak rollout status | firebreak audit");
+    out!("  firebreak drill          # a broken version: caught in the canary, rolled back");
+    out!("  firebreak purge http://localhost:{first}/static/hello.txt");
+    out!("Try:");
+    out!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");
+    out!("  curl -si -H 'Host: assets.localhost' http://127.0.0.1:{first}/static/app.css");
+    out!("  curl -si http://127.0.0.1:{first}/api/data           # stale-while-revalidate");
+    out!();
+    out!("Ctrl-C stops everything.");
     let mut restarts: Vec<Instant> = Vec::new();
     loop {
         tokio::select! {
@@ -344,7 +344,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
             }
         }
     }
-    println!("stopping…");
+    out!("stopping…");
     children.stop(Duration::from_secs(10));
     Ok(())
 }

@@ -26,11 +26,16 @@ impl Proc {
     }
 
     fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_logging(args, env, Stdio::null())
+    }
+
+    /// Spawns with stderr (the log) going to `stderr`.
+    fn spawn_logging(args: &[&str], env: &[(&str, &str)], stderr: impl Into<Stdio>) -> Self {
         let mut child = Command::new(BIN)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
@@ -108,7 +113,12 @@ fn edge_process_caches_and_reloads_on_sighup() {
     let dir = temp_dir("edge");
     let path = dir.join("edge.toml");
     std::fs::write(&path, edge_config(origin_addr, "one")).unwrap();
-    let mut edge = Proc::spawn(&["edge", "--config", path.to_str().unwrap()]);
+    let log = dir.join("edge.log");
+    let mut edge = Proc::spawn_logging(
+        &["edge", "--config", path.to_str().unwrap()],
+        &[],
+        std::fs::File::create(&log).unwrap(),
+    );
     let edge_addr = edge.wait_for_addr("edge listening");
 
     let miss = get(edge_addr, "/static/a.txt");
@@ -141,7 +151,18 @@ fn edge_process_caches_and_reloads_on_sighup() {
     // A bad file is refused: the edge keeps serving the running configuration.
     std::fs::write(&path, "this is not toml = = =").unwrap();
     hup(edge.child.id());
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("configuration refused")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the edge never said it refused the bad file: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     wait_for("x-config: one");
     // A good one is applied.
     std::fs::write(&path, edge_config(origin_addr, "two")).unwrap();

@@ -8,6 +8,9 @@
 //!   service, and assembling them again, so that each service can be applied on its own.
 //! - [`health`]: per-version, per-service request counts that rollout gates judge.
 //! - [`api`]: the JSON bodies of the control plane's HTTP API.
+//! - [`client`]: the one HTTP client wrapper (CLI, edge agent, purge fan-out).
+//! - [`serve`]: the one serve loop (accept to close, every wait bounded) of the edge's
+//!   listeners, the control plane's API and the demo origin.
 //!
 //! Everything an edge receives is hostile until verified: sizes are checked before parsing,
 //! signatures before trusting, and every failure is a typed error.
@@ -16,10 +19,12 @@
 
 pub mod api;
 pub mod bundle;
+pub mod client;
 pub mod document;
 pub mod health;
 pub mod keyring;
 pub mod keys;
+pub mod serve;
 pub mod signed;
 
 /// Milliseconds since the Unix epoch, now. Zero if the clock is before 1970.

@@ -4,11 +4,10 @@
 use bytes::Bytes;
 use firebreak_protocol::api::EdgeReport;
 use firebreak_protocol::bundle::MAX_BUNDLE_BYTES;
+use firebreak_protocol::client::{ClientError, HttpClient};
 use firebreak_protocol::signed::{Signed, MAX_STATEMENT_BYTES};
 use http::{header, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,7 +27,7 @@ pub struct ControlClient {
     base: String,
     token: String,
     id: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     /// One report in flight at a time (shared by clones): see [`ControlClient::report_with`].
     report_turn: Arc<tokio::sync::Mutex<()>>,
 }
@@ -36,14 +35,11 @@ pub struct ControlClient {
 impl ControlClient {
     /// A client for the API at `base` (`http://host:port`).
     pub fn new(base: &str, token: &str, id: &str) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector.set_nodelay(true);
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             id: id.to_owned(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: HttpClient::new(Duration::from_secs(2)),
             report_turn: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -67,38 +63,16 @@ impl ControlClient {
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| format!("bad control-plane URL {uri}: {e}"))?;
-        let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| format!("control plane unreachable: {e:#}"))?;
-            let status = resp.status();
-            if let Some(len) = resp
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<usize>().ok())
-            {
-                if len > limit {
-                    return Err(format!(
-                        "answer of {len} bytes exceeds the limit of {limit}"
-                    ));
+        self.client
+            .exchange(req, limit, timeout)
+            .await
+            .map_err(|e| match e {
+                ClientError::Unreachable(e) => format!("control plane unreachable: {e}"),
+                ClientError::Timeout(t) => {
+                    format!("control plane did not answer within {} s", t.as_secs())
                 }
-            }
-            let bytes = Limited::new(resp.into_body(), limit)
-                .collect()
-                .await
-                .map_err(|e| format!("reading the answer: {e}"))?
-                .to_bytes();
-            Ok((status, bytes))
-        };
-        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
-            format!(
-                "control plane did not answer within {} s",
-                timeout.as_secs()
-            )
-        })?
+                other => other.to_string(),
+            })
     }
 
     /// Waits up to `wait` for a target for this edge (in `cell`) newer than `after`.

@@ -73,6 +73,19 @@ pub const NOT_MODIFIED_FIELDS: &[header::HeaderName] = &[
     header::VARY,
 ];
 
+/// The 304 for a stored response with headers `stored`: status 304, `body` (empty), and the
+/// fields of [`NOT_MODIFIED_FIELDS`] copied from `stored`.
+pub fn not_modified_response<B>(stored: &http::HeaderMap, body: B) -> http::Response<B> {
+    let mut r = http::Response::new(body);
+    *r.status_mut() = http::StatusCode::NOT_MODIFIED;
+    for name in NOT_MODIFIED_FIELDS {
+        for v in stored.get_all(name) {
+            r.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    r
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

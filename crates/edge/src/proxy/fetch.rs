@@ -22,7 +22,7 @@ use super::RequestCtx;
 use crate::body::{EdgeBody, Fill, FillFailed, OriginBody};
 use crate::coalesce::{FetchOutcome, Leader};
 use crate::error::ProxyError;
-use crate::http::conditional::{is_conditional, not_modified, NOT_MODIFIED_FIELDS};
+use crate::http::conditional::{is_conditional, not_modified, not_modified_response};
 use crate::http::freshness::{evaluate, CachePolicy, Exchange, Freshness, Storability};
 use crate::http::headers::strip_hop_by_hop;
 use crate::store::{surrogate_keys, CacheKey, Storage, StoredHeaders, StoredObject, VaryKey};
@@ -308,14 +308,7 @@ fn answer_with_fill(
     tokio::spawn(run_fill(body, fill, pending, leader, limits));
 
     let mut resp = if conditional_hit {
-        let mut r = Response::new(EdgeBody::Empty);
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        for name in NOT_MODIFIED_FIELDS {
-            for v in parts.headers.get_all(name) {
-                r.headers_mut().append(name.clone(), v.clone());
-            }
-        }
-        r
+        not_modified_response(&parts.headers, EdgeBody::Empty)
     } else {
         let body = reader.map_or(EdgeBody::Empty, EdgeBody::Fill);
         Response::from_parts(parts, body)

@@ -5,7 +5,7 @@
 use super::RequestCtx;
 use crate::body::EdgeBody;
 use crate::body::OriginBody;
-use crate::http::conditional::{not_modified, NOT_MODIFIED_FIELDS};
+use crate::http::conditional::{not_modified, not_modified_response};
 use crate::http::freshness::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::http::range::{self, RangeDecision};
@@ -129,14 +129,7 @@ pub(crate) fn from_object(
     let head = ctx.method == Method::HEAD;
     let stored = obj.headers.to_map();
     let mut resp = if obj.status == StatusCode::OK && not_modified(&ctx.headers, &stored) {
-        let mut r = Response::new(EdgeBody::Empty);
-        *r.status_mut() = StatusCode::NOT_MODIFIED;
-        for name in NOT_MODIFIED_FIELDS {
-            for v in stored.get_all(name) {
-                r.headers_mut().append(name.clone(), v.clone());
-            }
-        }
-        r
+        not_modified_response(&stored, EdgeBody::Empty)
     } else {
         let decision = if obj.status == StatusCode::OK && !head {
             range::decide(&ctx.headers, &stored, obj.body_len)

@@ -81,7 +81,8 @@ async fn waiters_whose_variant_differs_fetch_their_own() {
         let e = edge.clone();
         tokio::spawn(async move { e.get_with("/var", &[("x-v", "a")]).await })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // `a` is at the origin (the leader of its key) before `b` asks.
+    origin.wait_for_requests(1).await;
     let b = edge.get_with("/var", &[("x-v", "b")]).await;
     assert_eq!(a.await.unwrap().text(), "a");
     assert_eq!(b.text(), "b");

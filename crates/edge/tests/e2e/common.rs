@@ -205,12 +205,16 @@ impl TestOrigin {
         self.requests.lock().unwrap().len()
     }
 
-    /// Waits (up to 1 s) until the origin has seen `n` requests.
+    /// Waits (up to 10 s) until the origin has seen `n` requests; fails the test if it
+    /// never does.
     pub async fn wait_for_requests(&self, n: usize) {
-        for _ in 0..100 {
-            if self.count() >= n {
-                return;
-            }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.count() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the origin saw {} requests, never {n}",
+                self.count()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -387,14 +391,17 @@ impl Edge {
         }
     }
 
-    /// GETs `path` until it is a cache hit (the tee task may store just after the client has
-    /// the last byte), at most 50 tries 20 ms apart; returns the last response.
+    /// GETs `path` until it is a cache hit (the fill task may store just after the client has
+    /// the last byte), for at most 10 s; returns the hit, or fails the test.
     pub async fn get_until_hit(&self, path: &str) -> Resp {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut r = self.get(path).await;
-        for _ in 0..50 {
-            if r.cache_status().contains("hit") {
-                break;
-            }
+        while !r.cache_status().contains("hit") {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{path} never became a cache hit: {}",
+                r.cache_status()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
             r = self.get(path).await;
         }

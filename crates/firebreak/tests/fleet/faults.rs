@@ -127,7 +127,9 @@ async fn control_plane_killed_mid_push_loses_nothing_committed_and_edges_keep_se
     .unwrap();
     let e = edge_trusting(&url, trust, &dir.join("e"), "e").await;
     wait_applied(&e, 1).await;
-    // Pushes in a tight loop; SIGKILL lands in the middle of one of them.
+    // Pushes in a tight loop; SIGKILL lands in the middle of one of them, once a few have
+    // been acknowledged.
+    let (acked, mut acks) = tokio::sync::mpsc::unbounded_channel::<()>();
     let pusher = tokio::spawn(async move {
         let mut ok = 0;
         for i in 2..500 {
@@ -141,13 +143,21 @@ async fn control_plane_killed_mid_push_loses_nothing_committed_and_edges_keep_se
                 .body(http_body_util::Full::new(bytes::Bytes::from(body)))
                 .unwrap();
             match client.request(req).await {
-                Ok(r) if r.status() == StatusCode::CREATED => ok += 1,
+                Ok(r) if r.status() == StatusCode::CREATED => {
+                    ok += 1;
+                    let _ = acked.send(());
+                }
                 _ => break,
             }
         }
         ok
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..3 {
+        tokio::time::timeout(Duration::from_secs(30), acks.recv())
+            .await
+            .expect("pushes not acknowledged within 30 s")
+            .expect("the pusher stopped before three pushes were acknowledged");
+    }
     control.0.kill().unwrap();
     control.0.wait().unwrap();
     let acknowledged = pusher.await.unwrap();

@@ -1,5 +1,6 @@
-//! Connections, from accept to close, for the client and the admin listeners: every wait is
-//! bounded and no client address can hold more than its share.
+//! Connections, from accept to close: the one serve loop of the edge's client and admin
+//! listeners, the control plane's API and the demo origin. Every wait is bounded and no client
+//! address can hold more than its share.
 //!
 //! 1. Accept, under the listener's global connection bound (further clients wait in the
 //!    kernel's accept queue).
@@ -16,7 +17,6 @@
 
 pub mod proxy_protocol;
 
-use crate::body::EdgeBody;
 use firebreak_config::LimitsConfig;
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -80,6 +80,40 @@ impl Timeouts {
     }
 }
 
+/// Counts a connection refused at accept (`reason`: `per_address`).
+fn connection_refused(listener: &'static str, reason: &'static str) {
+    metrics::counter!("firebreak_connections_refused_total", "listener" => listener, "reason" => reason)
+        .increment(1);
+}
+
+/// Counts a connection closed because of a deadline or a bad preamble.
+fn connection_closed(listener: &'static str, reason: &'static str) {
+    metrics::counter!("firebreak_connections_closed_total", "listener" => listener, "reason" => reason)
+        .increment(1);
+}
+
+/// The protocol settings of one listener, apart from its deadlines.
+#[derive(Debug, Clone, Copy)]
+pub struct Protocol {
+    /// Largest request head (HTTP/1 buffer, h2 header list).
+    pub max_header_bytes: usize,
+    /// Interval of h2 PINGs.
+    pub h2_keepalive_interval: Duration,
+    /// Time a PING may go unanswered before the connection is closed.
+    pub h2_keepalive_timeout: Duration,
+}
+
+impl Protocol {
+    /// The settings configured in `[limits]` and `[limits.clients]`.
+    pub fn from_config(limits: &LimitsConfig) -> Self {
+        Self {
+            max_header_bytes: limits.max_header_bytes,
+            h2_keepalive_interval: Duration::from_millis(limits.clients.h2_keepalive_interval_ms),
+            h2_keepalive_timeout: Duration::from_millis(limits.clients.h2_keepalive_timeout_ms),
+        }
+    }
+}
+
 /// One listener's connection settings.
 pub struct ListenerConf {
     /// Metric label: `client` or `admin`.
@@ -103,28 +137,40 @@ impl ListenerConf {
         proxy_protocol: bool,
         per_address: Arc<AddressTable>,
     ) -> Self {
-        let timeouts = Timeouts::from_config(limits);
+        Self::with(
+            label,
+            Timeouts::from_config(limits),
+            Protocol::from_config(limits),
+            proxy_protocol,
+            per_address,
+        )
+    }
+
+    /// Settings given one by one (the control plane's API has no `[limits]`).
+    pub fn with(
+        label: &'static str,
+        timeouts: Timeouts,
+        protocol: Protocol,
+        proxy_protocol: bool,
+        per_address: Arc<AddressTable>,
+    ) -> Self {
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
             // The watchdog enforces the head and idle deadlines separately; hyper's timer
             // (idle wait + head, counted from the end of the previous response) is a backstop.
             .header_read_timeout(timeouts.keepalive + timeouts.head)
-            .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
+            .max_buf_size(protocol.max_header_bytes.max(MIN_BUF))
             // Header count stays at hyper's default limit (100, then 431): setting any other
             // value makes hyper heap-allocate its header index on every request.
             .keep_alive(true);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_header_list_size(u32::try_from(protocol.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(MAX_H2_STREAMS)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
             .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS)
-            .keep_alive_interval(Duration::from_millis(
-                limits.clients.h2_keepalive_interval_ms,
-            ))
-            .keep_alive_timeout(Duration::from_millis(
-                limits.clients.h2_keepalive_timeout_ms,
-            ));
+            .keep_alive_interval(protocol.h2_keepalive_interval)
+            .keep_alive_timeout(protocol.h2_keepalive_timeout);
         Self {
             label,
             proxy_protocol,
@@ -559,7 +605,7 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
 /// Accepts connections on `listener` until the task is aborted and serves each with
 /// `handler(request, client address)`. `permits` bounds the listener's open connections;
 /// open connections finish gracefully when `stop` turns `true`.
-pub async fn accept_loop<H, F>(
+pub async fn accept_loop<H, F, B>(
     listener: TcpListener,
     conf: Arc<ListenerConf>,
     permits: Arc<Semaphore>,
@@ -567,7 +613,10 @@ pub async fn accept_loop<H, F>(
     handler: H,
 ) where
     H: Fn(Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<EdgeBody>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     loop {
         // Bound concurrent connections: beyond the limit, clients wait in the kernel backlog.
@@ -590,7 +639,7 @@ pub async fn accept_loop<H, F>(
             match conf.per_address.try_acquire(peer.ip()) {
                 Some(g) => Some(g),
                 None => {
-                    crate::telemetry::connection_refused(conf.label, "per_address");
+                    connection_refused(conf.label, "per_address");
                     continue;
                 }
             }
@@ -607,7 +656,7 @@ pub async fn accept_loop<H, F>(
     }
 }
 
-async fn connection<H, F>(
+async fn connection<H, F, B>(
     mut stream: TcpStream,
     peer: SocketAddr,
     conf: Arc<ListenerConf>,
@@ -615,7 +664,10 @@ async fn connection<H, F>(
     handler: H,
 ) where
     H: Fn(Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<EdgeBody>> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let t = conf.timeouts;
     let preamble = tokio::time::timeout(
@@ -626,12 +678,12 @@ async fn connection<H, F>(
     let (source, proto, prefix) = match preamble {
         Ok(Ok(p)) => p,
         Ok(Err(refusal)) => {
-            crate::telemetry::connection_closed(conf.label, refusal.label());
+            connection_closed(conf.label, refusal.label());
             tracing::debug!(%peer, reason = refusal.label(), "connection closed before serving");
             return;
         }
         Err(_) => {
-            crate::telemetry::connection_closed(conf.label, Refusal::FirstBytesTimeout.label());
+            connection_closed(conf.label, Refusal::FirstBytesTimeout.label());
             return;
         }
     };
@@ -640,7 +692,7 @@ async fn connection<H, F>(
         match conf.per_address.try_acquire(client_ip) {
             Some(g) => Some(g),
             None => {
-                crate::telemetry::connection_refused(conf.label, "per_address");
+                connection_refused(conf.label, "per_address");
                 return;
             }
         }
@@ -706,16 +758,16 @@ async fn drive<C>(
             () = &mut check => match activity.verdict(t) {
                 Verdict::Wait(d) => check.as_mut().reset(tokio::time::Instant::now() + d),
                 Verdict::HeadTooSlow => {
-                    crate::telemetry::connection_closed(label, "head_timeout");
+                    connection_closed(label, "head_timeout");
                     return;
                 }
                 Verdict::SendStalled => {
-                    crate::telemetry::connection_closed(label, "send_timeout");
+                    connection_closed(label, "send_timeout");
                     return;
                 }
                 Verdict::Idle if shut => return,
                 Verdict::Idle => {
-                    crate::telemetry::connection_closed(label, "idle");
+                    connection_closed(label, "idle");
                     shutdown(conn.as_mut());
                     shut = true;
                     // Whatever the peer does with GOAWAY, the connection is gone after this.
