@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod fanout;
+pub mod freshness;
 mod openapi;
 pub mod plane;
 pub mod rollout;

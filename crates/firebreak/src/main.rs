@@ -88,6 +88,11 @@ enum Command {
         /// Edges' bearer token (at least 16 characters).
         #[arg(long, env = "FIREBREAK_EDGE_TOKEN", hide_env_values = true)]
         edge_token: String,
+        /// How long a signed target stays fresh, in seconds (at least 1). Edges with nothing
+        /// applied refuse an older one (a replayed old target); serving edges report stale
+        /// when they hold no fresher one. The plane signs each target afresh after half of it.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        target_freshness_s: u64,
     },
     /// Run an edge: under a control plane (`--control`), from a configuration file
     /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
@@ -418,9 +423,17 @@ async fn run(command: Command) -> Result<(), Failed> {
             key,
             token,
             edge_token,
-        } => control(listen, data_dir, store, key, token, edge_token)
-            .await
-            .map_err(fail),
+            target_freshness_s,
+        } => control(
+            listen,
+            data_dir,
+            store,
+            key,
+            (token, edge_token),
+            std::time::Duration::from_secs(target_freshness_s),
+        )
+        .await
+        .map_err(fail),
         Command::Edge(args) => edge(args).await.map_err(fail),
         Command::Origin { listen } => {
             let origin = demo_origin::start(listen)
@@ -543,8 +556,8 @@ async fn control(
     data_dir: PathBuf,
     store: String,
     key: Option<PathBuf>,
-    token: String,
-    edge_token: String,
+    (token, edge_token): (String, String),
+    target_freshness: std::time::Duration,
 ) -> Result<(), String> {
     check_token("--token", &token)?;
     check_token("--edge-token", &edge_token)?;
@@ -557,7 +570,13 @@ async fn control(
         store
     };
     let store = Store::open(&spec).await.map_err(|e| e.to_string())?;
-    let plane = Plane::new(store, key).await.map_err(|e| e.to_string())?;
+    let options = firebreak_control::plane::PlaneOptions {
+        target_freshness,
+        ..Default::default()
+    };
+    let plane = Plane::with_options(store, key, options)
+        .await
+        .map_err(|e| e.to_string())?;
     let tokens = Tokens {
         operator: token,
         edge: edge_token,

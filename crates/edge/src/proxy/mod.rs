@@ -46,6 +46,9 @@ pub struct EdgeState {
     /// The control plane's public key, when this edge is run by a control plane: admin
     /// requests signed with it (purge fan-out) are accepted without the bearer token.
     pub control_key: std::sync::OnceLock<firebreak_protocol::keys::PublicKey>,
+    /// This edge as the control plane addresses it (id, nonces of signed requests seen,
+    /// staleness), when run by a control plane.
+    pub control_link: std::sync::OnceLock<std::sync::Arc<crate::signed_admin::ControlLink>>,
     /// Per-address rate limits and the bound on requests in flight.
     pub clients: crate::ratelimit::ClientGate,
     next_id: AtomicU64,
@@ -66,6 +69,7 @@ impl EdgeState {
             coalescer: Coalescer::default(),
             access_log,
             control_key: std::sync::OnceLock::new(),
+            control_link: std::sync::OnceLock::new(),
             clients: Default::default(),
             next_id: AtomicU64::new(1),
             id_prefix: seed,

@@ -147,6 +147,7 @@ impl Control {
             key,
             firebreak_control::plane::PlaneOptions {
                 tick: Duration::from_millis(100),
+                ..Default::default()
             },
         )
         .await
@@ -225,7 +226,9 @@ impl Control {
         let mut state = self.store.state().await.unwrap().unwrap_or_default();
         let info = self.store.version(version).await.unwrap().unwrap();
         let target = firebreak_protocol::signed::Target {
+            epoch: state.epoch,
             seq: state.seq + 1,
+            expires_at_ms: firebreak_protocol::now_ms() + 3_600_000,
             audience: "*".into(),
             version,
             bundle_sha256: info.sha256,
