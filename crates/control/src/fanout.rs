@@ -10,8 +10,8 @@ use bytes::Bytes;
 use firebreak_protocol::api::{EdgeStatus, PurgeOutcome, Straggler};
 use firebreak_protocol::keys::ControlKey;
 use firebreak_protocol::signed::{
-    sign_request, RequestAuth, AUDIENCE_HEADER, EXPIRES_HEADER, MAX_REQUEST_LIFE_MS,
-    NONCE_HEADER, SIGNATURE_HEADER,
+    sign_request, RequestAuth, AUDIENCE_HEADER, EXPIRES_HEADER, MAX_REQUEST_LIFE_MS, NONCE_HEADER,
+    SIGNATURE_HEADER,
 };
 use http::{Method, Request};
 use http_body_util::{BodyExt, Empty, Limited};
@@ -102,10 +102,9 @@ impl Fanout {
             let client = self.client.clone();
             let uri = format!("{}{path_and_query}", base.trim_end_matches('/'));
             set.spawn(async move {
-                let result =
-                    tokio::time::timeout(deadline, send(&client, &uri, &auth))
-                        .await
-                        .unwrap_or_else(|_| Err("no acknowledgement before the deadline".into()));
+                let result = tokio::time::timeout(deadline, send(&client, &uri, &auth))
+                    .await
+                    .unwrap_or_else(|_| Err("no acknowledgement before the deadline".into()));
                 (edge.id, result)
             });
         }

@@ -129,7 +129,10 @@ mod tests {
         // Past half its bound: signed again, verified, same decision.
         let a = f.fresh(&key, 1, &s, 6_000);
         let t: Target = a.signed.open(&key.public()).unwrap();
-        assert_eq!((t.epoch, t.seq, t.version, t.expires_at_ms), (1, 4, 2, 16_000));
+        assert_eq!(
+            (t.epoch, t.seq, t.version, t.expires_at_ms),
+            (1, 4, 2, 16_000)
+        );
         // The copy is reused until half of its own bound has passed.
         assert_eq!(f.fresh(&key, 1, &s, 9_000), a);
         let b = f.fresh(&key, 1, &s, 12_000);

@@ -279,8 +279,7 @@ impl Plane {
         };
         // A newer target, or (the wait over without one) the current target: either way
         // signed afresh, so an edge whose target does not change still holds a fresh one.
-        let effective =
-            |s: &FleetState| s.effective(id, cell).map(|t| (s.epoch, t.clone()));
+        let effective = |s: &FleetState| s.effective(id, cell).map(|t| (s.epoch, t.clone()));
         let waited = tokio::time::timeout(wait, rx.wait_for(newer))
             .await
             .map(|r| r.map(|s| effective(&s)));

@@ -8,11 +8,11 @@
 //! thousand genuine signed requests a second, while accepting one would open a replay.
 //! Also carries the agent's staleness, shown on `/healthz`.
 
+pub use firebreak_protocol::signed::MAX_REQUEST_LIFE_MS;
 use firebreak_protocol::signed::{
     verify_request, Refusal, RequestAuth, AUDIENCE_HEADER, EXPIRES_HEADER, NONCE_HEADER,
     SIGNATURE_HEADER,
 };
-pub use firebreak_protocol::signed::MAX_REQUEST_LIFE_MS;
 use http::HeaderMap;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;

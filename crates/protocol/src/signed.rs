@@ -340,7 +340,14 @@ mod tests {
             Err(Refusal::Audience)
         );
         assert_eq!(
-            verify_request(&p, "POST", "/purge/all?service=a", &auth, "e1", now + 30_000),
+            verify_request(
+                &p,
+                "POST",
+                "/purge/all?service=a",
+                &auth,
+                "e1",
+                now + 30_000
+            ),
             Err(Refusal::Expired)
         );
         let mut moved = auth.clone();
@@ -372,8 +379,14 @@ mod tests {
             set_at_ms: 0,
             set_by: String::new(),
         };
-        assert!(t(1, 5, 1).order() > t(1, 4, 9).order(), "a rollback is newer");
-        assert!(t(2, 1, 1).order() > t(1, 99, 9).order(), "a new history is newer");
+        assert!(
+            t(1, 5, 1).order() > t(1, 4, 9).order(),
+            "a rollback is newer"
+        );
+        assert!(
+            t(2, 1, 1).order() > t(1, 99, 9).order(),
+            "a new history is newer"
+        );
         assert!(t(1, 5, 1).expired(10));
         assert!(!t(1, 5, 1).expired(9));
         // A statement without an expiry (signed before expiries existed) is expired.

@@ -20,6 +20,8 @@ pub mod order;
 pub mod waiting;
 
 use crate::server::{EdgeHandle, EdgeServer, ServerError};
+use crate::signed_admin::ControlLink;
+use crate::telemetry;
 use client::{ControlClient, PolledTarget};
 use compose::{compose, Applied};
 use disk::LocalVersions;
@@ -27,21 +29,21 @@ use firebreak_config::ValidConfig;
 use firebreak_protocol::api::{EdgeReport, ServiceFailure, StageReport};
 use firebreak_protocol::bundle::{Bundle, MAX_BUNDLE_BYTES};
 use firebreak_protocol::keys::PublicKey;
-use crate::signed_admin::ControlLink;
-use crate::telemetry;
 use firebreak_protocol::signed::{Refusal, Signed, Stage, Target};
 use journal::{BadVerdict, BootJournal, SafeMode};
 use order::Verdict;
-use waiting::WaitingHealth;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
+use waiting::WaitingHealth;
 
 /// How long one long-poll waits.
 const POLL_WAIT: Duration = Duration::from_secs(25);
+/// Shortest long-poll (when the target is about to go stale, or is).
+const MIN_POLL_WAIT: Duration = Duration::from_millis(500);
 /// Longest pause between attempts while the control plane fails, before jitter (which adds
 /// up to as much again).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -254,7 +256,8 @@ impl Agent {
                 loop {
                     let why = match status.lock() {
                         Ok(mut s) => {
-                            s.stale = order::stale_reason(s.fresh_until_ms, firebreak_protocol::now_ms());
+                            s.stale =
+                                order::stale_reason(s.fresh_until_ms, firebreak_protocol::now_ms());
                             s.stale.clone()
                         }
                         Err(_) => None,
@@ -548,7 +551,9 @@ impl Worker {
         if let Some(admin) = self.opts.admin {
             match WaitingHealth::start(admin).await {
                 Ok(w) => self.waiting = Some(w),
-                Err(e) => tracing::warn!(%admin, error = %e, "cannot answer /healthz while waiting"),
+                Err(e) => {
+                    tracing::warn!(%admin, error = %e, "cannot answer /healthz while waiting")
+                }
             }
         }
         let report = self.reporter();
@@ -559,11 +564,19 @@ impl Worker {
         let mut backoff = backoff();
         loop {
             let after = self.seen();
-            match self.client.poll(after, &self.opts.cell, POLL_WAIT).await {
+            let asked = std::time::Instant::now();
+            match self
+                .client
+                .poll(after, &self.opts.cell, self.poll_wait())
+                .await
+            {
                 Ok(Some(polled)) => match self.apply(polled).await {
                     Ok(()) if self.edge.is_some() => return Ok(()),
                     Ok(()) => {
                         self.note_waiting("the control plane has no version for this edge yet");
+                        if self.seen() == after && asked.elapsed() < MIN_POLL_WAIT / 2 {
+                            pause(&mut backoff).await;
+                        }
                         let report = self.reporter();
                         if let Err(e) = self.client.report_with(|| report(&self.status)).await {
                             tracing::warn!(error = %e, "report not delivered");
@@ -604,7 +617,11 @@ impl Worker {
         let mut backoff = backoff();
         loop {
             let after = self.seen();
-            let polled = self.client.poll(after, &self.opts.cell, POLL_WAIT).await;
+            let asked = std::time::Instant::now();
+            let polled = self
+                .client
+                .poll(after, &self.opts.cell, self.poll_wait())
+                .await;
             if polled.is_ok() {
                 self.set_control_error(None);
             }
@@ -612,13 +629,18 @@ impl Worker {
                 Ok(Some(polled)) => {
                     let result = self.apply(polled).await;
                     let failed = result.is_err();
+                    let changed = self.seen() != after;
                     if let Err(e) = result {
                         self.set_error(e);
                     }
-                    if let Err(e) = self.client.report_with(|| report(&self.status)).await {
-                        tracing::warn!(error = %e, "report not delivered");
+                    if failed || changed {
+                        if let Err(e) = self.client.report_with(|| report(&self.status)).await {
+                            tracing::warn!(error = %e, "report not delivered");
+                        }
                     }
-                    if failed {
+                    if failed || (!changed && asked.elapsed() < MIN_POLL_WAIT / 2) {
+                        // A refused target, or an answer at once with nothing new (a control
+                        // plane, or something in its place, that does not wait): pause.
                         pause(&mut backoff).await;
                     } else {
                         backoff = self::backoff();
@@ -632,6 +654,21 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// How long to long-poll: half the time the current target stays fresh (so a fresh
+    /// signature arrives before it goes stale), within [`MIN_POLL_WAIT`]..[`POLL_WAIT`].
+    fn poll_wait(&self) -> Duration {
+        let (until, serving) = self
+            .status
+            .lock()
+            .map(|s| (s.fresh_until_ms, s.applied.is_some()))
+            .unwrap_or((0, false));
+        if !serving {
+            return POLL_WAIT;
+        }
+        let left = until.saturating_sub(firebreak_protocol::now_ms()) / 2;
+        Duration::from_millis(left).clamp(MIN_POLL_WAIT, POLL_WAIT)
     }
 
     /// The `(epoch, seq)` of the newest target verified and acted on.
@@ -668,7 +705,14 @@ impl Worker {
         })?;
         let serving = self.current().is_some();
         let now = firebreak_protocol::now_ms();
-        match order::judge(&target, &self.opts.id, &self.opts.cell, self.seen(), serving, now) {
+        match order::judge(
+            &target,
+            &self.opts.id,
+            &self.opts.cell,
+            self.seen(),
+            serving,
+            now,
+        ) {
             Verdict::Newer => {}
             Verdict::Same => {
                 self.note_fresh(&target);

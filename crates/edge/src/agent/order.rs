@@ -125,19 +125,28 @@ mod tests {
         let now = 1_000;
         let seen = (5, 10);
         // A rollback (lower version) that is newer is acted on.
-        assert_eq!(judge(&t(5, 11, 1, "*", 2_000), "e", "c", seen, true, now), Verdict::Newer);
+        assert_eq!(
+            judge(&t(5, 11, 1, "*", 2_000), "e", "c", seen, true, now),
+            Verdict::Newer
+        );
         // A higher version that is older is refused.
         assert_eq!(
             reason(judge(&t(5, 9, 99, "*", 2_000), "e", "c", seen, true, now)),
             Some(Refusal::Older)
         );
         // A new history beats any seq of the old one; an old history loses to it.
-        assert_eq!(judge(&t(6, 1, 1, "*", 2_000), "e", "c", seen, true, now), Verdict::Newer);
+        assert_eq!(
+            judge(&t(6, 1, 1, "*", 2_000), "e", "c", seen, true, now),
+            Verdict::Newer
+        );
         assert_eq!(
             reason(judge(&t(4, 99, 1, "*", 2_000), "e", "c", seen, true, now)),
             Some(Refusal::Older)
         );
-        assert_eq!(judge(&t(5, 10, 3, "*", 2_000), "e", "c", seen, true, now), Verdict::Same);
+        assert_eq!(
+            judge(&t(5, 10, 3, "*", 2_000), "e", "c", seen, true, now),
+            Verdict::Same
+        );
     }
 
     #[test]
@@ -150,12 +159,25 @@ mod tests {
             );
         }
         // The same target past its bound is only a freshness note (the edge goes stale).
-        assert_eq!(judge(&t(1, 2, 1, "*", 1), "e", "c", (1, 2), true, now), Verdict::Same);
         assert_eq!(
-            reason(judge(&t(1, 3, 1, "edge:other", now + 1), "e", "c", (1, 2), true, now)),
+            judge(&t(1, 2, 1, "*", 1), "e", "c", (1, 2), true, now),
+            Verdict::Same
+        );
+        assert_eq!(
+            reason(judge(
+                &t(1, 3, 1, "edge:other", now + 1),
+                "e",
+                "c",
+                (1, 2),
+                true,
+                now
+            )),
             Some(Refusal::Audience)
         );
-        assert_eq!(judge(&t(1, 3, 1, "cell:c", now + 1), "e", "c", (1, 2), true, now), Verdict::Newer);
+        assert_eq!(
+            judge(&t(1, 3, 1, "cell:c", now + 1), "e", "c", (1, 2), true, now),
+            Verdict::Newer
+        );
     }
 
     #[test]

@@ -55,9 +55,15 @@ impl WaitingHealth {
     }
 
     /// Closes the listener and every connection; returns once the address is free.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.task.abort();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for WaitingHealth {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -440,3 +440,68 @@ impl Drop for Etcd {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+impl Control {
+    /// [`Control::start`] with targets that stay fresh for `freshness` only.
+    pub async fn start_with_freshness(store_spec: &str, dir: &Path, freshness: Duration) -> Self {
+        let key_path = dir.join("control.key");
+        let key = ControlKey::load_or_create(&key_path).unwrap();
+        let store = Store::open(store_spec).await.unwrap();
+        let plane = Plane::with_options(
+            store.clone(),
+            key,
+            firebreak_control::plane::PlaneOptions {
+                tick: Duration::from_millis(100),
+                target_freshness: freshness,
+            },
+        )
+        .await
+        .unwrap();
+        let tokens = Tokens {
+            operator: OPERATOR.into(),
+            edge: EDGE.into(),
+        };
+        let server =
+            firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), tokens)
+                .await
+                .unwrap();
+        Self {
+            url: format!("http://{}", server.local_addr()),
+            plane,
+            store,
+            key_path,
+            server: Some(server),
+        }
+    }
+}
+
+/// Waits (polling, at most `secs` seconds) until `check` returns `Some`; fails the test naming
+/// `what` otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One plain GET (no token); status and body text. `None` when nothing answers.
+pub async fn get_plain(url: &str) -> Option<(StatusCode, String)> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
