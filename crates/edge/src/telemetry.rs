@@ -342,19 +342,6 @@ pub fn shed(service: &Arc<str>) {
     metrics::counter!("firebreak_shed_total", "service" => service.clone()).increment(1);
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn status_labels_are_static_and_bounded() {
-        assert_eq!(status_label(StatusCode::OK), "200");
-        assert_eq!(status_label(StatusCode::from_u16(599).unwrap()), "599");
-        assert_eq!(status_label(StatusCode::from_u16(999).unwrap()), "other");
-    }
-}
-
 /// Signed statements from the control plane refused by this edge, by `kind` (`purge`,
 /// `admin`, `target`) and `reason` ([`firebreak_protocol::signed::Refusal::label`]: `replay`,
 /// `expired`, `too_long`, `audience`, `signature`, `older`, `busy`).
@@ -371,4 +358,17 @@ pub fn signed_refused(kind: &'static str, reason: firebreak_protocol::signed::Re
 /// Whether this edge's target is stale.
 pub fn target_stale(stale: bool) {
     metrics::gauge!(AGENT_TARGET_STALE).set(if stale { 1.0 } else { 0.0 });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_labels_are_static_and_bounded() {
+        assert_eq!(status_label(StatusCode::OK), "200");
+        assert_eq!(status_label(StatusCode::from_u16(599).unwrap()), "599");
+        assert_eq!(status_label(StatusCode::from_u16(999).unwrap()), "other");
+    }
 }
