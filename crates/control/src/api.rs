@@ -16,7 +16,7 @@
 //! | POST | `/v1/rollback` | operator | the whole fleet back to a version it ran |
 //! | POST | `/v1/switches/{name}` | operator | flip a kill switch (a version on the emergency plan) |
 //! | GET | `/v1/audit?limit=N` | operator | the audit log |
-//! | GET | `/v1/edges/{id}/target?after=SEQ&cell=C&wait_ms=MS` | edge | long-poll for a newer target |
+//! | GET | `/v1/edges/{id}/target?after=SEQ&epoch=E&cell=C&wait_ms=MS` | edge | long-poll for a newer target (at the end of the wait: the current one, signed afresh) |
 //! | PUT | `/v1/edges/{id}` | edge | report applied version, staging and errors |
 //! | POST | `/v1/edges/{id}/health` | edge | health counts of the running version |
 //! | GET | `/v1/fleet` | operator | every edge |
@@ -329,6 +329,9 @@ async fn set_target(State(app): State<App>, headers: HeaderMap, bytes: Bytes) ->
 struct PollQuery {
     #[serde(default)]
     after: u64,
+    /// The epoch of the edge's newest verified target (targets order by epoch, then seq).
+    #[serde(default)]
+    epoch: Option<u64>,
     #[serde(default)]
     cell: String,
     wait_ms: Option<u64>,
@@ -347,7 +350,7 @@ async fn poll(
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
     let mut stopping = app.stopping.clone();
     let found = tokio::select! {
-        t = app.plane.wait_target(&id, &q.cell, q.after, wait) => t,
+        t = app.plane.wait_target(&id, &q.cell, (q.epoch, q.after), wait) => t,
         _ = stopping.wait_for(|s| *s) => None,
     };
     // An edge holding a long-poll is alive: note it at the end too.

@@ -1,10 +1,18 @@
 //! Purge fan-out: one signed admin request to every live edge at once, answered when all have
 //! acknowledged or when the deadline passes, naming the edges that did not.
+//!
+//! Each edge gets its own signature: addressed to it (its id), with a random nonce and an
+//! expiry a little after the deadline (never more than a minute away), so a captured request
+//! cannot be replayed to the same edge, sent to another edge, or used later. The signatures
+//! are made on a blocking thread (one per edge: thousands for a large fleet).
 
 use firebreak_protocol::api::{EdgeStatus, PurgeOutcome, Straggler};
 use firebreak_protocol::client::{ClientError, HttpClient};
 use firebreak_protocol::keyring::Sign;
-use firebreak_protocol::signed::{sign_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
+use firebreak_protocol::signed::{
+    sign_request, RequestAuth, AUDIENCE_HEADER, EXPIRES_HEADER, MAX_REQUEST_LIFE_MS, NONCE_HEADER,
+    SIGNATURE_HEADER,
+};
 use http::{Method, Request};
 use http_body_util::Full;
 use std::sync::Arc;
@@ -33,19 +41,51 @@ impl Fanout {
     /// most `deadline`.
     pub async fn purge(
         &self,
-        key: &(impl Sign + ?Sized),
+        key: &(impl Sign + Clone + Send + 'static),
         edges: Vec<EdgeStatus>,
         skipped: Vec<String>,
         path_and_query: &str,
         deadline: Duration,
     ) -> PurgeOutcome {
         let started = Instant::now();
-        let signed_at = firebreak_protocol::now_ms();
-        let signature: Arc<str> = sign_request(key, "POST", path_and_query, signed_at).into();
+        let life = u64::try_from(deadline.as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(5_000)
+            .min(MAX_REQUEST_LIFE_MS);
+        let expires_at = firebreak_protocol::now_ms().saturating_add(life);
+        let asked = edges.len();
+        let signing = {
+            let (key, pq) = (key.clone(), path_and_query.to_owned());
+            tokio::task::spawn_blocking(move || {
+                edges
+                    .into_iter()
+                    .map(|e| {
+                        let auth = sign_request(&key, "POST", &pq, &e.id, expires_at);
+                        (e, auth)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        let signed = match signing.await {
+            Ok(signed) => signed,
+            Err(e) => {
+                tracing::error!(error = %e, "signing purge requests failed");
+                Vec::new()
+            }
+        };
         let mut set = JoinSet::new();
         let mut stragglers = Vec::new();
-        let asked = edges.len();
-        for edge in edges {
+        for (edge, auth) in signed {
+            let auth = match auth {
+                Ok(auth) => Arc::new(auth),
+                Err(e) => {
+                    stragglers.push(Straggler {
+                        id: edge.id,
+                        error: format!("request not signed: {e}"),
+                    });
+                    continue;
+                }
+            };
             let Some(base) = edge.report.admin_url.clone() else {
                 stragglers.push(Straggler {
                     id: edge.id,
@@ -54,10 +94,9 @@ impl Fanout {
                 continue;
             };
             let client = self.client.clone();
-            let signature = signature.clone();
             let uri = format!("{}{path_and_query}", base.trim_end_matches('/'));
             set.spawn(async move {
-                let result = send(&client, &uri, &signature, signed_at, deadline).await;
+                let result = send(&client, &uri, &auth, deadline).await;
                 (edge.id, result)
             });
         }
@@ -89,15 +128,16 @@ impl Fanout {
 async fn send(
     client: &HttpClient,
     uri: &str,
-    signature: &str,
-    signed_at: u64,
+    auth: &RequestAuth,
     deadline: Duration,
 ) -> Result<u64, String> {
     let req = Request::builder()
         .method(Method::POST)
         .uri(uri)
-        .header(SIGNATURE_HEADER, signature)
-        .header(SIGNED_AT_HEADER, signed_at.to_string())
+        .header(SIGNATURE_HEADER, &auth.signature)
+        .header(AUDIENCE_HEADER, &auth.audience)
+        .header(NONCE_HEADER, &auth.nonce)
+        .header(EXPIRES_HEADER, auth.expires_at_ms.to_string())
         .body(Full::default())
         .map_err(|e| format!("bad admin URL {uri}: {e}"))?;
     let (status, body) = client

@@ -15,6 +15,7 @@
 pub mod api;
 pub mod bounded_body;
 pub mod fanout;
+pub mod freshness;
 pub mod keys;
 pub mod listener;
 mod openapi;

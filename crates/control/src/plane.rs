@@ -59,12 +59,15 @@ pub enum PlaneError {
 pub struct PlaneOptions {
     /// How often the rollout driver looks at the running rollout.
     pub tick: Duration,
+    /// How long a target signature stays fresh (`--target-freshness-s`).
+    pub target_freshness: Duration,
 }
 
 impl Default for PlaneOptions {
     fn default() -> Self {
         Self {
             tick: Duration::from_millis(250),
+            target_freshness: crate::freshness::DEFAULT_TARGET_FRESHNESS,
         }
     }
 }
@@ -88,6 +91,8 @@ pub struct Plane {
     /// When this replica started (ms since the epoch): the rollout driver counts an edge as
     /// seen no earlier than this, since it cannot have heard from it before.
     pub(crate) started_ms: u64,
+    /// Fresh signatures of the stored targets, for long-poll answers.
+    pub(crate) freshener: crate::freshness::Freshener,
 }
 
 impl Plane {
@@ -118,6 +123,7 @@ impl Plane {
             gate_view: Mutex::new(HashMap::new()),
             looked: Mutex::new(HashMap::new()),
             started_ms: now_ms(),
+            freshener: crate::freshness::Freshener::new(options.target_freshness),
         });
         let weak = Arc::downgrade(&plane);
         let store = plane.store.clone();
@@ -258,22 +264,36 @@ impl Plane {
         self.state.borrow().default.clone()
     }
 
-    /// Waits up to `wait` for a target for edge `id` in `cell` newer than `after_seq`;
-    /// `None` if there is none.
+    /// Waits up to `wait` for a target for edge `id` in `cell` newer than `after` (the
+    /// edge's `(epoch, seq)`; without an epoch, the state's), and answers it — or, when the
+    /// wait ends without one, the edge's current target — signed afresh
+    /// ([`crate::freshness`]); `None` if there is none.
     pub async fn wait_target(
         &self,
         id: &str,
         cell: &str,
-        after_seq: u64,
+        after: (Option<u64>, u64),
         wait: Duration,
     ) -> Option<StoredTarget> {
         let mut rx = self.state.subscribe();
-        let newer = |s: &FleetState| s.effective(id, cell).is_some_and(|t| t.seq > after_seq);
-        let found = tokio::time::timeout(wait, rx.wait_for(newer)).await;
-        match found {
-            Ok(Ok(s)) => s.effective(id, cell).cloned(),
-            _ => None,
-        }
+        let (after_epoch, after_seq) = after;
+        let newer = |s: &FleetState| {
+            s.effective(id, cell)
+                .is_some_and(|t| (s.epoch, t.seq) > (after_epoch.unwrap_or(s.epoch), after_seq))
+        };
+        // A newer target, or (the wait over without one) the current target: either way
+        // signed afresh, so an edge whose target does not change still holds a fresh one.
+        let effective = |s: &FleetState| s.effective(id, cell).map(|t| (s.epoch, t.clone()));
+        let waited = tokio::time::timeout(wait, rx.wait_for(newer))
+            .await
+            .map(|r| r.map(|s| effective(&s)));
+        let found = match waited {
+            Ok(Ok(found)) => found,
+            Ok(Err(_)) => return None,
+            Err(_) => effective(&rx.borrow()),
+        };
+        let (epoch, t) = found?;
+        Some(self.freshener.fresh(&self.key, epoch, &t, now_ms()))
     }
 
     /// Notes that an edge polled.
@@ -302,6 +322,9 @@ impl Plane {
             return Err(PlaneError::BadRequest(
                 "listen: at most 16 short URLs".into(),
             ));
+        }
+        if let Some(stale) = &report.stale {
+            label("stale", stale)?;
         }
         if report.bad_versions.len() > 64 {
             return Err(PlaneError::BadRequest("bad_versions: at most 64".into()));

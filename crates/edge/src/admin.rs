@@ -3,7 +3,7 @@
 //!
 //! | method | path | query | answer |
 //! |---|---|---|---|
-//! | GET | `/healthz` | | `ok` |
+//! | GET | `/healthz` | | `ok` (and `stale: WHY` when the edge holds no fresh target) |
 //! | GET | `/metrics` | | Prometheus text |
 //! | POST | `/purge/url` | `url=http://host/path?q`, `soft=true` | `{"purged":N,"service":S}` |
 //! | POST | `/purge/key` | `service=S`, `key=K`, `soft=true` | `{"purged":N,"service":S}` |
@@ -18,8 +18,7 @@ use crate::proxy::EdgeState;
 use crate::store::{CacheKey, PurgeMode, PurgeTarget};
 use crate::telemetry;
 use firebreak_config::{valid_host_name, LimitsConfig};
-use firebreak_protocol::keyring::Verify;
-use firebreak_protocol::signed::{verify_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
+use firebreak_protocol::signed::Refusal;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use std::collections::HashMap;
@@ -67,9 +66,23 @@ pub async fn start(
 fn route(state: &EdgeState, req: Request<Incoming>) -> Response<EdgeBody> {
     let path = req.uri().path();
     if path == "/healthz" {
-        return text(StatusCode::OK, "ok\n");
+        return match state.control_link.get().and_then(|l| l.stale()) {
+            Some(why) => text(StatusCode::OK, &format!("ok\nstale: {why}\n")),
+            None => text(StatusCode::OK, "ok\n"),
+        };
     }
-    if !authorized(state, &req) {
+    let verdict = authorized(state, &req);
+    if let Err(Some(reason)) = verdict {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({
+                "error": format!("signed request refused: {reason}"),
+                "reason": reason.label(),
+            })
+            .to_string(),
+        );
+    }
+    if verdict.is_err() {
         let mut r = json(
             StatusCode::UNAUTHORIZED,
             r#"{"error":"missing or wrong bearer token"}"#.into(),
@@ -104,20 +117,35 @@ fn route(state: &EdgeState, req: Request<Incoming>) -> Response<EdgeBody> {
 }
 
 /// Bearer token check, comparing in time independent of where the first difference is; or,
-/// on an edge run by a control plane, a request signed by the control plane's key.
-fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
-    if let Some(keys) = state.control_keys.get() {
-        if signed_by_control(&**keys, req) {
-            return true;
-        }
-    } else if let Some(key) = state.control_key.get() {
-        if signed_by_control(key, req) {
-            return true;
+/// on an edge run by a control plane, a request signed by the control plane's key for this
+/// edge, unexpired and not seen before ([`crate::signed_admin`]). A request that carries a
+/// signature is judged by it alone: refused signatures are answered with their reason.
+fn authorized(state: &EdgeState, req: &Request<Incoming>) -> Result<(), Option<Refusal>> {
+    if let Some(link) = state.control_link.get() {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let (method, now) = (req.method().as_str(), firebreak_protocol::now_ms());
+        // The key set the edge trusts (rotation, revocation) when it has one, else the one
+        // `--trust` key.
+        let checked = if let Some(keys) = state.control_keys.get() {
+            link.check(&**keys, method, pq, req.headers(), now)
+        } else if let Some(key) = state.control_key.get() {
+            link.check(key, method, pq, req.headers(), now)
+        } else {
+            None
+        };
+        match checked {
+            Some(Ok(())) => return Ok(()),
+            Some(Err(reason)) => return Err(Some(reason)),
+            None => {}
         }
     }
     let runtime = state.runtime.load();
     let Some(admin) = &runtime.config.admin else {
-        return false;
+        return Err(None);
     };
     let Some(given) = req
         .headers()
@@ -125,32 +153,13 @@ fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
     else {
-        return false;
+        return Err(None);
     };
-    firebreak_protocol::same_secret(given.trim(), &admin.token)
-}
-
-fn signed_by_control(key: &(impl Verify + ?Sized), req: &Request<Incoming>) -> bool {
-    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let (Some(signature), Some(at)) = (header(SIGNATURE_HEADER), header(SIGNED_AT_HEADER)) else {
-        return false;
-    };
-    let Ok(at) = at.parse::<u64>() else {
-        return false;
-    };
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    verify_request(
-        key,
-        req.method().as_str(),
-        pq,
-        at,
-        signature,
-        firebreak_protocol::now_ms(),
-    )
+    if firebreak_protocol::same_secret(given.trim(), &admin.token) {
+        Ok(())
+    } else {
+        Err(None)
+    }
 }
 
 fn metrics(state: &EdgeState) -> Response<EdgeBody> {

@@ -19,6 +19,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod runtime;
 pub mod server;
+pub mod signed_admin;
 pub mod store;
 pub mod telemetry;
 pub mod upstream;

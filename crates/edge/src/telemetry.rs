@@ -332,6 +332,24 @@ pub fn shed(service: &Arc<str>) {
     metrics::counter!("firebreak_shed_total", "service" => service.clone()).increment(1);
 }
 
+/// Signed statements from the control plane refused by this edge, by `kind` (`purge`,
+/// `admin`, `target`) and `reason` ([`firebreak_protocol::signed::Refusal::label`]: `replay`,
+/// `expired`, `too_long`, `audience`, `signature`, `older`, `busy`).
+pub const SIGNED_REFUSED: &str = "firebreak_signed_refused_total";
+/// 1 while this edge holds no fresh target (its control plane is unreachable, or answers
+/// without a fresh signature); it keeps serving what it runs.
+pub const AGENT_TARGET_STALE: &str = "firebreak_agent_target_stale";
+
+/// Counts a refused signed statement.
+pub fn signed_refused(kind: &'static str, reason: firebreak_protocol::signed::Refusal) {
+    metrics::counter!(SIGNED_REFUSED, "kind" => kind, "reason" => reason.label()).increment(1);
+}
+
+/// Whether this edge's target is stale.
+pub fn target_stale(stale: bool) {
+    metrics::gauge!(AGENT_TARGET_STALE).set(if stale { 1.0 } else { 0.0 });
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

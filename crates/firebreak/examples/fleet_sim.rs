@@ -497,6 +497,7 @@ impl SimEdge {
             failed_services: Vec::new(),
             staged: s.staged.clone(),
             bad_versions: Vec::new(),
+            stale: None,
         };
         serde_json::to_vec(&r).unwrap_or_default()
     }

@@ -105,6 +105,11 @@ enum Command {
         /// the new key set meanwhile), in seconds; `rotate-key --overlap-s` overrides it.
         #[arg(long, default_value_t = 7 * 24 * 3600)]
         key_overlap_s: u64,
+        /// How long a signed target stays fresh, in seconds (at least 1). Edges with nothing
+        /// applied refuse an older one (a replayed old target); serving edges report stale
+        /// when they hold no fresher one. The plane signs each target afresh after half of it.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+        target_freshness_s: u64,
         #[command(flatten)]
         api: control_flags::ApiFlags,
     },
@@ -443,6 +448,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             token,
             edge_token,
             key_overlap_s,
+            target_freshness_s,
             api,
         } => {
             let (Some(data_dir), Some(token), Some(edge_token)) = (data_dir, token, edge_token)
@@ -454,12 +460,10 @@ async fn run(command: Command) -> Result<(), Failed> {
             };
             control(
                 listen,
-                data_dir,
-                store,
-                key,
-                token,
-                edge_token,
+                (data_dir, store, key),
+                (token, edge_token),
                 key_overlap_s,
+                std::time::Duration::from_secs(target_freshness_s),
                 api,
             )
             .await
@@ -584,12 +588,10 @@ fn check_token(what: &str, token: &str) -> Result<(), String> {
 
 async fn control(
     listen: SocketAddr,
-    data_dir: PathBuf,
-    store: String,
-    key: Option<PathBuf>,
-    token: String,
-    edge_token: String,
+    (data_dir, store, key): (PathBuf, String, Option<PathBuf>),
+    (token, edge_token): (String, String),
     key_overlap_s: u64,
+    target_freshness: std::time::Duration,
     api: control_flags::ApiFlags,
 ) -> Result<(), String> {
     check_token("--token", &token)?;
@@ -613,7 +615,13 @@ async fn control(
         store
     };
     let store = Store::open(&spec).await.map_err(|e| e.to_string())?;
-    let plane = Plane::new(store, key).await.map_err(|e| e.to_string())?;
+    let options = firebreak_control::plane::PlaneOptions {
+        target_freshness,
+        ..Default::default()
+    };
+    let plane = Plane::with_options(store, key, options)
+        .await
+        .map_err(|e| e.to_string())?;
     let tokens = Tokens {
         operator: token,
         edge: edge_token,

@@ -132,6 +132,10 @@ pub struct EdgeReport {
     /// previous version instead (safe mode).
     #[serde(default)]
     pub bad_versions: Vec<u64>,
+    /// Why the edge holds no fresh target (its control plane unreachable, or answering without
+    /// a fresh signature), while that lasts; it keeps serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stale: Option<String>,
 }
 
 /// The outcome of staging a version (download, verify, build; not served).

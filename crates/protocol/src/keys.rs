@@ -36,6 +36,7 @@ pub enum KeyError {
 }
 
 /// The control plane's signing key.
+#[derive(Clone)]
 pub struct ControlKey(SigningKey);
 
 impl ControlKey {

@@ -201,13 +201,13 @@ fn write_wave_targets(
     };
     for c in &cells {
         if s.cells.get(c).is_none_or(|t| t.version != r.version) {
-            let t = plane.sign_target(seq, spec(cell_audience(c)))?;
+            let t = plane.sign_target((s.epoch, seq), spec(cell_audience(c)))?;
             s.cells.insert(c.clone(), t);
         }
     }
     for e in &edges {
         if s.edges.get(e).is_none_or(|t| t.version != r.version) {
-            let t = plane.sign_target(seq, spec(edge_audience(e)))?;
+            let t = plane.sign_target((s.epoch, seq), spec(edge_audience(e)))?;
             s.edges.insert(e.clone(), t);
         }
     }
@@ -230,7 +230,7 @@ async fn end_at_stage(plane: &Arc<Plane>, r: &Rollout, reason: &str) -> Result<(
             cur.outcome = Some(reason.to_owned());
             let cur = cur.clone();
             // Stop asking edges to stage it; nothing else changes (no edge serves it).
-            s.default = plane.back_to_previous(seq, &cur, "control-plane")?;
+            s.default = plane.back_to_previous((s.epoch, seq), &cur, "control-plane")?;
             Ok(Some(cur))
         })
         .await?;
@@ -454,7 +454,7 @@ async fn advance(
                 cur.outcome = Some(format!("every edge runs version {}", cur.version));
                 let cur = cur.clone();
                 s.default = Some(plane.sign_target(
-                    seq,
+                    (s.epoch, seq),
                     TargetSpec {
                         audience: EVERYONE.into(),
                         version: cur.version,

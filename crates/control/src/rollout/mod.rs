@@ -42,14 +42,17 @@ pub(crate) struct TargetSpec<'a> {
 }
 
 impl Plane {
-    /// Signs one target statement for sequence number `seq`.
+    /// Signs one target statement for `(epoch, seq)`, fresh for the plane's freshness bound.
     pub(crate) fn sign_target(
         &self,
-        seq: u64,
+        (epoch, seq): (u64, u64),
         t: TargetSpec<'_>,
     ) -> Result<StoredTarget, PlaneError> {
+        let now = now_ms();
         let target = Target {
+            epoch,
             seq,
+            expires_at_ms: now.saturating_add(self.freshener.bound_ms()),
             audience: t.audience,
             version: t.version,
             bundle_sha256: t.sha256.to_owned(),
@@ -59,7 +62,7 @@ impl Plane {
                 bundle_sha256: sha.to_owned(),
             }),
             rollout: t.rollout,
-            set_at_ms: now_ms(),
+            set_at_ms: now,
             set_by: t.by.to_owned(),
         };
         let signed =
@@ -75,14 +78,14 @@ impl Plane {
     /// for `seq`; `None` for the fleet's first version (nothing to go back to).
     pub(crate) fn back_to_previous(
         &self,
-        seq: u64,
+        at: (u64, u64),
         r: &Rollout,
         by: &str,
     ) -> Result<Option<StoredTarget>, PlaneError> {
         match (r.from, r.from_sha256.as_deref()) {
             (Some(from), Some(sha)) => self
                 .sign_target(
-                    seq,
+                    at,
                     TargetSpec {
                         audience: EVERYONE.into(),
                         version: from,
@@ -109,6 +112,10 @@ impl Plane {
             let current = self.store.state().await?.unwrap_or_default();
             let mut next = current.clone();
             let seq = current.seq + 1;
+            if next.epoch == 0 {
+                // The state's first write (or the first since epochs exist) names its history.
+                next.epoch = now_ms().max(1);
+            }
             let out = change(&mut next, seq)?;
             next.seq = seq;
             if self.store.set_state(current.seq, &next).await? {
@@ -244,7 +251,7 @@ impl Plane {
                 // Every edge without an override (after superseding: every edge) stages.
                 let current_sha = from_sha.as_deref().unwrap_or("");
                 state.default = Some(self.sign_target(
-                    seq,
+                    (state.epoch, seq),
                     TargetSpec {
                         audience: EVERYONE.into(),
                         version: from.unwrap_or(0),
@@ -391,7 +398,7 @@ impl Plane {
                     .ok_or_else(|| PlaneError::Conflict("no rollout is running".into()))?;
                 let mut r = running;
                 let now = now_ms();
-                match (self.back_to_previous(seq, &r, by)?, r.from) {
+                match (self.back_to_previous((state.epoch, seq), &r, by)?, r.from) {
                     (Some(back), Some(from)) => {
                         state.default = Some(back);
                         state.cells.clear();
@@ -473,7 +480,7 @@ impl Plane {
                 }
                 supersede(state, &format!("superseded by a rollback to version {version}"));
                 let t = self.sign_target(
-                    seq,
+                    (state.epoch, seq),
                     TargetSpec {
                         audience: EVERYONE.into(),
                         version,

@@ -75,16 +75,19 @@ impl ControlClient {
             })
     }
 
-    /// Waits up to `wait` for a target for this edge (in `cell`) newer than `after`.
+    /// Waits up to `wait` for a target for this edge (in `cell`) newer than `after` (the
+    /// `(epoch, seq)` of the newest verified); at the end of the wait the control plane
+    /// answers the current target, signed afresh.
     pub async fn poll(
         &self,
-        after: u64,
+        after: (u64, u64),
         cell: &str,
         wait: Duration,
     ) -> Result<Option<PolledTarget>, String> {
         let cell: String = form_urlencoded::byte_serialize(cell.as_bytes()).collect();
+        let (epoch, seq) = after;
         let path = format!(
-            "/v1/edges/{}/target?after={after}&cell={cell}&wait_ms={}",
+            "/v1/edges/{}/target?after={seq}&epoch={epoch}&cell={cell}&wait_ms={}",
             self.id,
             wait.as_millis()
         );

@@ -2,7 +2,11 @@
 //!
 //! `bundles/<version>.fbb` are sealed bundles exactly as downloaded (verified again when
 //! read back); `applied.json` names the version running and, per service, the version whose
-//! document it runs (they differ when a service's new document failed to load). Every file is
+//! document it runs (they differ when a service's new document failed to load);
+//! `target.json` is the signed target statement that version was applied for, exactly as
+//! received: at start the edge verifies it with the trusted key and trusts `applied.json` only
+//! when it matches it (a raised sequence number or another version in `applied.json` is
+//! refused, with the file named). Every file is
 //! written to a temporary name, flushed to disk and renamed, so a crash or a full disk leaves
 //! the previous file, never half of a new one.
 
@@ -95,6 +99,28 @@ impl LocalVersions {
     pub fn load_applied(&self) -> Option<AppliedRecord> {
         let bytes = read_bounded(&self.dir.join("applied.json"), MAX_RECORD_BYTES).ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps the signed target statement the applied version came from.
+    pub fn save_target(&self, signed: &firebreak_protocol::signed::Signed) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(signed).map_err(std::io::Error::other)?;
+        write_atomic(&self.target_path(), &bytes)
+    }
+
+    /// The kept signed target statement (not verified: the caller verifies it).
+    pub fn load_target(&self) -> Option<firebreak_protocol::signed::Signed> {
+        let bytes = read_bounded(&self.target_path(), MAX_RECORD_BYTES).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Where the signed target is kept.
+    pub fn target_path(&self) -> PathBuf {
+        self.dir.join("target.json")
+    }
+
+    /// Where the applied record is kept.
+    pub fn applied_path(&self) -> PathBuf {
+        self.dir.join("applied.json")
     }
 
     /// Deletes all but the newest `keep` bundles, never one in `pinned`.

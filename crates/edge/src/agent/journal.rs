@@ -3,7 +3,13 @@
 //! new one) it records that version; a clean stop records that too. At the next boot, a last
 //! record without a clean stop after it is a crash of that version. A version that crashed
 //! `crashes` times within `window` is marked bad: the edge boots the previous kept version
-//! instead, refuses the bad one from then on and reports it (safe mode).
+//! instead, refuses the bad one and reports it (safe mode).
+//!
+//! A bad version is retried only when a target newer than the one it was refused under names
+//! it again explicitly: the first target that names a bad version after it was marked is
+//! recorded with it (`(epoch, seq)`, [`BootJournal::judge_bad`]); the same target sent again
+//! (the control plane re-signs it for freshness) or an older one is refused; a newer one clears
+//! the mark and the version is tried again.
 
 use super::disk::write_atomic;
 use firebreak_protocol::now_ms;
@@ -54,6 +60,20 @@ struct Journal {
     /// Versions marked bad, newest last.
     #[serde(default)]
     bad: Vec<u64>,
+    /// Per bad version, the `(epoch, seq)` of the target it was refused under.
+    #[serde(default)]
+    refused_at: std::collections::BTreeMap<u64, (u64, u64)>,
+}
+
+/// What to do with a version a target names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadVerdict {
+    /// Not marked bad.
+    Good,
+    /// Marked bad and not named again by a newer target: refuse it.
+    Refuse,
+    /// Marked bad, named again by a newer target: the mark is cleared; try it.
+    Retry,
 }
 
 /// The journal file.
@@ -114,6 +134,8 @@ impl BootJournal {
             let extra = j.bad.len() - MAX_RECORDS;
             j.bad.drain(..extra);
         }
+        let bad = j.bad.clone();
+        j.refused_at.retain(|v, _| bad.contains(v));
         j.serving = None;
         j.clean = false;
         let journal = Self {
@@ -170,6 +192,34 @@ impl BootJournal {
             .unwrap_or(false)
     }
 
+    /// Judges `version`, named by the target ordered `order`: a bad version is refused, and
+    /// the first target that names it is recorded; a target newer than that one clears the
+    /// mark (the version is tried again).
+    pub fn judge_bad(&self, version: u64, order: (u64, u64)) -> BadVerdict {
+        let verdict = {
+            let Ok(mut j) = self.state.lock() else {
+                return BadVerdict::Refuse;
+            };
+            if !j.bad.contains(&version) {
+                return BadVerdict::Good;
+            }
+            match j.refused_at.get(&version).copied() {
+                Some(at) if order > at => {
+                    j.bad.retain(|v| *v != version);
+                    j.refused_at.remove(&version);
+                    BadVerdict::Retry
+                }
+                Some(_) => return BadVerdict::Refuse,
+                None => {
+                    j.refused_at.insert(version, order);
+                    BadVerdict::Refuse
+                }
+            }
+        };
+        self.save();
+        verdict
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> SafeMode {
         self.policy
@@ -212,6 +262,32 @@ mod tests {
         assert_eq!(bad, Some(7));
         assert!(j.is_bad(7));
         assert!(!j.is_bad(6));
+    }
+
+    #[test]
+    fn bad_version_retried_only_when_a_newer_target_names_it() {
+        let d = dir("retry");
+        let policy = SafeMode {
+            crashes: 1,
+            window: Duration::from_secs(60),
+        };
+        let (j, _) = BootJournal::open(&d, policy);
+        j.serving(7);
+        let (j, bad) = BootJournal::open(&d, policy);
+        assert_eq!(bad, Some(7));
+        assert_eq!(j.judge_bad(6, (1, 5)), BadVerdict::Good);
+        // The first target naming it is recorded; it and older ones are refused.
+        assert_eq!(j.judge_bad(7, (1, 5)), BadVerdict::Refuse);
+        assert_eq!(j.judge_bad(7, (1, 5)), BadVerdict::Refuse);
+        assert_eq!(j.judge_bad(7, (1, 4)), BadVerdict::Refuse);
+        // Kept across restarts.
+        j.clean_stop();
+        let (j, _) = BootJournal::open(&d, policy);
+        assert_eq!(j.judge_bad(7, (1, 5)), BadVerdict::Refuse);
+        // A newer target names it: tried again.
+        assert_eq!(j.judge_bad(7, (1, 6)), BadVerdict::Retry);
+        assert!(!j.is_bad(7));
+        assert_eq!(j.judge_bad(7, (1, 6)), BadVerdict::Good);
     }
 
     #[test]

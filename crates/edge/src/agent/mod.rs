@@ -4,18 +4,25 @@
 //! Start: the newest good configuration on disk is loaded and served before the control plane
 //! is asked anything, so an edge restarts and serves even while the control plane is down.
 //! With nothing on disk, the edge waits for its first version (it never serves an empty
-//! configuration). Then, forever: long-poll the target; verify its signature; refuse to go
-//! back without an explicit rollback; download the bundle, check its hash, size and
-//! signature; compose it service by service ([`compose`]); keep it on disk; swap it in;
-//! report. Any failure leaves the running version in place and is reported with its reason.
+//! configuration; its admin address answers `/healthz` 503 meanwhile: [`waiting`]). Then,
+//! forever: long-poll the target; verify its signature; judge it ([`order`]: audience, then
+//! `(epoch, seq)` against the newest verified, then freshness); download the bundle, check its
+//! hash, size and signature; compose it service by service ([`compose`]); keep it and the
+//! signed target on disk; swap it in; report. Any failure leaves the running version in place
+//! and is reported with its reason. The kept state is verified at start: `applied.json` is
+//! used only when it matches the signed `target.json` beside it.
 
 pub mod client;
 pub mod compose;
 pub mod disk;
 pub mod journal;
+pub mod order;
 pub mod trust;
+pub mod waiting;
 
 use crate::server::{EdgeHandle, EdgeServer, ServerError};
+use crate::signed_admin::ControlLink;
+use crate::telemetry;
 use client::{ControlClient, PolledTarget};
 use compose::{compose, Applied};
 use disk::LocalVersions;
@@ -23,8 +30,9 @@ use firebreak_config::ValidConfig;
 use firebreak_protocol::api::{EdgeReport, ServiceFailure, StageReport};
 use firebreak_protocol::bundle::{Bundle, MAX_BUNDLE_BYTES};
 use firebreak_protocol::keys::PublicKey;
-use firebreak_protocol::signed::{Stage, Target};
-use journal::{BootJournal, SafeMode};
+use firebreak_protocol::signed::{Refusal, Signed, Stage, Target};
+use journal::{BadVerdict, BootJournal, SafeMode};
+use order::Verdict;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,11 +40,35 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use trust::TrustStore;
+use waiting::WaitingHealth;
 
 /// How long one long-poll waits.
 const POLL_WAIT: Duration = Duration::from_secs(25);
-/// Longest pause between attempts while the control plane fails.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Shortest long-poll (when the target is about to go stale, or is).
+const MIN_POLL_WAIT: Duration = Duration::from_millis(500);
+/// Longest pause between attempts while the control plane fails, before jitter (which adds
+/// up to as much again).
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// First pause after a failure.
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+/// How often the edge checks whether its target went stale.
+const STALE_CHECK: Duration = Duration::from_millis(250);
+
+/// Pauses between attempts while the control plane fails: exponential with jitter (`backon`),
+/// so a fleet that lost its control plane does not come back in lockstep.
+fn backoff() -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(MIN_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn pause(backoff: &mut backon::ExponentialBackoff) {
+    tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
+}
 
 /// How to run an edge under a control plane.
 #[derive(Clone)]
@@ -130,6 +162,18 @@ pub struct AgentStatus {
     pub bad_versions: Vec<u64>,
     /// The newest target sequence number acted on (applied, staged, or nothing to do).
     pub seen_seq: u64,
+    /// The epoch of that target (targets order by `(epoch, seq)`).
+    pub seen_epoch: u64,
+    /// Until when (ms since the epoch) the freshest verified target of what runs is fresh.
+    pub fresh_until_ms: u64,
+    /// Why this edge is stale (no fresh target), while it is; it keeps serving.
+    pub stale: Option<String>,
+    /// Targets refused because they were older than the newest verified.
+    pub refused_older: u64,
+    /// Targets refused because they had expired.
+    pub refused_expired: u64,
+    /// Why the kept state was refused at start, if it was.
+    pub state_refused: Option<String>,
     /// When the running version started serving (ms since the epoch).
     pub serving_since_ms: u64,
     /// Targets refused because they were addressed to another edge or cell.
@@ -186,6 +230,7 @@ impl Agent {
                 }
             })
         };
+        let link = Arc::new(ControlLink::new(&opts.id));
         let mut worker = Worker {
             opts: opts.clone(),
             disk,
@@ -195,6 +240,7 @@ impl Agent {
             fatal: None,
             journal: journal.clone(),
             trust: trust.clone(),
+            waiting: None,
         };
         if let Some(bad) = newly_bad {
             worker.set_error(format!(
@@ -202,16 +248,20 @@ impl Agent {
                 opts.safe_mode.crashes, opts.safe_mode.window
             ));
         }
-        match worker.restore() {
+        let kept = worker.verified_target();
+        if let Some((t, _)) = &kept {
+            if let Ok(mut s) = status.lock() {
+                (s.seen_epoch, s.seen_seq) = t.order();
+                s.fresh_until_ms = t.expires_at_ms;
+            }
+        }
+        match worker.restore(kept.as_ref().map(|(t, _)| t)) {
             Some((applied, config)) => {
                 tracing::info!(
                     version = applied.version,
                     "serving the last good version from disk"
                 );
                 let version = applied.version;
-                if let Ok(mut s) = status.lock() {
-                    s.seen_seq = applied.seq;
-                }
                 worker.set_applied(applied, Vec::new(), None);
                 journal.serving(version);
                 worker.edge = Some(Arc::new(EdgeServer::start(config).await?));
@@ -228,6 +278,28 @@ impl Agent {
         };
         let _ = edge.state().control_key.set(opts.trust);
         let _ = edge.state().control_keys.set(trust.clone());
+        let _ = edge.state().control_link.set(link.clone());
+        let stale = {
+            let status = status.clone();
+            tokio::spawn(async move {
+                loop {
+                    let why = match status.lock() {
+                        Ok(mut s) => {
+                            s.stale =
+                                order::stale_reason(s.fresh_until_ms, firebreak_protocol::now_ms());
+                            s.stale.clone()
+                        }
+                        Err(_) => None,
+                    };
+                    if why.is_some() && link.stale().is_none() {
+                        tracing::warn!(why = ?why, "target stale; still serving");
+                    }
+                    telemetry::target_stale(why.is_some());
+                    link.set_stale(why);
+                    tokio::time::sleep(STALE_CHECK).await;
+                }
+            })
+        };
         let heartbeat = {
             let (client, status, report) =
                 (worker.client.clone(), status.clone(), worker.reporter());
@@ -272,7 +344,7 @@ impl Agent {
             edge,
             status,
             journal,
-            tasks: vec![watcher, heartbeat, health, keys],
+            tasks: vec![watcher, heartbeat, health, keys, stale],
         })
     }
 
@@ -311,6 +383,8 @@ struct Worker {
     journal: Arc<BootJournal>,
     /// The control-plane keys this edge trusts.
     trust: Arc<TrustStore>,
+    /// The admin address's health answer while there is no configuration.
+    waiting: Option<WaitingHealth>,
 }
 
 impl Worker {
@@ -354,6 +428,7 @@ impl Worker {
                 failed_services: s.failed_services,
                 staged: s.staged,
                 bad_versions: s.bad_versions,
+                stale: s.stale,
             }
         }
     }
@@ -367,7 +442,6 @@ impl Worker {
             if s.applied.as_ref().map(|a| a.version) != Some(applied.version) {
                 s.serving_since_ms = firebreak_protocol::now_ms();
             }
-            s.seen_seq = s.seen_seq.max(applied.seq);
             s.applied = Some(applied);
             s.failed_services = failures;
             s.last_error = error;
@@ -387,9 +461,31 @@ impl Worker {
         }
     }
 
-    /// The newest good configuration on disk: what `applied.json` names, else the newest
-    /// bundle that loads on its own.
-    fn restore(&self) -> Option<(Applied, ValidConfig)> {
+    /// The signed target kept in `target.json`, verified with the trusted key and addressed to
+    /// this edge; `None` (logged, naming the file) when missing or refused.
+    fn verified_target(&self) -> Option<(Target, Signed)> {
+        let path = self.disk.target_path();
+        let signed = self.disk.load_target()?;
+        let refused = |why: String| {
+            tracing::warn!(file = %path.display(), "{why}; not trusted");
+            if let Ok(mut s) = self.status.lock() {
+                s.state_refused = Some(format!("{}: {why}", path.display()));
+            }
+            None
+        };
+        match signed.open::<Target>(&*self.trust) {
+            Ok(t) if t.addressed_to(&self.opts.id, &self.opts.cell) => Some((t, signed)),
+            Ok(t) => refused(format!("kept target is addressed to {}", t.audience)),
+            Err(e) => refused(format!("kept target refused: {e}")),
+        }
+    }
+
+    /// The newest good configuration on disk. `applied.json` is used only when it matches the
+    /// verified signed target `kept` (version and sequence number); otherwise it is refused
+    /// (logged, naming the file) and the kept target's version is rebuilt whole from its
+    /// verified bundle; failing that, the newest kept bundle that loads on its own (the control
+    /// plane's current target follows).
+    fn restore(&self, kept: Option<&Target>) -> Option<(Applied, ValidConfig)> {
         let key = self.trust.clone();
         let mut bundles: HashMap<u64, Bundle> = HashMap::new();
         let mut open = |v: u64| -> Option<Bundle> {
@@ -409,7 +505,28 @@ impl Worker {
             }
         };
         let bad = self.journal.bad();
-        if let Some(record) = self.disk.load_applied().filter(|r| {
+        let record = self.disk.load_applied().filter(|r| {
+            let matches = kept.is_some_and(|t| t.version == r.version && t.seq == r.seq);
+            if !matches {
+                let why = match kept {
+                    Some(t) => format!(
+                        "version {} seq {} does not match the signed target kept beside it (version {} seq {})",
+                        r.version, r.seq, t.version, t.seq
+                    ),
+                    None => format!(
+                        "version {} seq {} has no verified signed target beside it",
+                        r.version, r.seq
+                    ),
+                };
+                let path = self.disk.applied_path();
+                tracing::warn!(file = %path.display(), "{why}; refused");
+                if let Ok(mut s) = self.status.lock() {
+                    s.state_refused = Some(format!("{}: {why}; refused", path.display()));
+                }
+            }
+            matches
+        });
+        if let Some(record) = record.filter(|r| {
             !bad.contains(&r.version) && !r.services.iter().any(|p| bad.contains(&p.version))
         }) {
             let rebuilt = (|| {
@@ -434,6 +551,14 @@ impl Worker {
             }
             tracing::warn!("applied.json does not rebuild; trying kept versions");
         }
+        if let Some(t) = kept.filter(|t| t.version != 0 && !bad.contains(&t.version)) {
+            if let Some(b) = open(t.version) {
+                if let Ok(c) = compose(&b, t.seq, None) {
+                    let config = self.localize(c.config);
+                    return Some((c.applied, config));
+                }
+            }
+        }
         for v in self.disk.versions() {
             if bad.contains(&v) {
                 continue;
@@ -454,17 +579,35 @@ impl Worker {
         if let Ok(mut s) = self.status.lock() {
             s.last_error = Some("waiting for the first version".into());
         }
+        if let Some(admin) = self.opts.admin {
+            match WaitingHealth::start(admin).await {
+                Ok(w) => self.waiting = Some(w),
+                Err(e) => {
+                    tracing::warn!(%admin, error = %e, "cannot answer /healthz while waiting")
+                }
+            }
+        }
         let report = self.reporter();
         if let Err(e) = self.client.report_with(|| report(&self.status)).await {
             tracing::warn!(error = %e, "cannot register with the control plane yet");
+            self.note_waiting(&e);
         }
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = backoff();
         loop {
             let after = self.seen();
-            match self.client.poll(after, &self.opts.cell, POLL_WAIT).await {
+            let asked = std::time::Instant::now();
+            match self
+                .client
+                .poll(after, &self.opts.cell, self.poll_wait())
+                .await
+            {
                 Ok(Some(polled)) => match self.apply(polled).await {
                     Ok(()) if self.edge.is_some() => return Ok(()),
                     Ok(()) => {
+                        self.note_waiting("the control plane has no version for this edge yet");
+                        if self.seen() == after && asked.elapsed() < MIN_POLL_WAIT / 2 {
+                            pause(&mut backoff).await;
+                        }
                         let report = self.reporter();
                         if let Err(e) = self.client.report_with(|| report(&self.status)).await {
                             tracing::warn!(error = %e, "report not delivered");
@@ -472,19 +615,29 @@ impl Worker {
                     }
                     Err(e) => {
                         if let Some(fatal) = self.fatal.take() {
+                            if let Some(w) = self.waiting.take() {
+                                w.stop().await;
+                            }
                             return Err(AgentError::Server(fatal));
                         }
+                        self.note_waiting(&e);
                         self.set_error(e);
-                        tokio::time::sleep(backoff).await;
+                        pause(&mut backoff).await;
                     }
                 },
-                Ok(None) => {}
+                Ok(None) => self.note_waiting("the control plane has no version for this edge yet"),
                 Err(e) => {
                     tracing::warn!(error = %e, "waiting for the control plane");
-                    tokio::time::sleep(backoff).await;
+                    self.note_waiting(&e);
+                    pause(&mut backoff).await;
                 }
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn note_waiting(&self, why: &str) {
+        if let Some(w) = &self.waiting {
+            w.note(why);
         }
     }
 
@@ -492,10 +645,14 @@ impl Worker {
     async fn follow(&mut self) {
         let report = self.reporter();
         let _ = self.client.report_with(|| report(&self.status)).await;
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = backoff();
         loop {
             let after = self.seen();
-            let polled = self.client.poll(after, &self.opts.cell, POLL_WAIT).await;
+            let asked = std::time::Instant::now();
+            let polled = self
+                .client
+                .poll(after, &self.opts.cell, self.poll_wait())
+                .await;
             if polled.is_ok() {
                 self.set_control_error(None);
             }
@@ -503,78 +660,145 @@ impl Worker {
                 Ok(Some(polled)) => {
                     let result = self.apply(polled).await;
                     let failed = result.is_err();
+                    let changed = self.seen() != after;
                     if let Err(e) = result {
                         self.set_error(e);
                     }
-                    if let Err(e) = self.client.report_with(|| report(&self.status)).await {
-                        tracing::warn!(error = %e, "report not delivered");
+                    if failed || changed {
+                        if let Err(e) = self.client.report_with(|| report(&self.status)).await {
+                            tracing::warn!(error = %e, "report not delivered");
+                        }
                     }
-                    if failed {
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    if failed || (!changed && asked.elapsed() < MIN_POLL_WAIT / 2) {
+                        // A refused target, or an answer at once with nothing new (a control
+                        // plane, or something in its place, that does not wait): pause.
+                        pause(&mut backoff).await;
                     } else {
-                        backoff = Duration::from_millis(200);
+                        backoff = self::backoff();
                     }
                 }
-                Ok(None) => backoff = Duration::from_millis(200),
+                Ok(None) => backoff = self::backoff(),
                 Err(e) => {
                     tracing::warn!(error = %e, "control plane unreachable; serving the current version");
                     self.set_control_error(Some(e));
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    pause(&mut backoff).await;
                 }
             }
         }
     }
 
-    fn seen(&self) -> u64 {
-        self.status.lock().map(|s| s.seen_seq).unwrap_or(0)
+    /// How long to long-poll: half the time the current target stays fresh (so a fresh
+    /// signature arrives before it goes stale), within [`MIN_POLL_WAIT`]..[`POLL_WAIT`].
+    fn poll_wait(&self) -> Duration {
+        let (until, serving) = self
+            .status
+            .lock()
+            .map(|s| (s.fresh_until_ms, s.applied.is_some()))
+            .unwrap_or((0, false));
+        if !serving {
+            return POLL_WAIT;
+        }
+        let left = until.saturating_sub(firebreak_protocol::now_ms()) / 2;
+        Duration::from_millis(left).clamp(MIN_POLL_WAIT, POLL_WAIT)
     }
 
-    fn note_seen(&self, seq: u64) {
+    /// The `(epoch, seq)` of the newest target verified and acted on.
+    fn seen(&self) -> (u64, u64) {
+        self.status
+            .lock()
+            .map(|s| (s.seen_epoch, s.seen_seq))
+            .unwrap_or((0, 0))
+    }
+
+    /// Notes that `target` was acted on: its order, and its freshness.
+    fn note_seen(&self, target: &Target) {
         if let Ok(mut s) = self.status.lock() {
-            s.seen_seq = s.seen_seq.max(seq);
+            if target.order() > (s.seen_epoch, s.seen_seq) {
+                (s.seen_epoch, s.seen_seq) = target.order();
+                s.fresh_until_ms = target.expires_at_ms;
+            }
         }
     }
 
-    /// Verifies one target, stages what it asks to stage, and applies the version it names.
-    /// On error nothing changed.
-    async fn apply(&mut self, polled: PolledTarget) -> Result<(), String> {
-        let target: Target = polled
-            .signed
-            .open(&*self.trust)
-            .map_err(|e| format!("target refused: {e}"))?;
-        if !target.addressed_to(&self.opts.id, &self.opts.cell) {
-            if let Ok(mut s) = self.status.lock() {
-                s.misaddressed += 1;
-            }
-            metrics::counter!("firebreak_targets_refused_total", "reason" => "audience")
-                .increment(1);
-            return Err(format!(
-                "target seq {} is addressed to {}, not to edge {} in cell {}; refused",
-                target.seq, target.audience, self.opts.id, self.opts.cell
-            ));
+    /// Notes a fresh signature of the target already acted on.
+    fn note_fresh(&self, target: &Target) {
+        if let Ok(mut s) = self.status.lock() {
+            s.fresh_until_ms = s.fresh_until_ms.max(target.expires_at_ms);
         }
-        if target.seq <= self.seen() {
-            return Ok(());
+    }
+
+    /// Verifies one target, judges it ([`order::judge`]), stages what it asks to stage, and
+    /// applies the version it names. On error nothing changed.
+    async fn apply(&mut self, polled: PolledTarget) -> Result<(), String> {
+        let target: Target = polled.signed.open(&*self.trust).map_err(|e| {
+            telemetry::signed_refused("target", Refusal::Signature);
+            format!("target refused: {e}")
+        })?;
+        let serving = self.current().is_some();
+        let now = firebreak_protocol::now_ms();
+        match order::judge(
+            &target,
+            &self.opts.id,
+            &self.opts.cell,
+            self.seen(),
+            serving,
+            now,
+        ) {
+            Verdict::Newer => {}
+            Verdict::Same => {
+                self.note_fresh(&target);
+                return Ok(());
+            }
+            Verdict::Refused(reason, message) => {
+                telemetry::signed_refused("target", reason);
+                if let Ok(mut s) = self.status.lock() {
+                    match reason {
+                        Refusal::Audience => s.misaddressed += 1,
+                        Refusal::Older => s.refused_older += 1,
+                        Refusal::Expired => s.refused_expired += 1,
+                        _ => {}
+                    }
+                }
+                if reason == Refusal::Audience {
+                    metrics::counter!("firebreak_targets_refused_total", "reason" => "audience")
+                        .increment(1);
+                }
+                return Err(message);
+            }
+        }
+        // Safe mode: a bad version is tried again only when a target newer than the one it was
+        // refused under names it.
+        let named = std::iter::once(target.version).chain(target.stage.as_ref().map(|s| s.version));
+        for v in named.filter(|v| *v != 0) {
+            if self.journal.judge_bad(v, target.order()) == BadVerdict::Retry {
+                tracing::warn!(
+                    version = v,
+                    epoch = target.epoch,
+                    seq = target.seq,
+                    "a newer target names version {v} again: trying it again (safe mode lifted for it)"
+                );
+                if let Ok(mut s) = self.status.lock() {
+                    s.bad_versions = self.journal.bad();
+                }
+            }
         }
         if let Some(stage) = &target.stage {
             self.stage(stage).await;
         }
         if target.version == 0 {
             // Nothing to run yet (a first version being staged).
-            self.note_seen(target.seq);
+            self.note_seen(&target);
             return Ok(());
         }
         if self.journal.is_bad(target.version) {
-            self.note_seen(target.seq);
+            self.note_seen(&target);
             return Err(format!(
-                "version {} crash-looped on this edge; refused (safe mode)",
+                "version {} crash-looped on this edge; refused until a newer target names it (safe mode)",
                 target.version
             ));
         }
-        self.activate(&target).await?;
-        self.note_seen(target.seq);
+        self.activate(&target, &polled.signed).await?;
+        self.note_seen(&target);
         Ok(())
     }
 
@@ -657,15 +881,11 @@ impl Worker {
     }
 
     /// Downloads (or takes from disk), composes, keeps and serves the target's version.
-    async fn activate(&mut self, target: &Target) -> Result<(), String> {
+    /// The target is newer by `(epoch, seq)` — a rollback is such a target naming an older
+    /// version. `signed` is kept beside `applied.json` as the proof of what runs.
+    async fn activate(&mut self, target: &Target, signed: &Signed) -> Result<(), String> {
         let current = self.current();
         if let Some(cur) = &current {
-            if target.version < cur.version && !target.rollback {
-                return Err(format!(
-                    "target version {} is older than the running {} and not a rollback; refused",
-                    target.version, cur.version
-                ));
-            }
             if target.version == cur.version {
                 let mut same = cur.clone();
                 same.seq = target.seq;
@@ -674,7 +894,8 @@ impl Worker {
                     .lock()
                     .map(|s| s.failed_services.clone())
                     .unwrap_or_default();
-                self.set_applied(same, failures, None);
+                let error = self.keep_state(&same, signed);
+                self.set_applied(same, failures, error);
                 return Ok(());
             }
         }
@@ -703,7 +924,7 @@ impl Worker {
             Some(edge) => edge
                 .reload(config)
                 .map_err(|e| format!("version {} not applied: {e}", bundle.version)),
-            None => match EdgeServer::start(config).await {
+            None => match self.start_server(config).await {
                 Ok(edge) => {
                     self.edge = Some(Arc::new(edge));
                     Ok(())
@@ -725,13 +946,7 @@ impl Worker {
             return Err(e);
         }
         let applied = composed.applied;
-        let mut error = None;
-        if let Err(e) = self.disk.save_applied(&applied.record()) {
-            error = Some(format!(
-                "version {} applied but not recorded on disk: {e}",
-                applied.version
-            ));
-        }
+        let error = self.keep_state(&applied, signed);
         self.disk.prune(self.opts.keep.max(1), &applied.pinned());
         for f in &composed.failures {
             tracing::warn!(service = %f.service, kept = ?f.kept_version, error = %f.error, "service kept at its previous version");
@@ -743,6 +958,39 @@ impl Worker {
         );
         self.set_applied(applied, composed.failures, error);
         Ok(())
+    }
+}
+
+impl Worker {
+    /// Keeps what runs on disk: the signed target first, then `applied.json` matching it (a
+    /// crash between the two leaves a mismatch, which the next start refuses and rebuilds from
+    /// the target). Returns the error to report, if any.
+    fn keep_state(&self, applied: &Applied, signed: &Signed) -> Option<String> {
+        let kept = self
+            .disk
+            .save_target(signed)
+            .and_then(|()| self.disk.save_applied(&applied.record()));
+        kept.err().map(|e| {
+            format!(
+                "version {} applied but not recorded on disk: {e}",
+                applied.version
+            )
+        })
+    }
+
+    /// Starts the edge server for the first configuration, after closing the waiting health
+    /// listener (the server binds the same admin address); reopens it if the start fails.
+    async fn start_server(&mut self, config: ValidConfig) -> Result<EdgeHandle, ServerError> {
+        if let Some(w) = self.waiting.take() {
+            w.stop().await;
+        }
+        let started = EdgeServer::start(config).await;
+        if let (Err(e), Some(admin)) = (&started, self.opts.admin) {
+            if !matches!(e, ServerError::Bind { .. }) {
+                self.waiting = WaitingHealth::start(admin).await.ok();
+            }
+        }
+        started
     }
 }
 

@@ -50,6 +50,9 @@ pub struct EdgeState {
     /// admin requests are verified with these instead of `control_key`.
     pub control_keys:
         std::sync::OnceLock<Arc<dyn firebreak_protocol::keyring::Verify + Send + Sync>>,
+    /// This edge as the control plane addresses it (id, nonces of signed requests seen,
+    /// staleness), when run by a control plane.
+    pub control_link: std::sync::OnceLock<std::sync::Arc<crate::signed_admin::ControlLink>>,
     /// Per-address rate limits and the bound on requests in flight.
     pub clients: crate::ratelimit::ClientGate,
     next_id: AtomicU64,
@@ -71,6 +74,7 @@ impl EdgeState {
             access_log,
             control_key: std::sync::OnceLock::new(),
             control_keys: std::sync::OnceLock::new(),
+            control_link: std::sync::OnceLock::new(),
             clients: Default::default(),
             next_id: AtomicU64::new(1),
             id_prefix: seed,

@@ -288,7 +288,7 @@ async fn api_over_etcd_and_two_replicas_share_one_fleet() {
         let plane = b.plane.clone();
         tokio::spawn(async move {
             plane
-                .wait_target("x", "c1", seq, std::time::Duration::from_secs(10))
+                .wait_target("x", "c1", (None, seq), std::time::Duration::from_secs(10))
                 .await
         })
     };

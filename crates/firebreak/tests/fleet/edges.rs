@@ -310,9 +310,10 @@ async fn control_plane_down_the_edge_serves_and_restarts_from_disk() {
 
 #[cfg(feature = "etcd")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_older_target_without_rollback_is_refused_by_the_edge() {
+async fn an_older_target_is_refused_by_the_edge() {
     // etcd lets the test write a target behind the API's back (the API refuses it), as a
-    // buggy or compromised replica might; the edge is the last line of defence.
+    // buggy or compromised replica might; the edge is the last line of defence. Targets are
+    // ordered by (epoch, seq), never by version: an old statement replayed is refused.
     let etcd = Etcd::start();
     let dir = temp_dir("downgrade");
     let origin = origin().await;
@@ -327,7 +328,9 @@ async fn an_older_target_without_rollback_is_refused_by_the_edge() {
         audience: "*".into(),
         stage: None,
         rollout: None,
-        seq: state.seq + 1,
+        epoch: state.epoch,
+        seq: 1,
+        expires_at_ms: firebreak_protocol::now_ms() + 60_000,
         version: 1,
         bundle_sha256: info.sha256,
         rollback: false,
@@ -336,12 +339,12 @@ async fn an_older_target_without_rollback_is_refused_by_the_edge() {
     };
     let signed = firebreak_protocol::signed::Signed::sign(&target, &c.key()).unwrap();
     let stored = firebreak_control::store::StoredTarget {
-        seq: target.seq,
+        seq: state.seq + 1,
         version: 1,
         signed,
     };
     let previous = state.seq;
-    state.seq = target.seq;
+    state.seq += 1;
     state.default = Some(stored);
     assert!(c.store.set_state(previous, &state).await.unwrap());
     wait_for(&e, "downgrade refused", |s| {

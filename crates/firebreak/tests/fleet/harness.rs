@@ -147,6 +147,7 @@ impl Control {
             key,
             firebreak_control::plane::PlaneOptions {
                 tick: Duration::from_millis(100),
+                ..Default::default()
             },
         )
         .await
@@ -225,7 +226,9 @@ impl Control {
         let mut state = self.store.state().await.unwrap().unwrap_or_default();
         let info = self.store.version(version).await.unwrap().unwrap();
         let target = firebreak_protocol::signed::Target {
+            epoch: state.epoch,
             seq: state.seq + 1,
+            expires_at_ms: firebreak_protocol::now_ms() + 3_600_000,
             audience: "*".into(),
             version,
             bundle_sha256: info.sha256,
@@ -450,16 +453,35 @@ impl Control {
             firebreak_control::keys::DEFAULT_OVERLAP,
         )
         .unwrap();
+        let options = firebreak_control::plane::PlaneOptions {
+            tick: Duration::from_millis(100),
+            ..Default::default()
+        };
+        Self::serve_plane(store_spec, key_path, keys, options).await
+    }
+
+    /// [`Control::start`] with targets that stay fresh for `freshness` only.
+    pub async fn start_with_freshness(store_spec: &str, dir: &Path, freshness: Duration) -> Self {
+        let key_path = dir.join("control.key");
+        let key = ControlKey::load_or_create(&key_path).unwrap();
+        let options = firebreak_control::plane::PlaneOptions {
+            tick: Duration::from_millis(100),
+            target_freshness: freshness,
+            ..Default::default()
+        };
+        Self::serve_plane(store_spec, key_path, key, options).await
+    }
+
+    async fn serve_plane(
+        store_spec: &str,
+        key_path: std::path::PathBuf,
+        key: impl Into<firebreak_control::keys::ControlKeys>,
+        options: firebreak_control::plane::PlaneOptions,
+    ) -> Self {
         let store = Store::open(store_spec).await.unwrap();
-        let plane = Plane::with_options(
-            store.clone(),
-            keys,
-            firebreak_control::plane::PlaneOptions {
-                tick: Duration::from_millis(100),
-            },
-        )
-        .await
-        .unwrap();
+        let plane = Plane::with_options(store.clone(), key, options)
+            .await
+            .unwrap();
         let tokens = Tokens {
             operator: OPERATOR.into(),
             edge: EDGE.into(),
@@ -493,4 +515,35 @@ where
         assert!(Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits (polling, at most `secs` seconds) until `check` returns `Some`; fails the test naming
+/// `what` otherwise.
+pub async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// One plain GET (no token); status and body text. `None` when nothing answers.
+pub async fn get_plain(url: &str) -> Option<(StatusCode, String)> {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::get(url).body(Full::new(Bytes::new())).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
 }

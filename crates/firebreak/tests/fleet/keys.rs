@@ -6,7 +6,9 @@ use crate::harness::*;
 use bytes::Bytes;
 use firebreak_edge::agent::Agent;
 use firebreak_protocol::keyring::KeyId;
-use firebreak_protocol::signed::{sign_request, SIGNATURE_HEADER, SIGNED_AT_HEADER};
+use firebreak_protocol::signed::{
+    sign_request, AUDIENCE_HEADER, EXPIRES_HEADER, NONCE_HEADER, SIGNATURE_HEADER,
+};
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -262,9 +264,13 @@ async fn revoked_key_signatures_are_refused() {
     let at = firebreak_protocol::now_ms();
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
+    // Addressed to this edge, fresh and unexpired: only the key makes it a forgery.
+    let auth = sign_request(&stolen, "POST", path, "e", at + 30_000).unwrap();
     let forged = Request::post(format!("http://{admin}{path}"))
-        .header(SIGNATURE_HEADER, sign_request(&stolen, "POST", path, at))
-        .header(SIGNED_AT_HEADER, at.to_string())
+        .header(SIGNATURE_HEADER, &auth.signature)
+        .header(AUDIENCE_HEADER, &auth.audience)
+        .header(NONCE_HEADER, &auth.nonce)
+        .header(EXPIRES_HEADER, auth.expires_at_ms.to_string())
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = client.request(forged).await.unwrap();

@@ -13,4 +13,5 @@ mod edges;
 mod faults;
 mod harness;
 mod keys;
+mod replay;
 mod rollouts;
