@@ -5,14 +5,20 @@
 //! - [`plane`]: the operations, independent of HTTP.
 //! - [`rollout`]: staged rollouts over cells, health gates, automatic rollback, audit log.
 //! - [`fanout`]: sending signed purge requests to every edge at once.
-//! - [`api`]: the axum router, bearer-token auth, OpenAPI document.
+//! - [`api`]: the axum router, OpenAPI document.
+//! - [`auth`]: who calls (operator by name and role, edge by its credential, a joining edge)
+//!   and what each route allows, checked from the headers before any body is read.
+//! - [`registry`]: edge identity: join token → per-edge credential, bounded registry,
+//!   pruning, removal.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod api;
+pub mod auth;
 pub mod fanout;
 mod openapi;
 pub mod plane;
+pub mod registry;
 pub mod rollout;
 pub mod store;
 

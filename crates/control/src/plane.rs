@@ -54,16 +54,19 @@ pub enum PlaneError {
 }
 
 /// Timing of the control plane's own loops (shorter in tests).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PlaneOptions {
     /// How often the rollout driver looks at the running rollout.
     pub tick: Duration,
+    /// The edge registry's settings (allowed networks, bound, pruning).
+    pub edges: crate::registry::EdgeSettings,
 }
 
 impl Default for PlaneOptions {
     fn default() -> Self {
         Self {
             tick: Duration::from_millis(250),
+            edges: crate::registry::EdgeSettings::default(),
         }
     }
 }
@@ -86,6 +89,10 @@ pub struct Plane {
     /// When this replica started (ms since the epoch): the rollout driver counts an edge as
     /// seen no earlier than this, since it cannot have heard from it before.
     pub(crate) started_ms: u64,
+    /// The edge registry's settings.
+    pub(crate) edges: crate::registry::EdgeSettings,
+    /// Edge registrations recently read (see [`crate::registry`]).
+    pub(crate) identities: Mutex<HashMap<String, (crate::registry::EdgeIdentity, std::time::Instant)>>,
 }
 
 impl Plane {
@@ -114,6 +121,8 @@ impl Plane {
             gate_view: Mutex::new(HashMap::new()),
             looked: Mutex::new(HashMap::new()),
             started_ms: now_ms(),
+            edges: options.edges.clone(),
+            identities: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&plane);
         let store = plane.store.clone();
@@ -127,6 +136,7 @@ impl Plane {
                 .await;
         });
         crate::rollout::driver::spawn(Arc::downgrade(&plane), options.tick);
+        crate::registry::spawn_pruner(Arc::downgrade(&plane), options.edges.prune_after);
         Ok(plane)
     }
 
@@ -281,9 +291,39 @@ impl Plane {
         }
     }
 
+    pub(crate) fn forget_polled(&self, id: &str) {
+        if let Ok(mut polled) = self.polled.lock() {
+            polled.remove(id);
+        }
+    }
+
+    /// When each edge was last seen (report or poll), in ms since the epoch.
+    pub(crate) async fn last_seen(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let mut seen: HashMap<String, u64> = self
+            .store
+            .edges()
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e.last_seen_ms))
+            .collect();
+        if let Ok(polled) = self.polled.lock() {
+            for (id, &t) in polled.iter() {
+                let e = seen.entry(id.clone()).or_insert(0);
+                *e = (*e).max(t);
+            }
+        }
+        Ok(seen)
+    }
+
     /// Records an edge's report.
-    pub async fn report(&self, id: &str, report: EdgeReport) -> Result<(), PlaneError> {
+    pub async fn report(&self, id: &str, mut report: EdgeReport) -> Result<(), PlaneError> {
         edge_id(id)?;
+        // The admin URL is fixed at join: a report cannot move purges elsewhere.
+        let registered = self
+            .registration(id)
+            .await?
+            .ok_or_else(|| PlaneError::NotFound(format!("edge {id} has not joined")))?;
+        report.admin_url = registered.admin_url;
         label("pop", &report.pop)?;
         label("cell", &report.cell)?;
         if let Some(url) = &report.admin_url {
@@ -322,7 +362,16 @@ impl Plane {
 
     /// Every known edge, with the latest "last seen" this replica knows.
     pub async fn fleet(&self) -> Result<Vec<EdgeStatus>, PlaneError> {
+        let joined: std::collections::HashSet<String> = self
+            .store
+            .identities()
+            .await?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
         let mut edges = self.store.edges().await?;
+        // An edge removed (or pruned) while its report was being written is not shown.
+        edges.retain(|e| joined.contains(&e.id));
         if let Ok(polled) = self.polled.lock() {
             for e in &mut edges {
                 if let Some(&t) = polled.get(&e.id) {
