@@ -4,7 +4,7 @@
 use api_client::{exit, Api, Failed};
 use clap::{Parser, Subcommand};
 use firebreak_config::{load_file, parse_str, ValidConfig};
-use firebreak_control::{Plane, Store, Tokens};
+use firebreak_control::{Plane, Store};
 use firebreak_edge::agent::{Agent, AgentOptions};
 use firebreak_edge::EdgeServer;
 use firebreak_protocol::api::PurgeRequest;
@@ -82,13 +82,37 @@ enum Command {
         /// sharing an etcd store must share the key.
         #[arg(long)]
         key: Option<PathBuf>,
-        /// Operator bearer token (at least 16 characters).
+        /// Admin bearer token (at least 16 characters): the operator named `operator`.
+        /// Give this, `--operators`, or both.
         #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true)]
-        token: String,
-        /// Edges' bearer token (at least 16 characters).
-        #[arg(long, env = "FIREBREAK_EDGE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Named operators with roles: a TOML file of `[[operator]] name, role (admin,
+        /// deployer, read-only), token_sha256` (`firebreak hash-token` prints the hash).
+        #[arg(long, env = "FIREBREAK_OPERATORS")]
+        operators: Option<PathBuf>,
+        /// The edges' join token (at least 16 characters): it lets an edge join once, which
+        /// gives the edge its own credential; it can do nothing else.
+        #[arg(
+            long,
+            visible_alias = "join-token",
+            env = "FIREBREAK_EDGE_TOKEN",
+            hide_env_values = true
+        )]
         edge_token: String,
+        /// Networks edges' admin addresses must be in (purges are sent there), comma-separated
+        /// CIDR blocks.
+        #[arg(long, default_value = "127.0.0.0/8,::1/128", value_delimiter = ',')]
+        edge_networks: Vec<String>,
+        /// Most edges that may join.
+        #[arg(long, default_value_t = firebreak_control::registry::DEFAULT_MAX_EDGES)]
+        max_edges: usize,
+        /// Edges not seen for this many seconds are forgotten with their credential.
+        #[arg(long, default_value_t = 24 * 3600)]
+        edge_prune_s: u64,
     },
+    /// Print the SHA-256 of a token read from standard input, for `token_sha256` in an
+    /// operators file or a fleet document's `[admin]`.
+    HashToken,
     /// Run an edge: under a control plane (`--control`), from a configuration file
     /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
     Edge(EdgeArgs),
@@ -105,8 +129,10 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// The fleet as the control plane sees it.
+    /// The fleet as the control plane sees it; `fleet remove EDGE` forgets an edge.
     Fleet {
+        #[command(subcommand)]
+        command: Option<FleetCommand>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -210,6 +236,18 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Forget an edge and its credential (it must join again with the join token); audited.
+    Remove {
+        /// The edge id.
+        edge: String,
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+}
+
 #[derive(clap::Args)]
 struct EdgeArgs {
     /// Configuration file (TOML), for an edge without a control plane.
@@ -224,9 +262,11 @@ struct EdgeArgs {
     /// Control plane URL: the edge takes its configuration from there.
     #[arg(long)]
     control: Option<String>,
-    /// Edges' bearer token for the control plane.
+    /// The fleet's join token: the edge joins once with it and then uses its own credential
+    /// (kept in the data directory).
     #[arg(
         long,
+        visible_alias = "join-token",
         env = "FIREBREAK_EDGE_TOKEN",
         hide_env_values = true,
         default_value = ""
@@ -417,10 +457,19 @@ async fn run(command: Command) -> Result<(), Failed> {
             store,
             key,
             token,
+            operators,
             edge_token,
-        } => control(listen, data_dir, store, key, token, edge_token)
-            .await
-            .map_err(fail),
+            edge_networks,
+            max_edges,
+            edge_prune_s,
+        } => {
+            let access = access(token, operators, &edge_token).map_err(fail)?;
+            let edges = edge_settings(&edge_networks, max_edges, edge_prune_s).map_err(fail)?;
+            control(listen, data_dir, store, key, access, edges)
+                .await
+                .map_err(fail)
+        }
+        Command::HashToken => hash_token().map_err(fail),
         Command::Edge(args) => edge(args).await.map_err(fail),
         Command::Origin { listen } => {
             let origin = demo_origin::start(listen)
@@ -447,7 +496,15 @@ async fn run(command: Command) -> Result<(), Failed> {
                 }
             }
         }
-        Command::Fleet { json, api } => ops::fleet(&Api::new(&api.control, &api.token), json).await,
+        Command::Fleet { command, json, api } => {
+            let api = Api::new(&api.control, &api.token);
+            match command {
+                None => ops::fleet(&api, json).await,
+                Some(FleetCommand::Remove { edge, message }) => {
+                    ops::remove_edge(&api, &edge, &message).await
+                }
+            }
+        }
         Command::Deploy {
             version,
             plan,
@@ -538,16 +595,85 @@ fn check_token(what: &str, token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The operators (`--token`: admin `operator`; `--operators FILE`) and the join token.
+fn access(
+    token: Option<String>,
+    operators: Option<PathBuf>,
+    join_token: &str,
+) -> Result<firebreak_control::auth::Access, String> {
+    use firebreak_control::auth::{load_operators, Access, Operator, Role};
+    check_token("--edge-token", join_token)?;
+    let mut all = Vec::new();
+    if let Some(token) = token {
+        check_token("--token", &token)?;
+        all.push(Operator::with_token("operator", Role::Admin, &token).map_err(|e| format!("--token: {e}"))?);
+    }
+    if let Some(path) = operators {
+        let named = load_operators(&path).map_err(|e| e.to_string())?;
+        if all.iter().any(|a| named.iter().any(|n| n.name == a.name)) {
+            return Err(format!(
+                "{}: the name `operator` is taken by --token; rename that entry",
+                path.display()
+            ));
+        }
+        all.extend(named);
+    }
+    if all.is_empty() {
+        return Err("give --token TOKEN (an admin named `operator`), --operators FILE, or both".into());
+    }
+    Access::new(all, join_token).map_err(|e| e.to_string())
+}
+
+/// The edge registry's settings from the command line.
+fn edge_settings(
+    networks: &[String],
+    max_edges: usize,
+    prune_s: u64,
+) -> Result<firebreak_control::registry::EdgeSettings, String> {
+    let networks = networks
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| firebreak_config::Cidr::parse(n.trim()).map_err(|e| format!("--edge-networks: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if networks.is_empty() {
+        return Err("--edge-networks: give at least one CIDR block (edges' admin addresses must be in one)".into());
+    }
+    if max_edges == 0 {
+        return Err("--max-edges must be at least 1".into());
+    }
+    if prune_s == 0 {
+        return Err("--edge-prune-s must be at least 1".into());
+    }
+    Ok(firebreak_control::registry::EdgeSettings {
+        networks,
+        max_edges,
+        prune_after: std::time::Duration::from_secs(prune_s),
+    })
+}
+
+/// `firebreak hash-token`: the SHA-256 of the token on standard input (one line).
+fn hash_token() -> Result<(), String> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(4096)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the token from standard input: {e}"))?;
+    let token = line.trim_end_matches(['\n', '\r']);
+    check_token("the token", token)?;
+    println!("{}", firebreak_control::auth::token_sha256(token));
+    Ok(())
+}
+
 async fn control(
     listen: SocketAddr,
     data_dir: PathBuf,
     store: String,
     key: Option<PathBuf>,
-    token: String,
-    edge_token: String,
+    access: firebreak_control::auth::Access,
+    edges: firebreak_control::registry::EdgeSettings,
 ) -> Result<(), String> {
-    check_token("--token", &token)?;
-    check_token("--edge-token", &edge_token)?;
     let key_path = key.unwrap_or_else(|| data_dir.join("control.key"));
     let key = ControlKey::load_or_create(&key_path).map_err(|e| e.to_string())?;
     let public = key.public();
@@ -557,12 +683,14 @@ async fn control(
         store
     };
     let store = Store::open(&spec).await.map_err(|e| e.to_string())?;
-    let plane = Plane::new(store, key).await.map_err(|e| e.to_string())?;
-    let tokens = Tokens {
-        operator: token,
-        edge: edge_token,
+    let options = firebreak_control::plane::PlaneOptions {
+        edges,
+        ..Default::default()
     };
-    let server = firebreak_control::serve(listen, plane, tokens)
+    let plane = Plane::with_options(store, key, options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let server = firebreak_control::serve(listen, plane, access)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let pub_path = data_dir.join("control.pub");

@@ -12,6 +12,7 @@
 pub mod client;
 pub mod compose;
 pub mod disk;
+pub mod identity;
 pub mod journal;
 
 use crate::server::{EdgeHandle, EdgeServer, ServerError};
@@ -41,7 +42,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub struct AgentOptions {
     /// Control plane base URL, `http://host:port`.
     pub control: String,
-    /// The edges' bearer token.
+    /// The fleet's join token: used once to join (`POST /v1/edges/{id}/join`); every other
+    /// call carries the edge's own credential, kept in `data_dir` ([`identity`]).
     pub token: String,
     /// This edge's id (unique in the fleet).
     pub id: String,
@@ -154,7 +156,9 @@ impl Agent {
         let disk = Arc::new(disk);
         let (journal, newly_bad) = BootJournal::open(&opts.data_dir, opts.safe_mode);
         let journal = Arc::new(journal);
-        let client = ControlClient::new(&opts.control, &opts.token, &opts.id);
+        let client = ControlClient::new(&opts.control, &opts.token, &opts.id).with_identity(
+            identity::Identity::new(&opts.data_dir, &opts.id, &opts.token, &opts.pop, &opts.cell),
+        );
         let status = Arc::new(Mutex::new(AgentStatus {
             bad_versions: journal.bad(),
             ..AgentStatus::default()

@@ -147,6 +147,7 @@ impl Control {
             key,
             firebreak_control::plane::PlaneOptions {
                 tick: Duration::from_millis(100),
+                ..Default::default()
             },
         )
         .await
@@ -155,10 +156,13 @@ impl Control {
             operator: OPERATOR.into(),
             edge: EDGE.into(),
         };
-        let server =
-            firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), tokens)
-                .await
-                .unwrap();
+        let server = firebreak_control::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            plane.clone(),
+            tokens.access().unwrap(),
+        )
+        .await
+        .unwrap();
         Self {
             url: format!("http://{}", server.local_addr()),
             plane,
