@@ -123,7 +123,16 @@ fn authorized(state: &EdgeState, req: &Request<Incoming>) -> bool {
     else {
         return false;
     };
-    firebreak_protocol::same_secret(given.trim(), &admin.token)
+    let given = given.trim();
+    match (&admin.token_sha256, &admin.token) {
+        // The fleet document carries only the token's digest: compare digests (constant time).
+        (Some(hash), _) => firebreak_protocol::same_secret(
+            &firebreak_protocol::sha256_hex(given.as_bytes()),
+            &hash.to_ascii_lowercase(),
+        ),
+        (None, Some(token)) => firebreak_protocol::same_secret(given, token),
+        (None, None) => false,
+    }
 }
 
 fn signed_by_control(key: &PublicKey, req: &Request<Incoming>) -> bool {
