@@ -165,7 +165,12 @@ impl Plane {
     pub async fn push(&self, req: PushRequest, author: &str) -> Result<VersionInfo, PlaneError> {
         label("file", &req.file)?;
         label("message", &req.message)?;
-        let author = req.author.as_deref().unwrap_or(author).to_owned();
+        // The authenticated operator is the author; a name the client gives (`$USER`) only
+        // follows it in parentheses, so a version's author cannot be made up.
+        let author = match req.author.as_deref().map(str::trim) {
+            Some(given) if !given.is_empty() && given != author => format!("{author} ({given})"),
+            _ => author.to_owned(),
+        };
         label("author", &author)?;
         let file = if req.file.is_empty() {
             "config.toml"

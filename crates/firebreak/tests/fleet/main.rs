@@ -12,4 +12,5 @@ mod api;
 mod edges;
 mod faults;
 mod harness;
+mod identity;
 mod rollouts;
