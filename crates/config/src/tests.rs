@@ -418,7 +418,10 @@ fn fleet_documents_must_not_name_per_edge_addresses() {
         || unreachable!(),
     );
     assert_eq!(local.listeners.len(), 1);
-    assert_eq!(local.admin.as_ref().unwrap().token_sha256.as_deref(), Some(hash));
+    assert_eq!(
+        local.admin.as_ref().unwrap().token_sha256.as_deref(),
+        Some(hash)
+    );
     assert_eq!(local.admin.as_ref().unwrap().token, None);
     let e = parse_managed_str(
         "f",

@@ -69,8 +69,9 @@ pub struct Tokens {
 impl Tokens {
     /// As [`Access`].
     pub fn access(&self) -> Result<Access, crate::auth::AccessError> {
-        let admin = crate::auth::Operator::with_token("operator", crate::auth::Role::Admin, &self.operator)
-            .map_err(|_| crate::auth::AccessError::NoOperator)?;
+        let admin =
+            crate::auth::Operator::with_token("operator", crate::auth::Role::Admin, &self.operator)
+                .map_err(|_| crate::auth::AccessError::NoOperator)?;
         Access::new(vec![admin], &self.edge)
     }
 }
@@ -111,7 +112,10 @@ pub fn router(plane: Arc<Plane>, access: Access, stopping: watch::Receiver<bool>
         .route("/v1/purge", post(purge))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         // Outermost: authenticated from the headers before any handler reads a body.
-        .layer(axum::middleware::from_fn_with_state(gate, crate::auth::gate))
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            crate::auth::gate,
+        ))
         .with_state(App { plane, stopping })
 }
 
@@ -306,10 +310,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn versions(
-    State(app): State<App>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Answer {
+async fn versions(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(bad_query)?;
     let list = app
         .plane
@@ -318,18 +319,12 @@ async fn versions(
     Ok(Json(list).into_response())
 }
 
-async fn version(
-    State(app): State<App>,
-    n: Result<Path<u64>, PathRejection>,
-) -> Answer {
+async fn version(State(app): State<App>, n: Result<Path<u64>, PathRejection>) -> Answer {
     let Path(n) = n.map_err(bad_path)?;
     Ok(Json(app.plane.version(n).await?).into_response())
 }
 
-async fn bundle(
-    State(app): State<App>,
-    n: Result<Path<u64>, PathRejection>,
-) -> Answer {
+async fn bundle(State(app): State<App>, n: Result<Path<u64>, PathRejection>) -> Answer {
     let Path(n) = n.map_err(bad_path)?;
     let bytes = app.plane.bundle(n).await?;
     Ok((
@@ -348,10 +343,7 @@ struct DiffQuery {
     to: u64,
 }
 
-async fn diff(
-    State(app): State<App>,
-    q: Result<Query<DiffQuery>, QueryRejection>,
-) -> Answer {
+async fn diff(State(app): State<App>, q: Result<Query<DiffQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(bad_query)?;
     let text = app.plane.diff(q.from, q.to).await?;
     Ok((
@@ -460,7 +452,12 @@ async fn deploy(
     let req: DeployRequest = body(&bytes)?;
     let r = app
         .plane
-        .deploy(req.version, req.plan.as_deref(), caller.name(), &req.message)
+        .deploy(
+            req.version,
+            req.plan.as_deref(),
+            caller.name(),
+            &req.message,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
@@ -528,10 +525,7 @@ async fn switch(
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn audit(
-    State(app): State<App>,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Answer {
+async fn audit(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(bad_query)?;
     let list = app.plane.audit_log(q.limit.unwrap_or(100)).await?;
     Ok(Json(list).into_response())
@@ -569,6 +563,8 @@ async fn remove_edge(
     q: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> Answer {
     let (Path(id), Query(q)) = (id.map_err(bad_path)?, q.map_err(bad_query)?);
-    app.plane.remove_edge(&id, caller.name(), &q.message).await?;
+    app.plane
+        .remove_edge(&id, caller.name(), &q.message)
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

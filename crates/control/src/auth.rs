@@ -100,7 +100,9 @@ impl Operator {
         check_name(name)?;
         let digest = token_sha256.to_ascii_lowercase();
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err("must be 64 hex digits: the SHA-256 of the token (firebreak hash-token)".into());
+            return Err(
+                "must be 64 hex digits: the SHA-256 of the token (firebreak hash-token)".into(),
+            );
         }
         Ok(Self {
             name: name.to_owned(),
@@ -157,9 +159,11 @@ impl Access {
             return Err(AccessError::NoOperator);
         }
         for (i, a) in operators.iter().enumerate() {
-            if operators.iter().skip(i + 1).any(|b| {
-                a.name == b.name || same_digest(&a.token_sha256, &b.token_sha256)
-            }) {
+            if operators
+                .iter()
+                .skip(i + 1)
+                .any(|b| a.name == b.name || same_digest(&a.token_sha256, &b.token_sha256))
+            {
                 return Err(AccessError::Duplicate(a.name.clone()));
             }
         }
@@ -456,11 +460,15 @@ pub fn permit(need: &Need, caller: Option<&Caller>) -> Result<(), Denied> {
             if same_id(id, own) {
                 Ok(())
             } else {
-                forbidden(format!("edge {own} may only speak for itself, not for {id}"))
+                forbidden(format!(
+                    "edge {own} may only speak for itself, not for {id}"
+                ))
             }
         }
         (Need::Join(_), Caller::Joiner) => Ok(()),
-        (_, Caller::Joiner) => forbidden("the join token may only join (POST /v1/edges/{id}/join)".into()),
+        (_, Caller::Joiner) => {
+            forbidden("the join token may only join (POST /v1/edges/{id}/join)".into())
+        }
         (_, Caller::Edge { id }) => forbidden(format!(
             "edge {id}'s credential may only poll, report and download bundles"
         )),
@@ -595,7 +603,11 @@ mod tests {
             ("GET", "/v1/versions", Need::Operator(Role::ReadOnly)),
             ("POST", "/v1/versions", Need::Operator(Role::Deployer)),
             ("GET", "/v1/versions/3", Need::Operator(Role::ReadOnly)),
-            ("GET", "/v1/versions/3/bundle", Need::EdgeOrOperator(Role::ReadOnly)),
+            (
+                "GET",
+                "/v1/versions/3/bundle",
+                Need::EdgeOrOperator(Role::ReadOnly),
+            ),
             ("GET", "/v1/target", Need::EdgeOrOperator(Role::ReadOnly)),
             ("PUT", "/v1/target", Need::Operator(Role::Deployer)),
             ("POST", "/v1/rollouts", Need::Operator(Role::Deployer)),
@@ -679,7 +691,10 @@ mod tests {
             "join-token-0123456789ab",
         )
         .unwrap();
-        assert_eq!(access.operator("bob-token-0123456789ab").unwrap().name, "bob");
+        assert_eq!(
+            access.operator("bob-token-0123456789ab").unwrap().name,
+            "bob"
+        );
         assert_eq!(
             access.operator("alice-token-0123456789").unwrap().role,
             Role::Admin
@@ -712,9 +727,8 @@ mod tests {
         assert_eq!(ops.len(), 2);
         assert_eq!(ops[1].role, Role::Deployer);
 
-        let bad_role = format!(
-            "[[operator]]\nname = \"alice\"\nrole = \"root\"\ntoken_sha256 = \"{h}\"\n"
-        );
+        let bad_role =
+            format!("[[operator]]\nname = \"alice\"\nrole = \"root\"\ntoken_sha256 = \"{h}\"\n");
         let e = parse_operators("ops.toml", &bad_role).unwrap_err();
         assert_eq!(e.errors.len(), 1);
         assert!(
@@ -722,9 +736,13 @@ mod tests {
             "{e}"
         );
 
-        let bad_hash = "[[operator]]\nname = \"alice\"\nrole = \"admin\"\ntoken_sha256 = \"plain-token\"\n";
+        let bad_hash =
+            "[[operator]]\nname = \"alice\"\nrole = \"admin\"\ntoken_sha256 = \"plain-token\"\n";
         let e = parse_operators("ops.toml", bad_hash).unwrap_err();
-        assert!(e.errors[0].starts_with("ops.toml:4:16: operator[0].token_sha256:"), "{e}");
+        assert!(
+            e.errors[0].starts_with("ops.toml:4:16: operator[0].token_sha256:"),
+            "{e}"
+        );
 
         let twice = format!("{bad_role}").replace("root", "admin").repeat(2);
         let e = parse_operators("ops.toml", &twice).unwrap_err();

@@ -92,7 +92,8 @@ pub struct Plane {
     /// The edge registry's settings.
     pub(crate) edges: crate::registry::EdgeSettings,
     /// Edge registrations recently read (see [`crate::registry`]).
-    pub(crate) identities: Mutex<HashMap<String, (crate::registry::EdgeIdentity, std::time::Instant)>>,
+    pub(crate) identities:
+        Mutex<HashMap<String, (crate::registry::EdgeIdentity, std::time::Instant)>>,
 }
 
 impl Plane {

@@ -128,7 +128,10 @@ pub fn check_admin_url(url: &str, networks: &[Cidr]) -> Result<(), String> {
     if authority.as_str().contains('@') {
         return Err(format!("admin_url `{url}` must not carry user information"));
     }
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let ip: IpAddr = host.parse().map_err(|_| {
         format!("admin_url `{url}`: the host must be an IP address (names can be re-pointed)")
     })?;
@@ -265,7 +268,10 @@ impl Plane {
             return Ok(false);
         };
         let given = firebreak_protocol::sha256_hex(credential.as_bytes());
-        Ok(crate::auth::same_digest(&given, &identity.credential_sha256))
+        Ok(crate::auth::same_digest(
+            &given,
+            &identity.credential_sha256,
+        ))
     }
 
     /// Forgets edge `id` and its credential, recording `by` in the audit log.

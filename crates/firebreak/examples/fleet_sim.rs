@@ -509,7 +509,9 @@ impl SimEdge {
         }
         let answer: firebreak_protocol::api::JoinAnswer =
             serde_json::from_slice(&bytes).map_err(|e| format!("join answer: {e}"))?;
-        let credential = answer.credential.ok_or("join answer without a credential")?;
+        let credential = answer
+            .credential
+            .ok_or("join answer without a credential")?;
         let _ = self.credential.set(credential);
         Ok(())
     }

@@ -606,7 +606,10 @@ fn access(
     let mut all = Vec::new();
     if let Some(token) = token {
         check_token("--token", &token)?;
-        all.push(Operator::with_token("operator", Role::Admin, &token).map_err(|e| format!("--token: {e}"))?);
+        all.push(
+            Operator::with_token("operator", Role::Admin, &token)
+                .map_err(|e| format!("--token: {e}"))?,
+        );
     }
     if let Some(path) = operators {
         let named = load_operators(&path).map_err(|e| e.to_string())?;
@@ -619,7 +622,9 @@ fn access(
         all.extend(named);
     }
     if all.is_empty() {
-        return Err("give --token TOKEN (an admin named `operator`), --operators FILE, or both".into());
+        return Err(
+            "give --token TOKEN (an admin named `operator`), --operators FILE, or both".into(),
+        );
     }
     Access::new(all, join_token).map_err(|e| e.to_string())
 }
@@ -633,10 +638,15 @@ fn edge_settings(
     let networks = networks
         .iter()
         .filter(|n| !n.trim().is_empty())
-        .map(|n| firebreak_config::Cidr::parse(n.trim()).map_err(|e| format!("--edge-networks: {e}")))
+        .map(|n| {
+            firebreak_config::Cidr::parse(n.trim()).map_err(|e| format!("--edge-networks: {e}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if networks.is_empty() {
-        return Err("--edge-networks: give at least one CIDR block (edges' admin addresses must be in one)".into());
+        return Err(
+            "--edge-networks: give at least one CIDR block (edges' admin addresses must be in one)"
+                .into(),
+        );
     }
     if max_edges == 0 {
         return Err("--max-edges must be at least 1".into());

@@ -44,11 +44,23 @@ async fn edge_token_cannot_push_or_read_versions() {
     for token in [EDGE, credential.as_str()] {
         let push = json!({"file": "f.toml", "document": "x", "message": "m"}).to_string();
         assert_eq!(
-            status_of(Method::POST, format!("{}/v1/versions", c.url), token, Some(push)).await,
+            status_of(
+                Method::POST,
+                format!("{}/v1/versions", c.url),
+                token,
+                Some(push)
+            )
+            .await,
             StatusCode::FORBIDDEN,
             "{token} pushed"
         );
-        for path in ["/v1/versions", "/v1/versions/1", "/v1/diff?from=1&to=1", "/v1/audit", "/v1/fleet"] {
+        for path in [
+            "/v1/versions",
+            "/v1/versions/1",
+            "/v1/diff?from=1&to=1",
+            "/v1/audit",
+            "/v1/fleet",
+        ] {
             assert_eq!(
                 status_of(Method::GET, format!("{}{path}", c.url), token, None).await,
                 StatusCode::FORBIDDEN,
@@ -58,7 +70,13 @@ async fn edge_token_cannot_push_or_read_versions() {
     }
     // The join token cannot download bundles either; the edge's own credential can.
     assert_eq!(
-        status_of(Method::GET, format!("{}/v1/versions/1/bundle", c.url), EDGE, None).await,
+        status_of(
+            Method::GET,
+            format!("{}/v1/versions/1/bundle", c.url),
+            EDGE,
+            None
+        )
+        .await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
@@ -79,8 +97,16 @@ async fn join_token_can_only_join() {
     let c = Control::start(&redb(&dir), &dir).await;
     let id = "j1";
     let cases = [
-        (Method::GET, format!("/v1/edges/{id}/target?wait_ms=1"), None),
-        (Method::PUT, format!("/v1/edges/{id}"), Some(report_body(None))),
+        (
+            Method::GET,
+            format!("/v1/edges/{id}/target?wait_ms=1"),
+            None,
+        ),
+        (
+            Method::PUT,
+            format!("/v1/edges/{id}"),
+            Some(report_body(None)),
+        ),
         (
             Method::POST,
             format!("/v1/edges/{id}/health"),
@@ -88,12 +114,26 @@ async fn join_token_can_only_join() {
         ),
         (Method::GET, "/v1/target".to_owned(), None),
         (Method::GET, "/v1/rollout".to_owned(), None),
-        (Method::POST, "/v1/purge".to_owned(), Some(json!({"all": true, "service": "a"}).to_string())),
+        (
+            Method::POST,
+            "/v1/purge".to_owned(),
+            Some(json!({"all": true, "service": "a"}).to_string()),
+        ),
         (Method::DELETE, format!("/v1/edges/{id}"), None),
     ];
     for (method, path, body) in &cases {
-        let (s, b) = http(method.clone(), &format!("{}{path}", c.url), EDGE, body.clone()).await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "join token on {method} {path}: {b:?}");
+        let (s, b) = http(
+            method.clone(),
+            &format!("{}{path}", c.url),
+            EDGE,
+            body.clone(),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::FORBIDDEN,
+            "join token on {method} {path}: {b:?}"
+        );
     }
     // Nothing was registered by those attempts.
     assert!(c.store.edges().await.unwrap().is_empty());
@@ -130,10 +170,16 @@ async fn edge_cannot_report_for_another_edge() {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let fleet = c.plane.fleet().await.unwrap();
-        if fleet.iter().any(|e| e.id == "e2" && e.report.applied_version == Some(v)) {
+        if fleet
+            .iter()
+            .any(|e| e.id == "e2" && e.report.applied_version == Some(v))
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "e2 never reported {v}: {fleet:?}");
+        assert!(
+            Instant::now() < deadline,
+            "e2 never reported {v}: {fleet:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let stolen = kept_credential(&d1);
@@ -146,20 +192,41 @@ async fn edge_cannot_report_for_another_edge() {
             "/v1/edges/e2/health",
             Some(json!({"version": 1, "since_ms": 0, "total": {}, "services": {}}).to_string()),
         ),
-        (Method::POST, "/v1/edges/e2/join", Some(json!({"pop": "p", "cell": "c"}).to_string())),
+        (
+            Method::POST,
+            "/v1/edges/e2/join",
+            Some(json!({"pop": "p", "cell": "c"}).to_string()),
+        ),
     ] {
         let (s, b) = http(method.clone(), &format!("{}{path}", c.url), &stolen, body).await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "e1's credential on {method} {path}: {b:?}");
-        assert!(String::from_utf8_lossy(&b).contains("only speak for itself"), "{b:?}");
+        assert_eq!(
+            s,
+            StatusCode::FORBIDDEN,
+            "e1's credential on {method} {path}: {b:?}"
+        );
+        assert!(
+            String::from_utf8_lossy(&b).contains("only speak for itself"),
+            "{b:?}"
+        );
     }
     let fleet = c.plane.fleet().await.unwrap();
     let e2_status = fleet.iter().find(|e| e.id == "e2").unwrap();
-    assert_ne!(e2_status.report.error.as_deref(), Some("forged"), "e2's report was overwritten");
+    assert_ne!(
+        e2_status.report.error.as_deref(),
+        Some("forged"),
+        "e2's report was overwritten"
+    );
     assert_ne!(e2_status.report.applied_version, Some(999));
     // A made-up credential of the right shape for e2 is not e2's.
     let fake = format!("edge:e2:{}", "0".repeat(64));
     assert_eq!(
-        status_of(Method::PUT, format!("{}/v1/edges/e2", c.url), &fake, Some(forged)).await,
+        status_of(
+            Method::PUT,
+            format!("{}/v1/edges/e2", c.url),
+            &fake,
+            Some(forged)
+        )
+        .await,
         StatusCode::UNAUTHORIZED
     );
 }
@@ -272,7 +339,10 @@ async fn fleet_remove_forgets_an_edge_and_its_credential() {
     let (s, b) = join(&c, "r1", EDGE, None).await;
     assert_eq!(s, StatusCode::CONFLICT, "{b}");
     assert!(
-        b["error"].as_str().unwrap().contains("firebreak fleet remove r1"),
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("firebreak fleet remove r1"),
         "{b}"
     );
     let (s, b) = c
@@ -302,7 +372,10 @@ async fn fleet_remove_forgets_an_edge_and_its_credential() {
         .find(|e| e["action"] == "edge-removed")
         .unwrap_or_else(|| panic!("no audit entry: {audit:#}"));
     assert_eq!(entry["who"], "operator");
-    assert!(entry["message"].as_str().unwrap().contains("decommissioned"));
+    assert!(entry["message"]
+        .as_str()
+        .unwrap()
+        .contains("decommissioned"));
     // The id is free again.
     let (s, b) = join(&c, "r1", EDGE, None).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
@@ -314,7 +387,10 @@ async fn bundles_carry_no_admin_token() {
     let c = Control::start(&redb(&dir), &dir).await;
     let origin = origin().await;
     let admin_token = "admin-secret-0123456789";
-    let plain = format!("{}\n[admin]\ntoken = \"{admin_token}\"\n", fleet_doc(origin, "v1"));
+    let plain = format!(
+        "{}\n[admin]\ntoken = \"{admin_token}\"\n",
+        fleet_doc(origin, "v1")
+    );
     let (s, b) = c
         .call(
             Method::POST,
@@ -325,7 +401,10 @@ async fn bundles_carry_no_admin_token() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{b}");
     let e = &b["errors"][0];
     assert_eq!(e["field"], "admin.token", "{b}");
-    assert!(e["message"].as_str().unwrap().contains("token_sha256"), "{b}");
+    assert!(
+        e["message"].as_str().unwrap().contains("token_sha256"),
+        "{b}"
+    );
     assert!(e["line"].as_u64().unwrap() > 1, "{b}");
     let (_, list) = c.call(Method::GET, "/v1/versions", None).await;
     assert!(list.as_array().unwrap().is_empty(), "{list}");
@@ -354,7 +433,10 @@ async fn bundles_carry_no_admin_token() {
     // The edge's admin API takes the token whose hash it was given.
     let admin = e1.edge.admin_addr().unwrap();
     let metrics = format!("http://{admin}/metrics");
-    assert_eq!(status_of(Method::GET, metrics.clone(), admin_token, None).await, StatusCode::OK);
+    assert_eq!(
+        status_of(Method::GET, metrics.clone(), admin_token, None).await,
+        StatusCode::OK
+    );
     assert_eq!(
         status_of(Method::GET, metrics, "admin-secret-0123456780", None).await,
         StatusCode::UNAUTHORIZED
@@ -382,9 +464,18 @@ async fn read_only_operator_cannot_deploy() {
     let rob = "rob-token-0123456789ab";
     let doc = fleet_doc("127.0.0.1:9".parse().unwrap(), "v1");
     let push = json!({"file": "f.toml", "document": doc, "message": "m"}).to_string();
-    let (s, b) = http(Method::POST, &format!("{}/v1/versions", c.url), rob, Some(push.clone())).await;
+    let (s, b) = http(
+        Method::POST,
+        &format!("{}/v1/versions", c.url),
+        rob,
+        Some(push.clone()),
+    )
+    .await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{b:?}");
-    assert!(String::from_utf8_lossy(&b).contains("rob is read-only"), "{b:?}");
+    assert!(
+        String::from_utf8_lossy(&b).contains("rob is read-only"),
+        "{b:?}"
+    );
     let (s, _) = http(
         Method::POST,
         &format!("{}/v1/versions", c.url),
@@ -394,18 +485,40 @@ async fn read_only_operator_cannot_deploy() {
     .await;
     assert_eq!(s, StatusCode::CREATED);
     for (method, path, body) in [
-        (Method::POST, "/v1/rollouts", Some(json!({"version": 1}).to_string())),
+        (
+            Method::POST,
+            "/v1/rollouts",
+            Some(json!({"version": 1}).to_string()),
+        ),
         (Method::POST, "/v1/rollout/pause", None),
         (Method::POST, "/v1/rollback", None),
-        (Method::POST, "/v1/switches/x", Some(json!({"on": true}).to_string())),
-        (Method::POST, "/v1/purge", Some(json!({"all": true, "service": "a"}).to_string())),
-        (Method::PUT, "/v1/target", Some(json!({"version": 1, "rollback": true}).to_string())),
+        (
+            Method::POST,
+            "/v1/switches/x",
+            Some(json!({"on": true}).to_string()),
+        ),
+        (
+            Method::POST,
+            "/v1/purge",
+            Some(json!({"all": true, "service": "a"}).to_string()),
+        ),
+        (
+            Method::PUT,
+            "/v1/target",
+            Some(json!({"version": 1, "rollback": true}).to_string()),
+        ),
         (Method::DELETE, "/v1/edges/x", None),
     ] {
         let (s, b) = http(method.clone(), &format!("{}{path}", c.url), rob, body).await;
         assert_eq!(s, StatusCode::FORBIDDEN, "rob on {method} {path}: {b:?}");
     }
-    for path in ["/v1/versions", "/v1/versions/1", "/v1/fleet", "/v1/audit", "/v1/rollout"] {
+    for path in [
+        "/v1/versions",
+        "/v1/versions/1",
+        "/v1/fleet",
+        "/v1/audit",
+        "/v1/rollout",
+    ] {
         let (s, b) = http(Method::GET, &format!("{}{path}", c.url), rob, None).await;
         assert_eq!(s, StatusCode::OK, "rob reads {path}: {b:?}");
     }
@@ -414,7 +527,13 @@ async fn read_only_operator_cannot_deploy() {
     assert_eq!(s, StatusCode::CREATED);
     let remove = format!("{}/v1/edges/x", c.url);
     assert_eq!(
-        status_of(Method::DELETE, remove.clone(), "dana-token-0123456789a", None).await,
+        status_of(
+            Method::DELETE,
+            remove.clone(),
+            "dana-token-0123456789a",
+            None
+        )
+        .await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
@@ -429,7 +548,13 @@ async fn audit_names_the_operator() {
     let dana = "dana-token-0123456789a";
     let doc = fleet_doc("127.0.0.1:9".parse().unwrap(), "v1");
     let push = json!({"file": "f.toml", "document": doc, "message": "m"}).to_string();
-    let (s, b) = http(Method::POST, &format!("{}/v1/versions", c.url), dana, Some(push)).await;
+    let (s, b) = http(
+        Method::POST,
+        &format!("{}/v1/versions", c.url),
+        dana,
+        Some(push),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED, "{b:?}");
     let (s, b) = http(
         Method::POST,
