@@ -744,7 +744,7 @@ mod tests {
             "{e}"
         );
 
-        let twice = format!("{bad_role}").replace("root", "admin").repeat(2);
+        let twice = bad_role.replace("root", "admin").repeat(2);
         let e = parse_operators("ops.toml", &twice).unwrap_err();
         assert!(e.errors[0].contains("defined twice"), "{e}");
 
