@@ -646,3 +646,49 @@ async fn anonymous_body_is_refused_before_it_is_read() {
         );
     }
 }
+
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_edges_are_bounded_and_removable_over_etcd() {
+    let etcd = Etcd::start();
+    let dir = temp_dir("identity-etcd");
+    let access = Access::new(
+        vec![Operator::with_token("operator", Role::Admin, OPERATOR).unwrap()],
+        EDGE,
+    )
+    .unwrap();
+    let settings = EdgeSettings {
+        max_edges: 3,
+        ..EdgeSettings::default()
+    };
+    let c = control_with(&etcd.endpoint, &dir, access, settings).await;
+    let mut credentials = Vec::new();
+    for i in 0..3 {
+        let (s, b) = join(&c, &format!("x{i}"), EDGE, None).await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        credentials.push(b["credential"].as_str().unwrap().to_owned());
+    }
+    let (s, b) = join(&c, "x3", EDGE, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    let (s, b) = join(&c, "x0", EDGE, None).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("fleet remove x0"),
+        "{b}"
+    );
+    let (s, _) = c.call(Method::DELETE, "/v1/edges/x0", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    assert_eq!(
+        status_of(
+            Method::PUT,
+            format!("{}/v1/edges/x0", c.url),
+            &credentials[0],
+            Some(report_body(None))
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, b) = join(&c, "x3", EDGE, None).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    std::fs::remove_dir_all(&dir).ok();
+}
