@@ -43,10 +43,12 @@ impl ValidConfig {
             (Some(listen), Some(doc)) => Some(crate::model::AdminConfig {
                 listen: Some(listen),
                 token: doc.token,
+                token_sha256: doc.token_sha256,
             }),
             (Some(listen), None) => Some(crate::model::AdminConfig {
                 listen: Some(listen),
-                token: fallback_token(),
+                token: Some(fallback_token()),
+                token_sha256: None,
             }),
         };
         self

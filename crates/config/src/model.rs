@@ -50,8 +50,14 @@ pub struct AdminConfig {
     #[serde(default)]
     pub listen: Option<SocketAddr>,
     /// Bearer token required on every admin request except `/healthz` (16 to 256 printable
-    /// ASCII characters).
-    pub token: String,
+    /// ASCII characters). Standalone edges only: a fleet document travels to every edge, so it
+    /// gives `token_sha256` instead.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// Lower-case hex SHA-256 of the bearer token (`firebreak hash-token`): the edge compares
+    /// the digest of the token it is given. Give this or `token`, not both.
+    #[serde(default)]
+    pub token_sha256: Option<String>,
 }
 
 /// The access log: one JSON object per request and line.

@@ -371,14 +371,45 @@ fn a_rule_has_exactly_one_matcher() {
 }
 
 #[test]
+fn fleet_documents_carry_the_admin_token_only_as_its_hash() {
+    let without = minimal("").replace("[[listener]]\naddr = \"127.0.0.1:8080\"\n", "");
+    let plain = format!("{without}\n[admin]\ntoken = \"0123456789abcdef\"\n");
+    let e = parse_managed_str("fleet.toml", &plain).unwrap_err();
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(e.errors[0].field, "admin.token", "{e}");
+    assert!(e.errors[0].message.contains("token_sha256"), "{e}");
+    assert!(e.errors[0].line > 1, "{e}");
+    let both = format!(
+        "{without}\n[admin]\ntoken = \"0123456789abcdef\"\ntoken_sha256 = \"{}\"\n",
+        "0".repeat(64)
+    );
+    assert_eq!(reject_managed(&both).errors[0].field, "admin.token_sha256");
+    let bad = format!("{without}\n[admin]\ntoken_sha256 = \"abc\"\n");
+    assert_eq!(reject_managed(&bad).errors[0].field, "admin.token_sha256");
+    let none = format!("{without}\n[admin]\n");
+    assert_eq!(reject_managed(&none).errors[0].field, "admin");
+    // A standalone edge keeps its own file: a plain token stays allowed there.
+    let standalone = format!(
+        "{}\n[admin]\nlisten = \"127.0.0.1:9080\"\ntoken = \"0123456789abcdef\"\n",
+        minimal("")
+    );
+    parse_str("edge.toml", &standalone).unwrap();
+}
+
+fn reject_managed(text: &str) -> ConfigRejected {
+    parse_managed_str("fleet.toml", text).unwrap_err()
+}
+
+#[test]
 fn fleet_documents_must_not_name_per_edge_addresses() {
     let e = parse_managed_str("fleet.toml", &minimal("")).unwrap_err();
     assert_eq!(e.errors[0].field, "listener", "{e}");
     assert!(e.errors[0].message.contains("set per edge"), "{e}");
     let without = minimal("").replace("[[listener]]\naddr = \"127.0.0.1:8080\"\n", "");
+    let hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     let c = parse_managed_str(
         "fleet.toml",
-        &format!("[admin]\ntoken = \"0123456789abcdef\"\n{without}"),
+        &format!("[admin]\ntoken_sha256 = \"{hash}\"\n{without}"),
     )
     .unwrap();
     let local = c.localize(
@@ -387,10 +418,14 @@ fn fleet_documents_must_not_name_per_edge_addresses() {
         || unreachable!(),
     );
     assert_eq!(local.listeners.len(), 1);
-    assert_eq!(local.admin.as_ref().unwrap().token, "0123456789abcdef");
+    assert_eq!(
+        local.admin.as_ref().unwrap().token_sha256.as_deref(),
+        Some(hash)
+    );
+    assert_eq!(local.admin.as_ref().unwrap().token, None);
     let e = parse_managed_str(
         "f",
-        &format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken = \"0123456789abcdef\"\n{without}"),
+        &format!("[admin]\nlisten = \"127.0.0.1:1\"\ntoken_sha256 = \"{hash}\"\n{without}"),
     )
     .unwrap_err();
     assert_eq!(e.errors[0].field, "admin.listen", "{e}");

@@ -98,16 +98,40 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     crate::drills::check_switches(&mut c, &config.switches, &config.services);
     crate::forwarding::check(&mut c, &config.forwarding);
     if let Some(admin) = &config.admin {
-        let len = admin.token.len();
-        if !(MIN_ADMIN_TOKEN_LEN..=MAX_ADMIN_TOKEN_LEN).contains(&len)
-            || !admin.token.bytes().all(|b| b.is_ascii_graphic())
-        {
-            c.fail(
+        match (&admin.token, &admin.token_sha256) {
+            (Some(_), Some(_)) => c.fail(
+                &[Key("admin"), Key("token_sha256")],
+                "give token or token_sha256, not both",
+            ),
+            (None, None) => c.fail(
+                &[Key("admin")],
+                "needs token_sha256 (the SHA-256 of the admin token: firebreak hash-token) or, on a standalone edge, token",
+            ),
+            (Some(_), None) if mode == Mode::Managed => c.fail(
                 &[Key("admin"), Key("token")],
-                format!(
-                    "must be {MIN_ADMIN_TOKEN_LEN} to {MAX_ADMIN_TOKEN_LEN} printable ASCII characters without spaces"
-                ),
-            );
+                "a fleet document is sent to every edge, so it must not carry the admin token: write token_sha256 = \"<hex SHA-256 of the token>\" instead (firebreak hash-token prints it)",
+            ),
+            (Some(token), None) => {
+                let len = token.len();
+                if !(MIN_ADMIN_TOKEN_LEN..=MAX_ADMIN_TOKEN_LEN).contains(&len)
+                    || !token.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    c.fail(
+                        &[Key("admin"), Key("token")],
+                        format!(
+                            "must be {MIN_ADMIN_TOKEN_LEN} to {MAX_ADMIN_TOKEN_LEN} printable ASCII characters without spaces"
+                        ),
+                    );
+                }
+            }
+            (None, Some(hash)) => {
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    c.fail(
+                        &[Key("admin"), Key("token_sha256")],
+                        "must be 64 hex digits: the SHA-256 of the admin token (firebreak hash-token)",
+                    );
+                }
+            }
         }
         match (mode, admin.listen) {
             (Mode::Standalone, None) => c.fail(

@@ -1,46 +1,49 @@
-//! The control plane's HTTP API (axum, JSON). Two bearer tokens: the operator's (everything)
-//! and the edges' (poll the target, download bundles, report). The OpenAPI document is served
-//! at `/v1/openapi.json`.
+//! The control plane's HTTP API (axum, JSON). Every request is authenticated from its headers
+//! before its body is read ([`crate::auth::gate`]): operators by name and role, edges by their
+//! own credential, joining edges by the join token. The OpenAPI document is served at
+//! `/v1/openapi.json`.
 //!
 //! | method | path | who | what |
 //! |---|---|---|---|
-//! | POST | `/v1/versions` | operator | submit a configuration (validated; 422 with located errors) |
-//! | GET | `/v1/versions?limit=N` | operator | newest versions first |
-//! | GET | `/v1/versions/{n}` | operator | one version and its configuration text |
-//! | GET | `/v1/versions/{n}/bundle` | edge, operator | the signed bundle |
-//! | GET | `/v1/diff?from=A&to=B` | operator | unified diff |
-//! | GET, PUT | `/v1/target` | operator (GET: edge too) | the fleet-wide target; PUT only rolls back to a version the fleet ran |
-//! | POST | `/v1/rollouts` | operator | roll a version out on a plan |
-//! | GET | `/v1/rollout` | operator | the current or last rollout, its cells and the gate's numbers |
-//! | POST | `/v1/rollout/{pause,resume,abort}` | operator | act on the running rollout |
-//! | POST | `/v1/rollback` | operator | the whole fleet back to a version it ran |
-//! | POST | `/v1/switches/{name}` | operator | flip a kill switch (a version on the emergency plan) |
-//! | GET | `/v1/audit?limit=N` | operator | the audit log |
-//! | GET | `/v1/edges/{id}/target?after=SEQ&epoch=E&cell=C&wait_ms=MS` | edge | long-poll for a newer target (at the end of the wait: the current one, signed afresh) |
-//! | PUT | `/v1/edges/{id}` | edge | report applied version, staging and errors |
-//! | POST | `/v1/edges/{id}/health` | edge | health counts of the running version |
-//! | GET | `/v1/fleet` | operator | every edge |
-//! | POST | `/v1/purge` | operator | purge on every edge, with stragglers named |
-//! | GET | `/v1/keys?after=GEN` | edge, operator | signed key-set statements newer than GEN, oldest first |
-//! | GET | `/v1/keys/ring` | operator | the keys, which signs now, and from when |
-//! | POST | `/v1/keys/rotate` | operator (admin) | a new signing key, after an overlap |
-//! | POST | `/v1/keys/{id}/revoke` | operator (admin) | revoke a key from a stated time |
+//! | POST | `/v1/versions` | deployer | submit a configuration (validated; 422 with located errors) |
+//! | GET | `/v1/versions?limit=N` | read-only | newest versions first |
+//! | GET | `/v1/versions/{n}` | read-only | one version and its configuration text |
+//! | GET | `/v1/versions/{n}/bundle` | edge, read-only | the signed bundle |
+//! | GET | `/v1/diff?from=A&to=B` | read-only | unified diff |
+//! | GET, PUT | `/v1/target` | GET: edge, read-only; PUT: deployer | the fleet-wide target; PUT only rolls back to a version the fleet ran |
+//! | POST | `/v1/rollouts` | deployer | roll a version out on a plan |
+//! | GET | `/v1/rollout` | read-only | the current or last rollout, its cells and the gate's numbers |
+//! | POST | `/v1/rollout/{pause,resume,abort}` | deployer | act on the running rollout |
+//! | POST | `/v1/rollback` | deployer | the whole fleet back to a version it ran |
+//! | POST | `/v1/switches/{name}` | deployer | flip a kill switch (a version on the emergency plan) |
+//! | GET | `/v1/audit?limit=N` | read-only | the audit log |
+//! | POST | `/v1/edges/{id}/join` | join token (or the edge's credential: re-join) | join; answers the edge's credential |
+//! | GET | `/v1/edges/{id}/target?after=SEQ&epoch=E&cell=C&wait_ms=MS` | that edge | long-poll for a newer target (at the end of the wait: the current one, signed afresh) |
+//! | PUT | `/v1/edges/{id}` | that edge | report applied version, staging and errors |
+//! | POST | `/v1/edges/{id}/health` | that edge | health counts of the running version |
+//! | DELETE | `/v1/edges/{id}` | admin | forget an edge and its credential (audited) |
+//! | GET | `/v1/fleet` | read-only | every edge |
+//! | POST | `/v1/purge` | deployer | purge on every edge, with stragglers named |
+//! | GET | `/v1/keys?after=GEN` | edge, read-only | signed key-set statements newer than GEN, oldest first |
+//! | GET | `/v1/keys/ring` | read-only | the keys, which signs now, and from when |
+//! | POST | `/v1/keys/rotate` | admin | a new signing key, after an overlap |
+//! | POST | `/v1/keys/{id}/revoke` | admin | revoke a key from a stated time |
 
+use crate::auth::{Access, Caller, Gate};
 use crate::bounded_body::{self, BodyBounds};
 use crate::plane::{Plane, PlaneError, MAX_LIST};
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use firebreak_protocol::api::{
-    ActionRequest, ApiError, DeployRequest, EdgeReport, PurgeRequest, PushRequest, RollbackRequest,
-    SetTargetRequest, SwitchRequest, MAX_API_BODY_BYTES,
+    ActionRequest, ApiError, DeployRequest, EdgeReport, JoinRequest, PurgeRequest, PushRequest,
+    RollbackRequest, SetTargetRequest, SwitchRequest, MAX_API_BODY_BYTES,
 };
 use firebreak_protocol::health::HealthReport;
-use firebreak_protocol::same_secret;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,44 +54,50 @@ pub use crate::listener::{serve, ControlServer, MAX_CONNECTIONS};
 /// Longest long-poll.
 const MAX_WAIT_MS: u64 = 60_000;
 
-/// The two bearer tokens.
+/// The simplest access: one admin named `operator` and the edges' join token.
 #[derive(Clone)]
 pub struct Tokens {
-    /// For operators and the CLI: everything.
+    /// The admin's token (operator `operator`).
     pub operator: String,
-    /// For edges: poll, download, report.
+    /// The edges' join token: it can only join (`POST /v1/edges/{id}/join`).
     pub edge: String,
+}
+
+impl Tokens {
+    /// As [`Access`].
+    pub fn access(&self) -> Result<Access, crate::auth::AccessError> {
+        let admin =
+            crate::auth::Operator::with_token("operator", crate::auth::Role::Admin, &self.operator)
+                .map_err(|_| crate::auth::AccessError::NoOperator)?;
+        Access::new(vec![admin], &self.edge)
+    }
 }
 
 #[derive(Clone)]
 struct App {
     plane: Arc<Plane>,
-    tokens: Tokens,
     /// Becomes `true` on shutdown: long-polls end at once instead of holding it up.
     stopping: watch::Receiver<bool>,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Role {
-    Operator,
-    Edge,
-}
-
 /// The API router over `plane` with the default body bounds; long-polls end when `stopping`
 /// turns `true`.
-pub fn router(plane: Arc<Plane>, tokens: Tokens, stopping: watch::Receiver<bool>) -> Router {
-    router_with(plane, tokens, stopping, BodyBounds::default())
+pub fn router(plane: Arc<Plane>, access: Access, stopping: watch::Receiver<bool>) -> Router {
+    router_with(plane, access, stopping, BodyBounds::default())
 }
 
-/// The API router; request bodies are read within `bodies` (the innermost layer: whatever
-/// checks a request's head, such as authentication, goes outside it so that it runs before a
-/// body byte is read).
+/// The API router; request bodies are read within `bodies`, inside the authentication gate,
+/// so that a caller is known from the headers before a body byte is read.
 pub fn router_with(
     plane: Arc<Plane>,
-    tokens: Tokens,
+    access: Access,
     stopping: watch::Receiver<bool>,
     bodies: BodyBounds,
 ) -> Router {
+    let gate = Gate {
+        access: Arc::new(access),
+        plane: plane.clone(),
+    };
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
@@ -99,7 +108,8 @@ pub fn router_with(
         .route("/v1/diff", get(diff))
         .route("/v1/target", get(target).put(set_target))
         .route("/v1/edges/{id}/target", get(poll))
-        .route("/v1/edges/{id}", put(report))
+        .route("/v1/edges/{id}", put(report).delete(remove_edge))
+        .route("/v1/edges/{id}/join", post(join))
         .route("/v1/edges/{id}/health", post(health))
         .route("/v1/rollouts", post(deploy))
         .route("/v1/rollout", get(rollout))
@@ -118,11 +128,12 @@ pub fn router_with(
             bodies,
             bounded_body::read,
         ))
-        .with_state(App {
-            plane,
-            tokens,
-            stopping,
-        })
+        // Outermost: authenticated from the headers before any handler reads a body.
+        .layer(axum::middleware::from_fn_with_state(
+            gate,
+            crate::auth::gate,
+        ))
+        .with_state(App { plane, stopping })
 }
 
 struct Failure(StatusCode, ApiError);
@@ -176,36 +187,9 @@ fn bad_path(e: PathRejection) -> Failure {
     fail(StatusCode::BAD_REQUEST, e.body_text())
 }
 
-/// Checks the bearer token in constant time; the edge token is accepted where `edge_ok`.
-fn auth(app: &App, headers: &HeaderMap, edge_ok: bool) -> Result<Role, Failure> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .unwrap_or("");
-    if same_secret(given, &app.tokens.operator) {
-        return Ok(Role::Operator);
-    }
-    if edge_ok && same_secret(given, &app.tokens.edge) {
-        return Ok(Role::Edge);
-    }
-    Err(fail(
-        StatusCode::UNAUTHORIZED,
-        "missing or wrong bearer token",
-    ))
-}
-
 fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Failure> {
     serde_json::from_slice(bytes)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("request body: {e}")))
-}
-
-fn who(role: Role) -> &'static str {
-    match role {
-        Role::Operator => "operator",
-        Role::Edge => "edge",
-    }
 }
 
 async fn openapi() -> Response {
@@ -223,10 +207,13 @@ async fn public_key(State(app): State<App>) -> String {
     format!("{}\n", app.plane.public_key())
 }
 
-async fn push(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
-    let role = auth(&app, &headers, false)?;
+async fn push(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    bytes: Bytes,
+) -> Answer {
     let req: PushRequest = body(&bytes)?;
-    let info = app.plane.push(req, who(role)).await?;
+    let info = app.plane.push(req, caller.name()).await?;
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
@@ -235,12 +222,7 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn versions(
-    State(app): State<App>,
-    headers: HeaderMap,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Answer {
-    auth(&app, &headers, false)?;
+async fn versions(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(bad_query)?;
     let list = app
         .plane
@@ -249,22 +231,12 @@ async fn versions(
     Ok(Json(list).into_response())
 }
 
-async fn version(
-    State(app): State<App>,
-    headers: HeaderMap,
-    n: Result<Path<u64>, PathRejection>,
-) -> Answer {
-    auth(&app, &headers, false)?;
+async fn version(State(app): State<App>, n: Result<Path<u64>, PathRejection>) -> Answer {
     let Path(n) = n.map_err(bad_path)?;
     Ok(Json(app.plane.version(n).await?).into_response())
 }
 
-async fn bundle(
-    State(app): State<App>,
-    headers: HeaderMap,
-    n: Result<Path<u64>, PathRejection>,
-) -> Answer {
-    auth(&app, &headers, true)?;
+async fn bundle(State(app): State<App>, n: Result<Path<u64>, PathRejection>) -> Answer {
     let Path(n) = n.map_err(bad_path)?;
     let bytes = app.plane.bundle(n).await?;
     Ok((
@@ -283,12 +255,7 @@ struct DiffQuery {
     to: u64,
 }
 
-async fn diff(
-    State(app): State<App>,
-    headers: HeaderMap,
-    q: Result<Query<DiffQuery>, QueryRejection>,
-) -> Answer {
-    auth(&app, &headers, false)?;
+async fn diff(State(app): State<App>, q: Result<Query<DiffQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(bad_query)?;
     let text = app.plane.diff(q.from, q.to).await?;
     Ok((
@@ -301,16 +268,18 @@ async fn diff(
         .into_response())
 }
 
-async fn target(State(app): State<App>, headers: HeaderMap) -> Answer {
-    auth(&app, &headers, true)?;
+async fn target(State(app): State<App>) -> Answer {
     match app.plane.target() {
         Some(t) => Ok(Json(t).into_response()),
         None => Err(fail(StatusCode::NOT_FOUND, "no target version set yet")),
     }
 }
 
-async fn set_target(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
-    let role = auth(&app, &headers, false)?;
+async fn set_target(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    bytes: Bytes,
+) -> Answer {
     let req: SetTargetRequest = body(&bytes)?;
     if !req.rollback {
         return Err(fail(
@@ -320,7 +289,7 @@ async fn set_target(State(app): State<App>, headers: HeaderMap, bytes: Bytes) ->
     }
     let target = app
         .plane
-        .rollback(Some(req.version), who(role), "config target --rollback")
+        .rollback(Some(req.version), caller.name(), "config target --rollback")
         .await?;
     Ok(Json(target).into_response())
 }
@@ -339,11 +308,9 @@ struct PollQuery {
 
 async fn poll(
     State(app): State<App>,
-    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     q: Result<Query<PollQuery>, QueryRejection>,
 ) -> Answer {
-    auth(&app, &headers, true)?;
     let (Path(id), Query(q)) = (id.map_err(bad_path)?, q.map_err(bad_query)?);
     crate::plane::edge_id(&id)?;
     app.plane.touch(&id);
@@ -363,70 +330,70 @@ async fn poll(
 
 async fn report(
     State(app): State<App>,
-    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     bytes: Bytes,
 ) -> Answer {
-    auth(&app, &headers, true)?;
     let Path(id) = id.map_err(bad_path)?;
     let report: EdgeReport = body(&bytes)?;
     app.plane.report(&id, report).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn fleet(State(app): State<App>, headers: HeaderMap) -> Answer {
-    auth(&app, &headers, false)?;
+async fn fleet(State(app): State<App>) -> Answer {
     Ok(Json(app.plane.fleet().await?).into_response())
 }
 
-async fn purge(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
-    auth(&app, &headers, false)?;
+async fn purge(State(app): State<App>, bytes: Bytes) -> Answer {
     let req: PurgeRequest = body(&bytes)?;
     Ok(Json(app.plane.purge(req).await?).into_response())
 }
 
 async fn health(
     State(app): State<App>,
-    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     bytes: Bytes,
 ) -> Answer {
-    auth(&app, &headers, true)?;
     let Path(id) = id.map_err(bad_path)?;
     let report: HealthReport = body(&bytes)?;
     app.plane.record_health(&id, report)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn deploy(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
-    let role = auth(&app, &headers, false)?;
+async fn deploy(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    bytes: Bytes,
+) -> Answer {
     let req: DeployRequest = body(&bytes)?;
     let r = app
         .plane
-        .deploy(req.version, req.plan.as_deref(), who(role), &req.message)
+        .deploy(
+            req.version,
+            req.plan.as_deref(),
+            caller.name(),
+            &req.message,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn rollout(State(app): State<App>, headers: HeaderMap) -> Answer {
-    auth(&app, &headers, false)?;
+async fn rollout(State(app): State<App>) -> Answer {
     Ok(Json(app.plane.rollout_view().await?).into_response())
 }
 
 async fn rollout_action(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     action: Result<Path<String>, PathRejection>,
     bytes: Bytes,
 ) -> Answer {
-    let role = auth(&app, &headers, false)?;
     let Path(action) = action.map_err(bad_path)?;
     let req: ActionRequest = if bytes.is_empty() {
         ActionRequest::default()
     } else {
         body(&bytes)?
     };
-    let by = who(role);
+    let by = caller.name();
     let r = match action.as_str() {
         "pause" => app.plane.pause(by, &req.message).await?,
         "resume" => app.plane.resume(by, &req.message).await?,
@@ -441,8 +408,11 @@ async fn rollout_action(
     Ok(Json(r).into_response())
 }
 
-async fn rollback(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
-    let role = auth(&app, &headers, false)?;
+async fn rollback(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    bytes: Bytes,
+) -> Answer {
     let req: RollbackRequest = if bytes.is_empty() {
         RollbackRequest::default()
     } else {
@@ -450,33 +420,27 @@ async fn rollback(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> A
     };
     let t = app
         .plane
-        .rollback(req.version, who(role), &req.message)
+        .rollback(req.version, caller.name(), &req.message)
         .await?;
     Ok(Json(t).into_response())
 }
 
 async fn switch(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     name: Result<Path<String>, PathRejection>,
     bytes: Bytes,
 ) -> Answer {
-    let role = auth(&app, &headers, false)?;
     let Path(name) = name.map_err(bad_path)?;
     let req: SwitchRequest = body(&bytes)?;
     let r = app
         .plane
-        .switch(&name, req.on, who(role), &req.message)
+        .switch(&name, req.on, caller.name(), &req.message)
         .await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
 }
 
-async fn audit(
-    State(app): State<App>,
-    headers: HeaderMap,
-    q: Result<Query<ListQuery>, QueryRejection>,
-) -> Answer {
-    auth(&app, &headers, false)?;
+async fn audit(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(bad_query)?;
     let list = app.plane.audit_log(q.limit.unwrap_or(100)).await?;
     Ok(Json(list).into_response())
@@ -488,12 +452,7 @@ struct KeysQuery {
     after: u64,
 }
 
-async fn key_chain(
-    State(app): State<App>,
-    headers: HeaderMap,
-    q: Result<Query<KeysQuery>, QueryRejection>,
-) -> Answer {
-    auth(&app, &headers, true)?;
+async fn key_chain(State(app): State<App>, q: Result<Query<KeysQuery>, QueryRejection>) -> Answer {
     let Query(q) = q.map_err(bad_query)?;
     Ok(Json(firebreak_protocol::keyring::KeyChain {
         chain: app.plane.keys().chain_after(q.after),
@@ -501,29 +460,68 @@ async fn key_chain(
     .into_response())
 }
 
-async fn key_ring(State(app): State<App>, headers: HeaderMap) -> Answer {
-    auth(&app, &headers, false)?;
+async fn key_ring(State(app): State<App>) -> Answer {
     Ok(Json(app.plane.keys().view()).into_response())
 }
 
-async fn rotate_key(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
-    let role = auth(&app, &headers, false)?;
+async fn rotate_key(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    bytes: Bytes,
+) -> Answer {
     let req: crate::keys::RotateRequest = if bytes.is_empty() {
         Default::default()
     } else {
         body(&bytes)?
     };
-    Ok(Json(app.plane.rotate_key(req, who(role)).await?).into_response())
+    Ok(Json(app.plane.rotate_key(req, caller.name()).await?).into_response())
 }
 
 async fn revoke_key(
     State(app): State<App>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     id: Result<Path<String>, PathRejection>,
     bytes: Bytes,
 ) -> Answer {
-    let role = auth(&app, &headers, false)?;
     let Path(id) = id.map_err(bad_path)?;
     let req: crate::keys::RevokeRequest = body(&bytes)?;
-    Ok(Json(app.plane.revoke_key(&id, req, who(role)).await?).into_response())
+    Ok(Json(app.plane.revoke_key(&id, req, caller.name()).await?).into_response())
+}
+
+async fn join(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    bytes: Bytes,
+) -> Answer {
+    let Path(id) = id.map_err(bad_path)?;
+    let req: JoinRequest = body(&bytes)?;
+    // The gate let through the join token or this edge's own credential (a re-join).
+    let rejoin = matches!(caller, Caller::Edge { .. });
+    let answer = app.plane.join(&id, req, rejoin).await?;
+    let status = if rejoin {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(answer)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct RemoveQuery {
+    #[serde(default)]
+    message: String,
+}
+
+async fn remove_edge(
+    State(app): State<App>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<RemoveQuery>, QueryRejection>,
+) -> Answer {
+    let (Path(id), Query(q)) = (id.map_err(bad_path)?, q.map_err(bad_query)?);
+    app.plane
+        .remove_edge(&id, caller.name(), &q.message)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -6,13 +6,18 @@
 //! - [`rollout`]: staged rollouts over cells, health gates, automatic rollback, audit log.
 //! - [`keys`]: the signing keys: current, previous, rotation with an overlap, revocation.
 //! - [`fanout`]: sending signed purge requests to every edge at once.
-//! - [`api`]: the axum router, bearer-token auth, OpenAPI document.
+//! - [`api`]: the axum router, OpenAPI document.
+//! - [`auth`]: who calls (operator by name and role, edge by its credential, a joining edge)
+//!   and what each route allows, checked from the headers before any body is read.
+//! - [`registry`]: edge identity: join token → per-edge credential, bounded registry,
+//!   pruning, removal.
 //! - [`listener`]: serving the API within its bounds ([`ApiLimits`]); [`bounded_body`]: request
 //!   bodies read with size, time and memory bounds, errors as JSON.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod api;
+pub mod auth;
 pub mod bounded_body;
 pub mod fanout;
 pub mod freshness;
@@ -20,6 +25,7 @@ pub mod keys;
 pub mod listener;
 mod openapi;
 pub mod plane;
+pub mod registry;
 pub mod rollout;
 pub mod store;
 

@@ -14,7 +14,7 @@
 //! On shutdown the listener stops accepting, long-polls end at once and every connection
 //! finishes what it has in progress, for at most [`SHUTDOWN_GRACE`].
 
-use crate::api::Tokens;
+use crate::auth::Access;
 use crate::bounded_body::{self, BodyBounds};
 use crate::plane::Plane;
 use axum::Router;
@@ -222,16 +222,16 @@ impl Drop for ControlServer {
 pub async fn serve(
     listen: SocketAddr,
     plane: Arc<Plane>,
-    tokens: Tokens,
+    access: Access,
 ) -> std::io::Result<ControlServer> {
-    serve_with(listen, plane, tokens, ApiLimits::default()).await
+    serve_with(listen, plane, access, ApiLimits::default()).await
 }
 
 /// Binds `listen` and serves the API in the background within `limits`.
 pub async fn serve_with(
     listen: SocketAddr,
     plane: Arc<Plane>,
-    tokens: Tokens,
+    access: Access,
     limits: ApiLimits,
 ) -> std::io::Result<ControlServer> {
     limits
@@ -241,7 +241,7 @@ pub async fn serve_with(
     let addr = listener.local_addr()?;
     let (stop, rx) = watch::channel(false);
     let bounds = BodyBounds::new(&limits);
-    let app: Router = crate::api::router_with(plane, tokens, rx.clone(), bounds);
+    let app: Router = crate::api::router_with(plane, access, rx.clone(), bounds);
     let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
     let conf = Arc::new(limits.listener_conf());

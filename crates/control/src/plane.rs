@@ -55,12 +55,14 @@ pub enum PlaneError {
 }
 
 /// Timing of the control plane's own loops (shorter in tests).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PlaneOptions {
     /// How often the rollout driver looks at the running rollout.
     pub tick: Duration,
     /// How long a target signature stays fresh (`--target-freshness-s`).
     pub target_freshness: Duration,
+    /// The edge registry's settings (allowed networks, bound, pruning).
+    pub edges: crate::registry::EdgeSettings,
 }
 
 impl Default for PlaneOptions {
@@ -68,6 +70,7 @@ impl Default for PlaneOptions {
         Self {
             tick: Duration::from_millis(250),
             target_freshness: crate::freshness::DEFAULT_TARGET_FRESHNESS,
+            edges: crate::registry::EdgeSettings::default(),
         }
     }
 }
@@ -93,6 +96,11 @@ pub struct Plane {
     pub(crate) started_ms: u64,
     /// Fresh signatures of the stored targets, for long-poll answers.
     pub(crate) freshener: crate::freshness::Freshener,
+    /// The edge registry's settings.
+    pub(crate) edges: crate::registry::EdgeSettings,
+    /// Edge registrations recently read (see [`crate::registry`]).
+    pub(crate) identities:
+        Mutex<HashMap<String, (crate::registry::EdgeIdentity, std::time::Instant)>>,
 }
 
 impl Plane {
@@ -124,6 +132,8 @@ impl Plane {
             looked: Mutex::new(HashMap::new()),
             started_ms: now_ms(),
             freshener: crate::freshness::Freshener::new(options.target_freshness),
+            edges: options.edges.clone(),
+            identities: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&plane);
         let store = plane.store.clone();
@@ -137,6 +147,7 @@ impl Plane {
                 .await;
         });
         crate::rollout::driver::spawn(Arc::downgrade(&plane), options.tick);
+        crate::registry::spawn_pruner(Arc::downgrade(&plane), options.edges.prune_after);
         Ok(plane)
     }
 
@@ -165,7 +176,12 @@ impl Plane {
     pub async fn push(&self, req: PushRequest, author: &str) -> Result<VersionInfo, PlaneError> {
         label("file", &req.file)?;
         label("message", &req.message)?;
-        let author = req.author.as_deref().unwrap_or(author).to_owned();
+        // The authenticated operator is the author; a name the client gives (`$USER`) only
+        // follows it in parentheses, so a version's author cannot be made up.
+        let author = match req.author.as_deref().map(str::trim) {
+            Some(given) if !given.is_empty() && given != author => format!("{author} ({given})"),
+            _ => author.to_owned(),
+        };
         label("author", &author)?;
         let file = if req.file.is_empty() {
             "config.toml"
@@ -305,9 +321,39 @@ impl Plane {
         }
     }
 
+    pub(crate) fn forget_polled(&self, id: &str) {
+        if let Ok(mut polled) = self.polled.lock() {
+            polled.remove(id);
+        }
+    }
+
+    /// When each edge was last seen (report or poll), in ms since the epoch.
+    pub(crate) async fn last_seen(&self) -> Result<HashMap<String, u64>, StoreError> {
+        let mut seen: HashMap<String, u64> = self
+            .store
+            .edges()
+            .await?
+            .into_iter()
+            .map(|e| (e.id, e.last_seen_ms))
+            .collect();
+        if let Ok(polled) = self.polled.lock() {
+            for (id, &t) in polled.iter() {
+                let e = seen.entry(id.clone()).or_insert(0);
+                *e = (*e).max(t);
+            }
+        }
+        Ok(seen)
+    }
+
     /// Records an edge's report.
-    pub async fn report(&self, id: &str, report: EdgeReport) -> Result<(), PlaneError> {
+    pub async fn report(&self, id: &str, mut report: EdgeReport) -> Result<(), PlaneError> {
         edge_id(id)?;
+        // The admin URL is fixed at join: a report cannot move purges elsewhere.
+        let registered = self
+            .registration(id)
+            .await?
+            .ok_or_else(|| PlaneError::NotFound(format!("edge {id} has not joined")))?;
+        report.admin_url = registered.admin_url;
         label("pop", &report.pop)?;
         label("cell", &report.cell)?;
         if let Some(url) = &report.admin_url {
@@ -349,7 +395,16 @@ impl Plane {
 
     /// Every known edge, with the latest "last seen" this replica knows.
     pub async fn fleet(&self) -> Result<Vec<EdgeStatus>, PlaneError> {
+        let joined: std::collections::HashSet<String> = self
+            .store
+            .identities()
+            .await?
+            .into_iter()
+            .map(|i| i.id)
+            .collect();
         let mut edges = self.store.edges().await?;
+        // An edge removed (or pruned) while its report was being written is not shown.
+        edges.retain(|e| joined.contains(&e.id));
         if let Ok(polled) = self.polled.lock() {
             for e in &mut edges {
                 if let Some(&t) = polled.get(&e.id) {

@@ -155,7 +155,17 @@ fn authorized(state: &EdgeState, req: &Request<Incoming>) -> Result<(), Option<R
     else {
         return Err(None);
     };
-    if firebreak_protocol::same_secret(given.trim(), &admin.token) {
+    let given = given.trim();
+    let ok = match (&admin.token_sha256, &admin.token) {
+        // The fleet document carries only the token's digest: compare digests (constant time).
+        (Some(hash), _) => firebreak_protocol::same_secret(
+            &firebreak_protocol::sha256_hex(given.as_bytes()),
+            &hash.to_ascii_lowercase(),
+        ),
+        (None, Some(token)) => firebreak_protocol::same_secret(given, token),
+        (None, None) => false,
+    };
+    if ok {
         Ok(())
     } else {
         Err(None)

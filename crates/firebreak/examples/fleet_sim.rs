@@ -2,7 +2,8 @@
 //! the real edge API to a real control plane process (`firebreak control`, redb or etcd).
 //!
 //! Every simulated edge does what `crates/edge/src/agent` does, minus serving traffic:
-//! registers (`PUT /v1/edges/{id}`), long-polls its target (`GET /v1/edges/{id}/target`),
+//! joins with the join token (`POST /v1/edges/{id}/join`) and uses the credential it receives
+//! for everything else, registers (`PUT /v1/edges/{id}`), long-polls its target (`GET /v1/edges/{id}/target`),
 //! verifies the signed target with the control plane's public key and checks its audience,
 //! stages what it is asked to stage (downloads the bundle itself, checks hash and signature,
 //! parses it, keeps it in memory as a real edge keeps it on disk, reports `staged`), applies
@@ -478,9 +479,43 @@ struct SimEdge {
     /// One report in flight at a time, built when its turn comes (as the real agent's
     /// `ControlClient::report_with`): a heartbeat never overtakes a newer report.
     report_turn: tokio::sync::Mutex<()>,
+    /// The edge's own credential, from its join.
+    credential: std::sync::OnceLock<String>,
 }
 
 impl SimEdge {
+    fn credential(&self) -> &str {
+        self.credential.get().map_or("", String::as_str)
+    }
+
+    /// Joins with the join token; keeps the credential answered.
+    async fn join(&self) -> Result<(), String> {
+        let url = format!("{}/v1/edges/{}/join", self.shared.base, self.id);
+        let body = serde_json::json!({"pop": self.pop, "cell": self.cell}).to_string();
+        let (status, bytes) = call(
+            &self.shared.http,
+            Method::POST,
+            &url,
+            EDGE_TOKEN,
+            Some(body.into_bytes()),
+            Duration::from_secs(5),
+        )
+        .await?;
+        if status != StatusCode::CREATED {
+            return Err(format!(
+                "join refused: {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        }
+        let answer: firebreak_protocol::api::JoinAnswer =
+            serde_json::from_slice(&bytes).map_err(|e| format!("join answer: {e}"))?;
+        let credential = answer
+            .credential
+            .ok_or("join answer without a credential")?;
+        let _ = self.credential.set(credential);
+        Ok(())
+    }
+
     fn report_body(&self) -> Vec<u8> {
         let s = match self.state.lock() {
             Ok(s) => s,
@@ -509,7 +544,7 @@ impl SimEdge {
             &self.shared.http,
             Method::PUT,
             &url,
-            EDGE_TOKEN,
+            self.credential(),
             Some(self.report_body()),
             Duration::from_secs(5),
         )
@@ -527,6 +562,13 @@ impl SimEdge {
 
     async fn register(&self) {
         let mut backoff = Duration::from_millis(100);
+        while self.credential.get().is_none() {
+            if self.join().await.is_err() {
+                self.shared.count(|c| c.http_errors += 1);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
         loop {
             match self.report().await {
                 Ok(()) => {
@@ -601,7 +643,7 @@ impl SimEdge {
                 &self.shared.http,
                 Method::POST,
                 &url,
-                EDGE_TOKEN,
+                self.credential(),
                 Some(body),
                 Duration::from_secs(5),
             )
@@ -634,7 +676,7 @@ impl SimEdge {
                     &self.shared.http,
                     Method::GET,
                     &url,
-                    EDGE_TOKEN,
+                    self.credential(),
                     None,
                     Duration::from_secs(30),
                 )
@@ -762,7 +804,7 @@ impl SimEdge {
                 &self.shared.http,
                 Method::GET,
                 &url,
-                EDGE_TOKEN,
+                self.credential(),
                 None,
                 Duration::from_millis(POLL_WAIT_MS + 10_000),
             )
@@ -1045,6 +1087,7 @@ async fn run_in(
                 shared: shared.clone(),
                 state: Mutex::new(EdgeState::default()),
                 report_turn: tokio::sync::Mutex::new(()),
+                credential: std::sync::OnceLock::new(),
             })
         })
         .collect();

@@ -82,7 +82,7 @@ fn time(ms: u64) -> String {
 }
 
 fn print(view: &RingView) {
-    println!("key set generation {}", view.generation);
+    out!("key set generation {}", view.generation);
     for k in &view.keys {
         let e = &k.entry;
         let mut notes = Vec::new();
@@ -101,7 +101,7 @@ fn print(view: &RingView) {
         if let Some(r) = e.revoked_at_ms {
             notes.push(format!("REVOKED after {}", time(r)));
         }
-        println!("{}  {}  {}", e.id, e.public, notes.join(", "));
+        out!("{}  {}  {}", e.id, e.public, notes.join(", "));
     }
 }
 
@@ -148,7 +148,7 @@ pub async fn run(command: KeyCommand) -> Result<(), Failed> {
                 .json(Method::GET, "/v1/keys/ring", None)
                 .await?;
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&view).map_err(|e| usage(e.to_string()))?
                 );

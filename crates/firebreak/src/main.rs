@@ -4,7 +4,7 @@
 use api_client::{exit, Api, Failed};
 use clap::{Parser, Subcommand};
 use firebreak_config::{load_file, parse_str, ValidConfig};
-use firebreak_control::{Plane, Store, Tokens};
+use firebreak_control::{Plane, Store};
 use firebreak_edge::agent::{Agent, AgentOptions};
 use firebreak_edge::EdgeServer;
 use firebreak_protocol::api::PurgeRequest;
@@ -90,17 +90,34 @@ enum Command {
         /// sharing an etcd store must share the key.
         #[arg(long)]
         key: Option<PathBuf>,
-        /// Operator bearer token (at least 16 characters).
-        #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true, required = true)]
+        /// Admin bearer token (at least 16 characters): the operator named `operator`.
+        /// Give this, `--operators`, or both.
+        #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Edges' bearer token (at least 16 characters).
+        /// Named operators with roles: a TOML file of `[[operator]] name, role (admin,
+        /// deployer, read-only), token_sha256` (`firebreak hash-token` prints the hash).
+        #[arg(long, env = "FIREBREAK_OPERATORS")]
+        operators: Option<PathBuf>,
+        /// The edges' join token (at least 16 characters): it lets an edge join once, which
+        /// gives the edge its own credential; it can do nothing else.
         #[arg(
             long,
+            visible_alias = "join-token",
             env = "FIREBREAK_EDGE_TOKEN",
             hide_env_values = true,
             required = true
         )]
         edge_token: Option<String>,
+        /// Networks edges' admin addresses must be in (purges are sent there), comma-separated
+        /// CIDR blocks.
+        #[arg(long, default_value = "127.0.0.0/8,::1/128", value_delimiter = ',')]
+        edge_networks: Vec<String>,
+        /// Most edges that may join.
+        #[arg(long, default_value_t = firebreak_control::registry::DEFAULT_MAX_EDGES)]
+        max_edges: usize,
+        /// Edges not seen for this many seconds are forgotten with their credential.
+        #[arg(long, default_value_t = 24 * 3600)]
+        edge_prune_s: u64,
         /// How long a rotated-out signing key keeps signing beside the new one (edges fetch
         /// the new key set meanwhile), in seconds; `rotate-key --overlap-s` overrides it.
         #[arg(long, default_value_t = 7 * 24 * 3600)]
@@ -113,6 +130,9 @@ enum Command {
         #[command(flatten)]
         api: control_flags::ApiFlags,
     },
+    /// Print the SHA-256 of a token read from standard input, for `token_sha256` in an
+    /// operators file or a fleet document's `[admin]`.
+    HashToken,
     /// Run an edge: under a control plane (`--control`), from a configuration file
     /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
     Edge(EdgeArgs),
@@ -129,8 +149,10 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// The fleet as the control plane sees it.
+    /// The fleet as the control plane sees it; `fleet remove EDGE` forgets an edge.
     Fleet {
+        #[command(subcommand)]
+        command: Option<FleetCommand>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -234,6 +256,18 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum FleetCommand {
+    /// Forget an edge and its credential (it must join again with the join token); audited.
+    Remove {
+        /// The edge id.
+        edge: String,
+        /// Why.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
+}
+
 #[derive(clap::Args)]
 struct EdgeArgs {
     /// Configuration file (TOML), for an edge without a control plane.
@@ -248,9 +282,11 @@ struct EdgeArgs {
     /// Control plane URL: the edge takes its configuration from there.
     #[arg(long)]
     control: Option<String>,
-    /// Edges' bearer token for the control plane.
+    /// The fleet's join token: the edge joins once with it and then uses its own credential
+    /// (kept in the data directory).
     #[arg(
         long,
+        visible_alias = "join-token",
         env = "FIREBREAK_EDGE_TOKEN",
         hide_env_values = true,
         default_value = ""
@@ -446,22 +482,27 @@ async fn run(command: Command) -> Result<(), Failed> {
             store,
             key,
             token,
+            operators,
             edge_token,
+            edge_networks,
+            max_edges,
+            edge_prune_s,
             key_overlap_s,
             target_freshness_s,
             api,
         } => {
-            let (Some(data_dir), Some(token), Some(edge_token)) = (data_dir, token, edge_token)
-            else {
+            let (Some(data_dir), Some(edge_token)) = (data_dir, edge_token) else {
                 return Err(Failed::new(
                     exit::USAGE,
-                    "--data-dir, --token and --edge-token are required to run the control plane",
+                    "--data-dir and --edge-token (--join-token) are required to run the control plane",
                 ));
             };
+            let access = access(token, operators, &edge_token).map_err(fail)?;
+            let edges = edge_settings(&edge_networks, max_edges, edge_prune_s).map_err(fail)?;
             control(
                 listen,
                 (data_dir, store, key),
-                (token, edge_token),
+                (access, edges),
                 key_overlap_s,
                 std::time::Duration::from_secs(target_freshness_s),
                 api,
@@ -469,6 +510,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             .await
             .map_err(fail)
         }
+        Command::HashToken => hash_token().map_err(fail),
         Command::Edge(args) => edge(args).await.map_err(fail),
         Command::Origin { listen } => {
             let origin = demo_origin::start(listen)
@@ -495,7 +537,15 @@ async fn run(command: Command) -> Result<(), Failed> {
                 }
             }
         }
-        Command::Fleet { json, api } => ops::fleet(&Api::new(&api.control, &api.token), json).await,
+        Command::Fleet { command, json, api } => {
+            let api = Api::new(&api.control, &api.token);
+            match command {
+                None => ops::fleet(&api, json).await,
+                Some(FleetCommand::Remove { edge, message }) => {
+                    ops::remove_edge(&api, &edge, &message).await
+                }
+            }
+        }
         Command::Deploy {
             version,
             plan,
@@ -586,16 +636,98 @@ fn check_token(what: &str, token: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The operators (`--token`: admin `operator`; `--operators FILE`) and the join token.
+fn access(
+    token: Option<String>,
+    operators: Option<PathBuf>,
+    join_token: &str,
+) -> Result<firebreak_control::auth::Access, String> {
+    use firebreak_control::auth::{load_operators, Access, Operator, Role};
+    check_token("--edge-token", join_token)?;
+    let mut all = Vec::new();
+    if let Some(token) = token {
+        check_token("--token", &token)?;
+        all.push(
+            Operator::with_token("operator", Role::Admin, &token)
+                .map_err(|e| format!("--token: {e}"))?,
+        );
+    }
+    if let Some(path) = operators {
+        let named = load_operators(&path).map_err(|e| e.to_string())?;
+        if all.iter().any(|a| named.iter().any(|n| n.name == a.name)) {
+            return Err(format!(
+                "{}: the name `operator` is taken by --token; rename that entry",
+                path.display()
+            ));
+        }
+        all.extend(named);
+    }
+    if all.is_empty() {
+        return Err(
+            "give --token TOKEN (an admin named `operator`), --operators FILE, or both".into(),
+        );
+    }
+    Access::new(all, join_token).map_err(|e| e.to_string())
+}
+
+/// The edge registry's settings from the command line.
+fn edge_settings(
+    networks: &[String],
+    max_edges: usize,
+    prune_s: u64,
+) -> Result<firebreak_control::registry::EdgeSettings, String> {
+    let networks = networks
+        .iter()
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| {
+            firebreak_config::Cidr::parse(n.trim()).map_err(|e| format!("--edge-networks: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if networks.is_empty() {
+        return Err(
+            "--edge-networks: give at least one CIDR block (edges' admin addresses must be in one)"
+                .into(),
+        );
+    }
+    if max_edges == 0 {
+        return Err("--max-edges must be at least 1".into());
+    }
+    if prune_s == 0 {
+        return Err("--edge-prune-s must be at least 1".into());
+    }
+    Ok(firebreak_control::registry::EdgeSettings {
+        networks,
+        max_edges,
+        prune_after: std::time::Duration::from_secs(prune_s),
+    })
+}
+
+/// `firebreak hash-token`: the SHA-256 of the token on standard input (one line).
+fn hash_token() -> Result<(), String> {
+    use std::io::{BufRead, Read};
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .take(4096)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the token from standard input: {e}"))?;
+    let token = line.trim_end_matches(['\n', '\r']);
+    check_token("the token", token)?;
+    out!("{}", firebreak_control::auth::token_sha256(token));
+    Ok(())
+}
+
 async fn control(
     listen: SocketAddr,
     (data_dir, store, key): (PathBuf, String, Option<PathBuf>),
-    (token, edge_token): (String, String),
+    (access, edges): (
+        firebreak_control::auth::Access,
+        firebreak_control::registry::EdgeSettings,
+    ),
     key_overlap_s: u64,
     target_freshness: std::time::Duration,
     api: control_flags::ApiFlags,
 ) -> Result<(), String> {
-    check_token("--token", &token)?;
-    check_token("--edge-token", &edge_token)?;
     let limits = api.limits(control_flags::raise_open_files_limit())?;
     let overlap = std::time::Duration::from_secs(key_overlap_s);
     if overlap > firebreak_control::keys::MAX_OVERLAP {
@@ -617,16 +749,13 @@ async fn control(
     let store = Store::open(&spec).await.map_err(|e| e.to_string())?;
     let options = firebreak_control::plane::PlaneOptions {
         target_freshness,
+        edges,
         ..Default::default()
     };
     let plane = Plane::with_options(store, key, options)
         .await
         .map_err(|e| e.to_string())?;
-    let tokens = Tokens {
-        operator: token,
-        edge: edge_token,
-    };
-    let server = firebreak_control::serve_with(listen, plane, tokens, limits)
+    let server = firebreak_control::serve_with(listen, plane, access, limits)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let pub_path = data_dir.join("control.pub");

@@ -211,6 +211,20 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
     Ok(())
 }
 
+/// `fleet remove EDGE`: forgets the edge and its credential.
+pub async fn remove_edge(api: &Api, edge: &str, message: &str) -> Result<(), Failed> {
+    let id: String = form_urlencoded::byte_serialize(edge.as_bytes()).collect();
+    let message: String = form_urlencoded::byte_serialize(message.as_bytes()).collect();
+    api.call(
+        Method::DELETE,
+        &format!("/v1/edges/{id}?message={message}"),
+        None,
+    )
+    .await?;
+    out!("edge {edge} removed with its credential; it must join again to come back");
+    Ok(())
+}
+
 /// `purge URL | --key K --service S | --all --service S`.
 pub async fn purge(api: &Api, req: PurgeRequest) -> Result<(), Failed> {
     let out: PurgeOutcome = api

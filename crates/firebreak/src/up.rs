@@ -206,7 +206,14 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     let public = String::from_utf8_lossy(&public).trim().to_owned();
 
     let fleet_file = dir.join("fleet.toml");
-    let text = FLEET_CONFIG.replace("127.0.0.1:8081", &format!("127.0.0.1:{origin_port}"));
+    // The fleet document carries only the admin token's SHA-256; the token is printed below.
+    let admin_token = token()?;
+    let text = FLEET_CONFIG
+        .replace("127.0.0.1:8081", &format!("127.0.0.1:{origin_port}"))
+        .replace(
+            "0000000000000000000000000000000000000000000000000000000000000000",
+            &firebreak_control::auth::token_sha256(&admin_token),
+        );
     std::fs::write(&fleet_file, text).map_err(|e| format!("{}: {e}", fleet_file.display()))?;
 
     let mut specs = Vec::new();
@@ -317,6 +324,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     out!("  firebreak rollout status | firebreak audit");
     out!("  firebreak drill          # a broken version: caught in the canary, rolled back");
     out!("  firebreak purge http://localhost:{first}/static/hello.txt");
+    out!("  curl -s -H 'Authorization: Bearer {admin_token}' http://127.0.0.1:{}/metrics   # an edge's admin API", edges.first().map(|e| e.2).unwrap_or(base));
     out!("Try:");
     out!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");
     out!("  curl -si -H 'Host: assets.localhost' http://127.0.0.1:{first}/static/app.css");

@@ -255,3 +255,37 @@ pub struct SwitchRequest {
     #[serde(default)]
     pub message: String,
 }
+
+/// An edge joining the fleet (`POST /v1/edges/{id}/join`), with the join token (first join)
+/// or its own credential (re-join: declares a new admin address, keeps the credential).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    /// POP (site) name.
+    pub pop: String,
+    /// Cell (rollout group) name.
+    pub cell: String,
+    /// Base URL of the edge's admin listener (`http://IP:port`), where the control plane sends
+    /// purges; it must be inside the control plane's allowed edge networks. `None` until the
+    /// edge has started its admin listener (it re-joins with it then).
+    #[serde(default)]
+    pub admin_url: Option<String>,
+    /// The edge's client listeners (`http://addr`).
+    #[serde(default)]
+    pub listen: Vec<String>,
+}
+
+/// The control plane's answer to a join.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    /// The edge id.
+    pub id: String,
+    /// The edge's new credential (a bearer token for every other edge route), on a first
+    /// join only; `None` on a re-join (the credential presented stays valid). The control
+    /// plane keeps only its SHA-256.
+    #[serde(default)]
+    pub credential: Option<String>,
+    /// The admin URL the control plane will call back (fixed until the next join).
+    #[serde(default)]
+    pub admin_url: Option<String>,
+}

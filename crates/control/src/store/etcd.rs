@@ -28,6 +28,9 @@ fn audit_key(key: &str) -> String {
 fn edge_key(id: &str) -> String {
     format!("{PREFIX}edges/{id}")
 }
+fn identity_key(id: &str) -> String {
+    format!("{PREFIX}edge-identity/{id}")
+}
 
 /// A connection to an etcd cluster.
 #[derive(Clone)]
@@ -195,6 +198,79 @@ impl EtcdStore {
             .with_limit(i64::try_from(limit).unwrap_or(i64::MAX));
         let resp = timed(c.get(format!("{PREFIX}audit/"), Some(options))).await?;
         Ok(resp.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+    }
+
+    pub(super) async fn identity(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_one(identity_key(id)).await
+    }
+
+    /// Adds a registration if the id has none and fewer than `max` are held (the count is
+    /// read first: replicas racing may pass the bound by the number of concurrent joins).
+    pub(super) async fn create_identity(
+        &self,
+        id: &str,
+        raw: &[u8],
+        max: usize,
+    ) -> Result<super::Created, StoreError> {
+        let mut c = self.client.clone();
+        let options = GetOptions::new().with_prefix().with_count_only();
+        let held = timed(c.get(format!("{PREFIX}edge-identity/"), Some(options))).await?;
+        if usize::try_from(held.count()).unwrap_or(usize::MAX) >= max {
+            if self.get_one(identity_key(id)).await?.is_some() {
+                return Ok(super::Created::Exists);
+            }
+            return Ok(super::Created::Full);
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                identity_key(id),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(identity_key(id), raw.to_vec(), None)]);
+        if timed(c.txn(txn)).await?.succeeded() {
+            Ok(super::Created::Added)
+        } else {
+            Ok(super::Created::Exists)
+        }
+    }
+
+    /// Replaces an existing registration (a re-join); `false` if the id has none.
+    pub(super) async fn update_identity(&self, id: &str, raw: &[u8]) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                identity_key(id),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(identity_key(id), raw.to_vec(), None)]);
+        let mut c = self.client.clone();
+        Ok(timed(c.txn(txn)).await?.succeeded())
+    }
+
+    pub(super) async fn identities(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut c = self.client.clone();
+        let resp = timed(c.get(
+            format!("{PREFIX}edge-identity/"),
+            Some(GetOptions::new().with_prefix()),
+        ))
+        .await?;
+        Ok(resp.kvs().iter().map(|kv| kv.value().to_vec()).collect())
+    }
+
+    /// Deletes an edge's registration and its last report in one transaction.
+    pub(super) async fn remove_edge(&self, id: &str) -> Result<bool, StoreError> {
+        let txn = Txn::new().and_then(vec![
+            TxnOp::delete(identity_key(id), None),
+            TxnOp::delete(edge_key(id), None),
+        ]);
+        let mut c = self.client.clone();
+        let resp = timed(c.txn(txn)).await?;
+        let deleted = resp.op_responses().iter().any(|r| match r {
+            etcd_client::TxnOpResponse::Delete(d) => d.deleted() > 0,
+            _ => false,
+        });
+        Ok(deleted)
     }
 
     /// Watches the target key for ever, re-establishing the watch after errors, and calls

@@ -32,7 +32,19 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+pub use crate::registry::EdgeIdentity;
 pub use crate::rollout::state::{AuditEntry, FleetState, StoredTarget};
+
+/// What [`Store::create_identity`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// The registration was stored.
+    Added,
+    /// The id already has one; nothing changed.
+    Exists,
+    /// The registry holds its maximum; nothing changed.
+    Full,
+}
 
 /// Most audit entries listed at once.
 pub const MAX_AUDIT_LIST: usize = 10_000;
@@ -168,6 +180,40 @@ impl Store {
     pub async fn edges(&self) -> Result<Vec<EdgeStatus>, StoreError> {
         let raw = dispatch!(self, s => s.edges().await)?;
         raw.iter().map(|b| decode(b)).collect()
+    }
+
+    /// An edge's registration (see [`crate::registry`]).
+    pub async fn identity(&self, id: &str) -> Result<Option<EdgeIdentity>, StoreError> {
+        let raw = dispatch!(self, s => s.identity(id).await)?;
+        raw.map(|b| decode(&b)).transpose()
+    }
+
+    /// Adds an edge's registration unless its id has one or `max` are held.
+    pub async fn create_identity(
+        &self,
+        identity: &EdgeIdentity,
+        max: usize,
+    ) -> Result<Created, StoreError> {
+        let raw = serde_json::to_vec(identity).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        dispatch!(self, s => s.create_identity(&identity.id, &raw, max).await)
+    }
+
+    /// Replaces an edge's registration; `false` if it has none (removed meanwhile).
+    pub async fn update_identity(&self, identity: &EdgeIdentity) -> Result<bool, StoreError> {
+        let raw = serde_json::to_vec(identity).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        dispatch!(self, s => s.update_identity(&identity.id, &raw).await)
+    }
+
+    /// Every registered edge.
+    pub async fn identities(&self) -> Result<Vec<EdgeIdentity>, StoreError> {
+        let raw = dispatch!(self, s => s.identities().await)?;
+        raw.iter().map(|b| decode(b)).collect()
+    }
+
+    /// Forgets an edge: its registration (credential) and its last report. `false` if the
+    /// store held neither.
+    pub async fn remove_edge(&self, id: &str) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.remove_edge(id).await)
     }
 
     /// Calls `on_change` with the stored fleet state whenever another writer (an etcd

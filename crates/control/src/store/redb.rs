@@ -13,6 +13,8 @@ const BUNDLES: TableDefinition<u64, &[u8]> = TableDefinition::new("version_bundl
 const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singletons");
 const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
 const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
+/// Joined edges: id → registration (credential hash, admin URL), see `crate::registry`.
+const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("edge_identity");
 const TARGET: &str = "target";
 
 /// Most edge reports written in one transaction.
@@ -53,8 +55,13 @@ fn report_writer(db: std::sync::Weak<Database>, mut rx: tokio::sync::mpsc::Recei
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut t = txn.open_table(EDGES).map_err(err)?;
+                // Only joined edges are recorded: a report racing `fleet remove` or the
+                // pruning of its edge does not bring the edge back.
+                let ids = txn.open_table(IDENTITIES).map_err(err)?;
                 for (id, raw, _) in &batch {
-                    t.insert(id.as_str(), raw.as_slice()).map_err(err)?;
+                    if ids.get(id.as_str()).map_err(err)?.is_some() {
+                        t.insert(id.as_str(), raw.as_slice()).map_err(err)?;
+                    }
                 }
             }
             txn.commit().map_err(err)?;
@@ -88,6 +95,7 @@ impl RedbStore {
                 txn.open_table(SINGLETONS).map_err(err)?;
                 txn.open_table(EDGES).map_err(err)?;
                 txn.open_table(AUDIT).map_err(err)?;
+                txn.open_table(IDENTITIES).map_err(err)?;
             }
             txn.commit().map_err(err)?;
             let db = Arc::new(db);
@@ -267,6 +275,92 @@ impl RedbStore {
                 out.push(v.value().to_vec());
             }
             Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn identity(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(IDENTITIES).map_err(err)?;
+            Ok(t.get(id.as_str()).map_err(err)?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    /// Adds a registration if the id has none and fewer than `max` are held.
+    pub(super) async fn create_identity(
+        &self,
+        id: &str,
+        raw: &[u8],
+        max: usize,
+    ) -> Result<super::Created, StoreError> {
+        let (id, raw) = (id.to_owned(), raw.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(IDENTITIES).map_err(err)?;
+                if t.get(id.as_str()).map_err(err)?.is_some() {
+                    return Ok(super::Created::Exists);
+                }
+                if usize::try_from(t.len().map_err(err)?).unwrap_or(usize::MAX) >= max {
+                    return Ok(super::Created::Full);
+                }
+                t.insert(id.as_str(), raw.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(super::Created::Added)
+        })
+        .await
+    }
+
+    /// Replaces an existing registration (a re-join); `false` if the id has none.
+    pub(super) async fn update_identity(&self, id: &str, raw: &[u8]) -> Result<bool, StoreError> {
+        let (id, raw) = (id.to_owned(), raw.to_vec());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(IDENTITIES).map_err(err)?;
+                if t.get(id.as_str()).map_err(err)?.is_none() {
+                    return Ok(false);
+                }
+                t.insert(id.as_str(), raw.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn identities(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(IDENTITIES).map_err(err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(err)? {
+                let (_, v) = row.map_err(err)?;
+                out.push(v.value().to_vec());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Deletes an edge's registration and its last report; `false` if it had neither.
+    pub(super) async fn remove_edge(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            let removed = {
+                let mut ids = txn.open_table(IDENTITIES).map_err(err)?;
+                let mut edges = txn.open_table(EDGES).map_err(err)?;
+                let a = ids.remove(id.as_str()).map_err(err)?.is_some();
+                let b = edges.remove(id.as_str()).map_err(err)?.is_some();
+                a || b
+            };
+            txn.commit().map_err(err)?;
+            Ok(removed)
         })
         .await
     }

@@ -30,6 +30,9 @@ pub struct ControlClient {
     client: HttpClient,
     /// One report in flight at a time (shared by clones): see [`ControlClient::report_with`].
     report_turn: Arc<tokio::sync::Mutex<()>>,
+    /// The edge's own credential (joined with `token`, the join token); without it every
+    /// call carries `token` itself.
+    identity: Option<Arc<super::identity::Identity>>,
 }
 
 impl ControlClient {
@@ -41,7 +44,14 @@ impl ControlClient {
             id: id.to_owned(),
             client: HttpClient::new(Duration::from_secs(2)),
             report_turn: Arc::new(tokio::sync::Mutex::new(())),
+            identity: None,
         }
+    }
+
+    /// Calls carry the edge's own credential, joining first (see [`super::identity`]).
+    pub fn with_identity(mut self, identity: super::identity::Identity) -> Self {
+        self.identity = Some(Arc::new(identity));
+        self
     }
 
     async fn call(
@@ -52,11 +62,36 @@ impl ControlClient {
         limit: usize,
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), String> {
+        let Some(identity) = &self.identity else {
+            return self
+                .call_as(&self.token, method, path, body, limit, timeout)
+                .await;
+        };
+        let credential = identity.credential(self).await?;
+        let answer = self
+            .call_as(&credential, method, path, body, limit, timeout)
+            .await?;
+        if answer.0 == StatusCode::UNAUTHORIZED {
+            identity.refused(&credential).await;
+        }
+        Ok(answer)
+    }
+
+    /// One exchange with `bearer` as the token.
+    pub(crate) async fn call_as(
+        &self,
+        bearer: &str,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), String> {
         let uri = format!("{}{path}", self.base);
         let mut req = Request::builder()
             .method(method)
             .uri(&uri)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+            .header(header::AUTHORIZATION, format!("Bearer {bearer}"));
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
@@ -200,6 +235,12 @@ impl ControlClient {
 
     /// Sends a report (use [`ControlClient::report_with`] where reports may overlap).
     pub async fn report(&self, report: &EdgeReport) -> Result<(), String> {
+        if let Some(identity) = &self.identity {
+            // The admin URL purges go to is declared at (re-)join, never by a report.
+            if let Err(e) = identity.declare(self, report).await {
+                tracing::warn!(error = %e, "admin address not declared to the control plane");
+            }
+        }
         let path = format!("/v1/edges/{}", self.id);
         self.send_json(Method::PUT, &path, report, "report").await
     }

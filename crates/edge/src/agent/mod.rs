@@ -15,6 +15,7 @@
 pub mod client;
 pub mod compose;
 pub mod disk;
+pub mod identity;
 pub mod journal;
 pub mod order;
 pub mod trust;
@@ -75,7 +76,8 @@ async fn pause(backoff: &mut backon::ExponentialBackoff) {
 pub struct AgentOptions {
     /// Control plane base URL, `http://host:port`.
     pub control: String,
-    /// The edges' bearer token.
+    /// The fleet's join token: used once to join (`POST /v1/edges/{id}/join`); every other
+    /// call carries the edge's own credential, kept in `data_dir` ([`identity`]).
     pub token: String,
     /// This edge's id (unique in the fleet).
     pub id: String,
@@ -202,7 +204,9 @@ impl Agent {
         let disk = Arc::new(disk);
         let (journal, newly_bad) = BootJournal::open(&opts.data_dir, opts.safe_mode);
         let journal = Arc::new(journal);
-        let client = ControlClient::new(&opts.control, &opts.token, &opts.id);
+        let client = ControlClient::new(&opts.control, &opts.token, &opts.id).with_identity(
+            identity::Identity::new(&opts.data_dir, &opts.id, &opts.token, &opts.pop, &opts.cell),
+        );
         let trust = Arc::new(TrustStore::open(&opts.data_dir, opts.trust));
         let status = Arc::new(Mutex::new(AgentStatus {
             bad_versions: journal.bad(),

@@ -188,7 +188,7 @@ async fn auth_and_openapi(c: &Control) {
         Some("{}".into()),
     )
     .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "the edge token must not push");
+    assert_eq!(s, StatusCode::FORBIDDEN, "the join token must not push");
     let (s, _) = http(
         Method::GET,
         &format!("{}/v1/versions/1/bundle", c.url),
@@ -196,7 +196,11 @@ async fn auth_and_openapi(c: &Control) {
         None,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "the edge token downloads bundles");
+    assert_eq!(
+        s,
+        StatusCode::FORBIDDEN,
+        "the join token only joins; edges download bundles with their own credential"
+    );
     let (s, b) = http(
         Method::POST,
         &format!("{}/v1/versions", c.url),
@@ -229,6 +233,7 @@ async fn auth_and_openapi(c: &Control) {
         "/v1/fleet",
         "/v1/purge",
         "/v1/edges/{id}/health",
+        "/v1/edges/{id}/join",
         "/v1/rollouts",
         "/v1/rollout",
         "/v1/rollout/{action}",

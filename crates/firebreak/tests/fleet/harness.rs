@@ -156,10 +156,13 @@ impl Control {
             operator: OPERATOR.into(),
             edge: EDGE.into(),
         };
-        let server =
-            firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), tokens)
-                .await
-                .unwrap();
+        let server = firebreak_control::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            plane.clone(),
+            tokens.access().unwrap(),
+        )
+        .await
+        .unwrap();
         Self {
             url: format!("http://{}", server.local_addr()),
             plane,
@@ -486,10 +489,13 @@ impl Control {
             operator: OPERATOR.into(),
             edge: EDGE.into(),
         };
-        let server =
-            firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), tokens)
-                .await
-                .unwrap();
+        let server = firebreak_control::serve(
+            "127.0.0.1:0".parse().unwrap(),
+            plane.clone(),
+            tokens.access().unwrap(),
+        )
+        .await
+        .unwrap();
         Self {
             url: format!("http://{}", server.local_addr()),
             plane,
@@ -546,4 +552,69 @@ pub async fn get_plain(url: &str) -> Option<(StatusCode, String)> {
     let status = resp.status();
     let body = resp.into_body().collect().await.ok()?.to_bytes();
     Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A control plane in this process with explicit operators and edge settings.
+#[allow(dead_code)]
+pub async fn control_with(
+    store_spec: &str,
+    dir: &Path,
+    access: firebreak_control::auth::Access,
+    edges: firebreak_control::registry::EdgeSettings,
+) -> Control {
+    let key_path = dir.join("control.key");
+    let key = ControlKey::load_or_create(&key_path).unwrap();
+    let store = Store::open(store_spec).await.unwrap();
+    let plane = Plane::with_options(
+        store.clone(),
+        key,
+        firebreak_control::plane::PlaneOptions {
+            tick: Duration::from_millis(100),
+            edges,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let server = firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), access)
+        .await
+        .unwrap();
+    Control {
+        url: format!("http://{}", server.local_addr()),
+        plane,
+        store,
+        key_path,
+        server: Some(server),
+    }
+}
+
+/// The credential a joined edge keeps in its data directory.
+#[allow(dead_code)]
+pub fn kept_credential(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("credential"))
+        .unwrap_or_else(|e| panic!("no credential in {}: {e}", data_dir.display()))
+        .trim()
+        .to_owned()
+}
+
+/// Joins edge `id` over HTTP with `token`; returns the status and the JSON answer.
+#[allow(dead_code)]
+pub async fn join(
+    control: &Control,
+    id: &str,
+    token: &str,
+    admin_url: Option<&str>,
+) -> (StatusCode, serde_json::Value) {
+    let body = serde_json::json!({"pop": "p", "cell": "c", "admin_url": admin_url});
+    let (status, bytes) = http(
+        Method::POST,
+        &format!("{}/v1/edges/{id}/join", control.url),
+        token,
+        Some(body.to_string()),
+    )
+    .await;
+    let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+        String::from_utf8_lossy(&bytes).into_owned(),
+    ));
+    (status, value)
 }

@@ -12,6 +12,7 @@ mod api;
 mod edges;
 mod faults;
 mod harness;
+mod identity;
 mod keys;
 mod replay;
 mod rollouts;
