@@ -137,12 +137,18 @@ impl Mitm {
     }
 }
 
-/// The target the control plane answers edge `id` in cell c1 now (JSON as sent), and it.
+/// The target the control plane answers an edge in cell c1 now (JSON as sent), and it: asked
+/// by a probe edge that joins for it (`{id}-probe-N`), as anyone on the path could see it.
 async fn capture_target(c: &Control, id: &str) -> (String, Target) {
+    static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let probe = format!("{id}-probe-{}", PROBES.fetch_add(1, Ordering::SeqCst));
+    let (status, joined) = join(c, &probe, EDGE, None).await;
+    assert_eq!(status, StatusCode::CREATED, "{joined}");
+    let credential = joined["credential"].as_str().unwrap().to_owned();
     let (status, body) = http(
         Method::GET,
-        &format!("{}/v1/edges/{id}/target?after=0&cell=c1&wait_ms=0", c.url),
-        EDGE,
+        &format!("{}/v1/edges/{probe}/target?after=0&cell=c1&wait_ms=0", c.url),
+        &credential,
         None,
     )
     .await;
