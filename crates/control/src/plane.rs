@@ -11,7 +11,7 @@ use firebreak_protocol::api::{
     MAX_LABEL_LEN,
 };
 use firebreak_protocol::bundle::Bundle;
-use firebreak_protocol::document::split;
+use firebreak_protocol::document::{split, Documents};
 use firebreak_protocol::keys::{ControlKey, PublicKey};
 use firebreak_protocol::now_ms;
 use std::collections::HashMap;
@@ -71,7 +71,8 @@ impl Default for PlaneOptions {
 /// The control plane.
 pub struct Plane {
     pub(crate) store: Store,
-    pub(crate) key: ControlKey,
+    /// Shared so that signing can run on the blocking pool.
+    pub(crate) key: Arc<ControlKey>,
     /// The fleet state as last read or written (targets, rollout); long-polls watch it.
     pub(crate) state: watch::Sender<FleetState>,
     /// When each edge last polled this replica (ms since the epoch).
@@ -106,7 +107,7 @@ impl Plane {
         let (tx, _) = watch::channel(current);
         let plane = Arc::new(Self {
             store,
-            key,
+            key: Arc::new(key),
             state: tx,
             polled: Mutex::new(HashMap::new()),
             fanout: Fanout::default(),
@@ -162,7 +163,7 @@ impl Plane {
         } else {
             req.file.as_str()
         };
-        parse_managed_str(file, &req.document).map_err(PlaneError::Invalid)?;
+        let docs = prepare(file, &req.document).await?;
         if req.activate {
             if let Some(r) = self.fleet_state().running() {
                 return Err(PlaneError::Conflict(format!(
@@ -171,7 +172,6 @@ impl Plane {
                 )));
             }
         }
-        let docs = split(&req.document).map_err(PlaneError::BadRequest)?;
         for _ in 0..PUSH_ATTEMPTS {
             let parent = self.store.latest_version().await?;
             let version = parent.map_or(1, |p| p + 1);
@@ -184,10 +184,15 @@ impl Plane {
                 fleet: docs.fleet.clone(),
                 services: docs.services.clone(),
             };
-            let sealed = bundle
-                .seal(&self.key)
-                .map_err(|e| PlaneError::BadRequest(e.to_string()))?;
-            let info = bundle.describe(&sealed);
+            let key = self.key.clone();
+            let (sealed, info) = blocking(move || {
+                let sealed = bundle
+                    .seal(&key)
+                    .map_err(|e| PlaneError::BadRequest(e.to_string()))?;
+                let info = bundle.describe(&sealed);
+                Ok((sealed, info))
+            })
+            .await?;
             if self.store.insert_version(&info, &sealed).await? {
                 tracing::info!(version, author = %author, "configuration version stored");
                 if req.activate {
@@ -354,6 +359,59 @@ impl Plane {
             .purge(&self.key, live, skipped, &path, deadline)
             .await)
     }
+}
+
+/// Runs blocking work (parsing and validating a megabyte of TOML, composing, signing, large
+/// diffs) on tokio's blocking pool, off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PlaneError> + Send + 'static,
+) -> Result<T, PlaneError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PlaneError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// Validates a pushed document as the operator wrote it (errors located in their file), splits
+/// it, and validates the parts and the assembled form exactly as every edge will load them
+/// ([`Bundle::validate`]). Runs on the blocking pool.
+async fn prepare(file: &str, document: &str) -> Result<Documents, PlaneError> {
+    let (file, document) = (file.to_owned(), document.to_owned());
+    blocking(move || {
+        parse_managed_str(&file, &document).map_err(PlaneError::Invalid)?;
+        let docs = split(&document).map_err(PlaneError::BadRequest)?;
+        let candidate = Bundle {
+            version: 0,
+            parent: None,
+            created_at_ms: 0,
+            author: String::new(),
+            message: String::new(),
+            fleet: docs.fleet,
+            services: docs.services,
+        };
+        candidate.validate(&file).map_err(PlaneError::Invalid)?;
+        Ok(Documents {
+            fleet: candidate.fleet,
+            services: candidate.services,
+        })
+    })
+    .await
+}
+
+/// Opens stored version `n` and validates it exactly as an edge will load it: a version
+/// written by anything but [`Plane::push`] (an older control plane, a restored or edited
+/// store) is refused here before any edge is told to run it.
+pub(crate) async fn checked_version(plane: &Plane, n: u64) -> Result<(), PlaneError> {
+    let bytes = plane.bundle(n).await?;
+    let public = plane.key.public();
+    blocking(move || {
+        let bundle = Bundle::open(&bytes, &public)
+            .map_err(|e| PlaneError::Store(StoreError::Corrupt(format!("version {n}: {e}"))))?;
+        bundle
+            .validate(&format!("version {n}"))
+            .map_err(PlaneError::Invalid)?;
+        Ok(())
+    })
+    .await
 }
 
 fn purge_path(req: &PurgeRequest) -> Result<String, PlaneError> {

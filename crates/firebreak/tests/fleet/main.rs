@@ -13,3 +13,4 @@ mod edges;
 mod faults;
 mod harness;
 mod rollouts;
+mod validation;
