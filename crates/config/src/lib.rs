@@ -16,6 +16,7 @@ mod load;
 mod locate;
 mod model;
 mod parts;
+mod regexes;
 mod rollout;
 pub(crate) mod validate;
 

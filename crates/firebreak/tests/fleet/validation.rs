@@ -126,3 +126,81 @@ async fn service_document_cannot_name_another_service() {
     );
     assert!(c.plane.fleet_state().rollout.is_none(), "a rollout started");
 }
+
+/// `services` services of `rules` `path_regex` rules each, every rule `pattern` with its
+/// index in place of `{i}`.
+fn regex_document(
+    origin: std::net::SocketAddr,
+    services: usize,
+    rules: usize,
+    pattern: &str,
+) -> String {
+    let mut doc = String::from("[cache]\nmax_bytes = 67108864\n");
+    for s in 0..services {
+        doc.push_str(&format!(
+            "\n[[service]]\nname = \"s{s}\"\nhosts = [\"s{s}.test\"]\n[service.origin]\nservers = [{{ addr = \"{origin}\" }}]\n[service.cache]\nrules = [\n"
+        ));
+        for r in 0..rules {
+            let p = pattern.replace("{i}", &r.to_string());
+            doc.push_str(&format!("  {{ path_regex = '{p}', ttl_s = 60 }},\n"));
+        }
+        doc.push_str("]\n");
+    }
+    doc
+}
+
+#[tokio::test]
+async fn huge_regex_rule_set_is_refused_at_push() {
+    let dir = temp_dir("huge-regex");
+    let c = Control::start(&format!("redb:{}", dir.join("s.redb").display()), &dir).await;
+    let origin = origin().await;
+
+    // 4,096 rules: refused on the count, before any is compiled, naming the first rule past
+    // the bound.
+    let doc = regex_document(origin, 16, 256, "^/r{i}/[a-z]+$");
+    let (status, body) = c
+        .call(Method::POST, "/v1/versions", Some(push_body(&doc)))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let first = &body["errors"][0];
+    let max = firebreak_config::MAX_FLEET_REGEX_RULES;
+    assert_eq!(
+        first["field"],
+        format!("service[{}].cache.rules[0].path_regex", max / 256),
+        "{body}"
+    );
+    assert!(
+        first["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("has 4096 path_regex rules; the limit is {max}")),
+        "{body}"
+    );
+
+    // Few rules, each within its own bound, but together too large for one service.
+    let heavy = "^/r{i}/[a-z0-9_]{1,40}/(img|css|js)/[a-z0-9_.-]{1,80}\\.(png|jpg|css|js)$";
+    let doc = regex_document(origin, 1, 64, heavy);
+    let (status, body) = c
+        .call(Method::POST, "/v1/versions", Some(push_body(&doc)))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let first = &body["errors"][0];
+    assert_eq!(first["field"], "service[0].cache.rules", "{body}");
+    assert!(
+        first["message"].as_str().unwrap().contains(&format!(
+            "exceed {} bytes (the limit per service)",
+            firebreak_config::MAX_SERVICE_REGEX_BYTES
+        )),
+        "{body}"
+    );
+    assert!(first["line"].as_u64().unwrap() > 0, "{body}");
+
+    // Within the bounds: stored.
+    let doc = regex_document(origin, 2, 16, heavy);
+    let (status, body) = c
+        .call(Method::POST, "/v1/versions", Some(push_body(&doc)))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, list) = c.call(Method::GET, "/v1/versions", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
