@@ -313,8 +313,20 @@ async fn public_key(State(app): State<App>) -> String {
 async fn push(State(app): State<App>, headers: HeaderMap, bytes: Bytes) -> Answer {
     let role = auth(&app, &headers, false)?;
     let req: PushRequest = body(&bytes)?;
-    let info = app.plane.push(req, who(role)).await?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| fail(StatusCode::BAD_REQUEST, "Idempotency-Key must be ASCII"))?,
+        ),
+        None => None,
+    };
+    let outcome = app.plane.push_keyed(req, who(role), key).await?;
+    let status = if outcome.already_stored {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(outcome)).into_response())
 }
 
 #[derive(Deserialize)]

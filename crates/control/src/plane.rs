@@ -3,7 +3,7 @@
 
 use crate::fanout::Fanout;
 use crate::rollout::health::HealthBook;
-use crate::store::{FleetState, Store, StoreError, StoredTarget};
+use crate::store::{FleetState, IdempotencyRecord, Inserted, Store, StoreError, StoredTarget};
 use bytes::Bytes;
 use firebreak_config::{parse_managed_str, ConfigRejected};
 use firebreak_protocol::api::{
@@ -29,6 +29,38 @@ const PURGE_DEADLINE_MS: (u64, u64) = (2_000, 30_000);
 pub const MAX_LIST: usize = 1_000;
 /// Most edges the registry holds.
 const MAX_EDGES: usize = 100_000;
+
+/// What a push stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PushOutcome {
+    /// The version stored (now, or by the first attempt under the same idempotency key).
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    /// True when this answer repeats an earlier push with the same idempotency key: nothing
+    /// new was stored.
+    pub already_stored: bool,
+    /// With `activate`: why the rollout did not start (the version is stored regardless).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_error: Option<String>,
+}
+
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// Idempotency keys: 1 to 128 of letters, digits, `.`, `_`, `-`, `:`.
+fn idempotency_key(key: &str) -> Result<(), PlaneError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    {
+        return Err(PlaneError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} letters, digits, '.', '_', '-' or ':'"
+        )));
+    }
+    Ok(())
+}
 
 /// Why an operation was refused. Nothing was stored when an operation fails.
 #[derive(Debug, thiserror::Error)]
@@ -154,10 +186,37 @@ impl Plane {
 
     /// Validates, splits, signs and stores a configuration as the next version.
     pub async fn push(&self, req: PushRequest, author: &str) -> Result<VersionInfo, PlaneError> {
+        Ok(self.push_keyed(req, author, None).await?.info)
+    }
+
+    /// [`Plane::push`] with an idempotency key: the key is stored with the version in the
+    /// same transaction, so a retry of the same request (same key, same body) answers the
+    /// version the first attempt stored, whatever became of its answer, and never stores a
+    /// second; the same key with a different body is refused. Keys are remembered for
+    /// [`crate::store::IDEMPOTENCY_TTL_MS`] (at most [`crate::store::MAX_IDEMPOTENCY_KEYS`]).
+    pub async fn push_keyed(
+        &self,
+        req: PushRequest,
+        author: &str,
+        key: Option<&str>,
+    ) -> Result<PushOutcome, PlaneError> {
         label("file", &req.file)?;
         label("message", &req.message)?;
         let author = req.author.as_deref().unwrap_or(author).to_owned();
         label("author", &author)?;
+        let keyed = match key {
+            Some(k) => {
+                idempotency_key(k)?;
+                let body =
+                    serde_json::to_vec(&req).map_err(|e| PlaneError::Internal(e.to_string()))?;
+                let sha = firebreak_protocol::sha256_hex(&body);
+                if let Some(r) = self.store.idempotency(k).await? {
+                    return self.replay(k, r, &sha).await;
+                }
+                Some((k, sha))
+            }
+            None => None,
+        };
         let file = if req.file.is_empty() {
             "config.toml"
         } else {
@@ -193,17 +252,74 @@ impl Plane {
                 Ok((sealed, info))
             })
             .await?;
-            if self.store.insert_version(&info, &sealed).await? {
-                tracing::info!(version, author = %author, "configuration version stored");
-                if req.activate {
-                    self.deploy(version, None, &author, &req.message).await?;
+            let stored = match &keyed {
+                None => self.store.insert_version(&info, &sealed).await?,
+                Some((k, sha)) => {
+                    let record = IdempotencyRecord {
+                        version,
+                        request_sha256: sha.clone(),
+                        at_ms: now_ms(),
+                    };
+                    match self
+                        .store
+                        .insert_version_keyed(&info, &sealed, k, &record)
+                        .await?
+                    {
+                        Inserted::Stored => true,
+                        Inserted::NumberTaken => false,
+                        Inserted::KeyTaken(r) => return self.replay(k, r, sha).await,
+                    }
                 }
-                return Ok(info);
+            };
+            if stored {
+                tracing::info!(version, author = %author, "configuration version stored");
+                // The version is stored: whatever happens to the activation, the answer says
+                // so (an error status here would invite a retry that stores a second one).
+                let activation_error = if req.activate {
+                    self.deploy(version, None, &author, &req.message)
+                        .await
+                        .err()
+                        .map(|e| e.to_string())
+                } else {
+                    None
+                };
+                return Ok(PushOutcome {
+                    info,
+                    already_stored: false,
+                    activation_error,
+                });
             }
         }
         Err(PlaneError::Conflict(
-            "could not take a version number: too many concurrent pushes".into(),
+            "could not take a version number: too many concurrent pushes (nothing was stored)"
+                .into(),
         ))
+    }
+
+    /// The answer to a push whose key is already stored.
+    async fn replay(
+        &self,
+        key: &str,
+        record: IdempotencyRecord,
+        sha: &str,
+    ) -> Result<PushOutcome, PlaneError> {
+        if record.request_sha256 != sha {
+            return Err(PlaneError::Conflict(format!(
+                "idempotency key `{key}` was used for a different request (version {}); nothing was stored",
+                record.version
+            )));
+        }
+        let info = self.store.version(record.version).await?.ok_or_else(|| {
+            PlaneError::NotFound(format!(
+                "idempotency key `{key}` names version {}, which is gone",
+                record.version
+            ))
+        })?;
+        Ok(PushOutcome {
+            info,
+            already_stored: true,
+            activation_error: None,
+        })
     }
 
     /// The newest versions, newest first.

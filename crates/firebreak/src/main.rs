@@ -313,6 +313,10 @@ enum ConfigCommand {
         /// Also make it the fleet's target.
         #[arg(long)]
         activate: bool,
+        /// Further attempts when the control plane is unreachable or answers 5xx (each with
+        /// the same idempotency key, so at most one version is stored).
+        #[arg(long, default_value_t = 4)]
+        retries: u32,
     },
     /// List versions, newest first (`*` marks the target).
     Versions {
@@ -438,7 +442,8 @@ async fn run(command: Command) -> Result<(), Failed> {
                     file,
                     message,
                     activate,
-                } => ops::push(&api, &file, &message, activate).await,
+                    retries,
+                } => ops::push(&api, &file, &message, activate, retries).await,
                 ConfigCommand::Versions { limit } => ops::versions(&api, limit).await,
                 ConfigCommand::Show { version } => ops::show(&api, version).await,
                 ConfigCommand::Diff { a, b } => ops::diff(&api, a, b).await,

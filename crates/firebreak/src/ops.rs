@@ -14,12 +14,31 @@ fn time(ms: u64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
 }
 
+/// `POST /v1/versions`'s answer: what was stored.
+#[derive(serde::Deserialize)]
+struct PushAnswer {
+    #[serde(flatten)]
+    info: VersionInfo,
+    #[serde(default)]
+    already_stored: bool,
+    #[serde(default)]
+    activation_error: Option<String>,
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failed> {
     serde_json::to_vec(v).map_err(|e| Failed::new(exit::REFUSED, e.to_string()))
 }
 
-/// `config push FILE -m MSG [--activate]`.
-pub async fn push(api: &Api, file: &Path, message: &str, activate: bool) -> Result<(), Failed> {
+/// `config push FILE -m MSG [--activate] [--retries N]`: sent with a random idempotency key
+/// and retried with it while the control plane is unreachable or answers 5xx, so at most one
+/// version is stored however many attempts it takes.
+pub async fn push(
+    api: &Api,
+    file: &Path,
+    message: &str,
+    activate: bool,
+    retries: u32,
+) -> Result<(), Failed> {
     let meta = std::fs::metadata(file)
         .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
     if meta.len() > firebreak_config::MAX_CONFIG_BYTES {
@@ -42,9 +61,48 @@ pub async fn push(api: &Api, file: &Path, message: &str, activate: bool) -> Resu
         author: std::env::var("USER").ok(),
         activate,
     };
-    let info: VersionInfo = api
-        .json(Method::POST, "/v1/versions", Some(to_json(&req)?))
+    let mut raw = [0u8; 16];
+    getrandom::getrandom(&mut raw)
+        .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("no randomness for a key: {e}")))?;
+    let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("cli-{key}");
+    let (_, bytes, attempts) = api
+        .call_idempotent(
+            Method::POST,
+            "/v1/versions",
+            to_json(&req)?,
+            &key,
+            retries,
+            std::time::Duration::from_millis(250),
+        )
         .await?;
+    let outcome: PushAnswer = serde_json::from_slice(&bytes)
+        .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("unexpected answer: {e}")))?;
+    let info = outcome.info;
+    if outcome.already_stored {
+        println!(
+            "version {} was already stored by an earlier attempt (idempotency key {key}); nothing new stored",
+            info.version
+        );
+    }
+    if attempts > 1 {
+        eprintln!("{attempts} attempts");
+    }
+    if let Some(e) = outcome.activation_error {
+        println!(
+            "version {} stored ({} bytes, sha256 {}); the rollout did not start: {e}",
+            info.version,
+            info.size,
+            info.sha256.get(..16).unwrap_or(&info.sha256)
+        );
+        return Err(Failed::new(
+            exit::REFUSED,
+            format!("rollout not started: {e}"),
+        ));
+    }
+    if outcome.already_stored {
+        return Ok(());
+    }
     println!(
         "version {} stored ({} bytes, sha256 {}){}",
         info.version,

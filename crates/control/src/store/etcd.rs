@@ -25,6 +25,9 @@ fn target_key() -> String {
 fn audit_key(key: &str) -> String {
     format!("{PREFIX}audit/{key}")
 }
+fn idempotency_key(key: &str) -> String {
+    format!("{PREFIX}idempotency/{key}")
+}
 fn edge_key(id: &str) -> String {
     format!("{PREFIX}edges/{id}")
 }
@@ -114,6 +117,50 @@ impl EtcdStore {
         ]);
         let mut c = self.client.clone();
         Ok(timed(c.txn(txn)).await?.succeeded())
+    }
+
+    /// `None`: stored. `Some(None)`: the number is taken. `Some(Some(record))`: the key is.
+    /// The key is kept under a lease of [`super::IDEMPOTENCY_TTL_MS`], so etcd forgets it.
+    pub(super) async fn insert_version_keyed(
+        &self,
+        n: u64,
+        meta: &[u8],
+        bundle: &[u8],
+        key: &str,
+        record: &[u8],
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let mut c = self.client.clone();
+        let ttl = i64::try_from(super::IDEMPOTENCY_TTL_MS / 1000).unwrap_or(86_400);
+        let lease = timed(c.lease_grant(ttl, None)).await?.id();
+        let mut compares = vec![
+            Compare::create_revision(meta_key(n), CompareOp::Equal, 0),
+            Compare::create_revision(idempotency_key(key), CompareOp::Equal, 0),
+        ];
+        if n > 1 {
+            compares.push(Compare::create_revision(
+                meta_key(n - 1),
+                CompareOp::Greater,
+                0,
+            ));
+        }
+        let txn = Txn::new().when(compares).and_then(vec![
+            TxnOp::put(meta_key(n), meta.to_vec(), None),
+            TxnOp::put(bundle_key(n), bundle.to_vec(), None),
+            TxnOp::put(
+                idempotency_key(key),
+                record.to_vec(),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            ),
+        ]);
+        if timed(c.txn(txn)).await?.succeeded() {
+            return Ok(None);
+        }
+        let _ = timed(c.lease_revoke(lease)).await;
+        Ok(Some(self.get_one(idempotency_key(key)).await?))
+    }
+
+    pub(super) async fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_one(idempotency_key(key)).await
     }
 
     pub(super) async fn version_meta(&self, n: u64) -> Result<Option<Vec<u8>>, StoreError> {

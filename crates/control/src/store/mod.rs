@@ -34,6 +34,35 @@ pub enum StoreError {
 
 pub use crate::rollout::state::{AuditEntry, FleetState, StoredTarget};
 
+/// What an idempotency key stored with a version remembers: the version it made and a hash of
+/// the request, so that a retry of the same request answers the same version and a different
+/// request under the same key is refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The version the keyed push stored.
+    pub version: u64,
+    /// SHA-256 of the request (document, message, author, file, activate).
+    pub request_sha256: String,
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Most idempotency keys remembered (the embedded store drops the oldest past this).
+pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
+
+/// The outcome of [`Store::insert_version_keyed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The version and its key were stored together.
+    Stored,
+    /// The version number is taken (retry with the next); nothing stored.
+    NumberTaken,
+    /// The key is already stored with another version; nothing stored.
+    KeyTaken(IdempotencyRecord),
+}
+
 /// Most audit entries listed at once.
 pub const MAX_AUDIT_LIST: usize = 10_000;
 
@@ -109,6 +138,33 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let meta = serde_json::to_vec(info).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         dispatch!(self, s => s.insert_version(info.version, &meta, bundle).await)
+    }
+
+    /// Stores a new version together with its idempotency `key` (one transaction: both or
+    /// neither). Nothing is stored if the number or the key is taken.
+    pub async fn insert_version_keyed(
+        &self,
+        info: &VersionInfo,
+        bundle: &[u8],
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<Inserted, StoreError> {
+        let meta = serde_json::to_vec(info).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let raw = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let taken = dispatch!(self, s => s.insert_version_keyed(info.version, &meta, bundle, key, &raw).await)?;
+        Ok(match taken {
+            None => Inserted::Stored,
+            Some(None) => Inserted::NumberTaken,
+            Some(Some(raw)) => Inserted::KeyTaken(decode(&raw)?),
+        })
+    }
+
+    /// The version stored under an idempotency key, if it is still remembered.
+    pub async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let raw = dispatch!(self, s => s.idempotency(key).await)?;
+        let record: Option<IdempotencyRecord> = raw.map(|b| decode(&b)).transpose()?;
+        let now = firebreak_protocol::now_ms();
+        Ok(record.filter(|r| now.saturating_sub(r.at_ms) <= IDEMPOTENCY_TTL_MS))
     }
 
     /// One version's metadata.

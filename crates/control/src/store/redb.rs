@@ -14,6 +14,10 @@ const SINGLETONS: TableDefinition<&str, &[u8]> = TableDefinition::new("singleton
 const EDGES: TableDefinition<&str, &[u8]> = TableDefinition::new("edges");
 const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
 const TARGET: &str = "target";
+/// Idempotency key → [`super::IdempotencyRecord`] (JSON).
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// Version → the idempotency key stored with it, oldest first: what pruning walks.
+const IDEMPOTENCY_ORDER: TableDefinition<u64, &str> = TableDefinition::new("idempotency_order");
 
 /// Most edge reports written in one transaction.
 const MAX_REPORT_BATCH: usize = 1024;
@@ -88,6 +92,8 @@ impl RedbStore {
                 txn.open_table(SINGLETONS).map_err(err)?;
                 txn.open_table(EDGES).map_err(err)?;
                 txn.open_table(AUDIT).map_err(err)?;
+                txn.open_table(IDEMPOTENCY).map_err(err)?;
+                txn.open_table(IDEMPOTENCY_ORDER).map_err(err)?;
             }
             txn.commit().map_err(err)?;
             let db = Arc::new(db);
@@ -145,6 +151,80 @@ impl RedbStore {
             }
             txn.commit().map_err(err)?;
             Ok(true)
+        })
+        .await
+    }
+
+    /// `None`: stored. `Some(None)`: the number is taken. `Some(Some(record))`: the key is.
+    pub(super) async fn insert_version_keyed(
+        &self,
+        n: u64,
+        meta: &[u8],
+        bundle: &[u8],
+        key: &str,
+        record: &[u8],
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let (meta, bundle, key, record) = (
+            meta.to_vec(),
+            bundle.to_vec(),
+            key.to_owned(),
+            record.to_vec(),
+        );
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut keys = txn.open_table(IDEMPOTENCY).map_err(err)?;
+                if let Some(existing) = keys.get(key.as_str()).map_err(err)? {
+                    return Ok(Some(Some(existing.value().to_vec())));
+                }
+                let mut m = txn.open_table(META).map_err(err)?;
+                let latest = m.last().map_err(err)?.map(|(k, _)| k.value());
+                if latest.map_or(n != 1, |l| n != l + 1) {
+                    return Ok(Some(None));
+                }
+                m.insert(n, meta.as_slice()).map_err(err)?;
+                let mut b = txn.open_table(BUNDLES).map_err(err)?;
+                b.insert(n, bundle.as_slice()).map_err(err)?;
+                keys.insert(key.as_str(), record.as_slice()).map_err(err)?;
+                let mut order = txn.open_table(IDEMPOTENCY_ORDER).map_err(err)?;
+                order.insert(n, key.as_str()).map_err(err)?;
+                // Forget the oldest keys: past the count bound, or older than the TTL.
+                let cutoff = firebreak_protocol::now_ms().saturating_sub(super::IDEMPOTENCY_TTL_MS);
+                loop {
+                    let Some((v, k)) = order
+                        .first()
+                        .map_err(err)?
+                        .map(|(v, k)| (v.value(), k.value().to_owned()))
+                    else {
+                        break;
+                    };
+                    let old = match keys.get(k.as_str()).map_err(err)? {
+                        Some(raw) => super::decode::<super::IdempotencyRecord>(raw.value())
+                            .map_or(true, |r| r.at_ms < cutoff),
+                        None => true,
+                    };
+                    let over = order.len().map_err(err)? > super::MAX_IDEMPOTENCY_KEYS as u64;
+                    if !(over || old) || v == n {
+                        break;
+                    }
+                    order.remove(v).map_err(err)?;
+                    keys.remove(k.as_str()).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    pub(super) async fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(IDEMPOTENCY).map_err(err)?;
+            Ok(t.get(key.as_str())
+                .map_err(err)?
+                .map(|v| v.value().to_vec()))
         })
         .await
     }

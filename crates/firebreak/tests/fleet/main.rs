@@ -14,3 +14,4 @@ mod faults;
 mod harness;
 mod rollouts;
 mod validation;
+mod writes;
