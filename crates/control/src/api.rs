@@ -97,6 +97,7 @@ pub fn router(plane: Arc<Plane>, tokens: Tokens, stopping: watch::Receiver<bool>
         .route("/v1/rollback", post(rollback))
         .route("/v1/switches/{name}", post(switch))
         .route("/v1/audit", get(audit))
+        .route("/v1/backup", post(backup))
         .route("/v1/fleet", get(fleet))
         .route("/v1/purge", post(purge))
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
@@ -565,6 +566,20 @@ async fn switch(
         .switch(&name, req.on, who(role), &req.message)
         .await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+/// `POST /v1/backup` (operator; admin once roles exist): a consistent backup of the store
+/// ([`crate::backup`]), taken while the control plane runs.
+async fn backup(State(app): State<App>, headers: HeaderMap) -> Answer {
+    auth(&app, &headers, false)?;
+    let taken = crate::backup::backup(&app.plane.store)
+        .await
+        .map_err(crate::plane::PlaneError::Store)?;
+    let bytes = tokio::task::spawn_blocking(move || serde_json::to_vec(&taken))
+        .await
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
 async fn audit(

@@ -10,6 +10,7 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod api;
+pub mod backup;
 pub mod fanout;
 mod openapi;
 pub mod plane;

@@ -93,7 +93,18 @@ impl Api {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, Failed> {
-        let (status, bytes) = self.exchange(method, path, body, None).await?;
+        let (status, bytes) = self.exchange(method, path, body, None, MAX_ANSWER).await?;
+        answer(status, bytes)
+    }
+
+    /// [`Api::call`] without a body, reading an answer of up to `limit` bytes.
+    pub async fn call_limited(
+        &self,
+        method: Method,
+        path: &str,
+        limit: usize,
+    ) -> Result<Bytes, Failed> {
+        let (status, bytes) = self.exchange(method, path, None, None, limit).await?;
         answer(status, bytes)
     }
 
@@ -105,6 +116,7 @@ impl Api {
         path: &str,
         body: Option<Vec<u8>>,
         idempotency_key: Option<&str>,
+        limit: usize,
     ) -> Result<(StatusCode, Bytes), Failed> {
         let uri = format!("{}{path}", self.base);
         let mut req = Request::builder()
@@ -126,7 +138,7 @@ impl Api {
                 )
             })?;
             let status = resp.status();
-            let bytes = Limited::new(resp.into_body(), MAX_ANSWER)
+            let bytes = Limited::new(resp.into_body(), limit)
                 .collect()
                 .await
                 .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("reading the answer: {e}")))?
@@ -163,7 +175,13 @@ impl Api {
         loop {
             attempt += 1;
             let outcome = self
-                .exchange(method.clone(), path, Some(body.clone()), Some(key))
+                .exchange(
+                    method.clone(),
+                    path,
+                    Some(body.clone()),
+                    Some(key),
+                    MAX_ANSWER,
+                )
                 .await;
             let retry = match &outcome {
                 Err(f) => f.code == exit::UNAVAILABLE,

@@ -68,13 +68,17 @@ enum Command {
         data_dir: Option<PathBuf>,
     },
     /// Run the control plane.
+    #[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
     Control {
+        /// Back up or restore the store instead of running.
+        #[command(subcommand)]
+        action: Option<ControlAction>,
         /// API address.
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: SocketAddr,
         /// Data directory (the embedded store and the signing key live here).
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required = true)]
+        data_dir: Option<PathBuf>,
         /// Store: `redb` (embedded, in the data directory) or `etcd://host:port[,host:port]`.
         #[arg(long, default_value = "redb")]
         store: String,
@@ -83,11 +87,16 @@ enum Command {
         #[arg(long)]
         key: Option<PathBuf>,
         /// Operator bearer token (at least 16 characters).
-        #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(long, env = "FIREBREAK_TOKEN", hide_env_values = true, required = true)]
+        token: Option<String>,
         /// Edges' bearer token (at least 16 characters).
-        #[arg(long, env = "FIREBREAK_EDGE_TOKEN", hide_env_values = true)]
-        edge_token: String,
+        #[arg(
+            long,
+            env = "FIREBREAK_EDGE_TOKEN",
+            hide_env_values = true,
+            required = true
+        )]
+        edge_token: Option<String>,
     },
     /// Run an edge: under a control plane (`--control`), from a configuration file
     /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
@@ -408,6 +417,41 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `firebreak control backup|restore`.
+#[derive(Subcommand)]
+pub enum ControlAction {
+    /// Write a consistent backup of the store to FILE: from a running control plane
+    /// (`--control`, `POST /v1/backup`) or from the store itself (`--store`; a redb file must
+    /// not be open in a running control plane; etcd: one consistent range read).
+    Backup {
+        /// The store: `redb:PATH` or `etcd://host:port[,…]`.
+        #[arg(long, conflicts_with = "control")]
+        store: Option<String>,
+        /// A running control plane's URL.
+        #[arg(long)]
+        control: Option<String>,
+        /// Operator bearer token (with `--control`).
+        #[arg(
+            long,
+            env = "FIREBREAK_TOKEN",
+            hide_env_values = true,
+            default_value = ""
+        )]
+        token: String,
+        /// Where to write the backup (JSON).
+        file: PathBuf,
+    },
+    /// Restore a backup into an empty store (the control plane stopped, for redb); the fleet
+    /// state gets a new epoch so edges tell the restored history from a replay.
+    Restore {
+        /// The store: `redb:PATH` or `etcd://host:port[,…]`.
+        #[arg(long)]
+        store: String,
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
 fn fail(message: impl Into<String>) -> Failed {
     Failed::new(exit::REFUSED, message)
 }
@@ -416,15 +460,25 @@ async fn run(command: Command) -> Result<(), Failed> {
     match command {
         Command::Up { port, data_dir } => up::run(port, data_dir).await.map_err(fail),
         Command::Control {
+            action: Some(action),
+            ..
+        } => ops::control_action(action).await,
+        Command::Control {
+            action: None,
             listen,
             data_dir,
             store,
             key,
             token,
             edge_token,
-        } => control(listen, data_dir, store, key, token, edge_token)
-            .await
-            .map_err(fail),
+        } => match (data_dir, token, edge_token) {
+            (Some(data_dir), Some(token), Some(edge_token)) => {
+                control(listen, data_dir, store, key, token, edge_token)
+                    .await
+                    .map_err(fail)
+            }
+            _ => Err(fail("--data-dir, --token and --edge-token are required")),
+        },
         Command::Edge(args) => edge(args).await.map_err(fail),
         Command::Origin { listen } => {
             let origin = demo_origin::start(listen)

@@ -278,3 +278,87 @@ pub async fn purge(api: &Api, req: PurgeRequest) -> Result<(), Failed> {
         ))
     }
 }
+
+/// `control backup` and `control restore`.
+pub async fn control_action(action: crate::ControlAction) -> Result<(), Failed> {
+    use firebreak_control::backup::{Backup, MAX_BACKUP_BYTES};
+    let unavailable = |e: String| Failed::new(exit::UNAVAILABLE, e);
+    match action {
+        crate::ControlAction::Backup {
+            store,
+            control,
+            token,
+            file,
+        } => {
+            let bytes = match (store, control) {
+                (Some(spec), None) => {
+                    let store = firebreak_control::Store::open(&spec)
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    let taken = firebreak_control::backup::backup(&store)
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    serde_json::to_vec(&taken).map_err(|e| unavailable(e.to_string()))?
+                }
+                (None, Some(url)) => Api::new(&url, &token)
+                    .call_limited(Method::POST, "/v1/backup", MAX_BACKUP_BYTES)
+                    .await?
+                    .to_vec(),
+                _ => {
+                    return Err(Failed::new(
+                        exit::USAGE,
+                        "give exactly one of --store and --control",
+                    ))
+                }
+            };
+            let taken: Backup = serde_json::from_slice(&bytes)
+                .map_err(|e| unavailable(format!("not a backup: {e}")))?;
+            write_durably(&file, &bytes)
+                .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+            println!(
+                "backup of {} versions written to {} ({} bytes)",
+                taken.versions.len(),
+                file.display(),
+                bytes.len()
+            );
+            Ok(())
+        }
+        crate::ControlAction::Restore { store, file } => {
+            let meta = std::fs::metadata(&file)
+                .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+            if meta.len() > MAX_BACKUP_BYTES as u64 {
+                return Err(Failed::new(
+                    exit::REFUSED,
+                    format!("{}: larger than {MAX_BACKUP_BYTES} bytes", file.display()),
+                ));
+            }
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+            let backup: Backup = serde_json::from_slice(&bytes).map_err(|e| {
+                Failed::new(
+                    exit::REFUSED,
+                    format!("{}: not a backup: {e}", file.display()),
+                )
+            })?;
+            let versions = backup.versions.len();
+            let store = firebreak_control::Store::open(&store)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let epoch = firebreak_control::backup::restore(&store, backup)
+                .await
+                .map_err(|e| Failed::new(exit::REFUSED, e.to_string()))?;
+            println!("restored {versions} versions; new fleet epoch {epoch}");
+            Ok(())
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced, then renamed.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

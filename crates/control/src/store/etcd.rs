@@ -159,6 +159,78 @@ impl EtcdStore {
         Ok(Some(self.get_one(idempotency_key(key)).await?))
     }
 
+    /// One range read of the whole prefix: etcd answers it at a single revision, so the view
+    /// is consistent while replicas go on writing.
+    pub(super) async fn dump(&self) -> Result<crate::backup::Dump, StoreError> {
+        let mut c = self.client.clone();
+        let resp = timed(c.get(PREFIX, Some(GetOptions::new().with_prefix()))).await?;
+        let mut out = crate::backup::Dump::default();
+        let mut metas = std::collections::BTreeMap::new();
+        let mut bundles = std::collections::BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = kv.key_str().map_err(err)?;
+            let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+            let number = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| StoreError::Corrupt(format!("bad version key {key}")))
+            };
+            if let Some(n) = rest.strip_prefix("versions/meta/") {
+                metas.insert(number(n)?, kv.value().to_vec());
+            } else if let Some(n) = rest.strip_prefix("versions/bundle/") {
+                bundles.insert(number(n)?, kv.value().to_vec());
+            } else if rest == "target" {
+                out.state = Some(kv.value().to_vec());
+            } else if let Some(k) = rest.strip_prefix("audit/") {
+                out.audit.push((k.to_owned(), kv.value().to_vec()));
+            }
+        }
+        for (n, m) in metas {
+            let b = bundles
+                .remove(&n)
+                .ok_or_else(|| StoreError::Corrupt(format!("version {n} has no bundle")))?;
+            out.versions.push((n, m, b));
+        }
+        out.audit.sort();
+        Ok(out)
+    }
+
+    /// Versions and audit first (each version one transaction that requires it is new), the
+    /// fleet state last, only if none exists.
+    pub(super) async fn load(&self, dump: crate::backup::Dump) -> Result<(), StoreError> {
+        if self.latest_version().await?.is_some() || self.target().await?.is_some() {
+            return Err(StoreError::Unavailable(
+                "the store is not empty: restore only into a new store".into(),
+            ));
+        }
+        for (n, m, b) in &dump.versions {
+            if !self.insert_version(*n, m, b).await? {
+                return Err(StoreError::Unavailable(format!(
+                    "version {n} appeared during the restore; another writer is using this store"
+                )));
+            }
+        }
+        for (k, v) in &dump.audit {
+            self.put_audit(k, v).await?;
+        }
+        if let Some(state) = &dump.state {
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    target_key(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(target_key(), state.clone(), None)]);
+            let mut c = self.client.clone();
+            if !timed(c.txn(txn)).await?.succeeded() {
+                return Err(StoreError::Unavailable(
+                    "a fleet state appeared during the restore; another writer is using this store"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub(super) async fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_one(idempotency_key(key)).await
     }

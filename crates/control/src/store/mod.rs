@@ -167,6 +167,17 @@ impl Store {
         Ok(record.filter(|r| now.saturating_sub(r.at_ms) <= IDEMPOTENCY_TTL_MS))
     }
 
+    /// Everything a backup keeps, read in one consistent view.
+    pub async fn dump(&self) -> Result<crate::backup::Dump, StoreError> {
+        dispatch!(self, s => s.dump().await)
+    }
+
+    /// Writes a dump into this store, which must hold no version and no fleet state; the
+    /// fleet state is written last, so a restore interrupted half-way leaves no target.
+    pub async fn load(&self, dump: crate::backup::Dump) -> Result<(), StoreError> {
+        dispatch!(self, s => s.load(dump).await)
+    }
+
     /// One version's metadata.
     pub async fn version(&self, n: u64) -> Result<Option<VersionInfo>, StoreError> {
         let raw = dispatch!(self, s => s.version_meta(n).await)?;

@@ -217,6 +217,71 @@ impl RedbStore {
         .await
     }
 
+    /// One read transaction: a consistent view, taken while writers go on.
+    pub(super) async fn dump(&self) -> Result<crate::backup::Dump, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let meta = txn.open_table(META).map_err(err)?;
+            let bundles = txn.open_table(BUNDLES).map_err(err)?;
+            let mut out = crate::backup::Dump::default();
+            for row in meta.iter().map_err(err)? {
+                let (n, m) = row.map_err(err)?;
+                let n = n.value();
+                let b = bundles
+                    .get(n)
+                    .map_err(err)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("version {n} has no bundle")))?;
+                out.versions
+                    .push((n, m.value().to_vec(), b.value().to_vec()));
+            }
+            let singletons = txn.open_table(SINGLETONS).map_err(err)?;
+            out.state = singletons
+                .get(TARGET)
+                .map_err(err)?
+                .map(|v| v.value().to_vec());
+            let audit = txn.open_table(AUDIT).map_err(err)?;
+            for row in audit.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                out.audit.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One write transaction: all or nothing.
+    pub(super) async fn load(&self, dump: crate::backup::Dump) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(err)?;
+                let mut singletons = txn.open_table(SINGLETONS).map_err(err)?;
+                if meta.last().map_err(err)?.is_some()
+                    || singletons.get(TARGET).map_err(err)?.is_some()
+                {
+                    return Err(StoreError::Unavailable(
+                        "the store is not empty: restore only into a new store".into(),
+                    ));
+                }
+                let mut bundles = txn.open_table(BUNDLES).map_err(err)?;
+                for (n, m, b) in &dump.versions {
+                    meta.insert(*n, m.as_slice()).map_err(err)?;
+                    bundles.insert(*n, b.as_slice()).map_err(err)?;
+                }
+                let mut audit = txn.open_table(AUDIT).map_err(err)?;
+                for (k, v) in &dump.audit {
+                    audit.insert(k.as_str(), v.as_slice()).map_err(err)?;
+                }
+                if let Some(state) = &dump.state {
+                    singletons.insert(TARGET, state.as_slice()).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
     pub(super) async fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_owned();
         self.blocking(move |db| {

@@ -9,6 +9,7 @@
 )]
 
 mod api;
+mod backup;
 mod edges;
 mod faults;
 mod harness;
