@@ -341,10 +341,16 @@ impl Plane {
         })
     }
 
+    /// Verifies and parses a stored bundle (up to 4 MiB of signature check and JSON) on the
+    /// blocking pool.
     async fn open(&self, n: u64) -> Result<Bundle, PlaneError> {
         let bytes = self.bundle(n).await?;
-        Bundle::open(&bytes, &self.key.public())
-            .map_err(|e| PlaneError::Store(StoreError::Corrupt(format!("version {n}: {e}"))))
+        let public = self.key.public();
+        blocking(move || {
+            Bundle::open(&bytes, &public)
+                .map_err(|e| PlaneError::Store(StoreError::Corrupt(format!("version {n}: {e}"))))
+        })
+        .await
     }
 
     /// One version's sealed bundle, as edges download it.
@@ -358,16 +364,20 @@ impl Plane {
     /// A unified diff of two versions' configuration text.
     pub async fn diff(&self, a: u64, b: u64) -> Result<String, PlaneError> {
         let (x, y) = (self.open(a).await?, self.open(b).await?);
-        let (x, y) = (x.assembled(), y.assembled());
-        // Bounded: past the deadline `similar` falls back to a coarser (still correct) diff.
-        let diff = similar::TextDiff::configure()
-            .timeout(Duration::from_secs(2))
-            .diff_lines(&x, &y);
-        Ok(diff
-            .unified_diff()
-            .context_radius(3)
-            .header(&format!("version {a}"), &format!("version {b}"))
-            .to_string())
+        // Two megabytes of text can take the diff's whole time bound: on the blocking pool.
+        blocking(move || {
+            let (x, y) = (x.assembled(), y.assembled());
+            // Bounded: past the deadline `similar` falls back to a coarser (still correct) diff.
+            let diff = similar::TextDiff::configure()
+                .timeout(Duration::from_secs(2))
+                .diff_lines(&x, &y);
+            Ok(diff
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("version {a}"), &format!("version {b}"))
+                .to_string())
+        })
+        .await
     }
 
     /// The fleet-wide target, signed.

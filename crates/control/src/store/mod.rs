@@ -256,3 +256,71 @@ impl Store {
 fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn info(version: u64) -> VersionInfo {
+        VersionInfo {
+            version,
+            parent: None,
+            sha256: String::new(),
+            size: 0,
+            author: "a".into(),
+            message: "m".into(),
+            created_at_ms: 0,
+            fleet_sha256: String::new(),
+            services: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_keyed_insert_stores_the_version_and_its_key_together_or_neither() {
+        let dir = std::env::temp_dir().join(format!("fb-store-keyed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(&format!("redb:{}", dir.join("s.redb").display()))
+            .await
+            .unwrap();
+        let record = |version| IdempotencyRecord {
+            version,
+            request_sha256: "h".into(),
+            at_ms: firebreak_protocol::now_ms(),
+        };
+        assert_eq!(
+            s.insert_version_keyed(&info(1), b"one", "k", &record(1))
+                .await
+                .unwrap(),
+            Inserted::Stored
+        );
+        let kept = s.idempotency("k").await.unwrap().unwrap();
+        assert_eq!((kept.version, kept.request_sha256.as_str()), (1, "h"));
+        // The key is taken: nothing stored, the first record answered.
+        match s
+            .insert_version_keyed(&info(2), b"two", "k", &record(2))
+            .await
+            .unwrap()
+        {
+            Inserted::KeyTaken(r) => assert_eq!(r.version, 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.latest_version().await.unwrap(), Some(1));
+        // The number is taken: nothing stored, the key stays free.
+        assert_eq!(
+            s.insert_version_keyed(&info(1), b"x", "k2", &record(1))
+                .await
+                .unwrap(),
+            Inserted::NumberTaken
+        );
+        assert_eq!(s.idempotency("k2").await.unwrap(), None);
+        // Compare-and-set on the fleet state: a stale sequence changes nothing.
+        let state = FleetState {
+            seq: 1,
+            ..FleetState::default()
+        };
+        assert!(s.set_state(0, &state).await.unwrap());
+        assert!(!s.set_state(0, &state).await.unwrap());
+        assert_eq!(s.state().await.unwrap().unwrap().seq, 1);
+    }
+}
