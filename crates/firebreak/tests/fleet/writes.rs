@@ -242,3 +242,43 @@ async fn concurrent_activations_are_serialised() {
     assert_eq!(after.seq, current.seq + 1);
     assert_eq!(after.ran.len(), current.ran.len() + 1);
 }
+
+/// The same over etcd: the key is stored in the version's transaction (under a lease), a
+/// retry answers the stored version, and a backup is one consistent range read.
+#[cfg(feature = "etcd")]
+#[tokio::test]
+async fn retried_push_stores_one_version_etcd() {
+    let etcd = Etcd::start();
+    let dir = temp_dir("retried-push-etcd");
+    let c = Control::start(&etcd.endpoint, &dir).await;
+    let origin = origin().await;
+    let body =
+        json!({"file": "f", "document": fleet_doc(origin, "v1"), "message": "m"}).to_string();
+    let url = format!("{}/v1/versions", c.url);
+    let (status, first) = http_with(
+        Method::POST,
+        &url,
+        &[("idempotency-key", "e-1")],
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = http_with(
+        Method::POST,
+        &url,
+        &[("idempotency-key", "e-1")],
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (again["version"].clone(), again["already_stored"].clone()),
+        (json!(1), json!(true))
+    );
+    let taken = firebreak_control::backup::backup(&c.store).await.unwrap();
+    assert_eq!(taken.versions.len(), 1);
+    assert_eq!(
+        taken.versions[0].info.sha256,
+        first["sha256"].as_str().unwrap()
+    );
+}
