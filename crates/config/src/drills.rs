@@ -398,6 +398,7 @@ mod tests {
         let fleet = "[[switch]]\nname = \"s\"\nservice = \"elsewhere\"\naction = \"no_stale\"\n";
         let mut c = Checker {
             problems: Vec::new(),
+            skip_regexes: false,
         };
         super::check_switches(&mut c, &parse_switches(fleet), &[]);
         assert!(c.problems.is_empty());

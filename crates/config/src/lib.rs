@@ -15,6 +15,8 @@ mod limits;
 mod load;
 mod locate;
 mod model;
+mod parts;
+mod regexes;
 mod rollout;
 pub(crate) mod validate;
 
@@ -27,6 +29,7 @@ pub use load::{
     load_file, load_file_as, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig,
 };
 pub use model::*;
+pub use parts::{check_fleet_document, check_service_document};
 pub use rollout::*;
 pub use validate::{compile_path_regex, valid_host_name, Mode};
 

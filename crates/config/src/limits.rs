@@ -49,6 +49,14 @@ pub const MAX_REGEX_LEN: usize = 1024;
 /// Largest compiled program (and lazy-DFA cache) of one `path_regex`, in bytes. Bounds the
 /// memory a rule costs on every edge; `\w{1000}{1000}`-style patterns are refused.
 pub const MAX_REGEX_PROGRAM_BYTES: usize = 256 * 1024;
+/// Most `path_regex` cache rules in the whole fleet (every service together). Each costs
+/// compile time on every push and on every edge at every version; 4,096 took seconds to push
+/// and to apply.
+pub const MAX_FLEET_REGEX_RULES: usize = 512;
+/// Largest compiled size of one service's `path_regex` rules taken together, in bytes.
+pub const MAX_SERVICE_REGEX_BYTES: usize = 1024 * 1024;
+/// Largest compiled size of the whole fleet's `path_regex` rules, in bytes.
+pub const MAX_FLEET_REGEX_BYTES: usize = 8 * 1024 * 1024;
 /// Deepest nesting of groups and repetitions in a `path_regex`.
 pub const MAX_REGEX_NESTING: u32 = 32;
 /// Most injected faults (`[[service.fault]]`) per service.

@@ -14,6 +14,8 @@ pub struct Problem {
 /// Collects problems; shared with the checks of sibling modules (`drills`).
 pub(crate) struct Checker {
     pub(crate) problems: Vec<Problem>,
+    /// Set when the fleet has more `path_regex` rules than allowed: none is compiled then.
+    pub(crate) skip_regexes: bool,
 }
 
 impl Checker {
@@ -78,6 +80,7 @@ const PER_EDGE: &str = "is set per edge (`firebreak edge --listen/--admin`); rem
 pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     let mut c = Checker {
         problems: Vec::new(),
+        skip_regexes: false,
     };
     match mode {
         Mode::Standalone => listeners(&mut c, &config.listeners),
@@ -94,7 +97,12 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     cache(&mut c, &config.cache);
     crate::fetch::check(&mut c, &config.fetch, &config.cache);
     limits(&mut c, &config.limits);
+    c.skip_regexes = !crate::regexes::check_count(&mut c, &config.services);
+    let before = c.problems.len();
     services(&mut c, &config.services);
+    if !c.skip_regexes && c.problems.len() == before {
+        crate::regexes::check_size(&mut c, &config.services);
+    }
     crate::drills::check_switches(&mut c, &config.switches, &config.services);
     crate::forwarding::check(&mut c, &config.forwarding);
     if let Some(admin) = &config.admin {
@@ -384,6 +392,7 @@ fn service_cache(c: &mut Checker, base: &[PathSeg], sc: &ServiceCacheConfig) {
                     );
                 }
             }
+            (None, Some(_)) if c.skip_regexes => {}
             (None, Some(pattern)) => {
                 if let Err(e) = compile_path_regex(pattern) {
                     let mut q = p.clone();

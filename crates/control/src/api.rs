@@ -35,7 +35,7 @@ use crate::plane::{Plane, PlaneError, MAX_LIST};
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -117,6 +117,7 @@ pub fn router_with(
         .route("/v1/rollback", post(rollback))
         .route("/v1/switches/{name}", post(switch))
         .route("/v1/audit", get(audit))
+        .route("/v1/backup", post(backup))
         .route("/v1/fleet", get(fleet))
         .route("/v1/purge", post(purge))
         .route("/v1/keys", get(key_chain))
@@ -210,11 +211,24 @@ async fn public_key(State(app): State<App>) -> String {
 async fn push(
     State(app): State<App>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> Answer {
     let req: PushRequest = body(&bytes)?;
-    let info = app.plane.push(req, caller.name()).await?;
-    Ok((StatusCode::CREATED, Json(info)).into_response())
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| fail(StatusCode::BAD_REQUEST, "Idempotency-Key must be ASCII"))?,
+        ),
+        None => None,
+    };
+    let outcome = app.plane.push_keyed(req, caller.name(), key).await?;
+    let status = if outcome.already_stored {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(outcome)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -438,6 +452,19 @@ async fn switch(
         .switch(&name, req.on, caller.name(), &req.message)
         .await?;
     Ok((StatusCode::CREATED, Json(r)).into_response())
+}
+
+/// `POST /v1/backup` (admin): a consistent backup of the store
+/// ([`crate::backup`]), taken while the control plane runs.
+async fn backup(State(app): State<App>) -> Answer {
+    let taken = crate::backup::backup(&app.plane.store)
+        .await
+        .map_err(crate::plane::PlaneError::Store)?;
+    let bytes = tokio::task::spawn_blocking(move || serde_json::to_vec(&taken))
+        .await
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
 async fn audit(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejection>) -> Answer {

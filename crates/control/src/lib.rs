@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod bounded_body;
 pub mod fanout;
 pub mod freshness;

@@ -4,7 +4,7 @@
 use crate::fanout::Fanout;
 use crate::keys::ControlKeys;
 use crate::rollout::health::HealthBook;
-use crate::store::{FleetState, Store, StoreError, StoredTarget};
+use crate::store::{FleetState, IdempotencyRecord, Inserted, Store, StoreError, StoredTarget};
 use bytes::Bytes;
 use firebreak_config::{parse_managed_str, ConfigRejected};
 use firebreak_protocol::api::{
@@ -12,7 +12,7 @@ use firebreak_protocol::api::{
     MAX_LABEL_LEN,
 };
 use firebreak_protocol::bundle::Bundle;
-use firebreak_protocol::document::split;
+use firebreak_protocol::document::{split, Documents};
 use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::now_ms;
 use std::collections::HashMap;
@@ -30,6 +30,38 @@ const PURGE_DEADLINE_MS: (u64, u64) = (2_000, 30_000);
 pub const MAX_LIST: usize = 1_000;
 /// Most edges the registry holds.
 const MAX_EDGES: usize = 100_000;
+
+/// What a push stored.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PushOutcome {
+    /// The version stored (now, or by the first attempt under the same idempotency key).
+    #[serde(flatten)]
+    pub info: VersionInfo,
+    /// True when this answer repeats an earlier push with the same idempotency key: nothing
+    /// new was stored.
+    pub already_stored: bool,
+    /// With `activate`: why the rollout did not start (the version is stored regardless).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation_error: Option<String>,
+}
+
+/// Longest idempotency key.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// Idempotency keys: 1 to 128 of letters, digits, `.`, `_`, `-`, `:`.
+fn idempotency_key(key: &str) -> Result<(), PlaneError> {
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    {
+        return Err(PlaneError::BadRequest(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} letters, digits, '.', '_', '-' or ':'"
+        )));
+    }
+    Ok(())
+}
 
 /// Why an operation was refused. Nothing was stored when an operation fails.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +206,20 @@ impl Plane {
 
     /// Validates, splits, signs and stores a configuration as the next version.
     pub async fn push(&self, req: PushRequest, author: &str) -> Result<VersionInfo, PlaneError> {
+        Ok(self.push_keyed(req, author, None).await?.info)
+    }
+
+    /// [`Plane::push`] with an idempotency key: the key is stored with the version in the
+    /// same transaction, so a retry of the same request (same key, same body) answers the
+    /// version the first attempt stored, whatever became of its answer, and never stores a
+    /// second; the same key with a different body is refused. Keys are remembered for
+    /// [`crate::store::IDEMPOTENCY_TTL_MS`] (at most [`crate::store::MAX_IDEMPOTENCY_KEYS`]).
+    pub async fn push_keyed(
+        &self,
+        req: PushRequest,
+        author: &str,
+        key: Option<&str>,
+    ) -> Result<PushOutcome, PlaneError> {
         label("file", &req.file)?;
         label("message", &req.message)?;
         // The authenticated operator is the author; a name the client gives (`$USER`) only
@@ -183,12 +229,25 @@ impl Plane {
             _ => author.to_owned(),
         };
         label("author", &author)?;
+        let keyed = match key {
+            Some(k) => {
+                idempotency_key(k)?;
+                let body =
+                    serde_json::to_vec(&req).map_err(|e| PlaneError::Internal(e.to_string()))?;
+                let sha = firebreak_protocol::sha256_hex(&body);
+                if let Some(r) = self.store.idempotency(k).await? {
+                    return self.replay(k, r, &sha).await;
+                }
+                Some((k, sha))
+            }
+            None => None,
+        };
         let file = if req.file.is_empty() {
             "config.toml"
         } else {
             req.file.as_str()
         };
-        parse_managed_str(file, &req.document).map_err(PlaneError::Invalid)?;
+        let docs = prepare(file, &req.document).await?;
         if req.activate {
             if let Some(r) = self.fleet_state().running() {
                 return Err(PlaneError::Conflict(format!(
@@ -197,7 +256,6 @@ impl Plane {
                 )));
             }
         }
-        let docs = split(&req.document).map_err(PlaneError::BadRequest)?;
         for _ in 0..PUSH_ATTEMPTS {
             let parent = self.store.latest_version().await?;
             let version = parent.map_or(1, |p| p + 1);
@@ -210,21 +268,83 @@ impl Plane {
                 fleet: docs.fleet.clone(),
                 services: docs.services.clone(),
             };
-            let sealed = bundle
-                .seal(&self.key)
-                .map_err(|e| PlaneError::BadRequest(e.to_string()))?;
-            let info = bundle.describe(&sealed);
-            if self.store.insert_version(&info, &sealed).await? {
-                tracing::info!(version, author = %author, "configuration version stored");
-                if req.activate {
-                    self.deploy(version, None, &author, &req.message).await?;
+            let key = self.key.clone();
+            let (sealed, info) = blocking(move || {
+                let sealed = bundle
+                    .seal(&key)
+                    .map_err(|e| PlaneError::BadRequest(e.to_string()))?;
+                let info = bundle.describe(&sealed);
+                Ok((sealed, info))
+            })
+            .await?;
+            let stored = match &keyed {
+                None => self.store.insert_version(&info, &sealed).await?,
+                Some((k, sha)) => {
+                    let record = IdempotencyRecord {
+                        version,
+                        request_sha256: sha.clone(),
+                        at_ms: now_ms(),
+                    };
+                    match self
+                        .store
+                        .insert_version_keyed(&info, &sealed, k, &record)
+                        .await?
+                    {
+                        Inserted::Stored => true,
+                        Inserted::NumberTaken => false,
+                        Inserted::KeyTaken(r) => return self.replay(k, r, sha).await,
+                    }
                 }
-                return Ok(info);
+            };
+            if stored {
+                tracing::info!(version, author = %author, "configuration version stored");
+                // The version is stored: whatever happens to the activation, the answer says
+                // so (an error status here would invite a retry that stores a second one).
+                let activation_error = if req.activate {
+                    self.deploy(version, None, &author, &req.message)
+                        .await
+                        .err()
+                        .map(|e| e.to_string())
+                } else {
+                    None
+                };
+                return Ok(PushOutcome {
+                    info,
+                    already_stored: false,
+                    activation_error,
+                });
             }
         }
         Err(PlaneError::Conflict(
-            "could not take a version number: too many concurrent pushes".into(),
+            "could not take a version number: too many concurrent pushes (nothing was stored)"
+                .into(),
         ))
+    }
+
+    /// The answer to a push whose key is already stored.
+    async fn replay(
+        &self,
+        key: &str,
+        record: IdempotencyRecord,
+        sha: &str,
+    ) -> Result<PushOutcome, PlaneError> {
+        if record.request_sha256 != sha {
+            return Err(PlaneError::Conflict(format!(
+                "idempotency key `{key}` was used for a different request (version {}); nothing was stored",
+                record.version
+            )));
+        }
+        let info = self.store.version(record.version).await?.ok_or_else(|| {
+            PlaneError::NotFound(format!(
+                "idempotency key `{key}` names version {}, which is gone",
+                record.version
+            ))
+        })?;
+        Ok(PushOutcome {
+            info,
+            already_stored: true,
+            activation_error: None,
+        })
     }
 
     /// The newest versions, newest first.
@@ -246,10 +366,16 @@ impl Plane {
         })
     }
 
+    /// Verifies and parses a stored bundle (up to 4 MiB of signature check and JSON) on the
+    /// blocking pool.
     async fn open(&self, n: u64) -> Result<Bundle, PlaneError> {
         let bytes = self.bundle(n).await?;
-        Bundle::open(&bytes, &self.key)
-            .map_err(|e| PlaneError::Store(StoreError::Corrupt(format!("version {n}: {e}"))))
+        let keys = self.key.clone();
+        blocking(move || {
+            Bundle::open(&bytes, &keys)
+                .map_err(|e| PlaneError::Store(StoreError::Corrupt(format!("version {n}: {e}"))))
+        })
+        .await
     }
 
     /// One version's sealed bundle, as edges download it.
@@ -263,16 +389,20 @@ impl Plane {
     /// A unified diff of two versions' configuration text.
     pub async fn diff(&self, a: u64, b: u64) -> Result<String, PlaneError> {
         let (x, y) = (self.open(a).await?, self.open(b).await?);
-        let (x, y) = (x.assembled(), y.assembled());
-        // Bounded: past the deadline `similar` falls back to a coarser (still correct) diff.
-        let diff = similar::TextDiff::configure()
-            .timeout(Duration::from_secs(2))
-            .diff_lines(&x, &y);
-        Ok(diff
-            .unified_diff()
-            .context_radius(3)
-            .header(&format!("version {a}"), &format!("version {b}"))
-            .to_string())
+        // Two megabytes of text can take the diff's whole time bound: on the blocking pool.
+        blocking(move || {
+            let (x, y) = (x.assembled(), y.assembled());
+            // Bounded: past the deadline `similar` falls back to a coarser (still correct) diff.
+            let diff = similar::TextDiff::configure()
+                .timeout(Duration::from_secs(2))
+                .diff_lines(&x, &y);
+            Ok(diff
+                .unified_diff()
+                .context_radius(3)
+                .header(&format!("version {a}"), &format!("version {b}"))
+                .to_string())
+        })
+        .await
     }
 
     /// The fleet-wide target, signed.
@@ -436,6 +566,62 @@ impl Plane {
             .purge(&self.key, live, skipped, &path, deadline)
             .await)
     }
+}
+
+/// Runs blocking work (parsing and validating a megabyte of TOML, composing, signing, large
+/// diffs) on tokio's blocking pool, off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PlaneError> + Send + 'static,
+) -> Result<T, PlaneError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PlaneError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// Validates a pushed document as the operator wrote it (errors located in their file), splits
+/// it, and validates the parts and the assembled form exactly as every edge will load them
+/// ([`Bundle::validate`]). Runs on the blocking pool.
+async fn prepare(file: &str, document: &str) -> Result<Documents, PlaneError> {
+    let (file, document) = (file.to_owned(), document.to_owned());
+    blocking(move || {
+        parse_managed_str(&file, &document).map_err(PlaneError::Invalid)?;
+        let docs = split(&document).map_err(PlaneError::BadRequest)?;
+        let candidate = Bundle {
+            version: 0,
+            parent: None,
+            created_at_ms: 0,
+            author: String::new(),
+            message: String::new(),
+            fleet: docs.fleet,
+            services: docs.services,
+        };
+        candidate.validate(&file).map_err(PlaneError::Invalid)?;
+        Ok(Documents {
+            fleet: candidate.fleet,
+            services: candidate.services,
+        })
+    })
+    .await
+}
+
+/// Checks stored version `n`'s parts before it is rolled out: each service's document holds
+/// only its own service and the fleet document no service ([`Bundle::check_documents`]), so a
+/// version written by anything but [`Plane::push`] (an older control plane, a restored or
+/// edited store) cannot smuggle fleet-wide settings or another tenant's service to the edges.
+/// The rest (fields this control plane does not know, a bundle that does not verify) is left
+/// to the edges' stage, which refuses it and stops the rollout.
+pub(crate) async fn checked_version(plane: &Plane, n: u64) -> Result<(), PlaneError> {
+    let bytes = plane.bundle(n).await?;
+    let public = plane.key.public();
+    blocking(move || {
+        if let Ok(bundle) = Bundle::open(&bytes, &public) {
+            bundle
+                .check_documents(&format!("version {n}"))
+                .map_err(PlaneError::Invalid)?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 fn purge_path(req: &PurgeRequest) -> Result<String, PlaneError> {

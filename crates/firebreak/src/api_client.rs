@@ -43,6 +43,33 @@ pub struct Api {
     client: HttpClient,
 }
 
+/// Longest wait between two attempts of [`Api::call_idempotent`].
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The body of a 2xx answer, or a [`Failed`] naming the error (with every located
+/// configuration error, one per line).
+fn answer(status: StatusCode, bytes: Bytes) -> Result<Bytes, Failed> {
+    if status.is_success() {
+        return Ok(bytes);
+    }
+    let code = match status {
+        StatusCode::SERVICE_UNAVAILABLE => exit::UNAVAILABLE,
+        _ => exit::REFUSED,
+    };
+    let message = match serde_json::from_slice::<ApiError>(&bytes) {
+        Ok(e) => {
+            let mut m = e.error;
+            for fe in &e.errors {
+                m.push('\n');
+                m.push_str(&fe.to_string());
+            }
+            m
+        }
+        Err(_) => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
+    };
+    Err(Failed::new(code, message))
+}
+
 /// Largest answer read.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
@@ -63,17 +90,45 @@ impl Api {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, Failed> {
+        let (status, bytes) = self.exchange(method, path, body, None, MAX_ANSWER).await?;
+        answer(status, bytes)
+    }
+
+    /// [`Api::call`] without a body, reading an answer of up to `limit` bytes.
+    pub async fn call_limited(
+        &self,
+        method: Method,
+        path: &str,
+        limit: usize,
+    ) -> Result<Bytes, Failed> {
+        let (status, bytes) = self.exchange(method, path, None, None, limit).await?;
+        answer(status, bytes)
+    }
+
+    /// One request and its answer; a transport failure (unreachable, no answer in time) is a
+    /// [`Failed`] with [`exit::UNAVAILABLE`].
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        idempotency_key: Option<&str>,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), Failed> {
         let uri = format!("{}{path}", self.base);
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(&uri)
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(key) = idempotency_key {
+            req = req.header("idempotency-key", key);
+        }
+        let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Failed::new(exit::USAGE, format!("bad control-plane URL {uri}: {e}")))?;
-        let (status, bytes) = self
-            .client
-            .exchange(req, MAX_ANSWER, Duration::from_secs(60))
+        self.client
+            .exchange(req, limit, Duration::from_secs(60))
             .await
             .map_err(|e| {
                 let message = match e {
@@ -84,26 +139,59 @@ impl Api {
                     other => other.to_string(),
                 };
                 Failed::new(exit::UNAVAILABLE, message)
-            })?;
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        let code = match status {
-            StatusCode::SERVICE_UNAVAILABLE => exit::UNAVAILABLE,
-            _ => exit::REFUSED,
-        };
-        let message = match serde_json::from_slice::<ApiError>(&bytes) {
-            Ok(e) => {
-                let mut m = e.error;
-                for fe in &e.errors {
-                    m.push('\n');
-                    m.push_str(&fe.to_string());
-                }
-                m
+            })
+    }
+
+    /// A write made safe to retry by an idempotency key: sent with `Idempotency-Key: key`
+    /// and tried again, up to `retries` more times with exponential backoff and full jitter
+    /// (`backoff`, doubling, at most [`MAX_BACKOFF`]), while the control plane is unreachable or
+    /// answers 5xx. The control plane stores at most one version per key, so a retry of a write
+    /// that was stored but whose answer was lost answers that version. Returns the status and
+    /// body of the final 2xx answer and the number of attempts made.
+    pub async fn call_idempotent(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        key: &str,
+        retries: u32,
+        backoff: Duration,
+    ) -> Result<(StatusCode, Bytes, u32), Failed> {
+        let mut attempt = 0u32;
+        let mut wait = backoff;
+        loop {
+            attempt += 1;
+            let outcome = self
+                .exchange(
+                    method.clone(),
+                    path,
+                    Some(body.clone()),
+                    Some(key),
+                    MAX_ANSWER,
+                )
+                .await;
+            let retry = match &outcome {
+                Err(f) => f.code == exit::UNAVAILABLE,
+                Ok((status, _)) => status.is_server_error(),
+            };
+            if !retry || attempt > retries {
+                let (status, bytes) = outcome?;
+                return answer(status, bytes).map(|b| (status, b, attempt));
             }
-            Err(_) => format!("{status}: {}", String::from_utf8_lossy(&bytes)),
-        };
-        Err(Failed::new(code, message))
+            let why = match &outcome {
+                Err(f) => f.message.clone(),
+                Ok((status, _)) => status.to_string(),
+            };
+            let mut r = [0u8; 4];
+            let _ = getrandom::getrandom(&mut r);
+            let jittered = wait.mul_f64(f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX));
+            eprintln!(
+                "attempt {attempt} failed ({why}); retrying in {} ms with the same idempotency key",
+                jittered.as_millis()
+            );
+            tokio::time::sleep(jittered).await;
+            wait = (wait * 2).min(MAX_BACKOFF);
+        }
     }
 
     /// [`Api::call`] and parse JSON.

@@ -71,12 +71,13 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// Run the control plane; or, with a subcommand, manage its signing keys.
+    /// Run the control plane; or, with a subcommand, manage its signing keys or back up and
+    /// restore its store.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Control {
-        /// Signing keys: rotate, revoke, list.
+        /// Signing keys (rotate, revoke, list); store backup and restore.
         #[command(subcommand)]
-        command: Option<keys::KeyCommand>,
+        command: Option<ControlCommand>,
         /// API address.
         #[arg(long, default_value = "127.0.0.1:7000")]
         listen: SocketAddr,
@@ -373,6 +374,10 @@ enum ConfigCommand {
         /// Also make it the fleet's target.
         #[arg(long)]
         activate: bool,
+        /// Further attempts when the control plane is unreachable or answers 5xx (each with
+        /// the same idempotency key, so at most one version is stored).
+        #[arg(long, default_value_t = 4)]
+        retries: u32,
     },
     /// List versions, newest first (`*` marks the target).
     Versions {
@@ -464,6 +469,52 @@ fn validate(file: &std::path::Path) -> ExitCode {
     }
 }
 
+/// `firebreak control SUBCOMMAND`.
+#[derive(Subcommand)]
+enum ControlCommand {
+    /// Signing keys.
+    #[command(flatten)]
+    Keys(keys::KeyCommand),
+    /// The store.
+    #[command(flatten)]
+    Store(ControlAction),
+}
+
+/// `firebreak control backup|restore`.
+#[derive(Subcommand)]
+pub enum ControlAction {
+    /// Write a consistent backup of the store to FILE: from a running control plane
+    /// (`--control`, `POST /v1/backup`) or from the store itself (`--store`; a redb file must
+    /// not be open in a running control plane; etcd: one consistent range read).
+    Backup {
+        /// The store: `redb:PATH` or `etcd://host:port[,…]`.
+        #[arg(long, conflicts_with = "control")]
+        store: Option<String>,
+        /// A running control plane's URL.
+        #[arg(long)]
+        control: Option<String>,
+        /// Operator bearer token (with `--control`).
+        #[arg(
+            long,
+            env = "FIREBREAK_TOKEN",
+            hide_env_values = true,
+            default_value = ""
+        )]
+        token: String,
+        /// Where to write the backup (JSON).
+        file: PathBuf,
+    },
+    /// Restore a backup into an empty store (the control plane stopped, for redb); the fleet
+    /// state gets a new epoch so edges tell the restored history from a replay.
+    Restore {
+        /// The store: `redb:PATH` or `etcd://host:port[,…]`.
+        #[arg(long)]
+        store: String,
+        /// The backup file.
+        file: PathBuf,
+    },
+}
+
 fn fail(message: impl Into<String>) -> Failed {
     Failed::new(exit::REFUSED, message)
 }
@@ -472,9 +523,13 @@ async fn run(command: Command) -> Result<(), Failed> {
     match command {
         Command::Up { port, data_dir } => up::run(port, data_dir).await.map_err(fail),
         Command::Control {
-            command: Some(command),
+            command: Some(ControlCommand::Keys(command)),
             ..
         } => keys::run(command).await,
+        Command::Control {
+            command: Some(ControlCommand::Store(action)),
+            ..
+        } => ops::control_action(action).await,
         Command::Control {
             command: None,
             listen,
@@ -528,7 +583,8 @@ async fn run(command: Command) -> Result<(), Failed> {
                     file,
                     message,
                     activate,
-                } => ops::push(&api, &file, &message, activate).await,
+                    retries,
+                } => ops::push(&api, &file, &message, activate, retries).await,
                 ConfigCommand::Versions { limit } => ops::versions(&api, limit).await,
                 ConfigCommand::Show { version } => ops::show(&api, version).await,
                 ConfigCommand::Diff { a, b } => ops::diff(&api, a, b).await,

@@ -25,12 +25,31 @@ pub(crate) fn time(ms: u64) -> String {
     }
 }
 
+/// `POST /v1/versions`'s answer: what was stored.
+#[derive(serde::Deserialize)]
+struct PushAnswer {
+    #[serde(flatten)]
+    info: VersionInfo,
+    #[serde(default)]
+    already_stored: bool,
+    #[serde(default)]
+    activation_error: Option<String>,
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failed> {
     serde_json::to_vec(v).map_err(|e| Failed::new(exit::REFUSED, e.to_string()))
 }
 
-/// `config push FILE -m MSG [--activate]`.
-pub async fn push(api: &Api, file: &Path, message: &str, activate: bool) -> Result<(), Failed> {
+/// `config push FILE -m MSG [--activate] [--retries N]`: sent with a random idempotency key
+/// and retried with it while the control plane is unreachable or answers 5xx, so at most one
+/// version is stored however many attempts it takes.
+pub async fn push(
+    api: &Api,
+    file: &Path,
+    message: &str,
+    activate: bool,
+    retries: u32,
+) -> Result<(), Failed> {
     let meta = std::fs::metadata(file)
         .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
     if meta.len() > firebreak_config::MAX_CONFIG_BYTES {
@@ -53,9 +72,48 @@ pub async fn push(api: &Api, file: &Path, message: &str, activate: bool) -> Resu
         author: std::env::var("USER").ok(),
         activate,
     };
-    let info: VersionInfo = api
-        .json(Method::POST, "/v1/versions", Some(to_json(&req)?))
+    let mut raw = [0u8; 16];
+    getrandom::getrandom(&mut raw)
+        .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("no randomness for a key: {e}")))?;
+    let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("cli-{key}");
+    let (_, bytes, attempts) = api
+        .call_idempotent(
+            Method::POST,
+            "/v1/versions",
+            to_json(&req)?,
+            &key,
+            retries,
+            std::time::Duration::from_millis(250),
+        )
         .await?;
+    let outcome: PushAnswer = serde_json::from_slice(&bytes)
+        .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("unexpected answer: {e}")))?;
+    let info = outcome.info;
+    if outcome.already_stored {
+        out!(
+            "version {} was already stored by an earlier attempt (idempotency key {key}); nothing new stored",
+            info.version
+        );
+    }
+    if attempts > 1 {
+        eprintln!("{attempts} attempts");
+    }
+    if let Some(e) = outcome.activation_error {
+        out!(
+            "version {} stored ({} bytes, sha256 {}); the rollout did not start: {e}",
+            info.version,
+            info.size,
+            info.sha256.get(..16).unwrap_or(&info.sha256)
+        );
+        return Err(Failed::new(
+            exit::REFUSED,
+            format!("rollout not started: {e}"),
+        ));
+    }
+    if outcome.already_stored {
+        return Ok(());
+    }
     out!(
         "version {} stored ({} bytes, sha256 {}){}",
         info.version,
@@ -251,4 +309,88 @@ pub async fn purge(api: &Api, req: PurgeRequest) -> Result<(), Failed> {
             format!("{} edge(s) did not acknowledge", out.stragglers.len()),
         ))
     }
+}
+
+/// `control backup` and `control restore`.
+pub async fn control_action(action: crate::ControlAction) -> Result<(), Failed> {
+    use firebreak_control::backup::{Backup, MAX_BACKUP_BYTES};
+    let unavailable = |e: String| Failed::new(exit::UNAVAILABLE, e);
+    match action {
+        crate::ControlAction::Backup {
+            store,
+            control,
+            token,
+            file,
+        } => {
+            let bytes = match (store, control) {
+                (Some(spec), None) => {
+                    let store = firebreak_control::Store::open(&spec)
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    let taken = firebreak_control::backup::backup(&store)
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    serde_json::to_vec(&taken).map_err(|e| unavailable(e.to_string()))?
+                }
+                (None, Some(url)) => Api::new(&url, &token)
+                    .call_limited(Method::POST, "/v1/backup", MAX_BACKUP_BYTES)
+                    .await?
+                    .to_vec(),
+                _ => {
+                    return Err(Failed::new(
+                        exit::USAGE,
+                        "give exactly one of --store and --control",
+                    ))
+                }
+            };
+            let taken: Backup = serde_json::from_slice(&bytes)
+                .map_err(|e| unavailable(format!("not a backup: {e}")))?;
+            write_durably(&file, &bytes)
+                .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+            out!(
+                "backup of {} versions written to {} ({} bytes)",
+                taken.versions.len(),
+                file.display(),
+                bytes.len()
+            );
+            Ok(())
+        }
+        crate::ControlAction::Restore { store, file } => {
+            let meta = std::fs::metadata(&file)
+                .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+            if meta.len() > MAX_BACKUP_BYTES as u64 {
+                return Err(Failed::new(
+                    exit::REFUSED,
+                    format!("{}: larger than {MAX_BACKUP_BYTES} bytes", file.display()),
+                ));
+            }
+            let bytes = std::fs::read(&file)
+                .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+            let backup: Backup = serde_json::from_slice(&bytes).map_err(|e| {
+                Failed::new(
+                    exit::REFUSED,
+                    format!("{}: not a backup: {e}", file.display()),
+                )
+            })?;
+            let versions = backup.versions.len();
+            let store = firebreak_control::Store::open(&store)
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            let epoch = firebreak_control::backup::restore(&store, backup)
+                .await
+                .map_err(|e| Failed::new(exit::REFUSED, e.to_string()))?;
+            out!("restored {versions} versions; new fleet epoch {epoch}");
+            Ok(())
+        }
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced, then renamed.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -282,6 +282,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
         &fleet_file,
         "firebreak up: example configuration",
         true,
+        4,
     )
     .await
     .map_err(|e| e.message)?;

@@ -186,6 +186,44 @@ impl Bundle {
     pub fn assembled(&self) -> String {
         crate::document::assemble(&self.fleet, self.services.iter())
     }
+
+    /// Checks that each part holds only what it is for: the fleet document no service, each
+    /// service's document only its own `[[service]]` (named as the part says, nothing
+    /// fleet-wide). Errors name `file (fleet document)` or `file (service NAME)`.
+    pub fn check_documents(&self, file: &str) -> Result<(), firebreak_config::ConfigRejected> {
+        let mut errors = Vec::new();
+        if let Err(e) =
+            firebreak_config::check_fleet_document(&format!("{file} (fleet document)"), &self.fleet)
+        {
+            errors.extend(e.errors);
+        }
+        for s in &self.services {
+            if let Err(e) = firebreak_config::check_service_document(
+                &format!("{file} (service {})", s.name),
+                &s.name,
+                &s.document,
+            ) {
+                errors.extend(e.errors);
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(firebreak_config::ConfigRejected { errors })
+        }
+    }
+
+    /// Validates exactly what an edge loads: every part ([`Bundle::check_documents`]), then
+    /// the assembled text ([`Bundle::assembled`]) with [`firebreak_config::parse_managed_str`],
+    /// the function the edge's agent composes with. The control plane runs this before it
+    /// stores a version, so a version it accepts is one every edge accepts.
+    pub fn validate(
+        &self,
+        file: &str,
+    ) -> Result<firebreak_config::ValidConfig, firebreak_config::ConfigRejected> {
+        self.check_documents(file)?;
+        firebreak_config::parse_managed_str(&format!("{file} (assembled)"), &self.assembled())
+    }
 }
 
 #[cfg(test)]

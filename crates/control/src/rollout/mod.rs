@@ -204,6 +204,7 @@ impl Plane {
             .version(version)
             .await?
             .ok_or_else(|| PlaneError::NotFound(format!("no version {version}")))?;
+        crate::plane::checked_version(self, version).await?;
         let now_state = self.fleet_state();
         let from = now_state.default_version();
         let settings_from = from.unwrap_or(version);

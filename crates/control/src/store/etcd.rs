@@ -25,6 +25,9 @@ fn target_key() -> String {
 fn audit_key(key: &str) -> String {
     format!("{PREFIX}audit/{key}")
 }
+fn idempotency_key(key: &str) -> String {
+    format!("{PREFIX}idempotency/{key}")
+}
 fn edge_key(id: &str) -> String {
     format!("{PREFIX}edges/{id}")
 }
@@ -117,6 +120,122 @@ impl EtcdStore {
         ]);
         let mut c = self.client.clone();
         Ok(timed(c.txn(txn)).await?.succeeded())
+    }
+
+    /// `None`: stored. `Some(None)`: the number is taken. `Some(Some(record))`: the key is.
+    /// The key is kept under a lease of [`super::IDEMPOTENCY_TTL_MS`], so etcd forgets it.
+    pub(super) async fn insert_version_keyed(
+        &self,
+        n: u64,
+        meta: &[u8],
+        bundle: &[u8],
+        key: &str,
+        record: &[u8],
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let mut c = self.client.clone();
+        let ttl = i64::try_from(super::IDEMPOTENCY_TTL_MS / 1000).unwrap_or(86_400);
+        let lease = timed(c.lease_grant(ttl, None)).await?.id();
+        let mut compares = vec![
+            Compare::create_revision(meta_key(n), CompareOp::Equal, 0),
+            Compare::create_revision(idempotency_key(key), CompareOp::Equal, 0),
+        ];
+        if n > 1 {
+            compares.push(Compare::create_revision(
+                meta_key(n - 1),
+                CompareOp::Greater,
+                0,
+            ));
+        }
+        let txn = Txn::new().when(compares).and_then(vec![
+            TxnOp::put(meta_key(n), meta.to_vec(), None),
+            TxnOp::put(bundle_key(n), bundle.to_vec(), None),
+            TxnOp::put(
+                idempotency_key(key),
+                record.to_vec(),
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            ),
+        ]);
+        if timed(c.txn(txn)).await?.succeeded() {
+            return Ok(None);
+        }
+        let _ = timed(c.lease_revoke(lease)).await;
+        Ok(Some(self.get_one(idempotency_key(key)).await?))
+    }
+
+    /// One range read of the whole prefix: etcd answers it at a single revision, so the view
+    /// is consistent while replicas go on writing.
+    pub(super) async fn dump(&self) -> Result<crate::backup::Dump, StoreError> {
+        let mut c = self.client.clone();
+        let resp = timed(c.get(PREFIX, Some(GetOptions::new().with_prefix()))).await?;
+        let mut out = crate::backup::Dump::default();
+        let mut metas = std::collections::BTreeMap::new();
+        let mut bundles = std::collections::BTreeMap::new();
+        for kv in resp.kvs() {
+            let key = kv.key_str().map_err(err)?;
+            let rest = key.strip_prefix(PREFIX).unwrap_or(key);
+            let number = |s: &str| {
+                s.parse::<u64>()
+                    .map_err(|_| StoreError::Corrupt(format!("bad version key {key}")))
+            };
+            if let Some(n) = rest.strip_prefix("versions/meta/") {
+                metas.insert(number(n)?, kv.value().to_vec());
+            } else if let Some(n) = rest.strip_prefix("versions/bundle/") {
+                bundles.insert(number(n)?, kv.value().to_vec());
+            } else if rest == "target" {
+                out.state = Some(kv.value().to_vec());
+            } else if let Some(k) = rest.strip_prefix("audit/") {
+                out.audit.push((k.to_owned(), kv.value().to_vec()));
+            }
+        }
+        for (n, m) in metas {
+            let b = bundles
+                .remove(&n)
+                .ok_or_else(|| StoreError::Corrupt(format!("version {n} has no bundle")))?;
+            out.versions.push((n, m, b));
+        }
+        out.audit.sort();
+        Ok(out)
+    }
+
+    /// Versions and audit first (each version one transaction that requires it is new), the
+    /// fleet state last, only if none exists.
+    pub(super) async fn load(&self, dump: crate::backup::Dump) -> Result<(), StoreError> {
+        if self.latest_version().await?.is_some() || self.target().await?.is_some() {
+            return Err(StoreError::Unavailable(
+                "the store is not empty: restore only into a new store".into(),
+            ));
+        }
+        for (n, m, b) in &dump.versions {
+            if !self.insert_version(*n, m, b).await? {
+                return Err(StoreError::Unavailable(format!(
+                    "version {n} appeared during the restore; another writer is using this store"
+                )));
+            }
+        }
+        for (k, v) in &dump.audit {
+            self.put_audit(k, v).await?;
+        }
+        if let Some(state) = &dump.state {
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    target_key(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then(vec![TxnOp::put(target_key(), state.clone(), None)]);
+            let mut c = self.client.clone();
+            if !timed(c.txn(txn)).await?.succeeded() {
+                return Err(StoreError::Unavailable(
+                    "a fleet state appeared during the restore; another writer is using this store"
+                        .into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_one(idempotency_key(key)).await
     }
 
     pub(super) async fn version_meta(&self, n: u64) -> Result<Option<Vec<u8>>, StoreError> {

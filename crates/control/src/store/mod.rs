@@ -46,6 +46,35 @@ pub enum Created {
     Full,
 }
 
+/// What an idempotency key stored with a version remembers: the version it made and a hash of
+/// the request, so that a retry of the same request answers the same version and a different
+/// request under the same key is refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// The version the keyed push stored.
+    pub version: u64,
+    /// SHA-256 of the request (document, message, author, file, activate).
+    pub request_sha256: String,
+    /// When, in ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL_MS: u64 = 24 * 3600 * 1000;
+/// Most idempotency keys remembered (the embedded store drops the oldest past this).
+pub const MAX_IDEMPOTENCY_KEYS: usize = 10_000;
+
+/// The outcome of [`Store::insert_version_keyed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// The version and its key were stored together.
+    Stored,
+    /// The version number is taken (retry with the next); nothing stored.
+    NumberTaken,
+    /// The key is already stored with another version; nothing stored.
+    KeyTaken(IdempotencyRecord),
+}
+
 /// Most audit entries listed at once.
 pub const MAX_AUDIT_LIST: usize = 10_000;
 
@@ -121,6 +150,44 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let meta = serde_json::to_vec(info).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         dispatch!(self, s => s.insert_version(info.version, &meta, bundle).await)
+    }
+
+    /// Stores a new version together with its idempotency `key` (one transaction: both or
+    /// neither). Nothing is stored if the number or the key is taken.
+    pub async fn insert_version_keyed(
+        &self,
+        info: &VersionInfo,
+        bundle: &[u8],
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<Inserted, StoreError> {
+        let meta = serde_json::to_vec(info).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let raw = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let taken = dispatch!(self, s => s.insert_version_keyed(info.version, &meta, bundle, key, &raw).await)?;
+        Ok(match taken {
+            None => Inserted::Stored,
+            Some(None) => Inserted::NumberTaken,
+            Some(Some(raw)) => Inserted::KeyTaken(decode(&raw)?),
+        })
+    }
+
+    /// The version stored under an idempotency key, if it is still remembered.
+    pub async fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let raw = dispatch!(self, s => s.idempotency(key).await)?;
+        let record: Option<IdempotencyRecord> = raw.map(|b| decode(&b)).transpose()?;
+        let now = firebreak_protocol::now_ms();
+        Ok(record.filter(|r| now.saturating_sub(r.at_ms) <= IDEMPOTENCY_TTL_MS))
+    }
+
+    /// Everything a backup keeps, read in one consistent view.
+    pub async fn dump(&self) -> Result<crate::backup::Dump, StoreError> {
+        dispatch!(self, s => s.dump().await)
+    }
+
+    /// Writes a dump into this store, which must hold no version and no fleet state; the
+    /// fleet state is written last, so a restore interrupted half-way leaves no target.
+    pub async fn load(&self, dump: crate::backup::Dump) -> Result<(), StoreError> {
+        dispatch!(self, s => s.load(dump).await)
     }
 
     /// One version's metadata.
@@ -234,4 +301,72 @@ impl Store {
 
 fn decode<T: for<'de> Deserialize<'de>>(raw: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn info(version: u64) -> VersionInfo {
+        VersionInfo {
+            version,
+            parent: None,
+            sha256: String::new(),
+            size: 0,
+            author: "a".into(),
+            message: "m".into(),
+            created_at_ms: 0,
+            fleet_sha256: String::new(),
+            services: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_keyed_insert_stores_the_version_and_its_key_together_or_neither() {
+        let dir = std::env::temp_dir().join(format!("fb-store-keyed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let s = Store::open(&format!("redb:{}", dir.join("s.redb").display()))
+            .await
+            .unwrap();
+        let record = |version| IdempotencyRecord {
+            version,
+            request_sha256: "h".into(),
+            at_ms: firebreak_protocol::now_ms(),
+        };
+        assert_eq!(
+            s.insert_version_keyed(&info(1), b"one", "k", &record(1))
+                .await
+                .unwrap(),
+            Inserted::Stored
+        );
+        let kept = s.idempotency("k").await.unwrap().unwrap();
+        assert_eq!((kept.version, kept.request_sha256.as_str()), (1, "h"));
+        // The key is taken: nothing stored, the first record answered.
+        match s
+            .insert_version_keyed(&info(2), b"two", "k", &record(2))
+            .await
+            .unwrap()
+        {
+            Inserted::KeyTaken(r) => assert_eq!(r.version, 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.latest_version().await.unwrap(), Some(1));
+        // The number is taken: nothing stored, the key stays free.
+        assert_eq!(
+            s.insert_version_keyed(&info(1), b"x", "k2", &record(1))
+                .await
+                .unwrap(),
+            Inserted::NumberTaken
+        );
+        assert_eq!(s.idempotency("k2").await.unwrap(), None);
+        // Compare-and-set on the fleet state: a stale sequence changes nothing.
+        let state = FleetState {
+            seq: 1,
+            ..FleetState::default()
+        };
+        assert!(s.set_state(0, &state).await.unwrap());
+        assert!(!s.set_state(0, &state).await.unwrap());
+        assert_eq!(s.state().await.unwrap().unwrap().seq, 1);
+    }
 }

@@ -16,6 +16,10 @@ const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
 /// Joined edges: id → registration (credential hash, admin URL), see `crate::registry`.
 const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("edge_identity");
 const TARGET: &str = "target";
+/// Idempotency key → [`super::IdempotencyRecord`] (JSON).
+const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// Version → the idempotency key stored with it, oldest first: what pruning walks.
+const IDEMPOTENCY_ORDER: TableDefinition<u64, &str> = TableDefinition::new("idempotency_order");
 
 /// Most edge reports written in one transaction.
 const MAX_REPORT_BATCH: usize = 1024;
@@ -96,6 +100,8 @@ impl RedbStore {
                 txn.open_table(EDGES).map_err(err)?;
                 txn.open_table(AUDIT).map_err(err)?;
                 txn.open_table(IDENTITIES).map_err(err)?;
+                txn.open_table(IDEMPOTENCY).map_err(err)?;
+                txn.open_table(IDEMPOTENCY_ORDER).map_err(err)?;
             }
             txn.commit().map_err(err)?;
             let db = Arc::new(db);
@@ -153,6 +159,145 @@ impl RedbStore {
             }
             txn.commit().map_err(err)?;
             Ok(true)
+        })
+        .await
+    }
+
+    /// `None`: stored. `Some(None)`: the number is taken. `Some(Some(record))`: the key is.
+    pub(super) async fn insert_version_keyed(
+        &self,
+        n: u64,
+        meta: &[u8],
+        bundle: &[u8],
+        key: &str,
+        record: &[u8],
+    ) -> Result<Option<Option<Vec<u8>>>, StoreError> {
+        let (meta, bundle, key, record) = (
+            meta.to_vec(),
+            bundle.to_vec(),
+            key.to_owned(),
+            record.to_vec(),
+        );
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut keys = txn.open_table(IDEMPOTENCY).map_err(err)?;
+                if let Some(existing) = keys.get(key.as_str()).map_err(err)? {
+                    return Ok(Some(Some(existing.value().to_vec())));
+                }
+                let mut m = txn.open_table(META).map_err(err)?;
+                let latest = m.last().map_err(err)?.map(|(k, _)| k.value());
+                if latest.map_or(n != 1, |l| n != l + 1) {
+                    return Ok(Some(None));
+                }
+                m.insert(n, meta.as_slice()).map_err(err)?;
+                let mut b = txn.open_table(BUNDLES).map_err(err)?;
+                b.insert(n, bundle.as_slice()).map_err(err)?;
+                keys.insert(key.as_str(), record.as_slice()).map_err(err)?;
+                let mut order = txn.open_table(IDEMPOTENCY_ORDER).map_err(err)?;
+                order.insert(n, key.as_str()).map_err(err)?;
+                // Forget the oldest keys: past the count bound, or older than the TTL.
+                let cutoff = firebreak_protocol::now_ms().saturating_sub(super::IDEMPOTENCY_TTL_MS);
+                loop {
+                    let Some((v, k)) = order
+                        .first()
+                        .map_err(err)?
+                        .map(|(v, k)| (v.value(), k.value().to_owned()))
+                    else {
+                        break;
+                    };
+                    let old = match keys.get(k.as_str()).map_err(err)? {
+                        Some(raw) => super::decode::<super::IdempotencyRecord>(raw.value())
+                            .map_or(true, |r| r.at_ms < cutoff),
+                        None => true,
+                    };
+                    let over = order.len().map_err(err)? > super::MAX_IDEMPOTENCY_KEYS as u64;
+                    if !(over || old) || v == n {
+                        break;
+                    }
+                    order.remove(v).map_err(err)?;
+                    keys.remove(k.as_str()).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    /// One read transaction: a consistent view, taken while writers go on.
+    pub(super) async fn dump(&self) -> Result<crate::backup::Dump, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let meta = txn.open_table(META).map_err(err)?;
+            let bundles = txn.open_table(BUNDLES).map_err(err)?;
+            let mut out = crate::backup::Dump::default();
+            for row in meta.iter().map_err(err)? {
+                let (n, m) = row.map_err(err)?;
+                let n = n.value();
+                let b = bundles
+                    .get(n)
+                    .map_err(err)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("version {n} has no bundle")))?;
+                out.versions
+                    .push((n, m.value().to_vec(), b.value().to_vec()));
+            }
+            let singletons = txn.open_table(SINGLETONS).map_err(err)?;
+            out.state = singletons
+                .get(TARGET)
+                .map_err(err)?
+                .map(|v| v.value().to_vec());
+            let audit = txn.open_table(AUDIT).map_err(err)?;
+            for row in audit.iter().map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                out.audit.push((k.value().to_owned(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One write transaction: all or nothing.
+    pub(super) async fn load(&self, dump: crate::backup::Dump) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut meta = txn.open_table(META).map_err(err)?;
+                let mut singletons = txn.open_table(SINGLETONS).map_err(err)?;
+                if meta.last().map_err(err)?.is_some()
+                    || singletons.get(TARGET).map_err(err)?.is_some()
+                {
+                    return Err(StoreError::Unavailable(
+                        "the store is not empty: restore only into a new store".into(),
+                    ));
+                }
+                let mut bundles = txn.open_table(BUNDLES).map_err(err)?;
+                for (n, m, b) in &dump.versions {
+                    meta.insert(*n, m.as_slice()).map_err(err)?;
+                    bundles.insert(*n, b.as_slice()).map_err(err)?;
+                }
+                let mut audit = txn.open_table(AUDIT).map_err(err)?;
+                for (k, v) in &dump.audit {
+                    audit.insert(k.as_str(), v.as_slice()).map_err(err)?;
+                }
+                if let Some(state) = &dump.state {
+                    singletons.insert(TARGET, state.as_slice()).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(IDEMPOTENCY).map_err(err)?;
+            Ok(t.get(key.as_str())
+                .map_err(err)?
+                .map(|v| v.value().to_vec()))
         })
         .await
     }

@@ -72,6 +72,10 @@ pub struct Composed {
 
 /// Composes `bundle` (already verified) over what runs now.
 pub fn compose(bundle: &Bundle, seq: u64, current: Option<&Applied>) -> Result<Composed, String> {
+    // Each part holds only what it is for (the same check the control plane ran).
+    bundle
+        .check_documents(&format!("version {}", bundle.version))
+        .map_err(|e| e.to_string())?;
     let whole = Applied {
         version: bundle.version,
         seq,

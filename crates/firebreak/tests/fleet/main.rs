@@ -9,6 +9,7 @@
 )]
 
 mod api;
+mod backup;
 mod edges;
 mod faults;
 mod harness;
@@ -16,3 +17,5 @@ mod identity;
 mod keys;
 mod replay;
 mod rollouts;
+mod validation;
+mod writes;

@@ -147,7 +147,10 @@ async fn capture_target(c: &Control, id: &str) -> (String, Target) {
     let credential = joined["credential"].as_str().unwrap().to_owned();
     let (status, body) = http(
         Method::GET,
-        &format!("{}/v1/edges/{probe}/target?after=0&cell=c1&wait_ms=0", c.url),
+        &format!(
+            "{}/v1/edges/{probe}/target?after=0&cell=c1&wait_ms=0",
+            c.url
+        ),
         &credential,
         None,
     )
