@@ -328,6 +328,9 @@ async fn oversized_body_gets_json_413() {
 /// Hundreds of anonymous connections each declare a body of the largest size, send all but
 /// its last byte and stall. The process's memory stays bounded (before: it grew from ~25 MB
 /// to over 400 MB) and every upload is answered (408, or 503 when the body budget is taken).
+/// The uploads carry the operator's token: an anonymous one is refused before its body is read
+/// (`fleet::identity::anonymous_body_is_refused_before_it_is_read`), so only a credential
+/// holder can make the control plane read a body at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn control_memory_stays_bounded_under_stalled_uploads() {
     const UPLOADS: usize = 200;
@@ -342,7 +345,7 @@ async fn control_memory_stays_bounded_under_stalled_uploads() {
         let payload = payload.clone();
         uploads.push(tokio::spawn(async move {
             let head = format!(
-                "POST /v1/versions HTTP/1.1\r\nHost: c\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
+                "POST /v1/versions HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {OPERATOR}\r\nContent-Type: application/json\r\nContent-Length: {BODY}\r\n\r\n"
             );
             let (mut r, mut w) = s.split();
             let send = async {
@@ -396,12 +399,32 @@ async fn two_thousand_long_polls_stay_cheap() {
     let c = Control::start("polls", &[]).await;
     let rss_before = c.rss_kib();
     let fds_before = c.fds();
+    // Each edge joins first (the join token only joins) and polls with its own credential.
+    let port = c.port;
+    let credentials = futures_join((0..POLLS).map(|i| async move {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let body = r#"{"pop":"p","cell":"c"}"#;
+        s.write_all(
+            format!(
+                "POST /v1/edges/edge-{i}/join HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {EDGE}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (status, answer) = read_response(&mut s).await.expect("join answered");
+        assert_eq!(status, 201, "{answer}");
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        v["credential"].as_str().unwrap().to_owned()
+    }));
+    let credentials = credentials.await;
     let mut polls = Vec::with_capacity(POLLS);
-    for i in 0..POLLS {
+    for (i, credential) in credentials.iter().enumerate() {
         let mut s = c.connect().await;
         s.write_all(
             format!(
-                "GET /v1/edges/edge-{i}/target?after=0&cell=c&wait_ms=60000 HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {EDGE}\r\n\r\n"
+                "GET /v1/edges/edge-{i}/target?after=0&cell=c&wait_ms=60000 HTTP/1.1\r\nHost: c\r\nAuthorization: Bearer {credential}\r\n\r\n"
             )
             .as_bytes(),
         )
