@@ -520,9 +520,11 @@ impl ControlKeys {
         if let Some(path) = &self.inner.path {
             let bytes = serde_json::to_vec_pretty(&next.to_file())
                 .map_err(|e| KeysError::Internal(e.to_string()))?;
-            write_private_synced(path, &bytes).map_err(|source| KeysError::Io {
-                path: path.display().to_string(),
-                source,
+            firebreak_protocol::durable::write_private(path, &bytes).map_err(|source| {
+                KeysError::Io {
+                    path: path.display().to_string(),
+                    source,
+                }
             })?;
         }
         *self
@@ -748,35 +750,6 @@ fn resign(t: &StoredTarget, seq: u64, keys: &ControlKeys) -> Result<StoredTarget
         version: t.version,
         signed,
     })
-}
-
-/// Writes `bytes` to `path` (mode 0600) so that it holds the old or the whole new content,
-/// fsyncing the file and then its directory.
-fn write_private_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("ring-tmp");
-    let result = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        options.mode(0o600);
-        let mut f = options.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

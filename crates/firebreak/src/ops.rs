@@ -345,7 +345,7 @@ pub async fn control_action(action: crate::ControlAction) -> Result<(), Failed> 
             };
             let taken: Backup = serde_json::from_slice(&bytes)
                 .map_err(|e| unavailable(format!("not a backup: {e}")))?;
-            write_durably(&file, &bytes)
+            firebreak_protocol::durable::write_atomic(&file, &bytes)
                 .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
             out!(
                 "backup of {} versions written to {} ({} bytes)",
@@ -383,14 +383,4 @@ pub async fn control_action(action: crate::ControlAction) -> Result<(), Failed> 
             Ok(())
         }
     }
-}
-
-/// Writes `bytes` to `path` through a temporary file, fsynced, then renamed.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }

@@ -70,7 +70,7 @@ impl ControlKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = Self::generate()?;
                 let text = format!("{SECRET_PREFIX}{}\n", B64.encode(key.0.to_bytes()));
-                write_private(path, text.as_bytes()).map_err(io)?;
+                crate::durable::write_private(path, text.as_bytes()).map_err(io)?;
                 Ok(key)
             }
             Err(e) => Err(io(e)),
@@ -109,36 +109,6 @@ impl ControlKey {
     pub fn from_secret_text(text: &str) -> Result<Self, KeyError> {
         Self::from_text(text.trim())
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    let mut f = options.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    // The rename is durable only once the directory is: a crash now must not lose the key
-    // that signed what edges already trust.
-    #[cfg(unix)]
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// The public half, which edges use to verify everything the control plane sends.

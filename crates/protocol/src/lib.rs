@@ -21,6 +21,7 @@ pub mod api;
 pub mod bundle;
 pub mod client;
 pub mod document;
+pub mod durable;
 pub mod health;
 pub mod keyring;
 pub mod keys;

@@ -177,15 +177,17 @@ impl Identity {
             .filter(|c| credential_fits(c, &self.id))
             .ok_or("the join answer carries no credential for this edge")?;
         let (path, kept) = (self.path.clone(), credential.clone());
-        tokio::task::spawn_blocking(move || write_private(&path, kept.as_bytes()))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| {
-                format!(
-                    "cannot keep the edge credential in {}: {e}",
-                    self.path.display()
-                )
-            })?;
+        tokio::task::spawn_blocking(move || {
+            firebreak_protocol::durable::write_private(&path, kept.as_bytes())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            format!(
+                "cannot keep the edge credential in {}: {e}",
+                self.path.display()
+            )
+        })?;
         tracing::info!(edge = %self.id, "joined the fleet; credential kept in {}", self.path.display());
         state.credential = Some(credential.clone());
         state.declared = Some(declared);
@@ -215,38 +217,6 @@ fn read_credential(path: &Path, id: &str) -> Option<String> {
     }
 }
 
-/// Writes `bytes` to `path` atomically, readable by the owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let result = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600);
-        }
-        let mut f = options.open(&tmp)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        }
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -258,7 +228,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(CREDENTIAL_FILE);
         let c = format!("edge:e1:{}", "ab".repeat(32));
-        write_private(&path, c.as_bytes()).unwrap();
+        firebreak_protocol::durable::write_private(&path, c.as_bytes()).unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -129,7 +129,7 @@ impl TrustStore {
             }
             let file = TrustFile { chain: all };
             let bytes = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
-            write_private(&self.path, &bytes)
+            firebreak_protocol::durable::write_private(&self.path, &bytes)
                 .map_err(|e| format!("cannot keep the key set in {}: {e}", self.path.display()))?;
             let generation = set.generation;
             *self
@@ -190,32 +190,6 @@ fn read_bounded(path: &Path) -> std::io::Result<Option<Vec<u8>>> {
         )));
     }
     Ok(Some(out))
-}
-
-/// Writes `bytes` to `path` with mode 0600: temporary file, fsync, rename, fsync directory.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let result = (|| {
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        options.mode(0o600);
-        let mut f = options.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
