@@ -141,35 +141,11 @@ impl Control {
     pub async fn start(store_spec: &str, dir: &Path) -> Self {
         let key_path = dir.join("control.key");
         let key = ControlKey::load_or_create(&key_path).unwrap();
-        let store = Store::open(store_spec).await.unwrap();
-        let plane = Plane::with_options(
-            store.clone(),
-            key,
-            firebreak_control::plane::PlaneOptions {
-                tick: Duration::from_millis(100),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-        let tokens = Tokens {
-            operator: OPERATOR.into(),
-            edge: EDGE.into(),
+        let options = firebreak_control::plane::PlaneOptions {
+            tick: Duration::from_millis(100),
+            ..Default::default()
         };
-        let server = firebreak_control::serve(
-            "127.0.0.1:0".parse().unwrap(),
-            plane.clone(),
-            tokens.access().unwrap(),
-        )
-        .await
-        .unwrap();
-        Self {
-            url: format!("http://{}", server.local_addr()),
-            plane,
-            store,
-            key_path,
-            server: Some(server),
-        }
+        Self::serve_plane(store_spec, key_path, key, options, None).await
     }
 
     pub fn public(&self) -> PublicKey {
@@ -460,7 +436,7 @@ impl Control {
             tick: Duration::from_millis(100),
             ..Default::default()
         };
-        Self::serve_plane(store_spec, key_path, keys, options).await
+        Self::serve_plane(store_spec, key_path, keys, options, None).await
     }
 
     /// [`Control::start`] with targets that stay fresh for `freshness` only.
@@ -472,7 +448,7 @@ impl Control {
             target_freshness: freshness,
             ..Default::default()
         };
-        Self::serve_plane(store_spec, key_path, key, options).await
+        Self::serve_plane(store_spec, key_path, key, options, None).await
     }
 
     async fn serve_plane(
@@ -480,22 +456,24 @@ impl Control {
         key_path: std::path::PathBuf,
         key: impl Into<firebreak_control::keys::ControlKeys>,
         options: firebreak_control::plane::PlaneOptions,
+        access: Option<firebreak_control::auth::Access>,
     ) -> Self {
         let store = Store::open(store_spec).await.unwrap();
         let plane = Plane::with_options(store.clone(), key, options)
             .await
             .unwrap();
-        let tokens = Tokens {
-            operator: OPERATOR.into(),
-            edge: EDGE.into(),
-        };
-        let server = firebreak_control::serve(
-            "127.0.0.1:0".parse().unwrap(),
-            plane.clone(),
-            tokens.access().unwrap(),
-        )
-        .await
-        .unwrap();
+        let access = access.unwrap_or_else(|| {
+            Tokens {
+                operator: OPERATOR.into(),
+                edge: EDGE.into(),
+            }
+            .access()
+            .unwrap()
+        });
+        let server =
+            firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), access)
+                .await
+                .unwrap();
         Self {
             url: format!("http://{}", server.local_addr()),
             plane,
@@ -564,28 +542,12 @@ pub async fn control_with(
 ) -> Control {
     let key_path = dir.join("control.key");
     let key = ControlKey::load_or_create(&key_path).unwrap();
-    let store = Store::open(store_spec).await.unwrap();
-    let plane = Plane::with_options(
-        store.clone(),
-        key,
-        firebreak_control::plane::PlaneOptions {
-            tick: Duration::from_millis(100),
-            edges,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    let server = firebreak_control::serve("127.0.0.1:0".parse().unwrap(), plane.clone(), access)
-        .await
-        .unwrap();
-    Control {
-        url: format!("http://{}", server.local_addr()),
-        plane,
-        store,
-        key_path,
-        server: Some(server),
-    }
+    let options = firebreak_control::plane::PlaneOptions {
+        tick: Duration::from_millis(100),
+        edges,
+        ..Default::default()
+    };
+    Control::serve_plane(store_spec, key_path, key, options, Some(access)).await
 }
 
 /// The credential a joined edge keeps in its data directory.
