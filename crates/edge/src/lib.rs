@@ -13,6 +13,8 @@ pub mod coalesce;
 pub mod conn;
 pub mod drills;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod proxy;

@@ -8,7 +8,7 @@ mod fetch;
 mod invalidate;
 mod lookup;
 mod respond;
-mod route;
+pub(crate) mod route;
 
 use crate::body::EdgeBody;
 use crate::coalesce::Coalescer;
@@ -81,7 +81,7 @@ impl EdgeState {
         }
     }
 
-    fn request_id(&self) -> RequestId {
+    pub(crate) fn request_id(&self) -> RequestId {
         RequestId {
             prefix: self.id_prefix,
             n: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -139,7 +139,7 @@ pub(crate) struct RequestTrace {
 }
 
 impl RequestTrace {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             origin_us: AtomicU64::new(0),
             result: std::sync::atomic::AtomicU8::new(CacheResult::Error as u8),
