@@ -122,8 +122,6 @@ struct EvictionHook {
 impl Lifecycle<CacheKey, Arc<Variants>> for EvictionHook {
     type RequestState = ();
 
-    fn begin_request(&self) -> Self::RequestState {}
-
     fn on_evict(&self, _state: &mut (), key: CacheKey, val: Arc<Variants>) {
         if INSERTING.with(|k| k.borrow().as_ref() == Some(&key)) {
             return;
