@@ -179,7 +179,10 @@ fn parse(file: &str, text: &str, mode: Mode) -> Result<ValidConfig, ConfigReject
     if text.len() as u64 > MAX_CONFIG_BYTES {
         return Err(too_big(file, text.len() as u64));
     }
-    let de = toml::Deserializer::new(text);
+    let de = toml::Deserializer::parse(text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+        ConfigRejected::one(file, line, column, "", e.message().to_owned())
+    })?;
     let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -194,7 +197,7 @@ fn parse(file: &str, text: &str, mode: Mode) -> Result<ValidConfig, ConfigReject
     if problems.is_empty() {
         return Ok(ValidConfig(config));
     }
-    let doc = toml_edit::ImDocument::parse(text).ok();
+    let doc = toml_edit::Document::parse(text).ok();
     let mut errors: Vec<ConfigError> = problems
         .into_iter()
         .map(|p| {

@@ -1,7 +1,7 @@
 //! Mapping a field path (`service[1].hosts[0]`) back to a place in the TOML text, so that
 //! semantic errors found after parsing still name a line and column.
 
-use toml_edit::{ImDocument, Item};
+use toml_edit::{Document, Item};
 
 /// One step of a field path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 /// Byte offset where the item at `path` starts, or the deepest ancestor found.
-pub fn locate(doc: &ImDocument<&str>, path: &[PathSeg]) -> Option<usize> {
+pub fn locate(doc: &Document<&str>, path: &[PathSeg]) -> Option<usize> {
     let mut item: &Item = doc.as_item();
     let mut best = None;
     for seg in path {

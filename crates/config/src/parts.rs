@@ -6,7 +6,7 @@
 
 use crate::load::{ConfigError, ConfigRejected};
 use crate::locate::line_col;
-use toml_edit::{ImDocument, Item};
+use toml_edit::{Document, Item};
 
 fn error(
     file: &str,
@@ -25,8 +25,8 @@ fn error(
     }
 }
 
-fn parse<'a>(file: &str, text: &'a str) -> Result<ImDocument<&'a str>, ConfigRejected> {
-    ImDocument::parse(text).map_err(|e| ConfigRejected {
+fn parse<'a>(file: &str, text: &'a str) -> Result<Document<&'a str>, ConfigRejected> {
+    Document::parse(text).map_err(|e| ConfigRejected {
         errors: vec![error(
             file,
             text,
@@ -38,7 +38,7 @@ fn parse<'a>(file: &str, text: &'a str) -> Result<ImDocument<&'a str>, ConfigRej
 }
 
 /// Where a top-level key starts (its header or its key).
-fn key_offset(doc: &ImDocument<&str>, key: &str) -> Option<usize> {
+fn key_offset(doc: &Document<&str>, key: &str) -> Option<usize> {
     let (k, item) = doc.as_table().get_key_value(key)?;
     k.span().or_else(|| item.span()).map(|s| s.start)
 }
