@@ -250,7 +250,10 @@ async fn old_target_replayed_to_fresh_edge_is_refused() {
 async fn older_target_than_verified_is_ignored() {
     let dir = temp_dir("replay-older");
     let origin = origin().await;
-    let c = Control::start(&redb(&dir), &dir).await;
+    // A short freshness bound keeps the edge's long-polls short (half the remaining
+    // freshness), so the replay reaches it within the wait below; the old statement is judged
+    // older before its expiry is looked at.
+    let c = Control::start_with_freshness(&redb(&dir), &dir, Duration::from_secs(10)).await;
     c.release(&fleet_doc(origin, "v1")).await;
     let (old, _) = capture_target(&c, "e").await;
     let mitm = Mitm::start(&c.url).await;
