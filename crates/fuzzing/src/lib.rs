@@ -24,7 +24,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("cache_headers", cache_headers),
     ("config", config),
     ("bundle", bundle),
-    ("target", target),
+    ("signed_target", signed_target),
     ("proxy_protocol", proxy_protocol),
     ("key_set", key_set),
 ];
@@ -61,7 +61,7 @@ pub fn bundle(data: &[u8]) {
 }
 
 /// A signed target as a long-poll answers it: parsed, verified, judged.
-pub fn target(data: &[u8]) {
+pub fn signed_target(data: &[u8]) {
     let Some(key) = public() else {
         return;
     };

@@ -37,7 +37,7 @@ fn seeds(name: &str) -> Vec<Vec<u8>> {
     // Signed seeds are made with this run's key, so mutations start from valid statements.
     let key = key().unwrap();
     match name {
-        "target" => {
+        "signed_target" => {
             let t = Target {
                 epoch: 1,
                 seq: 7,
