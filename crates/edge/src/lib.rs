@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod agent;
 pub mod body;
+pub mod client_body;
 pub mod coalesce;
 pub mod conn;
 pub mod drills;
