@@ -453,6 +453,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
         firebreak_config::load_file_as(file, firebreak_config::Mode::Managed)
     };
     match result {
+        Ok(valid) if !certificates_valid_now(file, &valid) => ExitCode::FAILURE,
         Ok(_) => {
             let kind = if standalone {
                 "standalone edge file"
@@ -467,6 +468,26 @@ fn validate(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Expired certificates refuse the file (an edge loading it would only warn); certificates not
+/// yet valid are a warning. Each is printed `file:line:column: field: message`.
+fn certificates_valid_now(file: &std::path::Path, valid: &ValidConfig) -> bool {
+    use firebreak_config::tls::{check_validity, Severity};
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let name = file.display().to_string();
+    let mut ok = true;
+    for p in check_validity(valid, std::time::SystemTime::now()) {
+        let located = p.located(&name, &text);
+        match p.severity {
+            Severity::Error => {
+                ok = false;
+                eprintln!("{located}");
+            }
+            Severity::Warning => eprintln!("warning: {located}"),
+        }
+    }
+    ok
 }
 
 /// `firebreak control SUBCOMMAND`.
