@@ -244,7 +244,8 @@ pub fn inspect(pem: &str) -> Result<CertInfo, TlsConfigError> {
     inspect_der(leaf)
 }
 
-fn inspect_der(der: &CertificateDer<'_>) -> Result<CertInfo, TlsConfigError> {
+/// Describes one DER certificate (for example the peer certificate of a connection).
+pub fn inspect_der(der: &[u8]) -> Result<CertInfo, TlsConfigError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(der).map_err(|e| TlsConfigError::CertParse {
             index: 0,

@@ -83,7 +83,10 @@ impl CertTable {
     fn for_service(&self, service: Option<usize>) -> Option<Arc<CertifiedKey>> {
         service
             .and_then(|i| self.certs.get(i).cloned().flatten())
-            .or_else(|| self.default.and_then(|i| self.certs.get(i).cloned().flatten()))
+            .or_else(|| {
+                self.default
+                    .and_then(|i| self.certs.get(i).cloned().flatten())
+            })
     }
 }
 
