@@ -25,6 +25,7 @@ pub mod server;
 pub mod signed_admin;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use server::{EdgeHandle, EdgeServer};
