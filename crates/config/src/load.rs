@@ -183,7 +183,7 @@ fn parse(file: &str, text: &str, mode: Mode) -> Result<ValidConfig, ConfigReject
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
         ConfigRejected::one(file, line, column, "", e.message().to_owned())
     })?;
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
         let inner = e.into_inner();
@@ -193,7 +193,8 @@ fn parse(file: &str, text: &str, mode: Mode) -> Result<ValidConfig, ConfigReject
             .unwrap_or((0, 0));
         ConfigRejected::one(file, line, column, &field, inner.message().to_owned())
     })?;
-    let problems = validate(&config, mode);
+    let mut problems = crate::origin_tls::read_ca_files(&mut config, file, mode);
+    problems.extend(validate(&config, mode));
     if problems.is_empty() {
         return Ok(ValidConfig(config));
     }
