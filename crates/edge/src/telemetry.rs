@@ -362,3 +362,10 @@ mod tests {
         assert_eq!(status_label(StatusCode::from_u16(999).unwrap()), "other");
     }
 }
+
+/// An origin TLS handshake failed (`reason`: `unknown_issuer`, `name_mismatch`, `expired`,
+/// `handshake`, `other`).
+pub fn origin_tls_failure(service: &Arc<str>, reason: &'static str) {
+    metrics::counter!("firebreak_origin_tls_failures_total", "service" => service.clone(), "reason" => reason)
+        .increment(1);
+}
