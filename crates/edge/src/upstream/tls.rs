@@ -58,12 +58,9 @@ pub(super) fn client_config(config: &OriginPoolConfig) -> Result<ClientConfig, S
                 .map_err(|e| format!("origin ca: {e}"))?;
         }
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| format!("origin TLS: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    // The ring provider, TLS 1.3 and 1.2 (the shared client configuration).
+    let mut tls = firebreak_protocol::tls::client_config(roots)
+        .map_err(|e| format!("origin TLS: {e}"))?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tls)
 }
@@ -111,7 +108,9 @@ pub(super) fn failure(error: &(dyn std::error::Error + 'static)) -> Option<TlsFa
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut closed = false;
     for _ in 0..MAX_CHAIN {
-        let e = current?;
+        let Some(e) = current else {
+            break;
+        };
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(TlsFailure {
                 reason: reason(tls),
