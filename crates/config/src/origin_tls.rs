@@ -60,7 +60,9 @@ pub enum CaBundleError {
         kind: &'static str,
     },
     /// A certificate that cannot be a trust anchor (bad DER, unsupported structure).
-    #[error("certificate {index} (ending at line {line} of the PEM) cannot be a trust anchor: {reason}")]
+    #[error(
+        "certificate {index} (ending at line {line} of the PEM) cannot be a trust anchor: {reason}"
+    )]
     Invalid {
         /// 1-based number of the section.
         index: usize,
@@ -246,7 +248,9 @@ fn pool(c: &mut Checker, base: &[PathSeg], o: &OriginPoolConfig, mode: Mode) {
         if !is_dns_name(name) {
             c.fail(
                 &at("tls_server_name"),
-                format!("`{name}` is not a DNS name (certificates name hosts; no port, no IP address)"),
+                format!(
+                    "`{name}` is not a DNS name (certificates name hosts; no port, no IP address)"
+                ),
             );
         }
     } else if let Some(host) = o.host_header.as_deref().map(without_port) {
@@ -291,12 +295,7 @@ pub(crate) fn read_ca_files(config: &mut Config, file: &str, mode: Mode) -> Vec<
         match read_bounded(&path) {
             Ok(text) => o.ca_file_pem = Some(text),
             Err(message) => problems.push(Problem {
-                path: vec![
-                    Key("service"),
-                    Index(i),
-                    Key("origin"),
-                    Key("ca_file"),
-                ],
+                path: vec![Key("service"), Index(i), Key("origin"), Key("ca_file")],
                 message: format!("`{}`: {message}", path.display()),
             }),
         }
@@ -344,7 +343,9 @@ mod tests {
     }
 
     fn fleet(origin: &str) -> String {
-        format!("[[service]]\nname = \"a\"\nhosts = [\"a.example\"]\n\n[service.origin]\n{origin}\n")
+        format!(
+            "[[service]]\nname = \"a\"\nhosts = [\"a.example\"]\n\n[service.origin]\n{origin}\n"
+        )
     }
 
     fn error(text: &str) -> String {
@@ -366,7 +367,9 @@ mod tests {
         assert_eq!(c.services[0].origin.fixed_tls_server_name(), None);
         let c = parse_str(
             "edge.toml",
-            &edge(&format!("{BY_IP}\ntls = true\nhost_header = \"www.example:8443\"")),
+            &edge(&format!(
+                "{BY_IP}\ntls = true\nhost_header = \"www.example:8443\""
+            )),
         )
         .unwrap();
         assert_eq!(
@@ -396,7 +399,10 @@ mod tests {
         let e = error(&edge(&format!(
             "{BY_IP}\ntls = true\nhost_header = \"10.0.0.1:80\""
         )));
-        assert!(e.contains("origin.tls_server_name: is needed: host_header"), "{e}");
+        assert!(
+            e.contains("origin.tls_server_name: is needed: host_header"),
+            "{e}"
+        );
         for bad in ["10.0.0.1", "origin.example:443", "bad name", ""] {
             let e = error(&edge(&format!(
                 "{NAMED}\ntls = true\ntls_server_name = \"{bad}\""
@@ -410,7 +416,10 @@ mod tests {
     fn tls_settings_on_a_cleartext_pool_are_refused() {
         let pem = ca_pem();
         for (field, line) in [
-            ("tls_server_name", "tls_server_name = \"a.example\"".to_owned()),
+            (
+                "tls_server_name",
+                "tls_server_name = \"a.example\"".to_owned(),
+            ),
             ("ca", format!("ca = \"\"\"\n{pem}\"\"\"")),
             ("ca_file", "ca_file = \"ca.pem\"".to_owned()),
         ] {
@@ -427,7 +436,9 @@ mod tests {
         let pem = ca_pem();
         let c = parse_str(
             "edge.toml",
-            &edge(&format!("{NAMED}\ntls = true\nca = \"\"\"\n{pem}{pem}\"\"\"")),
+            &edge(&format!(
+                "{NAMED}\ntls = true\nca = \"\"\"\n{pem}{pem}\"\"\""
+            )),
         )
         .unwrap();
         let bundle = c.services[0].origin.ca_pem().unwrap();
@@ -435,7 +446,9 @@ mod tests {
 
         // Broken base64 in the second certificate.
         let broken = format!("{pem}{}", pem.replacen("MII", "M!I", 1));
-        let e = error(&edge(&format!("{NAMED}\ntls = true\nca = \"\"\"\n{broken}\"\"\"")));
+        let e = error(&edge(&format!(
+            "{NAMED}\ntls = true\nca = \"\"\"\n{broken}\"\"\""
+        )));
         assert!(
             e.starts_with("edge.toml:11:6: service[0].origin.ca: PEM section 2"),
             "{e}"
@@ -444,9 +457,13 @@ mod tests {
 
         // Valid base64, but not a certificate.
         let junk = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
-        let e = error(&edge(&format!("{NAMED}\ntls = true\nca = \"\"\"\n{junk}\"\"\"")));
+        let e = error(&edge(&format!(
+            "{NAMED}\ntls = true\nca = \"\"\"\n{junk}\"\"\""
+        )));
         assert!(
-            e.contains("origin.ca: certificate 1 (ending at line 3 of the PEM) cannot be a trust anchor"),
+            e.contains(
+                "origin.ca: certificate 1 (ending at line 3 of the PEM) cannot be a trust anchor"
+            ),
             "{e}"
         );
 
@@ -509,7 +526,9 @@ mod tests {
         // Missing, too big, not PEM: each names the field and the file.
         std::fs::write(
             &file,
-            edge(&format!("{NAMED}\ntls = true\nca_file = \"certs/none.pem\"")),
+            edge(&format!(
+                "{NAMED}\ntls = true\nca_file = \"certs/none.pem\""
+            )),
         )
         .unwrap();
         let e = load_file(&file).unwrap_err().to_string();
@@ -526,11 +545,16 @@ mod tests {
         )
         .unwrap();
         let e = load_file(&file).unwrap_err().to_string();
-        assert!(e.contains("origin.ca_file: `") && e.contains("the limit is 1048576"), "{e}");
+        assert!(
+            e.contains("origin.ca_file: `") && e.contains("the limit is 1048576"),
+            "{e}"
+        );
         std::fs::write(dir.join("certs/junk.pem"), "junk").unwrap();
         std::fs::write(
             &file,
-            edge(&format!("{NAMED}\ntls = true\nca_file = \"certs/junk.pem\"")),
+            edge(&format!(
+                "{NAMED}\ntls = true\nca_file = \"certs/junk.pem\""
+            )),
         )
         .unwrap();
         let e = load_file(&file).unwrap_err().to_string();
@@ -548,7 +572,10 @@ mod tests {
         )
         .unwrap();
         let e = load_file(&file).unwrap_err().to_string();
-        assert!(e.contains("origin.ca_file: give `ca` or `ca_file`, not both"), "{e}");
+        assert!(
+            e.contains("origin.ca_file: give `ca` or `ca_file`, not both"),
+            "{e}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

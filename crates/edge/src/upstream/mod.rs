@@ -16,8 +16,8 @@
 mod tls;
 mod upload;
 
-pub use upload::{client_body, ClientBodyError, UpstreamBody};
 use tls::{TlsFailure, UpstreamClient};
+pub use upload::{client_body, ClientBodyError, UpstreamBody};
 use upload::{client_body_error, watched, Upload};
 
 use crate::error::ProxyError;
@@ -182,7 +182,10 @@ impl OriginPool {
             (UpstreamClient::Tls(builder.build(https)), Scheme::HTTPS)
         } else {
             connector.enforce_http(true);
-            (UpstreamClient::Plain(builder.build(connector)), Scheme::HTTP)
+            (
+                UpstreamClient::Plain(builder.build(connector)),
+                Scheme::HTTP,
+            )
         };
         Ok(Self {
             config: config.clone(),
@@ -584,30 +587,33 @@ mod tests {
     use firebreak_config::OriginServerConfig;
 
     fn pool(servers: &[(&str, u32, bool)]) -> OriginPool {
-        OriginPool::new(&OriginPoolConfig {
-            servers: servers
-                .iter()
-                .map(|(a, w, b)| OriginServerConfig {
-                    addr: a.to_string(),
-                    weight: *w,
-                    backup: *b,
-                })
-                .collect(),
-            connect_timeout_ms: 100,
-            response_timeout_ms: 100,
-            idle_timeout_ms: 1000,
-            max_idle_per_server: 4,
-            host_header: None,
-            breaker: firebreak_config::BreakerConfig {
-                failures: 2,
-                open_ms: 1000,
+        OriginPool::new(
+            &OriginPoolConfig {
+                servers: servers
+                    .iter()
+                    .map(|(a, w, b)| OriginServerConfig {
+                        addr: a.to_string(),
+                        weight: *w,
+                        backup: *b,
+                    })
+                    .collect(),
+                connect_timeout_ms: 100,
+                response_timeout_ms: 100,
+                idle_timeout_ms: 1000,
+                max_idle_per_server: 4,
+                host_header: None,
+                breaker: firebreak_config::BreakerConfig {
+                    failures: 2,
+                    open_ms: 1000,
+                },
+                tls: false,
+                tls_server_name: None,
+                ca: None,
+                ca_file: None,
+                ca_file_pem: None,
             },
-            tls: false,
-            tls_server_name: None,
-            ca: None,
-            ca_file: None,
-            ca_file_pem: None,
-        }, "test")
+            "test",
+        )
         .unwrap()
     }
 

@@ -53,14 +53,12 @@ pub(super) fn client_config(config: &OriginPoolConfig) -> Result<ClientConfig, S
         let certs = firebreak_config::origin_tls::parse_ca_bundle(pem)
             .map_err(|e| format!("origin ca: {e}"))?;
         for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("origin ca: {e}"))?;
+            roots.add(cert).map_err(|e| format!("origin ca: {e}"))?;
         }
     }
     // The ring provider, TLS 1.3 and 1.2 (the shared client configuration).
-    let mut tls = firebreak_protocol::tls::client_config(roots)
-        .map_err(|e| format!("origin TLS: {e}"))?;
+    let mut tls =
+        firebreak_protocol::tls::client_config(roots).map_err(|e| format!("origin TLS: {e}"))?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tls)
 }
@@ -72,8 +70,7 @@ pub(super) fn connector(
     http: HttpConnector,
     config: &OriginPoolConfig,
 ) -> Result<HttpsConnector<HttpConnector>, String> {
-    let resolver: Arc<dyn ResolveServerName + Send + Sync> = match config.fixed_tls_server_name()
-    {
+    let resolver: Arc<dyn ResolveServerName + Send + Sync> = match config.fixed_tls_server_name() {
         Some(name) => {
             let name = ServerName::try_from(name.to_owned())
                 .map_err(|e| format!("origin tls_server_name `{name}`: {e}"))?;

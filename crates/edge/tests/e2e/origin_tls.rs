@@ -73,16 +73,14 @@ impl Drop for TlsOrigin {
     }
 }
 
-async fn tls_origin(
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-) -> TlsOrigin {
-    let mut config = rustls::ServerConfig::builder_with_provider(firebreak_protocol::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+async fn tls_origin(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> TlsOrigin {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(firebreak_protocol::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -164,7 +162,10 @@ tls = true
 }
 
 fn with_ca(ca: &TestCa, name: &str) -> String {
-    format!("tls_server_name = \"{name}\"\nca = \"\"\"\n{}\"\"\"", ca.pem)
+    format!(
+        "tls_server_name = \"{name}\"\nca = \"\"\"\n{}\"\"\"",
+        ca.pem
+    )
 }
 
 /// The value of `firebreak_origin_tls_failures_total` for `service` and `reason`.
@@ -279,7 +280,11 @@ async fn a_cleartext_origin_on_a_tls_pool_is_a_502_and_never_gets_a_cleartext_re
     let r = edge.get("/page").await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY);
     assert!(origin.connections.load(Ordering::SeqCst) >= 1);
-    assert_eq!(origin.count(), 0, "a request reached the origin in cleartext");
+    assert_eq!(
+        origin.count(),
+        0,
+        "a request reached the origin in cleartext"
+    );
     assert_eq!(tls_failures("tls-cleartext-origin", "handshake"), 1);
 }
 
