@@ -15,6 +15,7 @@ mod limits;
 mod load;
 mod locate;
 mod model;
+pub mod origin_tls;
 mod parts;
 mod regexes;
 mod rollout;

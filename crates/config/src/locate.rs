@@ -54,7 +54,10 @@ pub fn locate(doc: &Document<&str>, path: &[PathSeg]) -> Option<usize> {
     let mut item: &Item = doc.as_item();
     let mut best = None;
     for seg in path {
-        let next = step(item, seg)?;
+        // An absent field (a required name not given) is located at its parent.
+        let Some(next) = step(item, seg) else {
+            return best;
+        };
         if let Some(span) = next.span() {
             best = Some(span.start);
         } else if let (PathSeg::Key(k), Some(table)) = (seg, item.as_table_like()) {

@@ -195,6 +195,25 @@ pub struct OriginPoolConfig {
     /// Circuit breaker per server (`breaker = { failures = 5, open_ms = 10000 }`).
     #[serde(default)]
     pub breaker: crate::fetch::BreakerConfig,
+    /// Speak TLS to the origin servers (HTTPS), verified against webpki-roots plus `ca`;
+    /// never falls back to cleartext. See [`crate::origin_tls`].
+    #[serde(default)]
+    pub tls: bool,
+    /// Name sent as SNI and checked against the origin's certificate. Default: `host_header`
+    /// (without its port) when set, else each server's host (which must then be a name).
+    #[serde(default)]
+    pub tls_server_name: Option<String>,
+    /// Extra trusted CA certificates (PEM, inline), added to webpki-roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Extra trusted CA certificates from a PEM file, relative to the configuration file.
+    /// Standalone edges only: files do not travel with a fleet document.
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The contents of `ca_file`, read when the configuration was loaded (not a setting: a
+    /// changed file gives a changed pool on reload).
+    #[serde(skip)]
+    pub ca_file_pem: Option<String>,
 }
 
 fn default_connect_timeout_ms() -> u64 {

@@ -103,6 +103,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     if !c.skip_regexes && c.problems.len() == before {
         crate::regexes::check_size(&mut c, &config.services);
     }
+    crate::origin_tls::check(&mut c, &config.services, mode);
     crate::drills::check_switches(&mut c, &config.switches, &config.services);
     crate::forwarding::check(&mut c, &config.forwarding);
     crate::tls::check(&mut c, config, mode);

@@ -116,7 +116,7 @@ impl Service {
             .map(|s| s.pool.clone());
         let pool = match reused {
             Some(pool) => pool,
-            None => Arc::new(OriginPool::new(&c.origin)?),
+            None => Arc::new(OriginPool::new(&c.origin, &c.name)?),
         };
         let rules = c
             .cache

@@ -350,6 +350,13 @@ pub fn target_stale(stale: bool) {
     metrics::gauge!(AGENT_TARGET_STALE).set(if stale { 1.0 } else { 0.0 });
 }
 
+/// An origin TLS handshake failed (`reason`: `unknown_issuer`, `name_mismatch`, `expired`,
+/// `handshake`, `other`).
+pub fn origin_tls_failure(service: &Arc<str>, reason: &'static str) {
+    metrics::counter!("firebreak_origin_tls_failures_total", "service" => service.clone(), "reason" => reason)
+        .increment(1);
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

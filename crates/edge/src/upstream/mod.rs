@@ -13,8 +13,10 @@
 //! ([`ProxyError::OriginUnavailable`], 503 with `Retry-After`) and the fetch serves stale
 //! where it may.
 
+mod tls;
 mod upload;
 
+use tls::{TlsFailure, UpstreamClient};
 pub use upload::{client_body, ClientBodyError, UpstreamBody};
 use upload::{client_body_error, watched, Upload};
 
@@ -105,13 +107,19 @@ enum Failure {
     Timeout,
     /// Reset or malformed response: the request may have reached the origin.
     Bad(String),
+    /// The TLS handshake failed (nothing was sent): an origin fault, like `Connect`.
+    Tls(TlsFailure),
 }
 
 /// A pool of origin servers for one service.
 pub struct OriginPool {
     config: OriginPoolConfig,
     servers: Vec<OriginServer>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: UpstreamClient,
+    /// `https` for a TLS pool.
+    scheme: Scheme,
+    /// The service this pool serves, as a metric label.
+    service: Arc<str>,
     response_timeout: Duration,
     host_header: Option<HeaderValue>,
     next: AtomicUsize,
@@ -134,9 +142,9 @@ pub struct UpstreamRequest {
 }
 
 impl OriginPool {
-    /// Builds a pool from validated configuration. Fails only if an address that passed
-    /// validation still cannot be used as a URI authority.
-    pub fn new(config: &OriginPoolConfig) -> Result<Self, String> {
+    /// Builds service `service`'s pool from validated configuration. Fails only if an
+    /// address or TLS setting that passed validation still cannot be used.
+    pub fn new(config: &OriginPoolConfig, service: &str) -> Result<Self, String> {
         let servers = config
             .servers
             .iter()
@@ -161,17 +169,30 @@ impl OriginPool {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
         connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .pool_idle_timeout(Duration::from_millis(config.idle_timeout_ms))
             .pool_max_idle_per_host(config.max_idle_per_server)
             .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
+            .timer(TokioTimer::new());
+        let (client, scheme) = if config.tls {
+            // The TLS layer checks the scheme (https only); the TCP connector must let it by.
+            connector.enforce_http(false);
+            let https = tls::connector(connector, config)?;
+            (UpstreamClient::Tls(builder.build(https)), Scheme::HTTPS)
+        } else {
+            connector.enforce_http(true);
+            (
+                UpstreamClient::Plain(builder.build(connector)),
+                Scheme::HTTP,
+            )
+        };
         Ok(Self {
             config: config.clone(),
             servers,
             client,
+            scheme,
+            service: Arc::from(service),
             response_timeout: Duration::from_millis(config.response_timeout_ms),
             host_header: config
                 .host_header
@@ -397,6 +418,24 @@ impl OriginPool {
                 }
                 // Not the origin's fault: the breaker learns nothing (a probe is re-armed).
                 Err(Failure::Client(e)) => return Err(e),
+                Err(Failure::Tls(f)) => {
+                    // Nothing was sent: the next server may be tried. A server whose
+                    // certificate fails fails every handshake: ejected, and its breaker
+                    // spares the handshakes (and answers at once) like a refused connect.
+                    self.faulted(server, is_probe);
+                    crate::telemetry::origin_tls_failure(&self.service, f.reason);
+                    tracing::warn!(
+                        origin = %server.authority,
+                        service = %self.service,
+                        reason = f.reason,
+                        "{}",
+                        f.detail
+                    );
+                    last_err = Some(ProxyError::OriginUnreachable(format!(
+                        "{}: {}",
+                        server.authority, f.detail
+                    )));
+                }
                 Err(Failure::Connect(e)) => {
                     self.faulted(server, is_probe);
                     last_err = Some(ProxyError::OriginUnreachable(format!(
@@ -451,7 +490,7 @@ impl OriginPool {
                     upload.last_taken() + self.response_timeout
                 };
                 tokio::select! {
-                    r = &mut response => return classify(r),
+                    r = &mut response => return classify(r, self.config.tls),
                     () = upload.notify.notified() => {}
                     () = tokio::time::sleep_until(deadline) => {
                         let stuck = !upload.done.load(Ordering::Acquire)
@@ -465,7 +504,7 @@ impl OriginPool {
             }
         }
         match tokio::time::timeout(self.response_timeout, response).await {
-            Ok(r) => classify(r),
+            Ok(r) => classify(r, self.config.tls),
             Err(_) => Err(Failure::Timeout),
         }
     }
@@ -477,7 +516,7 @@ impl OriginPool {
         body: Option<UpstreamBody>,
     ) -> Result<Request<UpstreamBody>, ProxyError> {
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(self.scheme.clone())
             .authority(server.authority.clone())
             .path_and_query(req.path_and_query.clone())
             .build()
@@ -519,6 +558,7 @@ impl OriginPool {
 
 fn classify(
     r: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+    tls: bool,
 ) -> Result<Response<Incoming>, Failure> {
     match r {
         Ok(resp) => Ok(resp),
@@ -527,6 +567,9 @@ fn classify(
                 return Err(Failure::Client(client));
             }
             if e.is_connect() {
+                if let Some(f) = tls.then(|| tls::failure(&e)).flatten() {
+                    return Err(Failure::Tls(f));
+                }
                 return Err(Failure::Connect(e.to_string()));
             }
             let detail = std::error::Error::source(&e)
@@ -544,25 +587,33 @@ mod tests {
     use firebreak_config::OriginServerConfig;
 
     fn pool(servers: &[(&str, u32, bool)]) -> OriginPool {
-        OriginPool::new(&OriginPoolConfig {
-            servers: servers
-                .iter()
-                .map(|(a, w, b)| OriginServerConfig {
-                    addr: a.to_string(),
-                    weight: *w,
-                    backup: *b,
-                })
-                .collect(),
-            connect_timeout_ms: 100,
-            response_timeout_ms: 100,
-            idle_timeout_ms: 1000,
-            max_idle_per_server: 4,
-            host_header: None,
-            breaker: firebreak_config::BreakerConfig {
-                failures: 2,
-                open_ms: 1000,
+        OriginPool::new(
+            &OriginPoolConfig {
+                servers: servers
+                    .iter()
+                    .map(|(a, w, b)| OriginServerConfig {
+                        addr: a.to_string(),
+                        weight: *w,
+                        backup: *b,
+                    })
+                    .collect(),
+                connect_timeout_ms: 100,
+                response_timeout_ms: 100,
+                idle_timeout_ms: 1000,
+                max_idle_per_server: 4,
+                host_header: None,
+                breaker: firebreak_config::BreakerConfig {
+                    failures: 2,
+                    open_ms: 1000,
+                },
+                tls: false,
+                tls_server_name: None,
+                ca: None,
+                ca_file: None,
+                ca_file_pem: None,
             },
-        })
+            "test",
+        )
         .unwrap()
     }
 

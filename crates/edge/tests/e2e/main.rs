@@ -17,6 +17,7 @@ mod drills;
 mod floods;
 mod h2_floods;
 mod origin_faults;
+mod origin_tls;
 mod poisoning;
 mod proxy_protocol;
 mod proxying;
