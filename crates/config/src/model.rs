@@ -160,6 +160,25 @@ pub struct ServiceConfig {
     /// Per-client rate limit overrides (`[service.clients]`).
     #[serde(default)]
     pub clients: crate::clients::ServiceClientLimits,
+    /// TEMPORARY (slice "secrets"): accepts `[service.tls]` until slice "tlsedge" lands its
+    /// schema; dropped at merge in favour of theirs.
+    #[serde(default)]
+    pub tls: Option<ServiceTlsStub>,
+}
+
+/// TEMPORARY stand-in for slice "tlsedge"'s `[service.tls]` (shape only, no checks).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTlsStub {
+    /// PEM chain.
+    pub cert: Option<String>,
+    /// PEM key.
+    pub key: Option<String>,
+    /// The key's secret document (under the control plane).
+    pub key_sha256: Option<String>,
+    /// Answers handshakes whose SNI matches no service.
+    #[serde(default)]
+    pub default: bool,
 }
 
 /// An origin pool: servers, failover and connection settings.
