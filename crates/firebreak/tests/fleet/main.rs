@@ -17,5 +17,6 @@ mod identity;
 mod keys;
 mod replay;
 mod rollouts;
+mod secrets;
 mod validation;
 mod writes;
