@@ -30,6 +30,7 @@ pub mod keys;
 pub mod secrets;
 pub mod serve;
 pub mod signed;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch, now. Zero if the clock is before 1970.
 pub fn now_ms() -> u64 {
