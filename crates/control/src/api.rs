@@ -252,11 +252,10 @@ async fn version(State(app): State<App>, n: Result<Path<u64>, PathRejection>) ->
     let mut detail = app.plane.version(n).await?;
     // Certificates described, never shown as PEM (stored documents hold no key).
     let document = std::mem::take(&mut detail.document);
-    detail.document = tokio::task::spawn_blocking(move || {
-        firebreak_protocol::secrets::redact_certs(&document)
-    })
-    .await
-    .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    detail.document =
+        tokio::task::spawn_blocking(move || firebreak_protocol::secrets::redact_certs(&document))
+            .await
+            .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(detail).into_response())
 }
 

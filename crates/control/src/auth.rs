@@ -635,7 +635,11 @@ mod tests {
                 "/v1/edges/e1/secrets/ab",
                 Need::EdgeSecret("e1".into()),
             ),
-            ("PUT", "/v1/edges/e1/secrets/ab", Need::Operator(Role::Admin)),
+            (
+                "PUT",
+                "/v1/edges/e1/secrets/ab",
+                Need::Operator(Role::Admin),
+            ),
             ("GET", "/v1/nothing", Need::Operator(Role::Admin)),
             ("DELETE", "/v1/versions", Need::Operator(Role::Admin)),
             ("POST", "/healthz", Need::Operator(Role::Admin)),

@@ -35,7 +35,11 @@ pub struct Moved {
 /// `now_s` (seconds since the epoch): a certificate whose `not_after` is past refuses the push
 /// (`file:line:column: service[i].tls.cert: certificate expired at ...`); one not valid yet is
 /// a warning. Certificates that do not parse are left to the configuration's own checks.
-pub fn check_certificates(file: &str, text: &str, now_s: i64) -> Result<Vec<String>, ConfigRejected> {
+pub fn check_certificates(
+    file: &str,
+    text: &str,
+    now_s: i64,
+) -> Result<Vec<String>, ConfigRejected> {
     let Ok(doc) = Document::parse(text) else {
         return Ok(Vec::new());
     };
@@ -100,13 +104,17 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 /// Moves every inline key out of `services` (already validated), answering the documents with
 /// `key_sha256` in their place.
-pub fn extract(services: Vec<ServiceDocument>) -> Result<(Vec<ServiceDocument>, Moved), PlaneError> {
+pub fn extract(
+    services: Vec<ServiceDocument>,
+) -> Result<(Vec<ServiceDocument>, Moved), PlaneError> {
     let mut moved = Moved::default();
     let mut out = Vec::with_capacity(services.len());
     for s in services {
         let (document, keys) = secrets::extract_keys(&s.document)
             .map_err(|e| PlaneError::BadRequest(e.to_string()))?;
-        for named in secrets::referenced(&document).map_err(|e| PlaneError::BadRequest(e.to_string()))? {
+        for named in
+            secrets::referenced(&document).map_err(|e| PlaneError::BadRequest(e.to_string()))?
+        {
             if !keys.iter().any(|k| k.sha256 == named) && !moved.named.contains(&named) {
                 moved.named.push(named);
             }
@@ -189,7 +197,12 @@ impl Plane {
             .await?;
             if names {
                 let pem = self.store.secret(sha).await?.ok_or_else(gone)?;
-                tracing::info!(edge = id, secret = sha, version = v, "secret served to edge");
+                tracing::info!(
+                    edge = id,
+                    secret = sha,
+                    version = v,
+                    "secret served to edge"
+                );
                 return Ok(Bytes::from(pem));
             }
         }
@@ -224,13 +237,18 @@ mod tests {
         assert_eq!(e.errors.len(), 1);
         let shown = e.errors[0].to_string();
         assert!(
-            shown.starts_with("fleet.toml:10:8: service[0].tls.cert: certificate expired at 2021-01-01T00:00:00Z"),
+            shown.starts_with(
+                "fleet.toml:10:8: service[0].tls.cert: certificate expired at 2021-01-01T00:00:00Z"
+            ),
             "{shown}"
         );
         let (future, key) = cert((2030, 1, 1), (2031, 1, 1));
         let w = check_certificates("fleet.toml", &doc(&future, &key), now).unwrap();
         assert_eq!(w.len(), 1);
-        assert!(w[0].contains("not valid before 2030-01-01T00:00:00Z"), "{w:?}");
+        assert!(
+            w[0].contains("not valid before 2030-01-01T00:00:00Z"),
+            "{w:?}"
+        );
         let (good, key) = cert((2026, 1, 1), (2027, 1, 1));
         assert!(check_certificates("fleet.toml", &doc(&good, &key), now)
             .unwrap()

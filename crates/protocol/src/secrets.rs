@@ -59,7 +59,9 @@ impl std::fmt::Debug for Secret {
 
 /// Whether `s` is 64 lower-case hex digits.
 pub fn is_sha256_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn parse(text: &str) -> Result<DocumentMut, SecretError> {
@@ -134,7 +136,11 @@ pub fn extract_keys(text: &str) -> Result<(String, Vec<Secret>), SecretError> {
             ));
         }
         if tls.contains_key("key_sha256") {
-            return Err(field(service, "key_sha256", "give key or key_sha256, not both"));
+            return Err(field(
+                service,
+                "key_sha256",
+                "give key or key_sha256, not both",
+            ));
         }
         if secrets.len() >= MAX_SECRETS {
             return Err(field(service, "key", "too many keys in one document"));
@@ -244,17 +250,17 @@ impl CertInfo {
 /// `tls::inspect` may replace it).
 pub fn inspect(pem: &str) -> Result<CertInfo, String> {
     if pem.len() > MAX_CERT_PEM_BYTES {
-        return Err(format!(
-            "{} bytes; at most {MAX_CERT_PEM_BYTES}",
-            pem.len()
-        ));
+        return Err(format!("{} bytes; at most {MAX_CERT_PEM_BYTES}", pem.len()));
     }
     let first = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
         .next()
         .ok_or_else(|| "no PEM block".to_owned())?
         .map_err(|e| format!("not PEM: {e}"))?;
     if first.label != "CERTIFICATE" {
-        return Err(format!("first PEM block is {}, not a CERTIFICATE", first.label));
+        return Err(format!(
+            "first PEM block is {}, not a CERTIFICATE",
+            first.label
+        ));
     }
     let cert = first
         .parse_x509()
@@ -347,7 +353,11 @@ pub fn redact_certs(text: &str) -> String {
         }
         Ok(())
     });
-    let shown = if changed { doc.to_string() } else { text.to_owned() };
+    let shown = if changed {
+        doc.to_string()
+    } else {
+        text.to_owned()
+    };
     if shown.contains("PRIVATE KEY") {
         return "# (not shown: the document holds a private key)\n".to_owned();
     }

@@ -396,7 +396,10 @@ impl EtcdStore {
     }
 
     /// Stores secret documents (content-addressed) in one transaction.
-    pub(super) async fn put_secrets(&self, secrets: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+    pub(super) async fn put_secrets(
+        &self,
+        secrets: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
         if secrets.is_empty() {
             return Ok(());
         }

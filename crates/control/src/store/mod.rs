@@ -285,7 +285,10 @@ impl Store {
 
     /// Stores secret documents (services' private keys, keyed by the SHA-256 of their PEM),
     /// durably, before the version that names them ([`crate::secrets`]).
-    pub async fn put_secrets(&self, secrets: &[firebreak_protocol::secrets::Secret]) -> Result<(), StoreError> {
+    pub async fn put_secrets(
+        &self,
+        secrets: &[firebreak_protocol::secrets::Secret],
+    ) -> Result<(), StoreError> {
         if secrets.is_empty() {
             return Ok(());
         }

@@ -516,7 +516,10 @@ impl RedbStore {
 
     /// Stores secret documents (content-addressed: writing one again changes nothing), in one
     /// durable transaction.
-    pub(super) async fn put_secrets(&self, secrets: Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+    pub(super) async fn put_secrets(
+        &self,
+        secrets: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
@@ -536,7 +539,9 @@ impl RedbStore {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(SECRETS).map_err(err)?;
-            Ok(t.get(sha.as_str()).map_err(err)?.map(|v| v.value().to_vec()))
+            Ok(t.get(sha.as_str())
+                .map_err(err)?
+                .map(|v| v.value().to_vec()))
         })
         .await
     }

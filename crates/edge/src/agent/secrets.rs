@@ -55,12 +55,8 @@ fn named(bundle: &Bundle) -> Result<Vec<String>, String> {
 fn inline(data_dir: &Path, bundle: &Bundle) -> Result<Bundle, String> {
     let mut out = bundle.clone();
     for s in &mut out.services {
-        s.document = secrets::inline_keys(&s.document, |sha| load(data_dir, sha)).map_err(|e| {
-            format!(
-                "version {} service `{}`: {e}",
-                bundle.version, s.name
-            )
-        })?;
+        s.document = secrets::inline_keys(&s.document, |sha| load(data_dir, sha))
+            .map_err(|e| format!("version {} service `{}`: {e}", bundle.version, s.name))?;
     }
     Ok(out)
 }
@@ -133,10 +129,9 @@ impl Expiry {
         let key = (applied.version, applied.seq);
         if self.of != Some(key) {
             self.of = Some(key);
-            self.value = secrets::earliest_expiry(
-                applied.services.iter().map(|(_, s)| s.document.as_str()),
-            )
-            .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1000));
+            self.value =
+                secrets::earliest_expiry(applied.services.iter().map(|(_, s)| s.document.as_str()))
+                    .map(|s| u64::try_from(s).unwrap_or(0).saturating_mul(1000));
         }
         self.value
     }

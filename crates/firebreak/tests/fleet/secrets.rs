@@ -85,7 +85,10 @@ async fn scenario(store: &str, dir: &Path) {
     .await;
     assert_eq!(status, StatusCode::OK);
     let text = String::from_utf8_lossy(&bundle);
-    assert!(!text.contains("PRIVATE KEY"), "a bundle holds a private key");
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "a bundle holds a private key"
+    );
     assert!(text.contains(&sha), "the bundle does not name the secret");
 
     // The edge kept the key 0600 and serves the service with it.
@@ -110,9 +113,17 @@ async fn scenario(store: &str, dir: &Path) {
         assert!(!String::from_utf8_lossy(&body).contains("PRIVATE KEY"));
     }
     let (status, _) = http(Method::GET, &secret_url("e2", &sha), &cred1, None).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "an edge asked for another's secret");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an edge asked for another's secret"
+    );
     let (status, body) = http(Method::GET, &secret_url("e1", &sha), OPERATOR, None).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "an admin operator read a key");
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "an admin operator read a key"
+    );
     assert!(!String::from_utf8_lossy(&body).contains("PRIVATE KEY"));
     let (status, _) = http(Method::GET, &secret_url("e1", &sha), "", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -120,7 +131,9 @@ async fn scenario(store: &str, dir: &Path) {
     assert_eq!(status, StatusCode::FORBIDDEN, "the join token read a key");
 
     // Documents shown by the API: no key, no PEM; the certificate described.
-    let (status, detail) = c.call(Method::GET, &format!("/v1/versions/{v}"), None).await;
+    let (status, detail) = c
+        .call(Method::GET, &format!("/v1/versions/{v}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let shown = detail["document"].as_str().unwrap();
     assert!(!shown.contains("PRIVATE KEY"), "{shown}");
@@ -129,7 +142,10 @@ async fn scenario(store: &str, dir: &Path) {
     assert!(shown.contains("SANs: s.test"), "{shown}");
     let expires = firebreak_protocol::secrets::rfc3339(not_after);
     assert!(shown.contains(&expires), "{shown}");
-    assert!(shown.contains(&format!("key_sha256 = \"{sha}\"")), "{shown}");
+    assert!(
+        shown.contains(&format!("key_sha256 = \"{sha}\"")),
+        "{shown}"
+    );
 
     // A rotated certificate: stored, the diff shows the change, never a key or a PEM.
     let (cert2, key2, _) = cert_and_key("s.test", -3600, 60 * 86_400);
@@ -141,8 +157,14 @@ async fn scenario(store: &str, dir: &Path) {
         .await;
     assert_eq!(status, StatusCode::OK);
     let diff = diff.as_str().unwrap();
-    assert!(!diff.contains("PRIVATE KEY") && !diff.contains("BEGIN"), "{diff}");
-    assert!(diff.contains(&format!("+key_sha256 = \"{}\"", pem_sha(&key2))), "{diff}");
+    assert!(
+        !diff.contains("PRIVATE KEY") && !diff.contains("BEGIN"),
+        "{diff}"
+    );
+    assert!(
+        diff.contains(&format!("+key_sha256 = \"{}\"", pem_sha(&key2))),
+        "{diff}"
+    );
 
     // An expired certificate is refused at push, located; a future one is a warning.
     let (old, old_key, _) = cert_and_key("s.test", -60 * 86_400, -86_400);
@@ -262,7 +284,10 @@ async fn a_version_whose_secret_cannot_be_fetched_cannot_stage_and_nothing_chang
     // Nothing half-applied: the edge serves v1, keeps no file for the secret.
     assert_eq!(e.status().applied.unwrap().version, v1);
     assert_eq!(through(addr(&e), "a.test", "/").await.1, "v1");
-    assert!(!dir.join("e/secrets").join(format!("{missing}.pem")).exists());
+    assert!(!dir
+        .join("e/secrets")
+        .join(format!("{missing}.pem"))
+        .exists());
     e.shutdown();
     std::fs::remove_dir_all(&dir).ok();
 }
