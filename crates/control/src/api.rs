@@ -21,6 +21,7 @@
 //! | GET | `/v1/edges/{id}/target?after=SEQ&epoch=E&cell=C&wait_ms=MS` | that edge | long-poll for a newer target (at the end of the wait: the current one, signed afresh) |
 //! | PUT | `/v1/edges/{id}` | that edge | report applied version, staging and errors |
 //! | POST | `/v1/edges/{id}/health` | that edge | health counts of the running version |
+//! | GET | `/v1/edges/{id}/secrets/{sha256}` | that edge (no operator) | a private key a version this edge may run names (else 404) |
 //! | DELETE | `/v1/edges/{id}` | admin | forget an edge and its credential (audited) |
 //! | GET | `/v1/fleet` | read-only | every edge |
 //! | POST | `/v1/purge` | deployer | purge on every edge, with stragglers named |
@@ -111,6 +112,7 @@ pub fn router_with(
         .route("/v1/edges/{id}", put(report).delete(remove_edge))
         .route("/v1/edges/{id}/join", post(join))
         .route("/v1/edges/{id}/health", post(health))
+        .route("/v1/edges/{id}/secrets/{sha256}", get(edge_secret))
         .route("/v1/rollouts", post(deploy))
         .route("/v1/rollout", get(rollout))
         .route("/v1/rollout/{action}", post(rollout_action))
@@ -247,7 +249,34 @@ async fn versions(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejec
 
 async fn version(State(app): State<App>, n: Result<Path<u64>, PathRejection>) -> Answer {
     let Path(n) = n.map_err(bad_path)?;
-    Ok(Json(app.plane.version(n).await?).into_response())
+    let mut detail = app.plane.version(n).await?;
+    // Certificates described, never shown as PEM (stored documents hold no key).
+    let document = std::mem::take(&mut detail.document);
+    detail.document =
+        tokio::task::spawn_blocking(move || firebreak_protocol::secrets::redact_certs(&document))
+            .await
+            .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(detail).into_response())
+}
+
+/// `GET /v1/edges/{id}/secrets/{sha256}`: the PEM of a private key, to that edge only.
+async fn edge_secret(
+    State(app): State<App>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Answer {
+    let Path((id, sha)) = path.map_err(bad_path)?;
+    let pem = app.plane.edge_secret(&id, &sha).await?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-pem-file"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        pem,
+    )
+        .into_response())
 }
 
 async fn bundle(State(app): State<App>, n: Result<Path<u64>, PathRejection>) -> Answer {

@@ -379,6 +379,9 @@ pub enum Need {
     EdgeOrOperator(Role),
     /// The join token, or this edge's own credential (a re-join).
     Join(String),
+    /// A secret document (a private key): this edge's own credential, nobody else; no operator
+    /// of any role.
+    EdgeSecret(String),
 }
 
 /// The permission table: what `method path` requires. Unknown routes need an admin (they
@@ -396,6 +399,7 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["v1", "edges", id, "join"] if post => Need::Join((*id).to_owned()),
         ["v1", "edges", id, "target"] if get => Need::Edge((*id).to_owned()),
         ["v1", "edges", id, "health"] if post => Need::Edge((*id).to_owned()),
+        ["v1", "edges", id, "secrets", _] if get => Need::EdgeSecret((*id).to_owned()),
         ["v1", "edges", id] if put => Need::Edge((*id).to_owned()),
         ["v1", "edges", _] if delete => Need::Operator(Role::Admin),
         ["v1", "versions", _, "bundle"] | ["v1", "target"] | ["v1", "keys"] if get => {
@@ -457,7 +461,7 @@ pub fn permit(need: &Need, caller: Option<&Caller>) -> Result<(), Denied> {
             }
         }
         (Need::EdgeOrOperator(_), Caller::Edge { .. }) => Ok(()),
-        (Need::Edge(id) | Need::Join(id), Caller::Edge { id: own }) => {
+        (Need::Edge(id) | Need::Join(id) | Need::EdgeSecret(id), Caller::Edge { id: own }) => {
             if same_id(id, own) {
                 Ok(())
             } else {
@@ -475,6 +479,9 @@ pub fn permit(need: &Need, caller: Option<&Caller>) -> Result<(), Denied> {
         )),
         (Need::Edge(_) | Need::Join(_), Caller::Operator { name, .. }) => forbidden(format!(
             "operator {name}: edge routes take an edge's own credential"
+        )),
+        (Need::EdgeSecret(_), Caller::Operator { name, .. }) => forbidden(format!(
+            "operator {name}: private keys are served only to edges, never to operators"
         )),
     }
 }
@@ -510,7 +517,7 @@ async fn classify(g: &Gate, need: &Need, token: &str) -> Result<Option<Caller>, 
     }
     let edges_allowed = matches!(
         need,
-        Need::Edge(_) | Need::EdgeOrOperator(_) | Need::Join(_)
+        Need::Edge(_) | Need::EdgeOrOperator(_) | Need::Join(_) | Need::EdgeSecret(_)
     );
     if let Some(id) = credential_id(token) {
         if !edges_allowed {
@@ -623,6 +630,16 @@ mod tests {
             ("GET", "/v1/edges/e1/target", Need::Edge("e1".into())),
             ("POST", "/v1/edges/e1/health", Need::Edge("e1".into())),
             ("POST", "/v1/edges/e1/join", Need::Join("e1".into())),
+            (
+                "GET",
+                "/v1/edges/e1/secrets/ab",
+                Need::EdgeSecret("e1".into()),
+            ),
+            (
+                "PUT",
+                "/v1/edges/e1/secrets/ab",
+                Need::Operator(Role::Admin),
+            ),
             ("GET", "/v1/nothing", Need::Operator(Role::Admin)),
             ("DELETE", "/v1/versions", Need::Operator(Role::Admin)),
             ("POST", "/healthz", Need::Operator(Role::Admin)),
@@ -664,6 +681,13 @@ mod tests {
             assert!(permit(&n, Some(&edge("e1"))).is_err(), "{n:?}");
         }
         assert!(permit(&Need::EdgeOrOperator(Role::ReadOnly), Some(&edge("e1"))).is_ok());
+        // Private keys: the edge itself, nobody else, no operator (not even an admin).
+        let secret = Need::EdgeSecret("e1".into());
+        assert!(permit(&secret, Some(&edge("e1"))).is_ok());
+        assert!(permit(&secret, Some(&edge("e2"))).is_err());
+        assert!(permit(&secret, Some(&op("a", Role::Admin))).is_err());
+        assert!(permit(&secret, Some(&Caller::Joiner)).is_err());
+        assert_eq!(permit(&secret, None), Err(Denied::Unauthenticated));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //!   and what each route allows, checked from the headers before any body is read.
 //! - [`registry`]: edge identity: join token → per-edge credential, bounded registry,
 //!   pruning, removal.
+//! - [`secrets`]: services' private keys moved out of bundles into secret documents,
+//!   served only to edges that may run a version naming them; certificate expiry at push.
 //! - [`listener`]: serving the API within its bounds ([`ApiLimits`]); [`bounded_body`]: request
 //!   bodies read with size, time and memory bounds, errors as JSON.
 #![forbid(unsafe_code)]
@@ -28,6 +30,7 @@ mod openapi;
 pub mod plane;
 pub mod registry;
 pub mod rollout;
+pub mod secrets;
 pub mod store;
 
 pub use api::{serve, ControlServer, Tokens};

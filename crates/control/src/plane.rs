@@ -43,6 +43,9 @@ pub struct PushOutcome {
     /// With `activate`: why the rollout did not start (the version is stored regardless).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation_error: Option<String>,
+    /// What the push accepted but an operator should know (a certificate not valid yet).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Longest idempotency key.
@@ -247,7 +250,7 @@ impl Plane {
         } else {
             req.file.as_str()
         };
-        let docs = prepare(file, &req.document).await?;
+        let (docs, moved, warnings) = prepare(file, &req.document).await?;
         if req.activate {
             if let Some(r) = self.fleet_state().running() {
                 return Err(PlaneError::Conflict(format!(
@@ -256,6 +259,8 @@ impl Plane {
                 )));
             }
         }
+        // The keys moved out are stored before any version names them.
+        self.store_secrets(&moved).await?;
         for _ in 0..PUSH_ATTEMPTS {
             let parent = self.store.latest_version().await?;
             let version = parent.map_or(1, |p| p + 1);
@@ -312,6 +317,7 @@ impl Plane {
                     info,
                     already_stored: false,
                     activation_error,
+                    warnings,
                 });
             }
         }
@@ -344,6 +350,7 @@ impl Plane {
             info,
             already_stored: true,
             activation_error: None,
+            warnings: Vec::new(),
         })
     }
 
@@ -391,7 +398,9 @@ impl Plane {
         let (x, y) = (self.open(a).await?, self.open(b).await?);
         // Two megabytes of text can take the diff's whole time bound: on the blocking pool.
         blocking(move || {
-            let (x, y) = (x.assembled(), y.assembled());
+            // Certificates described, never shown as PEM (and no key, ever).
+            let redact = firebreak_protocol::secrets::redact_certs;
+            let (x, y) = (redact(&x.assembled()), redact(&y.assembled()));
             // Bounded: past the deadline `similar` falls back to a coarser (still correct) diff.
             let diff = similar::TextDiff::configure()
                 .timeout(Duration::from_secs(2))
@@ -518,6 +527,7 @@ impl Plane {
             id: id.to_owned(),
             report,
             last_seen_ms: now_ms(),
+            cert_expiry_ms: None,
         };
         self.store.put_edge(&status).await?;
         Ok(())
@@ -541,6 +551,9 @@ impl Plane {
                     e.last_seen_ms = e.last_seen_ms.max(t);
                 }
             }
+        }
+        for e in &mut edges {
+            e.cert_expiry_ms = self.health.latest(&e.id).and_then(|h| h.cert_expiry_ms);
         }
         edges.sort_by(|a, b| (&a.report.pop, &a.id).cmp(&(&b.report.pop, &b.id)));
         Ok(edges)
@@ -581,10 +594,16 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// Validates a pushed document as the operator wrote it (errors located in their file), splits
 /// it, and validates the parts and the assembled form exactly as every edge will load them
 /// ([`Bundle::validate`]). Runs on the blocking pool.
-async fn prepare(file: &str, document: &str) -> Result<Documents, PlaneError> {
+async fn prepare(
+    file: &str,
+    document: &str,
+) -> Result<(Documents, crate::secrets::Moved, Vec<String>), PlaneError> {
     let (file, document) = (file.to_owned(), document.to_owned());
     blocking(move || {
         parse_managed_str(&file, &document).map_err(PlaneError::Invalid)?;
+        let now_s = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
+        let warnings = crate::secrets::check_certificates(&file, &document, now_s)
+            .map_err(PlaneError::Invalid)?;
         let docs = split(&document).map_err(PlaneError::BadRequest)?;
         let candidate = Bundle {
             version: 0,
@@ -596,10 +615,13 @@ async fn prepare(file: &str, document: &str) -> Result<Documents, PlaneError> {
             services: docs.services,
         };
         candidate.validate(&file).map_err(PlaneError::Invalid)?;
-        Ok(Documents {
+        // Validated whole with its keys; now the keys move out of what gets sealed.
+        let (services, moved) = crate::secrets::extract(candidate.services)?;
+        let docs = Documents {
             fleet: candidate.fleet,
-            services: candidate.services,
-        })
+            services,
+        };
+        Ok((docs, moved, warnings))
     })
     .await
 }

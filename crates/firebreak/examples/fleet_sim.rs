@@ -636,6 +636,7 @@ impl SimEdge {
                     counts: total.clone(),
                 }],
                 total,
+                cert_expiry_ms: None,
             };
             let body = serde_json::to_vec(&report).unwrap_or_default();
             let url = format!("{}/v1/edges/{}/health", self.shared.base, self.id);

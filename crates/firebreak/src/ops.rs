@@ -34,6 +34,26 @@ struct PushAnswer {
     already_stored: bool,
     #[serde(default)]
     activation_error: Option<String>,
+    /// Accepted, but worth knowing (a certificate not valid yet).
+    #[serde(default)]
+    warnings: Vec<String>,
+}
+
+/// How long until a certificate expires, for `fleet`: `23d`, `5h`, `EXPIRED`, or `-`.
+pub(crate) fn cert_expiry(expiry_ms: Option<u64>, now_ms: u64) -> String {
+    match expiry_ms {
+        None => "-".into(),
+        Some(t) if t <= now_ms => "EXPIRED".into(),
+        Some(t) => {
+            let left = t - now_ms;
+            let days = left / 86_400_000;
+            if days > 0 {
+                format!("{days}d")
+            } else {
+                format!("{}h", left / 3_600_000)
+            }
+        }
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failed> {
@@ -90,6 +110,9 @@ pub async fn push(
     let outcome: PushAnswer = serde_json::from_slice(&bytes)
         .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("unexpected answer: {e}")))?;
     let info = outcome.info;
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
     if outcome.already_stored {
         out!(
             "version {} was already stored by an earlier attempt (idempotency key {key}); nothing new stored",
@@ -235,11 +258,12 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
     }
     let now = firebreak_protocol::now_ms();
     out!(
-        "{:<24} {:<8} {:<8} {:>7}  {:>9}  ERROR",
+        "{:<24} {:<8} {:<8} {:>7}  {:>11}  {:>9}  ERROR",
         "EDGE",
         "POP",
         "CELL",
         "APPLIED",
+        "CERT EXPIRY",
         "LAST SEEN"
     );
     for e in edges {
@@ -254,7 +278,7 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
             ));
         }
         out!(
-            "{:<24} {:<8} {:<8} {:>7}  {:>8}s  {}",
+            "{:<24} {:<8} {:<8} {:>7}  {:>11}  {:>8}s  {}",
             e.id,
             e.report.pop,
             e.report.cell,
@@ -262,6 +286,7 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
                 .applied_version
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "-".into()),
+            cert_expiry(e.cert_expiry_ms, now),
             now.saturating_sub(e.last_seen_ms) / 1000,
             error
         );

@@ -158,6 +158,10 @@ pub struct EdgeStatus {
     pub report: EdgeReport,
     /// When it last polled or reported, in ms since the Unix epoch.
     pub last_seen_ms: u64,
+    /// The earliest certificate expiry of what it serves, from its latest health report (ms
+    /// since the Unix epoch); `None` when unknown or without certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expiry_ms: Option<u64>,
 }
 
 /// `POST /v1/purge`: exactly one of `url`, `key` (with `service`) or `all` (with `service`).

@@ -39,14 +39,28 @@ pub struct Bundle {
     pub services: Vec<ServiceDocument>,
 }
 
-/// One service's own configuration document (a single `[[service]]` table).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One service's own configuration document (a single `[[service]]` table). Its `Debug`
+/// never shows a document holding a private key (an edge puts keys back into its copies).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceDocument {
     /// The service's name.
     pub name: String,
     /// The TOML text.
     pub document: String,
+}
+
+impl std::fmt::Debug for ServiceDocument {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("ServiceDocument");
+        d.field("name", &self.name);
+        if self.document.contains("PRIVATE KEY") {
+            d.field("document", &"(holds a private key: not shown)");
+        } else {
+            d.field("document", &self.document);
+        }
+        d.finish()
+    }
 }
 
 impl ServiceDocument {

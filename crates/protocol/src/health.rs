@@ -132,6 +132,10 @@ pub struct HealthReport {
     pub total: Counts,
     /// Each service that saw traffic.
     pub services: Vec<ServiceHealth>,
+    /// The earliest `not_after` (ms since the Unix epoch) of the certificates of the version
+    /// served; `None` without certificates (or from an edge that does not tell).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expiry_ms: Option<u64>,
 }
 
 #[cfg(test)]

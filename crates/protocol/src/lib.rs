@@ -7,6 +7,8 @@
 //! - [`document`]: splitting a configuration file into the fleet document and one document per
 //!   service, and assembling them again, so that each service can be applied on its own.
 //! - [`health`]: per-version, per-service request counts that rollout gates judge.
+//! - [`secrets`]: private keys moved out of service documents into secret documents, put back
+//!   on the edge; certificates shown by what they say.
 //! - [`api`]: the JSON bodies of the control plane's HTTP API.
 //! - [`client`]: the one HTTP client wrapper (CLI, edge agent, purge fan-out).
 //! - [`serve`]: the one serve loop (accept to close, every wait bounded) of the edge's
@@ -25,6 +27,7 @@ pub mod durable;
 pub mod health;
 pub mod keyring;
 pub mod keys;
+pub mod secrets;
 pub mod serve;
 pub mod signed;
 pub mod tls;

@@ -31,6 +31,9 @@ fn idempotency_key(key: &str) -> String {
 fn edge_key(id: &str) -> String {
     format!("{PREFIX}edges/{id}")
 }
+fn secret_key(sha: &str) -> String {
+    format!("{PREFIX}secrets/{sha}")
+}
 fn identity_key(id: &str) -> String {
     format!("{PREFIX}edge-identity/{id}")
 }
@@ -390,6 +393,27 @@ impl EtcdStore {
             _ => false,
         });
         Ok(deleted)
+    }
+
+    /// Stores secret documents (content-addressed) in one transaction.
+    pub(super) async fn put_secrets(
+        &self,
+        secrets: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let ops = secrets
+            .into_iter()
+            .map(|(sha, pem)| TxnOp::put(secret_key(&sha), pem, None))
+            .collect::<Vec<_>>();
+        let mut c = self.client.clone();
+        timed(c.txn(Txn::new().and_then(ops))).await?;
+        Ok(())
+    }
+
+    pub(super) async fn secret(&self, sha: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_one(secret_key(sha)).await
     }
 
     /// Watches the target key for ever, re-establishing the watch after errors, and calls

@@ -283,6 +283,27 @@ impl Store {
         dispatch!(self, s => s.remove_edge(id).await)
     }
 
+    /// Stores secret documents (services' private keys, keyed by the SHA-256 of their PEM),
+    /// durably, before the version that names them ([`crate::secrets`]).
+    pub async fn put_secrets(
+        &self,
+        secrets: &[firebreak_protocol::secrets::Secret],
+    ) -> Result<(), StoreError> {
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let raw: Vec<(String, Vec<u8>)> = secrets
+            .iter()
+            .map(|s| (s.sha256.clone(), s.pem.as_bytes().to_vec()))
+            .collect();
+        dispatch!(self, s => s.put_secrets(raw).await)
+    }
+
+    /// One secret document, by the SHA-256 of its PEM.
+    pub async fn secret(&self, sha: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.secret(sha).await)
+    }
+
     /// Calls `on_change` with the stored fleet state whenever another writer (an etcd
     /// replica) changes it. The embedded store has no other writers; there this returns at once.
     pub async fn watch_state(&self, on_change: impl Fn(FleetState) + Send + 'static) {

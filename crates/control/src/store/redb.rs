@@ -20,6 +20,9 @@ const TARGET: &str = "target";
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 /// Version → the idempotency key stored with it, oldest first: what pruning walks.
 const IDEMPOTENCY_ORDER: TableDefinition<u64, &str> = TableDefinition::new("idempotency_order");
+/// Secret documents (services' private keys): lower-case hex SHA-256 → PEM, see
+/// `crate::secrets`.
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 
 /// Most edge reports written in one transaction.
 const MAX_REPORT_BATCH: usize = 1024;
@@ -102,6 +105,7 @@ impl RedbStore {
                 txn.open_table(IDENTITIES).map_err(err)?;
                 txn.open_table(IDEMPOTENCY).map_err(err)?;
                 txn.open_table(IDEMPOTENCY_ORDER).map_err(err)?;
+                txn.open_table(SECRETS).map_err(err)?;
             }
             txn.commit().map_err(err)?;
             let db = Arc::new(db);
@@ -506,6 +510,38 @@ impl RedbStore {
             };
             txn.commit().map_err(err)?;
             Ok(removed)
+        })
+        .await
+    }
+
+    /// Stores secret documents (content-addressed: writing one again changes nothing), in one
+    /// durable transaction.
+    pub(super) async fn put_secrets(
+        &self,
+        secrets: Vec<(String, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(SECRETS).map_err(err)?;
+                for (sha, pem) in &secrets {
+                    t.insert(sha.as_str(), pem.as_slice()).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn secret(&self, sha: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let sha = sha.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(SECRETS).map_err(err)?;
+            Ok(t.get(sha.as_str())
+                .map_err(err)?
+                .map(|v| v.value().to_vec()))
         })
         .await
     }

@@ -245,3 +245,25 @@ impl ControlClient {
         self.send_json(Method::PUT, &path, report, "report").await
     }
 }
+
+impl ControlClient {
+    /// Downloads a secret document (a private key, PEM) this edge's versions name, bounded to
+    /// [`firebreak_protocol::secrets::MAX_KEY_PEM_BYTES`]. The answer's body is never put in
+    /// an error.
+    pub async fn secret(&self, sha256: &str) -> Result<Bytes, String> {
+        let path = format!("/v1/edges/{}/secrets/{sha256}", self.id);
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &path,
+                None,
+                firebreak_protocol::secrets::MAX_KEY_PEM_BYTES,
+                Duration::from_secs(10),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("control plane answered {status}"));
+        }
+        Ok(body)
+    }
+}

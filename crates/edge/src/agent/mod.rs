@@ -18,6 +18,7 @@ pub mod disk;
 pub mod identity;
 pub mod journal;
 pub mod order;
+pub mod secrets;
 pub mod trust;
 pub mod waiting;
 
@@ -323,12 +324,13 @@ impl Agent {
         let health = {
             let (client, status, edge) = (worker.client.clone(), status.clone(), edge.clone());
             let every = opts.health_interval.max(Duration::from_millis(100));
+            let mut expiry = secrets::Expiry::default();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(every).await;
-                    let (version, since_ms) = match status.lock() {
+                    let (version, since_ms, cert_expiry_ms) = match status.lock() {
                         Ok(s) => match &s.applied {
-                            Some(a) => (a.version, s.serving_since_ms),
+                            Some(a) => (a.version, s.serving_since_ms, expiry.of(a)),
                             None => continue,
                         },
                         Err(_) => continue,
@@ -339,6 +341,7 @@ impl Agent {
                         since_ms,
                         total,
                         services,
+                        cert_expiry_ms,
                     };
                     if let Err(e) = client.health(&report).await {
                         tracing::debug!(error = %e, "health report not delivered");
@@ -499,6 +502,8 @@ impl Worker {
             let bytes = self.disk.load_bundle(v, MAX_BUNDLE_BYTES).ok()?;
             match Bundle::open(&bytes, &key) {
                 Ok(b) if b.version == v => {
+                    // Its private keys from the data directory (no control plane needed).
+                    let b = secrets::from_disk(&self.opts.data_dir, b)?;
                     bundles.insert(v, b.clone());
                     Some(b)
                 }
@@ -867,6 +872,7 @@ impl Worker {
                 bundle.version, stage.version
             ));
         }
+        let bundle = secrets::ready(&self.opts.data_dir, &self.client, bundle).await?;
         let composed = compose(&bundle, 0, current)
             .map_err(|e| format!("version {} does not load: {e}", stage.version))?;
         if let Some(f) = composed.failures.first() {
@@ -912,6 +918,7 @@ impl Worker {
                 bundle.version, target.version
             ));
         }
+        let bundle = secrets::ready(&self.opts.data_dir, &self.client, bundle).await?;
         let composed = compose(&bundle, target.seq, current.as_ref())
             .map_err(|e| format!("version {} does not load: {e}", target.version))?;
         self.disk.save_bundle(bundle.version, &bytes).map_err(|e| {

@@ -17,6 +17,7 @@ mod identity;
 mod keys;
 mod replay;
 mod rollouts;
+mod secrets;
 mod tls_edge;
 mod validation;
 mod writes;
