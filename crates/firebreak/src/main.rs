@@ -56,6 +56,17 @@ pub(crate) struct ApiArgs {
         global = true
     )]
     pub(crate) token: String,
+    /// The fleet's CA bundle (PEM): an `https://` control plane is verified against it only
+    /// (default: webpki-roots).
+    #[arg(long = "ca", env = "FIREBREAK_CA", global = true)]
+    pub(crate) ca: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    /// The client these arguments describe.
+    pub(crate) fn api(&self) -> Result<Api, Failed> {
+        Api::with_ca(&self.control, &self.token, self.ca.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -293,6 +304,12 @@ struct EdgeArgs {
         default_value = ""
     )]
     token: String,
+    /// The fleet's CA bundle (PEM) for an `https://` control plane: kept in the data
+    /// directory (`control-ca.pem`, replacing the one kept before), so restarts need no flag;
+    /// the control plane is then verified against it only. Without one ever given, an
+    /// `https://` control plane is verified against webpki-roots.
+    #[arg(long, env = "FIREBREAK_CONTROL_CA", requires = "control")]
+    control_ca: Option<PathBuf>,
     /// The control plane's public key (`ed25519:...`) or a file holding it.
     #[arg(long, requires = "control")]
     trust: Option<String>,
@@ -501,6 +518,9 @@ pub enum ControlAction {
             default_value = ""
         )]
         token: String,
+        /// The fleet's CA bundle (PEM) for an `https://` control plane (with `--control`).
+        #[arg(long, env = "FIREBREAK_CA")]
+        ca: Option<PathBuf>,
         /// Where to write the backup (JSON).
         file: PathBuf,
     },
@@ -576,7 +596,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             Ok(())
         }
         Command::Config { command, api } => {
-            let api = Api::new(&api.control, &api.token);
+            let api = api.api()?;
             match command {
                 ConfigCommand::Validate { .. } => Ok(()),
                 ConfigCommand::Push {
@@ -594,7 +614,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             }
         }
         Command::Fleet { command, json, api } => {
-            let api = Api::new(&api.control, &api.token);
+            let api = api.api()?;
             match command {
                 None => ops::fleet(&api, json).await,
                 Some(FleetCommand::Remove { edge, message }) => {
@@ -607,9 +627,9 @@ async fn run(command: Command) -> Result<(), Failed> {
             plan,
             message,
             api,
-        } => rollouts::deploy(&Api::new(&api.control, &api.token), version, plan, &message).await,
+        } => rollouts::deploy(&api.api()?, version, plan, &message).await,
         Command::Rollout { command, api } => {
-            let api = Api::new(&api.control, &api.token);
+            let api = api.api()?;
             match command {
                 RolloutCommand::Status => rollouts::status(&api).await,
                 RolloutCommand::Pause { message } => {
@@ -627,40 +647,21 @@ async fn run(command: Command) -> Result<(), Failed> {
             version,
             message,
             api,
-        } => rollouts::rollback(&Api::new(&api.control, &api.token), version, &message).await,
+        } => rollouts::rollback(&api.api()?, version, &message).await,
         Command::Switch {
             name,
             state,
             message,
             api,
-        } => {
-            rollouts::switch(
-                &Api::new(&api.control, &api.token),
-                &name,
-                state == "on",
-                &message,
-            )
-            .await
-        }
+        } => rollouts::switch(&api.api()?, &name, state == "on", &message).await,
         Command::Drill {
             fault,
             service,
             rate,
             out,
             api,
-        } => {
-            drill::run(
-                &Api::new(&api.control, &api.token),
-                fault,
-                service,
-                rate,
-                out,
-            )
-            .await
-        }
-        Command::Audit { limit, api } => {
-            rollouts::audit(&Api::new(&api.control, &api.token), limit).await
-        }
+        } => drill::run(&api.api()?, fault, service, rate, out).await,
+        Command::Audit { limit, api } => rollouts::audit(&api.api()?, limit).await,
         Command::Purge {
             url,
             key,
@@ -678,7 +679,7 @@ async fn run(command: Command) -> Result<(), Failed> {
                 soft,
                 deadline_ms: Some(deadline_ms),
             };
-            ops::purge(&Api::new(&api.control, &api.token), req).await
+            ops::purge(&api.api()?, req).await
         }
     }
 }
@@ -835,6 +836,11 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
             .ok_or("--data-dir is required with --control")?;
         if args.listen.is_empty() {
             return Err("--listen ADDR is required with --control".into());
+        }
+        if let Some(file) = &args.control_ca {
+            use firebreak_edge::agent::control_ca;
+            let pem = control_ca::read(file).map_err(|e| format!("--control-ca {e}"))?;
+            control_ca::install(&data_dir, &pem).map_err(|e| format!("--control-ca: {e}"))?;
         }
         let port = args.listen.first().map(|a| a.port()).unwrap_or(0);
         let id = args

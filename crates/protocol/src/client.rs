@@ -2,13 +2,29 @@
 //! purge fan-out's (to edges' admin listeners). Pooled HTTP/1.1 keep-alive, a connect
 //! timeout, and every exchange bounded: the whole exchange by a deadline, the answer by a
 //! size (a `Content-Length` over it is refused before the body is read).
+//!
+//! The URL's scheme decides: `http://` is cleartext, `https://` is TLS (rustls, ring provider,
+//! TLS 1.2 and 1.3, ALPN `http/1.1`) and never falls back to cleartext. Trust for `https://`:
+//! with a CA bundle ([`HttpClient::with_ca`]) that bundle ONLY (the fleet's own CA: a public
+//! CA cannot vouch for the control plane); without one, webpki-roots (the same roots on every
+//! machine, from this build).
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Largest CA bundle read (PEM).
+pub const MAX_CA_BUNDLE_BYTES: usize = 1024 * 1024;
+/// Most certificates in a CA bundle.
+pub const MAX_CA_CERTS: usize = 1000;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +32,14 @@ pub enum ClientError {
     /// No connection, or the connection failed before an answer.
     #[error("{0}")]
     Unreachable(String),
+    /// The server's certificate did not verify against the trusted roots (the CA bundle
+    /// given, else webpki-roots), or does not name the host of the URL.
+    #[error("certificate not trusted: {0}")]
+    Untrusted(String),
+    /// The TLS handshake failed for another reason (the server does not speak TLS, no
+    /// common protocol version, an alert).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// The answer declared a body over the limit.
     #[error("answer of {len} bytes exceeds the limit of {limit}")]
     TooLarge {
@@ -32,20 +56,127 @@ pub enum ClientError {
     Timeout(Duration),
 }
 
-/// A pooled HTTP/1.1 client.
+/// Why a CA bundle was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// Over [`MAX_CA_BUNDLE_BYTES`].
+    #[error("CA bundle of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Not PEM, or a certificate that does not parse.
+    #[error("CA bundle: {0}")]
+    Invalid(String),
+    /// No `CERTIFICATE` block.
+    #[error("CA bundle holds no certificate")]
+    Empty,
+    /// The TLS client could not be set up.
+    #[error("TLS client: {0}")]
+    Setup(String),
+}
+
+/// The certificates of a PEM CA bundle, each checked to be usable as a trust anchor.
+pub fn ca_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    if pem.len() > MAX_CA_BUNDLE_BYTES {
+        return Err(CaError::TooLarge {
+            len: pem.len(),
+            limit: MAX_CA_BUNDLE_BYTES,
+        });
+    }
+    let mut certs = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| CaError::Invalid(e.to_string()))?;
+        if certs.len() >= MAX_CA_CERTS {
+            return Err(CaError::Invalid(format!(
+                "more than {MAX_CA_CERTS} certificates"
+            )));
+        }
+        certs.push(cert);
+    }
+    if certs.is_empty() {
+        return Err(CaError::Empty);
+    }
+    roots(&certs)?;
+    Ok(certs)
+}
+
+fn roots(certs: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, CaError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|e| CaError::Invalid(format!("certificate {}: {e}", i + 1)))?;
+    }
+    Ok(roots)
+}
+
+/// The TLS client configuration: ring, TLS 1.2 and 1.3, ALPN `http/1.1`; trusting `ca`
+/// only, or webpki-roots without it.
+fn tls_config(ca: Option<&[u8]>) -> Result<rustls::ClientConfig, CaError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CaError::Setup(e.to_string()))?;
+    let mut config = match ca {
+        Some(pem) => builder
+            .with_root_certificates(roots(&ca_certs(pem)?)?)
+            .with_no_client_auth(),
+        None => builder.with_webpki_roots().with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+#[derive(Clone)]
+enum Inner {
+    /// `http://` and `https://`.
+    Any(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+    /// `http://` only: the TLS client could not be set up (the reason).
+    Cleartext(Client<HttpConnector, Full<Bytes>>, Arc<str>),
+}
+
+/// A pooled HTTP/1.1 client, cleartext or TLS by the URL's scheme.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Inner,
 }
 
 impl HttpClient {
-    /// A client whose connections must be established within `connect_timeout`.
+    /// A client whose connections must be established within `connect_timeout`; `https://`
+    /// URLs are verified against webpki-roots.
     pub fn new(connect_timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
+        match tls_config(None) {
+            Ok(config) => Self::build(connect_timeout, config),
+            // Not expected with the ring provider's defaults; if it ever happens, `https://`
+            // URLs fail with the reason, never go cleartext.
+            Err(e) => {
+                tracing::error!(error = %e, "TLS client setup failed; https URLs will fail");
+                Self {
+                    client: Inner::Cleartext(
+                        Client::builder(TokioExecutor::new())
+                            .build(http_connector(connect_timeout)),
+                        e.to_string().into(),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// A client trusting ONLY the certificates of the PEM bundle `ca` for `https://` URLs
+    /// (webpki-roots when `None`). A bundle over [`MAX_CA_BUNDLE_BYTES`], not PEM, or without
+    /// a certificate is refused.
+    pub fn with_ca(connect_timeout: Duration, ca: Option<&[u8]>) -> Result<Self, CaError> {
+        Ok(Self::build(connect_timeout, tls_config(ca)?))
+    }
+
+    fn build(connect_timeout: Duration, config: rustls::ClientConfig) -> Self {
+        // `force_https` off: the scheme decides; an `https://` URL is always TLS.
+        let connector = HttpsConnector::from((http_connector(connect_timeout), config));
         Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Inner::Any(Client::builder(TokioExecutor::new()).build(connector)),
         }
     }
 
@@ -58,11 +189,16 @@ impl HttpClient {
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let exchange = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| ClientError::Unreachable(format!("{e:#}")))?;
+            let sent = match &self.client {
+                Inner::Any(client) => client.request(req).await,
+                Inner::Cleartext(client, why) => {
+                    if req.uri().scheme() != Some(&http::uri::Scheme::HTTP) {
+                        return Err(ClientError::Tls(why.to_string()));
+                    }
+                    client.request(req).await
+                }
+            };
+            let resp = sent.map_err(classify)?;
             let status = resp.status();
             if let Some(len) = resp
                 .headers()
@@ -85,4 +221,47 @@ impl HttpClient {
             .await
             .map_err(|_| ClientError::Timeout(timeout))?
     }
+}
+
+fn http_connector(connect_timeout: Duration) -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    connector
+}
+
+/// A failed request: a certificate that did not verify ([`ClientError::Untrusted`]), another
+/// TLS failure ([`ClientError::Tls`]), or anything else ([`ClientError::Unreachable`]).
+fn classify(e: hyper_util::client::legacy::Error) -> ClientError {
+    match rustls_error(&e) {
+        Some(
+            tls @ (rustls::Error::InvalidCertificate(_)
+            | rustls::Error::NoCertificatesPresented
+            | rustls::Error::UnsupportedNameType),
+        ) => ClientError::Untrusted(tls.to_string()),
+        Some(tls) => ClientError::Tls(tls.to_string()),
+        None => ClientError::Unreachable(format!("{e:#}")),
+    }
+}
+
+/// The rustls error somewhere in `e`'s chain. `io::Error::source` skips the error it wraps,
+/// so each `io::Error` is opened with `get_ref`.
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(e);
+    // Bounded: a chain is short; a cycle must not spin.
+    for _ in 0..16 {
+        let current = next?;
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        next = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => io.source(),
+            },
+            None => current.source(),
+        };
+    }
+    None
 }

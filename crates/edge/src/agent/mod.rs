@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod compose;
+pub mod control_ca;
 pub mod disk;
 pub mod identity;
 pub mod journal;
@@ -145,6 +146,9 @@ pub enum AgentError {
     /// The edge server did not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The kept control-plane CA ([`control_ca`]) cannot be used.
+    #[error("control-plane CA: {0}")]
+    ControlCa(#[from] control_ca::ControlCaError),
 }
 
 /// What the agent knows about itself, for reports and tests.
@@ -204,9 +208,16 @@ impl Agent {
         let disk = Arc::new(disk);
         let (journal, newly_bad) = BootJournal::open(&opts.data_dir, opts.safe_mode);
         let journal = Arc::new(journal);
-        let client = ControlClient::new(&opts.control, &opts.token, &opts.id).with_identity(
-            identity::Identity::new(&opts.data_dir, &opts.id, &opts.token, &opts.pop, &opts.cell),
-        );
+        let http = control_ca::client(&opts.control, &opts.data_dir)?;
+        let client = ControlClient::new(&opts.control, &opts.token, &opts.id)
+            .with_http(http)
+            .with_identity(identity::Identity::new(
+                &opts.data_dir,
+                &opts.id,
+                &opts.token,
+                &opts.pop,
+                &opts.cell,
+            ));
         let trust = Arc::new(TrustStore::open(&opts.data_dir, opts.trust));
         let status = Arc::new(Mutex::new(AgentStatus {
             bad_versions: journal.bad(),
