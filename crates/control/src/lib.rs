@@ -12,7 +12,8 @@
 //! - [`registry`]: edge identity: join token → per-edge credential, bounded registry,
 //!   pruning, removal.
 //! - [`listener`]: serving the API within its bounds ([`ApiLimits`]); [`bounded_body`]: request
-//!   bodies read with size, time and memory bounds, errors as JSON.
+//!   bodies read with size, time and memory bounds, errors as JSON; [`https`]: the API's
+//!   certificate (`--tls-cert`, `--tls-key`).
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
@@ -22,6 +23,7 @@ pub mod backup;
 pub mod bounded_body;
 pub mod fanout;
 pub mod freshness;
+pub mod https;
 pub mod keys;
 pub mod listener;
 mod openapi;
@@ -31,6 +33,6 @@ pub mod rollout;
 pub mod store;
 
 pub use api::{serve, ControlServer, Tokens};
-pub use listener::{serve_with, ApiLimits};
+pub use listener::{serve_maybe_tls, serve_with, ApiLimits};
 pub use plane::Plane;
 pub use store::Store;

@@ -22,6 +22,7 @@ mod demo_origin;
 mod drill;
 mod keys;
 mod load;
+mod local_ca;
 mod ops;
 mod rollouts;
 mod up;
@@ -139,6 +140,14 @@ enum Command {
         /// when they hold no fresher one. The plane signs each target afresh after half of it.
         #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
         target_freshness_s: u64,
+        /// Serve the API over HTTPS with this certificate chain (PEM, the server's certificate
+        /// first; with `--tls-key`). Edges verify it against the fleet's CA (`--control-ca`),
+        /// the CLI with `--ca`. Without it the API is cleartext HTTP.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         #[command(flatten)]
         api: control_flags::ApiFlags,
     },
@@ -564,6 +573,8 @@ async fn run(command: Command) -> Result<(), Failed> {
             edge_prune_s,
             key_overlap_s,
             target_freshness_s,
+            tls_cert,
+            tls_key,
             api,
         } => {
             let (Some(data_dir), Some(edge_token)) = (data_dir, edge_token) else {
@@ -580,7 +591,7 @@ async fn run(command: Command) -> Result<(), Failed> {
                 (access, edges),
                 key_overlap_s,
                 std::time::Duration::from_secs(target_freshness_s),
-                api,
+                (api, tls_cert.zip(tls_key)),
             )
             .await
             .map_err(fail)
@@ -783,9 +794,21 @@ async fn control(
     ),
     key_overlap_s: u64,
     target_freshness: std::time::Duration,
-    api: control_flags::ApiFlags,
+    (api, tls): (control_flags::ApiFlags, Option<(PathBuf, PathBuf)>),
 ) -> Result<(), String> {
     let limits = api.limits(control_flags::raise_open_files_limit())?;
+    let tls = match tls {
+        Some((cert, key)) => Some(
+            tokio::task::spawn_blocking(move || {
+                firebreak_control::https::server_config(&cert, &key)
+            })
+            .await
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let overlap = std::time::Duration::from_secs(key_overlap_s);
     if overlap > firebreak_control::keys::MAX_OVERLAP {
         return Err(format!(
@@ -812,14 +835,14 @@ async fn control(
     let plane = Plane::with_options(store, key, options)
         .await
         .map_err(|e| e.to_string())?;
-    let server = firebreak_control::serve_with(listen, plane, access, limits)
+    let server = firebreak_control::serve_maybe_tls(listen, plane, access, limits, tls)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let pub_path = data_dir.join("control.pub");
     if let Err(e) = std::fs::write(&pub_path, format!("{public}\n")) {
         tracing::warn!(error = %e, path = %pub_path.display(), "cannot write the public key file");
     }
-    out!("control plane listening on http://{}", server.local_addr());
+    out!("control plane listening on {scheme}://{}", server.local_addr());
     out!("public key {public} (also in {})", pub_path.display());
     wait_for_ctrl_c().await;
     server.shutdown().await;
