@@ -106,12 +106,13 @@ pub fn load(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, HttpsError> {
             message: "no certificate".into(),
         });
     }
-    let der = firebreak_protocol::tls::key_from_pem(&read_bounded(key, MAX_KEY_BYTES)?).map_err(
-        |e| HttpsError::Key {
-            path: key_name.clone(),
-            message: e.to_string(),
-        },
-    )?;
+    let der =
+        firebreak_protocol::tls::key_from_pem(&read_bounded(key, MAX_KEY_BYTES)?).map_err(|e| {
+            HttpsError::Key {
+                path: key_name.clone(),
+                message: e.to_string(),
+            }
+        })?;
     let provider = firebreak_protocol::tls::provider();
     let signing = provider
         .key_provider

@@ -5,8 +5,8 @@
 //! `ca/ca.pem` (`FIREBREAK_CA`, `--control-ca`, `curl --cacert`).
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::pem::PemObject;
 use std::path::{Path, PathBuf};
@@ -63,7 +63,10 @@ impl LocalCa {
         let _ = getrandom::getrandom(&mut suffix);
         let name = format!(
             "Firebreak local CA {}",
-            suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            suffix
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
         );
         let now = time::OffsetDateTime::now_utc();
         let mut params = ca_params(&name);
@@ -96,11 +99,18 @@ impl LocalCa {
         if cert.public_key().raw != key.subject_public_key_info().as_slice() || !cert.is_ca() {
             return None;
         }
-        let left = cert.validity().not_after.timestamp() - time::OffsetDateTime::now_utc().unix_timestamp();
+        let left = cert.validity().not_after.timestamp()
+            - time::OffsetDateTime::now_utc().unix_timestamp();
         if left < i64::try_from(RENEW_BEFORE.as_secs()).unwrap_or(i64::MAX) {
             return None;
         }
-        let name = cert.subject().iter_common_name().next()?.as_str().ok()?.to_owned();
+        let name = cert
+            .subject()
+            .iter_common_name()
+            .next()?
+            .as_str()
+            .ok()?
+            .to_owned();
         Some(Self {
             cert_path: cert_path.to_owned(),
             cert_pem,
@@ -114,6 +124,7 @@ impl LocalCa {
     }
 
     /// The CA certificate (PEM).
+    #[allow(dead_code)] // For callers that hand the CA out inline (the demo service's TLS).
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
@@ -179,7 +190,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join("ca.key")).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.join("ca.key"))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let again = LocalCa::load_or_create(&dir).unwrap();
@@ -191,7 +205,10 @@ mod tests {
         // The leaf verifies against the CA for each of its names.
         let mut roots = rustls::RootCertStore::empty();
         roots
-            .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes()).unwrap())
+            .add(
+                rustls::pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
+                    .unwrap(),
+            )
             .unwrap();
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(

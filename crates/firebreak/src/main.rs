@@ -842,7 +842,10 @@ async fn control(
     if let Err(e) = std::fs::write(&pub_path, format!("{public}\n")) {
         tracing::warn!(error = %e, path = %pub_path.display(), "cannot write the public key file");
     }
-    out!("control plane listening on {scheme}://{}", server.local_addr());
+    out!(
+        "control plane listening on {scheme}://{}",
+        server.local_addr()
+    );
     out!("public key {public} (also in {})", pub_path.display());
     wait_for_ctrl_c().await;
     server.shutdown().await;

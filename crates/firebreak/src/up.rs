@@ -173,10 +173,14 @@ async fn wait_until<T>(
 async fn control_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let dir = dir.to_owned();
     tokio::task::spawn_blocking(move || {
-        let ca = crate::local_ca::LocalCa::load_or_create(&dir.join("ca")).map_err(|e| e.to_string())?;
+        let ca =
+            crate::local_ca::LocalCa::load_or_create(&dir.join("ca")).map_err(|e| e.to_string())?;
         let names = ["127.0.0.1", "::1", "localhost"].map(String::from);
         let (cert, key) = ca.issue(&names).map_err(|e| e.to_string())?;
-        let (cert_file, key_file) = (dir.join("control-tls").join("cert.pem"), dir.join("control-tls").join("key.pem"));
+        let (cert_file, key_file) = (
+            dir.join("control-tls").join("cert.pem"),
+            dir.join("control-tls").join("key.pem"),
+        );
         firebreak_protocol::durable::write_private(&key_file, key.as_bytes())
             .map_err(|e| format!("{}: {e}", key_file.display()))?;
         firebreak_protocol::durable::write_atomic(&cert_file, cert.as_bytes())
@@ -338,7 +342,10 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
         EDGES_PER_POP
     );
     out!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
-    out!("  local CA       {}   (the control plane's certificate)", ca_file.display());
+    out!(
+        "  local CA       {}   (the control plane's certificate)",
+        ca_file.display()
+    );
     for (id, listen, admin) in &edges {
         out!("  edge {id:<8}  http://127.0.0.1:{listen}/   admin http://127.0.0.1:{admin}/");
     }

@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use std::error::Error as _;
 use std::sync::Arc;
@@ -23,8 +22,6 @@ use std::time::Duration;
 
 /// Largest CA bundle read (PEM).
 pub const MAX_CA_BUNDLE_BYTES: usize = 1024 * 1024;
-/// Most certificates in a CA bundle.
-pub const MAX_CA_CERTS: usize = 1000;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +75,8 @@ pub enum CaError {
     Setup(String),
 }
 
-/// The certificates of a PEM CA bundle, each checked to be usable as a trust anchor.
+/// The certificates of a PEM CA bundle (at most [`MAX_CA_BUNDLE_BYTES`] and
+/// [`crate::tls::MAX_CERTS`]), each checked to be usable as a trust anchor.
 pub fn ca_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {
     if pem.len() > MAX_CA_BUNDLE_BYTES {
         return Err(CaError::TooLarge {
@@ -86,19 +84,10 @@ pub fn ca_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CaError> {
             limit: MAX_CA_BUNDLE_BYTES,
         });
     }
-    let mut certs = Vec::new();
-    for cert in CertificateDer::pem_slice_iter(pem) {
-        let cert = cert.map_err(|e| CaError::Invalid(e.to_string()))?;
-        if certs.len() >= MAX_CA_CERTS {
-            return Err(CaError::Invalid(format!(
-                "more than {MAX_CA_CERTS} certificates"
-            )));
-        }
-        certs.push(cert);
-    }
-    if certs.is_empty() {
-        return Err(CaError::Empty);
-    }
+    let certs = crate::tls::certs_from_pem(pem).map_err(|e| match e {
+        crate::tls::TlsError::NoCertificate => CaError::Empty,
+        other => CaError::Invalid(other.to_string()),
+    })?;
     roots(&certs)?;
     Ok(certs)
 }
@@ -116,15 +105,14 @@ fn roots(certs: &[CertificateDer<'static>]) -> Result<rustls::RootCertStore, CaE
 /// The TLS client configuration: ring, TLS 1.2 and 1.3, ALPN `http/1.1`; trusting `ca`
 /// only, or webpki-roots without it.
 fn tls_config(ca: Option<&[u8]>) -> Result<rustls::ClientConfig, CaError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| CaError::Setup(e.to_string()))?;
     let mut config = match ca {
-        Some(pem) => builder
-            .with_root_certificates(roots(&ca_certs(pem)?)?)
+        Some(pem) => crate::tls::client_config(roots(&ca_certs(pem)?)?)
+            .map_err(|e| CaError::Setup(e.to_string()))?,
+        None => rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| CaError::Setup(e.to_string()))?
+            .with_webpki_roots()
             .with_no_client_auth(),
-        None => builder.with_webpki_roots().with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
