@@ -144,3 +144,60 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     firebreak_protocol::tls::server_config(Arc::new(FixedCert(certified)))
         .map_err(|e| HttpsError::Setup(e.to_string()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn pair(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn the_certificate_and_key_are_checked_at_start_without_showing_the_key() {
+        let dir = std::env::temp_dir().join(format!("fb-https-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = pair("127.0.0.1");
+        let (_, other_key) = pair("127.0.0.1");
+        let file = |name: &str, text: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let (c, k) = (
+            file("cert.pem", cert.as_bytes()),
+            file("key.pem", key.as_bytes()),
+        );
+        assert!(server_config(&c, &k).is_ok());
+        let wrong = file("other.key", other_key.as_bytes());
+        let e = server_config(&c, &wrong).unwrap_err().to_string();
+        assert!(
+            e.contains("is not the private key of the certificate"),
+            "{e}"
+        );
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+        let e = server_config(&k, &k).unwrap_err().to_string();
+        assert!(e.contains("key.pem"), "{e}");
+        let e = server_config(&c, &c).unwrap_err().to_string();
+        assert!(e.contains("cert.pem"), "{e}");
+        let big = file("big.pem", &vec![b'a'; MAX_CERT_BYTES as usize + 1]);
+        let e = server_config(&big, &k).unwrap_err().to_string();
+        assert!(e.contains("larger than the limit"), "{e}");
+        let big_key = file("big.key", &vec![b'a'; MAX_KEY_BYTES as usize + 1]);
+        assert!(matches!(
+            server_config(&c, &big_key),
+            Err(HttpsError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            server_config(&dir.join("missing"), &k),
+            Err(HttpsError::Read { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

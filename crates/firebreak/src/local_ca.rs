@@ -181,6 +181,7 @@ fn read_bounded(path: &Path) -> Option<Vec<u8>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use rustls::client::danger::ServerCertVerifier;
 
     #[test]
     fn the_ca_is_kept_private_reused_and_issues_certificates_that_verify() {

@@ -253,3 +253,59 @@ fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rust
     }
     None
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn ca() -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn a_ca_bundle_is_bounded_and_must_hold_certificates() {
+        let one = ca();
+        assert_eq!(ca_certs(one.as_bytes()).unwrap().len(), 1);
+        let two = format!("{one}{}", ca());
+        assert_eq!(ca_certs(two.as_bytes()).unwrap().len(), 2);
+        assert!(matches!(ca_certs(b""), Err(CaError::Empty)));
+        assert!(matches!(ca_certs(b"hello"), Err(CaError::Empty)));
+        let broken = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        assert!(matches!(
+            ca_certs(broken.as_bytes()),
+            Err(CaError::Invalid(_))
+        ));
+        let big = vec![b' '; MAX_CA_BUNDLE_BYTES + 1];
+        assert!(matches!(ca_certs(&big), Err(CaError::TooLarge { .. })));
+        assert!(HttpClient::with_ca(Duration::from_secs(1), Some(b"x")).is_err());
+        assert!(HttpClient::with_ca(Duration::from_secs(1), Some(one.as_bytes())).is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_https_url_never_goes_cleartext() {
+        use tokio::io::AsyncReadExt;
+        // A cleartext server: the client must open with a TLS handshake, and fail.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let first = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).await.unwrap();
+            b[0]
+        });
+        let client = HttpClient::with_ca(Duration::from_secs(1), Some(ca().as_bytes())).unwrap();
+        let req = Request::get(format!("https://{addr}/"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let e = client
+            .exchange(req, 1024, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert_eq!(first.await.unwrap(), 0x16, "a TLS handshake record");
+        assert!(!matches!(e, ClientError::TooLarge { .. }), "{e}");
+    }
+}
