@@ -75,7 +75,8 @@ async fn pause(backoff: &mut backon::ExponentialBackoff) {
 /// How to run an edge under a control plane.
 #[derive(Clone)]
 pub struct AgentOptions {
-    /// Control plane base URL, `http://host:port`.
+    /// Control plane base URL, `http://host:port` or `https://host:port` (verified against
+    /// the CA kept in `data_dir`: [`control_ca`]).
     pub control: String,
     /// The fleet's join token: used once to join (`POST /v1/edges/{id}/join`); every other
     /// call carries the edge's own credential, kept in `data_dir` ([`identity`]).
