@@ -14,7 +14,8 @@
 //! - [`secrets`]: services' private keys moved out of bundles into secret documents,
 //!   served only to edges that may run a version naming them; certificate expiry at push.
 //! - [`listener`]: serving the API within its bounds ([`ApiLimits`]); [`bounded_body`]: request
-//!   bodies read with size, time and memory bounds, errors as JSON.
+//!   bodies read with size, time and memory bounds, errors as JSON; [`https`]: the API's
+//!   certificate (`--tls-cert`, `--tls-key`).
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
@@ -24,6 +25,7 @@ pub mod backup;
 pub mod bounded_body;
 pub mod fanout;
 pub mod freshness;
+pub mod https;
 pub mod keys;
 pub mod listener;
 mod openapi;
@@ -34,6 +36,6 @@ pub mod secrets;
 pub mod store;
 
 pub use api::{serve, ControlServer, Tokens};
-pub use listener::{serve_with, ApiLimits};
+pub use listener::{serve_maybe_tls, serve_with, ApiLimits};
 pub use plane::Plane;
 pub use store::Store;

@@ -234,6 +234,18 @@ pub async fn serve_with(
     access: Access,
     limits: ApiLimits,
 ) -> std::io::Result<ControlServer> {
+    serve_maybe_tls(listen, plane, access, limits, None).await
+}
+
+/// [`serve_with`] over HTTPS with `tls` ([`crate::https::server_config`]); cleartext when
+/// `None`.
+pub async fn serve_maybe_tls(
+    listen: SocketAddr,
+    plane: Arc<Plane>,
+    access: Access,
+    limits: ApiLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> std::io::Result<ControlServer> {
     limits
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
@@ -244,7 +256,11 @@ pub async fn serve_with(
     let app: Router = crate::api::router_with(plane, access, rx.clone(), bounds);
     let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
-    let conf = Arc::new(limits.listener_conf());
+    let conf = match tls {
+        Some(tls) => limits.listener_conf().with_tls(tls),
+        None => limits.listener_conf(),
+    };
+    let conf = Arc::new(conf);
     let handler = move |req: http::Request<hyper::body::Incoming>, _client| {
         let app = app.clone();
         async move {

@@ -5,7 +5,23 @@ use firebreak_protocol::api::ApiError;
 use firebreak_protocol::client::{ClientError, HttpClient};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::Full;
+use std::path::Path;
 use std::time::Duration;
+
+/// Reads the CA bundle at `file` (at most [`firebreak_protocol::client::MAX_CA_BUNDLE_BYTES`]).
+fn read_ca(file: &Path) -> Result<Vec<u8>, Failed> {
+    use std::io::Read;
+    let limit = firebreak_protocol::client::MAX_CA_BUNDLE_BYTES;
+    let usage = |e: String| Failed::new(exit::USAGE, format!("--ca {}: {e}", file.display()));
+    let mut pem = Vec::new();
+    std::fs::File::open(file)
+        .and_then(|f| f.take(limit as u64 + 1).read_to_end(&mut pem))
+        .map_err(|e| usage(e.to_string()))?;
+    if pem.len() > limit {
+        return Err(usage(format!("larger than the limit of {limit} bytes")));
+    }
+    Ok(pem)
+}
 
 /// Exit codes of the client commands.
 pub mod exit {
@@ -73,13 +89,33 @@ fn answer(status: StatusCode, bytes: Bytes) -> Result<Bytes, Failed> {
 /// Largest answer read.
 const MAX_ANSWER: usize = 16 * 1024 * 1024;
 
+/// How long a connection to the control plane may take to establish.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Api {
+    /// The API at `base`; an `https://` base is verified against webpki-roots.
     pub fn new(base: &str, token: &str) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
-            client: HttpClient::new(Duration::from_secs(3)),
+            client: HttpClient::new(CONNECT_TIMEOUT),
         }
+    }
+
+    /// The API at `base`, an `https://` base verified against the CA bundle (PEM) in `ca`
+    /// only (`--ca FILE`, `FIREBREAK_CA`), or webpki-roots without one.
+    pub fn with_ca(base: &str, token: &str, ca: Option<&Path>) -> Result<Self, Failed> {
+        let Some(file) = ca else {
+            return Ok(Self::new(base, token));
+        };
+        let pem = read_ca(file)?;
+        let client = HttpClient::with_ca(CONNECT_TIMEOUT, Some(&pem))
+            .map_err(|e| Failed::new(exit::USAGE, format!("--ca {}: {e}", file.display())))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            client,
+        })
     }
 
     /// Sends a request; returns the body of a 2xx answer, or a [`Failed`] naming the error
@@ -136,6 +172,21 @@ impl Api {
                         format!("control plane at {} unreachable: {e}", self.base)
                     }
                     ClientError::Timeout(_) => "control plane did not answer within 60 s".into(),
+                    // Not worth a retry: the same certificate answers next time.
+                    ClientError::Untrusted(e) => {
+                        return Failed::new(
+                            exit::REFUSED,
+                            format!(
+                                "control plane certificate not trusted: {e} (the fleet's CA: --ca FILE or FIREBREAK_CA)"
+                            ),
+                        )
+                    }
+                    ClientError::Tls(e) => {
+                        return Failed::new(
+                            exit::REFUSED,
+                            format!("control plane at {}: TLS handshake failed: {e}", self.base),
+                        )
+                    }
                     other => other.to_string(),
                 };
                 Failed::new(exit::UNAVAILABLE, message)

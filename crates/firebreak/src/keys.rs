@@ -1,7 +1,7 @@
 //! `firebreak control rotate-key | revoke-key | keys`: the control plane's signing keys,
 //! each one API call (admin role).
 
-use crate::api_client::{exit, Api, Failed};
+use crate::api_client::{exit, Failed};
 use crate::ApiArgs;
 use firebreak_control::keys::{RevokeRequest, RingView, RotateRequest};
 use http::Method;
@@ -118,7 +118,8 @@ pub async fn run(command: KeyCommand) -> Result<(), Failed> {
                 message,
             };
             let body = serde_json::to_vec(&req).map_err(|e| usage(e.to_string()))?;
-            let view: RingView = Api::new(&api.control, &api.token)
+            let view: RingView = api
+                .api()?
                 .json(Method::POST, "/v1/keys/rotate", Some(body))
                 .await?;
             print(&view);
@@ -137,16 +138,12 @@ pub async fn run(command: KeyCommand) -> Result<(), Failed> {
                 "/v1/keys/{}/revoke",
                 form_path_segment(&key_id).map_err(usage)?
             );
-            let view: RingView = Api::new(&api.control, &api.token)
-                .json(Method::POST, &path, Some(body))
-                .await?;
+            let view: RingView = api.api()?.json(Method::POST, &path, Some(body)).await?;
             print(&view);
             Ok(())
         }
         KeyCommand::Keys { json, api } => {
-            let view: RingView = Api::new(&api.control, &api.token)
-                .json(Method::GET, "/v1/keys/ring", None)
-                .await?;
+            let view: RingView = api.api()?.json(Method::GET, "/v1/keys/ring", None).await?;
             if json {
                 out!(
                     "{}",

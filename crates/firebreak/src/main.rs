@@ -22,6 +22,7 @@ mod demo_origin;
 mod drill;
 mod keys;
 mod load;
+mod local_ca;
 mod ops;
 mod rollouts;
 mod up;
@@ -56,6 +57,17 @@ pub(crate) struct ApiArgs {
         global = true
     )]
     pub(crate) token: String,
+    /// The fleet's CA bundle (PEM): an `https://` control plane is verified against it only
+    /// (default: webpki-roots).
+    #[arg(long = "ca", env = "FIREBREAK_CA", global = true)]
+    pub(crate) ca: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    /// The client these arguments describe.
+    pub(crate) fn api(&self) -> Result<Api, Failed> {
+        Api::with_ca(&self.control, &self.token, self.ca.as_deref())
+    }
 }
 
 #[derive(Subcommand)]
@@ -128,6 +140,14 @@ enum Command {
         /// when they hold no fresher one. The plane signs each target afresh after half of it.
         #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..=604_800))]
         target_freshness_s: u64,
+        /// Serve the API over HTTPS with this certificate chain (PEM, the server's certificate
+        /// first; with `--tls-key`). Edges verify it against the fleet's CA (`--control-ca`),
+        /// the CLI with `--ca`. Without it the API is cleartext HTTP.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of `--tls-cert`.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         #[command(flatten)]
         api: control_flags::ApiFlags,
     },
@@ -293,6 +313,12 @@ struct EdgeArgs {
         default_value = ""
     )]
     token: String,
+    /// The fleet's CA bundle (PEM) for an `https://` control plane: kept in the data
+    /// directory (`control-ca.pem`, replacing the one kept before), so restarts need no flag;
+    /// the control plane is then verified against it only. Without one ever given, an
+    /// `https://` control plane is verified against webpki-roots.
+    #[arg(long, env = "FIREBREAK_CONTROL_CA", requires = "control")]
+    control_ca: Option<PathBuf>,
     /// The control plane's public key (`ed25519:...`) or a file holding it.
     #[arg(long, requires = "control")]
     trust: Option<String>,
@@ -526,6 +552,9 @@ pub enum ControlAction {
             default_value = ""
         )]
         token: String,
+        /// The fleet's CA bundle (PEM) for an `https://` control plane (with `--control`).
+        #[arg(long, env = "FIREBREAK_CA")]
+        ca: Option<PathBuf>,
         /// Where to write the backup (JSON).
         file: PathBuf,
     },
@@ -569,6 +598,8 @@ async fn run(command: Command) -> Result<(), Failed> {
             edge_prune_s,
             key_overlap_s,
             target_freshness_s,
+            tls_cert,
+            tls_key,
             api,
         } => {
             let (Some(data_dir), Some(edge_token)) = (data_dir, edge_token) else {
@@ -585,7 +616,7 @@ async fn run(command: Command) -> Result<(), Failed> {
                 (access, edges),
                 key_overlap_s,
                 std::time::Duration::from_secs(target_freshness_s),
-                api,
+                (api, tls_cert.zip(tls_key)),
             )
             .await
             .map_err(fail)
@@ -601,7 +632,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             Ok(())
         }
         Command::Config { command, api } => {
-            let api = Api::new(&api.control, &api.token);
+            let api = api.api()?;
             match command {
                 ConfigCommand::Validate { .. } => Ok(()),
                 ConfigCommand::Push {
@@ -619,7 +650,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             }
         }
         Command::Fleet { command, json, api } => {
-            let api = Api::new(&api.control, &api.token);
+            let api = api.api()?;
             match command {
                 None => ops::fleet(&api, json).await,
                 Some(FleetCommand::Remove { edge, message }) => {
@@ -632,9 +663,9 @@ async fn run(command: Command) -> Result<(), Failed> {
             plan,
             message,
             api,
-        } => rollouts::deploy(&Api::new(&api.control, &api.token), version, plan, &message).await,
+        } => rollouts::deploy(&api.api()?, version, plan, &message).await,
         Command::Rollout { command, api } => {
-            let api = Api::new(&api.control, &api.token);
+            let api = api.api()?;
             match command {
                 RolloutCommand::Status => rollouts::status(&api).await,
                 RolloutCommand::Pause { message } => {
@@ -652,40 +683,21 @@ async fn run(command: Command) -> Result<(), Failed> {
             version,
             message,
             api,
-        } => rollouts::rollback(&Api::new(&api.control, &api.token), version, &message).await,
+        } => rollouts::rollback(&api.api()?, version, &message).await,
         Command::Switch {
             name,
             state,
             message,
             api,
-        } => {
-            rollouts::switch(
-                &Api::new(&api.control, &api.token),
-                &name,
-                state == "on",
-                &message,
-            )
-            .await
-        }
+        } => rollouts::switch(&api.api()?, &name, state == "on", &message).await,
         Command::Drill {
             fault,
             service,
             rate,
             out,
             api,
-        } => {
-            drill::run(
-                &Api::new(&api.control, &api.token),
-                fault,
-                service,
-                rate,
-                out,
-            )
-            .await
-        }
-        Command::Audit { limit, api } => {
-            rollouts::audit(&Api::new(&api.control, &api.token), limit).await
-        }
+        } => drill::run(&api.api()?, fault, service, rate, out).await,
+        Command::Audit { limit, api } => rollouts::audit(&api.api()?, limit).await,
         Command::Purge {
             url,
             key,
@@ -703,7 +715,7 @@ async fn run(command: Command) -> Result<(), Failed> {
                 soft,
                 deadline_ms: Some(deadline_ms),
             };
-            ops::purge(&Api::new(&api.control, &api.token), req).await
+            ops::purge(&api.api()?, req).await
         }
     }
 }
@@ -807,9 +819,21 @@ async fn control(
     ),
     key_overlap_s: u64,
     target_freshness: std::time::Duration,
-    api: control_flags::ApiFlags,
+    (api, tls): (control_flags::ApiFlags, Option<(PathBuf, PathBuf)>),
 ) -> Result<(), String> {
     let limits = api.limits(control_flags::raise_open_files_limit())?;
+    let tls = match tls {
+        Some((cert, key)) => Some(
+            tokio::task::spawn_blocking(move || {
+                firebreak_control::https::server_config(&cert, &key)
+            })
+            .await
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?,
+        ),
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let overlap = std::time::Duration::from_secs(key_overlap_s);
     if overlap > firebreak_control::keys::MAX_OVERLAP {
         return Err(format!(
@@ -836,14 +860,17 @@ async fn control(
     let plane = Plane::with_options(store, key, options)
         .await
         .map_err(|e| e.to_string())?;
-    let server = firebreak_control::serve_with(listen, plane, access, limits)
+    let server = firebreak_control::serve_maybe_tls(listen, plane, access, limits, tls)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let pub_path = data_dir.join("control.pub");
     if let Err(e) = std::fs::write(&pub_path, format!("{public}\n")) {
         tracing::warn!(error = %e, path = %pub_path.display(), "cannot write the public key file");
     }
-    out!("control plane listening on http://{}", server.local_addr());
+    out!(
+        "control plane listening on {scheme}://{}",
+        server.local_addr()
+    );
     out!("public key {public} (also in {})", pub_path.display());
     wait_for_ctrl_c().await;
     server.shutdown().await;
@@ -860,6 +887,11 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
             .ok_or("--data-dir is required with --control")?;
         if args.listen.is_empty() && args.listen_tls.is_empty() {
             return Err("--listen ADDR (or --listen-tls ADDR) is required with --control".into());
+        }
+        if let Some(file) = &args.control_ca {
+            use firebreak_edge::agent::control_ca;
+            let pem = control_ca::read(file).map_err(|e| format!("--control-ca {e}"))?;
+            control_ca::install(&data_dir, &pem).map_err(|e| format!("--control-ca: {e}"))?;
         }
         let port = args
             .listen

@@ -345,6 +345,7 @@ pub async fn control_action(action: crate::ControlAction) -> Result<(), Failed> 
             store,
             control,
             token,
+            ca,
             file,
         } => {
             let bytes = match (store, control) {
@@ -357,7 +358,7 @@ pub async fn control_action(action: crate::ControlAction) -> Result<(), Failed> 
                         .map_err(|e| unavailable(e.to_string()))?;
                     serde_json::to_vec(&taken).map_err(|e| unavailable(e.to_string()))?
                 }
-                (None, Some(url)) => Api::new(&url, &token)
+                (None, Some(url)) => Api::with_ca(&url, &token, ca.as_deref())?
                     .call_limited(Method::POST, "/v1/backup", MAX_BACKUP_BYTES)
                     .await?
                     .to_vec(),

@@ -5,6 +5,10 @@
 //! keeps every edge busy so that the gates have traffic to judge, and edge processes that exit
 //! are restarted, as a supervisor would.
 //!
+//! The control API runs over HTTPS: a local CA ([`crate::local_ca`], kept in `DATA_DIR/ca`,
+//! reused across runs) issues the control plane's certificate (`127.0.0.1`, `::1`,
+//! `localhost`); edges get the CA with `--control-ca`, the CLI with `FIREBREAK_CA`.
+//!
 //! Ports for `--port P` (default 8080): edges P..P+5, their admin listeners P+10..P+15, the
 //! demo origin P+20, the control plane P-1080 (7000 by default, the CLI's default).
 
@@ -163,6 +167,30 @@ async fn wait_until<T>(
     }
 }
 
+/// The local CA (kept in `DATA_DIR/ca`) and a fresh certificate for the control plane
+/// (`127.0.0.1`, `::1`, `localhost`; key 0600 in `DATA_DIR/control-tls`): the CA file, the
+/// certificate file and the key file.
+async fn control_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let ca =
+            crate::local_ca::LocalCa::load_or_create(&dir.join("ca")).map_err(|e| e.to_string())?;
+        let names = ["127.0.0.1", "::1", "localhost"].map(String::from);
+        let (cert, key) = ca.issue(&names).map_err(|e| e.to_string())?;
+        let (cert_file, key_file) = (
+            dir.join("control-tls").join("cert.pem"),
+            dir.join("control-tls").join("key.pem"),
+        );
+        firebreak_protocol::durable::write_private(&key_file, key.as_bytes())
+            .map_err(|e| format!("{}: {e}", key_file.display()))?;
+        firebreak_protocol::durable::write_atomic(&cert_file, cert.as_bytes())
+            .map_err(|e| format!("{}: {e}", cert_file.display()))?;
+        Ok((ca.cert_path().to_owned(), cert_file, key_file))
+    })
+    .await
+    .map_err(|e| format!("making the control plane's certificate: {e}"))?
+}
+
 /// Runs the network until Ctrl-C.
 pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     let control_port = port(base, -1080)?;
@@ -179,7 +207,8 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
         .map_err(|e| format!("demo origin on port {origin_port}: {e}"))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let mut children = Children(Vec::new(), exe);
-    let control_url = format!("http://127.0.0.1:{control_port}");
+    let (ca_file, tls_cert, tls_key) = control_certificate(&dir).await?;
+    let control_url = format!("https://127.0.0.1:{control_port}");
     children.spawn(
         "control",
         &[
@@ -188,6 +217,10 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
             format!("127.0.0.1:{control_port}"),
             "--data-dir".into(),
             dir.join("control").display().to_string(),
+            "--tls-cert".into(),
+            tls_cert.display().to_string(),
+            "--tls-key".into(),
+            tls_key.display().to_string(),
         ],
         &logs,
         &[
@@ -195,7 +228,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
             ("FIREBREAK_EDGE_TOKEN", &edge_token),
         ],
     )?;
-    let api = Api::new(&control_url, &operator);
+    let api = Api::with_ca(&control_url, &operator, Some(&ca_file)).map_err(|e| e.message)?;
     let public = wait_until(
         "the control plane starting",
         Duration::from_secs(15),
@@ -229,6 +262,8 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
                     "edge".into(),
                     "--control".into(),
                     control_url.clone(),
+                    "--control-ca".into(),
+                    ca_file.display().to_string(),
                     "--trust".into(),
                     public.clone(),
                     "--pop".into(),
@@ -307,6 +342,10 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
         EDGES_PER_POP
     );
     out!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
+    out!(
+        "  local CA       {}   (the control plane's certificate)",
+        ca_file.display()
+    );
     for (id, listen, admin) in &edges {
         out!("  edge {id:<8}  http://127.0.0.1:{listen}/   admin http://127.0.0.1:{admin}/");
     }
@@ -315,7 +354,10 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     out!("  synthetic load {LOAD_PER_EDGE} req/s per edge (feeds the rollout gates)");
     out!();
     out!("Use the CLI against it:");
-    out!("  export FIREBREAK_CONTROL={control_url} FIREBREAK_TOKEN={operator}");
+    out!(
+        "  export FIREBREAK_CONTROL={control_url} FIREBREAK_TOKEN={operator} FIREBREAK_CA={}",
+        ca_file.display()
+    );
     out!("  firebreak fleet");
     out!("  firebreak config versions");
     out!(
@@ -325,6 +367,10 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     out!("  firebreak rollout status | firebreak audit");
     out!("  firebreak drill          # a broken version: caught in the canary, rolled back");
     out!("  firebreak purge http://localhost:{first}/static/hello.txt");
+    out!(
+        "  curl -s --cacert {} -H 'Authorization: Bearer {operator}' {control_url}/v1/fleet   # the control API over HTTPS",
+        ca_file.display()
+    );
     out!("  curl -s -H 'Authorization: Bearer {admin_token}' http://127.0.0.1:{}/metrics   # an edge's admin API", edges.first().map(|e| e.2).unwrap_or(base));
     out!("Try:");
     out!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");

@@ -185,7 +185,18 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
         "--data-dir",
         data.to_str().unwrap(),
     ]);
-    let control = up.wait_for_addr("  control plane ");
+    // The control API runs over HTTPS with a certificate from up's local CA.
+    let mut line = String::new();
+    while !line.contains("  control plane ") {
+        line.clear();
+        assert!(up.stdout.read_line(&mut line).unwrap() > 0);
+    }
+    let control = line
+        .split("https://")
+        .nth(1)
+        .and_then(|u| u.split([' ', '/', '\n']).next())
+        .unwrap_or_else(|| panic!("no https URL in {line:?}"))
+        .to_owned();
     let mut edges = vec![up.wait_for_addr("  edge ams-1")];
     for id in ["ams-2", "nyc-1", "nyc-2", "sin-1", "sin-2"] {
         edges.push(up.wait_for_addr(&format!("  edge {id}")));
@@ -204,20 +215,41 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
         line.clear();
         assert!(up.stdout.read_line(&mut line).unwrap() > 0);
     }
-    let token = line
-        .split("FIREBREAK_TOKEN=")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let value = |name: &str| {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+            .to_owned()
+    };
+    let (token, ca) = (value("FIREBREAK_TOKEN"), value("FIREBREAK_CA"));
+    assert!(std::path::Path::new(&ca).starts_with(&data), "{ca}");
+    // Without the CA the CLI refuses the control plane's certificate.
     let out = Command::new(BIN)
         .args([
             "fleet",
             "--control",
-            &format!("http://{control}"),
+            &format!("https://{control}"),
             "--token",
             &token,
         ])
+        .env_remove("FIREBREAK_CA")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("control plane certificate not trusted"),
+        "{stderr}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "fleet",
+            "--control",
+            &format!("https://{control}"),
+            "--token",
+            &token,
+        ])
+        .env("FIREBREAK_CA", &ca)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -234,9 +266,11 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
         .args([
             "audit",
             "--control",
-            &format!("http://{control}"),
+            &format!("https://{control}"),
             "--token",
             &token,
+            "--ca",
+            &ca,
         ])
         .output()
         .unwrap();

@@ -48,6 +48,12 @@ impl ControlClient {
         }
     }
 
+    /// Calls go through `client` (e.g. one trusting the fleet's CA: [`super::control_ca`]).
+    pub fn with_http(mut self, client: HttpClient) -> Self {
+        self.client = client;
+        self
+    }
+
     /// Calls carry the edge's own credential, joining first (see [`super::identity`]).
     pub fn with_identity(mut self, identity: super::identity::Identity) -> Self {
         self.identity = Some(Arc::new(identity));
@@ -103,6 +109,10 @@ impl ControlClient {
             .await
             .map_err(|e| match e {
                 ClientError::Unreachable(e) => format!("control plane unreachable: {e}"),
+                ClientError::Untrusted(e) => {
+                    format!("control plane certificate not trusted: {e}")
+                }
+                ClientError::Tls(e) => format!("control plane TLS handshake failed: {e}"),
                 ClientError::Timeout(t) => {
                     format!("control plane did not answer within {} s", t.as_secs())
                 }

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod compose;
+pub mod control_ca;
 pub mod disk;
 pub mod identity;
 pub mod journal;
@@ -75,7 +76,8 @@ async fn pause(backoff: &mut backon::ExponentialBackoff) {
 /// How to run an edge under a control plane.
 #[derive(Clone)]
 pub struct AgentOptions {
-    /// Control plane base URL, `http://host:port`.
+    /// Control plane base URL, `http://host:port` or `https://host:port` (verified against
+    /// the CA kept in `data_dir`: [`control_ca`]).
     pub control: String,
     /// The fleet's join token: used once to join (`POST /v1/edges/{id}/join`); every other
     /// call carries the edge's own credential, kept in `data_dir` ([`identity`]).
@@ -149,6 +151,9 @@ pub enum AgentError {
     /// The edge server did not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The kept control-plane CA ([`control_ca`]) cannot be used.
+    #[error("control-plane CA: {0}")]
+    ControlCa(#[from] control_ca::ControlCaError),
 }
 
 /// What the agent knows about itself, for reports and tests.
@@ -208,9 +213,16 @@ impl Agent {
         let disk = Arc::new(disk);
         let (journal, newly_bad) = BootJournal::open(&opts.data_dir, opts.safe_mode);
         let journal = Arc::new(journal);
-        let client = ControlClient::new(&opts.control, &opts.token, &opts.id).with_identity(
-            identity::Identity::new(&opts.data_dir, &opts.id, &opts.token, &opts.pop, &opts.cell),
-        );
+        let http = control_ca::client(&opts.control, &opts.data_dir)?;
+        let client = ControlClient::new(&opts.control, &opts.token, &opts.id)
+            .with_http(http)
+            .with_identity(identity::Identity::new(
+                &opts.data_dir,
+                &opts.id,
+                &opts.token,
+                &opts.pop,
+                &opts.cell,
+            ));
         let trust = Arc::new(TrustStore::open(&opts.data_dir, opts.trust));
         let status = Arc::new(Mutex::new(AgentStatus {
             bad_versions: journal.bad(),

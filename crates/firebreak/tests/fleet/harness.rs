@@ -625,3 +625,176 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A test CA (rcgen, ECDSA P-256) that issues server certificates.
+#[allow(dead_code)]
+pub struct TestCa {
+    /// The CA certificate (PEM): what clients trust.
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+#[allow(dead_code)]
+impl TestCa {
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate for `names` and its key (PEM).
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// Writes the CA certificate to `dir/NAME` and returns the path.
+    pub fn write(&self, dir: &Path, name: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, &self.pem).unwrap();
+        path
+    }
+}
+
+/// A control plane in this process serving its API over HTTPS with a certificate for `names`
+/// issued by `ca` (through `firebreak control`'s own loader, `control::https`). Operator
+/// calls go over HTTPS too, trusting `ca`.
+#[allow(dead_code)]
+pub struct HttpsControl {
+    /// `https://127.0.0.1:PORT`.
+    pub url: String,
+    pub plane: Arc<Plane>,
+    ca: String,
+    server: Option<firebreak_control::ControlServer>,
+}
+
+#[allow(dead_code)]
+impl HttpsControl {
+    pub async fn start(dir: &Path, ca: &TestCa, names: &[&str]) -> Self {
+        let (cert, key) = ca.issue(names);
+        let (cert_file, key_file) = (dir.join("api-cert.pem"), dir.join("api-key.pem"));
+        std::fs::write(&cert_file, cert).unwrap();
+        std::fs::write(&key_file, key).unwrap();
+        let tls = firebreak_control::https::server_config(&cert_file, &key_file).unwrap();
+        let key_path = dir.join("control.key");
+        let key = ControlKey::load_or_create(&key_path).unwrap();
+        let store = Store::open(&format!("redb:{}", dir.join("control.redb").display()))
+            .await
+            .unwrap();
+        let options = firebreak_control::plane::PlaneOptions {
+            tick: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let plane = Plane::with_options(store, key, options).await.unwrap();
+        let access = Tokens {
+            operator: OPERATOR.into(),
+            edge: EDGE.into(),
+        }
+        .access()
+        .unwrap();
+        let server = firebreak_control::serve_maybe_tls(
+            "127.0.0.1:0".parse().unwrap(),
+            plane.clone(),
+            access,
+            firebreak_control::ApiLimits::default(),
+            Some(tls),
+        )
+        .await
+        .unwrap();
+        Self {
+            url: format!("https://{}", server.local_addr()),
+            plane,
+            ca: ca.pem.clone(),
+            server: Some(server),
+        }
+    }
+
+    pub fn public(&self) -> PublicKey {
+        self.plane.public_key()
+    }
+
+    /// An operator's call over HTTPS (trusting the CA); the answer as JSON.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (StatusCode, serde_json::Value) {
+        let client = firebreak_protocol::client::HttpClient::with_ca(
+            Duration::from_secs(2),
+            Some(self.ca.as_bytes()),
+        )
+        .unwrap();
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url))
+            .header("authorization", format!("Bearer {OPERATOR}"))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))
+            .unwrap();
+        let (status, bytes) = client
+            .exchange(req, 16 << 20, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::String(
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ));
+        (status, value)
+    }
+
+    /// Pushes a document and rolls it out; waits until the rollout completes. Returns the
+    /// version.
+    pub async fn release(&self, doc: &str) -> u64 {
+        let (status, v) = self
+            .call(
+                Method::POST,
+                "/v1/versions",
+                Some(serde_json::json!({"file": "fleet.toml", "document": doc, "message": "test", "activate": true})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{v}");
+        let version = v["version"].as_u64().unwrap();
+        eventually(&format!("rollout of {version} complete"), 40, || async {
+            let (_, view) = self.call(Method::GET, "/v1/rollout", None).await;
+            let r = &view["rollout"];
+            (r["version"].as_u64() == Some(version) && r["phase"] == "complete").then_some(())
+        })
+        .await;
+        version
+    }
+
+    /// The ids of the edges the control plane knows.
+    pub async fn fleet_ids(&self) -> Vec<String> {
+        let (status, fleet) = self.call(Method::GET, "/v1/fleet", None).await;
+        assert_eq!(status, StatusCode::OK, "{fleet}");
+        fleet
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}

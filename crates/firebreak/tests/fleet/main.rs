@@ -10,6 +10,7 @@
 
 mod api;
 mod backup;
+mod control_tls;
 mod edges;
 mod faults;
 mod harness;
