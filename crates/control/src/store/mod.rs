@@ -228,7 +228,7 @@ impl Store {
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let raw = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut nonce = [0u8; 4];
-        let _ = getrandom::getrandom(&mut nonce);
+        let _ = getrandom::fill(&mut nonce);
         let key = format!("{:020}-{:08x}", entry.at_ms, u32::from_be_bytes(nonce));
         dispatch!(self, s => s.put_audit(&key, &raw).await)
     }
