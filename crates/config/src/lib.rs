@@ -18,6 +18,7 @@ mod model;
 mod parts;
 mod regexes;
 mod rollout;
+pub mod tls;
 pub(crate) mod validate;
 
 pub use clients::{ClientLimitsConfig, RateQuota, ServiceClientLimits};
@@ -31,6 +32,7 @@ pub use load::{
 pub use model::*;
 pub use parts::{check_fleet_document, check_service_document};
 pub use rollout::*;
+pub use tls::{SecretPem, ServiceTlsConfig};
 pub use validate::{compile_path_regex, valid_host_name, Mode};
 
 #[cfg(test)]

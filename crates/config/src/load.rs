@@ -12,7 +12,7 @@ use std::path::Path;
 /// A configuration that passed every check. Only [`parse_str`] and [`load_file`] make one, so
 /// holding a `ValidConfig` proves the file was validated.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ValidConfig(Config);
+pub struct ValidConfig(pub(crate) Config);
 
 impl ValidConfig {
     /// The validated configuration.
@@ -36,6 +36,7 @@ impl ValidConfig {
             .map(|&addr| crate::model::ListenerConfig {
                 addr,
                 proxy_protocol: false,
+                tls: false,
             })
             .collect();
         self.0.admin = match (admin, self.0.admin.take()) {
@@ -149,7 +150,7 @@ pub fn load_file_as(path: &Path, mode: Mode) -> Result<ValidConfig, ConfigReject
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(io_err)?;
-    parse(&name, &text, mode)
+    parse(&name, &text, mode, path.parent())
 }
 
 fn too_big(name: &str, len: u64) -> ConfigRejected {
@@ -163,19 +164,24 @@ fn too_big(name: &str, len: u64) -> ConfigRejected {
 }
 
 /// Parses and validates configuration text for a standalone edge. `file` names it in error
-/// messages.
+/// messages; files it references (`cert_file`, `key_file`) are relative to `file`'s directory.
 pub fn parse_str(file: &str, text: &str) -> Result<ValidConfig, ConfigRejected> {
-    parse(file, text, Mode::Standalone)
+    parse(file, text, Mode::Standalone, Path::new(file).parent())
 }
 
 /// Parses and validates a fleet document: configuration given to the control plane, which
 /// must not name per-edge addresses. The control plane and the edges both use this, so a
 /// document is judged the same way in both places.
 pub fn parse_managed_str(file: &str, text: &str) -> Result<ValidConfig, ConfigRejected> {
-    parse(file, text, Mode::Managed)
+    parse(file, text, Mode::Managed, None)
 }
 
-fn parse(file: &str, text: &str, mode: Mode) -> Result<ValidConfig, ConfigRejected> {
+fn parse(
+    file: &str,
+    text: &str,
+    mode: Mode,
+    base: Option<&Path>,
+) -> Result<ValidConfig, ConfigRejected> {
     if text.len() as u64 > MAX_CONFIG_BYTES {
         return Err(too_big(file, text.len() as u64));
     }
@@ -183,7 +189,7 @@ fn parse(file: &str, text: &str, mode: Mode) -> Result<ValidConfig, ConfigReject
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
         ConfigRejected::one(file, line, column, "", e.message().to_owned())
     })?;
-    let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+    let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
         let inner = e.into_inner();
@@ -193,7 +199,8 @@ fn parse(file: &str, text: &str, mode: Mode) -> Result<ValidConfig, ConfigReject
             .unwrap_or((0, 0));
         ConfigRejected::one(file, line, column, &field, inner.message().to_owned())
     })?;
-    let problems = validate(&config, mode);
+    let mut problems = crate::tls::load_files(&mut config, base, mode);
+    problems.extend(validate(&config, mode));
     if problems.is_empty() {
         return Ok(ValidConfig(config));
     }

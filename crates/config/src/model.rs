@@ -78,6 +78,11 @@ pub struct ListenerConfig {
     /// its source address is the client's. A connection without a valid header is closed.
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Terminate TLS on this listener (TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`); the
+    /// certificate is the one of the service whose hosts match the client's SNI
+    /// (`[service.tls]`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// Process-wide cache settings.
@@ -160,6 +165,9 @@ pub struct ServiceConfig {
     /// Per-client rate limit overrides (`[service.clients]`).
     #[serde(default)]
     pub clients: crate::clients::ServiceClientLimits,
+    /// The service's certificate and key for TLS listeners (`[service.tls]`).
+    #[serde(default)]
+    pub tls: Option<crate::tls::ServiceTlsConfig>,
 }
 
 /// An origin pool: servers, failover and connection settings.

@@ -105,6 +105,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     }
     crate::drills::check_switches(&mut c, &config.switches, &config.services);
     crate::forwarding::check(&mut c, &config.forwarding);
+    crate::tls::check(&mut c, config, mode);
     if let Some(admin) = &config.admin {
         match (&admin.token, &admin.token_sha256) {
             (Some(_), Some(_)) => c.fail(
@@ -286,10 +287,10 @@ fn services(c: &mut Checker, services: &[ServiceConfig]) {
         ) {
             for (j, h) in s.hosts.iter().enumerate() {
                 let p = at(&[Key("hosts"), Index(j)]);
-                if !valid_host_name(h) {
+                if !valid_host_name(h) && !crate::tls::valid_wildcard_host(h) {
                     c.fail(
                         &p,
-                        format!("`{h}` is not a valid host name (no port, no scheme)"),
+                        format!("`{h}` is not a valid host name (no port, no scheme; a wildcard is `*.` and a name)"),
                     );
                     continue;
                 }

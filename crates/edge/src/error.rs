@@ -13,6 +13,10 @@ pub enum ProxyError {
     /// No service answers for this host and there is no default service.
     #[error("no service is configured for host `{0}`")]
     UnknownHost(String),
+    /// The request's host selects another service than its TLS connection's server name
+    /// (SNI) did: the client must open a connection for this host.
+    #[error("this connection was opened for another service than host `{0}`")]
+    Misdirected(String),
     /// Every origin server tried refused or could not be reached.
     #[error("origin unreachable: {0}")]
     OriginUnreachable(String),
@@ -64,7 +68,9 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::UnknownHost(_) => StatusCode::MISDIRECTED_REQUEST,
+            ProxyError::UnknownHost(_) | ProxyError::Misdirected(_) => {
+                StatusCode::MISDIRECTED_REQUEST
+            }
             ProxyError::OriginUnreachable(_) | ProxyError::OriginBadResponse(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -86,6 +92,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "firebreak; detail=bad-request",
             ProxyError::UnknownHost(_) => "firebreak; detail=unknown-host",
+            ProxyError::Misdirected(_) => "firebreak; detail=misdirected",
             ProxyError::MethodNotAllowed => "firebreak; detail=method-not-allowed",
             ProxyError::PayloadTooLarge => "firebreak; detail=payload-too-large",
             ProxyError::NotCached => "firebreak; fwd=miss; detail=only-if-cached",

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod agent;
 pub mod body;
+pub mod client_body;
 pub mod coalesce;
 pub mod conn;
 pub mod drills;
@@ -24,6 +25,7 @@ pub mod server;
 pub mod signed_admin;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use server::{EdgeHandle, EdgeServer};

@@ -189,7 +189,11 @@ pub struct Runtime {
     pub config: ValidConfig,
     services: Vec<Arc<Service>>,
     by_host: HashMap<String, usize>,
+    /// Wildcard hosts (`*.example.com`) by the part after `*.`.
+    by_wildcard: HashMap<String, usize>,
     default: Option<usize>,
+    /// The services' certificates for TLS listeners.
+    pub tls: crate::tls::CertTable,
     /// Requests no service matched (refused before routing), under this version.
     pub unrouted: HealthCounters,
     /// Client addresses whose forwarding headers are trusted (`forwarding.trusted_proxies`).
@@ -204,6 +208,7 @@ impl Runtime {
     pub fn build(config: ValidConfig, previous: Option<&Runtime>) -> Result<Self, String> {
         let mut services = Vec::with_capacity(config.services.len());
         let mut by_host = HashMap::new();
+        let mut by_wildcard = HashMap::new();
         let mut default = None;
         for (i, s) in config.services.iter().enumerate() {
             services.push(Arc::new(
@@ -211,7 +216,11 @@ impl Runtime {
                     .map_err(|e| format!("service `{}`: {e}", s.name))?,
             ));
             for h in &s.hosts {
-                by_host.insert(h.to_ascii_lowercase(), i);
+                let h = h.to_ascii_lowercase();
+                match h.strip_prefix("*.") {
+                    Some(suffix) => by_wildcard.insert(suffix.to_owned(), i),
+                    None => by_host.insert(h, i),
+                };
             }
             if s.default {
                 default = Some(i);
@@ -228,12 +237,15 @@ impl Runtime {
             .iter()
             .map(|p| Cidr::parse(p))
             .collect::<Result<Vec<_>, String>>()?;
+        let tls = crate::tls::CertTable::build(&config);
         Ok(Self {
             trusted_proxies,
             config,
             services,
             by_host,
+            by_wildcard,
             default,
+            tls,
             unrouted: HealthCounters::default(),
         })
     }
@@ -282,7 +294,23 @@ impl Runtime {
 
     /// The service for a (lowercased, port-less) host, or the default service.
     pub fn route(&self, host: &str) -> Option<&Arc<Service>> {
-        let idx = self.by_host.get(host).copied().or(self.default)?;
+        let idx = self.host_index(host).or(self.default)?;
         self.services.get(idx)
+    }
+
+    /// The index of the service whose hosts match `host` (lowercased): an exact host first,
+    /// else a wildcard host one label up (`*.example.com` for `a.example.com`).
+    pub fn host_index(&self, host: &str) -> Option<usize> {
+        self.by_host.get(host).copied().or_else(|| {
+            let (label, parent) = host.split_once('.')?;
+            (!label.is_empty())
+                .then(|| self.by_wildcard.get(parent).copied())
+                .flatten()
+        })
+    }
+
+    /// The index of a service (`Arc` identity) in this runtime.
+    pub fn service_index(&self, svc: &Arc<Service>) -> Option<usize> {
+        self.services.iter().position(|s| Arc::ptr_eq(s, svc))
     }
 }

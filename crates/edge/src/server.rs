@@ -26,6 +26,8 @@ pub struct EdgeServer;
 /// A running edge: its bound addresses, state, and the means to reload or stop it.
 pub struct EdgeHandle {
     addrs: Vec<SocketAddr>,
+    /// Which of `addrs` terminate TLS.
+    tls: Vec<bool>,
     admin_addr: Option<SocketAddr>,
     state: Arc<EdgeState>,
     tasks: Vec<JoinHandle<()>>,
@@ -61,10 +63,10 @@ impl EdgeServer {
                 .with_fill_budget(config.fetch.fill_budget(&config.cache)),
         );
         let limits = config.limits.clone();
-        let listen: Vec<(SocketAddr, bool)> = config
+        let listen: Vec<(SocketAddr, bool, bool)> = config
             .listeners
             .iter()
-            .map(|l| (l.addr, l.proxy_protocol))
+            .map(|l| (l.addr, l.proxy_protocol, l.tls))
             .collect();
         let admin = config.admin.clone();
         let access_log = match &config.access_log {
@@ -77,14 +79,22 @@ impl EdgeServer {
         let _ = telemetry::prometheus();
         let runtime = Runtime::build(config, None).map_err(ServerError::Config)?;
         abort_if_crash_on_load(&runtime);
+        crate::tls::installed(&runtime);
         let state = Arc::new(EdgeState::new(runtime, store, access_log));
         state.clients.configure(&state.runtime.load().config);
+        let tls_config = match listen.iter().any(|l| l.2) {
+            true => Some(
+                crate::tls::server_config(state.clone())
+                    .map_err(|e| ServerError::Config(format!("TLS: {e}")))?,
+            ),
+            false => None,
+        };
         let mut listeners = Vec::new();
-        for (addr, proxy_protocol) in listen {
+        for (addr, proxy_protocol, tls) in listen {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ServerError::Bind { addr, source })?;
-            listeners.push((l, proxy_protocol));
+            listeners.push((l, proxy_protocol, tls));
         }
         let per_address = Arc::new(AddressTable::new(
             limits.clients.max_connections_per_address,
@@ -109,17 +119,19 @@ impl EdgeServer {
         };
 
         let mut addrs = Vec::new();
-        for (listener, proxy_protocol) in listeners {
+        let mut tls_flags = Vec::new();
+        for (listener, proxy_protocol, tls) in listeners {
             addrs.push(listener.local_addr().map_err(|source| ServerError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?);
-            let conf = Arc::new(ListenerConf::new(
-                "client",
-                &limits,
-                proxy_protocol,
-                per_address.clone(),
-            ));
+            tls_flags.push(tls);
+            let mut conf =
+                ListenerConf::new("client", &limits, proxy_protocol, per_address.clone());
+            if let (true, Some(tls_config)) = (tls, &tls_config) {
+                conf = conf.with_tls(tls_config.clone());
+            }
+            let conf = Arc::new(conf);
             let state = state.clone();
             let handler = move |req, client_ip| handle(state.clone(), req, client_ip);
             tasks.push(tokio::spawn(accept_loop(
@@ -132,6 +144,7 @@ impl EdgeServer {
         }
         Ok(EdgeHandle {
             addrs,
+            tls: tls_flags,
             admin_addr,
             state,
             tasks,
@@ -159,6 +172,15 @@ impl EdgeHandle {
     /// Addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// The client listeners as URLs: `https://` for those terminating TLS.
+    pub fn local_urls(&self) -> Vec<String> {
+        self.addrs
+            .iter()
+            .zip(&self.tls)
+            .map(|(a, &tls)| format!("{}://{a}", if tls { "https" } else { "http" }))
+            .collect()
     }
 
     /// Address of the admin listener, when configured.
@@ -194,6 +216,7 @@ impl EdgeHandle {
         }
         let runtime = Runtime::build(config, Some(&current)).map_err(ServerError::Config)?;
         abort_if_crash_on_load(&runtime);
+        crate::tls::installed(&runtime);
         self.state.clients.configure(&runtime.config);
         self.state.runtime.store(Arc::new(runtime));
         Ok(())

@@ -314,6 +314,10 @@ struct EdgeArgs {
     /// Client listener(s), for `--control` and `--origin` edges.
     #[arg(long)]
     listen: Vec<SocketAddr>,
+    /// Client listener(s) terminating TLS (HTTPS, ALPN h2 and http/1.1), for `--control`
+    /// edges: each service's certificate comes with its configuration.
+    #[arg(long, requires = "control")]
+    listen_tls: Vec<SocketAddr>,
     /// Admin listener, for `--control` edges.
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -453,6 +457,7 @@ fn validate(file: &std::path::Path) -> ExitCode {
         firebreak_config::load_file_as(file, firebreak_config::Mode::Managed)
     };
     match result {
+        Ok(valid) if !certificates_valid_now(file, &valid) => ExitCode::FAILURE,
         Ok(_) => {
             let kind = if standalone {
                 "standalone edge file"
@@ -467,6 +472,26 @@ fn validate(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Expired certificates refuse the file (an edge loading it would only warn); certificates not
+/// yet valid are a warning. Each is printed `file:line:column: field: message`.
+fn certificates_valid_now(file: &std::path::Path, valid: &ValidConfig) -> bool {
+    use firebreak_config::tls::{check_validity, Severity};
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let name = file.display().to_string();
+    let mut ok = true;
+    for p in check_validity(valid, std::time::SystemTime::now()) {
+        let located = p.located(&name, &text);
+        match p.severity {
+            Severity::Error => {
+                ok = false;
+                eprintln!("{located}");
+            }
+            Severity::Warning => eprintln!("warning: {located}"),
+        }
+    }
+    ok
 }
 
 /// `firebreak control SUBCOMMAND`.
@@ -833,10 +858,15 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
         let data_dir = args
             .data_dir
             .ok_or("--data-dir is required with --control")?;
-        if args.listen.is_empty() {
-            return Err("--listen ADDR is required with --control".into());
+        if args.listen.is_empty() && args.listen_tls.is_empty() {
+            return Err("--listen ADDR (or --listen-tls ADDR) is required with --control".into());
         }
-        let port = args.listen.first().map(|a| a.port()).unwrap_or(0);
+        let port = args
+            .listen
+            .first()
+            .or(args.listen_tls.first())
+            .map(|a| a.port())
+            .unwrap_or(0);
         let id = args
             .id
             .unwrap_or_else(|| format!("{}-{}-{port}", args.pop, args.cell));
@@ -849,6 +879,7 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
             data_dir,
             trust,
             listen: args.listen,
+            listen_tls: args.listen_tls,
             admin: args.admin,
             keep: args.keep,
             heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(100)),
@@ -860,8 +891,8 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
         })
         .await
         .map_err(|e| e.to_string())?;
-        for addr in agent.edge.local_addrs() {
-            out!("edge {id} listening on http://{addr}");
+        for url in agent.edge.local_urls() {
+            out!("edge {id} listening on {url}");
         }
         if let Some(admin) = agent.edge.admin_addr() {
             out!("edge {id} admin on http://{admin}");
@@ -883,8 +914,8 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
         }
     };
     let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
-    for addr in handle.local_addrs() {
-        out!("edge listening on http://{addr}");
+    for url in handle.local_urls() {
+        out!("edge listening on {url}");
     }
     let _reloader = match args.config {
         Some(path) => Some(handle.reload_on_sighup(path).map_err(|e| e.to_string())?),

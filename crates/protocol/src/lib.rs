@@ -27,6 +27,7 @@ pub mod keyring;
 pub mod keys;
 pub mod serve;
 pub mod signed;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch, now. Zero if the clock is before 1970.
 pub fn now_ms() -> u64 {

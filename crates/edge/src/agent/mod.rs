@@ -91,6 +91,8 @@ pub struct AgentOptions {
     pub trust: PublicKey,
     /// Client listeners.
     pub listen: Vec<SocketAddr>,
+    /// Client listeners terminating TLS (`--listen-tls`): certificates from the services.
+    pub listen_tls: Vec<SocketAddr>,
     /// Admin listener.
     pub admin: Option<SocketAddr>,
     /// How many versions to keep on disk.
@@ -122,6 +124,7 @@ impl AgentOptions {
             data_dir,
             trust,
             listen: Vec::new(),
+            listen_tls: Vec::new(),
             admin: None,
             keep: 5,
             heartbeat: Duration::from_secs(10),
@@ -393,7 +396,9 @@ struct Worker {
 
 impl Worker {
     fn localize(&self, config: ValidConfig) -> ValidConfig {
-        config.localize(&self.opts.listen, self.opts.admin, random_token)
+        config
+            .localize(&self.opts.listen, self.opts.admin, random_token)
+            .with_tls_listeners(&self.opts.listen_tls)
     }
 
     fn admin_url(&self) -> Option<String> {
@@ -412,12 +417,7 @@ impl Worker {
         let listen: Vec<String> = self
             .edge
             .as_ref()
-            .map(|e| {
-                e.local_addrs()
-                    .iter()
-                    .map(|a| format!("http://{a}"))
-                    .collect()
-            })
+            .map(|e| e.local_urls())
             .unwrap_or_default();
         move |status| {
             let s = status.lock().map(|s| s.clone()).unwrap_or_default();

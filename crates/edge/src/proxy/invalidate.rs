@@ -4,13 +4,13 @@
 use super::respond::{forwarded, CacheStatus};
 use super::RequestCtx;
 use crate::body::EdgeBody;
+use crate::client_body::ClientBody;
 use crate::error::ProxyError;
 use http::{header, Response, Uri};
-use hyper::body::Incoming;
 
 pub(crate) async fn forward_unsafe(
     ctx: &RequestCtx,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<EdgeBody>, ProxyError> {
     let body = super::request_body(ctx, body)?;
     let resp = ctx.send_upstream(&ctx.upstream(), body).await?;

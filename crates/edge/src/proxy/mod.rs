@@ -11,6 +11,7 @@ mod respond;
 pub(crate) mod route;
 
 use crate::body::EdgeBody;
+use crate::client_body::ClientBody;
 use crate::coalesce::Coalescer;
 use crate::error::ProxyError;
 use crate::health::Source;
@@ -212,11 +213,12 @@ impl RequestCtx {
 
 /// Serves one client request. Never fails: errors become error responses here. This is also
 /// the log phase: every request is counted and, when configured, logged.
-pub async fn handle(
+pub async fn handle<B: Into<ClientBody>>(
     state: Arc<EdgeState>,
-    req: Request<Incoming>,
+    req: Request<B>,
     client_ip: IpAddr,
 ) -> Response<EdgeBody> {
+    let req = req.map(Into::into);
     let started = Instant::now();
     let runtime = state.runtime.load_full();
     let id = state.request_id();
@@ -349,7 +351,7 @@ fn version_label(v: Version) -> &'static str {
 async fn serve(
     state: Arc<EdgeState>,
     runtime: Arc<Runtime>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     client_ip: IpAddr,
     id: RequestId,
     trace: Arc<RequestTrace>,
@@ -371,7 +373,7 @@ async fn serve(
 async fn dispatch(
     ctx: &RequestCtx,
     rule: Option<RuleAction>,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Response<EdgeBody>, ProxyError> {
     match ctx.method {
         Method::GET | Method::HEAD if ctx.svc.cache_enabled && rule != Some(RuleAction::Bypass) => {
@@ -392,7 +394,7 @@ async fn dispatch(
 /// limit, cut off (413) when a chunked body grows past it.
 pub(crate) fn request_body(
     ctx: &RequestCtx,
-    body: Incoming,
+    body: ClientBody,
 ) -> Result<Option<crate::upstream::UpstreamBody>, ProxyError> {
     use http_body::Body;
     let limit = ctx.runtime.config.limits.max_request_body_bytes;

@@ -36,6 +36,7 @@ pub(crate) fn route(
         .route(&host)
         .cloned()
         .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
+    crate::tls::check_sni(&runtime, &svc, &parts.extensions, &host)?;
     let raw = parts
         .uri
         .path_and_query()

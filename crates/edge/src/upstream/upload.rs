@@ -24,7 +24,7 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 pub enum ClientBodyError {
     /// Malformed chunking, reset connection, ...
     #[error("client request body: {0}")]
-    Malformed(hyper::Error),
+    Malformed(BoxError),
     /// Longer than `limits.max_request_body_bytes`.
     #[error("client request body exceeds the limit")]
     TooLarge,
@@ -35,7 +35,11 @@ pub enum ClientBodyError {
 
 /// Wraps a client's streamed request body for forwarding, failing once it passes `limit` or
 /// once the client has sent nothing for `idle`.
-pub fn client_body(body: hyper::body::Incoming, limit: u64, idle: Duration) -> UpstreamBody {
+pub fn client_body(
+    body: crate::client_body::ClientBody,
+    limit: u64,
+    idle: Duration,
+) -> UpstreamBody {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     let body = IdleBody {
         body,
@@ -58,14 +62,14 @@ pub fn client_body(body: hyper::body::Incoming, limit: u64, idle: Duration) -> U
 }
 
 enum IdleError {
-    Body(hyper::Error),
+    Body(BoxError),
     Idle(Duration),
 }
 
 /// A client body that fails when the client stays silent for longer than `idle` while the
 /// body is being read (the timer runs only while the edge waits for the client).
 struct IdleBody {
-    body: hyper::body::Incoming,
+    body: crate::client_body::ClientBody,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
 }

@@ -25,4 +25,5 @@ mod slow_clients;
 mod slowloris;
 mod smuggling;
 mod stale;
+mod tls;
 mod variants;

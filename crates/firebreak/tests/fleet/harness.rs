@@ -298,6 +298,7 @@ pub async fn edge_placed(
         data_dir: data_dir.to_owned(),
         trust,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        listen_tls: Vec::new(),
         admin: Some("127.0.0.1:0".parse().unwrap()),
         keep: 3,
         heartbeat: Duration::from_millis(500),

@@ -17,5 +17,6 @@ mod identity;
 mod keys;
 mod replay;
 mod rollouts;
+mod tls_edge;
 mod validation;
 mod writes;

@@ -180,6 +180,7 @@ fn options(
         data_dir: dir.to_owned(),
         trust,
         listen: vec!["127.0.0.1:0".parse().unwrap()],
+        listen_tls: Vec::new(),
         admin: Some(admin),
         keep: 3,
         heartbeat: Duration::from_millis(500),

@@ -14,6 +14,10 @@
 //!    progress closes after `keepalive_timeout`, an h2 connection without an open stream after
 //!    `h2_idle_timeout` (GOAWAY, then closed after a grace period), and h2 PINGs detect dead
 //!    peers. A request counts as in progress until its response body is done or dropped.
+//!
+//! A TLS listener ([`ListenerConf::with_tls`]) does the handshake after the PROXY header,
+//! within the same `first_bytes` deadline, and picks HTTP/1 or h2 by ALPN; its requests carry
+//! [`TlsInfo`].
 
 pub mod proxy_protocol;
 
@@ -35,6 +39,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 /// hyper's smallest allowed read buffer.
 const MIN_BUF: usize = 8192;
@@ -114,6 +119,13 @@ impl Protocol {
     }
 }
 
+/// What a request that arrived over TLS knows of its connection (a request extension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The server name the client sent (SNI), lowercased; `None` without SNI.
+    pub server_name: Option<Arc<str>>,
+}
+
 /// One listener's connection settings.
 pub struct ListenerConf {
     /// Metric label: `client` or `admin`.
@@ -126,6 +138,7 @@ pub struct ListenerConf {
     pub per_address: Arc<AddressTable>,
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
 }
 
 impl ListenerConf {
@@ -178,7 +191,20 @@ impl ListenerConf {
             per_address,
             h1,
             h2,
+            tls: None,
         }
+    }
+
+    /// The listener terminates TLS with `config` (certificates from its resolver at each
+    /// handshake).
+    pub fn with_tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(TlsAcceptor::from(config));
+        self
+    }
+
+    /// Whether the listener terminates TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 }
 
@@ -273,6 +299,7 @@ enum Refusal {
     FirstBytesTimeout,
     ProxyHeader,
     Closed,
+    TlsHandshake,
 }
 
 impl Refusal {
@@ -281,6 +308,7 @@ impl Refusal {
             Refusal::FirstBytesTimeout => "first_bytes_timeout",
             Refusal::ProxyHeader => "proxy_header",
             Refusal::Closed => "closed_early",
+            Refusal::TlsHandshake => "tls_handshake",
         }
     }
 }
@@ -291,11 +319,13 @@ enum Proto {
     H2,
 }
 
-/// Reads the PROXY header (when `proxy`) and enough bytes to tell HTTP/1 from h2. Returns
-/// the stated source address, the protocol and the bytes read past the PROXY header.
+/// Reads the PROXY header (when `proxy`) and, when `sniff`, enough bytes to tell HTTP/1 from
+/// h2 (a TLS listener learns that from ALPN instead). Returns the stated source address, the
+/// protocol and the bytes read past the PROXY header.
 async fn read_preamble(
     stream: &mut TcpStream,
     proxy: bool,
+    sniff: bool,
 ) -> Result<(Option<SocketAddr>, Proto, Vec<u8>), Refusal> {
     use proxy_protocol::Parsed;
     let mut buf = Vec::with_capacity(PREAMBLE_CHUNK);
@@ -316,6 +346,9 @@ async fn read_preamble(
                 }
             }
         }
+    }
+    if !sniff {
+        return Ok((source, Proto::H1, buf));
     }
     loop {
         let n = buf.len().min(H2_PREFACE.len());
@@ -519,16 +552,24 @@ impl<B: http_body::Body> http_body::Body for Tracked<B> {
     }
 }
 
-/// The connection's socket with the preamble bytes replayed first, telling the watchdog
-/// when bytes arrive.
-struct Watched {
-    inner: TcpStream,
+/// A socket with the bytes read before serving (the preamble) replayed first.
+struct Replay<S> {
+    inner: S,
     prefix: Vec<u8>,
     pos: usize,
-    activity: Arc<Activity>,
 }
 
-impl AsyncRead for Watched {
+impl<S> Replay<S> {
+    fn new(inner: S, prefix: Vec<u8>) -> Self {
+        Self {
+            inner,
+            prefix,
+            pos: 0,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -545,6 +586,54 @@ impl AsyncRead for Watched {
             }
             return Poll::Ready(Ok(()));
         }
+        Pin::new(&mut me.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The connection's stream (the socket with its preamble replayed, or the TLS stream over
+/// it), telling the watchdog when bytes arrive and when writes stall.
+struct Watched<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
         let before = buf.filled().len();
         let r = Pin::new(&mut me.inner).poll_read(cx, buf);
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -554,7 +643,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -670,9 +759,10 @@ async fn connection<H, F, B>(
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let t = conf.timeouts;
-    let preamble = tokio::time::timeout(
-        t.first_bytes,
-        read_preamble(&mut stream, conf.proxy_protocol),
+    let deadline = tokio::time::Instant::now() + t.first_bytes;
+    let preamble = tokio::time::timeout_at(
+        deadline,
+        read_preamble(&mut stream, conf.proxy_protocol, conf.tls.is_none()),
     )
     .await;
     let (source, proto, prefix) = match preamble {
@@ -699,16 +789,66 @@ async fn connection<H, F, B>(
     } else {
         None
     };
+    let io = Replay::new(stream, prefix);
+    let Some(acceptor) = conf.tls.clone() else {
+        return serve(io, proto, None, client_ip, &conf, stop, handler).await;
+    };
+    // The handshake is part of the preamble: it shares its deadline.
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            connection_closed(conf.label, Refusal::TlsHandshake.label());
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            connection_closed(conf.label, Refusal::FirstBytesTimeout.label());
+            return;
+        }
+    };
+    let (_, session) = tls.get_ref();
+    let proto = if session.alpn_protocol() == Some(b"h2".as_slice()) {
+        Proto::H2
+    } else {
+        Proto::H1
+    };
+    let info = TlsInfo {
+        server_name: session
+            .server_name()
+            .map(|name| Arc::from(name.to_ascii_lowercase())),
+    };
+    serve(tls, proto, Some(info), client_ip, &conf, stop, handler).await
+}
+
+/// Serves HTTP on an established stream (after the preamble and any TLS handshake).
+async fn serve<S, H, F, B>(
+    io: S,
+    proto: Proto,
+    tls: Option<TlsInfo>,
+    client_ip: IpAddr,
+    conf: &ListenerConf,
+    stop: watch::Receiver<bool>,
+    handler: H,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, IpAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let t = conf.timeouts;
     let activity = Arc::new(Activity::new(proto == Proto::H1));
     let io = TokioIo::new(Watched {
-        inner: stream,
-        prefix,
-        pos: 0,
+        inner: io,
         activity: activity.clone(),
     });
     let act = activity.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let guard = act.begin();
+        if let Some(info) = &tls {
+            req.extensions_mut().insert(info.clone());
+        }
         let response = handler(req, client_ip);
         async move {
             let response = response.await;
