@@ -100,7 +100,7 @@ pub fn credential_id(credential: &str) -> Option<&str> {
 /// A new random credential for `id`.
 fn new_credential(id: &str) -> Result<String, PlaneError> {
     let mut secret = [0u8; 32];
-    getrandom::getrandom(&mut secret)
+    getrandom::fill(&mut secret)
         .map_err(|e| PlaneError::Internal(format!("no randomness for a credential: {e}")))?;
     let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     Ok(format!("{CREDENTIAL_PREFIX}{id}:{hex}"))

@@ -234,7 +234,7 @@ impl Api {
                 Ok((status, _)) => status.to_string(),
             };
             let mut r = [0u8; 4];
-            let _ = getrandom::getrandom(&mut r);
+            let _ = getrandom::fill(&mut r);
             let jittered = wait.mul_f64(f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX));
             eprintln!(
                 "attempt {attempt} failed ({why}); retrying in {} ms with the same idempotency key",

@@ -60,7 +60,7 @@ impl LocalCa {
         }
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut suffix = [0u8; 4];
-        let _ = getrandom::getrandom(&mut suffix);
+        let _ = getrandom::fill(&mut suffix);
         let name = format!(
             "Firebreak local CA {}",
             suffix

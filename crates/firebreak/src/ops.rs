@@ -93,7 +93,7 @@ pub async fn push(
         activate,
     };
     let mut raw = [0u8; 16];
-    getrandom::getrandom(&mut raw)
+    getrandom::fill(&mut raw)
         .map_err(|e| Failed::new(exit::UNAVAILABLE, format!("no randomness for a key: {e}")))?;
     let key: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let key = format!("cli-{key}");

@@ -136,7 +136,7 @@ impl Drop for Children {
 
 fn token() -> Result<String, String> {
     let mut b = [0u8; 16];
-    getrandom::getrandom(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+    getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 

@@ -43,7 +43,7 @@ impl ControlKey {
     /// A new random key.
     pub fn generate() -> Result<Self, KeyError> {
         let mut seed = [0u8; 32];
-        getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+        getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
         Ok(Self(SigningKey::from_bytes(&seed)))
     }
 

@@ -247,7 +247,7 @@ fn request_message(method: &str, path_and_query: &str, auth: &RequestAuth) -> Ve
 /// A random nonce (32 hex characters); `None` when the OS has no randomness.
 pub fn random_nonce() -> Option<String> {
     let mut bytes = [0u8; 16];
-    getrandom::getrandom(&mut bytes).ok()?;
+    getrandom::fill(&mut bytes).ok()?;
     Some(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 

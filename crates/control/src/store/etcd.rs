@@ -426,7 +426,7 @@ impl EtcdStore {
             }
             let mut c = self.client.clone();
             match c.watch(target_key(), None).await {
-                Ok((_watcher, mut stream)) => loop {
+                Ok(mut stream) => loop {
                     match stream.message().await {
                         Ok(Some(resp)) => {
                             for event in resp.events() {

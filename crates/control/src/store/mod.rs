@@ -12,6 +12,7 @@
 #[cfg(feature = "etcd")]
 mod etcd;
 mod redb;
+mod redb_upgrade;
 
 #[cfg(feature = "etcd")]
 pub use self::etcd::EtcdStore;
@@ -131,9 +132,12 @@ impl Store {
             return Ok(Self::Etcd(Box::new(EtcdStore::connect(&endpoints).await?)));
         }
         let path = spec.strip_prefix("redb:").unwrap_or(spec);
-        Ok(Self::Redb(
-            RedbStore::open(std::path::Path::new(path)).await?,
-        ))
+        let (store, upgraded) = RedbStore::open_upgrading(std::path::Path::new(path)).await?;
+        let store = Self::Redb(store);
+        if let Some(up) = upgraded {
+            store.audit(&redb_upgrade::audit_entry(&up)).await?;
+        }
+        Ok(store)
     }
 
     /// The newest version number, if any.
@@ -224,7 +228,7 @@ impl Store {
     pub async fn audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
         let raw = serde_json::to_vec(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut nonce = [0u8; 4];
-        let _ = getrandom::getrandom(&mut nonce);
+        let _ = getrandom::fill(&mut nonce);
         let key = format!("{:020}-{:08x}", entry.at_ms, u32::from_be_bytes(nonce));
         dispatch!(self, s => s.put_audit(&key, &raw).await)
     }

@@ -4,7 +4,7 @@
 
 use super::StoreError;
 use bytes::Bytes;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -87,14 +87,37 @@ fn err(e: impl Into<redb::Error>) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) the database file, creating its directory.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self::open_upgrading(path).await?.0)
+    }
+
+    /// [`Self::open`], upgrading a file written by redb 2 first (see `redb_upgrade`); says
+    /// whether it did.
+    pub(super) async fn open_upgrading(
+        path: &Path,
+    ) -> Result<(Self, Option<super::redb_upgrade::Upgraded>), StoreError> {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
             }
-            let db = Database::create(&path)
-                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
+            let opened = |r: Result<Database, redb::DatabaseError>| {
+                r.map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))
+            };
+            let (db, upgraded) = match Database::create(&path) {
+                Err(redb::DatabaseError::UpgradeRequired(found)) => {
+                    tracing::warn!(path = %path.display(), found, "the store is in an old redb file format: upgrading it");
+                    let up = super::redb_upgrade::upgrade(&path, found)?;
+                    tracing::warn!(
+                        path = %path.display(),
+                        backup = %up.backup.display(),
+                        rows = up.rows,
+                        "store upgraded to redb file format v3; the old file is kept"
+                    );
+                    (opened(Database::create(&path))?, Some(up))
+                }
+                other => (opened(other)?, None),
+            };
             let txn = db.begin_write().map_err(err)?;
             {
                 txn.open_table(META).map_err(err)?;
@@ -115,7 +138,7 @@ impl RedbStore {
                 .name("redb-reports".into())
                 .spawn(move || report_writer(writer, rx))
                 .map_err(|e| StoreError::Unavailable(format!("report writer: {e}")))?;
-            Ok(Self { db, reports })
+            Ok((Self { db, reports }, upgraded))
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?

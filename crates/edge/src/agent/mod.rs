@@ -1021,7 +1021,7 @@ impl Worker {
 /// control plane (and `/healthz`) pass then.
 fn random_token() -> String {
     let mut bytes = [0u8; 24];
-    if getrandom::getrandom(&mut bytes).is_err() {
+    if getrandom::fill(&mut bytes).is_err() {
         // No randomness: a token nobody can send (HTTP header values cannot contain NUL).
         return "\0no-token".to_owned();
     }
