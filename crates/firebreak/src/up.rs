@@ -7,10 +7,14 @@
 //!
 //! The control API runs over HTTPS: a local CA ([`crate::local_ca`], kept in `DATA_DIR/ca`,
 //! reused across runs) issues the control plane's certificate (`127.0.0.1`, `::1`,
-//! `localhost`); edges get the CA with `--control-ca`, the CLI with `FIREBREAK_CA`.
+//! `localhost`); edges get the CA with `--control-ca`, the CLI with `FIREBREAK_CA`. The same CA
+//! issues each example service's certificate (its hosts), pushed in the fleet document like
+//! any version: the certificate travels in the signed bundle, the private key as a secret
+//! document only edges can read; every edge serves HTTPS on a second listener.
 //!
-//! Ports for `--port P` (default 8080): edges P..P+5, their admin listeners P+10..P+15, the
-//! demo origin P+20, the control plane P-1080 (7000 by default, the CLI's default).
+//! Ports for `--port P` (default 8080): edges P..P+5, their HTTPS listeners P+30..P+35, their
+//! admin listeners P+10..P+15, the demo origin P+20, the control plane P-1080 (7000 by
+//! default, the CLI's default).
 
 use crate::api_client::Api;
 use crate::demo_origin;
@@ -191,6 +195,50 @@ async fn control_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), 
     .map_err(|e| format!("making the control plane's certificate: {e}"))?
 }
 
+/// The fleet document with a `[service.tls]` for every service: a certificate for the
+/// service's hosts from the local CA and its key (inline: the control plane moves the key into
+/// a secret document at push). The first service's certificate is the default one (answers
+/// handshakes without SNI, such as `https://127.0.0.1:…`).
+async fn with_certificates(dir: &Path, text: String) -> Result<String, String> {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let ca =
+            crate::local_ca::LocalCa::load_or_create(&dir.join("ca")).map_err(|e| e.to_string())?;
+        let mut doc: toml_edit::DocumentMut = text
+            .parse()
+            .map_err(|e| format!("the example fleet document: {e}"))?;
+        let services = doc
+            .get_mut("service")
+            .and_then(|s| s.as_array_of_tables_mut())
+            .ok_or("the example fleet document has no [[service]]")?;
+        for (i, service) in services.iter_mut().enumerate() {
+            let hosts: Vec<String> = service
+                .get("hosts")
+                .and_then(|h| h.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if hosts.is_empty() {
+                continue;
+            }
+            let (cert, key) = ca.issue(&hosts).map_err(|e| e.to_string())?;
+            let mut tls = toml_edit::Table::new();
+            tls.insert("cert", toml_edit::value(cert));
+            tls.insert("key", toml_edit::value(key));
+            if i == 0 {
+                tls.insert("default", toml_edit::value(true));
+            }
+            service.insert("tls", toml_edit::Item::Table(tls));
+        }
+        Ok(doc.to_string())
+    })
+    .await
+    .map_err(|e| format!("making the services' certificates: {e}"))?
+}
+
 /// Runs the network until Ctrl-C.
 pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     let control_port = port(base, -1080)?;
@@ -247,14 +295,17 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
             "0000000000000000000000000000000000000000000000000000000000000000",
             &firebreak_control::auth::token_sha256(&admin_token),
         );
-    std::fs::write(&fleet_file, text).map_err(|e| format!("{}: {e}", fleet_file.display()))?;
+    let text = with_certificates(&dir, text).await?;
+    // The document now holds private keys: only its owner may read it.
+    firebreak_protocol::durable::write_private(&fleet_file, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", fleet_file.display()))?;
 
     let mut specs = Vec::new();
     let mut edges = Vec::new();
     for (p, pop) in POPS.iter().enumerate() {
         for n in 0..EDGES_PER_POP {
             let i = (p * EDGES_PER_POP + n) as i32;
-            let (listen, admin) = (port(base, i)?, port(base, 10 + i)?);
+            let (listen, admin, https) = (port(base, i)?, port(base, 10 + i)?, port(base, 30 + i)?);
             let id = format!("{pop}-{}", n + 1);
             specs.push(Spec {
                 name: format!("edge-{id}"),
@@ -276,6 +327,8 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
                     dir.join("edges").join(&id).display().to_string(),
                     "--listen".into(),
                     format!("127.0.0.1:{listen}"),
+                    "--listen-tls".into(),
+                    format!("127.0.0.1:{https}"),
                     "--admin".into(),
                     format!("127.0.0.1:{admin}"),
                     "--heartbeat-ms".into(),
@@ -287,7 +340,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
                 ],
                 env: vec![("FIREBREAK_EDGE_TOKEN".into(), edge_token.clone())],
             });
-            edges.push((id, listen, admin));
+            edges.push((id, listen, admin, https));
         }
     }
     for spec in &specs {
@@ -306,7 +359,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     .map_err(|e| format!("{e}; see the logs in {}", logs.display()))?;
     let targets: Vec<(String, std::net::SocketAddr)> = edges
         .iter()
-        .map(|(id, listen, _)| (id.clone(), ([127, 0, 0, 1], *listen).into()))
+        .map(|(id, listen, _, _)| (id.clone(), ([127, 0, 0, 1], *listen).into()))
         .collect();
     let _load = crate::load::Load::start(&targets, LOAD_PER_EDGE);
     out!(
@@ -343,11 +396,13 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     );
     out!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
     out!(
-        "  local CA       {}   (the control plane's certificate)",
+        "  local CA       {}   (the control plane's and the services' certificates)",
         ca_file.display()
     );
-    for (id, listen, admin) in &edges {
-        out!("  edge {id:<8}  http://127.0.0.1:{listen}/   admin http://127.0.0.1:{admin}/");
+    for (id, listen, admin, https) in &edges {
+        out!(
+            "  edge {id:<8}  http://127.0.0.1:{listen}/   https://localhost:{https}/   admin http://127.0.0.1:{admin}/"
+        );
     }
     out!("  demo origin    http://{}/", origin.addr);
     out!("  data and logs  {}", dir.display());
@@ -376,6 +431,11 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     out!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");
     out!("  curl -si -H 'Host: assets.localhost' http://127.0.0.1:{first}/static/app.css");
     out!("  curl -si http://127.0.0.1:{first}/api/data           # stale-while-revalidate");
+    let first_https = edges.first().map(|e| e.3).unwrap_or(base);
+    out!(
+        "  curl -si --cacert {} https://localhost:{first_https}/static/hello.txt   # HTTPS (h2), the demo service's certificate",
+        ca_file.display()
+    );
     out!();
     out!("Ctrl-C stops everything.");
     let mut restarts: Vec<Instant> = Vec::new();

@@ -224,6 +224,37 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
     };
     let (token, ca) = (value("FIREBREAK_TOKEN"), value("FIREBREAK_CA"));
     assert!(std::path::Path::new(&ca).starts_with(&data), "{ca}");
+    // Every edge serves HTTPS with the demo service's certificate from the same CA; its key
+    // reached the edges through the control plane as a secret document. The printed curl
+    // line works.
+    let mut line = String::new();
+    while !(line.contains("--cacert") && line.contains("https://localhost")) {
+        line.clear();
+        assert!(up.stdout.read_line(&mut line).unwrap() > 0);
+    }
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://localhost"))
+        .unwrap()
+        .to_owned();
+    let pem = std::fs::read(&ca).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, body) = runtime.block_on(async {
+        let client =
+            firebreak_protocol::client::HttpClient::with_ca(Duration::from_secs(5), Some(&pem))
+                .unwrap();
+        let req = http::Request::get(url.as_str())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        client
+            .exchange(req, 1 << 20, Duration::from_secs(10))
+            .await
+            .unwrap()
+    });
+    assert_eq!(status, 200, "{url}: {}", String::from_utf8_lossy(&body));
     // Without the CA the CLI refuses the control plane's certificate.
     let out = Command::new(BIN)
         .args([
