@@ -45,14 +45,23 @@ pub fn check_certificates(
     };
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
-    for (i, cert) in certs_with_spans(&doc) {
+    for (i, cert, carried) in certs_with_spans(&doc) {
         let Some(pem) = cert.as_str() else { continue };
         let Ok(info) = secrets::inspect(pem) else {
             continue;
         };
         let (line, column) = line_col(text, cert.span().map_or(0, |s| s.start));
         let field = format!("service[{i}].tls.cert");
-        if info.not_after < now_s {
+        if info.not_after < now_s && carried {
+            // A certificate carried over from a stored version (its key is already a secret
+            // document: a kill switch, a rollback made into a version) must not block the
+            // change; the edges keep serving it, warned and counted.
+            warnings.push(format!(
+                "{file}:{line}:{column}: {field}: certificate expired at {} (subject {}); carried over from a stored version, still served",
+                secrets::rfc3339(info.not_after),
+                info.subject
+            ));
+        } else if info.not_after < now_s {
             errors.push(ConfigError {
                 file: file.to_owned(),
                 line,
@@ -79,16 +88,20 @@ pub fn check_certificates(
     }
 }
 
-/// `(service index, cert item)` of every `[[service]]`'s `tls.cert`.
-fn certs_with_spans<'a>(doc: &'a Document<&str>) -> Vec<(usize, &'a Item)> {
+/// `(service index, cert item, carried over)` of every `[[service]]`'s `tls.cert`; carried over
+/// = its key is named by `key_sha256` (already a stored secret), not given inline.
+fn certs_with_spans<'a>(doc: &'a Document<&str>) -> Vec<(usize, &'a Item, bool)> {
     let mut out = Vec::new();
     let Some(services) = doc.get("service") else {
         return out;
     };
     let mut i = 0;
     while let Some(service) = services.get(i) {
-        if let Some(cert) = service.get("tls").and_then(|t| t.get("cert")) {
-            out.push((i, cert));
+        if let Some(tls) = service.get("tls") {
+            if let Some(cert) = tls.get("cert") {
+                let carried = tls.get("key").is_none() && tls.get("key_sha256").is_some();
+                out.push((i, cert, carried));
+            }
         }
         i += 1;
     }
@@ -227,6 +240,22 @@ mod tests {
         format!(
             "[cache]\nmax_bytes = 1000000\n\n[[service]]\nname = \"a\"\nhosts = [\"a.example\"]\n[service.origin]\nservers = [{{ addr = \"127.0.0.1:1\" }}]\n[service.tls]\ncert = \"\"\"{cert}\"\"\"\nkey = \"\"\"{key}\"\"\"\n"
         )
+    }
+
+    #[test]
+    fn an_expired_certificate_carried_over_from_a_stored_version_is_only_warned() {
+        // A kill switch flips a stored document whose key is already a secret: an expired
+        // certificate in it must not block the switch.
+        let now = 1_790_000_000;
+        let (old, key) = cert((2020, 1, 1), (2021, 1, 1));
+        let carried = doc(&old, &key).replace(
+            &format!("key = \"\"\"{key}\"\"\""),
+            &format!("key_sha256 = \"{}\"", "a".repeat(64)),
+        );
+        assert!(!carried.contains("PRIVATE KEY"));
+        let w = check_certificates("fleet.toml", &carried, now).unwrap();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("carried over"), "{w:?}");
     }
 
     #[test]
