@@ -213,89 +213,28 @@ pub fn inline_keys(
     })
 }
 
-/// What a certificate says (the first of a PEM chain).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    /// Subject distinguished name.
-    pub subject: String,
-    /// DNS names and IP addresses of the subject alternative name extension.
-    pub sans: Vec<String>,
-    /// Issuer distinguished name.
-    pub issuer: String,
-    /// Start of validity, seconds since the Unix epoch.
-    pub not_before: i64,
-    /// End of validity, seconds since the Unix epoch.
-    pub not_after: i64,
+/// What a certificate says about itself: the configuration crate's, the one inspection.
+pub use firebreak_config::tls::CertInfo;
+
+/// One line: subject, SANs, issuer, validity (RFC 3339, UTC).
+pub fn summary(info: &CertInfo) -> String {
+    format!(
+        "subject: {}; SANs: {}; issuer: {}; valid from {} to {}",
+        info.subject,
+        if info.sans.is_empty() {
+            "(none)".to_owned()
+        } else {
+            info.sans.join(", ")
+        },
+        info.issuer,
+        rfc3339(info.not_before),
+        rfc3339(info.not_after)
+    )
 }
 
-impl CertInfo {
-    /// One line: subject, SANs, issuer, validity (RFC 3339, UTC).
-    pub fn summary(&self) -> String {
-        format!(
-            "subject: {}; SANs: {}; issuer: {}; valid from {} to {}",
-            self.subject,
-            if self.sans.is_empty() {
-                "(none)".to_owned()
-            } else {
-                self.sans.join(", ")
-            },
-            self.issuer,
-            rfc3339(self.not_before),
-            rfc3339(self.not_after)
-        )
-    }
-}
-
-/// Inspects the first certificate of a PEM chain (local helper; the configuration crate's
-/// `tls::inspect` may replace it).
+/// Inspects the leaf (first certificate) of a PEM chain with `firebreak_config::tls::inspect`.
 pub fn inspect(pem: &str) -> Result<CertInfo, String> {
-    if pem.len() > MAX_CERT_PEM_BYTES {
-        return Err(format!("{} bytes; at most {MAX_CERT_PEM_BYTES}", pem.len()));
-    }
-    let first = x509_parser::pem::Pem::iter_from_buffer(pem.as_bytes())
-        .next()
-        .ok_or_else(|| "no PEM block".to_owned())?
-        .map_err(|e| format!("not PEM: {e}"))?;
-    if first.label != "CERTIFICATE" {
-        return Err(format!(
-            "first PEM block is {}, not a CERTIFICATE",
-            first.label
-        ));
-    }
-    let cert = first
-        .parse_x509()
-        .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    let mut sans = Vec::new();
-    if let Ok(Some(ext)) = cert.subject_alternative_name() {
-        for name in &ext.value.general_names {
-            match name {
-                x509_parser::extensions::GeneralName::DNSName(d) => sans.push((*d).to_owned()),
-                x509_parser::extensions::GeneralName::IPAddress(ip) => {
-                    let ip = match ip.len() {
-                        4 => <[u8; 4]>::try_from(*ip)
-                            .ok()
-                            .map(|b| std::net::IpAddr::from(b).to_string()),
-                        16 => <[u8; 16]>::try_from(*ip)
-                            .ok()
-                            .map(|b| std::net::IpAddr::from(b).to_string()),
-                        _ => None,
-                    };
-                    if let Some(ip) = ip {
-                        sans.push(ip);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let validity = cert.validity();
-    Ok(CertInfo {
-        subject: cert.subject().to_string(),
-        sans,
-        issuer: cert.issuer().to_string(),
-        not_before: validity.not_before.timestamp(),
-        not_after: validity.not_after.timestamp(),
-    })
+    firebreak_config::tls::inspect(pem).map_err(|e| e.to_string())
 }
 
 /// Every `[service.tls] cert` of `text`, as (service name, PEM).
@@ -337,7 +276,7 @@ pub fn redact_certs(text: &str) -> String {
     let _ = each_tls(&mut doc, |_, tls| {
         if let Some(pem) = tls.get("cert").and_then(Item::as_str) {
             let shown = match inspect(pem) {
-                Ok(info) => format!("(certificate not shown) {}", info.summary()),
+                Ok(info) => format!("(certificate not shown) {}", summary(&info)),
                 Err(e) => format!("(certificate not shown: {e})"),
             };
             tls.insert("cert", toml_edit::value(shown));
