@@ -200,7 +200,7 @@ fn parse(
         ConfigRejected::one(file, line, column, &field, inner.message().to_owned())
     })?;
     let mut problems = crate::tls::load_files(&mut config, base, mode);
-    problems.extend(crate::origin_tls::read_ca_files(&mut config, file, mode));
+    problems.extend(crate::origin_tls::read_ca_files(&mut config, base, mode));
     problems.extend(validate(&config, mode));
     if problems.is_empty() {
         return Ok(ValidConfig(config));

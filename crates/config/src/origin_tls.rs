@@ -18,7 +18,6 @@ use crate::model::{Config, OriginPoolConfig, ServiceConfig};
 use crate::validate::{Checker, Mode, Problem};
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use rustls_pki_types::CertificateDer;
-use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -274,15 +273,15 @@ fn pool(c: &mut Checker, base: &[PathSeg], o: &OriginPoolConfig, mode: Mode) {
     }
 }
 
-/// Reads the `ca_file` of every TLS pool (standalone edges; relative to the configuration
-/// file's directory), bounded by [`MAX_CA_BUNDLE_BYTES`] before and while reading. The text
-/// goes to `ca_file_pem`; [`check`] parses it.
-pub(crate) fn read_ca_files(config: &mut Config, file: &str, mode: Mode) -> Vec<Problem> {
+/// Reads the `ca_file` of every TLS pool (standalone edges; relative to `base`, the
+/// configuration file's directory) with the same bounded reader as `[service.tls]` files
+/// ([`MAX_CA_BUNDLE_BYTES`], checked before and while reading). The text goes to
+/// `ca_file_pem`; [`check`] parses it.
+pub(crate) fn read_ca_files(config: &mut Config, base: Option<&Path>, mode: Mode) -> Vec<Problem> {
     let mut problems = Vec::new();
     if mode != Mode::Standalone {
         return problems;
     }
-    let dir = Path::new(file).parent().unwrap_or(Path::new(""));
     for (i, s) in config.services.iter_mut().enumerate() {
         let o = &mut s.origin;
         let Some(name) = o.ca_file.as_deref() else {
@@ -291,35 +290,15 @@ pub(crate) fn read_ca_files(config: &mut Config, file: &str, mode: Mode) -> Vec<
         if !o.tls || o.ca.is_some() {
             continue;
         }
-        let path = dir.join(name);
-        match read_bounded(&path) {
+        match crate::tls::read_bounded(base, name, MAX_CA_BUNDLE_BYTES) {
             Ok(text) => o.ca_file_pem = Some(text),
             Err(message) => problems.push(Problem {
                 path: vec![Key("service"), Index(i), Key("origin"), Key("ca_file")],
-                message: format!("`{}`: {message}", path.display()),
+                message: format!("`{name}`: {message}"),
             }),
         }
     }
     problems
-}
-
-fn read_bounded(path: &Path) -> Result<String, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot read: {e}"))?
-        .len();
-    if len > MAX_CA_BUNDLE_BYTES as u64 {
-        return Err(CaBundleError::TooLarge(len as usize).to_string());
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_CA_BUNDLE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if bytes.len() > MAX_CA_BUNDLE_BYTES {
-        return Err(CaBundleError::TooLarge(bytes.len()).to_string());
-    }
-    String::from_utf8(bytes).map_err(|_| "is not PEM text (not UTF-8)".to_owned())
 }
 
 #[cfg(test)]

@@ -369,7 +369,11 @@ pub(crate) fn load_files(config: &mut Config, base: Option<&Path>, mode: Mode) -
     problems
 }
 
-fn read_bounded(base: Option<&Path>, name: &str, limit: usize) -> Result<String, String> {
+pub(crate) fn read_bounded(
+    base: Option<&Path>,
+    name: &str,
+    limit: usize,
+) -> Result<String, String> {
     if name.is_empty() || name.len() > 4096 || name.contains('\0') {
         return Err("must be a file path".into());
     }
