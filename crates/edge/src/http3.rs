@@ -315,6 +315,9 @@ async fn connection(
                 let _ = h3.shutdown(0).await;
             }
         }
+        if stopping && requests.is_empty() {
+            break;
+        }
     }
     while requests.join_next().await.is_some() {}
     conn.close(H3_NO_ERROR.into(), b"");
@@ -549,5 +552,8 @@ mod tests {
             "second request is a hit: {statuses:?}"
         );
         assert!(statuses[1].contains("hit"), "{statuses:?}");
+        // A graceful stop closes the idle, still open HTTP/3 connection (GOAWAY) too.
+        assert!(edge.drain(Duration::from_secs(10)).await, "drained");
+        drop(send);
     }
 }
