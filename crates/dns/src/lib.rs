@@ -1,7 +1,21 @@
 //! Firebreak's authoritative DNS server: answers for the CDN zone, steering each client to
 //! the nearest healthy POP (by EDNS Client Subnet or the resolver's address, a prefix table
 //! and an optional GeoIP database), never answering empty.
+//!
+//! - [`steer`]: one compiled version of the DNS data (`Steering`) and POP health;
+//! - [`answer`]: a query's bytes to a response's bytes (`answer`, `Zone`);
+//! - [`server`]: UDP threads (`SO_REUSEPORT`), TCP and the admin listener (`DnsServer`);
+//! - [`tcp`], [`admin`], [`metrics`]: their parts.
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+pub mod admin;
+pub mod answer;
+pub mod metrics;
+pub mod server;
 pub mod steer;
+pub mod tcp;
 
+pub use answer::{answer, Outcome, Transport, Zone};
+pub use server::{DnsServer, ServerConfig};
 pub use steer::{Client, Family, Health, Locate, Location, Lookup, Source, Steered, Steering};
+pub use tcp::TcpLimits;
