@@ -19,6 +19,7 @@ mod stdout;
 mod api_client;
 mod control_flags;
 mod demo_origin;
+mod dns;
 mod drill;
 mod keys;
 mod load;
@@ -157,6 +158,9 @@ enum Command {
     /// Run an edge: under a control plane (`--control`), from a configuration file
     /// (`--config`, SIGHUP reloads it), or in front of one origin (`--origin`).
     Edge(EdgeArgs),
+    /// Run the authoritative DNS server from a fleet document's `[dns]` data (SIGHUP
+    /// reloads it).
+    Dns(dns::DnsArgs),
     /// Run the demo origin alone.
     Origin {
         /// Address to listen on.
@@ -624,6 +628,7 @@ async fn run(command: Command) -> Result<(), Failed> {
         }
         Command::HashToken => hash_token().map_err(fail),
         Command::Edge(args) => edge(args).await.map_err(fail),
+        Command::Dns(args) => dns::run(args).await.map_err(fail),
         Command::Origin { listen } => {
             let origin = demo_origin::start(listen)
                 .await

@@ -27,6 +27,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("signed_target", signed_target),
     ("proxy_protocol", proxy_protocol),
     ("key_set", key_set),
+    ("dns_query", dns_query),
 ];
 
 /// The control-plane key the verification targets trust (made once per process).
@@ -85,5 +86,88 @@ pub fn key_set(data: &[u8]) {
     };
     if let Ok(statement) = serde_json::from_slice::<KeySetStatement>(data) {
         let _ = KeySet::trusting(key).accept(&statement);
+    }
+}
+
+/// The zone the DNS target answers from: services steered by region (one by ECS prefix), a
+/// fallback CNAME, name servers with glue, an answer too big for 512 bytes.
+const DNS_FLEET: &str = r#"
+[dns]
+zone = "cdn.example"
+default_region = "eu"
+[[dns.ns]]
+name = "ns1.cdn.example"
+addrs = ["192.0.2.53", "2001:db8::53"]
+[[dns.ns]]
+name = "ns.other.example"
+[[dns.pop]]
+name = "ams"
+answers = ["192.0.2.10", "2001:db8::10"]
+[[dns.pop]]
+name = "nyc"
+answers = ["198.51.100.10", "2001:db8:1::1", "2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::4", "2001:db8:1::5", "2001:db8:1::6", "2001:db8:1::7", "2001:db8:1::8", "2001:db8:1::9", "2001:db8:1::a", "2001:db8:1::b", "2001:db8:1::c", "2001:db8:1::d", "2001:db8:1::e", "2001:db8:1::f", "2001:db8:1::10", "2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13", "2001:db8:1::14"]
+[[dns.region]]
+name = "eu"
+pops = ["ams", "nyc"]
+[[dns.region]]
+name = "us"
+prefixes = ["203.0.113.0/24", "2001:db8:ff::/48"]
+pops = ["nyc", "ams"]
+[[service]]
+name = "demo"
+hosts = ["demo.test"]
+[service.origin]
+servers = [{ addr = "127.0.0.1:9" }]
+[service.dns]
+name = "demo"
+[[service]]
+name = "gone"
+hosts = ["gone.test"]
+[service.origin]
+servers = [{ addr = "127.0.0.1:9" }]
+[service.dns]
+name = "a.gone"
+pops = ["nyc"]
+fallback_cname = "gone.backup.example"
+"#;
+
+fn dns_zone() -> Option<&'static firebreak_dns::Zone> {
+    static ZONE: OnceLock<Option<firebreak_dns::Zone>> = OnceLock::new();
+    ZONE.get_or_init(|| {
+        let valid = firebreak_config::parse_managed_str("fuzz.toml", DNS_FLEET).ok()?;
+        let health = firebreak_dns::Health::new();
+        let steering = firebreak_dns::Steering::compile(valid.get(), 1, None, &health).ok()?;
+        Some(firebreak_dns::Zone::new(steering))
+    })
+    .as_ref()
+}
+
+/// A DNS query as a client sends it, over UDP and TCP: never a panic, and every response
+/// has the query's id, is a response, parses as a DNS message, and over UDP fits 1232 bytes
+/// (512 unless the query had an OPT).
+pub fn dns_query(data: &[u8]) {
+    use firebreak_dns::{answer, Outcome, Transport};
+    let Some(zone) = dns_zone() else {
+        return;
+    };
+    let mut out = Vec::with_capacity(65_535);
+    let src = std::net::IpAddr::from([203, 0, 113, 7]);
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let outcome = answer(zone, data, src, transport, &mut out);
+        let Outcome::Reply(_) = outcome else {
+            assert!(out.is_empty(), "a dropped query left bytes in the buffer");
+            continue;
+        };
+        assert_eq!(
+            out.get(..2),
+            data.get(..2),
+            "the response has the query's id"
+        );
+        assert!(out.get(2).is_some_and(|b| b & 0x80 != 0), "QR is set");
+        let parsed = hickory_proto::op::Message::from_vec(&out);
+        assert!(parsed.is_ok(), "unparsable response {parsed:?}: {out:02x?}");
+        if transport == Transport::Udp {
+            assert!(out.len() <= 1232, "UDP response of {} bytes", out.len());
+        }
     }
 }

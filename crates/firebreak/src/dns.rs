@@ -1,0 +1,144 @@
+//! `firebreak dns`: the authoritative DNS server, standalone, from a fleet document.
+//!
+//! The document is loaded as the control plane would (managed mode) and its `[dns]` data
+//! compiled into a steering version; SIGHUP reloads it (a file that does not validate or
+//! compile is refused and logged, and the running data stays). Under a control plane (next
+//! step) the data will come with rollouts instead.
+
+use firebreak_config::{load_file_as, Mode};
+use firebreak_dns::{DnsServer, Health, ServerConfig, Steering, TcpLimits, Zone};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// `firebreak dns` arguments.
+#[derive(clap::Args)]
+pub(crate) struct DnsArgs {
+    /// The fleet document holding the `[dns]` data (TOML).
+    #[arg(long)]
+    config: PathBuf,
+    /// UDP address to answer on.
+    #[arg(long, default_value = "127.0.0.1:5353")]
+    listen: SocketAddr,
+    /// TCP address (default: the UDP address).
+    #[arg(long)]
+    tcp: Option<SocketAddr>,
+    /// Admin listener (`/metrics`, `/healthz`).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// UDP threads, one socket each (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The SOA serial of the first load, plus one at each reload (default: the Unix time of
+    /// each load).
+    #[arg(long)]
+    serial: Option<u32>,
+    /// TCP connections open at once (beyond: the oldest idle one is closed).
+    #[arg(long, default_value_t = 1024)]
+    tcp_max_connections: usize,
+}
+
+/// Loads and compiles the document.
+fn load(path: &Path, serial: u32, health: &Arc<Health>) -> Result<Zone, String> {
+    let valid = load_file_as(path, Mode::Managed).map_err(|e| e.to_string())?;
+    let steering = Steering::compile(valid.get(), serial, None, health)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Zone::new(steering))
+}
+
+/// SOA serials: the given one, then +1 per accepted reload; without one, the Unix time of
+/// each load (never below the last serial + 1, so a serial only grows).
+struct Serials {
+    first: Option<u32>,
+    last: Option<u32>,
+}
+
+impl Serials {
+    /// The serial the next load gets if it is accepted.
+    fn candidate(&self) -> u32 {
+        let next = self.last.map(|l| l.wrapping_add(1));
+        match (self.first, next) {
+            (Some(first), None) => first,
+            (Some(_), Some(next)) => next,
+            (None, next) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
+                    .unwrap_or(1);
+                next.map_or(now, |n| now.max(n))
+            }
+        }
+    }
+
+    fn accepted(&mut self, serial: u32) {
+        self.last = Some(serial);
+    }
+}
+
+pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
+    let health = Health::new();
+    let mut serials = Serials {
+        first: args.serial,
+        last: None,
+    };
+    let zone = load(&args.config, serials.candidate(), &health)?;
+    serials.accepted(zone.steering().soa().serial);
+    let config = ServerConfig {
+        udp: args.listen,
+        tcp: Some(args.tcp.unwrap_or(args.listen)),
+        admin: args.admin,
+        threads: args
+            .threads
+            .unwrap_or_else(firebreak_dns::server::default_threads),
+        tcp_limits: TcpLimits {
+            max_connections: args.tcp_max_connections.max(1),
+            ..TcpLimits::default()
+        },
+    };
+    let server = DnsServer::start(config, zone)
+        .await
+        .map_err(|e| format!("cannot listen: {e}"))?;
+    out!("dns listening on udp {}", server.udp_addr());
+    if let Some(tcp) = server.tcp_addr() {
+        out!("dns listening on tcp {tcp}");
+    }
+    if let Some(admin) = server.admin_addr() {
+        out!("dns admin on http://{admin}");
+    }
+    out!(
+        "dns serving zone {} (serial {})",
+        server.zone().steering().zone(),
+        server.zone().steering().soa().serial
+    );
+    let server = Arc::new(server);
+    let reloader = reload_on_sighup(Arc::clone(&server), args.config, serials, health)
+        .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+    crate::wait_for_ctrl_c().await;
+    reloader.abort();
+    Ok(())
+}
+
+fn reload_on_sighup(
+    server: Arc<DnsServer>,
+    path: PathBuf,
+    mut serials: Serials,
+    health: Arc<Health>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match load(&path, serials.candidate(), &health) {
+                Ok(zone) => {
+                    let serial = zone.steering().soa().serial;
+                    serials.accepted(serial);
+                    server.reload(zone);
+                    tracing::info!(path = %path.display(), serial, "dns data reloaded");
+                }
+                Err(e) => {
+                    tracing::error!("dns data refused, keeping the running one:\n{e}")
+                }
+            }
+        }
+    }))
+}
