@@ -121,6 +121,34 @@ const SOURCES: [Source; 3] = [Source::Healthy, Source::LastHealthy, Source::Fall
 
 /// A steered answer's key within one zone version: (service, pop + 1 or 0, source).
 type AnswerKey = (u32, u32, u8);
+
+/// A multiplicative hash for the small integer keys of the answers map: SipHash's
+/// flooding resistance is not needed (the keys are indices into our own data) and it
+/// would be most of the cost of counting an answer.
+#[derive(Default, Clone, Copy)]
+struct IndexHasher(u64);
+
+impl std::hash::Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IndexMap = HashMap<AnswerKey, u64, std::hash::BuildHasherDefault<IndexHasher>>;
 /// A steered answer's labels: (service, pop or "", source).
 type AnswerLabels = (String, String, &'static str);
 
@@ -130,7 +158,7 @@ struct Counts {
     truncated: u64,
     dropped: [u64; DROPS.len()],
     /// Steered answers of `zone`, by index (names resolved at scrape or when the zone changes).
-    answers: HashMap<AnswerKey, u64>,
+    answers: IndexMap,
     zone: Option<Arc<Zone>>,
     /// Steered answers of zone versions this shard no longer serves, by name.
     retired: HashMap<AnswerLabels, u64>,
