@@ -23,7 +23,11 @@ fn main() {
         .lines()
         .filter_map(|l| {
             let (name, t) = l.split_once(' ')?;
-            let t = if t == "AAAA" { RecordType::AAAA } else { RecordType::A };
+            let t = if t == "AAAA" {
+                RecordType::AAAA
+            } else {
+                RecordType::A
+            };
             let mut m = Message::new(1, MessageType::Query, OpCode::Query);
             m.add_query(Query::query(Name::from_ascii(name).ok()?, t));
             if ecs {

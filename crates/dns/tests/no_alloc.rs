@@ -2,7 +2,12 @@
 //! A/AAAA with and without ECS, NXDOMAIN, NODATA, SOA, NS with glue, truncation) with a
 //! reused buffer makes no heap allocation, counted by a global allocator that tallies this
 //! thread's allocations.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 
@@ -48,22 +53,58 @@ fn answering_allocates_nothing() {
     let zone = zone_from(&fleet(), 7, &health);
     let ecs = ClientSubnet::new(ip("203.0.113.0"), 24, 0);
     let queries: Vec<(&str, Vec<u8>)> = vec![
-        ("A", query("demo.cdn.example.", RecordType::A).to_vec().unwrap()),
-        ("AAAA", query("demo.cdn.example.", RecordType::AAAA).to_vec().unwrap()),
+        (
+            "A",
+            query("demo.cdn.example.", RecordType::A).to_vec().unwrap(),
+        ),
+        (
+            "AAAA",
+            query("demo.cdn.example.", RecordType::AAAA)
+                .to_vec()
+                .unwrap(),
+        ),
         (
             "A with ECS",
             with_edns(query("demo.cdn.example.", RecordType::A), 1232, Some(ecs))
                 .to_vec()
                 .unwrap(),
         ),
-        ("NXDOMAIN", query("s1234.cdn.example.", RecordType::A).to_vec().unwrap()),
-        ("NODATA", query("four.cdn.example.", RecordType::AAAA).to_vec().unwrap()),
-        ("SOA", query("cdn.example.", RecordType::SOA).to_vec().unwrap()),
-        ("NS + glue", query("cdn.example.", RecordType::NS).to_vec().unwrap()),
-        ("CNAME", query("gone.cdn.example.", RecordType::A).to_vec().unwrap()),
-        ("truncated", query("large.cdn.example.", RecordType::AAAA).to_vec().unwrap()),
-        ("REFUSED", query("example.org.", RecordType::A).to_vec().unwrap()),
-        ("FORMERR", vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1]),
+        (
+            "NXDOMAIN",
+            query("s1234.cdn.example.", RecordType::A).to_vec().unwrap(),
+        ),
+        (
+            "NODATA",
+            query("four.cdn.example.", RecordType::AAAA)
+                .to_vec()
+                .unwrap(),
+        ),
+        (
+            "SOA",
+            query("cdn.example.", RecordType::SOA).to_vec().unwrap(),
+        ),
+        (
+            "NS + glue",
+            query("cdn.example.", RecordType::NS).to_vec().unwrap(),
+        ),
+        (
+            "CNAME",
+            query("gone.cdn.example.", RecordType::A).to_vec().unwrap(),
+        ),
+        (
+            "truncated",
+            query("large.cdn.example.", RecordType::AAAA)
+                .to_vec()
+                .unwrap(),
+        ),
+        (
+            "REFUSED",
+            query("example.org.", RecordType::A).to_vec().unwrap(),
+        ),
+        (
+            "FORMERR",
+            vec![0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xC0, 12, 0, 1, 0, 1],
+        ),
     ];
     let mut out = Vec::with_capacity(65_535);
     let src = ip("198.51.100.1");
