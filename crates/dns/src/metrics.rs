@@ -12,7 +12,7 @@
 //! - `firebreak_dns_truncated_total` — UDP responses sent with TC=1;
 //! - `firebreak_dns_dropped_total{reason}` — queries not answered (`short`, `response`) and
 //!   TCP connections closed by a bound (`tcp_full`, `tcp_evicted`, `tcp_timeout`,
-//!   `tcp_too_many_queries`, `tcp_too_long`).
+//!   `tcp_too_many_queries`) and queries whose answering panicked (`panic`, a bug).
 
 use crate::answer::{Dropped, Outcome, Zone};
 use crate::steer::Source;
@@ -77,15 +77,18 @@ pub enum DropReason {
     TcpTimeout,
     /// A TCP connection closed after its allowed number of queries.
     TcpTooManyQueries,
+    /// A query whose answering panicked (a bug): dropped, the thread serves on.
+    Panic,
 }
 
-const DROPS: [&str; 6] = [
+const DROPS: [&str; 7] = [
     "short",
     "response",
     "tcp_full",
     "tcp_evicted",
     "tcp_timeout",
     "tcp_too_many_queries",
+    "panic",
 ];
 
 impl DropReason {
@@ -97,6 +100,7 @@ impl DropReason {
             DropReason::TcpEvicted => 3,
             DropReason::TcpTimeout => 4,
             DropReason::TcpTooManyQueries => 5,
+            DropReason::Panic => 6,
         }
     }
 }

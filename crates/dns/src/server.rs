@@ -11,7 +11,7 @@
 //! runtime `start` is called from; see [`crate::tcp`] and [`crate::admin`].
 
 use crate::answer::{answer, Outcome, Transport, Zone};
-use crate::metrics::{Metrics, Shard};
+use crate::metrics::{DropReason, Metrics, Shard};
 use crate::tcp::{self, TcpLimits};
 use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -265,7 +265,16 @@ fn udp_loop(socket: &UdpSocket, zone: &ArcSwap<Zone>, shard: &Shard, stop: &Atom
             continue;
         };
         let current = zone.load();
-        let outcome = answer(&current, query, from.ip(), Transport::Udp, &mut out);
+        // `answer` does not panic (no unwrap, indexing or slicing; fuzzed). Should it ever,
+        // the query is dropped and counted, and the thread goes on serving: a dead thread
+        // would silently lose every client the kernel hashes to its socket.
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            answer(&current, query, from.ip(), Transport::Udp, &mut out)
+        }));
+        let Ok(outcome) = answered else {
+            shard.dropped(DropReason::Panic);
+            continue;
+        };
         if let Outcome::Reply(_) = outcome {
             if let Err(e) = socket.send_to(&out, from) {
                 tracing::debug!("dns udp send to {from}: {e}");
