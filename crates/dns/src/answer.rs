@@ -316,7 +316,7 @@ struct Ecs<'q> {
 }
 
 /// The OPT record of a query.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct EdnsIn<'q> {
     payload: u16,
     version: u8,
@@ -331,8 +331,9 @@ enum Malformed {
     Question,
     /// The question is fine, the rest is not: FORMERR with the question, no OPT.
     Records,
-    /// The OPT is fine but its Client Subnet is not: FORMERR with an OPT.
-    Ecs,
+    /// The OPT is fine but its Client Subnet is not: FORMERR with an OPT (this one,
+    /// without the option).
+    Ecs(EdnsIn<'static>),
 }
 
 struct Query<'q> {
@@ -416,8 +417,15 @@ fn parse(query: &[u8], head: Head) -> Result<Query<'_>, Malformed> {
             dnssec_ok: flags & 0x80 != 0,
             ecs: None,
         };
-        q.edns = Some(edns);
-        edns.ecs = read_options(rdata)?;
+        edns.ecs = read_options(rdata).map_err(|e| match e {
+            Malformed::Ecs(_) => Malformed::Ecs(EdnsIn {
+                payload: edns.payload,
+                version: edns.version,
+                dnssec_ok: edns.dnssec_ok,
+                ecs: None,
+            }),
+            other => other,
+        })?;
         q.edns = Some(edns);
     }
     Ok(q)
@@ -435,10 +443,11 @@ fn read_options(rdata: &[u8]) -> Result<Option<Ecs<'_>>, Malformed> {
             .map_err(|_| Malformed::Records)?
             .unverified();
         if code == EDNS_CLIENT_SUBNET {
+            let bad = || Malformed::Ecs(EdnsIn::default());
             if ecs.is_some() {
-                return Err(Malformed::Ecs);
+                return Err(bad());
             }
-            ecs = Some(read_ecs(data).ok_or(Malformed::Ecs)?);
+            ecs = Some(read_ecs(data).ok_or_else(bad)?);
         }
     }
     Ok(ecs)
@@ -545,17 +554,12 @@ pub fn answer(
                 None => bare(out, head, Rcode::FormErr),
             };
         }
-        Err(Malformed::Ecs) => {
+        Err(Malformed::Ecs(edns)) => {
             let Some(mut q) = parse_question_only(query, head) else {
                 return bare(out, head, Rcode::FormErr);
             };
-            // Answer with an OPT (the client speaks EDNS) but without the bad option.
-            q.edns = Some(EdnsIn {
-                payload: CLASSIC_UDP_PAYLOAD,
-                version: 0,
-                dnssec_ok: false,
-                ecs: None,
-            });
+            // Answer with the client's OPT (it speaks EDNS) but without the bad option.
+            q.edns = Some(edns);
             return respond(
                 zone,
                 &q,
