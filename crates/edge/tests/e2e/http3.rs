@@ -188,7 +188,13 @@ async fn https_answers_advertise_h3_in_alt_svc_unless_the_service_turns_it_off()
         "alt_svc_max_age_s = 3600",
         &[
             service("on", &["on.example"], origin.addr, &on, ""),
-            service("off", &["off.example"], origin.addr, &off, "alt_svc = false"),
+            service(
+                "off",
+                &["off.example"],
+                origin.addr,
+                &off,
+                "alt_svc = false",
+            ),
         ],
     ))
     .await;
@@ -238,7 +244,11 @@ async fn an_h3_authority_that_selects_another_service_than_the_sni_is_misdirecte
     let right = conn.get("a.example", "/nostore/m").await;
     assert_eq!(right.status, StatusCode::OK);
     assert_eq!(right.header("x-service"), Some("a"));
-    assert_eq!(origin.count(), 1, "the misdirected request never left the edge");
+    assert_eq!(
+        origin.count(),
+        1,
+        "the misdirected request never left the edge"
+    );
     // With its own connection, b is served.
     let mut to_b = Client::connect(Proto::H3, edge.addr, &ca.roots, "b.example").await;
     let r = to_b.get("b.example", "/nostore/m").await;
@@ -250,10 +260,9 @@ async fn an_h3_authority_that_selects_another_service_than_the_sni_is_misdirecte
 async fn an_h3_request_body_reaches_the_origin_intact() {
     let _quic = h3_metrics_lock().await;
     let ca = Ca::new();
-    let origin = TestOrigin::start(|r| {
-        Reply::ok(format!("got {} bytes", r.body.len())).cc("no-store")
-    })
-    .await;
+    let origin =
+        TestOrigin::start(|r| Reply::ok(format!("got {} bytes", r.body.len())).cc("no-store"))
+            .await;
     let a = ca.leaf(&["a.example"]);
     let edge = start_edge(&h3_edge_config(
         "",
@@ -277,7 +286,10 @@ async fn an_h3_request_body_reaches_the_origin_intact() {
     let seen = origin.last();
     assert_eq!(seen.method, Method::POST);
     assert_eq!(seen.uri.path_and_query().unwrap().as_str(), "/upload?x=1");
-    assert_eq!(seen.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(
+        seen.header("content-type"),
+        Some("application/octet-stream")
+    );
     assert!(seen.body == body.as_slice(), "the body changed on the way");
     // A second exchange on the same connection: the first stream ended cleanly.
     let r = conn.get("a.example", "/nostore/after").await;
@@ -342,7 +354,9 @@ async fn max_streams_per_connection_bounds_requests_in_flight_on_one_connection(
         &[service("a", &["a.example"], origin.addr, &a, "")],
     ))
     .await;
-    let conn = H3::connect(edge.addr, &ca.roots, "a.example").await.unwrap();
+    let conn = H3::connect(edge.addr, &ca.roots, "a.example")
+        .await
+        .unwrap();
     let requests: Vec<_> = (0..4)
         .map(|i| {
             let mut send = conn.send.clone();
@@ -386,7 +400,10 @@ async fn max_streams_per_connection_bounds_requests_in_flight_on_one_connection(
         tx.send(Ok(Bytes::from_static(b"done"))).await.unwrap();
     }
     for (i, r) in requests.into_iter().enumerate() {
-        let r = r.await.unwrap().unwrap_or_else(|e| panic!("/held/{i}: {e}"));
+        let r = r
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("/held/{i}: {e}"));
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.text(), "done");
     }

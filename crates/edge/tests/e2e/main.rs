@@ -17,6 +17,7 @@ mod coalescing;
 mod drills;
 mod floods;
 mod h2_floods;
+mod http3;
 mod http3_flood;
 mod origin_faults;
 mod origin_tls;
