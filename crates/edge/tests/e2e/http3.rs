@@ -110,9 +110,13 @@ async fn miss_hit_range_and_purge_are_the_same_over_http1_h2_and_h3() {
     let ca = Ca::new();
     let origin = origin().await;
     let a = ca.leaf(&["a.example"]);
-    let edge = start_edge(&h3_edge_config(
-        "",
-        &[service("a", &["a.example"], origin.addr, &a, "")],
+    let dir = std::env::temp_dir().join(format!("fb-h3-access-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let edge = start_edge(&format!(
+        "[access_log]\npath = \"{}\"\n{}",
+        log.display(),
+        h3_edge_config("", &[service("a", &["a.example"], origin.addr, &a, "")])
     ))
     .await;
     assert_eq!(
@@ -140,6 +144,8 @@ async fn miss_hit_range_and_purge_are_the_same_over_http1_h2_and_h3() {
             Some(format!("{:?}", proto.version()).as_str())
         );
         assert_eq!(seen(&origin, &path), 1, "{proto:?}");
+        // The origin gets the authority as Host, whatever the client spoke.
+        assert_eq!(origin.last().header("host"), Some("a.example"), "{proto:?}");
 
         let hit = conn.get_until_hit("a.example", &path).await;
         assert_eq!(hit.text(), body, "{proto:?}");
@@ -176,6 +182,40 @@ async fn miss_hit_range_and_purge_are_the_same_over_http1_h2_and_h3() {
         );
         assert_eq!(seen(&origin, &path), 2, "{proto:?}");
     }
+    // The access log names each request's protocol.
+    let versions = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["path"].as_str().is_some_and(|p| p.ends_with("/object")))
+            .filter_map(|v| {
+                Some(format!(
+                    "{} {}",
+                    v["path"].as_str()?,
+                    v["version"].as_str()?
+                ))
+            })
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let lines = loop {
+        tick.tick().await;
+        let lines = versions(&std::fs::read_to_string(&log).unwrap_or_default());
+        if lines.iter().any(|l| l.starts_with("/h3/")) && lines.len() >= 15 {
+            break lines;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{lines:?}");
+    };
+    for (proto, version) in [("h1", "HTTP/1.1"), ("h2", "HTTP/2"), ("h3", "HTTP/3")] {
+        let prefix = format!("/{proto}/");
+        let mine: Vec<_> = lines.iter().filter(|l| l.starts_with(&prefix)).collect();
+        assert!(!mine.is_empty(), "{lines:?}");
+        assert!(
+            mine.iter().all(|l| l.ends_with(&format!(" {version}"))),
+            "{mine:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[tokio::test]
