@@ -57,6 +57,7 @@ const RETRY: &str = "firebreak_http3_initials_total{action=\"retry\"}";
 const REFUSE: &str = "firebreak_http3_initials_total{action=\"refuse\"}";
 const HANDSHAKES: &str = "firebreak_http3_handshakes";
 const CONNECTIONS: &str = "firebreak_http3_connections";
+const FAILURES: &str = "firebreak_http3_handshake_failures_total";
 
 /// The HTTP/3 counters and gauges at one moment.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +67,7 @@ struct Quic {
     refuse: f64,
     handshakes: f64,
     connections: f64,
+    failures: f64,
 }
 
 impl Quic {
@@ -77,6 +79,7 @@ impl Quic {
             refuse: sample(&text, REFUSE),
             handshakes: sample(&text, HANDSHAKES),
             connections: sample(&text, CONNECTIONS),
+            failures: sample(&text, FAILURES),
         }
     }
 
@@ -194,10 +197,15 @@ async fn spoofed_initials_get_stateless_retries_and_real_clients_are_still_serve
         "a spoofed source completed a handshake"
     );
     // What the edge did accept expires: no state is left from the flood.
-    Quic::wait_until(admin, "the flood's handshakes expired", |q| {
+    let expired = Quic::wait_until(admin, "the flood's handshakes expired", |q| {
         q.handshakes == 0.0
     })
     .await;
+    assert_eq!(
+        expired.failures - base.failures,
+        accepted,
+        "each accepted spoofed handshake ends as a failure (timed out)"
+    );
     drop(sources);
 
     // A real client is served (quinn answers a Retry by itself).
