@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 mod clients;
+pub mod dns;
 mod drills;
 mod fetch;
 mod forwarding;

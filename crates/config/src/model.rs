@@ -41,6 +41,9 @@ pub struct Config {
     /// HTTP/3 on the TLS listeners (`[http3]`).
     #[serde(default)]
     pub http3: crate::http3::Http3Config,
+    /// Authoritative DNS steering data (`[dns]`); read by DNS servers.
+    #[serde(default)]
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 /// The admin listener.
@@ -175,6 +178,9 @@ pub struct ServiceConfig {
     /// over TLS, when the edge serves HTTP/3.
     #[serde(default = "crate::http3::advertise_by_default")]
     pub alt_svc: bool,
+    /// The service's host name in the DNS zone and its fallback (`[service.dns]`).
+    #[serde(default)]
+    pub dns: Option<crate::dns::ServiceDnsConfig>,
 }
 
 /// An origin pool: servers, failover and connection settings.
