@@ -303,7 +303,6 @@ async fn max_connections_refuses_a_third_connection_while_two_stay_open_and_work
 /// but the server checks it per TLS listener (`endpoint.open_connections()` of each quinn
 /// endpoint; `validate_addresses_above` likewise counts each endpoint's handshakes).
 #[tokio::test]
-#[ignore = "server bug: [http3] max_connections is applied per TLS listener, not per edge (reported)"]
 async fn max_connections_is_one_bound_for_all_tls_listeners() {
     let _quic = h3_metrics_lock().await;
     let ca = Ca::new();
