@@ -11,6 +11,7 @@ mod clients;
 mod drills;
 mod fetch;
 mod forwarding;
+pub mod http3;
 mod limits;
 mod load;
 mod locate;
@@ -26,6 +27,7 @@ pub use clients::{ClientLimitsConfig, RateQuota, ServiceClientLimits};
 pub use drills::{FaultAction, FaultConfig, SwitchAction, SwitchConfig};
 pub use fetch::{BreakerConfig, FetchConfig, MAX_BREAKER_FAILURES};
 pub use forwarding::{Cidr, ForwardingConfig, ServiceForwardingConfig};
+pub use http3::Http3Config;
 pub use limits::*;
 pub use load::{
     load_file, load_file_as, parse_managed_str, parse_str, ConfigError, ConfigRejected, ValidConfig,

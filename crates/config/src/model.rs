@@ -38,6 +38,9 @@ pub struct Config {
     /// The origin/fill path: upload and client timeouts, fill memory (`[fetch]`).
     #[serde(default)]
     pub fetch: crate::fetch::FetchConfig,
+    /// HTTP/3 on the TLS listeners (`[http3]`).
+    #[serde(default)]
+    pub http3: crate::http3::Http3Config,
 }
 
 /// The admin listener.
@@ -168,6 +171,10 @@ pub struct ServiceConfig {
     /// The service's certificate and key for TLS listeners (`[service.tls]`).
     #[serde(default)]
     pub tls: Option<crate::tls::ServiceTlsConfig>,
+    /// Advertise HTTP/3 (`Alt-Svc: h3=":port"`) on this service's HTTP/1.1 and h2 responses
+    /// over TLS, when the edge serves HTTP/3.
+    #[serde(default = "crate::http3::advertise_by_default")]
+    pub alt_svc: bool,
 }
 
 /// An origin pool: servers, failover and connection settings.

@@ -18,6 +18,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod health;
 pub mod http;
+pub mod http3;
 pub mod proxy;
 pub mod ratelimit;
 pub mod runtime;

@@ -84,6 +84,8 @@ pub struct Service {
     pub strip_headers: Vec<HeaderName>,
     /// Request headers whose values are part of the cache key (`[service.forwarding]`).
     pub key_headers: Vec<HeaderName>,
+    /// Advertise HTTP/3 in `Alt-Svc` on HTTP/1.1 and h2 responses over TLS.
+    pub alt_svc: bool,
 }
 
 impl Service {
@@ -162,6 +164,7 @@ impl Service {
         Ok(Self {
             strip_headers,
             key_headers,
+            alt_svc: c.alt_svc,
             counters: crate::telemetry::ServiceCounters::new(&name),
             name,
             pool,

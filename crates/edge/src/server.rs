@@ -28,6 +28,8 @@ pub struct EdgeHandle {
     addrs: Vec<SocketAddr>,
     /// Which of `addrs` terminate TLS.
     tls: Vec<bool>,
+    /// UDP addresses serving HTTP/3 (those of the TLS listeners).
+    http3: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     state: Arc<EdgeState>,
     tasks: Vec<JoinHandle<()>>,
@@ -89,12 +91,24 @@ impl EdgeServer {
             ),
             false => None,
         };
+        let http3 = state.runtime.load().config.http3.clone();
         let mut listeners = Vec::new();
         for (addr, proxy_protocol, tls) in listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })?;
-            listeners.push((l, proxy_protocol, tls));
+            let (l, udp) = match tls && http3.enabled {
+                true => {
+                    let (l, udp) = crate::http3::bind_pair(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind { addr, source })?;
+                    (l, Some(udp))
+                }
+                false => (
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind { addr, source })?,
+                    None,
+                ),
+            };
+            listeners.push((l, udp, proxy_protocol, tls));
         }
         let per_address = Arc::new(AddressTable::new(
             limits.clients.max_connections_per_address,
@@ -120,20 +134,43 @@ impl EdgeServer {
 
         let mut addrs = Vec::new();
         let mut tls_flags = Vec::new();
-        for (listener, proxy_protocol, tls) in listeners {
-            addrs.push(listener.local_addr().map_err(|source| ServerError::Bind {
+        let mut http3_addrs = Vec::new();
+        let http3_settings = Arc::new(crate::http3::Http3Settings::new(&http3, &limits));
+        for (listener, udp, proxy_protocol, tls) in listeners {
+            let addr = listener.local_addr().map_err(|source| ServerError::Bind {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
-            })?);
+            })?;
+            addrs.push(addr);
             tls_flags.push(tls);
             let mut conf =
                 ListenerConf::new("client", &limits, proxy_protocol, per_address.clone());
             if let (true, Some(tls_config)) = (tls, &tls_config) {
                 conf = conf.with_tls(tls_config.clone());
             }
+            let mut alt_svc = None;
+            if let Some(udp) = udp {
+                let endpoint = crate::http3::endpoint(udp, state.clone(), &http3)
+                    .map_err(|e| ServerError::Config(format!("HTTP/3 on {addr}: {e}")))?;
+                http3_addrs.push(addr);
+                alt_svc = crate::http3::AltSvc::new(addr.port(), http3.alt_svc_max_age_s);
+                tasks.push(tokio::spawn(crate::http3::accept_loop(
+                    endpoint,
+                    state.clone(),
+                    http3_settings.clone(),
+                    permits.clone(),
+                    per_address.clone(),
+                    stop.subscribe(),
+                )));
+            }
             let conf = Arc::new(conf);
             let state = state.clone();
-            let handler = move |req, client_ip| handle(state.clone(), req, client_ip);
+            let handler = move |mut req: http::Request<hyper::body::Incoming>, client_ip| {
+                if let Some(alt_svc) = &alt_svc {
+                    req.extensions_mut().insert(alt_svc.clone());
+                }
+                handle(state.clone(), req, client_ip)
+            };
             tasks.push(tokio::spawn(accept_loop(
                 listener,
                 conf,
@@ -145,6 +182,7 @@ impl EdgeServer {
         Ok(EdgeHandle {
             addrs,
             tls: tls_flags,
+            http3: http3_addrs,
             admin_addr,
             state,
             tasks,
@@ -183,6 +221,11 @@ impl EdgeHandle {
             .collect()
     }
 
+    /// UDP addresses serving HTTP/3: those of the TLS listeners, unless `[http3]` is off.
+    pub fn http3_addrs(&self) -> &[SocketAddr] {
+        &self.http3
+    }
+
     /// Address of the admin listener, when configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
@@ -210,6 +253,9 @@ impl EdgeHandle {
             || current.config.access_log != config.access_log
         {
             tracing::warn!("admin listener and access log changes take effect on restart");
+        }
+        if current.config.http3 != config.http3 {
+            tracing::warn!("[http3] changes take effect on restart");
         }
         if current.config.cache.max_bytes != config.cache.max_bytes {
             tracing::warn!("cache.max_bytes changes take effect on restart");

@@ -341,7 +341,8 @@ struct EdgeArgs {
     #[arg(long)]
     listen: Vec<SocketAddr>,
     /// Client listener(s) terminating TLS (HTTPS, ALPN h2 and http/1.1), for `--control`
-    /// edges: each service's certificate comes with its configuration.
+    /// edges: each service's certificate comes with its configuration. HTTP/3 is served on
+    /// the same port over UDP unless the fleet document's `[http3]` turns it off.
     #[arg(long, requires = "control")]
     listen_tls: Vec<SocketAddr>,
     /// Admin listener, for `--control` edges.
@@ -926,6 +927,9 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
         for url in agent.edge.local_urls() {
             out!("edge {id} listening on {url}");
         }
+        for addr in agent.edge.http3_addrs() {
+            out!("edge {id} serving HTTP/3 on udp {addr}");
+        }
         if let Some(admin) = agent.edge.admin_addr() {
             out!("edge {id} admin on http://{admin}");
         }
@@ -948,6 +952,9 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
     let handle = Arc::new(EdgeServer::start(valid).await.map_err(|e| e.to_string())?);
     for url in handle.local_urls() {
         out!("edge listening on {url}");
+    }
+    for addr in handle.http3_addrs() {
+        out!("edge serving HTTP/3 on udp {addr}");
     }
     let _reloader = match args.config {
         Some(path) => Some(handle.reload_on_sighup(path).map_err(|e| e.to_string())?),

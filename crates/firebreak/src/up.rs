@@ -401,7 +401,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     );
     for (id, listen, admin, https) in &edges {
         out!(
-            "  edge {id:<8}  http://127.0.0.1:{listen}/   https://localhost:{https}/   admin http://127.0.0.1:{admin}/"
+            "  edge {id:<8}  http://127.0.0.1:{listen}/   https://localhost:{https}/ (+HTTP/3, udp)   admin http://127.0.0.1:{admin}/"
         );
     }
     out!("  demo origin    http://{}/", origin.addr);
@@ -433,7 +433,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     out!("  curl -si http://127.0.0.1:{first}/api/data           # stale-while-revalidate");
     let first_https = edges.first().map(|e| e.3).unwrap_or(base);
     out!(
-        "  curl -si --cacert {} https://localhost:{first_https}/static/hello.txt   # HTTPS (h2), the demo service's certificate",
+        "  curl -si --cacert {} https://localhost:{first_https}/static/hello.txt   # HTTPS (h2), the demo service's certificate; Alt-Svc offers HTTP/3",
         ca_file.display()
     );
     out!();

@@ -107,6 +107,21 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<Server
     Ok(Arc::new(config))
 }
 
+/// The server configuration of a QUIC (HTTP/3) listener: TLS 1.3 only (QUIC has no other),
+/// ALPN `h3`, the same certificate resolver and resumption as the TCP listeners. 0-RTT stays
+/// off: early data can be replayed by anyone on the path.
+pub fn quic_server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
 /// A client configuration trusting `roots` only: TLS 1.3 and 1.2, no client certificate.
 pub fn client_config(roots: RootCertStore) -> Result<ClientConfig, TlsError> {
     Ok(ClientConfig::builder_with_provider(provider())

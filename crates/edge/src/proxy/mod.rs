@@ -220,6 +220,7 @@ pub async fn handle<B: Into<ClientBody>>(
 ) -> Response<EdgeBody> {
     let req = req.map(Into::into);
     let started = Instant::now();
+    let alt_svc = req.extensions().get::<crate::http3::AltSvc>().cloned();
     let runtime = state.runtime.load_full();
     let id = state.request_id();
     let log_parts = state.access_log.as_ref().map(|_| {
@@ -249,7 +250,7 @@ pub async fn handle<B: Into<ClientBody>>(
         Ok(result) => result,
         Err(payload) => Err(caught_panic(&trace, id, payload.as_ref())),
     };
-    let (response, source) = match result {
+    let (mut response, source) = match result {
         Ok(r) => (r, Source::Origin),
         Err(e) => {
             if e != ProxyError::Panic {
@@ -261,6 +262,13 @@ pub async fn handle<B: Into<ClientBody>>(
     };
     let result = trace.result();
     let service = trace.service.get();
+    if let (Some(alt_svc), Some(svc)) = (alt_svc, service) {
+        if svc.alt_svc {
+            response
+                .headers_mut()
+                .insert(http::header::ALT_SVC, alt_svc.0);
+        }
+    }
     let hit = matches!(result, CacheResult::Hit | CacheResult::Stale);
     let head = started.elapsed();
     match service {
@@ -342,6 +350,7 @@ fn caught_panic(
 fn version_label(v: Version) -> &'static str {
     match v {
         Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
         Version::HTTP_10 => "HTTP/1.0",
         Version::HTTP_09 => "HTTP/0.9",
         _ => "HTTP/1.1",
