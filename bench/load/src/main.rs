@@ -9,8 +9,8 @@
 //! fbload h3 --addr 127.0.0.1:8443 --sni bench.test --ca ca.pem --path /static/1k.bin --conns 16 --streams 10
 //! ```
 //! Each run prints one human line and one `RESULT key=value ...` line for scripts
-//! (`mode`, `rate` per second, `p50_ms`/`p99_ms` for request modes, `errors`, `bytes` of
-//! response bodies). A failed request is counted as an error, never a panic; a request run in
+//! (`mode`, `rate` per second, `errors`; for request modes also `p50_ms`/`p99_ms`, the
+//! successful `requests` and the `bytes` of their bodies). A failed request is counted as an error, never a panic; a request run in
 //! which no request succeeded exits non-zero.
 
 use bytes::Bytes;
@@ -335,7 +335,7 @@ impl Measured {
             bytes as f64 / elapsed / 1048576.0,
         );
         println!(
-            "RESULT mode={mode} rate={rate:.1} p50_ms={p50:.3} p99_ms={p99:.3} errors={errors} bytes={bytes}"
+            "RESULT mode={mode} rate={rate:.1} p50_ms={p50:.3} p99_ms={p99:.3} errors={errors} requests={done} bytes={bytes}"
         );
         if done == 0 {
             return Err(format!("no request succeeded ({errors} errors)").into());
