@@ -121,6 +121,7 @@ measure() { # rep scenario proto args...
     echo "$rep,$scenario,$proto,$rate,$p99,$errors,$requests,$((e1 - e0)),$((c1 - c0)),$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" >> "$CSV"
     echo "rep $rep $scenario $proto: $rate req/s p99 $p99 ms errors $errors (edge $((e1 - e0)) ticks, client $((c1 - c0)) ticks)"
 }
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for rep in $(seq "$REPS"); do
     measure "$rep" m1 h2 https --h2 --conns 16 --streams 1
     measure "$rep" m1 h3 h3 --conns 16 --streams 1
@@ -130,12 +131,14 @@ done
 curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$ADMIN_PORT/metrics" \
     | grep '^firebreak_http3_' > "$RUN/metrics.txt" || true
 
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
 COMMAND="REPS=$REPS DURATION=$DURATION bench/h3.sh"
-python3 - "$CSV" "$RUN/metrics.txt" "$COMMAND" "$(getconf CLK_TCK)" > "$ROOT/bench/H3_RESULTS.md" <<'PY'
+python3 - "$CSV" "$RUN/metrics.txt" "$COMMAND" "$(getconf CLK_TCK)" "$LOAD_BEFORE" "$LOAD_AFTER" > "$ROOT/bench/H3_RESULTS.md" <<'PY'
 import csv, statistics, sys, subprocess, datetime
 rows = list(csv.DictReader(open(sys.argv[1])))
 metrics = [l.strip() for l in open(sys.argv[2]) if l.strip()]
-command, hz = sys.argv[3], float(sys.argv[4])
+command, hz, load_before, load_after = sys.argv[3], float(sys.argv[4]), sys.argv[5], sys.argv[6]
 cpu = "unknown"
 for line in open("/proc/cpuinfo"):
     if line.startswith("model name"):
@@ -146,7 +149,8 @@ print(f"Run {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on
       f"`{command}`. One release edge, one TLS listener (HTTPS on TCP, HTTP/3 on UDP, same "
       "port), ECDSA P-256 certificate, the same 1 KiB object (a hit); client `fbload` (one "
       "thread; h3: quinn + h3 + h3-quinn, h2: hyper + rustls), protocols interleaved per "
-      "repetition; medians.\n")
+      f"repetition; medians. Load average (1, 5, 15 min) {load_before} before the first cell, "
+      f"{load_after} after the last: anything else running shares the cores.\n")
 print("| connections x streams | h2-TLS req/s | h3 req/s | h3 / h2-TLS | h2-TLS p99 ms | h3 p99 ms | errors (h2/h3) |")
 print("|---|---|---|---|---|---|---|")
 shapes = {"m1": "16 x 1", "m10": "16 x 10"}
