@@ -1,3 +1,7 @@
 //! Firebreak's authoritative DNS server: answers for the CDN zone, steering each client to
 //! the nearest healthy POP (by EDNS Client Subnet or the resolver's address, a prefix table
 //! and an optional GeoIP database), never answering empty.
+
+pub mod steer;
+
+pub use steer::{Client, Family, Health, Locate, Location, Lookup, Source, Steered, Steering};

@@ -50,6 +50,10 @@ pub const HANDSHAKE_FAILURES: &str = "firebreak_http3_handshake_failures_total";
 /// Unidirectional streams a client may open: HTTP/3's control stream, the QPACK encoder
 /// and decoder streams, and room for a few grease streams.
 const MAX_UNI_STREAMS: u32 = 8;
+/// Bytes buffered for one connection attempt before the edge accepts or refuses it.
+const INCOMING_BUFFER_BYTES: u64 = 64 * 1024;
+/// Bytes buffered for all pending connection attempts together.
+const INCOMING_BUFFER_TOTAL_BYTES: u64 = 16 * 1024 * 1024;
 /// H3_NO_ERROR, sent when the edge closes a connection on purpose.
 const H3_NO_ERROR: u32 = 0x100;
 /// H3_EXCESSIVE_LOAD: the client's address holds too many connections.
@@ -127,6 +131,11 @@ pub fn endpoint(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(Arc::new(transport));
     server.max_incoming(h3.max_pending);
+    // Datagrams buffered for attempts not yet accepted: a client's first flight is a few
+    // kilobytes (no 0-RTT), so quinn's 10 MiB per attempt and 100 MiB in all are far more
+    // than a real client needs and what a flood would fill.
+    server.incoming_buffer_size(INCOMING_BUFFER_BYTES);
+    server.incoming_buffer_size_total(INCOMING_BUFFER_TOTAL_BYTES);
     Ok(quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server),
