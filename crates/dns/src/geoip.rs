@@ -113,7 +113,10 @@ impl GeoIp {
         self.reader.metadata().build_epoch
     }
 
-    fn code(result: &maxminddb::LookupResult<'_, Vec<u8>>, path: &[PathElement<'_>]) -> Option<[u8; 2]> {
+    fn code(
+        result: &maxminddb::LookupResult<'_, Vec<u8>>,
+        path: &[PathElement<'_>],
+    ) -> Option<[u8; 2]> {
         let code: &str = result.decode_path(path).ok().flatten()?;
         match code.as_bytes() {
             &[a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
@@ -139,7 +142,8 @@ impl Locate for GeoIp {
         if !result.has_data() {
             return None;
         }
-        let country = Self::code(&result, &COUNTRY).or_else(|| Self::code(&result, &REGISTERED_COUNTRY));
+        let country =
+            Self::code(&result, &COUNTRY).or_else(|| Self::code(&result, &REGISTERED_COUNTRY));
         let continent = Self::code(&result, &CONTINENT);
         if country.is_none() && continent.is_none() {
             return None;
@@ -337,7 +341,11 @@ pub(crate) mod tests {
         s.parse().unwrap()
     }
 
-    fn loc(country: Option<&[u8; 2]>, continent: Option<&[u8; 2]>, prefix_len: u8) -> Option<Location> {
+    fn loc(
+        country: Option<&[u8; 2]>,
+        continent: Option<&[u8; 2]>,
+        prefix_len: u8,
+    ) -> Option<Location> {
         Some(Location {
             country: country.copied(),
             continent: continent.copied(),
@@ -362,26 +370,45 @@ pub(crate) mod tests {
         // 10.0.0.0/8 is split around 10.1.0.0/16: the network holding an address is the
         // record's place in the tree (10.2.0.0/15, 10.128.0.0/9), as in MaxMind's databases.
         assert_eq!(db.locate(ip("10.2.3.4")), loc(Some(b"NL"), Some(b"EU"), 15));
-        assert_eq!(db.locate(ip("10.200.0.1")), loc(Some(b"NL"), Some(b"EU"), 9));
+        assert_eq!(
+            db.locate(ip("10.200.0.1")),
+            loc(Some(b"NL"), Some(b"EU"), 9)
+        );
         // The more specific network wins.
         assert_eq!(db.locate(ip("10.1.2.3")), loc(Some(b"US"), Some(b"NA"), 16));
         // A record with a continent only.
         assert_eq!(db.locate(ip("192.0.2.77")), loc(None, Some(b"AS"), 24));
-        assert_eq!(db.locate(ip("2001:db8:8000::1")), loc(Some(b"DE"), Some(b"EU"), 33));
-        assert_eq!(db.locate(ip("2001:db8::1")), loc(Some(b"DE"), Some(b"EU"), 48));
+        assert_eq!(
+            db.locate(ip("2001:db8:8000::1")),
+            loc(Some(b"DE"), Some(b"EU"), 33)
+        );
+        assert_eq!(
+            db.locate(ip("2001:db8::1")),
+            loc(Some(b"DE"), Some(b"EU"), 48)
+        );
         assert_eq!(
             db.locate(ip("2001:db8:1:2::1")),
             loc(Some(b"JP"), Some(b"AS"), 48),
             "codes are upper-cased"
         );
         // IPv4-mapped IPv6 is looked up as IPv4.
-        assert_eq!(db.locate(ip("::ffff:10.2.3.4")), loc(Some(b"NL"), Some(b"EU"), 15));
+        assert_eq!(
+            db.locate(ip("::ffff:10.2.3.4")),
+            loc(Some(b"NL"), Some(b"EU"), 15)
+        );
     }
 
     #[test]
     fn addresses_outside_every_network_are_a_miss() {
         let db = GeoIp::from_bytes(dual_stack()).unwrap();
-        for miss in ["11.0.0.1", "9.255.255.255", "192.0.3.1", "2001:db9::1", "::1", "fe80::1"] {
+        for miss in [
+            "11.0.0.1",
+            "9.255.255.255",
+            "192.0.3.1",
+            "2001:db9::1",
+            "::1",
+            "fe80::1",
+        ] {
             assert_eq!(db.locate(ip(miss)), None, "{miss}");
         }
     }
@@ -392,8 +419,14 @@ pub(crate) mod tests {
             .insert("198.51.100.0/24", Some("FR"), Some("EU"))
             .build();
         let db = GeoIp::from_bytes(bytes).unwrap();
-        assert_eq!(db.locate(ip("198.51.100.9")), loc(Some(b"FR"), Some(b"EU"), 24));
-        assert_eq!(db.locate(ip("::ffff:198.51.100.9")), loc(Some(b"FR"), Some(b"EU"), 24));
+        assert_eq!(
+            db.locate(ip("198.51.100.9")),
+            loc(Some(b"FR"), Some(b"EU"), 24)
+        );
+        assert_eq!(
+            db.locate(ip("::ffff:198.51.100.9")),
+            loc(Some(b"FR"), Some(b"EU"), 24)
+        );
         assert_eq!(db.locate(ip("2001:db8::1")), None);
         assert_eq!(db.locate(ip("198.51.101.9")), None);
     }
@@ -420,9 +453,17 @@ pub(crate) mod tests {
 
     #[test]
     fn a_corrupt_database_is_a_clear_error_never_a_panic() {
-        for junk in [&b""[..], b"not a database", b"\xAB\xCD\xEFMaxMind.com", b"\xAB\xCD\xEFMaxMind.com\xe0"] {
+        for junk in [
+            &b""[..],
+            b"not a database",
+            b"\xAB\xCD\xEFMaxMind.com",
+            b"\xAB\xCD\xEFMaxMind.com\xe0",
+        ] {
             let e = GeoIp::from_bytes(junk.to_vec()).unwrap_err();
-            assert!(e.to_string().starts_with("not a valid MaxMind database"), "{e}");
+            assert!(
+                e.to_string().starts_with("not a valid MaxMind database"),
+                "{e}"
+            );
         }
         let good = dual_stack();
         // Every truncation, and every byte flipped: refused or usable, never a panic.
