@@ -6,7 +6,8 @@
 //! ([`MAX_GEOIP_BYTES`]), read whole into memory (no mmap: a file replaced under a map is
 //! undefined behaviour) and verified completely when opened (search tree, data section,
 //! metadata), so that a corrupt file is refused with a clear error at load time instead of
-//! failing lookups later. A lookup allocates nothing: the codes are borrowed from the buffer.
+//! failing lookups later. The codes are read borrowed from the buffer (never copied into a
+//! `String`).
 
 use crate::steer::{Locate, Location};
 use maxminddb::{PathElement, Reader};
@@ -429,6 +430,58 @@ pub(crate) mod tests {
         );
         assert_eq!(db.locate(ip("2001:db8::1")), None);
         assert_eq!(db.locate(ip("198.51.101.9")), None);
+    }
+
+    /// Numbers, not a check: `cargo test --release -p firebreak-dns geoip_cost -- --ignored
+    /// --nocapture`.
+    #[test]
+    #[ignore]
+    fn geoip_cost() {
+        const CODES: [&str; 4] = ["NL", "US", "DE", "JP"];
+        let mut w = MmdbWriter::new(128);
+        for i in 0..100_000u32 {
+            let code = Some(CODES[(i % 4) as usize]);
+            if i % 2 == 0 {
+                w.insert(
+                    &format!("{}.{}.{}.0/24", 1 + (i >> 16), (i >> 8) & 255, i & 255),
+                    code,
+                    Some("EU"),
+                );
+            } else {
+                w.insert(
+                    &format!("2001:{:x}:{:x}::/48", 0x100 + (i >> 16), i & 0xffff),
+                    code,
+                    Some("NA"),
+                );
+            }
+        }
+        let bytes = w.build();
+        let size = bytes.len();
+        let t = std::time::Instant::now();
+        let db = GeoIp::from_bytes(bytes).unwrap();
+        let open = t.elapsed();
+        let probes: Vec<IpAddr> = (0..1024u32)
+            .map(|i| match i % 3 {
+                0 => IpAddr::from([1 + (i % 2) as u8, (i >> 2) as u8, i as u8, 7]),
+                1 => format!("2001:{:x}:{:x}::1", 0x100 + (i % 2), i * 61)
+                    .parse()
+                    .unwrap(),
+                _ => IpAddr::from([200, i as u8, 1, 1]),
+            })
+            .collect();
+        let rounds = 1_000;
+        let t = std::time::Instant::now();
+        let mut found = 0usize;
+        for _ in 0..rounds {
+            for p in &probes {
+                found += usize::from(std::hint::black_box(db.locate(*p)).is_some());
+            }
+        }
+        let per = t.elapsed().as_nanos() as f64 / (rounds * probes.len()) as f64;
+        println!(
+            "geoip: 100000 networks, {size} bytes: open+verify {open:?}; {per:.0} ns per lookup ({found} found of {})",
+            rounds * probes.len()
+        );
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod health;
 pub mod steer;
 
 pub use geoip::{GeoIp, GeoIpError, MAX_GEOIP_BYTES};
+pub use health::{CheckRound, HealthChecker};
 pub use steer::{Client, Family, Health, Locate, Location, Lookup, Source, Steered, Steering};
