@@ -478,6 +478,15 @@ pub(crate) mod tests {
             }
         }
         let per = t.elapsed().as_nanos() as f64 / (rounds * probes.len()) as f64;
+        let t = std::time::Instant::now();
+        for _ in 0..rounds {
+            for p in &probes {
+                let r = db.reader.lookup(std::hint::black_box(*p)).unwrap();
+                std::hint::black_box(r.has_data());
+            }
+        }
+        let walk = t.elapsed().as_nanos() as f64 / (rounds * probes.len()) as f64;
+        println!("geoip: tree walk alone {walk:.0} ns");
         println!(
             "geoip: 100000 networks, {size} bytes: open+verify {open:?}; {per:.0} ns per lookup ({found} found of {})",
             rounds * probes.len()
