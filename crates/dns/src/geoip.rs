@@ -11,6 +11,7 @@
 
 use crate::steer::{Locate, Location};
 use maxminddb::{PathElement, Reader};
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
@@ -18,6 +19,14 @@ use std::path::Path;
 /// Largest database accepted: 64 MiB. GeoLite2-Country is about 9 MiB and GeoLite2-City about
 /// 60 MiB; the bound keeps a wrong or hostile file from taking a DNS server's memory.
 pub const MAX_GEOIP_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Most distinct records whose codes are decoded once at open. Country databases hold a few
+/// hundred; City databases hundreds of thousands — beyond this bound (about 24 MiB of table)
+/// lookups decode the codes each time instead.
+const MAX_DECODED_RECORDS: usize = 1 << 20;
+
+/// A record's codes: (country, continent).
+type Codes = (Option<[u8; 2]>, Option<[u8; 2]>);
 
 /// Why a database could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,10 @@ pub struct GeoIp {
     reader: Reader<Vec<u8>>,
     /// 4: IPv4 only; 6: both (IPv4 under `::/96`).
     ip_version: u16,
+    /// The codes of every record by data offset, decoded at open: a lookup is then the tree
+    /// walk and one table read (decoding two codes costs more than the walk). `None` for
+    /// databases with more than [`MAX_DECODED_RECORDS`] records.
+    decoded: Option<HashMap<usize, Codes>>,
 }
 
 impl std::fmt::Debug for GeoIp {
@@ -82,7 +95,12 @@ impl GeoIp {
             .verify()
             .map_err(|e| GeoIpError::Corrupt(e.to_string()))?;
         let ip_version = reader.metadata().ip_version;
-        Ok(GeoIp { reader, ip_version })
+        let decoded = decode_all(&reader, MAX_DECODED_RECORDS);
+        Ok(GeoIp {
+            reader,
+            ip_version,
+            decoded,
+        })
     }
 
     /// Reads and opens a database file; the size is checked before it is read, and the read
@@ -113,18 +131,41 @@ impl GeoIp {
     pub fn build_epoch(&self) -> u64 {
         self.reader.metadata().build_epoch
     }
+}
 
-    fn code(
-        result: &maxminddb::LookupResult<'_, Vec<u8>>,
-        path: &[PathElement<'_>],
-    ) -> Option<[u8; 2]> {
-        let code: &str = result.decode_path(path).ok().flatten()?;
-        match code.as_bytes() {
-            &[a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-                Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+/// Decodes the codes of every distinct record, or gives up (`None`) past `limit` records.
+fn decode_all(reader: &Reader<Vec<u8>>, limit: usize) -> Option<HashMap<usize, Codes>> {
+    let mut table = HashMap::new();
+    for network in reader.networks(Default::default()).ok()? {
+        let network = network.ok()?;
+        let Some(offset) = network.offset() else {
+            continue;
+        };
+        if !table.contains_key(&offset) {
+            if table.len() >= limit {
+                return None;
             }
-            _ => None,
+            table.insert(offset, codes(&network));
         }
+    }
+    Some(table)
+}
+
+fn codes(result: &maxminddb::LookupResult<'_, Vec<u8>>) -> Codes {
+    let country = code(result, &COUNTRY).or_else(|| code(result, &REGISTERED_COUNTRY));
+    (country, code(result, &CONTINENT))
+}
+
+fn code(
+    result: &maxminddb::LookupResult<'_, Vec<u8>>,
+    path: &[PathElement<'_>],
+) -> Option<[u8; 2]> {
+    let code: &str = result.decode_path(path).ok().flatten()?;
+    match code.as_bytes() {
+        &[a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+            Some([a.to_ascii_uppercase(), b.to_ascii_uppercase()])
+        }
+        _ => None,
     }
 }
 
@@ -140,12 +181,11 @@ impl Locate for GeoIp {
             return None;
         }
         let result = self.reader.lookup(ip).ok()?;
-        if !result.has_data() {
-            return None;
-        }
-        let country =
-            Self::code(&result, &COUNTRY).or_else(|| Self::code(&result, &REGISTERED_COUNTRY));
-        let continent = Self::code(&result, &CONTINENT);
+        let offset = result.offset()?;
+        let (country, continent) = match &self.decoded {
+            Some(table) => *table.get(&offset)?,
+            None => codes(&result),
+        };
         if country.is_none() && continent.is_none() {
             return None;
         }
@@ -397,6 +437,32 @@ pub(crate) mod tests {
             db.locate(ip("::ffff:10.2.3.4")),
             loc(Some(b"NL"), Some(b"EU"), 15)
         );
+    }
+
+    #[test]
+    fn the_decoded_table_and_decoding_each_lookup_agree() {
+        let cached = GeoIp::from_bytes(dual_stack()).unwrap();
+        assert_eq!(cached.decoded.as_ref().unwrap().len(), 5);
+        let mut uncached = GeoIp::from_bytes(dual_stack()).unwrap();
+        uncached.decoded = decode_all(&uncached.reader, 4);
+        assert!(uncached.decoded.is_none(), "more records than the limit");
+        for probe in [
+            "10.2.3.4",
+            "10.1.2.3",
+            "192.0.2.77",
+            "2001:db8::1",
+            "2001:db8:1::1",
+            "11.0.0.1",
+            "::ffff:10.1.0.1",
+            "2001:db9::1",
+        ] {
+            assert_eq!(
+                cached.locate(ip(probe)),
+                uncached.locate(ip(probe)),
+                "{probe}"
+            );
+        }
+        assert!(uncached.locate(ip("10.1.2.3")).is_some());
     }
 
     #[test]
