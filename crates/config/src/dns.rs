@@ -615,7 +615,6 @@ fn pops<'a>(c: &mut Checker, dns: &'a DnsConfig) -> HashMap<&'a str, usize> {
 
 /// One region's POPs, for the service checks.
 struct RegionPops<'a> {
-    name: &'a str,
     pops: HashSet<&'a str>,
 }
 
@@ -671,7 +670,6 @@ fn regions<'a>(
         }
         codes(c, dns, i, r, &mut countries, &mut continents);
         out.push(RegionPops {
-            name: &r.name,
             pops: region_tiers(c, i, r, pops),
         });
     }
@@ -974,27 +972,12 @@ fn service_pops(
     } else {
         at(base, &[Key("pops")])
     };
+    // A region listing none of the service's POPs sends its clients to the service's own
+    // POPs (steering's last resort), so only a service no region lists at all is refused.
     if !dns.pops.is_empty() && !regions.iter().any(|r| r.pops.iter().any(|p| serves(p))) {
         c.fail(
             &place,
             "a service with no POP: none of its POPs is in any region's list, so no client could be sent anywhere",
-        );
-        return;
-    }
-    let unserved: Vec<&str> = regions
-        .iter()
-        .filter(|r| !r.pops.is_empty() && !r.pops.iter().any(|p| serves(p)))
-        .map(|r| r.name)
-        .collect();
-    if let Some(first) = unserved.first() {
-        let more = if unserved.len() > 1 {
-            format!(" (and {} more)", unserved.len() - 1)
-        } else {
-            String::new()
-        };
-        c.fail(
-            &place,
-            format!("region `{first}`{more} lists none of this service's POPs: its clients would get no answer; add one of the service's POPs to the region (a last tier) or a POP of the region to the service"),
         );
     }
 }

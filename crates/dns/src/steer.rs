@@ -1023,7 +1023,7 @@ pops = [["ams", "fra"], "nyc"]
 name = "us"
 prefixes = ["10.1.0.0/16"]
 continents = ["NA"]
-pops = ["nyc", "ams", "fra"]
+pops = ["nyc", "ams"]
 
 [[service]]
 name = "demo"
