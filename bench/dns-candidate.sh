@@ -8,8 +8,9 @@
 #
 # The zone file (hosts with fixed A/AAAA records) becomes the equivalent fleet document:
 # each host a service (`[service.dns]`, name = its label) served by a POP of its own whose
-# answers are the host's addresses; one region holding every POP; the zone's NS records and
-# their glue become `[[dns.ns]]`; the SOA's RNAME, MINIMUM and TTLs carry over. So every
+# answers are the host's addresses; one region holding every POP (in one shared tier); the
+# zone's NS records and their glue become `[[dns.ns]]`; the SOA's RNAME, MINIMUM and TTLs
+# carry over. So every
 # answer is steered (region lookup, tier choice, health) as in production, with the same
 # records Knot and NSD serve from the file.
 #
@@ -90,7 +91,9 @@ for h in hosts:
     pops.append(pop)
     o += ["[[dns.pop]]", f"name = {q(pop)}",
           "answers = [" + ", ".join(q(a) for a in addrs[h]) + "]", ""]
-o += ["[[dns.region]]", 'name = "all"', "pops = [" + ", ".join(q(p) for p in pops) + "]", ""]
+# One tier shared by every POP (a region has at most 64 tiers); each service is served by
+# its one POP, so steering picks that POP from the tier reduced to the service's POPs.
+o += ["[[dns.region]]", 'name = "all"', "pops = [[" + ", ".join(q(p) for p in pops) + "]]", ""]
 for h, pop in zip(hosts, pops):
     label = h[: -len(origin) - 1]
     o += ["[[service]]", f"name = {q(pop[2:])}", f"hosts = [{q(label + '.' + zone)}]",

@@ -38,13 +38,8 @@ cleanup() {
 trap cleanup EXIT
 
 # One CA, one ECDSA P-256 leaf for bench.test: both peers serve this pair.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-    -subj "/CN=bench CA" -keyout "$RUN/ca.key" -out "$RUN/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-    -subj "/CN=bench.test" -keyout "$RUN/leaf.key" -out "$RUN/leaf.csr" 2>/dev/null
-printf 'subjectAltName=DNS:bench.test\n' > "$RUN/ext.cnf"
-openssl x509 -req -in "$RUN/leaf.csr" -CA "$RUN/ca.pem" -CAkey "$RUN/ca.key" -CAcreateserial \
-    -days 2 -extfile "$RUN/ext.cnf" -out "$RUN/leaf.pem" 2>/dev/null
+source bench/certs.sh
+bench_certs "$RUN"
 
 mkdir -p "$RUN/www/static" "$RUN/tmp" "$RUN/cache"
 head -c 1024 /dev/urandom > "$RUN/www/static/1k.bin"

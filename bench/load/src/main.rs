@@ -1,12 +1,17 @@
 //! `fbload`: the load client for what Debian's wrk and h2load do not measure the way the
-//! issue asks: full TLS handshakes per second (no resumption), and HTTPS keep-alive request
-//! rates over HTTP/1.1 or h2 with a chosen number of streams per connection.
+//! issue asks: full TLS handshakes per second (no resumption), HTTPS keep-alive request
+//! rates over HTTP/1.1 or h2 with a chosen number of streams per connection, and the same
+//! over HTTP/3 (QUIC, with quinn + h3 + h3-quinn as the client; module [`h3`]).
 //!
 //! ```text
 //! fbload handshakes --addr 127.0.0.1:8443 --sni bench.test --ca ca.pem --conns 32 --duration 10
 //! fbload https --addr 127.0.0.1:8443 --sni bench.test --ca ca.pem --path /static/1k.bin --h2 --streams 10
+//! fbload h3 --addr 127.0.0.1:8443 --sni bench.test --ca ca.pem --path /static/1k.bin --conns 16 --streams 10
 //! ```
-//! Each run prints one human line and one `RESULT key=value ...` line for scripts.
+//! Each run prints one human line and one `RESULT key=value ...` line for scripts
+//! (`mode`, `rate` per second, `errors`; for request modes also `p50_ms`/`p99_ms`, the
+//! successful `requests` and the `bytes` of their bodies). A failed request is counted as an error, never a panic; a request run in
+//! which no request succeeded exits non-zero.
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -14,6 +19,7 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,9 +27,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+mod h3;
+
+/// Upper bounds of the command line: connections, streams per connection, seconds.
+const MAX_CONNS: usize = 10_000;
+const MAX_STREAMS: usize = 1_000;
+const MAX_DURATION_S: f64 = 3_600.0;
+/// Bytes read of the `--ca` file.
+const CA_READ_LIMIT: u64 = firebreak_protocol::tls::MAX_CERTS_PEM_BYTES as u64 + 1;
 
 #[derive(Parser)]
-#[command(name = "fbload", about = "TLS handshake and HTTPS load client")]
+#[command(name = "fbload", about = "TLS handshake, HTTPS and HTTP/3 load client")]
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
@@ -46,9 +62,25 @@ struct Target {
     /// Seconds to run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Offer TLS 1.2 only (default: TLS 1.3 only).
+    /// Offer TLS 1.2 only (default: TLS 1.3 only; not for h3, QUIC is TLS 1.3).
     #[arg(long)]
     tls12: bool,
+}
+
+impl Target {
+    /// The run's length, once the command line is known to be within bounds.
+    fn checked(&self, streams: usize) -> Result<Duration, Failure> {
+        if self.conns == 0 || self.conns > MAX_CONNS {
+            return Err(format!("--conns must be 1..={MAX_CONNS}").into());
+        }
+        if streams == 0 || streams > MAX_STREAMS {
+            return Err(format!("--streams must be 1..={MAX_STREAMS}").into());
+        }
+        if !(self.duration > 0.0 && self.duration <= MAX_DURATION_S) {
+            return Err(format!("--duration must be in (0, {MAX_DURATION_S}] seconds").into());
+        }
+        Ok(Duration::try_from_secs_f64(self.duration)?)
+    }
 }
 
 #[derive(Subcommand)]
@@ -69,15 +101,34 @@ enum Mode {
         #[arg(long, default_value_t = 1)]
         streams: usize,
     },
+    /// Keep-alive GETs over HTTP/3 (QUIC, ALPN h3, TLS 1.3): `--conns` QUIC connections,
+    /// each with `--streams` request streams in a loop (request, whole body, next).
+    H3 {
+        #[command(flatten)]
+        target: Target,
+        /// Path to GET.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Concurrent request streams per QUIC connection.
+        #[arg(long, default_value_t = 1)]
+        streams: usize,
+    },
 }
 
 type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 fn client_config(target: &Target, alpn: &[&[u8]]) -> Result<Arc<rustls::ClientConfig>, Failure> {
-    let pem = std::fs::read(&target.ca)?;
+    let ca = target.ca.display();
+    let mut pem = Vec::new();
+    std::fs::File::open(&target.ca)
+        // One byte more than certs_from_pem accepts: a larger file is refused there.
+        .and_then(|f| f.take(CA_READ_LIMIT).read_to_end(&mut pem))
+        .map_err(|e| format!("--ca {ca}: {e}"))?;
     let mut roots = rustls::RootCertStore::empty();
-    for cert in firebreak_protocol::tls::certs_from_pem(&pem)? {
-        roots.add(cert)?;
+    for cert in
+        firebreak_protocol::tls::certs_from_pem(&pem).map_err(|e| format!("--ca {ca}: {e}"))?
+    {
+        roots.add(cert).map_err(|e| format!("--ca {ca}: {e}"))?;
     }
     let version = if target.tls12 {
         &rustls::version::TLS12
@@ -115,6 +166,7 @@ struct Tally {
 }
 
 async fn handshakes(target: Target) -> Result<(), Failure> {
+    let duration = target.checked(1)?;
     let config = client_config(&target, &[b"http/1.1"])?;
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -137,7 +189,7 @@ async fn handshakes(target: Target) -> Result<(), Failure> {
         }));
     }
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(target.duration)).await;
+    tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let done = tally.done.load(Ordering::Relaxed);
@@ -172,6 +224,7 @@ async fn one_handshake(target: &Target, config: &Arc<rustls::ClientConfig>) -> R
 }
 
 async fn https(target: Target, path: String, h2: bool, streams: usize) -> Result<(), Failure> {
+    let duration = target.checked(streams)?;
     let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
     let config = client_config(&target, alpn)?;
     let tally = Arc::new(Tally::default());
@@ -191,7 +244,7 @@ async fn https(target: Target, path: String, h2: bool, streams: usize) -> Result
             let (send, conn) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
             tokio::spawn(conn);
-            for _ in 0..streams.max(1) {
+            for _ in 0..streams {
                 let (send, uri, tally, stop) =
                     (send.clone(), uri.clone(), tally.clone(), stop.clone());
                 workers.push(tokio::spawn(async move {
@@ -209,8 +262,35 @@ async fn https(target: Target, path: String, h2: bool, streams: usize) -> Result
             }));
         }
     }
+    let run = measure(duration, &tally, &stop, workers).await;
+    let what = if h2 {
+        format!("{} conns, h2 x{streams}", target.conns)
+    } else {
+        format!("{} conns, HTTP/1.1", target.conns)
+    };
+    run.report("https", &what)
+}
+
+/// What a request run measured once its time was up.
+struct Measured {
+    elapsed: f64,
+    done: u64,
+    errors: u64,
+    bytes: u64,
+    /// Every successful request's latency in microseconds, sorted.
+    latencies: Vec<u32>,
+}
+
+/// Lets `workers` run for `duration`, then raises `stop`, reads the tally and collects the
+/// workers' latencies (each worker finishes the request it has in flight).
+async fn measure(
+    duration: Duration,
+    tally: &Tally,
+    stop: &AtomicBool,
+    workers: Vec<JoinHandle<Vec<u32>>>,
+) -> Measured {
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(target.duration)).await;
+    tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
     let done = tally.done.load(Ordering::Relaxed);
@@ -223,25 +303,52 @@ async fn https(target: Target, path: String, h2: bool, streams: usize) -> Result
         }
     }
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
-        latencies.get(i).copied().unwrap_or(0) as f64 / 1000.0
-    };
-    let rate = done as f64 / elapsed;
-    println!(
-        "{done} requests in {elapsed:.2} s = {rate:.1} req/s, {:.1} MiB/s, p50 {:.2} ms, p99 {:.2} ms, {errors} errors ({} conns, {})",
-        bytes as f64 / elapsed / 1048576.0,
-        pct(0.5),
-        pct(0.99),
-        target.conns,
-        if h2 { format!("h2 x{streams}") } else { "HTTP/1.1".to_string() }
-    );
-    println!(
-        "RESULT mode=https rate={rate:.1} p50_ms={:.3} p99_ms={:.3} errors={errors}",
-        pct(0.5),
-        pct(0.99)
-    );
-    Ok(())
+    Measured {
+        elapsed,
+        done,
+        errors,
+        bytes,
+        latencies,
+    }
+}
+
+impl Measured {
+    /// The `p` quantile (0..=1) of the latencies, in milliseconds (0 when none).
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(i).copied().unwrap_or(0) as f64 / 1000.0
+    }
+
+    /// Prints the human line and the `RESULT` line; an error when no request succeeded.
+    fn report(&self, mode: &str, what: &str) -> Result<(), Failure> {
+        let Measured {
+            elapsed,
+            done,
+            errors,
+            bytes,
+            ..
+        } = *self;
+        let (p50, p99) = (self.percentile_ms(0.5), self.percentile_ms(0.99));
+        let rate = done as f64 / elapsed;
+        println!(
+            "{done} requests in {elapsed:.2} s = {rate:.1} req/s, {:.1} MiB/s, p50 {p50:.2} ms, p99 {p99:.2} ms, {errors} errors ({what})",
+            bytes as f64 / elapsed / 1048576.0,
+        );
+        println!(
+            "RESULT mode={mode} rate={rate:.1} p50_ms={p50:.3} p99_ms={p99:.3} errors={errors} requests={done} bytes={bytes}"
+        );
+        if done == 0 {
+            return Err(format!("no request succeeded ({errors} errors)").into());
+        }
+        Ok(())
+    }
+}
+
+/// Counts one failed request; prints the first failure of the run.
+fn count_error(tally: &Tally, what: impl std::fmt::Display) {
+    if tally.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+        eprintln!("first request error: {what}");
+    }
 }
 
 /// GETs `uri` until `stop`; returns each request's latency in microseconds.
@@ -279,15 +386,9 @@ where
                 tally.bytes.fetch_add(len as u64, Ordering::Relaxed);
                 latencies.push(u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX));
             }
-            Ok((false, _)) => {
-                if tally.errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                    eprintln!("first request error: not a 2xx answer");
-                }
-            }
+            Ok((false, _)) => count_error(tally, "not a 2xx answer"),
             Err(e) => {
-                if tally.errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                    eprintln!("first request error: {e}");
-                }
+                count_error(tally, e);
                 break;
             }
         }
@@ -295,8 +396,18 @@ where
     latencies
 }
 
-fn main() -> Result<(), Failure> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fbload: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -310,6 +421,11 @@ fn main() -> Result<(), Failure> {
                 h2,
                 streams,
             } => https(target, path, h2, streams).await,
+            Mode::H3 {
+                target,
+                path,
+                streams,
+            } => h3::run(target, path, streams).await,
         }
     })
 }

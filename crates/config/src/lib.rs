@@ -41,4 +41,7 @@ pub use validate::{compile_path_regex, valid_host_name, Mode};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
+mod dns_tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 mod tests;

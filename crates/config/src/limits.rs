@@ -83,3 +83,35 @@ pub const MIN_TRACKED_ADDRESSES: usize = 64;
 pub const MAX_TRACKED_ADDRESSES: usize = 10_000_000;
 /// Longest delay before a rate-limited request is answered.
 pub const MAX_RATE_LIMITED_DELAY_MS: u64 = 10_000;
+/// Most POPs (`[[dns.pop]]`) in the DNS data; each is a health-check task on every DNS server.
+pub const MAX_DNS_POPS: usize = 1_000;
+/// Most answer addresses per POP: a DNS answer must stay well within 512 bytes of UDP.
+pub const MAX_DNS_ANSWERS_PER_POP: usize = 16;
+/// Most health-check URLs per POP (each is fetched every check interval by every DNS server).
+pub const MAX_DNS_CHECKS_PER_POP: usize = 8;
+/// Most regions (`[[dns.region]]`).
+pub const MAX_DNS_REGIONS: usize = 1_000;
+/// Most client prefixes over all regions together (the compiled table is about 40 bytes each).
+pub const MAX_DNS_PREFIXES: usize = 100_000;
+/// Most tiers in one region's preference list.
+pub const MAX_DNS_TIERS: usize = 64;
+/// Most name servers (`[[dns.ns]]`) of the zone: they all go into every referral-sized answer.
+pub const MAX_DNS_NAME_SERVERS: usize = 16;
+/// Most addresses (glue) of one name server.
+pub const MAX_DNS_NS_ADDRS: usize = 8;
+/// Most fallback addresses of one service (`[service.dns] fallback_addrs`).
+pub const MAX_DNS_FALLBACK_ADDRS: usize = 16;
+/// Most country codes one region lists (ISO 3166 has fewer than 250).
+pub const MAX_DNS_COUNTRIES_PER_REGION: usize = 300;
+/// Longest health-check URL.
+pub const MAX_DNS_CHECK_URL_LEN: usize = 2048;
+/// Longest TTL of steered answers and of negative answers: one day.
+pub const MAX_DNS_TTL_S: u32 = 86_400;
+/// Longest TTL of the SOA, NS and glue records: seven days.
+pub const MAX_DNS_ZONE_TTL_S: u32 = 7 * 86_400;
+/// Shortest health-check interval or timeout.
+pub const MIN_DNS_CHECK_MS: u64 = 100;
+/// Most consecutive rounds `unhealthy_after` / `healthy_after` can ask for.
+pub const MAX_DNS_CHECK_THRESHOLD: u32 = 100;
+/// Largest POP weight; keeps weighted selection arithmetic small.
+pub const MAX_DNS_POP_WEIGHT: u32 = 1_000;

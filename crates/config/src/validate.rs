@@ -107,6 +107,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     crate::drills::check_switches(&mut c, &config.switches, &config.services);
     crate::forwarding::check(&mut c, &config.forwarding);
     crate::http3::check(&mut c, &config.http3);
+    crate::dns::check(&mut c, config);
     crate::tls::check(&mut c, config, mode);
     if let Some(admin) = &config.admin {
         match (&admin.token, &admin.token_sha256) {

@@ -612,7 +612,7 @@ impl Steering {
             let tiers = region_tiers
                 .iter()
                 .map(|region| {
-                    region
+                    let tiers = region
                         .iter()
                         .map(|tier| {
                             tier.iter()
@@ -621,7 +621,12 @@ impl Steering {
                                 .collect::<Vec<_>>()
                         })
                         .filter(|tier| !tier.is_empty())
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    // A region listing none of the service's POPs: all of them, by weight.
+                    match tiers.is_empty() {
+                        true => vec![own.clone()],
+                        false => tiers,
+                    }
                 })
                 .collect();
             let fallback_cname = match &sd.fallback_cname {
@@ -1163,6 +1168,9 @@ servers = [{ addr = "127.0.0.1:9000" }]
             let (pop, _) = pop_of(&s, s.steer(0, c, Family::V6));
             assert_eq!(pop, "ams");
         }
+        // us lists no POP of api (fra only): api's own POPs serve its clients.
+        let (pop, _) = pop_of(&s, s.steer(2, client("10.1.0.0", 24), Family::V4));
+        assert_eq!(pop, "fra");
         // api is served by fra only, which has no IPv6, and fra is healthy: NODATA.
         assert!(matches!(
             s.steer(2, client("10.2.0.0", 24), Family::V6),

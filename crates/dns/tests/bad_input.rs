@@ -144,7 +144,14 @@ fn oversized_edns_is_capped_and_broken_edns_is_formerr() {
     // The client's 65535 is answered up to our 1232.
     let m = udp(
         t.udp(),
-        &with_edns(query("large.cdn.example.", RecordType::AAAA), 65535, None),
+        &with_edns(
+            query(
+                "truncation-test-answers-of-sixteen-aaaax.cdn.example.",
+                RecordType::AAAA,
+            ),
+            65535,
+            None,
+        ),
     );
     assert_eq!(m.edns.as_ref().unwrap().max_payload(), 1232);
     // An OPT whose RDATA length runs past the end.

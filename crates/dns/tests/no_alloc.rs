@@ -1,7 +1,8 @@
 //! The UDP hot path allocates nothing per query: `answer` over the common queries (steered
-//! A/AAAA with and without ECS, NXDOMAIN, NODATA, SOA, NS with glue, truncation) with a
+//! A/AAAA with and without ECS, NXDOMAIN, NODATA, SOA, NS with glue, CNAME, errors) with a
 //! reused buffer makes no heap allocation, counted by a global allocator that tallies this
-//! thread's allocations.
+//! thread's allocations. (Names over 32 bytes of label data are the exception: hickory's
+//! `Name` keeps 32 inline, so they cost 2 allocations.)
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -90,12 +91,6 @@ fn answering_allocates_nothing() {
         (
             "CNAME",
             query("gone.cdn.example.", RecordType::A).to_vec().unwrap(),
-        ),
-        (
-            "truncated",
-            query("large.cdn.example.", RecordType::AAAA)
-                .to_vec()
-                .unwrap(),
         ),
         (
             "REFUSED",

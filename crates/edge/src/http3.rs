@@ -87,9 +87,14 @@ pub enum Http3Error {
     Io(#[from] std::io::Error),
 }
 
-/// The bounds of one HTTP/3 endpoint, fixed when the edge starts.
-#[derive(Debug, Clone)]
+/// The bounds of an edge's HTTP/3 endpoints, fixed when the edge starts, and the counts they
+/// are checked against: one set for all of the edge's TLS listeners.
+#[derive(Debug)]
 pub struct Http3Settings {
+    /// QUIC connections of the edge, from accepted attempt to the end of the connection.
+    connections: Arc<AtomicUsize>,
+    /// Handshakes in progress on all of the edge's endpoints.
+    handshakes: Arc<AtomicUsize>,
     max_connections: usize,
     validate_addresses_above: usize,
     handshake_timeout: Duration,
@@ -102,6 +107,8 @@ impl Http3Settings {
     /// From the configuration the edge started with.
     pub fn new(h3: &Http3Config, limits: &LimitsConfig) -> Self {
         Self {
+            connections: Arc::default(),
+            handshakes: Arc::default(),
             max_connections: h3.max_connections,
             validate_addresses_above: h3.validate_addresses_above,
             handshake_timeout: Duration::from_millis(limits.clients.first_bytes_timeout_ms),
@@ -160,25 +167,34 @@ impl Drop for Gauge {
     }
 }
 
-/// Handshakes in progress on one endpoint (the gauge is process-wide).
+/// One unit of a shared count, given back when dropped.
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn take(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A handshake in progress on one of the edge's endpoints (the gauge is process-wide).
 struct InProgress {
-    count: Arc<AtomicUsize>,
+    _count: Held,
     _gauge: Gauge,
 }
 
 impl InProgress {
     fn start(count: &Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
         Self {
-            count: count.clone(),
+            _count: Held::take(count),
             _gauge: Gauge::up(HANDSHAKES),
         }
-    }
-}
-
-impl Drop for InProgress {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -196,21 +212,20 @@ pub async fn accept_loop(
     per_address: Arc<AddressTable>,
     stop: watch::Receiver<bool>,
 ) {
-    let handshakes = Arc::new(AtomicUsize::new(0));
     loop {
         let incoming = tokio::select! {
             incoming = endpoint.accept() => incoming,
             _ = stopped(stop.clone()) => break,
         };
         let Some(incoming) = incoming else { break };
-        if endpoint.open_connections() >= settings.max_connections {
+        if settings.connections.load(Ordering::Relaxed) >= settings.max_connections {
             initial("refuse");
             incoming.refuse();
             continue;
         }
         if !incoming.remote_address_validated()
             && incoming.may_retry()
-            && handshakes.load(Ordering::Relaxed) >= settings.validate_addresses_above
+            && settings.handshakes.load(Ordering::Relaxed) >= settings.validate_addresses_above
         {
             initial("retry");
             // Fails only for an Initial that already carried a token: nothing to keep.
@@ -231,9 +246,11 @@ pub async fn accept_loop(
             }
         };
         initial("accept");
-        let in_progress = InProgress::start(&handshakes);
+        let slot = Held::take(&settings.connections);
+        let in_progress = InProgress::start(&settings.handshakes);
         tokio::spawn(connection(
             connecting,
+            slot,
             in_progress,
             permit,
             state.clone(),
@@ -249,6 +266,7 @@ pub async fn accept_loop(
 /// One QUIC connection: the handshake, then its requests until it closes or the edge stops.
 async fn connection(
     connecting: quinn::Connecting,
+    _slot: Held,
     in_progress: InProgress,
     _permit: OwnedSemaphorePermit,
     state: Arc<EdgeState>,

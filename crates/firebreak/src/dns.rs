@@ -1,12 +1,16 @@
 //! `firebreak dns`: the authoritative DNS server, standalone, from a fleet document.
 //!
 //! The document is loaded as the control plane would (managed mode) and its `[dns]` data
-//! compiled into a steering version; SIGHUP reloads it (a file that does not validate or
+//! compiled into a steering version (with its GeoIP database, `dns.geoip_file`, relative to
+//! the document); the POPs' `checks` URLs are checked actively (`HealthChecker`). SIGHUP
+//! reloads it (a file that does not validate or
 //! compile is refused and logged, and the running data stays). Under a control plane (next
 //! step) the data will come with rollouts instead.
 
 use firebreak_config::{load_file_as, Mode};
-use firebreak_dns::{DnsServer, Health, ServerConfig, Steering, TcpLimits, Zone};
+use firebreak_dns::{
+    DnsServer, GeoIp, Health, HealthChecker, Locate, ServerConfig, Steering, TcpLimits, Zone,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,12 +42,38 @@ pub(crate) struct DnsArgs {
     tcp_max_connections: usize,
 }
 
-/// Loads and compiles the document.
-fn load(path: &Path, serial: u32, health: &Arc<Health>) -> Result<Zone, String> {
+/// Loads and compiles the document; its GeoIP database (`dns.geoip_file`, relative to the
+/// document) is opened with it. Returns the zone and the `[dns]` data (for the checker).
+fn load(
+    path: &Path,
+    serial: u32,
+    health: &Arc<Health>,
+) -> Result<(Zone, firebreak_config::dns::DnsConfig), String> {
     let valid = load_file_as(path, Mode::Managed).map_err(|e| e.to_string())?;
-    let steering = Steering::compile(valid.get(), serial, None, health)
+    let config = valid.get();
+    let dns = config
+        .dns
+        .clone()
+        .ok_or_else(|| format!("{}: the configuration has no [dns] section", path.display()))?;
+    let locate: Option<Arc<dyn Locate>> = match &dns.geoip_file {
+        Some(file) => {
+            let file = path.parent().unwrap_or(Path::new(".")).join(file);
+            let db = GeoIp::open_file(&file)
+                .map_err(|e| format!("{}: dns.geoip_file: {e}", path.display()))?;
+            Some(Arc::new(db))
+        }
+        None => None,
+    };
+    let steering = Steering::compile(config, serial, locate, health)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Zone::new(steering))
+    Ok((Zone::new(steering), dns))
+}
+
+/// Starts (again) the active checks of the POPs that list `checks`.
+fn check(checker: &mut HealthChecker, dns: &firebreak_config::dns::DnsConfig) {
+    for problem in checker.apply(dns) {
+        tracing::warn!("dns health check not started: {problem}");
+    }
 }
 
 /// SOA serials: the given one, then +1 per accepted reload; without one, the Unix time of
@@ -81,8 +111,10 @@ pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
         first: args.serial,
         last: None,
     };
-    let zone = load(&args.config, serials.candidate(), &health)?;
+    let (zone, dns) = load(&args.config, serials.candidate(), &health)?;
     serials.accepted(zone.steering().soa().serial);
+    let mut checker = HealthChecker::new(Arc::clone(&health), tokio::runtime::Handle::current());
+    check(&mut checker, &dns);
     let config = ServerConfig {
         udp: args.listen,
         tcp: Some(args.tcp.unwrap_or(args.listen)),
@@ -111,7 +143,7 @@ pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
         server.zone().steering().soa().serial
     );
     let server = Arc::new(server);
-    let reloader = reload_on_sighup(Arc::clone(&server), args.config, serials, health)
+    let reloader = reload_on_sighup(Arc::clone(&server), args.config, serials, health, checker)
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     crate::wait_for_ctrl_c().await;
     reloader.abort();
@@ -123,16 +155,18 @@ fn reload_on_sighup(
     path: PathBuf,
     mut serials: Serials,
     health: Arc<Health>,
+    mut checker: HealthChecker,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     Ok(tokio::spawn(async move {
         while hup.recv().await.is_some() {
             match load(&path, serials.candidate(), &health) {
-                Ok(zone) => {
+                Ok((zone, dns)) => {
                     let serial = zone.steering().soa().serial;
                     serials.accepted(serial);
                     server.reload(zone);
+                    check(&mut checker, &dns);
                     tracing::info!(path = %path.display(), serial, "dns data reloaded");
                 }
                 Err(e) => {

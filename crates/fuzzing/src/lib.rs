@@ -105,7 +105,7 @@ name = "ams"
 answers = ["192.0.2.10", "2001:db8::10"]
 [[dns.pop]]
 name = "nyc"
-answers = ["198.51.100.10", "2001:db8:1::1", "2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::4", "2001:db8:1::5", "2001:db8:1::6", "2001:db8:1::7", "2001:db8:1::8", "2001:db8:1::9", "2001:db8:1::a", "2001:db8:1::b", "2001:db8:1::c", "2001:db8:1::d", "2001:db8:1::e", "2001:db8:1::f", "2001:db8:1::10", "2001:db8:1::11", "2001:db8:1::12", "2001:db8:1::13", "2001:db8:1::14"]
+answers = ["198.51.100.10", "2001:db8:1::1", "2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::4", "2001:db8:1::5", "2001:db8:1::6", "2001:db8:1::7", "2001:db8:1::8", "2001:db8:1::9", "2001:db8:1::a", "2001:db8:1::b", "2001:db8:1::c", "2001:db8:1::d", "2001:db8:1::e", "2001:db8:1::f"]
 [[dns.region]]
 name = "eu"
 pops = ["ams", "nyc"]
@@ -120,6 +120,14 @@ hosts = ["demo.test"]
 servers = [{ addr = "127.0.0.1:9" }]
 [service.dns]
 name = "demo"
+[[service]]
+name = "big"
+hosts = ["big.test"]
+[service.origin]
+servers = [{ addr = "127.0.0.1:9" }]
+[service.dns]
+name = "truncation-test-answers-of-sixteen-aaaax"
+pops = ["nyc"]
 [[service]]
 name = "gone"
 hosts = ["gone.test"]
@@ -169,5 +177,14 @@ pub fn dns_query(data: &[u8]) {
         if transport == Transport::Udp {
             assert!(out.len() <= 1232, "UDP response of {} bytes", out.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_dns_target_has_its_zone() {
+        // Without it the target would accept every input without looking at it.
+        assert!(super::dns_zone().is_some());
     }
 }

@@ -8,6 +8,7 @@
 )]
 
 mod common;
+mod h3client;
 
 mod admin;
 mod bad_input;
@@ -16,6 +17,8 @@ mod coalescing;
 mod drills;
 mod floods;
 mod h2_floods;
+mod http3;
+mod http3_flood;
 mod origin_faults;
 mod origin_tls;
 mod poisoning;
