@@ -183,6 +183,13 @@ impl Drop for Held {
     }
 }
 
+/// What an accepted connection holds until it ends: its place in the edge's QUIC connection
+/// count and one of the edge's connection permits.
+struct Admitted {
+    _slot: Held,
+    _permit: OwnedSemaphorePermit,
+}
+
 /// A handshake in progress on one of the edge's endpoints (the gauge is process-wide).
 struct InProgress {
     _count: Held,
@@ -246,13 +253,15 @@ pub async fn accept_loop(
             }
         };
         initial("accept");
-        let slot = Held::take(&settings.connections);
+        let admitted = Admitted {
+            _slot: Held::take(&settings.connections),
+            _permit: permit,
+        };
         let in_progress = InProgress::start(&settings.handshakes);
         tokio::spawn(connection(
             connecting,
-            slot,
+            admitted,
             in_progress,
-            permit,
             state.clone(),
             settings.clone(),
             per_address.clone(),
@@ -266,9 +275,8 @@ pub async fn accept_loop(
 /// One QUIC connection: the handshake, then its requests until it closes or the edge stops.
 async fn connection(
     connecting: quinn::Connecting,
-    _slot: Held,
+    _admitted: Admitted,
     in_progress: InProgress,
-    _permit: OwnedSemaphorePermit,
     state: Arc<EdgeState>,
     settings: Arc<Http3Settings>,
     per_address: Arc<AddressTable>,
