@@ -1272,6 +1272,25 @@ servers = [{ addr = "127.0.0.1:9000" }]
     }
 
     #[test]
+    fn the_example_steers_as_its_comments_say() {
+        let text = include_str!("../../../examples/dns.toml");
+        let config = firebreak_config::parse_managed_str("examples/dns.toml", text).unwrap();
+        let s = Steering::compile(&config, 1, None, &Health::new()).unwrap();
+        let Lookup::Service(demo) = s.owner(&n("demo.cdn.localhost.")) else {
+            panic!("demo not found")
+        };
+        let (pop, _) = pop_of(&s, s.steer(demo, client("203.0.113.0", 24), Family::V4));
+        assert_eq!(pop, "nyc");
+        let (pop, _) = pop_of(&s, s.steer(demo, client("192.0.2.0", 24), Family::V4));
+        assert_eq!(pop, "sin");
+        let Lookup::Service(assets) = s.owner(&n("assets.cdn.localhost.")) else {
+            panic!("assets not found")
+        };
+        let (pop, _) = pop_of(&s, s.steer(assets, client("192.0.2.0", 24), Family::V6));
+        assert_eq!(pop, "ams");
+    }
+
+    #[test]
     fn mask_handles_every_length() {
         assert_eq!(mask(0xFFFF_FFFF, 0, 32), 0);
         assert_eq!(mask(0xFFFF_FFFF, 8, 32), 0xFF00_0000);
