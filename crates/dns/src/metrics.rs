@@ -257,10 +257,15 @@ impl Shard {
     }
 }
 
+/// Renders more metrics for the same scrape (e.g. the process's `metrics` recorder, which
+/// holds the POP checker's series).
+pub type ExtraMetrics = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// Every shard of one server.
 #[derive(Default)]
 pub struct Metrics {
     shards: Mutex<Vec<Arc<Shard>>>,
+    extra: std::sync::OnceLock<ExtraMetrics>,
 }
 
 /// The counters summed over shards (what a scrape shows).
@@ -280,6 +285,11 @@ impl Metrics {
     /// A new, empty set.
     pub fn new() -> Arc<Metrics> {
         Arc::new(Metrics::default())
+    }
+
+    /// Appends what `extra` renders to every scrape (set once; later calls are ignored).
+    pub fn set_extra(&self, extra: ExtraMetrics) {
+        let _ = self.extra.set(extra);
     }
 
     /// A new shard, counted in every scrape from now on.
@@ -359,6 +369,9 @@ impl Metrics {
         s.push_str("# TYPE firebreak_dns_dropped_total counter\n");
         for (reason, n) in &t.dropped {
             let _ = writeln!(s, "firebreak_dns_dropped_total{{reason=\"{reason}\"}} {n}");
+        }
+        if let Some(extra) = self.extra.get() {
+            s.push_str(&extra());
         }
         s
     }

@@ -30,7 +30,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 pub const MAX_THREADS: usize = 256;
 
 /// Where and how to serve.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServerConfig {
     /// UDP address (port 0: any free port).
     pub udp: SocketAddr,
@@ -42,6 +42,21 @@ pub struct ServerConfig {
     pub threads: usize,
     /// TCP bounds.
     pub tcp_limits: TcpLimits,
+    /// More series for the admin `/metrics` (the process's recorder: the POP checks).
+    pub extra_metrics: Option<crate::metrics::ExtraMetrics>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("udp", &self.udp)
+            .field("tcp", &self.tcp)
+            .field("admin", &self.admin)
+            .field("threads", &self.threads)
+            .field("tcp_limits", &self.tcp_limits)
+            .field("extra_metrics", &self.extra_metrics.is_some())
+            .finish()
+    }
 }
 
 impl ServerConfig {
@@ -53,6 +68,7 @@ impl ServerConfig {
             admin: None,
             threads: default_threads(),
             tcp_limits: TcpLimits::default(),
+            extra_metrics: None,
         }
     }
 }
@@ -83,6 +99,9 @@ impl DnsServer {
     pub async fn start(config: ServerConfig, zone: Zone) -> io::Result<DnsServer> {
         let zone = Arc::new(ArcSwap::from_pointee(zone));
         let metrics = Metrics::new();
+        if let Some(extra) = config.extra_metrics.clone() {
+            metrics.set_extra(extra);
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let threads = config.threads.clamp(1, MAX_THREADS);
 

@@ -126,6 +126,12 @@ pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
             max_connections: args.tcp_max_connections.max(1),
             ..TcpLimits::default()
         },
+        // The POP checker's series (`firebreak_dns_pop_healthy`, `_checks_total`) go through
+        // the `metrics` facade: render its recorder after the server's own counters.
+        extra_metrics: firebreak_edge::telemetry::prometheus().map(|handle| {
+            let render: firebreak_dns::metrics::ExtraMetrics = Arc::new(move || handle.render());
+            render
+        }),
     };
     let server = DnsServer::start(config, zone)
         .await
@@ -143,36 +149,60 @@ pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
         server.zone().steering().soa().serial
     );
     let server = Arc::new(server);
-    let reloader = reload_on_sighup(Arc::clone(&server), args.config, serials, health, checker)
+    let reloader = Reloader {
+        server: Arc::clone(&server),
+        path: args.config,
+        serials,
+        health,
+        checker,
+        current: dns,
+    };
+    let reloader = reloader
+        .on_sighup()
         .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
     crate::wait_for_ctrl_c().await;
     reloader.abort();
     Ok(())
 }
 
-fn reload_on_sighup(
+/// What a SIGHUP reload needs: the server, the file, the serials, the shared health and its
+/// checker, and the `[dns]` data running now (judged against the new by `removal_check`).
+struct Reloader {
     server: Arc<DnsServer>,
     path: PathBuf,
-    mut serials: Serials,
+    serials: Serials,
     health: Arc<Health>,
-    mut checker: HealthChecker,
-) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            match load(&path, serials.candidate(), &health) {
-                Ok((zone, dns)) => {
-                    let serial = zone.steering().soa().serial;
-                    serials.accepted(serial);
-                    server.reload(zone);
-                    check(&mut checker, &dns);
-                    tracing::info!(path = %path.display(), serial, "dns data reloaded");
-                }
-                Err(e) => {
-                    tracing::error!("dns data refused, keeping the running one:\n{e}")
+    checker: HealthChecker,
+    current: firebreak_config::dns::DnsConfig,
+}
+
+impl Reloader {
+    /// Reloads on every SIGHUP. A file that does not validate, or that removes more than
+    /// `max_removed_share` of the POPs or answers at once (`removal_check`; the share is read
+    /// from the new file, so raising it there is how an operator forces a large change), is
+    /// refused and logged; the running data stays.
+    fn on_sighup(mut self) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup())?;
+        Ok(tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                if let Err(e) = self.reload() {
+                    tracing::error!("dns data refused, keeping the running one:\n{e}");
                 }
             }
-        }
-    }))
+        }))
+    }
+
+    fn reload(&mut self) -> Result<(), String> {
+        let (zone, dns) = load(&self.path, self.serials.candidate(), &self.health)?;
+        firebreak_config::dns::removal_check(&self.current, &dns)
+            .map_err(|why| format!("{}: {why}", self.path.display()))?;
+        let serial = zone.steering().soa().serial;
+        self.serials.accepted(serial);
+        self.server.reload(zone);
+        check(&mut self.checker, &dns);
+        self.current = dns;
+        tracing::info!(path = %self.path.display(), serial, "dns data reloaded");
+        Ok(())
+    }
 }

@@ -180,8 +180,28 @@ fn dns_serves_a_fleet_document_and_reloads_on_sighup() {
     assert_eq!(serial(udp), 5);
     assert_eq!(a(udp), vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
 
-    // A good file is applied with the next serial.
+    // A file replacing every answer at once removes more than `max_removed_share` (0.5):
+    // refused, the running data stays.
     std::fs::write(&path, fleet("192.0.2.20")).unwrap();
+    hup(p.child.id());
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("removes 1 of 1 answer")
+    {
+        assert!(Instant::now() < deadline, "no removal refusal logged");
+        std::thread::yield_now();
+    }
+    assert_eq!(serial(udp), 5);
+    assert_eq!(a(udp), vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
+
+    // The same change with the guard raised in the file (the operator's force) is applied
+    // with the next serial.
+    let forced = fleet("192.0.2.20").replace(
+        "default_region = \"eu\"",
+        "default_region = \"eu\"\nmax_removed_share = 1.0",
+    );
+    std::fs::write(&path, forced).unwrap();
     hup(p.child.id());
     let deadline = Instant::now() + DEADLINE;
     while serial(udp) != 6 {
@@ -215,5 +235,64 @@ fn dns_refuses_a_document_without_dns_data() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("[dns]"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The POP checker's series reach the DNS server's own `/metrics`: a POP whose only check
+/// URL refuses connections is counted and shown unhealthy there.
+#[test]
+fn dns_admin_metrics_show_the_pop_checks() {
+    let dir = std::env::temp_dir().join(format!("fb-dns-cli-checks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("fleet.toml");
+    // A port nothing listens on: bind one, note it, close it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let text = fleet("192.0.2.10")
+        .replace(
+            "answers = [\"192.0.2.10\"]",
+            &format!("answers = [\"192.0.2.10\"]\nchecks = [\"http://{dead_addr}/healthz\"]"),
+        )
+        .replace(
+            "[[dns.ns]]",
+            "[dns.checks]\ninterval_ms = 200\ntimeout_ms = 100\nunhealthy_after = 1\n\n[[dns.ns]]",
+        );
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "dns",
+            "--config",
+            path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--threads",
+            "1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut p = Proc { child, stdout };
+    let admin: SocketAddr = p.wait_line("dns admin on http://").parse().unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut conn = TcpStream::connect(admin).unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: dns\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        if text.contains("firebreak_dns_pop_healthy{pop=\"ams\"} 0")
+            && text.contains("firebreak_dns_checks_total{pop=\"ams\",result=\"error\"}")
+        {
+            assert!(text.contains("firebreak_dns_queries_total"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "checks never shown:\n{text}");
+        std::thread::yield_now();
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
