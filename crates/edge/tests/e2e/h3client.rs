@@ -21,51 +21,7 @@ use tokio::task::JoinHandle;
 /// Deadline of every exchange.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A certificate authority generated for one test.
-pub struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pub roots: RootCertStore,
-}
-
-/// A leaf certificate and its key, PEM.
-pub struct Pair {
-    pub cert: String,
-    pub key: String,
-}
-
-impl Ca {
-    pub fn new() -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "firebreak h3 test CA");
-        let cert = params.self_signed(&key).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
-        Self {
-            issuer: rcgen::Issuer::new(params, key),
-            roots,
-        }
-    }
-
-    /// A leaf for `names` (DNS names or IP addresses), signed by this CA.
-    pub fn leaf(&self, names: &[&str]) -> Pair {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
+pub use crate::test_ca::{Ca, Pair};
 
 /// The three ways a client reaches an HTTPS service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

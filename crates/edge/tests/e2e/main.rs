@@ -9,6 +9,7 @@
 
 mod common;
 mod h3client;
+mod test_ca;
 
 mod admin;
 mod bad_input;

@@ -2,11 +2,11 @@
 //! certificate signed by a test CA) behind pools with `tls = true`.
 
 use crate::common::{start_edge, Reply, TestOrigin};
+use crate::test_ca::Ca;
 use http::StatusCode;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,42 +16,21 @@ use tokio::task::JoinHandle;
 /// The name on the test origin's certificate.
 const ORIGIN_NAME: &str = "origin.test";
 
-/// A test certificate authority.
-struct TestCa {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-fn test_ca() -> TestCa {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Firebreak test origin CA");
-    let cert = params.self_signed(&key).unwrap();
-    TestCa {
-        pem: cert.pem(),
-        issuer: Issuer::new(params, key),
-    }
-}
-
 /// A certificate for `name` signed by `ca` (ECDSA P-256); expired in 2021 when asked.
 fn origin_cert(
-    ca: &TestCa,
+    ca: &Ca,
     name: &str,
     expired: bool,
 ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-    if expired {
-        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-    }
-    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    let pair = ca.leaf_with(&[name], |params| {
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+    });
     (
-        vec![cert.der().clone()],
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        firebreak_protocol::tls::certs_from_pem(pair.cert.as_bytes()).unwrap(),
+        firebreak_protocol::tls::key_from_pem(pair.key.as_bytes()).unwrap(),
     )
 }
 
@@ -161,7 +140,7 @@ tls = true
     )
 }
 
-fn with_ca(ca: &TestCa, name: &str) -> String {
+fn with_ca(ca: &Ca, name: &str) -> String {
     format!(
         "tls_server_name = \"{name}\"\nca = \"\"\"\n{}\"\"\"",
         ca.pem
@@ -184,7 +163,7 @@ fn tls_failures(service: &str, reason: &str) -> u64 {
 
 #[tokio::test]
 async fn a_tls_origin_signed_by_the_configured_ca_is_fetched_and_cached() {
-    let ca = test_ca();
+    let ca = Ca::new();
     let (chain, key) = origin_cert(&ca, ORIGIN_NAME, false);
     let origin = tls_origin(chain, key).await;
     let edge = start_edge(&tls_config(
@@ -210,7 +189,7 @@ async fn a_tls_origin_signed_by_the_configured_ca_is_fetched_and_cached() {
 
 #[tokio::test]
 async fn an_origin_certificate_from_an_unknown_ca_is_a_502_and_never_gets_a_request() {
-    let ca = test_ca();
+    let ca = Ca::new();
     let (chain, key) = origin_cert(&ca, ORIGIN_NAME, false);
     let origin = tls_origin(chain, key).await;
     // Only webpki-roots: the test CA is not trusted.
@@ -232,7 +211,7 @@ async fn an_origin_certificate_from_an_unknown_ca_is_a_502_and_never_gets_a_requ
 
 #[tokio::test]
 async fn a_wrong_tls_server_name_is_a_502_name_mismatch() {
-    let ca = test_ca();
+    let ca = Ca::new();
     let (chain, key) = origin_cert(&ca, ORIGIN_NAME, false);
     let origin = tls_origin(chain, key).await;
     let edge = start_edge(&tls_config(
@@ -250,7 +229,7 @@ async fn a_wrong_tls_server_name_is_a_502_name_mismatch() {
 
 #[tokio::test]
 async fn an_expired_origin_certificate_is_a_502() {
-    let ca = test_ca();
+    let ca = Ca::new();
     let (chain, key) = origin_cert(&ca, ORIGIN_NAME, true);
     let origin = tls_origin(chain, key).await;
     let edge = start_edge(&tls_config(
@@ -268,7 +247,7 @@ async fn an_expired_origin_certificate_is_a_502() {
 
 #[tokio::test]
 async fn a_cleartext_origin_on_a_tls_pool_is_a_502_and_never_gets_a_cleartext_request() {
-    let ca = test_ca();
+    let ca = Ca::new();
     let origin = TestOrigin::start(|_| Reply::ok("cleartext").cc("max-age=60")).await;
     let edge = start_edge(&tls_config(
         "tls-cleartext-origin",
@@ -290,7 +269,7 @@ async fn a_cleartext_origin_on_a_tls_pool_is_a_502_and_never_gets_a_cleartext_re
 
 #[tokio::test]
 async fn a_reload_that_adds_the_ca_builds_a_new_tls_client() {
-    let ca = test_ca();
+    let ca = Ca::new();
     let (chain, key) = origin_cert(&ca, ORIGIN_NAME, false);
     let origin = tls_origin(chain, key).await;
     let without = tls_config(

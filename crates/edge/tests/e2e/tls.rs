@@ -5,13 +5,14 @@
 //! clients are tokio-rustls with that CA as their only root.
 
 use crate::common::*;
+use crate::test_ca::{Ca, Pair};
 use bytes::Bytes;
 use firebreak_config::tls::{check_validity, inspect_der, CertInfo, Severity};
 use http::{HeaderMap, Request, StatusCode, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, RootCertStore};
+use rustls::{ClientConfig, HandshakeKind, ProtocolVersion};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,53 +22,8 @@ use tokio_rustls::client::TlsStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    roots: RootCertStore,
-}
-
-struct Pair {
-    cert: String,
-    key: String,
-}
-
+/// Client configurations for these tests, over the shared test CA.
 impl Ca {
-    fn new() -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "firebreak test CA");
-        let cert = params.self_signed(&key).unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert.der().clone()).unwrap();
-        Self {
-            issuer: rcgen::Issuer::new(params, key),
-            roots,
-        }
-    }
-
-    fn leaf(&self, names: &[&str]) -> Pair {
-        self.leaf_with(names, |_| {})
-    }
-
-    fn leaf_with(&self, names: &[&str], edit: impl FnOnce(&mut rcgen::CertificateParams)) -> Pair {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, names[0]);
-        edit(&mut params);
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Pair {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
     /// A client trusting this CA only, offering `alpn`.
     fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let mut config = firebreak_protocol::tls::client_config(self.roots.clone()).unwrap();
