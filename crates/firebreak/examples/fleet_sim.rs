@@ -533,6 +533,7 @@ impl SimEdge {
             staged: s.staged.clone(),
             bad_versions: Vec::new(),
             stale: None,
+            role: Default::default(),
         };
         serde_json::to_vec(&r).unwrap_or_default()
     }

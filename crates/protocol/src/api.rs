@@ -136,6 +136,37 @@ pub struct EdgeReport {
     /// a fresh signature), while that lasts; it keeps serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stale: Option<String>,
+    /// What the member is: an HTTP edge (the default, and what older edges are) or an
+    /// authoritative DNS server. DNS servers take versions through rollouts like edges, in
+    /// their own cell, but do not count as a POP's edges.
+    #[serde(default, skip_serializing_if = "MemberRole::is_edge")]
+    pub role: MemberRole,
+}
+
+/// What kind of fleet member sends a report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberRole {
+    /// An HTTP edge (caching reverse proxy).
+    #[default]
+    Edge,
+    /// An authoritative DNS server (`firebreak dns --control`).
+    Dns,
+}
+
+impl MemberRole {
+    /// Whether this is an HTTP edge.
+    pub fn is_edge(&self) -> bool {
+        *self == MemberRole::Edge
+    }
+
+    /// `edge` or `dns`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MemberRole::Edge => "edge",
+            MemberRole::Dns => "dns",
+        }
+    }
 }
 
 /// The outcome of staging a version (download, verify, build; not served).

@@ -352,6 +352,7 @@ mod tests {
                 staged: None,
                 bad_versions: Vec::new(),
                 stale: None,
+                role: Default::default(),
             },
             last_seen_ms: now,
             cert_expiry_ms: None,

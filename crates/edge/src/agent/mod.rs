@@ -448,6 +448,7 @@ impl Worker {
                 staged: s.staged,
                 bad_versions: s.bad_versions,
                 stale: s.stale,
+                role: firebreak_protocol::api::MemberRole::Edge,
             }
         }
     }
