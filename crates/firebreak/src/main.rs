@@ -929,18 +929,18 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
         })
         .await
         .map_err(|e| e.to_string())?;
-        for url in agent.edge.local_urls() {
+        for url in agent.member.local_urls() {
             out!("edge {id} listening on {url}");
         }
-        for addr in agent.edge.http3_addrs() {
+        for addr in agent.member.http3_addrs() {
             out!("edge {id} serving HTTP/3 on udp {addr}");
         }
-        if let Some(admin) = agent.edge.admin_addr() {
+        if let Some(admin) = agent.member.admin_addr() {
             out!("edge {id} admin on http://{admin}");
         }
         wait_for_ctrl_c().await;
         agent.shutdown();
-        if !agent.edge.drain(DRAIN_LIMIT).await {
+        if !agent.member.drain(DRAIN_LIMIT).await {
             tracing::warn!("some connections were still open after {DRAIN_LIMIT:?}");
         }
         return Ok(());
