@@ -175,6 +175,8 @@ fn edge_process_caches_and_reloads_on_sighup() {
 
 #[test]
 fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_rollout() {
+    // Also a DNS server under the control plane; the printed `dig` lines are run with the real
+    // `dig` (bind9-dnsutils), which this test requires.
     // Ports unlikely to be taken; the test is about `up`, not the ports.
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let data = temp_dir("up");
@@ -210,11 +212,23 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
         );
         assert!(r.contains("x-served-by: firebreak"), "{r}");
     }
+    // The DNS server (a fleet member in its own cell) is listed with its port.
     let mut line = String::new();
+    let mut dns_line = None;
     while !line.contains("FIREBREAK_TOKEN=") {
         line.clear();
         assert!(up.stdout.read_line(&mut line).unwrap() > 0);
+        if line.starts_with("  dns ") {
+            dns_line = Some(line.clone());
+        }
     }
+    let dns_line = dns_line.expect("up printed no DNS server line");
+    let dns_port: u16 = dns_line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no DNS port in {dns_line:?}"));
     let value = |name: &str| {
         line.split(&format!("{name}="))
             .nth(1)
@@ -228,9 +242,32 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
     // reached the edges through the control plane as a secret document. The printed curl
     // line works.
     let mut line = String::new();
+    let mut digs = Vec::new();
     while !(line.contains("--cacert") && line.contains("https://localhost")) {
         line.clear();
         assert!(up.stdout.read_line(&mut line).unwrap() > 0);
+        if line.trim_start().starts_with("dig ") {
+            digs.push(line.clone());
+        }
+    }
+    // The printed dig lines work (real dig): this machine's region gets ams, the client
+    // subnet of america gets nyc; each line's comment names the address it answers.
+    assert_eq!(digs.len(), 2, "{digs:?}");
+    for (dig, want) in digs.iter().zip(["127.0.0.11", "127.0.0.12"]) {
+        let (cmd, comment) = dig.split_once('#').unwrap_or((dig, ""));
+        assert!(comment.trim_start().starts_with(want), "{dig}");
+        assert!(cmd.contains(&format!("-p {dns_port} ")), "{dig}");
+        let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+        let out = match Command::new("dig").args(&args).output() {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`dig` is not installed: install bind9-dnsutils (Debian; .ci/run installs it) to run this test"
+            ),
+            Err(e) => panic!("dig: {e}"),
+        };
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{dig}: {answer}");
+        assert_eq!(answer.trim(), want, "{dig}");
     }
     let url = line
         .split_whitespace()
@@ -330,6 +367,10 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
     assert!(
         TcpStream::connect(control).is_err(),
         "control plane still listening"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", dns_port)).is_err(),
+        "DNS server still listening after up stopped"
     );
     drop(up);
     std::fs::remove_dir_all(&data).ok();
