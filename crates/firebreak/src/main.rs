@@ -20,6 +20,7 @@ mod api_client;
 mod control_flags;
 mod demo_origin;
 mod dns;
+mod dns_load;
 mod dns_member;
 mod drill;
 mod keys;
