@@ -20,6 +20,7 @@ mod api_client;
 mod control_flags;
 mod demo_origin;
 mod dns;
+mod dns_load;
 mod dns_member;
 mod drill;
 mod keys;
@@ -951,5 +952,13 @@ mod tests {
         assert!(super::one_origin_config("no-port", None, 64).is_err());
         assert!(super::one_origin_config("a\"b:1", None, 64).is_err());
         assert!(super::one_origin_config("127.0.0.1:9000", None, 0).is_err());
+    }
+
+    /// clap's own consistency checks (argument ids named in `conflicts_with`/`requires`
+    /// exist, also through the flattened member flags).
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }
