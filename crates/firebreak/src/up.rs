@@ -37,6 +37,16 @@ const EDGES_PER_POP: usize = 2;
 /// The DNS server's port (UDP and TCP) and its admin port, from `--port`.
 const DNS_PORT: i32 = 53;
 const DNS_ADMIN_PORT: i32 = 54;
+/// Synthetic DNS queries per second to the DNS server (its gates' traffic).
+const DNS_LOAD: u32 = 20;
+/// The names the DNS load asks, and the client subnets it asks from (one per region of the
+/// example document: this machine, america, asia).
+const DNS_LOAD_NAMES: [&str; 2] = ["demo.cdn.localhost", "assets.cdn.localhost"];
+const DNS_LOAD_SUBNETS: [([u8; 4], u8); 3] = [
+    ([127, 0, 0, 1], 32),
+    ([203, 0, 113, 0], 24),
+    ([192, 0, 2, 0], 24),
+];
 /// A client prefix of another region than this machine's, for the second `dig` line.
 const DIG_SUBNET: &str = "203.0.113.0/24";
 /// Synthetic requests per second and edge.
@@ -455,6 +465,13 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
         .map(|(id, listen, _, _)| (id.clone(), ([127, 0, 0, 1], *listen).into()))
         .collect();
     let _load = crate::load::Load::start(&targets, LOAD_PER_EDGE);
+    // The DNS server binds when its first version arrives; queries before that are lost.
+    let dns_load = crate::dns_load::DnsLoad::start(
+        ([127, 0, 0, 1], dns_port).into(),
+        &DNS_LOAD_NAMES.map(String::from),
+        &DNS_LOAD_SUBNETS.map(|(a, p)| (std::net::IpAddr::from(a), p)),
+        DNS_LOAD,
+    );
     out!(
         "rolling the example configuration out: staged on every edge, then the canary edge, its cell, the rest (gated; about half a minute)…"
     );
@@ -480,17 +497,12 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     .await
     .map_err(|e| format!("{e}; see the logs in {}", logs.display()))?;
     crate::rollouts::status(&api).await.map_err(|e| e.message)?;
-    // The DNS server binds its port when its first version is applied (wave 3: its cell).
+    // The DNS server binds its port when its first version is applied (wave 3: its cell):
+    // ready when the DNS load gets answers.
     wait_until(
-        "the DNS server applying the first version",
+        "the DNS server answering",
         Duration::from_secs(30),
-        async || {
-            let fleet: Vec<EdgeStatus> = api.json(Method::GET, "/v1/fleet", None).await.ok()?;
-            fleet
-                .iter()
-                .any(|e| e.id == dns_id && e.report.applied_version.is_some())
-                .then_some(())
-        },
+        async || (dns_load.snapshot().0 > 0).then_some(()),
     )
     .await
     .map_err(|e| format!("{e}; see {}", logs.join(format!("{dns_id}.log")).display()))?;
@@ -516,7 +528,9 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     );
     out!("  demo origin    http://{}/", origin.addr);
     out!("  data and logs  {}", dir.display());
-    out!("  synthetic load {LOAD_PER_EDGE} req/s per edge (feeds the rollout gates)");
+    out!(
+        "  synthetic load {LOAD_PER_EDGE} req/s per edge, {DNS_LOAD} queries/s to the DNS server (feeds the rollout gates)"
+    );
     out!();
     out!("Use the CLI against it:");
     out!(

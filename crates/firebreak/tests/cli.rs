@@ -322,12 +322,27 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for id in ["ams-1", "ams-2", "nyc-1", "nyc-2", "sin-1", "sin-2"] {
-        let row = text
+    // MEMBER ROLE POP CELL APPLIED ...: every edge, and the DNS server in its own cell.
+    for (id, role, cell) in [
+        ("ams-1", "edge", "ams"),
+        ("ams-2", "edge", "ams"),
+        ("nyc-1", "edge", "nyc"),
+        ("nyc-2", "edge", "nyc"),
+        ("sin-1", "edge", "sin"),
+        ("sin-2", "edge", "sin"),
+        ("dns-1", "dns", "dns"),
+    ] {
+        let row: Vec<&str> = text
             .lines()
             .find(|l| l.starts_with(id))
-            .unwrap_or_else(|| panic!("{text}"));
-        assert_eq!(row.split_whitespace().nth(3), Some("1"), "{text}");
+            .unwrap_or_else(|| panic!("{text}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            (row.get(1), row.get(3), row.get(4)),
+            (Some(&role), Some(&cell), Some(&"1")),
+            "{text}"
+        );
     }
     // The first version came through a rollout: staged, then wave by wave, gated.
     let out = Command::new(BIN)

@@ -292,8 +292,7 @@ impl Edge {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
             .is_err()
         {
             return false;
@@ -408,11 +407,12 @@ fn ask(to: SocketAddr, name: &str, subnet: &str) -> Option<Message> {
     q.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
     let mut edns = Edns::new();
     edns.set_max_payload(1232);
-    edns.options_mut().insert(EdnsOption::Subnet(ClientSubnet::new(
-        subnet.parse().unwrap(),
-        24,
-        0,
-    )));
+    edns.options_mut()
+        .insert(EdnsOption::Subnet(ClientSubnet::new(
+            subnet.parse().unwrap(),
+            24,
+            0,
+        )));
     q.set_edns(edns);
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -667,7 +667,11 @@ fn with_the_control_plane_down_dns_keeps_answering_and_checking_and_restarts_fro
 
     net.pa[1].kill();
     let limit = leave_bound() * 10;
-    let (t, n) = net.until("answers moving to pb, control plane down", &addrs(PB), limit);
+    let (t, n) = net.until(
+        "answers moving to pb, control plane down",
+        &addrs(PB),
+        limit,
+    );
     eprintln!(
         "control plane down, pa's last edge killed: answers moved to pb after {t:?} ({n} answers, none empty); bound {:?}, failure at {limit:?}",
         leave_bound()
@@ -729,11 +733,19 @@ fn a_push_removing_most_pops_is_refused_unless_forced() {
         err.contains("max_removed_share") || err.contains("removes"),
         "the refusal does not say why: {err}"
     );
-    assert_eq!(control.versions(), versions, "a refused push stored a version");
+    assert_eq!(
+        control.versions(),
+        versions,
+        "a refused push stored a version"
+    );
     for _ in 0..20 {
         assert_eq!(demo(dns.udp), Some(addrs(PA)), "answers after the refusal");
     }
-    assert_eq!(serial(dns.udp), before, "the DNS data changed after a refused push");
+    assert_eq!(
+        serial(dns.udp),
+        before,
+        "the DNS data changed after a refused push"
+    );
 
     // Forced: stored, rolled out, and the DNS server answers pc.
     let (ok, out, err) = control.push(&one, "only-pc-forced", true);
