@@ -354,6 +354,7 @@ impl Agent {
                         total,
                         services,
                         cert_expiry_ms,
+                        dns: None,
                     };
                     if let Err(e) = client.health(&report).await {
                         tracing::debug!(error = %e, "health report not delivered");
