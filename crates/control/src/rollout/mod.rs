@@ -150,6 +150,7 @@ impl Plane {
                 .services
                 .iter()
                 .any(|s| !s.counts.is_plausible() || s.service.len() > 256)
+            || report.dns.as_ref().is_some_and(|d| !d.is_plausible())
         {
             return Err(PlaneError::BadRequest("implausible health report".into()));
         }
