@@ -150,6 +150,43 @@ async fn a_push_removing_most_pops_is_refused_unless_forced() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_switch_is_not_judged_against_a_newer_stored_version() {
+    let dir = temp_dir("dns-guard-switch");
+    let c = Control::start(&redb(&dir), &dir).await;
+    let switch = "\n[[switch]]\nname = \"a-bypass\"\nservice = \"a\"\naction = \"bypass_cache\"\n";
+    // The fleet runs one POP; three are stored, not deployed.
+    let v1 = c.release(&format!("{}{switch}", dns_doc(&["ams"]))).await;
+    let (status, v2) = c
+        .call(
+            Method::POST,
+            "/v1/versions",
+            Some(push_body(&format!("{}{switch}", dns_doc(&["ams", "fra", "sin"])), false)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{v2}");
+    // The switch's version is the running one's, one POP: it removes nothing the fleet runs,
+    // so it goes through, though it has two POPs fewer than the latest stored version.
+    let (status, r) = c
+        .call(
+            Method::POST,
+            "/v1/switches/a-bypass",
+            Some(json!({"on": true, "message": "incident"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{r}");
+    assert_eq!(version_numbers(&c).await, [3, 2, v1]);
+    let (_, shown) = c.call(Method::GET, "/v1/versions/3", None).await;
+    let doc = shown["document"].as_str().unwrap();
+    assert!(doc.contains("name = \"ams\"") && !doc.contains("\"fra\""), "{doc}");
+    let (_, log) = c.call(Method::GET, "/v1/audit", None).await;
+    assert!(
+        !log.as_array().unwrap().iter().any(|a| a["action"] == "push-forced"),
+        "{log:#}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A report `id` sends with its credential.
 async fn report(c: &Control, id: &str, credential: &str, body: serde_json::Value) {
     let (s, b) = http(
