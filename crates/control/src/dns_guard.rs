@@ -34,7 +34,11 @@ pub(crate) fn dns_of_fleet(fleet: &str) -> Result<Option<DnsConfig>, String> {
 /// the reason when it removes too much. No `[dns]` before: nothing to compare. The same data
 /// again: nothing removed (even data that would not pass on its own, so that one bad version
 /// does not block every later push).
-pub(crate) fn judge(from: u64, old: Option<&DnsConfig>, new: Option<&DnsConfig>) -> Result<(), String> {
+pub(crate) fn judge(
+    from: u64,
+    old: Option<&DnsConfig>,
+    new: Option<&DnsConfig>,
+) -> Result<(), String> {
     match (old, new) {
         (None, _) => Ok(()),
         (Some(old), Some(new)) if old == new => Ok(()),

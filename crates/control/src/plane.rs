@@ -282,7 +282,12 @@ impl Plane {
         } else {
             req.file.as_str()
         };
-        let (docs, moved, warnings, new_dns) = prepare(file, &req.document).await?;
+        let Prepared {
+            docs,
+            moved,
+            warnings,
+            dns: new_dns,
+        } = prepare(file, &req.document).await?;
         if req.activate {
             if let Some(r) = self.fleet_state().running() {
                 return Err(PlaneError::Conflict(format!(
@@ -700,19 +705,7 @@ pub(crate) async fn blocking<T: Send + 'static>(
 /// Validates a pushed document as the operator wrote it (errors located in their file), splits
 /// it, and validates the parts and the assembled form exactly as every edge will load them
 /// ([`Bundle::validate`]). Runs on the blocking pool.
-#[allow(clippy::type_complexity)]
-async fn prepare(
-    file: &str,
-    document: &str,
-) -> Result<
-    (
-        Documents,
-        crate::secrets::Moved,
-        Vec<String>,
-        Option<firebreak_config::dns::DnsConfig>,
-    ),
-    PlaneError,
-> {
+async fn prepare(file: &str, document: &str) -> Result<Prepared, PlaneError> {
     let (file, document) = (file.to_owned(), document.to_owned());
     blocking(move || {
         let dns = parse_managed_str(&file, &document)
@@ -740,9 +733,26 @@ async fn prepare(
             fleet: candidate.fleet,
             services,
         };
-        Ok((docs, moved, warnings, dns))
+        Ok(Prepared {
+            docs,
+            moved,
+            warnings,
+            dns,
+        })
     })
     .await
+}
+
+/// A pushed document, validated and ready to seal.
+struct Prepared {
+    /// The fleet document and one document per service, keys moved out.
+    docs: Documents,
+    /// The private keys moved out of the service documents.
+    moved: crate::secrets::Moved,
+    /// What was accepted but is worth knowing.
+    warnings: Vec<String>,
+    /// Its `[dns]` data, for the DNS change guard.
+    dns: Option<firebreak_config::dns::DnsConfig>,
 }
 
 /// Checks stored version `n`'s parts before it is rolled out: each service's document holds

@@ -105,7 +105,13 @@ mod tests {
     use super::*;
     use firebreak_protocol::api::EdgeReport;
 
-    fn member(id: &str, pop: &str, seen: u64, applied: Option<u64>, role: MemberRole) -> EdgeStatus {
+    fn member(
+        id: &str,
+        pop: &str,
+        seen: u64,
+        applied: Option<u64>,
+        role: MemberRole,
+    ) -> EdgeStatus {
         EdgeStatus {
             id: id.into(),
             report: EdgeReport {
@@ -147,7 +153,10 @@ mod tests {
         let names: Vec<&str> = list.pops.iter().map(|p| p.pop.as_str()).collect();
         assert_eq!(names, ["ams", "fra"]);
         let ams = &list.pops[0];
-        assert_eq!((ams.edges, ams.live, ams.healthy_edges, ams.stale), (2, 1, 1, 1));
+        assert_eq!(
+            (ams.edges, ams.live, ams.healthy_edges, ams.stale),
+            (2, 1, 1, 1)
+        );
         assert!(ams.healthy, "a stale edge still serves");
         let fra = &list.pops[1];
         assert_eq!((fra.edges, fra.live, fra.healthy_edges), (2, 1, 0));
@@ -157,7 +166,15 @@ mod tests {
     #[test]
     fn the_list_is_bounded() {
         let fleet: Vec<EdgeStatus> = (0..MAX_POP_HEALTH_POPS + 5)
-            .map(|i| member(&format!("e{i}"), &format!("p{i:05}"), 0, Some(1), MemberRole::Edge))
+            .map(|i| {
+                member(
+                    &format!("e{i}"),
+                    &format!("p{i:05}"),
+                    0,
+                    Some(1),
+                    MemberRole::Edge,
+                )
+            })
             .chain(std::iter::once(member(
                 "long",
                 &"x".repeat(MAX_LABEL_LEN + 1),

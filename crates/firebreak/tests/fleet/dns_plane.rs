@@ -95,14 +95,22 @@ async fn a_push_removing_most_pops_is_refused_unless_forced() {
     // Dropping the whole [dns] table is refused too.
     let no_dns = fleet_doc("127.0.0.1:9".parse().unwrap(), "v");
     let (status, e) = c
-        .call(Method::POST, "/v1/versions", Some(push_body(&no_dns, false)))
+        .call(
+            Method::POST,
+            "/v1/versions",
+            Some(push_body(&no_dns, false)),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{e}");
     assert!(
         e["error"].as_str().unwrap().contains("whole [dns] table"),
         "{e}"
     );
-    assert_eq!(version_numbers(&c).await, [3, 2, 1], "a refused push stored a version");
+    assert_eq!(
+        version_numbers(&c).await,
+        [3, 2, 1],
+        "a refused push stored a version"
+    );
 
     // Forced: stored, and the audit log says it was forced and past what.
     let (status, v4) = c
@@ -161,7 +169,10 @@ async fn a_kill_switch_is_not_judged_against_a_newer_stored_version() {
         .call(
             Method::POST,
             "/v1/versions",
-            Some(push_body(&format!("{}{switch}", dns_doc(&["ams", "fra", "sin"])), false)),
+            Some(push_body(
+                &format!("{}{switch}", dns_doc(&["ams", "fra", "sin"])),
+                false,
+            )),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v2}");
@@ -178,10 +189,16 @@ async fn a_kill_switch_is_not_judged_against_a_newer_stored_version() {
     assert_eq!(version_numbers(&c).await, [3, 2, v1]);
     let (_, shown) = c.call(Method::GET, "/v1/versions/3", None).await;
     let doc = shown["document"].as_str().unwrap();
-    assert!(doc.contains("name = \"ams\"") && !doc.contains("\"fra\""), "{doc}");
+    assert!(
+        doc.contains("name = \"ams\"") && !doc.contains("\"fra\""),
+        "{doc}"
+    );
     let (_, log) = c.call(Method::GET, "/v1/audit", None).await;
     assert!(
-        !log.as_array().unwrap().iter().any(|a| a["action"] == "push-forced"),
+        !log.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "push-forced"),
         "{log:#}"
     );
     std::fs::remove_dir_all(&dir).ok();
@@ -208,7 +225,10 @@ async fn member(c: &Control, id: &str, body: serde_json::Value) -> String {
     credential
 }
 
-fn pop_of<'a>(list: &'a firebreak_protocol::api::PopHealthList, pop: &str) -> Option<&'a firebreak_protocol::api::PopHealth> {
+fn pop_of<'a>(
+    list: &'a firebreak_protocol::api::PopHealthList,
+    pop: &str,
+) -> Option<&'a firebreak_protocol::api::PopHealth> {
     list.pops.iter().find(|p| p.pop == pop)
 }
 
@@ -249,26 +269,45 @@ async fn members_read_pop_health_with_their_own_credential() {
         (up("ams") && up("fra")).then_some(list)
     })
     .await;
-    assert_eq!(list.live_window_ms, 5_000, "the running version's edge_gone_s");
+    assert_eq!(
+        list.live_window_ms, 5_000,
+        "the running version's edge_gone_s"
+    );
     let names: Vec<&str> = list.pops.iter().map(|p| p.pop.as_str()).collect();
-    assert_eq!(names, ["ams", "fra", "nyc", "sin"], "the DNS server is no POP's edge");
+    assert_eq!(
+        names,
+        ["ams", "fra", "nyc", "sin"],
+        "the DNS server is no POP's edge"
+    );
     let sin = pop_of(&list, "sin").unwrap();
     assert!(sin.healthy && sin.stale == 1 && sin.live == 1, "{sin:?}");
     let nyc = pop_of(&list, "nyc").unwrap();
-    assert!(!nyc.healthy && nyc.live == 1 && nyc.healthy_edges == 0, "{nyc:?}");
+    assert!(
+        !nyc.healthy && nyc.live == 1 && nyc.healthy_edges == 0,
+        "{nyc:?}"
+    );
     let ams_health = pop_of(&list, "ams").unwrap();
-    assert_eq!((ams_health.edges, ams_health.live, ams_health.healthy_edges), (1, 1, 1));
+    assert_eq!(
+        (ams_health.edges, ams_health.live, ams_health.healthy_edges),
+        (1, 1, 1)
+    );
 
     // fra's only edge stops: once it has been gone for the live window, fra is unhealthy while
     // ams stays healthy.
     fra.shutdown();
     let list = eventually("fra unhealthy once its edge is gone", 30, || async {
         let list = client.pop_health().await.unwrap();
-        pop_of(&list, "fra").is_some_and(|p| !p.healthy).then_some(list)
+        pop_of(&list, "fra")
+            .is_some_and(|p| !p.healthy)
+            .then_some(list)
     })
     .await;
     let fra_health = pop_of(&list, "fra").unwrap();
-    assert_eq!((fra_health.edges, fra_health.live), (1, 0), "{fra_health:?}");
+    assert_eq!(
+        (fra_health.edges, fra_health.live),
+        (1, 0),
+        "{fra_health:?}"
+    );
     assert!(pop_of(&list, "ams").unwrap().healthy, "{list:?}");
 
     // Any member's own credential reads it, and operators do; nobody else.
@@ -279,9 +318,15 @@ async fn members_read_pop_health_with_their_own_credential() {
     assert_eq!(s, StatusCode::OK, "{body:?}");
     let listed: firebreak_protocol::api::PopHealthList = serde_json::from_slice(&body).unwrap();
     assert!(pop_of(&listed, "ams").is_some());
-    assert_eq!(http(Method::GET, &url, "", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        http(Method::GET, &url, "", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     let forged = format!("edge:ams1:{}", "0".repeat(64));
-    assert_eq!(http(Method::GET, &url, &forged, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        http(Method::GET, &url, &forged, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         http(Method::GET, &url, EDGE, None).await.0,
         StatusCode::FORBIDDEN,
@@ -296,13 +341,31 @@ async fn members_read_pop_health_with_their_own_credential() {
         (Method::GET, "/v1/fleet", None),
         (Method::GET, "/v1/versions", None),
         (Method::GET, "/v1/audit", None),
-        (Method::POST, "/v1/versions", Some(push_body(&fleet_doc(origin, "x"), true).to_string())),
+        (
+            Method::POST,
+            "/v1/versions",
+            Some(push_body(&fleet_doc(origin, "x"), true).to_string()),
+        ),
         (Method::POST, "/v1/rollback", Some("{}".to_owned())),
-        (Method::POST, "/v1/purge", Some(json!({"all": true, "service": "a"}).to_string())),
+        (
+            Method::POST,
+            "/v1/purge",
+            Some(json!({"all": true, "service": "a"}).to_string()),
+        ),
         (Method::DELETE, "/v1/edges/fra1", None),
     ] {
-        let (s, b) = http(method.clone(), &format!("{}{path}", c.url), &ams_credential, body).await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "member credential on {method} {path}: {b:?}");
+        let (s, b) = http(
+            method.clone(),
+            &format!("{}{path}", c.url),
+            &ams_credential,
+            body,
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::FORBIDDEN,
+            "member credential on {method} {path}: {b:?}"
+        );
     }
     ams.shutdown();
     std::fs::remove_dir_all(&dir).ok();
