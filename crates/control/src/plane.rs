@@ -679,10 +679,12 @@ impl Plane {
                 .clamp(1, PURGE_DEADLINE_MS.1),
         );
         let now = now_ms();
+        // Only HTTP edges hold caches: DNS servers are not asked.
         let (live, gone): (Vec<_>, Vec<_>) = self
             .fleet()
             .await?
             .into_iter()
+            .filter(|e| e.report.role.is_edge())
             .partition(|e| now.saturating_sub(e.last_seen_ms) <= EDGE_GONE_MS);
         let skipped = gone.into_iter().map(|e| e.id).collect();
         Ok(self

@@ -295,8 +295,9 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
     }
     let now = firebreak_protocol::now_ms();
     out!(
-        "{:<24} {:<8} {:<8} {:>7}  {:>11}  {:>9}  ERROR",
-        "EDGE",
+        "{:<24} {:<4} {:<8} {:<8} {:>7}  {:>11}  {:>9}  ERROR",
+        "MEMBER",
+        "ROLE",
         "POP",
         "CELL",
         "APPLIED",
@@ -315,8 +316,9 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
             ));
         }
         out!(
-            "{:<24} {:<8} {:<8} {:>7}  {:>11}  {:>8}s  {}",
+            "{:<24} {:<4} {:<8} {:<8} {:>7}  {:>11}  {:>8}s  {}",
             e.id,
+            e.report.role.as_str(),
             e.report.pop,
             e.report.cell,
             e.report
