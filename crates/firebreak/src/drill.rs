@@ -181,6 +181,7 @@ pub async fn run(
                 message: format!("drill: {what}"),
                 author: Some("drill".into()),
                 activate: false,
+                force: false,
             })?),
         )
         .await?;

@@ -20,6 +20,7 @@ mod api_client;
 mod control_flags;
 mod demo_origin;
 mod dns;
+#[allow(dead_code)] // Wired into `firebreak up` with its DNS server (next commit).
 mod dns_load;
 mod dns_member;
 mod drill;
@@ -366,6 +367,11 @@ enum ConfigCommand {
         /// Also make it the fleet's target.
         #[arg(long)]
         activate: bool,
+        /// Store it even if its DNS data removes more than `dns.max_removed_share` of the POPs
+        /// or answer addresses of the latest version (refused otherwise); the audit log records
+        /// the forced push and what it overrode.
+        #[arg(long)]
+        force: bool,
         /// Further attempts when the control plane is unreachable or answers 5xx (each with
         /// the same idempotency key, so at most one version is stored).
         #[arg(long, default_value_t = 4)]
@@ -602,8 +608,16 @@ async fn run(command: Command) -> Result<(), Failed> {
                     file,
                     message,
                     activate,
+                    force,
                     retries,
-                } => ops::push(&api, &file, &message, activate, retries).await,
+                } => {
+                    let options = ops::PushOptions {
+                        activate,
+                        force,
+                        retries,
+                    };
+                    ops::push_with(&api, &file, &message, options).await
+                }
                 ConfigCommand::Versions { limit } => ops::versions(&api, limit).await,
                 ConfigCommand::Show { version } => ops::show(&api, version).await,
                 ConfigCommand::Diff { a, b } => ops::diff(&api, a, b).await,

@@ -637,3 +637,74 @@ fn client_commands_exit_codes_scripts_can_rely_on() {
     drop(control);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A fleet document whose `[dns]` data names `pops` (one answer address each).
+fn dns_fleet(pops: &[&str]) -> String {
+    let mut doc = edge_config("127.0.0.1:9".parse().unwrap(), "dns")
+        .replace("[[listener]]\naddr = \"127.0.0.1:0\"\n", "");
+    doc.push_str(
+        "\n[dns]\nzone = \"cdn.example\"\ndefault_region = \"eu\"\n[[dns.ns]]\nname = \"ns1.cdn.example\"\naddrs = [\"192.0.2.53\"]\n",
+    );
+    for (i, p) in pops.iter().enumerate() {
+        doc.push_str(&format!(
+            "[[dns.pop]]\nname = \"{p}\"\nanswers = [\"192.0.2.{}\"]\n",
+            i + 1
+        ));
+    }
+    let list: Vec<String> = pops.iter().map(|p| format!("\"{p}\"")).collect();
+    doc.push_str(&format!(
+        "[[dns.region]]\nname = \"eu\"\npops = [{}]\n",
+        list.join(", ")
+    ));
+    doc
+}
+
+#[test]
+fn config_push_refuses_emptying_dns_unless_forced() {
+    let dir = temp_dir("dns-force");
+    let mut control = Proc::spawn_with(
+        &[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.join("control").to_str().unwrap(),
+        ],
+        &[
+            ("FIREBREAK_TOKEN", "cli-test-operator-token"),
+            ("FIREBREAK_EDGE_TOKEN", "cli-test-edge-token-xx"),
+        ],
+    );
+    let url = format!(
+        "http://{}",
+        control.wait_for_addr("control plane listening")
+    );
+    let fleet = dir.join("fleet.toml");
+    let file = fleet.to_str().unwrap();
+    std::fs::write(&fleet, dns_fleet(&["ams", "fra", "sin"])).unwrap();
+    let (code, out, err) = client(&url, &["config", "push", file, "-m", "three"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(&fleet, dns_fleet(&["ams"])).unwrap();
+    let (code, out, err) = client(&url, &["config", "push", file, "-m", "one"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("removes 2 of 3 POPs (fra, sin)") && err.contains("--force"),
+        "{err}"
+    );
+    let (code, out, err) = client(&url, &["config", "push", file, "-m", "one", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("version 2 stored"), "{out}");
+    assert!(
+        err.contains("forced past the DNS change guard") && err.contains("removes 2 of 3 POPs"),
+        "{err}"
+    );
+    let (code, out, _) = client(&url, &["audit"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("push-forced") && l.contains("removes 2 of 3 POPs")),
+        "{out}"
+    );
+    drop(control);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -160,7 +160,7 @@ impl Plane {
     }
 
     /// The rollout settings of `version` (its fleet document's `[rollout]`).
-    async fn rollout_settings(&self, version: u64) -> Result<RolloutConfig, PlaneError> {
+    pub(crate) async fn rollout_settings(&self, version: u64) -> Result<RolloutConfig, PlaneError> {
         let detail = self.version(version).await?;
         let config =
             parse_managed_str(&format!("version {version}"), &detail.document).map_err(|_| {
@@ -530,18 +530,24 @@ impl Plane {
         let detail = self.version(base).await?;
         let document = flip_switch(&detail.document, name, on).map_err(PlaneError::NotFound)?;
         let why = format!("switch {name} {}: {message}", if on { "on" } else { "off" });
+        // Not judged by the DNS change guard: the document is the running version's with one
+        // switch flipped, its `[dns]` unchanged (the latest stored version may be another).
         let info = self
-            .push(
+            .push_judged(
                 firebreak_protocol::api::PushRequest {
                     file: format!("version-{base}.toml"),
                     document,
                     message: why.clone(),
                     author: Some(by.to_owned()),
                     activate: false,
+                    force: false,
                 },
                 by,
+                None,
+                crate::plane::DnsBaseline::Unchanged,
             )
-            .await?;
+            .await?
+            .info;
         self.start(
             info.version,
             EMERGENCY,
