@@ -203,6 +203,22 @@ impl ControlProc {
         )
     }
 
+    /// Waits until `firebreak rollout status` says the latest rollout completed.
+    fn wait_rollout_complete(&self) {
+        wait_for("the rollout completing", START, || {
+            let out = Command::new(BIN)
+                .args(["rollout", "status", "--control", &self.url])
+                .env("FIREBREAK_TOKEN", OPERATOR)
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines()
+                .next()
+                .is_some_and(|l| l.starts_with("rollout ") && l.ends_with(": complete"))
+                .then_some(())
+        });
+    }
+
     /// `firebreak config versions`' output.
     fn versions(&self) -> String {
         let out = Command::new(BIN)
@@ -722,6 +738,8 @@ fn a_push_removing_most_pops_is_refused_unless_forced() {
     wait_for("answers from pa", START, || {
         (demo(dns.udp)? == addrs(PA)).then_some(())
     });
+    // Version 1's rollout ends before the next push (one at a time).
+    control.wait_rollout_complete();
     let before = serial(dns.udp);
     let versions = control.versions();
 
@@ -733,6 +751,7 @@ fn a_push_removing_most_pops_is_refused_unless_forced() {
         err.contains("max_removed_share") || err.contains("removes"),
         "the refusal does not say why: {err}"
     );
+    eprintln!("push removing pa and pb refused: {}", err.trim());
     assert_eq!(
         control.versions(),
         versions,
