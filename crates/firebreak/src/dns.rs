@@ -154,6 +154,7 @@ pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
             threads,
             tcp_limits,
             health: Health::new(),
+            reported_every: opts.health_interval,
         };
         let id = opts.id.clone();
         let agent = firebreak_edge::agent::Agent::start_with(opts, launcher)

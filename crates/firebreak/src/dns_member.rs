@@ -7,11 +7,15 @@
 use crate::dns::{check, compile, Serials};
 use firebreak_config::ValidConfig;
 use firebreak_dns::{DnsServer, Health, HealthChecker, Locate, ServerConfig, TcpLimits};
+use firebreak_edge::agent::client::ControlClient;
 use firebreak_edge::agent::member::{ControlContext, Launcher, Member, MemberHealth, StartFuture};
 use firebreak_edge::server::ServerError;
 use firebreak_protocol::api::MemberRole;
+use firebreak_protocol::health::DnsCounts;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Where and how the DNS member serves.
 pub(crate) struct DnsLauncher {
@@ -27,6 +31,8 @@ pub(crate) struct DnsLauncher {
     pub tcp_limits: TcpLimits,
     /// POP health, shared by every version served.
     pub health: Arc<Health>,
+    /// How often the control plane's view of POP health is read.
+    pub reported_every: Duration,
 }
 
 /// A running DNS member.
@@ -37,6 +43,10 @@ pub(crate) struct DnsMember {
     admin: Option<SocketAddr>,
     health: Arc<Health>,
     state: Mutex<Loaded>,
+    /// The server's counts when the running version began (health reports count from it).
+    since: Mutex<DnsCounts>,
+    /// The poll of the control plane's view of POP health.
+    reported: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What changes with each version.
@@ -82,7 +92,11 @@ impl Member for DnsMember {
             .server
             .lock()
             .map_err(|_| "dns server poisoned".to_owned())?;
+        let counts = server.metrics().dns_counts();
         server.reload(zone);
+        if let Ok(mut since) = self.since.lock() {
+            *since = counts;
+        }
         state.serials.accepted(serial);
         check(&mut state.checker, &dns);
         tracing::info!(serial, "dns data applied");
@@ -90,7 +104,15 @@ impl Member for DnsMember {
     }
 
     fn health(&self) -> MemberHealth {
-        MemberHealth::default()
+        let now = match self.server.lock() {
+            Ok(server) => server.metrics().dns_counts(),
+            Err(_) => return MemberHealth::default(),
+        };
+        let since = self.since.lock().map(|s| s.clone()).unwrap_or_default();
+        MemberHealth {
+            dns: Some(now.since(&since)),
+            ..MemberHealth::default()
+        }
     }
 
     fn admin_addr(&self) -> Option<SocketAddr> {
@@ -104,6 +126,9 @@ impl Member for DnsMember {
     }
 
     fn shutdown(&self) {
+        if let Some(poll) = self.reported.lock().ok().and_then(|mut r| r.take()) {
+            poll.abort();
+        }
         if let Ok(mut state) = self.state.lock() {
             state.checker.stop();
         }
@@ -158,12 +183,65 @@ impl Launcher for DnsLauncher {
                 udp: server.udp_addr(),
                 tcp: server.tcp_addr(),
                 admin: server.admin_addr(),
+                since: Mutex::new(server.metrics().dns_counts()),
                 server: Mutex::new(server),
                 health: Arc::clone(&self.health),
                 state: Mutex::new(Loaded { serials, checker }),
+                reported: Mutex::new(None),
             })
         })
     }
 
-    fn attach(&self, _member: &Arc<DnsMember>, _control: ControlContext) {}
+    fn attach(&self, member: &Arc<DnsMember>, control: ControlContext) {
+        let poll = tokio::spawn(follow_reported(
+            control.client,
+            Arc::clone(&self.health),
+            self.reported_every,
+        ));
+        if let Ok(mut slot) = member.reported.lock() {
+            if let Some(old) = slot.replace(poll) {
+                old.abort();
+            }
+        }
+    }
+}
+
+/// Follows the control plane's view of each POP's health (`GET /v1/pops`, from its edges'
+/// reports) into [`Health::set_reported`], every `every`. A POP the control plane does not
+/// list has no report (`None`): the server's own checks alone decide. When the control plane
+/// cannot be asked for `STALE_AFTER` polls in a row, every report is withdrawn (`None`), so
+/// an outage of the control plane never freezes a stale verdict: the active checks go on.
+async fn follow_reported(client: ControlClient, health: Arc<Health>, every: Duration) {
+    /// Failed polls before the reports are withdrawn.
+    const STALE_AFTER: u32 = 3;
+    let mut known: HashSet<String> = HashSet::new();
+    let mut failures = 0u32;
+    loop {
+        match client.pop_health().await {
+            Ok(list) => {
+                failures = 0;
+                let listed: HashSet<String> = list.pops.iter().map(|p| p.pop.clone()).collect();
+                for gone in known.difference(&listed) {
+                    health.set_reported(gone, None);
+                }
+                for p in &list.pops {
+                    if !p.healthy && known.contains(&p.pop) {
+                        tracing::debug!(pop = %p.pop, "control plane reports the POP unhealthy");
+                    }
+                    health.set_reported(&p.pop, Some(p.healthy));
+                }
+                known = listed;
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                if failures == STALE_AFTER {
+                    tracing::warn!(error = %e, "POP health from the control plane withdrawn; steering by this server's own checks");
+                    for pop in known.drain() {
+                        health.set_reported(&pop, None);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
 }

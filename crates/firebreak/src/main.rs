@@ -20,7 +20,6 @@ mod api_client;
 mod control_flags;
 mod demo_origin;
 mod dns;
-#[allow(dead_code)] // Wired into `firebreak up` with its DNS server (next commit).
 mod dns_load;
 mod dns_member;
 mod drill;

@@ -10,7 +10,7 @@ use crate::server::{EdgeHandle, EdgeServer, ServerError};
 use crate::signed_admin::ControlLink;
 use firebreak_config::ValidConfig;
 use firebreak_protocol::api::MemberRole;
-use firebreak_protocol::health::{Counts, ServiceHealth};
+use firebreak_protocol::health::{Counts, DnsCounts, ServiceHealth};
 use firebreak_protocol::keys::PublicKey;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,6 +27,8 @@ pub struct MemberHealth {
     pub total: Counts,
     /// Per service.
     pub services: Vec<ServiceHealth>,
+    /// What a DNS server answered (its gate's evidence); `None` for an HTTP edge.
+    pub dns: Option<DnsCounts>,
 }
 
 /// The control plane's means, handed to a member once it runs.
@@ -89,7 +91,11 @@ impl Member for EdgeHandle {
 
     fn health(&self) -> MemberHealth {
         let (total, services) = EdgeHandle::health(self);
-        MemberHealth { total, services }
+        MemberHealth {
+            total,
+            services,
+            dns: None,
+        }
     }
 
     fn admin_addr(&self) -> Option<SocketAddr> {

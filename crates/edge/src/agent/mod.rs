@@ -378,7 +378,7 @@ impl<M: Member> Agent<M> {
                         total: counted.total,
                         services: counted.services,
                         cert_expiry_ms,
-                        dns: None,
+                        dns: counted.dns,
                     };
                     if let Err(e) = client.health(&report).await {
                         tracing::debug!(error = %e, "health report not delivered");
