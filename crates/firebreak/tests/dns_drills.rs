@@ -566,12 +566,27 @@ struct Net {
 
 impl Net {
     fn start(name: &str) -> Net {
+        Net::start_checking(name, true)
+    }
+
+    /// `checks`: whether the DNS server checks the POPs itself; without, it steers by the
+    /// control plane's view alone, which calls an edge gone after [`REPORTED_GONE_S`].
+    fn start_checking(name: &str, checks: bool) -> Net {
         let dir = temp_dir(name);
         let control = ControlProc::start(&dir.join("control"));
         let mut pa = vec![Edge::new(&dir, "pa", 1), Edge::new(&dir, "pa", 2)];
         let mut pb = vec![Edge::new(&dir, "pb", 1)];
-        let checks = |edges: &[Edge]| edges.iter().map(Edge::healthz).collect::<Vec<_>>();
-        let doc = document(&[("pa", PA, checks(&pa)), ("pb", PB, checks(&pb))]);
+        let urls = |edges: &[Edge]| match checks {
+            true => edges.iter().map(Edge::healthz).collect::<Vec<_>>(),
+            false => Vec::new(),
+        };
+        let mut doc = document(&[("pa", PA, urls(&pa)), ("pb", PB, urls(&pb))]);
+        if !checks {
+            doc = doc.replace(
+                "edge_gone_s = 10",
+                &format!("edge_gone_s = {REPORTED_GONE_S}"),
+            );
+        }
         let (ok, out, err) = control.push(&doc, "v1", false);
         assert!(ok, "{out}{err}");
         for e in pa.iter_mut().chain(pb.iter_mut()) {
@@ -658,6 +673,36 @@ fn killing_every_edge_of_a_pop_moves_its_answers_to_the_next_pop_and_back() {
         healthy - killed,
         return_bound()
     );
+}
+
+/// How long the control plane waits for an edge's report before it calls it gone (drill d).
+const REPORTED_GONE_S: u64 = 2;
+
+/// Drill d: no checks in the data, so the DNS server steers by the control plane's view of
+/// each POP (`GET /v1/pops`, from the edges' reports) alone. pa's edges killed: once the
+/// control plane calls them gone, answers move to pb, never empty; back on pa when its edges
+/// report again.
+#[test]
+fn the_control_planes_view_of_a_pop_moves_answers_without_checks_of_its_own() {
+    let mut net = Net::start_checking("reported", false);
+    net.until("answers from pa", &addrs(PA), START);
+    let killed = Instant::now();
+    for e in &mut net.pa {
+        e.kill();
+    }
+    // Gone after REPORTED_GONE_S, seen at the next poll (300 ms), answered after the TTL.
+    let bound = Duration::from_secs(REPORTED_GONE_S + TTL_S) + Duration::from_millis(300);
+    let limit = bound * 10;
+    let (t, n) = net.until("answers moving from pa to pb", &addrs(PB), limit);
+    eprintln!(
+        "pa's edges killed: the control plane's view moved answers to pb after {:?} ({n} answers, none empty); bound {bound:?}, failure at {limit:?}",
+        killed.elapsed().max(t)
+    );
+    for e in &mut net.pa {
+        e.start(&net.control);
+    }
+    let (t, n) = net.until("answers coming back to pa", &addrs(PA), START);
+    eprintln!("pa's edges restarted: answers back on pa after {t:?} ({n} answers)");
 }
 
 /// Drill b: the control plane killed. The DNS server keeps answering, and its own checks
