@@ -11,7 +11,8 @@ use firebreak_protocol::api::{
     EdgeReport, EdgeStatus, PurgeOutcome, PurgeRequest, PushRequest, VersionDetail, VersionInfo,
     MAX_LABEL_LEN,
 };
-use firebreak_protocol::bundle::Bundle;
+use firebreak_protocol::binary::Binary;
+use firebreak_protocol::bundle::{carry_geoip, Bundle};
 use firebreak_protocol::document::{split, Documents};
 use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::now_ms;
@@ -250,7 +251,7 @@ impl Plane {
         } else {
             req.file.as_str()
         };
-        let (docs, moved, warnings) = prepare(file, &req.document).await?;
+        let (docs, moved, warnings) = prepare(file, &req.document, req.geoip.clone()).await?;
         if req.activate {
             if let Some(r) = self.fleet_state().running() {
                 return Err(PlaneError::Conflict(format!(
@@ -272,6 +273,7 @@ impl Plane {
                 message: req.message.clone(),
                 fleet: docs.fleet.clone(),
                 services: docs.services.clone(),
+                geoip: req.geoip.clone(),
             };
             let key = self.key.clone();
             let (sealed, info) = blocking(move || {
@@ -375,7 +377,7 @@ impl Plane {
 
     /// Verifies and parses a stored bundle (up to 4 MiB of signature check and JSON) on the
     /// blocking pool.
-    async fn open(&self, n: u64) -> Result<Bundle, PlaneError> {
+    pub(crate) async fn open(&self, n: u64) -> Result<Bundle, PlaneError> {
         let bytes = self.bundle(n).await?;
         let keys = self.key.clone();
         blocking(move || {
@@ -591,16 +593,18 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| PlaneError::Internal(format!("blocking task failed: {e}")))?
 }
 
-/// Validates a pushed document as the operator wrote it (errors located in their file), splits
-/// it, and validates the parts and the assembled form exactly as every edge will load them
-/// ([`Bundle::validate`]). Runs on the blocking pool.
+/// Validates a pushed document as the operator wrote it (errors located in their file), its
+/// MaxMind database ([`check_geoip`]), splits it, and validates the parts and the assembled
+/// form exactly as every edge will load them ([`Bundle::validate`]). Runs on the blocking pool.
 async fn prepare(
     file: &str,
     document: &str,
+    geoip: Option<Binary>,
 ) -> Result<(Documents, crate::secrets::Moved, Vec<String>), PlaneError> {
     let (file, document) = (file.to_owned(), document.to_owned());
     blocking(move || {
-        parse_managed_str(&file, &document).map_err(PlaneError::Invalid)?;
+        let config = parse_managed_str(&file, &document).map_err(PlaneError::Invalid)?;
+        check_geoip(&file, &document, config, geoip.as_ref()).map_err(PlaneError::Invalid)?;
         let now_s = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
         let warnings = crate::secrets::check_certificates(&file, &document, now_s)
             .map_err(PlaneError::Invalid)?;
@@ -613,6 +617,7 @@ async fn prepare(
             message: String::new(),
             fleet: docs.fleet,
             services: docs.services,
+            geoip,
         };
         candidate.validate(&file).map_err(PlaneError::Invalid)?;
         // Validated whole with its keys; now the keys move out of what gets sealed.
@@ -624,6 +629,41 @@ async fn prepare(
         Ok((docs, moved, warnings))
     })
     .await
+}
+
+/// The MaxMind database a push carries: sent exactly when the document names one
+/// (`dns.geoip_file`), within [`firebreak_config::MAX_GEOIP_BYTES`]
+/// ([`firebreak_protocol::bundle::carry_geoip`], which every member runs too), and opened with
+/// the DNS server's own code ([`firebreak_dns::GeoIp::from_bytes`]: the whole file verified,
+/// and usable to place clients), so that a database a DNS server would refuse is refused here
+/// first. Errors name the file and `dns.geoip_file`, located where the document names it.
+fn check_geoip(
+    file: &str,
+    document: &str,
+    config: firebreak_config::ValidConfig,
+    geoip: Option<&Binary>,
+) -> Result<(), ConfigRejected> {
+    let config = carry_geoip(file, document, config, geoip)?;
+    let (Some(bytes), Some(name)) = (
+        config.geoip(),
+        config.dns.as_ref().and_then(|d| d.geoip_file.as_deref()),
+    ) else {
+        return Ok(());
+    };
+    match firebreak_dns::GeoIp::from_bytes(bytes.to_vec()) {
+        Ok(db) => {
+            tracing::debug!(file, database_type = db.database_type(), "GeoIP database verified");
+            Ok(())
+        }
+        Err(e) => Err(ConfigRejected {
+            errors: vec![firebreak_config::ConfigError::at_field(
+                file,
+                document,
+                &["dns", "geoip_file"],
+                format!("{name}: {e}"),
+            )],
+        }),
+    }
 }
 
 /// Checks stored version `n`'s parts before it is rolled out: each service's document holds
@@ -709,3 +749,8 @@ pub fn edge_id(id: &str) -> Result<(), PlaneError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#[path = "plane_geoip_tests.rs"]
+mod geoip_tests;
