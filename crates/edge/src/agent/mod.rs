@@ -564,6 +564,7 @@ impl Worker {
                     seq: record.seq,
                     fleet: main.fleet,
                     services,
+                    geoip: main.geoip,
                 })
             })();
             if let Some(applied) = rebuilt {
