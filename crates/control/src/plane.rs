@@ -398,6 +398,19 @@ impl Plane {
     /// A unified diff of two versions' configuration text.
     pub async fn diff(&self, a: u64, b: u64) -> Result<String, PlaneError> {
         let (x, y) = (self.open(a).await?, self.open(b).await?);
+        // The MaxMind databases are not text: a change shows as their hashes.
+        let geoip = |b: &Bundle| {
+            b.geoip
+                .as_ref()
+                .map_or("none".to_owned(), |g| firebreak_protocol::sha256_hex(g.bytes()))
+        };
+        let geoip_note = (x.geoip != y.geoip).then(|| {
+            format!(
+                "# MaxMind database (dns.geoip_file): sha256 {} -> {}\n",
+                geoip(&x),
+                geoip(&y)
+            )
+        });
         // Two megabytes of text can take the diff's whole time bound: on the blocking pool.
         blocking(move || {
             // Certificates described, never shown as PEM (and no key, ever).
@@ -407,11 +420,12 @@ impl Plane {
             let diff = similar::TextDiff::configure()
                 .timeout(Duration::from_secs(2))
                 .diff_lines(&x, &y);
-            Ok(diff
+            let text = diff
                 .unified_diff()
                 .context_radius(3)
                 .header(&format!("version {a}"), &format!("version {b}"))
-                .to_string())
+                .to_string();
+            Ok(geoip_note.unwrap_or_default() + &text)
         })
         .await
     }

@@ -91,6 +91,15 @@ async fn push_with_a_valid_database_signs_it_into_the_version() {
     // A document without a database still pushes as before.
     let info = f.plane.push(request(false, None), "ops").await.unwrap();
     assert_eq!(info.geoip_sha256, None);
+    // The diff shows the database's change by its hashes.
+    let diff = f.plane.diff(1, info.version).await.unwrap();
+    assert!(
+        diff.starts_with(&format!(
+            "# MaxMind database (dns.geoip_file): sha256 {} -> none\n",
+            firebreak_protocol::sha256_hex(&db)
+        )),
+        "{diff}"
+    );
 }
 
 #[tokio::test]

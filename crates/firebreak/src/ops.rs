@@ -253,6 +253,9 @@ pub async fn show(api: &Api, version: u64) -> Result<(), Failed> {
         time(d.info.created_at_ms),
         d.info.message
     );
+    if let Some(sha) = &d.info.geoip_sha256 {
+        out!("# with the MaxMind database dns.geoip_file names: sha256 {sha}");
+    }
     outp!("{}", d.document);
     Ok(())
 }
