@@ -13,6 +13,7 @@ mod backup;
 mod control_tls;
 mod edges;
 mod faults;
+mod geoip;
 mod harness;
 mod identity;
 mod keys;
