@@ -253,6 +253,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_push_may_be_larger_than_other_bodies_within_the_budget() {
+        let app = Router::new()
+            .route("/echo", post(|b: Bytes| async move { b }))
+            .route(PUSH_PATH, post(|b: Bytes| async move { b }))
+            .layer(axum::middleware::from_fn_with_state(
+                BodyBounds::new(&limits()),
+                read,
+            ));
+        // 24 bytes: over max_body_bytes (16), within the budget (32).
+        let body = || Body::from(vec![b'x'; 24]);
+        let req = Request::post(PUSH_PATH).body(body()).unwrap();
+        assert_eq!(call(app.clone(), req).await.0, StatusCode::OK);
+        let req = Request::post("/echo").body(body()).unwrap();
+        assert_eq!(call(app.clone(), req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        // Never more than the budget.
+        let req = Request::post(PUSH_PATH)
+            .body(Body::from(vec![b'x'; 33]))
+            .unwrap();
+        assert_eq!(call(app, req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[tokio::test]
     async fn a_stalled_body_is_json_408() {
         let (_tx, body) = stalled();
         let req = Request::post("/echo")
