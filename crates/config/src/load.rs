@@ -149,8 +149,7 @@ impl ConfigError {
     /// An error about `field` (a dotted path of keys, for example `["dns", "geoip_file"]`),
     /// located in `text` at the field (or its deepest ancestor present; line 0 if none).
     pub fn at_field(file: &str, text: &str, field: &[&'static str], message: String) -> Self {
-        let path: Vec<PathSeg> =
-            field.iter().map(|k| PathSeg::Key(k)).collect();
+        let path: Vec<PathSeg> = field.iter().map(|k| PathSeg::Key(k)).collect();
         let (line, column) = toml_edit::Document::parse(text)
             .ok()
             .and_then(|doc| locate(&doc, &path))

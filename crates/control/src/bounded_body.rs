@@ -266,7 +266,10 @@ mod tests {
         let req = Request::post(PUSH_PATH).body(body()).unwrap();
         assert_eq!(call(app.clone(), req).await.0, StatusCode::OK);
         let req = Request::post("/echo").body(body()).unwrap();
-        assert_eq!(call(app.clone(), req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            call(app.clone(), req).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
         // Never more than the budget.
         let req = Request::post(PUSH_PATH)
             .body(Body::from(vec![b'x'; 33]))

@@ -400,9 +400,9 @@ impl Plane {
         let (x, y) = (self.open(a).await?, self.open(b).await?);
         // The MaxMind databases are not text: a change shows as their hashes.
         let geoip = |b: &Bundle| {
-            b.geoip
-                .as_ref()
-                .map_or("none".to_owned(), |g| firebreak_protocol::sha256_hex(g.bytes()))
+            b.geoip.as_ref().map_or("none".to_owned(), |g| {
+                firebreak_protocol::sha256_hex(g.bytes())
+            })
         };
         let geoip_note = (x.geoip != y.geoip).then(|| {
             format!(
@@ -666,7 +666,11 @@ fn check_geoip(
     };
     match firebreak_dns::GeoIp::from_bytes(bytes.to_vec()) {
         Ok(db) => {
-            tracing::debug!(file, database_type = db.database_type(), "GeoIP database verified");
+            tracing::debug!(
+                file,
+                database_type = db.database_type(),
+                "GeoIP database verified"
+            );
             Ok(())
         }
         Err(e) => Err(ConfigRejected {

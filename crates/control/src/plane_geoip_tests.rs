@@ -64,7 +64,11 @@ async fn refused(f: &Fixture, req: PushRequest) -> firebreak_config::ConfigError
         Err(PlaneError::Invalid(e)) => e,
         other => panic!("not refused as invalid: {other:?}"),
     };
-    assert_eq!(f.plane.versions(10).await.unwrap(), vec![], "nothing stored");
+    assert_eq!(
+        f.plane.versions(10).await.unwrap(),
+        vec![],
+        "nothing stored"
+    );
     assert_eq!(e.errors.len(), 1, "{e}");
     e.errors[0].clone()
 }
@@ -115,9 +119,7 @@ async fn push_with_garbage_for_a_database_is_refused_naming_the_field() {
         "{e}"
     );
     // A valid database that places nobody (an ASN database, say) is refused as well.
-    let asn = MmdbWriter::new(32)
-        .insert("10.0.0.0/8", None, None)
-        .build();
+    let asn = MmdbWriter::new(32).insert("10.0.0.0/8", None, None).build();
     let e = refused(&f, request(true, Some(asn))).await;
     assert!(e.message.contains("not usable to place clients"), "{e}");
     // Truncated: the DNS server's whole-file verification refuses it.
@@ -134,8 +136,10 @@ async fn push_with_an_oversize_database_is_refused() {
     let e = refused(&f, request(true, Some(big))).await;
     assert_eq!(e.field, "dns.geoip_file", "{e}");
     assert!(
-        e.message
-            .contains(&format!("the limit is {}", firebreak_config::MAX_GEOIP_BYTES)),
+        e.message.contains(&format!(
+            "the limit is {}",
+            firebreak_config::MAX_GEOIP_BYTES
+        )),
         "{e}"
     );
 }

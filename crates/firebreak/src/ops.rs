@@ -69,19 +69,21 @@ fn read_geoip(
     document: &str,
 ) -> Result<Option<firebreak_protocol::binary::Binary>, Failed> {
     use std::io::Read;
-    let Some(name) = toml::from_str::<toml::Table>(document).ok().and_then(|t| {
-        t.get("dns")?
-            .get("geoip_file")?
-            .as_str()
-            .map(str::to_owned)
-    }) else {
+    let Some(name) = toml::from_str::<toml::Table>(document)
+        .ok()
+        .and_then(|t| t.get("dns")?.get("geoip_file")?.as_str().map(str::to_owned))
+    else {
         return Ok(None);
     };
     let path = file.parent().unwrap_or(Path::new(".")).join(&name);
     let refused = |why: String| {
         Failed::new(
             exit::REFUSED,
-            format!("{}: dns.geoip_file: {}: {why}", file.display(), path.display()),
+            format!(
+                "{}: dns.geoip_file: {}: {why}",
+                file.display(),
+                path.display()
+            ),
         )
     };
     let limit = firebreak_config::MAX_GEOIP_BYTES;

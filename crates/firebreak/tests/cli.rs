@@ -610,8 +610,11 @@ fn config_push_sends_the_geoip_database_the_file_names() {
         .build();
     std::fs::write(sub.join("geo.mmdb"), &db).unwrap();
     let fleet = sub.join("fleet.toml");
-    let text = include_str!("../../../examples/dns.toml")
-        .replacen("[dns]\n", "[dns]\ngeoip_file = \"geo.mmdb\"\n", 1);
+    let text = include_str!("../../../examples/dns.toml").replacen(
+        "[dns]\n",
+        "[dns]\ngeoip_file = \"geo.mmdb\"\n",
+        1,
+    );
     std::fs::write(&fleet, &text).unwrap();
     let push = |m: &str| client(&url, &["config", "push", fleet.to_str().unwrap(), "-m", m]);
     let (code, out, err) = push("with a database");
@@ -631,7 +634,8 @@ fn config_push_sends_the_geoip_database_the_file_names() {
     let (code, _, err) = push("junk");
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("fleet.toml:") && err.contains(": dns.geoip_file: geo.mmdb: not a valid MaxMind database"),
+        err.contains("fleet.toml:")
+            && err.contains(": dns.geoip_file: geo.mmdb: not a valid MaxMind database"),
         "{err}"
     );
     // No file: refused before anything is sent.

@@ -404,7 +404,9 @@ mod tests {
 
     #[test]
     fn the_database_goes_with_a_fleet_document_that_names_it_and_only_then() {
-        let ok = dns_bundle(true, Some(vec![1, 2, 3])).validate("fleet.toml").unwrap();
+        let ok = dns_bundle(true, Some(vec![1, 2, 3]))
+            .validate("fleet.toml")
+            .unwrap();
         assert_eq!(ok.geoip().map(|g| &g[..]), Some(&[1u8, 2, 3][..]));
         assert!(dns_bundle(false, None)
             .validate("fleet.toml")
@@ -416,15 +418,16 @@ mod tests {
         assert_eq!(e.field, "dns.geoip_file", "{e}");
         assert!(e.line > 0, "located: {e}");
         assert!(e.message.contains("none came with"), "{e}");
-        let e = dns_bundle(false, Some(vec![1])).validate("fleet.toml").unwrap_err();
+        let e = dns_bundle(false, Some(vec![1]))
+            .validate("fleet.toml")
+            .unwrap_err();
         assert_eq!(e.errors[0].field, "dns.geoip_file", "{e}");
         assert!(e.errors[0].message.contains("names none"), "{e}");
         let big = vec![0u8; firebreak_config::MAX_GEOIP_BYTES as usize + 1];
-        let e = dns_bundle(true, Some(big)).validate("fleet.toml").unwrap_err();
-        assert!(
-            e.errors[0].message.contains("the limit is 33554432"),
-            "{e}"
-        );
+        let e = dns_bundle(true, Some(big))
+            .validate("fleet.toml")
+            .unwrap_err();
+        assert!(e.errors[0].message.contains("the limit is 33554432"), "{e}");
     }
 
     #[test]

@@ -4,10 +4,10 @@
 
 use super::StoreError;
 use bytes::Bytes;
-use firebreak_protocol::bundle::MAX_BUNDLE_BYTES;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
+use firebreak_protocol::bundle::MAX_BUNDLE_BYTES;
 use std::time::Duration;
 
 const PREFIX: &str = "/firebreak/";

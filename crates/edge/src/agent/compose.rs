@@ -196,7 +196,10 @@ mod tests {
         let c = compose(&dns_bundle(1, Some(&db)), 1, None).unwrap();
         assert_eq!(c.config.geoip().map(|g| &g[..]), Some(&db[..]));
         // Rebuilt from what is kept (a restart): the database comes with the fleet document.
-        assert_eq!(c.applied.config().unwrap().geoip().map(|g| &g[..]), Some(&db[..]));
+        assert_eq!(
+            c.applied.config().unwrap().geoip().map(|g| &g[..]),
+            Some(&db[..])
+        );
         // The next version without one: none.
         let c2 = compose(&dns_bundle(2, None), 2, Some(&c.applied)).unwrap();
         assert!(c2.config.geoip().is_none());

@@ -44,7 +44,11 @@ fn push(doc: &str, db: &[u8]) -> serde_json::Value {
 }
 
 fn geoip_of(s: &firebreak_edge::agent::AgentStatus) -> Option<Vec<u8>> {
-    s.applied.as_ref()?.geoip.as_ref().map(|g| g.bytes().to_vec())
+    s.applied
+        .as_ref()?
+        .geoip
+        .as_ref()
+        .map(|g| g.bytes().to_vec())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +120,11 @@ async fn etcd_stores_and_serves_a_version_over_four_mebibytes() {
         db.len()
     );
     let (status, v) = c
-        .call(Method::POST, "/v1/versions", Some(push(&document(origin), &db)))
+        .call(
+            Method::POST,
+            "/v1/versions",
+            Some(push(&document(origin), &db)),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     let (status, sealed) = http(
@@ -126,7 +134,12 @@ async fn etcd_stores_and_serves_a_version_over_four_mebibytes() {
         None,
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&sealed));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&sealed)
+    );
     let bundle = Bundle::open(&sealed, &c.public()).unwrap();
     assert_eq!(&bundle.geoip.unwrap().bytes()[..], &db[..]);
     std::fs::remove_dir_all(&dir).ok();
