@@ -30,7 +30,9 @@ fn document(origin: std::net::SocketAddr) -> String {
     let start = example.find("[dns]\n").unwrap();
     let end = example.find("[[service]]").unwrap();
     let dns = example[start..end].replacen("[dns]\n", "[dns]\ngeoip_file = \"geo.mmdb\"\n", 1);
-    format!("{}\n{dns}", fleet_doc(origin, "v1"))
+    let switch =
+        "[[switch]]\nname = \"a-bypass\"\nservice = \"a\"\naction = \"bypass_cache\"\non = false\n";
+    format!("{}\n{dns}\n{switch}", fleet_doc(origin, "v1"))
 }
 
 fn push(doc: &str, db: &[u8]) -> serde_json::Value {
@@ -86,6 +88,26 @@ async fn a_database_travels_in_the_version_to_the_edges_and_their_disk() {
     assert_eq!(status, StatusCode::OK);
     let bundle = Bundle::open(&sealed, &c.public()).unwrap();
     assert_eq!(&bundle.geoip.unwrap().bytes()[..], &db[..]);
+    // A kill switch makes the next version from this one: with its database.
+    let (status, v) = c
+        .call(
+            Method::POST,
+            "/v1/switches/a-bypass",
+            Some(json!({"on": true, "message": "test"})),
+        )
+        .await;
+    assert!(status.is_success(), "{v}");
+    let (_, v) = c.call(Method::GET, "/v1/versions/2", None).await;
+    assert_eq!(
+        v["geoip_sha256"],
+        json!(firebreak_protocol::sha256_hex(&db)),
+        "{v}"
+    );
+    wait_for(&e, "the switch's version with the database", |s| {
+        s.applied.as_ref().is_some_and(|a| a.version == 2)
+            && geoip_of(s).as_deref() == Some(&db[..])
+    })
+    .await;
     // Other routes keep their bound.
     let (status, v) = c
         .call(
