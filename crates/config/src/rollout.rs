@@ -15,6 +15,8 @@ pub const MAX_PLANS: usize = 16;
 pub const MAX_WAVES: usize = 16;
 /// Longest bake, wait or timeout of a plan: one day.
 pub const MAX_ROLLOUT_S: u64 = 86_400;
+/// Largest DNS p99 latency limit or margin: 10 s (a DNS answer later than that is lost).
+pub const MAX_DNS_P99_US: u64 = 10_000_000;
 
 /// `[rollout]`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -211,6 +213,21 @@ pub struct GateConfig {
     /// Chance that a healthy wave is failed by noise, over the whole wave (every look
     /// together), 0 to 0.5.
     pub false_alarm: f64,
+    /// DNS servers: share of queries answered from a fallback or the last-healthy set (no
+    /// healthy POP): ratio to the baseline's. (SERVFAIL share uses the 5xx thresholds.)
+    pub dns_fallback_ratio: f64,
+    /// Absolute margin for the DNS fallback share.
+    pub dns_fallback_min: f64,
+    /// With no baseline: largest acceptable DNS fallback share.
+    pub dns_max_fallback_share: f64,
+    /// DNS p99 query latency: margin over the baseline's, in µs (with `p99_ratio`).
+    pub dns_p99_min_us: u64,
+    /// With no baseline: largest acceptable DNS p99 query latency, in µs.
+    pub dns_max_p99_us: u64,
+    /// A POP whose share of the wave's DNS answers falls below this fraction of its share
+    /// of the baseline's fails the gate (0: no per-POP check, for DNS servers whose clients
+    /// differ by region so much that shares are not comparable).
+    pub dns_pop_drop: f64,
 }
 
 impl Default for GateConfig {
@@ -227,6 +244,12 @@ impl Default for GateConfig {
             max_error_rate: 0.05,
             max_p99_ms: 5_000,
             false_alarm: 0.01,
+            dns_fallback_ratio: 2.0,
+            dns_fallback_min: 0.05,
+            dns_max_fallback_share: 0.5,
+            dns_p99_min_us: 500,
+            dns_max_p99_us: 50_000,
+            dns_pop_drop: 0.5,
         }
     }
 }
@@ -345,6 +368,7 @@ fn gate(c: &mut Checker, i: usize, g: &GateConfig) {
         ("client_error_ratio", g.client_error_ratio),
         ("origin_ratio", g.origin_ratio),
         ("p99_ratio", g.p99_ratio),
+        ("dns_fallback_ratio", g.dns_fallback_ratio),
     ] {
         if !(1.0..=1000.0).contains(&v) {
             c.fail(&at(key), "must be between 1.0 and 1000.0");
@@ -355,6 +379,8 @@ fn gate(c: &mut Checker, i: usize, g: &GateConfig) {
         ("client_error_min", g.client_error_min),
         ("origin_min", g.origin_min),
         ("max_error_rate", g.max_error_rate),
+        ("dns_fallback_min", g.dns_fallback_min),
+        ("dns_max_fallback_share", g.dns_max_fallback_share),
     ] {
         if !(0.0..=1.0).contains(&v) {
             c.fail(&at(key), "must be between 0.0 and 1.0");
@@ -368,5 +394,67 @@ fn gate(c: &mut Checker, i: usize, g: &GateConfig) {
     }
     if g.p99_min_ms > 600_000 {
         c.fail(&at("p99_min_ms"), "must be at most 600000 ms");
+    }
+    if g.dns_max_p99_us == 0 || g.dns_max_p99_us > MAX_DNS_P99_US {
+        c.fail(
+            &at("dns_max_p99_us"),
+            format!("must be between 1 and {MAX_DNS_P99_US} µs"),
+        );
+    }
+    if g.dns_p99_min_us > MAX_DNS_P99_US {
+        c.fail(
+            &at("dns_p99_min_us"),
+            format!("must be at most {MAX_DNS_P99_US} µs"),
+        );
+    }
+    if !(0.0..=0.95).contains(&g.dns_pop_drop) {
+        c.fail(&at("dns_pop_drop"), "must be between 0.0 (off) and 0.95");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crate::parse_managed_str;
+
+    fn fleet(gate: &str) -> String {
+        format!(
+            r#"[[service]]
+name = "a"
+hosts = ["a.example"]
+[service.origin]
+servers = [{{ addr = "127.0.0.1:9000" }}]
+
+[[rollout.plan]]
+name = "default"
+waves = [{{ percent = 100 }}]
+
+[rollout.plan.gate]
+{gate}
+"#
+        )
+    }
+
+    #[test]
+    fn dns_gate_thresholds_have_defaults_and_are_bounded() {
+        let c = parse_managed_str("fleet.toml", &fleet("dns_pop_drop = 0.0")).unwrap();
+        let g = &c.get().rollout.plans[0].gate;
+        assert_eq!(g.dns_pop_drop, 0.0);
+        assert_eq!(g.dns_max_p99_us, 50_000);
+        for (line, field) in [
+            ("dns_pop_drop = 1.0", "dns_pop_drop"),
+            ("dns_fallback_ratio = 0.5", "dns_fallback_ratio"),
+            ("dns_fallback_min = 2.0", "dns_fallback_min"),
+            ("dns_max_fallback_share = -0.1", "dns_max_fallback_share"),
+            ("dns_max_p99_us = 0", "dns_max_p99_us"),
+            ("dns_p99_min_us = 99999999", "dns_p99_min_us"),
+        ] {
+            let e = parse_managed_str("fleet.toml", &fleet(line)).unwrap_err();
+            let err = &e.errors[0];
+            assert_eq!(err.field, format!("rollout.plan[0].gate.{field}"), "{e}");
+            // Located at the value: line 12, after `field = `.
+            assert_eq!((err.line, err.column), (12, field.len() + 4), "{e}");
+            assert!(e.to_string().starts_with("fleet.toml:12:"), "{e}");
+        }
     }
 }

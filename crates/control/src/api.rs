@@ -5,7 +5,7 @@
 //!
 //! | method | path | who | what |
 //! |---|---|---|---|
-//! | POST | `/v1/versions` | deployer | submit a configuration (validated; 422 with located errors) |
+//! | POST | `/v1/versions` | deployer | submit a configuration (validated; 422 with located errors; 409 when its DNS data removes too much, unless `force`) |
 //! | GET | `/v1/versions?limit=N` | read-only | newest versions first |
 //! | GET | `/v1/versions/{n}` | read-only | one version and its configuration text |
 //! | GET | `/v1/versions/{n}/bundle` | edge, read-only | the signed bundle |
@@ -24,6 +24,7 @@
 //! | GET | `/v1/edges/{id}/secrets/{sha256}` | that edge (no operator) | a private key a version this edge may run names (else 404) |
 //! | DELETE | `/v1/edges/{id}` | admin | forget an edge and its credential (audited) |
 //! | GET | `/v1/fleet` | read-only | every edge |
+//! | GET | `/v1/pops` | any member (its own credential), read-only | each POP's health from its edges, for DNS servers |
 //! | POST | `/v1/purge` | deployer | purge on every edge, with stragglers named |
 //! | GET | `/v1/keys?after=GEN` | edge, read-only | signed key-set statements newer than GEN, oldest first |
 //! | GET | `/v1/keys/ring` | read-only | the keys, which signs now, and from when |
@@ -127,6 +128,7 @@ pub fn router_with(
         .route("/v1/audit", get(audit))
         .route("/v1/backup", post(backup))
         .route("/v1/fleet", get(fleet))
+        .route("/v1/pops", get(pops))
         .route("/v1/purge", post(purge))
         .route("/v1/keys", get(key_chain))
         .route("/v1/keys/ring", get(key_ring))
@@ -390,6 +392,11 @@ async fn report(
 
 async fn fleet(State(app): State<App>) -> Answer {
     Ok(Json(app.plane.fleet().await?).into_response())
+}
+
+/// `GET /v1/pops`: each POP's health ([`crate::pops`]).
+async fn pops(State(app): State<App>) -> Answer {
+    Ok(Json(app.plane.pop_health().await?).into_response())
 }
 
 async fn purge(State(app): State<App>, bytes: Bytes) -> Answer {

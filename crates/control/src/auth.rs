@@ -7,7 +7,8 @@
 //!   They come from `firebreak control --operators FILE` (TOML, tokens kept only as SHA-256)
 //!   and/or `--token` (one admin named `operator`). The audit log names them.
 //! - **edges**, each by its own credential (`edge:ID:<secret>`, issued at join, kept hashed):
-//!   an edge may only poll, report and send health for its own id, and download bundles.
+//!   an edge may only poll, report and send health for its own id, download bundles and read
+//!   the POPs' health (`GET /v1/pops`, which DNS servers, members with an edge credential, use).
 //! - **joining edges**, with the fleet's join token: they may only join
 //!   (`POST /v1/edges/{id}/join`).
 //!
@@ -402,7 +403,9 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["v1", "edges", id, "secrets", _] if get => Need::EdgeSecret((*id).to_owned()),
         ["v1", "edges", id] if put => Need::Edge((*id).to_owned()),
         ["v1", "edges", _] if delete => Need::Operator(Role::Admin),
-        ["v1", "versions", _, "bundle"] | ["v1", "target"] | ["v1", "keys"] if get => {
+        ["v1", "versions", _, "bundle"] | ["v1", "target"] | ["v1", "keys"] | ["v1", "pops"]
+            if get =>
+        {
             Need::EdgeOrOperator(Role::ReadOnly)
         }
         ["v1", "versions"]
@@ -475,7 +478,7 @@ pub fn permit(need: &Need, caller: Option<&Caller>) -> Result<(), Denied> {
             forbidden("the join token may only join (POST /v1/edges/{id}/join)".into())
         }
         (_, Caller::Edge { id }) => forbidden(format!(
-            "edge {id}'s credential may only poll, report and download bundles"
+            "edge {id}'s credential may only poll, report, download bundles and read POP health"
         )),
         (Need::Edge(_) | Need::Join(_), Caller::Operator { name, .. }) => forbidden(format!(
             "operator {name}: edge routes take an edge's own credential"
@@ -625,6 +628,8 @@ mod tests {
             ("POST", "/v1/purge", Need::Operator(Role::Deployer)),
             ("GET", "/v1/audit", Need::Operator(Role::ReadOnly)),
             ("GET", "/v1/fleet", Need::Operator(Role::ReadOnly)),
+            ("GET", "/v1/pops", Need::EdgeOrOperator(Role::ReadOnly)),
+            ("POST", "/v1/pops", Need::Operator(Role::Admin)),
             ("DELETE", "/v1/edges/e1", Need::Operator(Role::Admin)),
             ("PUT", "/v1/edges/e1", Need::Edge("e1".into())),
             ("GET", "/v1/edges/e1/target", Need::Edge("e1".into())),

@@ -9,6 +9,8 @@
 //! - [`api`]: the axum router, OpenAPI document.
 //! - [`auth`]: who calls (operator by name and role, edge by its credential, a joining edge)
 //!   and what each route allows, checked from the headers before any body is read.
+//! - [`dns_guard`]: a push whose DNS data removes too many POPs or answers at once is refused
+//!   unless forced; [`pops`]: each POP's health from its edges (`GET /v1/pops`), for DNS servers.
 //! - [`registry`]: edge identity: join token → per-edge credential, bounded registry,
 //!   pruning, removal.
 //! - [`secrets`]: services' private keys moved out of bundles into secret documents,
@@ -23,6 +25,7 @@ pub mod api;
 pub mod auth;
 pub mod backup;
 pub mod bounded_body;
+pub mod dns_guard;
 pub mod fanout;
 pub mod freshness;
 pub mod https;
@@ -30,6 +33,7 @@ pub mod keys;
 pub mod listener;
 mod openapi;
 pub mod plane;
+pub mod pops;
 pub mod registry;
 pub mod rollout;
 pub mod secrets;

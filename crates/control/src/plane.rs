@@ -47,6 +47,18 @@ pub struct PushOutcome {
     /// What the push accepted but an operator should know (a certificate not valid yet).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// A forced push: why the DNS change guard would have refused it (also in the audit log).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced_past: Option<String>,
+}
+
+/// Which version a push's DNS data is judged against ([`crate::dns_guard`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DnsBaseline {
+    /// The latest stored version: every push through the API.
+    Latest,
+    /// Not judged: a kill switch's version keeps the running version's `[dns]` unchanged.
+    Unchanged,
 }
 
 /// Longest idempotency key.
@@ -134,6 +146,9 @@ pub struct Plane {
     pub(crate) freshener: crate::freshness::Freshener,
     /// The edge registry's settings.
     pub(crate) edges: crate::registry::EdgeSettings,
+    /// The live window of `GET /v1/pops` and the version it was read from (see
+    /// [`crate::pops`]); versions never change, so it is read once per version.
+    pub(crate) live_window: Mutex<Option<(u64, u64)>>,
     /// Edge registrations recently read (see [`crate::registry`]).
     pub(crate) identities:
         Mutex<HashMap<String, (crate::registry::EdgeIdentity, std::time::Instant)>>,
@@ -170,6 +185,7 @@ impl Plane {
             freshener: crate::freshness::Freshener::new(options.target_freshness),
             edges: options.edges.clone(),
             identities: Mutex::new(HashMap::new()),
+            live_window: Mutex::new(None),
         });
         let weak = Arc::downgrade(&plane);
         let store = plane.store.clone();
@@ -218,11 +234,27 @@ impl Plane {
     /// version the first attempt stored, whatever became of its answer, and never stores a
     /// second; the same key with a different body is refused. Keys are remembered for
     /// [`crate::store::IDEMPOTENCY_TTL_MS`] (at most [`crate::store::MAX_IDEMPOTENCY_KEYS`]).
+    ///
+    /// A version whose `[dns]` data removes too much of the latest stored version's is refused
+    /// (409) unless `req.force` ([`crate::dns_guard`]); a forced push that overrode the guard
+    /// is audited (`push-forced`) with the reason.
     pub async fn push_keyed(
         &self,
         req: PushRequest,
         author: &str,
         key: Option<&str>,
+    ) -> Result<PushOutcome, PlaneError> {
+        self.push_judged(req, author, key, DnsBaseline::Latest)
+            .await
+    }
+
+    /// [`Plane::push_keyed`] with the DNS data judged against `baseline`.
+    pub(crate) async fn push_judged(
+        &self,
+        req: PushRequest,
+        author: &str,
+        key: Option<&str>,
+        baseline: DnsBaseline,
     ) -> Result<PushOutcome, PlaneError> {
         label("file", &req.file)?;
         label("message", &req.message)?;
@@ -251,7 +283,12 @@ impl Plane {
         } else {
             req.file.as_str()
         };
-        let (docs, moved, warnings) = prepare(file, &req.document, req.geoip.clone()).await?;
+        let Prepared {
+            docs,
+            moved,
+            warnings,
+            dns: new_dns,
+        } = prepare(file, &req.document, req.geoip.clone()).await?;
         if req.activate {
             if let Some(r) = self.fleet_state().running() {
                 return Err(PlaneError::Conflict(format!(
@@ -260,10 +297,28 @@ impl Plane {
                 )));
             }
         }
+        // Judged before anything is stored; judged again below if another push takes the
+        // latest version meanwhile.
+        let mut judged = match baseline {
+            DnsBaseline::Latest => {
+                let parent = self.store.latest_version().await?;
+                Some((parent, self.dns_guard(parent, &new_dns, req.force).await?))
+            }
+            DnsBaseline::Unchanged => None,
+        };
         // The keys moved out are stored before any version names them.
         self.store_secrets(&moved).await?;
         for _ in 0..PUSH_ATTEMPTS {
             let parent = self.store.latest_version().await?;
+            let forced_past = match &judged {
+                None => None,
+                Some((p, why)) if *p == parent => why.clone(),
+                Some(_) => {
+                    let why = self.dns_guard(parent, &new_dns, req.force).await?;
+                    judged = Some((parent, why.clone()));
+                    why
+                }
+            };
             let version = parent.map_or(1, |p| p + 1);
             let bundle = Bundle {
                 version,
@@ -305,6 +360,21 @@ impl Plane {
             };
             if stored {
                 tracing::info!(version, author = %author, "configuration version stored");
+                if let Some(why) = &forced_past {
+                    self.audit(crate::rollout::state::AuditEntry {
+                        at_ms: now_ms(),
+                        who: author.clone(),
+                        action: "push-forced".into(),
+                        version: Some(version),
+                        rollout: None,
+                        message: format!(
+                            "version {version} stored with force past the DNS change guard, which refused it: {why}; {}",
+                            req.message
+                        ),
+                        gate: None,
+                    })
+                    .await;
+                }
                 // The version is stored: whatever happens to the activation, the answer says
                 // so (an error status here would invite a retry that stores a second one).
                 let activation_error = if req.activate {
@@ -320,6 +390,7 @@ impl Plane {
                     already_stored: false,
                     activation_error,
                     warnings,
+                    forced_past,
                 });
             }
         }
@@ -353,7 +424,47 @@ impl Plane {
             already_stored: true,
             activation_error: None,
             warnings: Vec::new(),
+            forced_past: None,
         })
+    }
+
+    /// The DNS change guard ([`crate::dns_guard`]) for a push of `new` after version `parent`:
+    /// `Ok(None)` when it passes, `Ok(Some(why))` when it refuses but the push is forced, else
+    /// the refusal (409). A previous version that cannot be read is a refusal too (the guard
+    /// cannot tell what the push removes), which force overrides.
+    async fn dns_guard(
+        &self,
+        parent: Option<u64>,
+        new: &Option<firebreak_config::dns::DnsConfig>,
+        force: bool,
+    ) -> Result<Option<String>, PlaneError> {
+        let Some(p) = parent else {
+            return Ok(None);
+        };
+        let verdict = match self.bundle(p).await {
+            Err(e) => Err(format!("version {p} cannot be read to compare with: {e}")),
+            Ok(bytes) => {
+                let keys = self.key.clone();
+                let new = new.clone();
+                blocking(move || {
+                    let old = Bundle::open(&bytes, &keys)
+                        .map_err(|e| e.to_string())
+                        .and_then(|b| crate::dns_guard::dns_of_fleet(&b.fleet));
+                    Ok(match old {
+                        Ok(old) => crate::dns_guard::judge(p, old.as_ref(), new.as_ref()),
+                        Err(e) => Err(format!(
+                            "the DNS data of version {p} cannot be read to compare with: {e}"
+                        )),
+                    })
+                })
+                .await?
+            }
+        };
+        match verdict {
+            Ok(()) => Ok(None),
+            Err(why) if force => Ok(Some(why)),
+            Err(why) => Err(PlaneError::Conflict(crate::dns_guard::refusal(&why))),
+        }
     }
 
     /// The newest versions, newest first.
@@ -584,10 +695,12 @@ impl Plane {
                 .clamp(1, PURGE_DEADLINE_MS.1),
         );
         let now = now_ms();
+        // Only HTTP edges hold caches: DNS servers are not asked.
         let (live, gone): (Vec<_>, Vec<_>) = self
             .fleet()
             .await?
             .into_iter()
+            .filter(|e| e.report.role.is_edge())
             .partition(|e| now.saturating_sub(e.last_seen_ms) <= EDGE_GONE_MS);
         let skipped = gone.into_iter().map(|e| e.id).collect();
         Ok(self
@@ -614,10 +727,11 @@ async fn prepare(
     file: &str,
     document: &str,
     geoip: Option<Binary>,
-) -> Result<(Documents, crate::secrets::Moved, Vec<String>), PlaneError> {
+) -> Result<Prepared, PlaneError> {
     let (file, document) = (file.to_owned(), document.to_owned());
     blocking(move || {
         let config = parse_managed_str(&file, &document).map_err(PlaneError::Invalid)?;
+        let dns = config.get().dns.clone();
         check_geoip(&file, &document, config, geoip.as_ref()).map_err(PlaneError::Invalid)?;
         let now_s = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
         let warnings = crate::secrets::check_certificates(&file, &document, now_s)
@@ -640,7 +754,12 @@ async fn prepare(
             fleet: candidate.fleet,
             services,
         };
-        Ok((docs, moved, warnings))
+        Ok(Prepared {
+            docs,
+            moved,
+            warnings,
+            dns,
+        })
     })
     .await
 }
@@ -682,6 +801,18 @@ fn check_geoip(
             )],
         }),
     }
+}
+
+/// A pushed document, validated and ready to seal.
+struct Prepared {
+    /// The fleet document and one document per service, keys moved out.
+    docs: Documents,
+    /// The private keys moved out of the service documents.
+    moved: crate::secrets::Moved,
+    /// What was accepted but is worth knowing.
+    warnings: Vec<String>,
+    /// Its `[dns]` data, for the DNS change guard.
+    dns: Option<firebreak_config::dns::DnsConfig>,
 }
 
 /// Checks stored version `n`'s parts before it is rolled out: each service's document holds

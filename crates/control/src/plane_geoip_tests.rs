@@ -31,6 +31,7 @@ fn request(named: bool, geoip: Option<Vec<u8>>) -> PushRequest {
         author: None,
         activate: false,
         geoip: geoip.map(Binary::from),
+        force: false,
     }
 }
 

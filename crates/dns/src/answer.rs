@@ -157,6 +157,12 @@ pub struct Reply {
     pub steered: Option<SteeredAnswer>,
     /// TC was set: the records did not fit.
     pub truncated: bool,
+    /// NOERROR with nothing in the answer section (NODATA; not set when truncated).
+    pub nodata: bool,
+    /// An address query (A, AAAA, ANY) for a service's name that got neither an address nor
+    /// a CNAME, and the service had none to give in the other family either: the
+    /// never-empty guarantee broken (a bug; counted so that a rollout's gate catches it).
+    pub empty: bool,
 }
 
 /// The result of [`answer`].
@@ -571,7 +577,31 @@ pub fn answer(
         }
     };
     let (plan, steered, scope) = plan(zone, &q, src);
-    respond(zone, &q, plan, (steered, scope), transport, out)
+    let empty = is_empty(zone, &q, src, &plan);
+    let outcome = respond(zone, &q, plan, (steered, scope), transport, out);
+    match outcome {
+        Outcome::Reply(r) if empty => Outcome::Reply(Reply { empty, ..r }),
+        other => other,
+    }
+}
+
+/// Whether `plan` answers an address query for a service's name with nothing although the
+/// name is a service's: neither family has an address or a CNAME for this client. Only
+/// NODATA and HINFO plans (rare) are looked at again, so the common answers cost nothing.
+fn is_empty(zone: &Zone, q: &Query<'_>, src: IpAddr, plan: &Plan<'_>) -> bool {
+    if !matches!(q.qtype, TYPE_A | TYPE_AAAA | TYPE_ANY)
+        || !matches!(plan, Plan::NoData | Plan::Hinfo)
+    {
+        return false;
+    }
+    let steering = &zone.steering;
+    let crate::steer::Lookup::Service(s) = steering.owner(&q.qname) else {
+        return false;
+    };
+    let client = client(q, src);
+    [Family::V4, Family::V6]
+        .iter()
+        .all(|f| matches!(steering.steer(s, client, *f), Steered::NoData { .. }))
 }
 
 fn parse_question_only(query: &[u8], head: Head) -> Option<Query<'_>> {
@@ -753,6 +783,8 @@ fn bare(out: &mut Vec<u8>, head: Head, rcode: Rcode) -> Outcome {
         qtype: 0,
         steered: None,
         truncated: false,
+        nodata: false,
+        empty: false,
     })
 }
 
@@ -1052,6 +1084,8 @@ fn respond(
         qtype: q.qtype,
         steered: if truncated { None } else { steered },
         truncated,
+        nodata: rcode == Rcode::NoError && counts.an == 0 && !truncated,
+        empty: false,
     })
 }
 

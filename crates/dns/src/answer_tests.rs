@@ -678,3 +678,22 @@ fn the_output_buffer_keeps_its_capacity() {
     }
     assert_eq!(out.as_ptr(), before, "no reallocation");
 }
+
+#[test]
+fn nodata_is_flagged_and_one_family_missing_is_not_empty() {
+    let (z, _) = test_zone();
+    // An IPv4-only service asked AAAA: NODATA, but the A query has an answer.
+    let (r, m) = ask(&z, &query("four.cdn.example.", RecordType::AAAA));
+    assert!(m.answers.is_empty());
+    assert!(r.nodata && !r.empty, "{r:?}");
+    let (r, _) = ask(&z, &query("four.cdn.example.", RecordType::A));
+    assert!(!r.nodata && !r.empty, "{r:?}");
+    // A type the service has no data of: NODATA, not an address query.
+    let (r, _) = ask(&z, &query("demo.cdn.example.", RecordType::MX));
+    assert!(r.nodata && !r.empty, "{r:?}");
+    // The fallback CNAME is an answer.
+    let (r, _) = ask(&z, &query("gone.cdn.example.", RecordType::AAAA));
+    assert!(!r.nodata && !r.empty, "{r:?}");
+    let (r, _) = ask(&z, &query("nope.cdn.example.", RecordType::A));
+    assert!(!r.nodata && !r.empty && r.rcode == Rcode::NxDomain, "{r:?}");
+}

@@ -10,15 +10,21 @@
 //!   a service's name), `source` = `healthy`, `last_healthy` or `fallback`, `pop` empty for a
 //!   fallback;
 //! - `firebreak_dns_truncated_total` — UDP responses sent with TC=1;
+//! - `firebreak_dns_empty_total` — address queries for a service's name answered with
+//!   nothing in either family (the never-empty guarantee broken: a bug);
 //! - `firebreak_dns_dropped_total{reason}` — queries not answered (`short`, `response`) and
 //!   TCP connections closed by a bound (`tcp_full`, `tcp_evicted`, `tcp_timeout`,
 //!   `tcp_too_many_queries`) and queries whose answering panicked (`panic`, a bug).
 
 use crate::answer::{Dropped, Outcome, Zone};
 use crate::steer::Source;
+use firebreak_protocol::health::{
+    dns_latency_bucket, DnsCounts, PopAnswers, DNS_LATENCY_BUCKETS, MAX_POP_NAME, MAX_REPORTED_POPS,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Query types with their own label; the rest are `OTHER`.
 const QTYPES: [(u16, &str); 11] = [
@@ -160,6 +166,10 @@ type AnswerLabels = (String, String, &'static str);
 struct Counts {
     queries: [[u64; RCODES.len()]; N_QTYPE],
     truncated: u64,
+    nodata: u64,
+    empty: u64,
+    /// Receive-to-send time of answered queries, by `DNS_LATENCY_BOUNDS_US` bucket.
+    latency_us: [u64; DNS_LATENCY_BUCKETS],
     dropped: [u64; DROPS.len()],
     /// Steered answers of `zone`, by index (names resolved at scrape or when the zone changes).
     answers: IndexMap,
@@ -210,8 +220,9 @@ impl Shard {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts one query's outcome, answered from `zone`.
-    pub fn record(&self, zone: &Arc<Zone>, outcome: &Outcome) {
+    /// Counts one query's outcome, answered from `zone` in `elapsed` (from receiving the
+    /// query to sending the response; only replies are timed).
+    pub fn record(&self, zone: &Arc<Zone>, outcome: &Outcome, elapsed: Duration) {
         let mut c = self.lock();
         match outcome {
             Outcome::Drop(d) => {
@@ -233,6 +244,16 @@ impl Shard {
                 }
                 if r.truncated {
                     c.truncated += 1;
+                }
+                if r.nodata {
+                    c.nodata += 1;
+                }
+                if r.empty {
+                    c.empty += 1;
+                }
+                let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+                if let Some(n) = c.latency_us.get_mut(dns_latency_bucket(us)) {
+                    *n += 1;
                 }
                 if let Some(s) = r.steered {
                     c.follow(zone);
@@ -277,6 +298,12 @@ pub struct Totals {
     pub answers: BTreeMap<AnswerLabels, u64>,
     /// TC responses.
     pub truncated: u64,
+    /// NODATA responses.
+    pub nodata: u64,
+    /// Empty answers (see [`crate::answer::Reply::empty`]).
+    pub empty: u64,
+    /// Receive-to-send time by `DNS_LATENCY_BOUNDS_US` bucket.
+    pub latency_us: Vec<u64>,
     /// reason → count.
     pub dropped: BTreeMap<&'static str, u64>,
 }
@@ -309,9 +336,17 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let mut t = Totals::default();
+        let mut t = Totals {
+            latency_us: vec![0; DNS_LATENCY_BUCKETS],
+            ..Totals::default()
+        };
         for shard in shards {
             let c = shard.lock();
+            t.nodata += c.nodata;
+            t.empty += c.empty;
+            for (a, b) in t.latency_us.iter_mut().zip(&c.latency_us) {
+                *a += b;
+            }
             for (qi, row) in c.queries.iter().enumerate() {
                 for (ri, n) in row.iter().enumerate() {
                     if *n > 0 {
@@ -336,6 +371,57 @@ impl Metrics {
             }
         }
         t
+    }
+
+    /// The counts a DNS server's health report carries, since the server started: the
+    /// member subtracts the snapshot taken when it began serving a version
+    /// ([`DnsCounts::since`]). `servfail` counts queries whose answering panicked (this
+    /// server never sends SERVFAIL; to a resolver a dropped query is the same failure).
+    /// With more than [`MAX_REPORTED_POPS`] POPs, those with the most answers are kept.
+    pub fn dns_counts(&self) -> DnsCounts {
+        let t = self.totals();
+        let rcode = |want: &str| -> u64 {
+            t.queries
+                .iter()
+                .filter(|((_, r), _)| *r == want)
+                .map(|(_, n)| *n)
+                .sum()
+        };
+        let panics = t.dropped.get("panic").copied().unwrap_or(0);
+        let mut by_pop: HashMap<&str, u64> = HashMap::new();
+        let (mut fallback, mut last_healthy) = (0u64, 0u64);
+        for ((_, pop, source), n) in &t.answers {
+            match *source {
+                "fallback" => fallback += n,
+                "last_healthy" => last_healthy += n,
+                _ => {}
+            }
+            if !pop.is_empty() && pop.len() <= MAX_POP_NAME {
+                *by_pop.entry(pop.as_str()).or_default() += n;
+            }
+        }
+        let mut answers_by_pop: Vec<PopAnswers> = by_pop
+            .into_iter()
+            .map(|(pop, answers)| PopAnswers {
+                pop: pop.to_owned(),
+                answers,
+            })
+            .collect();
+        answers_by_pop.sort_by(|a, b| b.answers.cmp(&a.answers).then(a.pop.cmp(&b.pop)));
+        answers_by_pop.truncate(MAX_REPORTED_POPS);
+        answers_by_pop.sort_by(|a, b| a.pop.cmp(&b.pop));
+        DnsCounts {
+            queries: t.queries.values().sum::<u64>() + panics,
+            servfail: panics,
+            refused: rcode("REFUSED"),
+            nxdomain: rcode("NXDOMAIN"),
+            nodata: t.nodata,
+            empty: t.empty,
+            fallback,
+            last_healthy,
+            answers_by_pop,
+            latency_us: t.latency_us,
+        }
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -365,6 +451,9 @@ impl Metrics {
         s.push_str("# HELP firebreak_dns_truncated_total UDP responses sent truncated (TC=1).\n");
         s.push_str("# TYPE firebreak_dns_truncated_total counter\n");
         let _ = writeln!(s, "firebreak_dns_truncated_total {}", t.truncated);
+        s.push_str("# HELP firebreak_dns_empty_total Address queries for a service answered with nothing (never-empty broken).\n");
+        s.push_str("# TYPE firebreak_dns_empty_total counter\n");
+        let _ = writeln!(s, "firebreak_dns_empty_total {}", t.empty);
         s.push_str("# HELP firebreak_dns_dropped_total Queries not answered and TCP connections closed by a bound.\n");
         s.push_str("# TYPE firebreak_dns_dropped_total counter\n");
         for (reason, n) in &t.dropped {
@@ -397,8 +486,12 @@ mod tests {
             qtype,
             steered,
             truncated,
+            nodata: false,
+            empty: false,
         })
     }
+
+    const US: Duration = Duration::from_micros(20);
 
     #[test]
     fn shards_are_summed_and_rendered() {
@@ -411,11 +504,11 @@ mod tests {
             pop: Some(0),
             source: Source::Healthy,
         };
-        a.record(&zone, &reply(Rcode::NoError, 1, Some(demo), false));
-        b.record(&zone, &reply(Rcode::NoError, 1, Some(demo), false));
-        b.record(&zone, &reply(Rcode::NxDomain, 28, None, false));
-        b.record(&zone, &reply(Rcode::NoError, 99, None, true));
-        a.record(&zone, &Outcome::Drop(Dropped::Short));
+        a.record(&zone, &reply(Rcode::NoError, 1, Some(demo), false), US);
+        b.record(&zone, &reply(Rcode::NoError, 1, Some(demo), false), US);
+        b.record(&zone, &reply(Rcode::NxDomain, 28, None, false), US);
+        b.record(&zone, &reply(Rcode::NoError, 99, None, true), US);
+        a.record(&zone, &Outcome::Drop(Dropped::Short), US);
         b.dropped(DropReason::TcpTimeout);
         let t = m.totals();
         assert_eq!(t.queries[&("A", "NOERROR")], 2);
@@ -448,11 +541,101 @@ mod tests {
             pop: None,
             source: Source::Fallback,
         };
-        s.record(&z1, &reply(Rcode::NoError, 1, Some(fallback), false));
-        s.record(&z2, &reply(Rcode::NoError, 1, Some(fallback), false));
+        s.record(&z1, &reply(Rcode::NoError, 1, Some(fallback), false), US);
+        s.record(&z2, &reply(Rcode::NoError, 1, Some(fallback), false), US);
         let t = m.totals();
         let name = z2.steering().service_name(2).to_owned();
         assert_eq!(t.answers[&(name, String::new(), "fallback")], 2);
+    }
+
+    #[test]
+    fn dns_counts_sum_what_a_health_report_needs() {
+        let (zone, _) = test_zone();
+        let zone = Arc::new(zone);
+        let m = Metrics::new();
+        let (a, b) = (m.shard(), m.shard());
+        let at = |pop: Option<usize>, source| {
+            Some(SteeredAnswer {
+                service: 0,
+                pop,
+                source,
+            })
+        };
+        for _ in 0..3 {
+            a.record(
+                &zone,
+                &reply(Rcode::NoError, 1, at(Some(0), Source::Healthy), false),
+                US,
+            );
+        }
+        b.record(
+            &zone,
+            &reply(Rcode::NoError, 1, at(Some(1), Source::Healthy), false),
+            US,
+        );
+        b.record(
+            &zone,
+            &reply(Rcode::NoError, 1, at(Some(1), Source::LastHealthy), false),
+            US,
+        );
+        b.record(
+            &zone,
+            &reply(Rcode::NoError, 1, at(None, Source::Fallback), false),
+            Duration::from_millis(3),
+        );
+        a.record(&zone, &reply(Rcode::NxDomain, 1, None, false), US);
+        a.record(&zone, &reply(Rcode::Refused, 1, None, false), US);
+        let mut nodata = Reply {
+            rcode: Rcode::NoError,
+            qtype: 28,
+            steered: None,
+            truncated: false,
+            nodata: true,
+            empty: false,
+        };
+        b.record(&zone, &Outcome::Reply(nodata), US);
+        nodata.empty = true;
+        b.record(&zone, &Outcome::Reply(nodata), US);
+        a.record(&zone, &Outcome::Drop(Dropped::Short), US);
+        a.dropped(DropReason::Panic);
+        let d = m.dns_counts();
+        assert!(d.is_plausible(), "{d:?}");
+        let (p0, p1) = (
+            zone.steering().pop_name(0).to_owned(),
+            zone.steering().pop_name(1).to_owned(),
+        );
+        assert_eq!(d.queries, 11, "10 answered + 1 panic, the short one not");
+        assert_eq!((d.servfail, d.refused, d.nxdomain), (1, 1, 1));
+        assert_eq!((d.nodata, d.empty), (2, 1));
+        assert_eq!((d.fallback, d.last_healthy), (1, 1));
+        let mut want = vec![
+            PopAnswers {
+                pop: p0,
+                answers: 3,
+            },
+            PopAnswers {
+                pop: p1,
+                answers: 2,
+            },
+        ];
+        want.sort_by(|a, b| a.pop.cmp(&b.pop));
+        assert_eq!(d.answers_by_pop, want);
+        assert_eq!(d.latency_us.len(), DNS_LATENCY_BUCKETS);
+        assert_eq!(d.latency_us[dns_latency_bucket(20)], 9);
+        assert_eq!(d.latency_us[dns_latency_bucket(3_000)], 1);
+        // What the member reports: the counts since a snapshot.
+        let snapshot = d;
+        b.record(
+            &zone,
+            &reply(Rcode::NoError, 1, at(Some(1), Source::Healthy), false),
+            US,
+        );
+        let since = m.dns_counts().since(&snapshot);
+        assert_eq!(since.queries, 1);
+        assert_eq!(since.answers_by_pop.len(), 1);
+        assert_eq!(since.answers_by_pop[0].answers, 1);
+        assert_eq!(since.latency_us.iter().sum::<u64>(), 1);
+        assert!(m.render().contains("firebreak_dns_empty_total 1\n"));
     }
 
     #[test]

@@ -283,6 +283,7 @@ fn udp_loop(socket: &UdpSocket, zone: &ArcSwap<Zone>, shard: &Shard, stop: &Atom
         let Some(query) = buf.get(..n) else {
             continue;
         };
+        let received_at = std::time::Instant::now();
         let current = zone.load();
         // `answer` does not panic (no unwrap, indexing or slicing; fuzzed). Should it ever,
         // the query is dropped and counted, and the thread goes on serving: a dead thread
@@ -299,6 +300,6 @@ fn udp_loop(socket: &UdpSocket, zone: &ArcSwap<Zone>, shard: &Shard, stop: &Atom
                 tracing::debug!("dns udp send to {from}: {e}");
             }
         }
-        shard.record(&current, &outcome);
+        shard.record(&current, &outcome, received_at.elapsed());
     }
 }

@@ -209,9 +209,12 @@ impl Conn {
                 Ok(Err(_)) => return,
                 Err(_) => return self.shard.dropped(DropReason::TcpTimeout),
             }
+            // Timed from the whole query read to the response ready to write (the write
+            // waits on the client's receive window, not on us).
+            let received_at = std::time::Instant::now();
             let current = self.zone.load_full();
             let outcome = answer(&current, &query, self.peer.ip(), Transport::Tcp, &mut out);
-            self.shard.record(&current, &outcome);
+            self.shard.record(&current, &outcome, received_at.elapsed());
             drop(current);
             let Outcome::Reply(_) = outcome else {
                 // Nothing to answer: a stream that sends responses or garbage is closed.

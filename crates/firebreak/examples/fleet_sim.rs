@@ -638,6 +638,7 @@ impl SimEdge {
                 }],
                 total,
                 cert_expiry_ms: None,
+                dns: None,
             };
             let body = serde_json::to_vec(&report).unwrap_or_default();
             let url = format!("{}/v1/edges/{}/health", self.shared.base, self.id);

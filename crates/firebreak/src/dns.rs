@@ -18,9 +18,10 @@ use std::sync::Arc;
 /// `firebreak dns` arguments.
 #[derive(clap::Args)]
 pub(crate) struct DnsArgs {
-    /// The fleet document holding the `[dns]` data (TOML).
-    #[arg(long)]
-    config: PathBuf,
+    /// The fleet document holding the `[dns]` data (TOML), for a DNS server without a
+    /// control plane (SIGHUP reloads it).
+    #[arg(long, conflicts_with = "control", required_unless_present = "control")]
+    config: Option<PathBuf>,
     /// UDP address to answer on.
     #[arg(long, default_value = "127.0.0.1:5353")]
     listen: SocketAddr,
@@ -40,6 +41,20 @@ pub(crate) struct DnsArgs {
     /// TCP connections open at once (beyond: the oldest idle one is closed).
     #[arg(long, default_value_t = 1024)]
     tcp_max_connections: usize,
+    /// How the server joins and follows a control plane (`--control URL`): the `[dns]` data
+    /// then comes with the fleet's signed versions, through rollouts (cell `dns` unless
+    /// `--cell`).
+    #[command(flatten)]
+    member: crate::member_flags::MemberFlags,
+}
+
+/// The process recorder's series (the POP checker's `firebreak_dns_pop_healthy`,
+/// `_checks_total`), rendered on the DNS admin `/metrics` after the server's own counters.
+pub(crate) fn extra_metrics() -> Option<firebreak_dns::metrics::ExtraMetrics> {
+    firebreak_edge::telemetry::prometheus().map(|handle| {
+        let render: firebreak_dns::metrics::ExtraMetrics = Arc::new(move || handle.render());
+        render
+    })
 }
 
 /// Loads and compiles the document; its GeoIP database (`dns.geoip_file`, relative to the
@@ -50,27 +65,35 @@ fn load(
     health: &Arc<Health>,
 ) -> Result<(Zone, firebreak_config::dns::DnsConfig), String> {
     let valid = load_file_as(path, Mode::Managed).map_err(|e| e.to_string())?;
+    let geoip = |file: &str| -> Result<Arc<dyn Locate>, String> {
+        let file = path.parent().unwrap_or(Path::new(".")).join(file);
+        let db = GeoIp::open_file(&file)
+            .map_err(|e| format!("{}: dns.geoip_file: {e}", path.display()))?;
+        Ok(Arc::new(db))
+    };
+    compile(&valid, serial, health, geoip).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Compiles a validated configuration's `[dns]` data into a zone; `geoip` opens the database
+/// `dns.geoip_file` names. Returns the zone and the `[dns]` data (for the checker).
+pub(crate) fn compile(
+    valid: &firebreak_config::ValidConfig,
+    serial: u32,
+    health: &Arc<Health>,
+    geoip: impl FnOnce(&str) -> Result<Arc<dyn Locate>, String>,
+) -> Result<(Zone, firebreak_config::dns::DnsConfig), String> {
     let config = valid.get();
     let dns = config
         .dns
         .clone()
-        .ok_or_else(|| format!("{}: the configuration has no [dns] section", path.display()))?;
-    let locate: Option<Arc<dyn Locate>> = match &dns.geoip_file {
-        Some(file) => {
-            let file = path.parent().unwrap_or(Path::new(".")).join(file);
-            let db = GeoIp::open_file(&file)
-                .map_err(|e| format!("{}: dns.geoip_file: {e}", path.display()))?;
-            Some(Arc::new(db))
-        }
-        None => None,
-    };
-    let steering = Steering::compile(config, serial, locate, health)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .ok_or("the configuration has no [dns] section")?;
+    let locate = dns.geoip_file.as_deref().map(geoip).transpose()?;
+    let steering = Steering::compile(config, serial, locate, health).map_err(|e| e.to_string())?;
     Ok((Zone::new(steering), dns))
 }
 
 /// Starts (again) the active checks of the POPs that list `checks`.
-fn check(checker: &mut HealthChecker, dns: &firebreak_config::dns::DnsConfig) {
+pub(crate) fn check(checker: &mut HealthChecker, dns: &firebreak_config::dns::DnsConfig) {
     for problem in checker.apply(dns) {
         tracing::warn!("dns health check not started: {problem}");
     }
@@ -78,14 +101,22 @@ fn check(checker: &mut HealthChecker, dns: &firebreak_config::dns::DnsConfig) {
 
 /// SOA serials: the given one, then +1 per accepted reload; without one, the Unix time of
 /// each load (never below the last serial + 1, so a serial only grows).
-struct Serials {
+pub(crate) struct Serials {
     first: Option<u32>,
     last: Option<u32>,
 }
 
 impl Serials {
+    /// Time-based serials (the Unix time of each load, always growing).
+    pub(crate) fn by_time() -> Serials {
+        Serials {
+            first: None,
+            last: None,
+        }
+    }
+
     /// The serial the next load gets if it is accepted.
-    fn candidate(&self) -> u32 {
+    pub(crate) fn candidate(&self) -> u32 {
         let next = self.last.map(|l| l.wrapping_add(1));
         match (self.first, next) {
             (Some(first), None) => first,
@@ -100,18 +131,57 @@ impl Serials {
         }
     }
 
-    fn accepted(&mut self, serial: u32) {
+    pub(crate) fn accepted(&mut self, serial: u32) {
         self.last = Some(serial);
     }
 }
 
 pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
+    let threads = args
+        .threads
+        .unwrap_or_else(firebreak_dns::server::default_threads);
+    let tcp_limits = TcpLimits {
+        max_connections: args.tcp_max_connections.max(1),
+        ..TcpLimits::default()
+    };
+    if let Some(opts) = args.member.options("dns", args.listen.port())? {
+        let mut opts = opts;
+        opts.admin = args.admin;
+        let launcher = crate::dns_member::DnsLauncher {
+            udp: args.listen,
+            tcp: Some(args.tcp.unwrap_or(args.listen)),
+            admin: args.admin,
+            threads,
+            tcp_limits,
+            health: Health::new(),
+            reported_every: opts.health_interval,
+        };
+        let id = opts.id.clone();
+        let agent = firebreak_edge::agent::Agent::start_with(opts, launcher)
+            .await
+            .map_err(|e| e.to_string())?;
+        let member = &agent.member;
+        out!("dns {id} listening on udp {}", member.udp_addr());
+        if let Some(tcp) = member.tcp_addr() {
+            out!("dns {id} listening on tcp {tcp}");
+        }
+        if let Some(admin) = firebreak_edge::agent::member::Member::admin_addr(&**member) {
+            out!("dns {id} admin on http://{admin}");
+        }
+        if let Some(serial) = member.serial() {
+            out!("dns {id} serving (serial {serial})");
+        }
+        crate::wait_for_ctrl_c().await;
+        agent.shutdown();
+        return Ok(());
+    }
+    let path = args.config.ok_or("give --config FILE or --control URL")?;
     let health = Health::new();
     let mut serials = Serials {
         first: args.serial,
         last: None,
     };
-    let (zone, dns) = load(&args.config, serials.candidate(), &health)?;
+    let (zone, dns) = load(&path, serials.candidate(), &health)?;
     serials.accepted(zone.steering().soa().serial);
     let mut checker = HealthChecker::new(Arc::clone(&health), tokio::runtime::Handle::current());
     check(&mut checker, &dns);
@@ -119,19 +189,9 @@ pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
         udp: args.listen,
         tcp: Some(args.tcp.unwrap_or(args.listen)),
         admin: args.admin,
-        threads: args
-            .threads
-            .unwrap_or_else(firebreak_dns::server::default_threads),
-        tcp_limits: TcpLimits {
-            max_connections: args.tcp_max_connections.max(1),
-            ..TcpLimits::default()
-        },
-        // The POP checker's series (`firebreak_dns_pop_healthy`, `_checks_total`) go through
-        // the `metrics` facade: render its recorder after the server's own counters.
-        extra_metrics: firebreak_edge::telemetry::prometheus().map(|handle| {
-            let render: firebreak_dns::metrics::ExtraMetrics = Arc::new(move || handle.render());
-            render
-        }),
+        threads,
+        tcp_limits,
+        extra_metrics: extra_metrics(),
     };
     let server = DnsServer::start(config, zone)
         .await
@@ -151,7 +211,7 @@ pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
     let server = Arc::new(server);
     let reloader = Reloader {
         server: Arc::clone(&server),
-        path: args.config,
+        path,
         serials,
         health,
         checker,

@@ -184,6 +184,7 @@ pub async fn run(
                 // A fleet whose document names a MaxMind database is refused here: the drill
                 // does not fetch the running version's database to send it again.
                 geoip: None,
+                force: false,
             })?),
         )
         .await?;

@@ -5,10 +5,10 @@ use api_client::{exit, Api, Failed};
 use clap::{Parser, Subcommand};
 use firebreak_config::{load_file, parse_str, ValidConfig};
 use firebreak_control::{Plane, Store};
-use firebreak_edge::agent::{Agent, AgentOptions};
+use firebreak_edge::agent::Agent;
 use firebreak_edge::EdgeServer;
 use firebreak_protocol::api::PurgeRequest;
-use firebreak_protocol::keys::{ControlKey, PublicKey};
+use firebreak_protocol::keys::ControlKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,10 +20,13 @@ mod api_client;
 mod control_flags;
 mod demo_origin;
 mod dns;
+mod dns_load;
+mod dns_member;
 mod drill;
 mod keys;
 mod load;
 mod local_ca;
+mod member_flags;
 mod ops;
 mod rollouts;
 mod up;
@@ -304,43 +307,9 @@ struct EdgeArgs {
     /// Cache size of the one-origin edge, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_mib: u64,
-    /// Control plane URL: the edge takes its configuration from there.
-    #[arg(long)]
-    control: Option<String>,
-    /// The fleet's join token: the edge joins once with it and then uses its own credential
-    /// (kept in the data directory).
-    #[arg(
-        long,
-        visible_alias = "join-token",
-        env = "FIREBREAK_EDGE_TOKEN",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    token: String,
-    /// The fleet's CA bundle (PEM) for an `https://` control plane: kept in the data
-    /// directory (`control-ca.pem`, replacing the one kept before), so restarts need no flag;
-    /// the control plane is then verified against it only. Without one ever given, an
-    /// `https://` control plane is verified against webpki-roots.
-    #[arg(long, env = "FIREBREAK_CONTROL_CA", requires = "control")]
-    control_ca: Option<PathBuf>,
-    /// The control plane's public key (`ed25519:...`) or a file holding it.
-    #[arg(long, requires = "control")]
-    trust: Option<String>,
-    /// POP (site) name.
-    #[arg(long, default_value = "local")]
-    pop: String,
-    /// Cell (rollout group) name.
-    #[arg(long, default_value = "main")]
-    cell: String,
-    /// Edge id (default: POP-CELL-PORT).
-    #[arg(long)]
-    id: Option<String>,
-    /// Where the last good versions are kept.
-    #[arg(long, requires = "control")]
-    data_dir: Option<PathBuf>,
-    /// Versions kept on disk.
-    #[arg(long, default_value_t = 5)]
-    keep: usize,
+    /// How the edge joins and follows a control plane (`--control URL`).
+    #[command(flatten)]
+    member: member_flags::MemberFlags,
     /// Client listener(s), for `--control` and `--origin` edges.
     #[arg(long)]
     listen: Vec<SocketAddr>,
@@ -352,18 +321,6 @@ struct EdgeArgs {
     /// Admin listener, for `--control` edges.
     #[arg(long)]
     admin: Option<SocketAddr>,
-    /// Heartbeat to the control plane, in ms.
-    #[arg(long, default_value_t = 10_000)]
-    heartbeat_ms: u64,
-    /// How often health counts go to the control plane (what rollout gates judge), in ms.
-    #[arg(long, default_value_t = 5_000)]
-    health_interval_ms: u64,
-    /// Safe mode: crashes of one version that make the edge boot the previous one instead.
-    #[arg(long, default_value_t = 3)]
-    safe_mode_crashes: u32,
-    /// Safe mode: the window those crashes must fall in, in seconds.
-    #[arg(long, default_value_t = 300)]
-    safe_mode_window_s: u64,
 }
 
 #[derive(Subcommand)]
@@ -410,6 +367,11 @@ enum ConfigCommand {
         /// Also make it the fleet's target.
         #[arg(long)]
         activate: bool,
+        /// Store it even if its DNS data removes more than `dns.max_removed_share` of the POPs
+        /// or answer addresses of the latest version (refused otherwise); the audit log records
+        /// the forced push and what it overrode.
+        #[arg(long)]
+        force: bool,
         /// Further attempts when the control plane is unreachable or answers 5xx (each with
         /// the same idempotency key, so at most one version is stored).
         #[arg(long, default_value_t = 4)]
@@ -646,8 +608,16 @@ async fn run(command: Command) -> Result<(), Failed> {
                     file,
                     message,
                     activate,
+                    force,
                     retries,
-                } => ops::push(&api, &file, &message, activate, retries).await,
+                } => {
+                    let options = ops::PushOptions {
+                        activate,
+                        force,
+                        retries,
+                    };
+                    ops::push_with(&api, &file, &message, options).await
+                }
                 ConfigCommand::Versions { limit } => ops::versions(&api, limit).await,
                 ConfigCommand::Show { version } => ops::show(&api, version).await,
                 ConfigCommand::Diff { a, b } => ops::diff(&api, a, b).await,
@@ -886,62 +856,33 @@ async fn control(
 
 async fn edge(args: EdgeArgs) -> Result<(), String> {
     control_flags::raise_open_files_limit();
-    if let Some(control) = args.control {
-        let trust = args.trust.ok_or("--trust KEY is required with --control")?;
-        let trust = PublicKey::from_arg(&trust).map_err(|e| e.to_string())?;
-        let data_dir = args
-            .data_dir
-            .ok_or("--data-dir is required with --control")?;
+    let port = args
+        .listen
+        .first()
+        .or(args.listen_tls.first())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    if let Some(mut opts) = args.member.options("main", port)? {
         if args.listen.is_empty() && args.listen_tls.is_empty() {
             return Err("--listen ADDR (or --listen-tls ADDR) is required with --control".into());
         }
-        if let Some(file) = &args.control_ca {
-            use firebreak_edge::agent::control_ca;
-            let pem = control_ca::read(file).map_err(|e| format!("--control-ca {e}"))?;
-            control_ca::install(&data_dir, &pem).map_err(|e| format!("--control-ca: {e}"))?;
-        }
-        let port = args
-            .listen
-            .first()
-            .or(args.listen_tls.first())
-            .map(|a| a.port())
-            .unwrap_or(0);
-        let id = args
-            .id
-            .unwrap_or_else(|| format!("{}-{}-{port}", args.pop, args.cell));
-        let agent = Agent::start(AgentOptions {
-            control,
-            token: args.token,
-            id: id.clone(),
-            pop: args.pop,
-            cell: args.cell,
-            data_dir,
-            trust,
-            listen: args.listen,
-            listen_tls: args.listen_tls,
-            admin: args.admin,
-            keep: args.keep,
-            heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(100)),
-            health_interval: std::time::Duration::from_millis(args.health_interval_ms.max(100)),
-            safe_mode: firebreak_edge::agent::journal::SafeMode {
-                crashes: args.safe_mode_crashes.max(1),
-                window: std::time::Duration::from_secs(args.safe_mode_window_s.max(1)),
-            },
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        for url in agent.edge.local_urls() {
+        opts.listen = args.listen;
+        opts.listen_tls = args.listen_tls;
+        opts.admin = args.admin;
+        let id = opts.id.clone();
+        let agent = Agent::start(opts).await.map_err(|e| e.to_string())?;
+        for url in agent.member.local_urls() {
             out!("edge {id} listening on {url}");
         }
-        for addr in agent.edge.http3_addrs() {
+        for addr in agent.member.http3_addrs() {
             out!("edge {id} serving HTTP/3 on udp {addr}");
         }
-        if let Some(admin) = agent.edge.admin_addr() {
+        if let Some(admin) = agent.member.admin_addr() {
             out!("edge {id} admin on http://{admin}");
         }
         wait_for_ctrl_c().await;
         agent.shutdown();
-        if !agent.edge.drain(DRAIN_LIMIT).await {
+        if !agent.member.drain(DRAIN_LIMIT).await {
             tracing::warn!("some connections were still open after {DRAIN_LIMIT:?}");
         }
         return Ok(());
@@ -1025,5 +966,13 @@ mod tests {
         assert!(super::one_origin_config("no-port", None, 64).is_err());
         assert!(super::one_origin_config("a\"b:1", None, 64).is_err());
         assert!(super::one_origin_config("127.0.0.1:9000", None, 0).is_err());
+    }
+
+    /// clap's own consistency checks (argument ids named in `conflicts_with`/`requires`
+    /// exist, also through the flattened member flags).
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

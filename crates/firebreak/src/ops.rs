@@ -37,6 +37,9 @@ struct PushAnswer {
     /// Accepted, but worth knowing (a certificate not valid yet).
     #[serde(default)]
     warnings: Vec<String>,
+    /// A forced push: what the DNS change guard refused.
+    #[serde(default)]
+    forced_past: Option<String>,
 }
 
 /// How long until a certificate expires, for `fleet`: `23d`, `5h`, `EXPIRED`, or `-`.
@@ -105,9 +108,17 @@ fn read_geoip(
     Ok(Some(bytes.into()))
 }
 
-/// `config push FILE -m MSG [--activate] [--retries N]`: sent with a random idempotency key
-/// and retried with it while the control plane is unreachable or answers 5xx, so at most one
-/// version is stored however many attempts it takes.
+/// How `config push` sends a file.
+pub struct PushOptions {
+    /// Also start rolling it out.
+    pub activate: bool,
+    /// Store it even though the DNS change guard refuses it (audited).
+    pub force: bool,
+    /// Further attempts while the control plane is unreachable or answers 5xx.
+    pub retries: u32,
+}
+
+/// [`push_with`], not forced.
 pub async fn push(
     api: &Api,
     file: &Path,
@@ -115,6 +126,28 @@ pub async fn push(
     activate: bool,
     retries: u32,
 ) -> Result<(), Failed> {
+    let options = PushOptions {
+        activate,
+        force: false,
+        retries,
+    };
+    push_with(api, file, message, options).await
+}
+
+/// `config push FILE -m MSG [--activate] [--force] [--retries N]`: sent with a random
+/// idempotency key and retried with it while the control plane is unreachable or answers 5xx,
+/// so at most one version is stored however many attempts it takes.
+pub async fn push_with(
+    api: &Api,
+    file: &Path,
+    message: &str,
+    options: PushOptions,
+) -> Result<(), Failed> {
+    let PushOptions {
+        activate,
+        force,
+        retries,
+    } = options;
     let meta = std::fs::metadata(file)
         .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
     if meta.len() > firebreak_config::MAX_CONFIG_BYTES {
@@ -138,6 +171,7 @@ pub async fn push(
         author: std::env::var("USER").ok(),
         activate,
         geoip,
+        force,
     };
     let mut raw = [0u8; 16];
     getrandom::fill(&mut raw)
@@ -159,6 +193,9 @@ pub async fn push(
     let info = outcome.info;
     for w in &outcome.warnings {
         eprintln!("warning: {w}");
+    }
+    if let Some(why) = &outcome.forced_past {
+        eprintln!("warning: forced past the DNS change guard (recorded in the audit log): {why}");
     }
     if outcome.already_stored {
         out!(
@@ -308,8 +345,9 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
     }
     let now = firebreak_protocol::now_ms();
     out!(
-        "{:<24} {:<8} {:<8} {:>7}  {:>11}  {:>9}  ERROR",
-        "EDGE",
+        "{:<24} {:<4} {:<8} {:<8} {:>7}  {:>11}  {:>9}  ERROR",
+        "MEMBER",
+        "ROLE",
         "POP",
         "CELL",
         "APPLIED",
@@ -328,8 +366,9 @@ pub async fn fleet(api: &Api, json: bool) -> Result<(), Failed> {
             ));
         }
         out!(
-            "{:<24} {:<8} {:<8} {:>7}  {:>11}  {:>8}s  {}",
+            "{:<24} {:<4} {:<8} {:<8} {:>7}  {:>11}  {:>8}s  {}",
             e.id,
+            e.report.role.as_str(),
             e.report.pop,
             e.report.cell,
             e.report

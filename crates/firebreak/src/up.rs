@@ -12,9 +12,14 @@
 //! any version: the certificate travels in the signed bundle, the private key as a secret
 //! document only edges can read; every edge serves HTTPS on a second listener.
 //!
+//! A DNS server (`firebreak dns --control`, POP `ams`, its own cell `dns`) serves the fleet
+//! document's `[dns]` zone (`cdn.localhost`) as a fleet member: it takes the version through
+//! the same rollout and checks each POP's edges (their admin `/healthz`, the URLs written
+//! into the document here) itself.
+//!
 //! Ports for `--port P` (default 8080): edges P..P+5, their HTTPS listeners P+30..P+35, their
-//! admin listeners P+10..P+15, the demo origin P+20, the control plane P-1080 (7000 by
-//! default, the CLI's default).
+//! admin listeners P+10..P+15, the demo origin P+20, the DNS server P+53 (UDP and TCP) and its
+//! admin listener P+54, the control plane P-1080 (7000 by default, the CLI's default).
 
 use crate::api_client::Api;
 use crate::demo_origin;
@@ -29,6 +34,21 @@ const FLEET_CONFIG: &str = include_str!("../../../examples/fleet.toml");
 const POPS: [&str; 3] = ["ams", "nyc", "sin"];
 /// Edges per POP.
 const EDGES_PER_POP: usize = 2;
+/// The DNS server's port (UDP and TCP) and its admin port, from `--port`.
+const DNS_PORT: i32 = 53;
+const DNS_ADMIN_PORT: i32 = 54;
+/// Synthetic DNS queries per second to the DNS server (its gates' traffic).
+const DNS_LOAD: u32 = 20;
+/// The names the DNS load asks, and the client subnets it asks from (one per region of the
+/// example document: this machine, america, asia).
+const DNS_LOAD_NAMES: [&str; 2] = ["demo.cdn.localhost", "assets.cdn.localhost"];
+const DNS_LOAD_SUBNETS: [([u8; 4], u8); 3] = [
+    ([127, 0, 0, 1], 32),
+    ([203, 0, 113, 0], 24),
+    ([192, 0, 2, 0], 24),
+];
+/// A client prefix of another region than this machine's, for the second `dig` line.
+const DIG_SUBNET: &str = "203.0.113.0/24";
 /// Synthetic requests per second and edge.
 const LOAD_PER_EDGE: u32 = 20;
 
@@ -195,6 +215,46 @@ async fn control_certificate(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), 
     .map_err(|e| format!("making the control plane's certificate: {e}"))?
 }
 
+/// The fleet document with each `[[dns.pop]]`'s `checks` set to the admin `/healthz` URLs of
+/// that POP's edges (`admin_ports` by POP name). Returns the document and each POP's first
+/// answer address (for the printed `dig` lines).
+fn with_dns_checks(
+    text: &str,
+    admin_ports: &[(&str, Vec<u16>)],
+) -> Result<(String, Vec<(String, String)>), String> {
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e| format!("the example fleet document: {e}"))?;
+    let pops = doc
+        .get_mut("dns")
+        .and_then(|d| d.get_mut("pop"))
+        .and_then(|p| p.as_array_of_tables_mut())
+        .ok_or("the example fleet document has no [[dns.pop]]")?;
+    let mut answers = Vec::new();
+    for pop in pops.iter_mut() {
+        let name = pop
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        if let Some(first) = pop
+            .get("answers")
+            .and_then(|a| a.as_array())
+            .and_then(|a| a.iter().find_map(|v| v.as_str()))
+        {
+            answers.push((name.clone(), first.to_owned()));
+        }
+        if let Some((_, ports)) = admin_ports.iter().find(|(p, _)| *p == name) {
+            let urls: toml_edit::Array = ports
+                .iter()
+                .map(|port| format!("http://127.0.0.1:{port}/healthz"))
+                .collect();
+            pop.insert("checks", toml_edit::value(urls));
+        }
+    }
+    Ok((doc.to_string(), answers))
+}
+
 /// The fleet document with a `[service.tls]` for every service: a certificate for the
 /// service's hosts from the local CA and its key (inline: the control plane moves the key into
 /// a secret document at push). The first service's certificate is the default one (answers
@@ -295,6 +355,17 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
             "0000000000000000000000000000000000000000000000000000000000000000",
             &firebreak_control::auth::token_sha256(&admin_token),
         );
+    let admin_ports: Vec<(&str, Vec<u16>)> = POPS
+        .iter()
+        .enumerate()
+        .map(|(p, pop)| {
+            let ports = (0..EDGES_PER_POP)
+                .map(|n| port(base, 10 + (p * EDGES_PER_POP + n) as i32))
+                .collect::<Result<Vec<u16>, String>>()?;
+            Ok((*pop, ports))
+        })
+        .collect::<Result<_, String>>()?;
+    let (text, dns_answers) = with_dns_checks(&text, &admin_ports)?;
     let text = with_certificates(&dir, text).await?;
     // The document now holds private keys: only its owner may read it.
     firebreak_protocol::durable::write_private(&fleet_file, text.as_bytes())
@@ -343,12 +414,44 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
             edges.push((id, listen, admin, https));
         }
     }
+    // The DNS server: a fleet member in its own cell, UDP and TCP on one port.
+    let (dns_port, dns_admin) = (port(base, DNS_PORT)?, port(base, DNS_ADMIN_PORT)?);
+    let dns_id = "dns-1";
+    specs.push(Spec {
+        name: dns_id.into(),
+        args: vec![
+            "dns".into(),
+            "--control".into(),
+            control_url.clone(),
+            "--control-ca".into(),
+            ca_file.display().to_string(),
+            "--trust".into(),
+            public.clone(),
+            "--pop".into(),
+            "ams".into(),
+            "--cell".into(),
+            "dns".into(),
+            "--id".into(),
+            dns_id.into(),
+            "--data-dir".into(),
+            dir.join("dns").join(dns_id).display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{dns_port}"),
+            "--admin".into(),
+            format!("127.0.0.1:{dns_admin}"),
+            "--heartbeat-ms".into(),
+            "1000".into(),
+            "--health-interval-ms".into(),
+            "1000".into(),
+        ],
+        env: vec![("FIREBREAK_EDGE_TOKEN".into(), edge_token.clone())],
+    });
     for spec in &specs {
         children.start(spec, &logs)?;
     }
-    let expected = edges.len();
+    let expected = edges.len() + 1;
     wait_until(
-        "every edge registering",
+        "every edge and the DNS server registering",
         Duration::from_secs(30),
         async || {
             let fleet: Vec<EdgeStatus> = api.json(Method::GET, "/v1/fleet", None).await.ok()?;
@@ -362,6 +465,13 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
         .map(|(id, listen, _, _)| (id.clone(), ([127, 0, 0, 1], *listen).into()))
         .collect();
     let _load = crate::load::Load::start(&targets, LOAD_PER_EDGE);
+    // The DNS server binds when its first version arrives; queries before that are lost.
+    let dns_load = crate::dns_load::DnsLoad::start(
+        ([127, 0, 0, 1], dns_port).into(),
+        &DNS_LOAD_NAMES.map(String::from),
+        &DNS_LOAD_SUBNETS.map(|(a, p)| (std::net::IpAddr::from(a), p)),
+        DNS_LOAD,
+    );
     out!(
         "rolling the example configuration out: staged on every edge, then the canary edge, its cell, the rest (gated; about half a minute)…"
     );
@@ -387,10 +497,19 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     .await
     .map_err(|e| format!("{e}; see the logs in {}", logs.display()))?;
     crate::rollouts::status(&api).await.map_err(|e| e.message)?;
+    // The DNS server binds its port when its first version is applied (wave 3: its cell):
+    // ready when the DNS load gets answers.
+    wait_until(
+        "the DNS server answering",
+        Duration::from_secs(30),
+        async || (dns_load.snapshot().0 > 0).then_some(()),
+    )
+    .await
+    .map_err(|e| format!("{e}; see {}", logs.join(format!("{dns_id}.log")).display()))?;
 
     let first = edges.first().map(|e| e.1).unwrap_or(base);
     out!(
-        "firebreak is up: a control plane, {} POPs of {} edges (one cell each), a demo origin.",
+        "firebreak is up: a control plane, {} POPs of {} edges (one cell each), a DNS server, a demo origin.",
         POPS.len(),
         EDGES_PER_POP
     );
@@ -404,9 +523,14 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
             "  edge {id:<8}  http://127.0.0.1:{listen}/   https://localhost:{https}/ (+HTTP/3, udp)   admin http://127.0.0.1:{admin}/"
         );
     }
+    out!(
+        "  dns {dns_id:<9}  udp+tcp 127.0.0.1:{dns_port} (zone cdn.localhost)   admin http://127.0.0.1:{dns_admin}/"
+    );
     out!("  demo origin    http://{}/", origin.addr);
     out!("  data and logs  {}", dir.display());
-    out!("  synthetic load {LOAD_PER_EDGE} req/s per edge (feeds the rollout gates)");
+    out!(
+        "  synthetic load {LOAD_PER_EDGE} req/s per edge, {DNS_LOAD} queries/s to the DNS server (feeds the rollout gates)"
+    );
     out!();
     out!("Use the CLI against it:");
     out!(
@@ -431,6 +555,21 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     out!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");
     out!("  curl -si -H 'Host: assets.localhost' http://127.0.0.1:{first}/static/app.css");
     out!("  curl -si http://127.0.0.1:{first}/api/data           # stale-while-revalidate");
+    let answer = |pop: &str| {
+        dns_answers
+            .iter()
+            .find(|(p, _)| p == pop)
+            .map(|(_, a)| a.as_str())
+            .unwrap_or("?")
+    };
+    out!(
+        "  dig @127.0.0.1 -p {dns_port} demo.cdn.localhost A +short   # {}: ams (this machine's region; answers are data, the edges listen on 127.0.0.1)",
+        answer("ams")
+    );
+    out!(
+        "  dig @127.0.0.1 -p {dns_port} demo.cdn.localhost A +short +subnet={DIG_SUBNET}   # {}: nyc (a client in america, EDNS Client Subnet)",
+        answer("nyc")
+    );
     let first_https = edges.first().map(|e| e.3).unwrap_or(base);
     out!(
         "  curl -si --cacert {} https://localhost:{first_https}/static/hello.txt   # HTTPS (h2), the demo service's certificate; Alt-Svc offers HTTP/3",

@@ -175,6 +175,8 @@ fn edge_process_caches_and_reloads_on_sighup() {
 
 #[test]
 fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_rollout() {
+    // Also a DNS server under the control plane; the printed `dig` lines are run with the real
+    // `dig` (bind9-dnsutils), which this test requires.
     // Ports unlikely to be taken; the test is about `up`, not the ports.
     let port = 20_000 + (std::process::id() % 20_000) as u16;
     let data = temp_dir("up");
@@ -210,11 +212,23 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
         );
         assert!(r.contains("x-served-by: firebreak"), "{r}");
     }
+    // The DNS server (a fleet member in its own cell) is listed with its port.
     let mut line = String::new();
+    let mut dns_line = None;
     while !line.contains("FIREBREAK_TOKEN=") {
         line.clear();
         assert!(up.stdout.read_line(&mut line).unwrap() > 0);
+        if line.starts_with("  dns ") {
+            dns_line = Some(line.clone());
+        }
     }
+    let dns_line = dns_line.expect("up printed no DNS server line");
+    let dns_port: u16 = dns_line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|p| p.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no DNS port in {dns_line:?}"));
     let value = |name: &str| {
         line.split(&format!("{name}="))
             .nth(1)
@@ -228,9 +242,32 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
     // reached the edges through the control plane as a secret document. The printed curl
     // line works.
     let mut line = String::new();
+    let mut digs = Vec::new();
     while !(line.contains("--cacert") && line.contains("https://localhost")) {
         line.clear();
         assert!(up.stdout.read_line(&mut line).unwrap() > 0);
+        if line.trim_start().starts_with("dig ") {
+            digs.push(line.clone());
+        }
+    }
+    // The printed dig lines work (real dig): this machine's region gets ams, the client
+    // subnet of america gets nyc; each line's comment names the address it answers.
+    assert_eq!(digs.len(), 2, "{digs:?}");
+    for (dig, want) in digs.iter().zip(["127.0.0.11", "127.0.0.12"]) {
+        let (cmd, comment) = dig.split_once('#').unwrap_or((dig, ""));
+        assert!(comment.trim_start().starts_with(want), "{dig}");
+        assert!(cmd.contains(&format!("-p {dns_port} ")), "{dig}");
+        let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+        let out = match Command::new("dig").args(&args).output() {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "`dig` is not installed: install bind9-dnsutils (Debian; .ci/run installs it) to run this test"
+            ),
+            Err(e) => panic!("dig: {e}"),
+        };
+        let answer = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{dig}: {answer}");
+        assert_eq!(answer.trim(), want, "{dig}");
     }
     let url = line
         .split_whitespace()
@@ -285,12 +322,27 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    for id in ["ams-1", "ams-2", "nyc-1", "nyc-2", "sin-1", "sin-2"] {
-        let row = text
+    // MEMBER ROLE POP CELL APPLIED ...: every edge, and the DNS server in its own cell.
+    for (id, role, cell) in [
+        ("ams-1", "edge", "ams"),
+        ("ams-2", "edge", "ams"),
+        ("nyc-1", "edge", "nyc"),
+        ("nyc-2", "edge", "nyc"),
+        ("sin-1", "edge", "sin"),
+        ("sin-2", "edge", "sin"),
+        ("dns-1", "dns", "dns"),
+    ] {
+        let row: Vec<&str> = text
             .lines()
             .find(|l| l.starts_with(id))
-            .unwrap_or_else(|| panic!("{text}"));
-        assert_eq!(row.split_whitespace().nth(3), Some("1"), "{text}");
+            .unwrap_or_else(|| panic!("{text}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            (row.get(1), row.get(3), row.get(4)),
+            (Some(&role), Some(&cell), Some(&"1")),
+            "{text}"
+        );
     }
     // The first version came through a rollout: staged, then wave by wave, gated.
     let out = Command::new(BIN)
@@ -330,6 +382,10 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
     assert!(
         TcpStream::connect(control).is_err(),
         "control plane still listening"
+    );
+    assert!(
+        TcpStream::connect(("127.0.0.1", dns_port)).is_err(),
+        "DNS server still listening after up stopped"
     );
     drop(up);
     std::fs::remove_dir_all(&data).ok();
@@ -578,6 +634,77 @@ fn client_commands_exit_codes_scripts_can_rely_on() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot listen on"), "{err}");
+    drop(control);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A fleet document whose `[dns]` data names `pops` (one answer address each).
+fn dns_fleet(pops: &[&str]) -> String {
+    let mut doc = edge_config("127.0.0.1:9".parse().unwrap(), "dns")
+        .replace("[[listener]]\naddr = \"127.0.0.1:0\"\n", "");
+    doc.push_str(
+        "\n[dns]\nzone = \"cdn.example\"\ndefault_region = \"eu\"\n[[dns.ns]]\nname = \"ns1.cdn.example\"\naddrs = [\"192.0.2.53\"]\n",
+    );
+    for (i, p) in pops.iter().enumerate() {
+        doc.push_str(&format!(
+            "[[dns.pop]]\nname = \"{p}\"\nanswers = [\"192.0.2.{}\"]\n",
+            i + 1
+        ));
+    }
+    let list: Vec<String> = pops.iter().map(|p| format!("\"{p}\"")).collect();
+    doc.push_str(&format!(
+        "[[dns.region]]\nname = \"eu\"\npops = [{}]\n",
+        list.join(", ")
+    ));
+    doc
+}
+
+#[test]
+fn config_push_refuses_emptying_dns_unless_forced() {
+    let dir = temp_dir("dns-force");
+    let mut control = Proc::spawn_with(
+        &[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.join("control").to_str().unwrap(),
+        ],
+        &[
+            ("FIREBREAK_TOKEN", "cli-test-operator-token"),
+            ("FIREBREAK_EDGE_TOKEN", "cli-test-edge-token-xx"),
+        ],
+    );
+    let url = format!(
+        "http://{}",
+        control.wait_for_addr("control plane listening")
+    );
+    let fleet = dir.join("fleet.toml");
+    let file = fleet.to_str().unwrap();
+    std::fs::write(&fleet, dns_fleet(&["ams", "fra", "sin"])).unwrap();
+    let (code, out, err) = client(&url, &["config", "push", file, "-m", "three"]);
+    assert_eq!(code, 0, "{out}{err}");
+    std::fs::write(&fleet, dns_fleet(&["ams"])).unwrap();
+    let (code, out, err) = client(&url, &["config", "push", file, "-m", "one"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("removes 2 of 3 POPs (fra, sin)") && err.contains("--force"),
+        "{err}"
+    );
+    let (code, out, err) = client(&url, &["config", "push", file, "-m", "one", "--force"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("version 2 stored"), "{out}");
+    assert!(
+        err.contains("forced past the DNS change guard") && err.contains("removes 2 of 3 POPs"),
+        "{err}"
+    );
+    let (code, out, _) = client(&url, &["audit"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .any(|l| l.contains("push-forced") && l.contains("removes 2 of 3 POPs")),
+        "{out}"
+    );
     drop(control);
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -37,6 +37,13 @@ pub struct PushRequest {
     /// [`MAX_PUSH_BODY_BYTES`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geoip: Option<crate::binary::Binary>,
+    /// Store it even though the DNS change guard refuses it (it removes more than
+    /// `dns.max_removed_share` of the POPs or answer addresses of the latest version, or all
+    /// of its DNS data); the audit log records the push as forced, with the reason overridden.
+    /// Left out of the JSON when false, so a request is written as before (and an older
+    /// control plane, which does not know the field, refuses only a forced push).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 /// A stored version's metadata.
@@ -339,4 +346,50 @@ pub struct JoinAnswer {
     /// The admin URL the control plane will call back (fixed until the next join).
     #[serde(default)]
     pub admin_url: Option<String>,
+}
+
+/// Most POPs `GET /v1/pops` lists (as many as the DNS data may name).
+pub const MAX_POP_HEALTH_POPS: usize = firebreak_config::MAX_DNS_POPS;
+/// Largest `GET /v1/pops` answer a client reads: [`MAX_POP_HEALTH_POPS`] entries with names
+/// of at most [`MAX_LABEL_LEN`] bytes, with room to spare.
+pub const MAX_POP_HEALTH_BYTES: usize = MAX_POP_HEALTH_POPS * (MAX_LABEL_LEN + 256) + 4096;
+
+/// `GET /v1/pops`: the health of each POP as the control plane sees it from its edges'
+/// reports, for the DNS servers (which also check the POPs themselves). Readable with any
+/// fleet member's own credential and by operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopHealthList {
+    /// When the control plane computed it (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// How long an edge may go unseen and still count as live, in ms (the fleet's
+    /// `[rollout] edge_gone_s`).
+    #[serde(default)]
+    pub live_window_ms: u64,
+    /// Every POP with at least one edge in the registry, by name; at most
+    /// [`MAX_POP_HEALTH_POPS`]. A POP not listed has no edge the control plane knows of.
+    pub pops: Vec<PopHealth>,
+    /// True when POPs were left out to keep within [`MAX_POP_HEALTH_POPS`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// One POP's health (`GET /v1/pops`). Only HTTP edges count (members reporting `role =
+/// "edge"`), never DNS servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PopHealth {
+    /// The POP's name, as its edges report it (`firebreak edge --pop NAME`).
+    pub pop: String,
+    /// Edges of the POP in the registry.
+    pub edges: u32,
+    /// Edges seen (poll, report or health report) within the live window.
+    pub live: u32,
+    /// Live edges serving a version.
+    #[serde(default)]
+    pub healthy_edges: u32,
+    /// Live edges reporting that they hold no fresh target (they keep serving their
+    /// last-known-good version, so they still count as healthy).
+    #[serde(default)]
+    pub stale: u32,
+    /// At least one edge of the POP is healthy (live and serving a version).
+    pub healthy: bool,
 }

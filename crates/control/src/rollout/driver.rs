@@ -367,6 +367,8 @@ async fn wave(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(
             reason: "no live edge in this wave".into(),
             wave_requests: 0,
             baseline_requests: 0,
+            wave_queries: 0,
+            baseline_queries: 0,
             z_critical: 0.0,
             checks: Vec::new(),
         };

@@ -150,6 +150,7 @@ impl Plane {
                 .services
                 .iter()
                 .any(|s| !s.counts.is_plausible() || s.service.len() > 256)
+            || report.dns.as_ref().is_some_and(|d| !d.is_plausible())
         {
             return Err(PlaneError::BadRequest("implausible health report".into()));
         }
@@ -159,7 +160,7 @@ impl Plane {
     }
 
     /// The rollout settings of `version` (its fleet document's `[rollout]`).
-    async fn rollout_settings(&self, version: u64) -> Result<RolloutConfig, PlaneError> {
+    pub(crate) async fn rollout_settings(&self, version: u64) -> Result<RolloutConfig, PlaneError> {
         let detail = self.version(version).await?;
         let config =
             parse_managed_str(&format!("version {version}"), &detail.document).map_err(|_| {
@@ -530,8 +531,10 @@ impl Plane {
         let bundle = self.open(base).await?;
         let document = flip_switch(&bundle.assembled(), name, on).map_err(PlaneError::NotFound)?;
         let why = format!("switch {name} {}: {message}", if on { "on" } else { "off" });
+        // Not judged by the DNS change guard: the document is the running version's with one
+        // switch flipped, its `[dns]` unchanged (the latest stored version may be another).
         let info = self
-            .push(
+            .push_judged(
                 firebreak_protocol::api::PushRequest {
                     file: format!("version-{base}.toml"),
                     document,
@@ -539,10 +542,14 @@ impl Plane {
                     author: Some(by.to_owned()),
                     activate: false,
                     geoip: bundle.geoip,
+                    force: false,
                 },
                 by,
+                None,
+                crate::plane::DnsBaseline::Unchanged,
             )
-            .await?;
+            .await?
+            .info;
         self.start(
             info.version,
             EMERGENCY,

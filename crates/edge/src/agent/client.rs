@@ -1,5 +1,5 @@
 //! The edge's HTTP client for the control plane's API: long-poll the target, download a
-//! bundle (size-bounded), report.
+//! bundle (size-bounded), report; read the POPs' health (for DNS servers).
 
 use bytes::Bytes;
 use firebreak_protocol::api::EdgeReport;
@@ -257,6 +257,29 @@ impl ControlClient {
 }
 
 impl ControlClient {
+    /// Each POP's health as the control plane sees it from its edges' reports
+    /// (`GET /v1/pops`), read with this member's own credential; the answer is bounded to
+    /// [`firebreak_protocol::api::MAX_POP_HEALTH_BYTES`]. DNS servers steer by it.
+    pub async fn pop_health(&self) -> Result<firebreak_protocol::api::PopHealthList, String> {
+        use firebreak_protocol::api::MAX_POP_HEALTH_BYTES;
+        let (status, body) = self
+            .call(
+                Method::GET,
+                "/v1/pops",
+                None,
+                MAX_POP_HEALTH_BYTES,
+                Duration::from_secs(10),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!(
+                "POP health: control plane answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("malformed POP health: {e}"))
+    }
+
     /// Downloads a secret document (a private key, PEM) this edge's versions name, bounded to
     /// [`firebreak_protocol::secrets::MAX_KEY_PEM_BYTES`]. The answer's body is never put in
     /// an error.

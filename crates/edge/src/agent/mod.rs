@@ -18,12 +18,13 @@ pub mod control_ca;
 pub mod disk;
 pub mod identity;
 pub mod journal;
+pub mod member;
 pub mod order;
 pub mod secrets;
 pub mod trust;
 pub mod waiting;
 
-use crate::server::{EdgeHandle, EdgeServer, ServerError};
+use crate::server::{EdgeHandle, ServerError};
 use crate::signed_admin::ControlLink;
 use crate::telemetry;
 use client::{ControlClient, PolledTarget};
@@ -35,6 +36,7 @@ use firebreak_protocol::bundle::{Bundle, MAX_BUNDLE_BYTES};
 use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::signed::{Refusal, Signed, Stage, Target};
 use journal::{BadVerdict, BootJournal, SafeMode};
+use member::{ControlContext, EdgeLauncher, Launcher, Member};
 use order::Verdict;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -193,19 +195,34 @@ pub struct AgentStatus {
     pub key_generation: u64,
 }
 
-/// A running edge under a control plane.
-pub struct Agent {
-    /// The edge server.
-    pub edge: Arc<EdgeHandle>,
+/// A running member (by default an HTTP edge) under a control plane.
+pub struct Agent<M: Member = EdgeHandle> {
+    /// The member: the edge server, or another kind started by its [`Launcher`].
+    pub member: Arc<M>,
     status: Arc<Mutex<AgentStatus>>,
     journal: Arc<BootJournal>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Agent {
-    /// Loads the last good version from disk (or waits for the first from the control plane),
-    /// starts serving, and follows the control plane in the background.
+impl Agent<EdgeHandle> {
+    /// An HTTP edge on `opts`' listeners: see [`Agent::start_with`].
     pub async fn start(opts: AgentOptions) -> Result<Self, AgentError> {
+        let launcher = EdgeLauncher {
+            listen: opts.listen.clone(),
+            listen_tls: opts.listen_tls.clone(),
+            admin: opts.admin,
+        };
+        Agent::start_with(opts, launcher).await
+    }
+}
+
+impl<M: Member> Agent<M> {
+    /// Loads the last good version from disk (or waits for the first from the control plane),
+    /// starts the member `launcher` builds, and follows the control plane in the background.
+    pub async fn start_with<L: Launcher<Member = M>>(
+        opts: AgentOptions,
+        launcher: L,
+    ) -> Result<Self, AgentError> {
         let disk = LocalVersions::open(&opts.data_dir).map_err(|source| AgentError::DataDir {
             dir: opts.data_dir.display().to_string(),
             source,
@@ -252,6 +269,7 @@ impl Agent {
         };
         let link = Arc::new(ControlLink::new(&opts.id));
         let mut worker = Worker {
+            launcher: Arc::new(launcher),
             opts: opts.clone(),
             disk,
             client,
@@ -284,7 +302,7 @@ impl Agent {
                 let version = applied.version;
                 worker.set_applied(applied, Vec::new(), None);
                 journal.serving(version);
-                worker.edge = Some(Arc::new(EdgeServer::start(config).await?));
+                worker.edge = Some(Arc::new(worker.launcher.start(config).await?));
             }
             None => {
                 tracing::info!("no version on disk; waiting for the control plane");
@@ -296,9 +314,15 @@ impl Agent {
                 "no configuration".into(),
             )));
         };
-        let _ = edge.state().control_key.set(opts.trust);
-        let _ = edge.state().control_keys.set(trust.clone());
-        let _ = edge.state().control_link.set(link.clone());
+        worker.launcher.attach(
+            &edge,
+            ControlContext {
+                trust: opts.trust,
+                keys: trust.clone(),
+                link: link.clone(),
+                client: worker.client.clone(),
+            },
+        );
         let stale = {
             let status = status.clone();
             tokio::spawn(async move {
@@ -347,13 +371,14 @@ impl Agent {
                         },
                         Err(_) => continue,
                     };
-                    let (total, services) = edge.health();
+                    let counted = edge.health();
                     let report = firebreak_protocol::health::HealthReport {
                         version,
                         since_ms,
-                        total,
-                        services,
+                        total: counted.total,
+                        services: counted.services,
                         cert_expiry_ms,
+                        dns: counted.dns,
                     };
                     if let Err(e) = client.health(&report).await {
                         tracing::debug!(error = %e, "health report not delivered");
@@ -363,7 +388,7 @@ impl Agent {
         };
         let watcher = tokio::spawn(async move { worker.follow().await });
         Ok(Self {
-            edge,
+            member: edge,
             status,
             journal,
             tasks: vec![watcher, heartbeat, health, keys, stale],
@@ -381,12 +406,12 @@ impl Agent {
         for t in &self.tasks {
             t.abort();
         }
-        self.edge.shutdown();
+        self.member.shutdown();
         self.journal.clean_stop();
     }
 }
 
-impl Drop for Agent {
+impl<M: Member> Drop for Agent<M> {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
@@ -394,12 +419,14 @@ impl Drop for Agent {
     }
 }
 
-struct Worker {
+struct Worker<L: Launcher> {
+    /// Builds and starts the member from configurations.
+    launcher: Arc<L>,
     opts: AgentOptions,
     disk: Arc<LocalVersions>,
     client: ControlClient,
     status: Arc<Mutex<AgentStatus>>,
-    edge: Option<Arc<EdgeHandle>>,
+    edge: Option<Arc<L::Member>>,
     /// An error that ends the agent's start (a listener that cannot be bound).
     fatal: Option<ServerError>,
     journal: Arc<BootJournal>,
@@ -409,11 +436,9 @@ struct Worker {
     waiting: Option<WaitingHealth>,
 }
 
-impl Worker {
+impl<L: Launcher> Worker<L> {
     fn localize(&self, config: ValidConfig) -> ValidConfig {
-        config
-            .localize(&self.opts.listen, self.opts.admin, random_token)
-            .with_tls_listeners(&self.opts.listen_tls)
+        self.launcher.localize(config)
     }
 
     fn admin_url(&self) -> Option<String> {
@@ -424,10 +449,11 @@ impl Worker {
     }
 
     fn reporter(&self) -> impl Fn(&Mutex<AgentStatus>) -> EdgeReport + Send + 'static {
-        let (pop, cell, admin_url) = (
+        let (pop, cell, admin_url, role) = (
             self.opts.pop.clone(),
             self.opts.cell.clone(),
             self.admin_url(),
+            self.launcher.role(),
         );
         let listen: Vec<String> = self
             .edge
@@ -448,7 +474,7 @@ impl Worker {
                 staged: s.staged,
                 bad_versions: s.bad_versions,
                 stale: s.stale,
-                role: firebreak_protocol::api::MemberRole::Edge,
+                role,
             }
         }
     }
@@ -896,7 +922,8 @@ impl Worker {
             ));
         }
         let config = self.localize(composed.config);
-        crate::runtime::Runtime::build(config, None)
+        self.launcher
+            .check(&config)
             .map_err(|e| format!("version {} cannot be built: {e}", stage.version))?;
         self.disk
             .save_bundle(bundle.version, &bytes)
@@ -986,7 +1013,7 @@ impl Worker {
     }
 }
 
-impl Worker {
+impl<L: Launcher> Worker<L> {
     /// Keeps what runs on disk: the signed target first, then `applied.json` matching it (a
     /// crash between the two leaves a mismatch, which the next start refuses and rebuilds from
     /// the target). Returns the error to report, if any.
@@ -1005,11 +1032,11 @@ impl Worker {
 
     /// Starts the edge server for the first configuration, after closing the waiting health
     /// listener (the server binds the same admin address); reopens it if the start fails.
-    async fn start_server(&mut self, config: ValidConfig) -> Result<EdgeHandle, ServerError> {
+    async fn start_server(&mut self, config: ValidConfig) -> Result<L::Member, ServerError> {
         if let Some(w) = self.waiting.take() {
             w.stop().await;
         }
-        let started = EdgeServer::start(config).await;
+        let started = self.launcher.start(config).await;
         if let (Err(e), Some(admin)) = (&started, self.opts.admin) {
             if !matches!(e, ServerError::Bind { .. }) {
                 self.waiting = WaitingHealth::start(admin).await.ok();

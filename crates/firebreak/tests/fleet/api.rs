@@ -231,6 +231,7 @@ async fn auth_and_openapi(c: &Control) {
         "/v1/edges/{id}/target",
         "/v1/edges/{id}",
         "/v1/fleet",
+        "/v1/pops",
         "/v1/purge",
         "/v1/edges/{id}/health",
         "/v1/edges/{id}/join",

@@ -107,9 +107,9 @@ async fn configuration_reaches_every_edge_and_purge_fans_out() {
         .await;
     assert_eq!(out["purged"], 2, "{out}");
     // An edge that is down is named as a straggler; the others still purge.
-    let e2_admin = e2.edge.admin_addr().expect("e2 has an admin listener");
+    let e2_admin = e2.member.admin_addr().expect("e2 has an admin listener");
     e2.shutdown();
-    e2.edge.drain(std::time::Duration::from_secs(1)).await;
+    e2.member.drain(std::time::Duration::from_secs(1)).await;
     drop(e2);
     // Down means its admin listener refuses connections.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -312,7 +312,7 @@ pub async fn edge_placed(
 }
 
 pub fn addr(agent: &Agent) -> SocketAddr {
-    agent.edge.local_addrs()[0]
+    agent.member.local_addrs()[0]
 }
 
 /// Waits until `check` holds for the agent's status.

@@ -423,7 +423,7 @@ async fn bundles_carry_no_admin_token() {
         "the bundle carries the admin token"
     );
     // The edge's admin API takes the token whose hash it was given.
-    let admin = e1.edge.admin_addr().unwrap();
+    let admin = e1.member.admin_addr().unwrap();
     let metrics = format!("http://{admin}/metrics");
     assert_eq!(
         status_of(Method::GET, metrics.clone(), admin_token, None).await,

@@ -259,7 +259,7 @@ async fn revoked_key_signatures_are_refused() {
 
     // An admin request (purge) signed by the thief is refused; one from the control plane
     // (the new key) is accepted.
-    let admin = e.edge.admin_addr().unwrap();
+    let admin = e.member.admin_addr().unwrap();
     let path = "/purge/all?service=a";
     let at = firebreak_protocol::now_ms();
     let client: Client<HttpConnector, Full<Bytes>> =

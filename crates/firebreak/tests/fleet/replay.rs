@@ -284,7 +284,7 @@ async fn stale_target_is_reported_not_fatal() {
     let mitm = Mitm::start(&c.url).await;
     let e = edge_trusting(&mitm.url, c.public(), &dir.join("e"), "e").await;
     wait_applied(&e, 1).await;
-    let admin = e.edge.admin_addr().unwrap();
+    let admin = e.member.admin_addr().unwrap();
     // The control plane keeps answering, but never with a fresh signature again.
     let (same, _) = capture_target(&c, "e").await;
     mitm.replay(Some(same));
@@ -467,7 +467,7 @@ async fn refused_metric(c: &Control, admin: SocketAddr, reason: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_purge_replayed_is_refused() {
     let (dir, c, e) = purge_fixture("replay-purge").await;
-    let admin = e.edge.admin_addr().unwrap();
+    let admin = e.member.admin_addr().unwrap();
     let auth = sign_request(
         &c.key(),
         "POST",
@@ -500,7 +500,7 @@ async fn signed_purge_replayed_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_purge_for_another_edge_is_refused() {
     let (dir, c, e) = purge_fixture("replay-audience").await;
-    let admin = e.edge.admin_addr().unwrap();
+    let admin = e.member.admin_addr().unwrap();
     let auth = sign_request(
         &c.key(),
         "POST",
@@ -520,7 +520,7 @@ async fn signed_purge_for_another_edge_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_signed_purge_is_refused() {
     let (dir, c, e) = purge_fixture("replay-expired").await;
-    let admin = e.edge.admin_addr().unwrap();
+    let admin = e.member.admin_addr().unwrap();
     let now = firebreak_protocol::now_ms();
     let auth = sign_request(&c.key(), "POST", PURGE, "e", now - 1).unwrap();
     let (status, v) = signed(admin, Method::POST, PURGE, &auth).await;
@@ -589,7 +589,7 @@ async fn edge_waiting_for_first_config_answers_health() {
     })
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(agent.edge.admin_addr(), Some(admin));
+    assert_eq!(agent.member.admin_addr(), Some(admin));
     agent.shutdown();
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -105,11 +105,11 @@ async fn an_edge_under_the_control_plane_serves_https_on_its_tls_listener() {
     assert_eq!(c.release(&doc).await, 1);
     let e = tls_edge(&c, &dir.join("e1"), "e1").await;
     wait_applied(&e, 1).await;
-    let urls = e.edge.local_urls();
+    let urls = e.member.local_urls();
     assert_eq!(urls.len(), 2, "{urls:?}");
     assert!(urls[0].starts_with("http://"), "{urls:?}");
     assert!(urls[1].starts_with("https://"), "{urls:?}");
-    let tls_addr = e.edge.local_addrs()[1];
+    let tls_addr = e.member.local_addrs()[1];
     let answer = https_get(tls_addr, site.roots.clone(), "a.test", "/hello").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("origin says /hello"), "{answer}");
