@@ -78,10 +78,11 @@ pub struct DnsConfig {
     /// Regions: which clients they hold and which POPs serve them (`[[dns.region]]`).
     #[serde(default, rename = "region")]
     pub regions: Vec<RegionConfig>,
-    /// A MaxMind-format database (a file name) used to place clients by country or continent
-    /// when no prefix matches. Accepted in fleet documents too (the DNS server loads the fleet
-    /// document); how the file travels under the control plane is decided with the
-    /// control-plane integration.
+    /// A MaxMind-format database (a file name, relative to the document) used to place
+    /// clients by country or continent when no prefix matches; at most
+    /// [`crate::MAX_GEOIP_BYTES`]. Standalone, the DNS server reads the file; under a control
+    /// plane `firebreak config push` sends it with the document, the control plane verifies it
+    /// and it travels inside the signed version ([`crate::ValidConfig::geoip`]).
     #[serde(default)]
     pub geoip_file: Option<String>,
 }

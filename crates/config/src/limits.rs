@@ -4,6 +4,12 @@
 /// Largest configuration file accepted, in bytes. Real configurations are tens of KiB; a
 /// megabyte leaves room for thousands of services while bounding parse time and memory.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Largest MaxMind (GeoIP) database (`dns.geoip_file`), in bytes: 32 MiB. A country database
+/// (GeoLite2-Country is about 9 MiB) fits with room to grow, and so does a city database cut
+/// down to the networks a CDN steers; a full GeoLite2-City (about 60 MiB) does not. The
+/// database travels inside every signed version (base64, so a third larger) to every member,
+/// and the DNS server reads a standalone `geoip_file` with the same bound: one bound for both.
+pub const MAX_GEOIP_BYTES: u64 = 32 * 1024 * 1024;
 /// Most listeners one edge process binds.
 pub const MAX_LISTENERS: usize = 16;
 /// Most services (tenants) in one file.

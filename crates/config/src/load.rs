@@ -8,16 +8,46 @@ use std::fmt;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 /// A configuration that passed every check. Only [`parse_str`] and [`load_file`] make one, so
 /// holding a `ValidConfig` proves the file was validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ValidConfig(pub(crate) Config);
+///
+/// Under a control plane it also carries the version's MaxMind database (`dns.geoip_file`) as
+/// bytes ([`ValidConfig::geoip`]): this crate does not read the format; the control plane
+/// verified the bytes with the DNS server's own code before it signed the version, and a DNS
+/// server opens them again when it applies the version.
+#[derive(Clone, PartialEq)]
+pub struct ValidConfig(pub(crate) Config, pub(crate) Option<Arc<[u8]>>);
+
+impl fmt::Debug for ValidConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut t = f.debug_tuple("ValidConfig");
+        t.field(&self.0);
+        if let Some(g) = &self.1 {
+            t.field(&format_args!("geoip: {} bytes", g.len()));
+        }
+        t.finish()
+    }
+}
 
 impl ValidConfig {
     /// The validated configuration.
     pub fn get(&self) -> &Config {
         &self.0
+    }
+
+    /// The MaxMind database the version carries for `dns.geoip_file` (under a control plane;
+    /// `None` for a file loaded from disk, whose `geoip_file` the DNS server reads itself).
+    pub fn geoip(&self) -> Option<&Arc<[u8]>> {
+        self.1.as_ref()
+    }
+
+    /// The configuration carrying `bytes` as its MaxMind database (set by the edge agent's
+    /// compose from the version's bundle, which checked that the fleet document names one).
+    pub fn with_geoip(mut self, bytes: Arc<[u8]>) -> Self {
+        self.1 = Some(bytes);
+        self
     }
 }
 
@@ -115,6 +145,25 @@ impl fmt::Display for ConfigRejected {
 
 impl std::error::Error for ConfigRejected {}
 
+impl ConfigError {
+    /// An error about `field` (a dotted path of keys, for example `["dns", "geoip_file"]`),
+    /// located in `text` at the field (or its deepest ancestor present; line 0 if none).
+    pub fn at_field(file: &str, text: &str, field: &[&'static str], message: String) -> Self {
+        let path: Vec<PathSeg> = field.iter().map(|k| PathSeg::Key(k)).collect();
+        let (line, column) = toml_edit::Document::parse(text)
+            .ok()
+            .and_then(|doc| locate(&doc, &path))
+            .map_or((0, 0), |at| line_col(text, at));
+        Self {
+            file: file.to_owned(),
+            line,
+            column,
+            field: PathSeg::display(&path),
+            message,
+        }
+    }
+}
+
 impl ConfigRejected {
     fn one(file: &str, line: usize, column: usize, field: &str, message: String) -> Self {
         Self {
@@ -203,7 +252,7 @@ fn parse(
     problems.extend(crate::origin_tls::read_ca_files(&mut config, base, mode));
     problems.extend(validate(&config, mode));
     if problems.is_empty() {
-        return Ok(ValidConfig(config));
+        return Ok(ValidConfig(config, None));
     }
     let doc = toml_edit::Document::parse(text).ok();
     let mut errors: Vec<ConfigError> = problems

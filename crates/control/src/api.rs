@@ -43,7 +43,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use firebreak_protocol::api::{
     ActionRequest, ApiError, DeployRequest, EdgeReport, JoinRequest, PurgeRequest, PushRequest,
-    RollbackRequest, SetTargetRequest, SwitchRequest, MAX_API_BODY_BYTES,
+    RollbackRequest, SetTargetRequest, SwitchRequest, MAX_API_BODY_BYTES, MAX_PUSH_BODY_BYTES,
 };
 use firebreak_protocol::health::HealthReport;
 use serde::Deserialize;
@@ -104,7 +104,13 @@ pub fn router_with(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/public-key", get(public_key))
-        .route("/v1/versions", post(push).get(versions))
+        .route(
+            crate::bounded_body::PUSH_PATH,
+            // A push may carry a MaxMind database ([`MAX_PUSH_BODY_BYTES`]).
+            post(push)
+                .layer(DefaultBodyLimit::max(MAX_PUSH_BODY_BYTES))
+                .get(versions),
+        )
         .route("/v1/versions/{n}", get(version))
         .route("/v1/versions/{n}/bundle", get(bundle))
         .route("/v1/diff", get(diff))

@@ -202,6 +202,7 @@ mod tests {
                 message: "m".into(),
                 fleet: "[cache]\n".into(),
                 services: Vec::new(),
+                geoip: None,
             };
             let sealed = bundle.seal(&key).unwrap();
             assert!(a

@@ -5,7 +5,9 @@
 //! (authentication) runs before a body byte is read. It reads the whole body before the
 //! handler runs:
 //! - a `Content-Length` over `max_body_bytes` is refused with 413 before anything is read, a
-//!   chunked body at the first byte over it;
+//!   chunked body at the first byte over it; a push (`POST /v1/versions`, which may carry a
+//!   MaxMind database) may be up to [`MAX_PUSH_BODY_BYTES`] (never more than the budget) and
+//!   has six times `body_timeout`;
 //! - the body must arrive within `body_timeout` of the head, or the answer is 408 (a client
 //!   that sends a large `Content-Length` and stalls holds nothing for long);
 //! - bodies being read share a byte budget (`body_budget_bytes`): each takes its
@@ -24,7 +26,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use firebreak_protocol::api::ApiError;
+use firebreak_protocol::api::{ApiError, MAX_PUSH_BODY_BYTES};
 use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use std::sync::Arc;
@@ -39,6 +41,9 @@ const MAX_ERROR_TEXT: usize = 4096;
 pub struct BodyBounds {
     timeout: Duration,
     max_bytes: usize,
+    /// A push (`POST /v1/versions`) may carry a MaxMind database: up to
+    /// [`MAX_PUSH_BODY_BYTES`], never more than the whole budget.
+    max_push_bytes: usize,
     budget: Arc<Semaphore>,
 }
 
@@ -48,10 +53,32 @@ impl BodyBounds {
         Self {
             timeout: limits.body_timeout,
             max_bytes: limits.max_body_bytes,
+            max_push_bytes: MAX_PUSH_BODY_BYTES
+                .min(limits.body_budget_bytes)
+                .max(limits.max_body_bytes),
             budget: Arc::new(Semaphore::new(limits.body_budget_bytes)),
         }
     }
+
+    /// The largest body `req` may have, and the time it has to arrive: a push that may carry
+    /// a MaxMind database gets [`PUSH_TIME_FACTOR`] times `body_timeout` (60 s by default)
+    /// for its up to ~45 MiB.
+    fn bounds_for(&self, req: &Request) -> (usize, Duration) {
+        if req.method() == axum::http::Method::POST && req.uri().path() == PUSH_PATH {
+            (
+                self.max_push_bytes,
+                self.timeout.saturating_mul(PUSH_TIME_FACTOR),
+            )
+        } else {
+            (self.max_bytes, self.timeout)
+        }
+    }
 }
+
+/// The push route, whose body may carry a MaxMind database.
+pub const PUSH_PATH: &str = "/v1/versions";
+/// How many times `body_timeout` a push's body has.
+const PUSH_TIME_FACTOR: u32 = 6;
 
 impl Default for BodyBounds {
     fn default() -> Self {
@@ -83,19 +110,17 @@ pub async fn read(State(bounds): State<BodyBounds>, req: Request, next: Next) ->
         return next.run(req).await;
     }
     let declared = req.body().size_hint().exact();
+    let (max_bytes, timeout) = bounds.bounds_for(&req);
     let too_large = || {
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "request body over {} bytes; nothing was read",
-                bounds.max_bytes
-            ),
+            format!("request body over {max_bytes} bytes; nothing was read"),
         )
     };
     let charge = match declared {
-        Some(n) if n > bounds.max_bytes as u64 => return too_large(),
-        Some(n) => usize::try_from(n).unwrap_or(bounds.max_bytes),
-        None => bounds.max_bytes,
+        Some(n) if n > max_bytes as u64 => return too_large(),
+        Some(n) => usize::try_from(n).unwrap_or(max_bytes),
+        None => max_bytes,
     };
     let charge = u32::try_from(charge.max(1)).unwrap_or(u32::MAX);
     let (parts, body) = req.into_parts();
@@ -105,13 +130,13 @@ pub async fn read(State(bounds): State<BodyBounds>, req: Request, next: Next) ->
             return Outcome::Broken("the server is shutting down".into());
         };
         got_budget = true;
-        match Limited::new(body, bounds.max_bytes).collect().await {
+        match Limited::new(body, max_bytes).collect().await {
             Ok(c) => Outcome::Read(c.to_bytes(), permit),
             Err(e) if e.is::<LengthLimitError>() => Outcome::TooLarge,
             Err(e) => Outcome::Broken(format!("request body: {e}")),
         }
     };
-    let outcome = tokio::time::timeout(bounds.timeout, reading).await;
+    let outcome = tokio::time::timeout(timeout, reading).await;
     match outcome {
         Ok(Outcome::Read(bytes, permit)) => {
             let response = next
@@ -135,7 +160,7 @@ pub async fn read(State(bounds): State<BodyBounds>, req: Request, next: Next) ->
             StatusCode::REQUEST_TIMEOUT,
             format!(
                 "request body not received within {} ms",
-                bounds.timeout.as_millis()
+                timeout.as_millis()
             ),
         ),
     }
@@ -225,6 +250,31 @@ mod tests {
         let (status, text) = call(app(&limits()), req).await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(serde_json::from_str::<ApiError>(&text).is_ok(), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_push_may_be_larger_than_other_bodies_within_the_budget() {
+        let app = Router::new()
+            .route("/echo", post(|b: Bytes| async move { b }))
+            .route(PUSH_PATH, post(|b: Bytes| async move { b }))
+            .layer(axum::middleware::from_fn_with_state(
+                BodyBounds::new(&limits()),
+                read,
+            ));
+        // 24 bytes: over max_body_bytes (16), within the budget (32).
+        let body = || Body::from(vec![b'x'; 24]);
+        let req = Request::post(PUSH_PATH).body(body()).unwrap();
+        assert_eq!(call(app.clone(), req).await.0, StatusCode::OK);
+        let req = Request::post("/echo").body(body()).unwrap();
+        assert_eq!(
+            call(app.clone(), req).await.0,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        // Never more than the budget.
+        let req = Request::post(PUSH_PATH)
+            .body(Body::from(vec![b'x'; 33]))
+            .unwrap();
+        assert_eq!(call(app, req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[tokio::test]

@@ -776,6 +776,7 @@ mod tests {
             message: "m".into(),
             fleet: String::new(),
             services: Vec::new(),
+            geoip: None,
         }
     }
 

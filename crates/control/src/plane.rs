@@ -11,7 +11,8 @@ use firebreak_protocol::api::{
     EdgeReport, EdgeStatus, PurgeOutcome, PurgeRequest, PushRequest, VersionDetail, VersionInfo,
     MAX_LABEL_LEN,
 };
-use firebreak_protocol::bundle::Bundle;
+use firebreak_protocol::binary::Binary;
+use firebreak_protocol::bundle::{carry_geoip, Bundle};
 use firebreak_protocol::document::{split, Documents};
 use firebreak_protocol::keys::PublicKey;
 use firebreak_protocol::now_ms;
@@ -287,7 +288,7 @@ impl Plane {
             moved,
             warnings,
             dns: new_dns,
-        } = prepare(file, &req.document).await?;
+        } = prepare(file, &req.document, req.geoip.clone()).await?;
         if req.activate {
             if let Some(r) = self.fleet_state().running() {
                 return Err(PlaneError::Conflict(format!(
@@ -327,6 +328,7 @@ impl Plane {
                 message: req.message.clone(),
                 fleet: docs.fleet.clone(),
                 services: docs.services.clone(),
+                geoip: req.geoip.clone(),
             };
             let key = self.key.clone();
             let (sealed, info) = blocking(move || {
@@ -486,7 +488,7 @@ impl Plane {
 
     /// Verifies and parses a stored bundle (up to 4 MiB of signature check and JSON) on the
     /// blocking pool.
-    async fn open(&self, n: u64) -> Result<Bundle, PlaneError> {
+    pub(crate) async fn open(&self, n: u64) -> Result<Bundle, PlaneError> {
         let bytes = self.bundle(n).await?;
         let keys = self.key.clone();
         blocking(move || {
@@ -507,6 +509,19 @@ impl Plane {
     /// A unified diff of two versions' configuration text.
     pub async fn diff(&self, a: u64, b: u64) -> Result<String, PlaneError> {
         let (x, y) = (self.open(a).await?, self.open(b).await?);
+        // The MaxMind databases are not text: a change shows as their hashes.
+        let geoip = |b: &Bundle| {
+            b.geoip.as_ref().map_or("none".to_owned(), |g| {
+                firebreak_protocol::sha256_hex(g.bytes())
+            })
+        };
+        let geoip_note = (x.geoip != y.geoip).then(|| {
+            format!(
+                "# MaxMind database (dns.geoip_file): sha256 {} -> {}\n",
+                geoip(&x),
+                geoip(&y)
+            )
+        });
         // Two megabytes of text can take the diff's whole time bound: on the blocking pool.
         blocking(move || {
             // Certificates described, never shown as PEM (and no key, ever).
@@ -516,11 +531,12 @@ impl Plane {
             let diff = similar::TextDiff::configure()
                 .timeout(Duration::from_secs(2))
                 .diff_lines(&x, &y);
-            Ok(diff
+            let text = diff
                 .unified_diff()
                 .context_radius(3)
                 .header(&format!("version {a}"), &format!("version {b}"))
-                .to_string())
+                .to_string();
+            Ok(geoip_note.unwrap_or_default() + &text)
         })
         .await
     }
@@ -704,17 +720,19 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| PlaneError::Internal(format!("blocking task failed: {e}")))?
 }
 
-/// Validates a pushed document as the operator wrote it (errors located in their file), splits
-/// it, and validates the parts and the assembled form exactly as every edge will load them
-/// ([`Bundle::validate`]). Runs on the blocking pool.
-async fn prepare(file: &str, document: &str) -> Result<Prepared, PlaneError> {
+/// Validates a pushed document as the operator wrote it (errors located in their file), its
+/// MaxMind database ([`check_geoip`]), splits it, and validates the parts and the assembled
+/// form exactly as every edge will load them ([`Bundle::validate`]). Runs on the blocking pool.
+async fn prepare(
+    file: &str,
+    document: &str,
+    geoip: Option<Binary>,
+) -> Result<Prepared, PlaneError> {
     let (file, document) = (file.to_owned(), document.to_owned());
     blocking(move || {
-        let dns = parse_managed_str(&file, &document)
-            .map_err(PlaneError::Invalid)?
-            .get()
-            .dns
-            .clone();
+        let config = parse_managed_str(&file, &document).map_err(PlaneError::Invalid)?;
+        let dns = config.get().dns.clone();
+        check_geoip(&file, &document, config, geoip.as_ref()).map_err(PlaneError::Invalid)?;
         let now_s = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
         let warnings = crate::secrets::check_certificates(&file, &document, now_s)
             .map_err(PlaneError::Invalid)?;
@@ -727,6 +745,7 @@ async fn prepare(file: &str, document: &str) -> Result<Prepared, PlaneError> {
             message: String::new(),
             fleet: docs.fleet,
             services: docs.services,
+            geoip,
         };
         candidate.validate(&file).map_err(PlaneError::Invalid)?;
         // Validated whole with its keys; now the keys move out of what gets sealed.
@@ -743,6 +762,45 @@ async fn prepare(file: &str, document: &str) -> Result<Prepared, PlaneError> {
         })
     })
     .await
+}
+
+/// The MaxMind database a push carries: sent exactly when the document names one
+/// (`dns.geoip_file`), within [`firebreak_config::MAX_GEOIP_BYTES`]
+/// ([`firebreak_protocol::bundle::carry_geoip`], which every member runs too), and opened with
+/// the DNS server's own code ([`firebreak_dns::GeoIp::from_bytes`]: the whole file verified,
+/// and usable to place clients), so that a database a DNS server would refuse is refused here
+/// first. Errors name the file and `dns.geoip_file`, located where the document names it.
+fn check_geoip(
+    file: &str,
+    document: &str,
+    config: firebreak_config::ValidConfig,
+    geoip: Option<&Binary>,
+) -> Result<(), ConfigRejected> {
+    let config = carry_geoip(file, document, config, geoip)?;
+    let (Some(bytes), Some(name)) = (
+        config.geoip(),
+        config.dns.as_ref().and_then(|d| d.geoip_file.as_deref()),
+    ) else {
+        return Ok(());
+    };
+    match firebreak_dns::GeoIp::from_bytes(bytes.to_vec()) {
+        Ok(db) => {
+            tracing::debug!(
+                file,
+                database_type = db.database_type(),
+                "GeoIP database verified"
+            );
+            Ok(())
+        }
+        Err(e) => Err(ConfigRejected {
+            errors: vec![firebreak_config::ConfigError::at_field(
+                file,
+                document,
+                &["dns", "geoip_file"],
+                format!("{name}: {e}"),
+            )],
+        }),
+    }
 }
 
 /// A pushed document, validated and ready to seal.
@@ -840,3 +898,8 @@ pub fn edge_id(id: &str) -> Result<(), PlaneError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic, clippy::indexing_slicing)]
+#[path = "plane_geoip_tests.rs"]
+mod geoip_tests;

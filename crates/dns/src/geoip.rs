@@ -16,9 +16,10 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::path::Path;
 
-/// Largest database accepted: 64 MiB. GeoLite2-Country is about 9 MiB and GeoLite2-City about
-/// 60 MiB; the bound keeps a wrong or hostile file from taking a DNS server's memory.
-pub const MAX_GEOIP_BYTES: u64 = 64 * 1024 * 1024;
+/// Largest database accepted (32 MiB): the configuration's bound
+/// ([`firebreak_config::MAX_GEOIP_BYTES`]), the same for a standalone file and for a database
+/// inside a signed version, so the control plane and the DNS server refuse the same files.
+pub use firebreak_config::MAX_GEOIP_BYTES;
 
 /// Most distinct records whose codes are decoded once at open. Country databases hold a few
 /// hundred; City databases hundreds of thousands — beyond this bound (about 24 MiB of table)
@@ -48,6 +49,15 @@ pub enum GeoIpError {
     /// Not a valid MaxMind database.
     #[error("not a valid MaxMind database: {0}")]
     Corrupt(String),
+    /// A valid database that places no network in a country or a continent (an ASN or an
+    /// anonymous-IP database, say): steering could never use it.
+    #[error(
+        "the MaxMind database ({database_type}) has no network with a country (country.iso_code, registered_country.iso_code) or a continent (continent.code): not usable to place clients"
+    )]
+    NoLocations {
+        /// Its `database_type`.
+        database_type: String,
+    },
 }
 
 /// An opened, verified database.
@@ -95,7 +105,12 @@ impl GeoIp {
             .verify()
             .map_err(|e| GeoIpError::Corrupt(e.to_string()))?;
         let ip_version = reader.metadata().ip_version;
-        let decoded = decode_all(&reader, MAX_DECODED_RECORDS);
+        let (decoded, usable) = decode_all(&reader, MAX_DECODED_RECORDS);
+        if !usable {
+            return Err(GeoIpError::NoLocations {
+                database_type: reader.metadata().database_type.clone(),
+            });
+        }
         Ok(GeoIp {
             reader,
             ip_version,
@@ -133,22 +148,33 @@ impl GeoIp {
     }
 }
 
-/// Decodes the codes of every distinct record, or gives up (`None`) past `limit` records.
-fn decode_all(reader: &Reader<Vec<u8>>, limit: usize) -> Option<HashMap<usize, Codes>> {
+/// Decodes the codes of every distinct record, or gives up on the table (`None`) past `limit`
+/// records. Also tells whether any record decoded has a country or a continent (the database
+/// is usable): a verified database's records all decode, so the walk stops early only for the
+/// table's size.
+fn decode_all(reader: &Reader<Vec<u8>>, limit: usize) -> (Option<HashMap<usize, Codes>>, bool) {
     let mut table = HashMap::new();
-    for network in reader.networks(Default::default()).ok()? {
-        let network = network.ok()?;
+    let mut usable = false;
+    let Ok(networks) = reader.networks(Default::default()) else {
+        return (None, false);
+    };
+    for network in networks {
+        let Ok(network) = network else {
+            return (None, usable);
+        };
         let Some(offset) = network.offset() else {
             continue;
         };
         if !table.contains_key(&offset) {
             if table.len() >= limit {
-                return None;
+                return (None, usable);
             }
-            table.insert(offset, codes(&network));
+            let c = codes(&network);
+            usable |= c.0.is_some() || c.1.is_some();
+            table.insert(offset, c);
         }
     }
-    Some(table)
+    (Some(table), usable)
 }
 
 fn codes(result: &maxminddb::LookupResult<'_, Vec<u8>>) -> Codes {
@@ -208,175 +234,7 @@ impl Locate for GeoIp {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
 pub(crate) mod tests {
     use super::*;
-
-    /// A minimal MaxMind DB writer (format 2.0, 24-bit records): a binary search tree over
-    /// the address bits, a 16-byte zero separator, the data section, then the metadata
-    /// marker and the metadata map. Every record is `{country: {iso_code}, continent: {code}}`.
-    pub(crate) struct MmdbWriter {
-        /// 32 (IPv4 database) or 128 (IPv6 database, IPv4 under ::/96).
-        width: u32,
-        /// (network bits, prefix length, country, continent)
-        networks: Vec<(u128, u32, Option<&'static str>, Option<&'static str>)>,
-    }
-
-    #[derive(Clone, Copy)]
-    enum Rec {
-        Empty,
-        Node(usize),
-        Data(usize),
-    }
-
-    fn control(out: &mut Vec<u8>, kind: u8, size: usize) {
-        let (bits, extra): (u8, Vec<u8>) = match size {
-            0..=28 => (size as u8, vec![]),
-            29..=284 => (29, vec![(size - 29) as u8]),
-            285..=65_820 => (30, ((size - 285) as u16).to_be_bytes().to_vec()),
-            _ => (31, ((size - 65_821) as u32).to_be_bytes()[1..].to_vec()),
-        };
-        if kind <= 7 {
-            out.push(kind << 5 | bits);
-        } else {
-            out.push(bits);
-            out.push(kind - 7);
-        }
-        out.extend(extra);
-    }
-
-    fn string(out: &mut Vec<u8>, s: &str) {
-        control(out, 2, s.len());
-        out.extend(s.as_bytes());
-    }
-
-    fn map(out: &mut Vec<u8>, pairs: usize) {
-        control(out, 7, pairs);
-    }
-
-    fn uint(out: &mut Vec<u8>, kind: u8, v: u64) {
-        let bytes = v.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        control(out, kind, 8 - skip);
-        out.extend(&bytes[skip..]);
-    }
-
-    impl MmdbWriter {
-        pub(crate) fn new(width: u32) -> Self {
-            Self {
-                width,
-                networks: Vec::new(),
-            }
-        }
-
-        /// Adds `cidr` (IPv4 networks go under ::/96 in an IPv6 database).
-        pub(crate) fn insert(
-            &mut self,
-            cidr: &str,
-            country: Option<&'static str>,
-            continent: Option<&'static str>,
-        ) -> &mut Self {
-            let (addr, len) = cidr.split_once('/').unwrap();
-            let len: u32 = len.parse().unwrap();
-            let (bits, len) = match addr.parse::<IpAddr>().unwrap() {
-                IpAddr::V4(a) if self.width == 32 => (u128::from(u32::from(a)), len),
-                IpAddr::V4(a) => (u128::from(u32::from(a)), len + 96),
-                IpAddr::V6(a) => {
-                    assert_eq!(self.width, 128);
-                    (u128::from(a), len)
-                }
-            };
-            self.networks.push((bits, len, country, continent));
-            self
-        }
-
-        pub(crate) fn build(&self) -> Vec<u8> {
-            // The data section: one record per network.
-            let mut data = Vec::new();
-            let mut offsets = Vec::new();
-            for (_, _, country, continent) in &self.networks {
-                offsets.push(data.len());
-                let pairs = usize::from(country.is_some()) + usize::from(continent.is_some());
-                map(&mut data, pairs);
-                if let Some(c) = country {
-                    string(&mut data, "country");
-                    map(&mut data, 2);
-                    string(&mut data, "iso_code");
-                    string(&mut data, c);
-                    string(&mut data, "names");
-                    map(&mut data, 1);
-                    string(&mut data, "en");
-                    string(&mut data, "Somewhere");
-                }
-                if let Some(c) = continent {
-                    string(&mut data, "continent");
-                    map(&mut data, 1);
-                    string(&mut data, "code");
-                    string(&mut data, c);
-                }
-            }
-            // The search tree, less specific networks first so that more specific ones split
-            // their records.
-            let mut order: Vec<usize> = (0..self.networks.len()).collect();
-            order.sort_by_key(|&i| self.networks[i].1);
-            let mut nodes: Vec<[Rec; 2]> = vec![[Rec::Empty, Rec::Empty]];
-            for i in order {
-                let (bits, len, ..) = self.networks[i];
-                let mut node = 0;
-                for depth in 0..len {
-                    let bit = ((bits >> (self.width - 1 - depth)) & 1) as usize;
-                    if depth == len - 1 {
-                        nodes[node][bit] = Rec::Data(offsets[i]);
-                        break;
-                    }
-                    node = match nodes[node][bit] {
-                        Rec::Node(n) => n,
-                        inherited => {
-                            nodes.push([inherited, inherited]);
-                            let n = nodes.len() - 1;
-                            nodes[node][bit] = Rec::Node(n);
-                            n
-                        }
-                    };
-                }
-            }
-            let count = nodes.len();
-            let mut out = Vec::new();
-            for node in &nodes {
-                for rec in node {
-                    let v = match *rec {
-                        Rec::Empty => count,
-                        Rec::Node(n) => n,
-                        Rec::Data(off) => count + 16 + off,
-                    };
-                    out.extend(&(v as u32).to_be_bytes()[1..]);
-                }
-            }
-            out.extend([0u8; 16]);
-            out.extend(&data);
-            out.extend(b"\xAB\xCD\xEFMaxMind.com");
-            map(&mut out, 9);
-            string(&mut out, "binary_format_major_version");
-            uint(&mut out, 5, 2);
-            string(&mut out, "binary_format_minor_version");
-            uint(&mut out, 5, 0);
-            string(&mut out, "build_epoch");
-            uint(&mut out, 9, 1_764_547_200);
-            string(&mut out, "database_type");
-            string(&mut out, "Firebreak-Test-Country");
-            string(&mut out, "description");
-            map(&mut out, 1);
-            string(&mut out, "en");
-            string(&mut out, "built by the test");
-            string(&mut out, "ip_version");
-            uint(&mut out, 5, if self.width == 32 { 4 } else { 6 });
-            string(&mut out, "languages");
-            control(&mut out, 11, 1);
-            string(&mut out, "en");
-            string(&mut out, "node_count");
-            uint(&mut out, 6, count as u64);
-            string(&mut out, "record_size");
-            uint(&mut out, 5, 24);
-            out
-        }
-    }
+    use crate::testing::MmdbWriter;
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
@@ -444,7 +302,7 @@ pub(crate) mod tests {
         let cached = GeoIp::from_bytes(dual_stack()).unwrap();
         assert_eq!(cached.decoded.as_ref().unwrap().len(), 5);
         let mut uncached = GeoIp::from_bytes(dual_stack()).unwrap();
-        uncached.decoded = decode_all(&uncached.reader, 4);
+        uncached.decoded = decode_all(&uncached.reader, 4).0;
         assert!(uncached.decoded.is_none(), "more records than the limit");
         for probe in [
             "10.2.3.4",
@@ -564,6 +422,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_database_placing_nothing_in_a_country_or_continent_is_refused() {
+        // An ASN-like database: valid, but no record has a country or a continent.
+        let bytes = MmdbWriter::new(128)
+            .insert("10.0.0.0/8", None, None)
+            .insert("2001:db8::/32", None, None)
+            .build();
+        let e = GeoIp::from_bytes(bytes).unwrap_err();
+        assert!(matches!(e, GeoIpError::NoLocations { .. }), "{e}");
+        assert!(e.to_string().contains("Firebreak-Test-Country"), "{e}");
+        assert!(e.to_string().contains("not usable"), "{e}");
+        // One record with a continent is enough.
+        let bytes = MmdbWriter::new(32)
+            .insert("10.0.0.0/8", None, None)
+            .insert("192.0.2.0/24", None, Some("AS"))
+            .build();
+        assert!(GeoIp::from_bytes(bytes).is_ok());
+    }
+
+    #[test]
     fn a_database_over_the_size_bound_is_refused() {
         let e = GeoIp::from_bytes(vec![0; MAX_GEOIP_BYTES as usize + 1]).unwrap_err();
         assert!(matches!(e, GeoIpError::TooBig { .. }), "{e}");
@@ -574,7 +451,11 @@ pub(crate) mod tests {
         let f = std::fs::File::create(&path).unwrap();
         f.set_len(MAX_GEOIP_BYTES + 1).unwrap();
         let e = GeoIp::open_file(&path).unwrap_err();
-        assert!(e.to_string().contains("the limit is 67108864"), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("the limit is {}", 32 * 1024 * 1024)),
+            "{e}"
+        );
         std::fs::write(&path, dual_stack()).unwrap();
         let db = GeoIp::open_file(&path).unwrap();
         assert_eq!(db.locate(ip("10.2.3.4")).unwrap().prefix_len, 15);

@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod server;
 pub mod steer;
 pub mod tcp;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use answer::{answer, Outcome, Transport, Zone};
 pub use geoip::{GeoIp, GeoIpError, MAX_GEOIP_BYTES};

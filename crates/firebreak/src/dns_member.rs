@@ -55,9 +55,19 @@ struct Loaded {
     checker: HealthChecker,
 }
 
-/// The GeoIP database of a version under the control plane.
-fn geoip_of(_valid: &ValidConfig) -> impl FnOnce(&str) -> Result<Arc<dyn Locate>, String> {
-    |_file: &str| Err("dns.geoip_file: the database did not come with the version".to_owned())
+/// The GeoIP database of a version under the control plane: the bytes the version carries
+/// ([`ValidConfig::geoip`], set by the agent's compose from the signed bundle), opened with
+/// the same code the control plane checked them with at push.
+fn geoip_of(valid: &ValidConfig) -> impl FnOnce(&str) -> Result<Arc<dyn Locate>, String> {
+    let bytes = valid.geoip().cloned();
+    move |file: &str| {
+        let bytes = bytes.ok_or_else(|| {
+            format!("dns.geoip_file: the database {file} did not come with the version")
+        })?;
+        let db = firebreak_dns::GeoIp::from_bytes(bytes.to_vec())
+            .map_err(|e| format!("dns.geoip_file: {file}: {e}"))?;
+        Ok(Arc::new(db) as Arc<dyn Locate>)
+    }
 }
 
 impl DnsMember {

@@ -181,6 +181,9 @@ pub async fn run(
                 message: format!("drill: {what}"),
                 author: Some("drill".into()),
                 activate: false,
+                // A fleet whose document names a MaxMind database is refused here: the drill
+                // does not fetch the running version's database to send it again.
+                geoip: None,
                 force: false,
             })?),
         )

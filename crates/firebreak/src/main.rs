@@ -356,7 +356,8 @@ enum ConfigCommand {
         /// Configuration file (TOML).
         file: PathBuf,
     },
-    /// Submit a file as the next version (validated by the control plane the same way).
+    /// Submit a file as the next version (validated by the control plane the same way). The
+    /// MaxMind database its `dns.geoip_file` names (relative to the file) is sent with it.
     Push {
         /// Configuration file (TOML).
         file: PathBuf,

@@ -63,6 +63,51 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failed> {
     serde_json::to_vec(v).map_err(|e| Failed::new(exit::REFUSED, e.to_string()))
 }
 
+/// The MaxMind database the document's `dns.geoip_file` names, read relative to the file
+/// (at most [`firebreak_config::MAX_GEOIP_BYTES`], checked before reading and bounded while
+/// reading): it is sent with the document, and the control plane verifies it. A document that
+/// does not parse is sent as it is, for the control plane to locate its errors.
+fn read_geoip(
+    file: &Path,
+    document: &str,
+) -> Result<Option<firebreak_protocol::binary::Binary>, Failed> {
+    use std::io::Read;
+    let Some(name) = toml::from_str::<toml::Table>(document)
+        .ok()
+        .and_then(|t| t.get("dns")?.get("geoip_file")?.as_str().map(str::to_owned))
+    else {
+        return Ok(None);
+    };
+    let path = file.parent().unwrap_or(Path::new(".")).join(&name);
+    let refused = |why: String| {
+        Failed::new(
+            exit::REFUSED,
+            format!(
+                "{}: dns.geoip_file: {}: {why}",
+                file.display(),
+                path.display()
+            ),
+        )
+    };
+    let limit = firebreak_config::MAX_GEOIP_BYTES;
+    let f = std::fs::File::open(&path).map_err(|e| refused(format!("cannot read: {e}")))?;
+    let len = f
+        .metadata()
+        .map_err(|e| refused(format!("cannot read: {e}")))?
+        .len();
+    if len > limit {
+        return Err(refused(format!("{len} bytes; the limit is {limit}")));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| refused(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > limit {
+        return Err(refused(format!("over {limit} bytes (it grew while read)")));
+    }
+    Ok(Some(bytes.into()))
+}
+
 /// How `config push` sends a file.
 pub struct PushOptions {
     /// Also start rolling it out.
@@ -118,12 +163,14 @@ pub async fn push_with(
     }
     let document = std::fs::read_to_string(file)
         .map_err(|e| Failed::new(exit::REFUSED, format!("{}: {e}", file.display())))?;
+    let geoip = read_geoip(file, &document)?;
     let req = PushRequest {
         file: file.display().to_string(),
         document,
         message: message.to_owned(),
         author: std::env::var("USER").ok(),
         activate,
+        geoip,
         force,
     };
     let mut raw = [0u8; 16];
@@ -245,6 +292,9 @@ pub async fn show(api: &Api, version: u64) -> Result<(), Failed> {
         time(d.info.created_at_ms),
         d.info.message
     );
+    if let Some(sha) = &d.info.geoip_sha256 {
+        out!("# with the MaxMind database dns.geoip_file names: sha256 {sha}");
+    }
     outp!("{}", d.document);
     Ok(())
 }

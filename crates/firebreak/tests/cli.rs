@@ -708,3 +708,72 @@ fn config_push_refuses_emptying_dns_unless_forced() {
     drop(control);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn config_push_sends_the_geoip_database_the_file_names() {
+    let dir = temp_dir("push-geoip");
+    let mut control = Proc::spawn_with(
+        &[
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir.join("control").to_str().unwrap(),
+        ],
+        &[
+            ("FIREBREAK_TOKEN", "cli-test-operator-token"),
+            ("FIREBREAK_EDGE_TOKEN", "cli-test-edge-token-xx"),
+        ],
+    );
+    let url = format!(
+        "http://{}",
+        control.wait_for_addr("control plane listening")
+    );
+    // The database sits next to the file, which names it relatively.
+    let sub = dir.join("conf");
+    std::fs::create_dir_all(&sub).unwrap();
+    let db = firebreak_dns::testing::MmdbWriter::new(128)
+        .insert("198.18.0.0/15", Some("NL"), Some("EU"))
+        .build();
+    std::fs::write(sub.join("geo.mmdb"), &db).unwrap();
+    let fleet = sub.join("fleet.toml");
+    let text = include_str!("../../../examples/dns.toml").replacen(
+        "[dns]\n",
+        "[dns]\ngeoip_file = \"geo.mmdb\"\n",
+        1,
+    );
+    std::fs::write(&fleet, &text).unwrap();
+    let push = |m: &str| client(&url, &["config", "push", fleet.to_str().unwrap(), "-m", m]);
+    let (code, out, err) = push("with a database");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("version 1 stored"), "{out}");
+    let (code, out, err) = client(&url, &["config", "show", "1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!(
+            "MaxMind database dns.geoip_file names: sha256 {}",
+            firebreak_protocol::sha256_hex(&db)
+        )),
+        "{out}"
+    );
+    // Not a database: the control plane refuses it, naming the file and the field.
+    std::fs::write(sub.join("geo.mmdb"), b"junk").unwrap();
+    let (code, _, err) = push("junk");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("fleet.toml:")
+            && err.contains(": dns.geoip_file: geo.mmdb: not a valid MaxMind database"),
+        "{err}"
+    );
+    // No file: refused before anything is sent.
+    std::fs::remove_file(sub.join("geo.mmdb")).unwrap();
+    let (code, _, err) = push("missing");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("dns.geoip_file") && err.contains("geo.mmdb: cannot read"),
+        "{err}"
+    );
+    let (_, out, _) = client(&url, &["config", "versions"]);
+    assert_eq!(out.lines().count(), 2, "header + one version:\n{out}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -827,3 +827,56 @@ fn a_push_removing_most_pops_is_refused_unless_forced() {
     drop(control);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The MaxMind database travels in the signed version: a DNS server under the control plane
+/// places a client that no prefix matches by the version's database (continent AS: the region
+/// `asia`, POP pc), and still does after a restart from disk with the control plane down.
+#[test]
+fn a_dns_member_places_clients_with_the_versions_geoip_database() {
+    let dir = temp_dir("geoip");
+    let mut control = ControlProc::start(&dir.join("control"));
+    // `config push` reads the database next to the pushed file.
+    let db = firebreak_dns::testing::MmdbWriter::new(128)
+        .insert("203.0.113.0/24", Some("JP"), Some("AS"))
+        .build();
+    std::fs::write(control.dir.join("geo.mmdb"), &db).unwrap();
+    let no_checks = Vec::new;
+    let doc = document(&[("pa", PA, no_checks()), ("pc", PC, no_checks())]).replacen(
+        "[dns]\n",
+        "[dns]\ngeoip_file = \"geo.mmdb\"\n",
+        1,
+    ) + "\n[[dns.region]]\nname = \"asia\"\ncontinents = [\"AS\"]\npops = [\"pc\"]\n";
+    let (ok, out, err) = control.push(&doc, "geoip", false);
+    assert!(ok, "{out}{err}");
+    let placed = |to: SocketAddr| -> Option<Vec<IpAddr>> {
+        let m = ask(to, "demo.cdn.test.", "203.0.113.0")?;
+        Some(
+            m.answers
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    };
+    let pc: Vec<IpAddr> = vec![PC.parse().unwrap()];
+    let mut dns = DnsProc::new(&dir);
+    dns.start(&control);
+    wait_for("a client of AS placed on pc by the database", START, || {
+        (placed(dns.udp)? == pc).then_some(())
+    });
+    // The region table alone still places its own clients.
+    assert_eq!(demo(dns.udp), Some(addrs(PA)));
+    // Restarted with the control plane down: the database comes from the version on disk.
+    control.kill();
+    dns.kill();
+    dns.start(&control);
+    wait_for(
+        "the database placing clients after a restart",
+        START,
+        || (placed(dns.udp)? == pc).then_some(()),
+    );
+    drop(dns);
+    let _ = std::fs::remove_dir_all(&dir);
+}

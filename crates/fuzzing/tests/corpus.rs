@@ -65,6 +65,7 @@ fn seeds(name: &str) -> Vec<Vec<u8>> {
                     name: "a".into(),
                     document: "[[service]]\nname = \"a\"\nhosts = [\"a.test\"]\n[service.origin]\nservers = [{ addr = \"127.0.0.1:9\" }]\n".into(),
                 }],
+                geoip: None,
             };
             out.push(b.seal(key).unwrap());
         }

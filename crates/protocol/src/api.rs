@@ -3,8 +3,15 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Largest API request body the control plane reads.
+/// Largest API request body the control plane reads (except a push, see
+/// [`MAX_PUSH_BODY_BYTES`]).
 pub const MAX_API_BODY_BYTES: usize = 2 * firebreak_config::MAX_CONFIG_BYTES as usize;
+/// Largest body of a push (`POST /v1/versions`): the document's bound plus a MaxMind database
+/// of [`firebreak_config::MAX_GEOIP_BYTES`] in base64 and a little room. Only a push gets it,
+/// and only after the caller authenticated from the headers.
+pub const MAX_PUSH_BODY_BYTES: usize = MAX_API_BODY_BYTES
+    + crate::binary::base64_len(firebreak_config::MAX_GEOIP_BYTES as usize)
+    + 64 * 1024;
 /// Longest message, author, edge id, POP or cell name.
 pub const MAX_LABEL_LEN: usize = 256;
 
@@ -24,6 +31,12 @@ pub struct PushRequest {
     /// Also make it the target version at once.
     #[serde(default)]
     pub activate: bool,
+    /// The MaxMind database the document's `dns.geoip_file` names (base64), read by the
+    /// client next to the file: required when the document names one, refused otherwise. At
+    /// most [`firebreak_config::MAX_GEOIP_BYTES`]; a push carrying it may be up to
+    /// [`MAX_PUSH_BODY_BYTES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip: Option<crate::binary::Binary>,
     /// Store it even though the DNS change guard refuses it (it removes more than
     /// `dns.max_removed_share` of the POPs or answer addresses of the latest version, or all
     /// of its DNS data); the audit log records the push as forced, with the reason overridden.
@@ -54,6 +67,9 @@ pub struct VersionInfo {
     pub fleet_sha256: String,
     /// Each service and the SHA-256 of its document.
     pub services: Vec<ServiceHash>,
+    /// SHA-256 of the MaxMind database the version carries (`dns.geoip_file`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip_sha256: Option<String>,
 }
 
 /// A service's name and document hash within a version.

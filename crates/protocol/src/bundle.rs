@@ -7,12 +7,18 @@
 //! anything else, then the magic, then the signature, and only then parses the JSON, so a
 //! hostile or truncated download costs a bounded amount of work and never reaches the parser.
 
+use crate::binary::Binary;
 use crate::keyring::{KeyId, KeyRefused, Sign, Signs, Verify};
+use firebreak_config::{ConfigError, ConfigRejected, ValidConfig};
 use serde::{Deserialize, Serialize};
 
 /// Largest bundle accepted: a configuration file is at most
-/// [`firebreak_config::MAX_CONFIG_BYTES`]; JSON escaping and metadata fit in the rest.
-pub const MAX_BUNDLE_BYTES: usize = 4 * firebreak_config::MAX_CONFIG_BYTES as usize;
+/// [`firebreak_config::MAX_CONFIG_BYTES`] (JSON escaping and metadata fit in four times that),
+/// plus a MaxMind database of at most [`firebreak_config::MAX_GEOIP_BYTES`] in base64: about
+/// 46.7 MiB. Read with this bound everywhere: the edges' download, the bundles they keep on
+/// disk, the control plane's store.
+pub const MAX_BUNDLE_BYTES: usize = 4 * firebreak_config::MAX_CONFIG_BYTES as usize
+    + crate::binary::base64_len(firebreak_config::MAX_GEOIP_BYTES as usize);
 const MAGIC: &[u8; 4] = b"FBB1";
 const MAGIC_WITH_ID: &[u8; 4] = b"FBB2";
 const ID_LEN: usize = 8;
@@ -37,6 +43,10 @@ pub struct Bundle {
     pub fleet: String,
     /// One document per service, in the file's order.
     pub services: Vec<ServiceDocument>,
+    /// The MaxMind database the fleet document's `dns.geoip_file` names (base64 in the JSON,
+    /// so the signature covers it); present exactly when the fleet document names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geoip: Option<Binary>,
 }
 
 /// One service's own configuration document (a single `[[service]]` table). Its `Debug`
@@ -193,6 +203,7 @@ impl Bundle {
                     sha256: s.sha256(),
                 })
                 .collect(),
+            geoip_sha256: self.geoip.as_ref().map(|g| crate::sha256_hex(g.bytes())),
         }
     }
 
@@ -231,12 +242,54 @@ impl Bundle {
     /// the assembled text ([`Bundle::assembled`]) with [`firebreak_config::parse_managed_str`],
     /// the function the edge's agent composes with. The control plane runs this before it
     /// stores a version, so a version it accepts is one every edge accepts.
-    pub fn validate(
-        &self,
-        file: &str,
-    ) -> Result<firebreak_config::ValidConfig, firebreak_config::ConfigRejected> {
+    /// The MaxMind database, when there is one, goes with the fleet document
+    /// ([`carry_geoip`]); its contents are the DNS server's to judge (the control plane runs
+    /// the DNS server's own check before it calls this).
+    pub fn validate(&self, file: &str) -> Result<ValidConfig, ConfigRejected> {
         self.check_documents(file)?;
-        firebreak_config::parse_managed_str(&format!("{file} (assembled)"), &self.assembled())
+        let file = format!("{file} (assembled)");
+        let text = self.assembled();
+        let config = firebreak_config::parse_managed_str(&file, &text)?;
+        carry_geoip(&file, &text, config, self.geoip.as_ref())
+    }
+}
+
+/// Attaches a version's MaxMind database to its configuration ([`ValidConfig::with_geoip`]),
+/// refusing a database over [`firebreak_config::MAX_GEOIP_BYTES`], a document naming
+/// `dns.geoip_file` without a database, and a database the document does not name. `text` is
+/// the configuration's text (errors are located in it). The control plane (at push) and every
+/// member (at compose) run this, so they refuse the same versions.
+pub fn carry_geoip(
+    file: &str,
+    text: &str,
+    config: ValidConfig,
+    geoip: Option<&Binary>,
+) -> Result<ValidConfig, ConfigRejected> {
+    let named = config.get().dns.as_ref().and_then(|d| d.geoip_file.clone());
+    let refuse = |message: String| ConfigRejected {
+        errors: vec![ConfigError::at_field(
+            file,
+            text,
+            &["dns", "geoip_file"],
+            message,
+        )],
+    };
+    match (named, geoip) {
+        (None, None) => Ok(config),
+        (Some(name), None) => Err(refuse(format!(
+            "names the MaxMind database `{name}`, but none came with the configuration (`firebreak config push` reads it next to the file and sends it)"
+        ))),
+        (None, Some(_)) => Err(refuse(
+            "a MaxMind database came with the configuration, but it names none".into(),
+        )),
+        (Some(name), Some(db)) if db.len() as u64 > firebreak_config::MAX_GEOIP_BYTES => {
+            Err(refuse(format!(
+                "{name}: the MaxMind database is {} bytes; the limit is {}",
+                db.len(),
+                firebreak_config::MAX_GEOIP_BYTES
+            )))
+        }
+        (Some(_), Some(db)) => Ok(config.with_geoip(db.bytes().clone())),
     }
 }
 
@@ -258,6 +311,7 @@ mod tests {
                 name: "s".into(),
                 document: "[[service]]\nname = \"s\"\n".into(),
             }],
+            geoip: None,
         }
     }
 
@@ -297,6 +351,83 @@ mod tests {
             Bundle::open_expecting(&sealed[..10], &public, &hash),
             Err(BundleError::HashMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_bundle_carries_its_geoip_database_under_the_signature() {
+        let key = ControlKey::generate().unwrap();
+        let public = key.public();
+        // Without a database the field is left out, so an older edge still parses it.
+        let plain = serde_json::to_value(sample()).unwrap();
+        assert!(plain.get("geoip").is_none(), "{plain}");
+        let mut with = sample();
+        let db: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        with.geoip = Some(Binary::from(db.clone()));
+        let sealed = with.seal(&key).unwrap();
+        let opened = Bundle::open(&sealed, &public).unwrap();
+        assert_eq!(opened, with);
+        assert_eq!(&opened.geoip.unwrap().bytes()[..], &db[..]);
+        assert!(with
+            .describe(&sealed)
+            .geoip_sha256
+            .is_some_and(|h| h == crate::sha256_hex(&db)));
+        // Flip a byte of the database (inside its base64): the signature no longer verifies.
+        let text = String::from_utf8_lossy(&sealed[HEADER_LEN..]).into_owned();
+        let at = HEADER_LEN + text.find("\"geoip\":\"").unwrap() + 20;
+        for flip in [0x01u8, 0x02, 0x20] {
+            let mut bad = sealed.clone();
+            bad[at] ^= flip;
+            assert_eq!(Bundle::open(&bad, &public), Err(BundleError::BadSignature));
+        }
+        // A bundle written before the field existed opens with no database.
+        let mut old = serde_json::to_value(sample()).unwrap();
+        old.as_object_mut().unwrap().remove("geoip");
+        let old: Bundle = serde_json::from_value(old).unwrap();
+        assert_eq!(old.geoip, None);
+    }
+
+    const DNS_FLEET: &str = include_str!("../../../examples/dns.toml");
+
+    fn dns_bundle(named: bool, db: Option<Vec<u8>>) -> Bundle {
+        let docs = crate::document::split(DNS_FLEET).unwrap();
+        let mut fleet = docs.fleet;
+        if named {
+            fleet = fleet.replacen("[dns]\n", "[dns]\ngeoip_file = \"geo.mmdb\"\n", 1);
+        }
+        Bundle {
+            fleet,
+            services: docs.services,
+            geoip: db.map(Binary::from),
+            ..sample()
+        }
+    }
+
+    #[test]
+    fn the_database_goes_with_a_fleet_document_that_names_it_and_only_then() {
+        let ok = dns_bundle(true, Some(vec![1, 2, 3]))
+            .validate("fleet.toml")
+            .unwrap();
+        assert_eq!(ok.geoip().map(|g| &g[..]), Some(&[1u8, 2, 3][..]));
+        assert!(dns_bundle(false, None)
+            .validate("fleet.toml")
+            .unwrap()
+            .geoip()
+            .is_none());
+        let e = dns_bundle(true, None).validate("fleet.toml").unwrap_err();
+        let e = &e.errors[0];
+        assert_eq!(e.field, "dns.geoip_file", "{e}");
+        assert!(e.line > 0, "located: {e}");
+        assert!(e.message.contains("none came with"), "{e}");
+        let e = dns_bundle(false, Some(vec![1]))
+            .validate("fleet.toml")
+            .unwrap_err();
+        assert_eq!(e.errors[0].field, "dns.geoip_file", "{e}");
+        assert!(e.errors[0].message.contains("names none"), "{e}");
+        let big = vec![0u8; firebreak_config::MAX_GEOIP_BYTES as usize + 1];
+        let e = dns_bundle(true, Some(big))
+            .validate("fleet.toml")
+            .unwrap_err();
+        assert!(e.errors[0].message.contains("the limit is 33554432"), "{e}");
     }
 
     #[test]

@@ -20,6 +20,7 @@
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod api;
+pub mod binary;
 pub mod bundle;
 pub mod client;
 pub mod document;

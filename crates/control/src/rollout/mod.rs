@@ -527,8 +527,9 @@ impl Plane {
             .fleet_state()
             .default_version()
             .ok_or_else(|| PlaneError::Conflict("the fleet runs no version yet".into()))?;
-        let detail = self.version(base).await?;
-        let document = flip_switch(&detail.document, name, on).map_err(PlaneError::NotFound)?;
+        // The base version's documents, and its MaxMind database with them.
+        let bundle = self.open(base).await?;
+        let document = flip_switch(&bundle.assembled(), name, on).map_err(PlaneError::NotFound)?;
         let why = format!("switch {name} {}: {message}", if on { "on" } else { "off" });
         // Not judged by the DNS change guard: the document is the running version's with one
         // switch flipped, its `[dns]` unchanged (the latest stored version may be another).
@@ -540,6 +541,7 @@ impl Plane {
                     message: why.clone(),
                     author: Some(by.to_owned()),
                     activate: false,
+                    geoip: bundle.geoip,
                     force: false,
                 },
                 by,

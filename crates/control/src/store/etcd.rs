@@ -7,11 +7,16 @@ use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
 };
+use firebreak_protocol::bundle::MAX_BUNDLE_BYTES;
 use std::time::Duration;
 
 const PREFIX: &str = "/firebreak/";
 /// Time allowed for one etcd call; past it the call fails and changes nothing we rely on.
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest answer of a one-key read: a bundle ([`MAX_BUNDLE_BYTES`], with a MaxMind database)
+/// and gRPC framing. etcd itself must accept requests that large to store one: its
+/// `--max-request-bytes` (default 1.5 MiB) must be raised to fit the largest version pushed.
+const MAX_ANSWER_BYTES: usize = MAX_BUNDLE_BYTES + 64 * 1024;
 
 fn meta_key(n: u64) -> String {
     format!("{PREFIX}versions/meta/{n:020}")
@@ -74,8 +79,14 @@ impl EtcdStore {
         Ok(Self { client })
     }
 
+    /// A KV client reading answers of up to `limit` bytes (the gRPC default is 4 MiB, below
+    /// a bundle carrying a MaxMind database).
+    fn kv(&self, limit: usize) -> etcd_client::KvClient {
+        self.client.kv_client().max_decoding_message_size(limit)
+    }
+
     async fn get_one(&self, key: String) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut c = self.client.clone();
+        let mut c = self.kv(MAX_ANSWER_BYTES);
         let resp = timed(c.get(key, None)).await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
@@ -168,7 +179,7 @@ impl EtcdStore {
     /// One range read of the whole prefix: etcd answers it at a single revision, so the view
     /// is consistent while replicas go on writing.
     pub(super) async fn dump(&self) -> Result<crate::backup::Dump, StoreError> {
-        let mut c = self.client.clone();
+        let mut c = self.kv(crate::backup::MAX_BACKUP_BYTES);
         let resp = timed(c.get(PREFIX, Some(GetOptions::new().with_prefix()))).await?;
         let mut out = crate::backup::Dump::default();
         let mut metas = std::collections::BTreeMap::new();

@@ -344,6 +344,7 @@ mod tests {
             created_at_ms: 0,
             fleet_sha256: String::new(),
             services: Vec::new(),
+            geoip_sha256: None,
         }
     }
 

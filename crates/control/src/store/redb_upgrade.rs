@@ -295,6 +295,7 @@ mod tests {
                 created_at_ms: now + n,
                 fleet_sha256: String::new(),
                 services: Vec::new(),
+                geoip_sha256: None,
             };
             let record = IdempotencyRecord {
                 version: n,

@@ -10,7 +10,8 @@
 use super::disk::{AppliedRecord, ServicePin};
 use firebreak_config::{parse_managed_str, ValidConfig};
 use firebreak_protocol::api::ServiceFailure;
-use firebreak_protocol::bundle::{Bundle, ServiceDocument};
+use firebreak_protocol::binary::Binary;
+use firebreak_protocol::bundle::{carry_geoip, Bundle, ServiceDocument};
 use firebreak_protocol::document::assemble;
 
 /// What an edge runs: the fleet document of `version`, and per service the version and
@@ -25,6 +26,9 @@ pub struct Applied {
     pub fleet: String,
     /// Each service with the version its document comes from.
     pub services: Vec<(u64, ServiceDocument)>,
+    /// The MaxMind database of `version` (it goes with the fleet document's
+    /// `dns.geoip_file`), shared, never copied.
+    pub geoip: Option<Binary>,
 }
 
 impl Applied {
@@ -53,10 +57,14 @@ impl Applied {
         v
     }
 
-    /// Validates the assembled text.
+    /// Validates the assembled text; the configuration carries the version's MaxMind
+    /// database ([`ValidConfig::geoip`]) when the fleet document names one (and is refused
+    /// when the two disagree, as the control plane refuses such a push).
     pub fn config(&self) -> Result<ValidConfig, String> {
         let text = assemble(&self.fleet, self.services.iter().map(|(_, s)| s));
-        parse_managed_str(&format!("version {}", self.version), &text).map_err(|e| e.to_string())
+        let file = format!("version {}", self.version);
+        let config = parse_managed_str(&file, &text).map_err(|e| e.to_string())?;
+        carry_geoip(&file, &text, config, self.geoip.as_ref()).map_err(|e| e.to_string())
     }
 }
 
@@ -85,6 +93,7 @@ pub fn compose(bundle: &Bundle, seq: u64, current: Option<&Applied>) -> Result<C
             .iter()
             .map(|s| (bundle.version, s.clone()))
             .collect(),
+        geoip: bundle.geoip.clone(),
     };
     let first_error = match whole.config() {
         Ok(config) => {
@@ -126,6 +135,7 @@ pub fn compose(bundle: &Bundle, seq: u64, current: Option<&Applied>) -> Result<C
         seq,
         fleet: bundle.fleet.clone(),
         services,
+        geoip: bundle.geoip.clone(),
     };
     let config = applied.config().map_err(|_| first_error)?;
     Ok(Composed {
@@ -158,7 +168,49 @@ mod tests {
             message: "m".into(),
             fleet: "[cache]\nmax_bytes = 268435456\n".into(),
             services,
+            geoip: None,
         }
+    }
+
+    /// The example DNS fleet, naming `geo.mmdb` and carrying `db`.
+    fn dns_bundle(version: u64, db: Option<&[u8]>) -> Bundle {
+        let text = include_str!("../../../../examples/dns.toml");
+        let docs = firebreak_protocol::document::split(text).unwrap();
+        let fleet = match db {
+            Some(_) => docs
+                .fleet
+                .replacen("[dns]\n", "[dns]\ngeoip_file = \"geo.mmdb\"\n", 1),
+            None => docs.fleet,
+        };
+        Bundle {
+            fleet,
+            services: docs.services,
+            geoip: db.map(|d| Binary::from(d.to_vec())),
+            ..bundle(version, Vec::new())
+        }
+    }
+
+    #[test]
+    fn the_composed_config_carries_the_versions_geoip_database() {
+        let db: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let c = compose(&dns_bundle(1, Some(&db)), 1, None).unwrap();
+        assert_eq!(c.config.geoip().map(|g| &g[..]), Some(&db[..]));
+        // Rebuilt from what is kept (a restart): the database comes with the fleet document.
+        assert_eq!(
+            c.applied.config().unwrap().geoip().map(|g| &g[..]),
+            Some(&db[..])
+        );
+        // The next version without one: none.
+        let c2 = compose(&dns_bundle(2, None), 2, Some(&c.applied)).unwrap();
+        assert!(c2.config.geoip().is_none());
+        // A version naming a database it does not carry, or the reverse, is refused whole.
+        let mut named = dns_bundle(3, Some(&db));
+        named.geoip = None;
+        let e = compose(&named, 3, Some(&c2.applied)).err().unwrap();
+        assert!(e.contains("dns.geoip_file"), "{e}");
+        let mut unnamed = dns_bundle(3, None);
+        unnamed.geoip = Some(Binary::from(db.clone()));
+        assert!(compose(&unnamed, 3, Some(&c2.applied)).is_err());
     }
 
     #[test]

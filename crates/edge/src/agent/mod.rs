@@ -590,6 +590,7 @@ impl<L: Launcher> Worker<L> {
                     seq: record.seq,
                     fleet: main.fleet,
                     services,
+                    geoip: main.geoip,
                 })
             })();
             if let Some(applied) = rebuilt {

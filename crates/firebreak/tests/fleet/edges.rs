@@ -31,6 +31,7 @@ async fn store_version(
         message: "crafted".into(),
         fleet: docs.fleet,
         services: docs.services,
+        geoip: None,
     };
     let sealed = bundle.seal(key).unwrap();
     let info = bundle.describe(&sealed);

@@ -14,6 +14,7 @@ mod control_tls;
 mod dns_plane;
 mod edges;
 mod faults;
+mod geoip;
 mod harness;
 mod identity;
 mod keys;

@@ -264,6 +264,7 @@ async fn a_version_whose_secret_cannot_be_fetched_cannot_stage_and_nothing_chang
         message: "missing secret".into(),
         fleet: docs.fleet,
         services,
+        geoip: None,
     };
     let sealed = bundle.seal(&c.key()).unwrap();
     assert!(c

@@ -83,6 +83,7 @@ fn bundle_with(origin: std::net::SocketAddr, service_a: &str) -> Bundle {
         message: "hostile".into(),
         fleet: docs.fleet,
         services,
+        geoip: None,
     }
 }
 
