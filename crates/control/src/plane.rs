@@ -52,6 +52,9 @@ pub struct PushOutcome {
     pub forced_past: Option<String>,
 }
 
+/// How many versions back the DNS change guard looks for one it can read.
+const GUARD_LOOKBACK: usize = 16;
+
 /// Which version a push's DNS data is judged against ([`crate::dns_guard`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DnsBaseline {
@@ -430,8 +433,10 @@ impl Plane {
 
     /// The DNS change guard ([`crate::dns_guard`]) for a push of `new` after version `parent`:
     /// `Ok(None)` when it passes, `Ok(Some(why))` when it refuses but the push is forced, else
-    /// the refusal (409). A previous version that cannot be read is a refusal too (the guard
-    /// cannot tell what the push removes), which force overrides.
+    /// the refusal (409). It compares with the newest version whose document can be read,
+    /// looking back at most [`GUARD_LOOKBACK`] versions past unreadable ones (a version
+    /// corrupted in the store must not block the push that replaces it); none readable is a
+    /// refusal (the guard cannot tell what the push removes), which force overrides.
     async fn dns_guard(
         &self,
         parent: Option<u64>,
@@ -441,25 +446,43 @@ impl Plane {
         let Some(p) = parent else {
             return Ok(None);
         };
-        let verdict = match self.bundle(p).await {
-            Err(e) => Err(format!("version {p} cannot be read to compare with: {e}")),
-            Ok(bytes) => {
-                let keys = self.key.clone();
-                let new = new.clone();
-                blocking(move || {
-                    let old = Bundle::open(&bytes, &keys)
-                        .map_err(|e| e.to_string())
-                        .and_then(|b| crate::dns_guard::dns_of_fleet(&b.fleet));
-                    Ok(match old {
-                        Ok(old) => crate::dns_guard::judge(p, old.as_ref(), new.as_ref()),
-                        Err(e) => Err(format!(
-                            "the DNS data of version {p} cannot be read to compare with: {e}"
-                        )),
+        let mut unreadable = Vec::new();
+        let mut verdict = None;
+        for v in (1..=p).rev().take(GUARD_LOOKBACK) {
+            let read = match self.bundle(v).await {
+                Err(e) => Err(e.to_string()),
+                Ok(bytes) => {
+                    blocking(move || {
+                        // A comparison, not a trust decision: a version signed by a key since
+                        // revoked is still compared with.
+                        Ok(Bundle::open_unverified(&bytes)
+                            .map_err(|e| e.to_string())
+                            .and_then(|b| crate::dns_guard::dns_of_fleet(&b.fleet)))
                     })
-                })
-                .await?
+                    .await?
+                }
+            };
+            match read {
+                Ok(old) => {
+                    if !unreadable.is_empty() {
+                        tracing::warn!(
+                            unreadable = ?unreadable,
+                            compared_with = v,
+                            "DNS change guard: newer versions cannot be read; compared with an older one"
+                        );
+                    }
+                    verdict = Some(crate::dns_guard::judge(v, old.as_ref(), new.as_ref()));
+                    break;
+                }
+                Err(e) => unreadable.push(format!("version {v}: {e}")),
             }
-        };
+        }
+        let verdict = verdict.unwrap_or_else(|| {
+            Err(format!(
+                "no stored version can be read to compare with ({})",
+                unreadable.join("; ")
+            ))
+        });
         match verdict {
             Ok(()) => Ok(None),
             Err(why) if force => Ok(Some(why)),
