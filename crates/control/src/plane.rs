@@ -755,6 +755,20 @@ async fn prepare(
     blocking(move || {
         let config = parse_managed_str(&file, &document).map_err(PlaneError::Invalid)?;
         let dns = config.get().dns.clone();
+        if dns.is_some() {
+            // One truth: the DNS server's own compiler, a backstop behind validation.
+            let health = firebreak_dns::Health::new();
+            firebreak_dns::Steering::compile(config.get(), 1, None, &health).map_err(|e| {
+                PlaneError::Invalid(ConfigRejected {
+                    errors: vec![firebreak_config::ConfigError::at_field(
+                        &file,
+                        &document,
+                        &["dns"],
+                        format!("the DNS servers would refuse this data: {e}"),
+                    )],
+                })
+            })?;
+        }
         check_geoip(&file, &document, config, geoip.as_ref()).map_err(PlaneError::Invalid)?;
         let now_s = i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX);
         let warnings = crate::secrets::check_certificates(&file, &document, now_s)
