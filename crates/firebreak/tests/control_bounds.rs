@@ -13,8 +13,10 @@
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+mod procs;
+use procs::{free_port, temp_dir};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -38,26 +40,6 @@ impl Drop for Control {
     }
 }
 
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "fb-bounds-{}-{name}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Lets this test process open as many sockets as the hard limit allows; returns the limit.
 fn raise_own_files_limit() -> u64 {
     rlimit::increase_nofile_limit(u64::MAX).unwrap()
@@ -67,7 +49,7 @@ impl Control {
     /// Starts `firebreak control` with a soft open-files limit of [`SOFT_FILES`] and `flags`,
     /// and waits until it answers `/healthz`.
     async fn start(name: &str, flags: &[&str]) -> Self {
-        let dir = temp_dir(name);
+        let dir = temp_dir("bounds", name);
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
         let mut args = vec![

@@ -25,10 +25,12 @@ use hickory_proto::rr::{Name, RData, RecordType};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod procs;
+use procs::{free_dns_port, free_port, log_file, temp_dir, wait_for, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_firebreak");
 const OPERATOR: &str = "dns-drill-operator-token-01";
@@ -53,75 +55,6 @@ fn leave_bound() -> Duration {
 /// The same for a POP coming back: `healthy_after` good rounds.
 fn return_bound() -> Duration {
     Duration::from_millis(TTL_S * 1000 + INTERVAL_MS * (HEALTHY_AFTER + 1) + TIMEOUT_MS)
-}
-
-/// A child process, killed by PID (`Child::kill`) and reaped when dropped.
-struct Proc(Child);
-
-impl Proc {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "fb-dns-drills-{}-{name}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A port free for both UDP and TCP (the DNS server listens on both).
-fn free_dns_port() -> u16 {
-    loop {
-        let port = free_port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn log_file(dir: &Path, name: &str) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap()
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, failing after `limit` with `what`.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {limit:?} (a failure bound)"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// `firebreak control` on 127.0.0.1:`port` over `dir` (plain HTTP).
@@ -572,7 +505,7 @@ impl Net {
     /// `checks`: whether the DNS server checks the POPs itself; without, it steers by the
     /// control plane's view alone, which calls an edge gone after [`REPORTED_GONE_S`].
     fn start_checking(name: &str, checks: bool) -> Net {
-        let dir = temp_dir(name);
+        let dir = temp_dir("dns-drills", name);
         let control = ControlProc::start(&dir.join("control"));
         let mut pa = vec![Edge::new(&dir, "pa", 1), Edge::new(&dir, "pa", 2)];
         let mut pb = vec![Edge::new(&dir, "pb", 1)];
@@ -767,7 +700,7 @@ fn with_the_control_plane_down_dns_keeps_answering_and_checking_and_restarts_fro
 /// out, and the answers follow.
 #[test]
 fn a_push_removing_most_pops_is_refused_unless_forced() {
-    let dir = temp_dir("removal");
+    let dir = temp_dir("dns-drills", "removal");
     let control = ControlProc::start(&dir.join("control"));
     let no_checks = Vec::new;
     let three = document(&[
@@ -833,7 +766,7 @@ fn a_push_removing_most_pops_is_refused_unless_forced() {
 /// `asia`, POP pc), and still does after a restart from disk with the control plane down.
 #[test]
 fn a_dns_member_places_clients_with_the_versions_geoip_database() {
-    let dir = temp_dir("geoip");
+    let dir = temp_dir("dns-drills", "geoip");
     let mut control = ControlProc::start(&dir.join("control"));
     // `config push` reads the database next to the pushed file.
     let db = firebreak_dns::testing::MmdbWriter::new(128)

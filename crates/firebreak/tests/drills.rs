@@ -24,51 +24,16 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod procs;
+use procs::{free_port, log_file, temp_dir, Proc};
 
 const BIN: &str = env!("CARGO_BIN_EXE_firebreak");
 const OPERATOR: &str = "drill-operator-token-0123";
 const EDGE: &str = "drill-edge-token-456789ab";
-
-/// A child process, killed by PID (`Child::kill`) when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "fb-drills-{}-{name}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn log_file(dir: &Path, name: &str) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("{name}.log")))
-        .unwrap()
-}
 
 /// A fleet document: services `a` and `b` in front of `origin`, answering with
 /// `x-version: <marker>`; `rollout` is the `[rollout]` section; `extra_a` goes into `a`.
@@ -447,7 +412,7 @@ async fn all_serve(edges: &[EdgeSpec], marker: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_on_load_version_triggers_safe_mode() {
-    let dir = temp_dir("safe-mode");
+    let dir = temp_dir("drills", "safe-mode");
     let origin = harness::origin().await;
     let control = ControlProc::start(&dir.join("control"), free_port());
     // The canary cell first, then every cell. No traffic is required for a verdict
@@ -553,7 +518,7 @@ struct Tally {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_killed_mid_wave_resumes_on_restart() {
-    let dir = temp_dir("resume");
+    let dir = temp_dir("drills", "resume");
     let origin = harness::origin().await;
     let mut control = ControlProc::start(&dir.join("control"), free_port());
     // Three waves of three seconds each. The load below is light; the plan states that no
@@ -761,7 +726,7 @@ async fn a_control_plane_back_from_a_long_outage_does_not_take_quiet_edges_for_g
     // have not reconnected yet (frozen here with SIGSTOP; in production: their back-off and
     // ten-second heartbeat). Every stored last-seen time is older than `edge_gone_s`; the
     // wave must not be judged as "no live edge" and passed on no evidence.
-    let dir = temp_dir("quiet");
+    let dir = temp_dir("drills", "quiet");
     let origin = harness::origin().await;
     let mut control = ControlProc::start(&dir.join("control"), free_port());
     let rollout = r#"
