@@ -71,7 +71,7 @@ fn geoip_of(valid: &ValidConfig) -> impl FnOnce(&str) -> Result<Arc<dyn Locate>,
 }
 
 impl DnsMember {
-    /// The admin listener's address.
+    /// The UDP address.
     pub fn udp_addr(&self) -> SocketAddr {
         self.udp
     }

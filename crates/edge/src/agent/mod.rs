@@ -274,7 +274,7 @@ impl<M: Member> Agent<M> {
             disk,
             client,
             status: status.clone(),
-            edge: None,
+            member: None,
             fatal: None,
             journal: journal.clone(),
             trust: trust.clone(),
@@ -302,20 +302,20 @@ impl<M: Member> Agent<M> {
                 let version = applied.version;
                 worker.set_applied(applied, Vec::new(), None);
                 journal.serving(version);
-                worker.edge = Some(Arc::new(worker.launcher.start(config).await?));
+                worker.member = Some(Arc::new(worker.launcher.start(config).await?));
             }
             None => {
                 tracing::info!("no version on disk; waiting for the control plane");
                 worker.wait_for_first().await?;
             }
         }
-        let Some(edge) = worker.edge.clone() else {
+        let Some(member) = worker.member.clone() else {
             return Err(AgentError::Server(ServerError::Config(
                 "no configuration".into(),
             )));
         };
         worker.launcher.attach(
-            &edge,
+            &member,
             ControlContext {
                 trust: opts.trust,
                 keys: trust.clone(),
@@ -358,7 +358,7 @@ impl<M: Member> Agent<M> {
             })
         };
         let health = {
-            let (client, status, edge) = (worker.client.clone(), status.clone(), edge.clone());
+            let (client, status, member) = (worker.client.clone(), status.clone(), member.clone());
             let every = opts.health_interval.max(Duration::from_millis(100));
             let mut expiry = secrets::Expiry::default();
             tokio::spawn(async move {
@@ -371,7 +371,7 @@ impl<M: Member> Agent<M> {
                         },
                         Err(_) => continue,
                     };
-                    let counted = edge.health();
+                    let counted = member.health();
                     let report = firebreak_protocol::health::HealthReport {
                         version,
                         since_ms,
@@ -388,7 +388,7 @@ impl<M: Member> Agent<M> {
         };
         let watcher = tokio::spawn(async move { worker.follow().await });
         Ok(Self {
-            member: edge,
+            member,
             status,
             journal,
             tasks: vec![watcher, heartbeat, health, keys, stale],
@@ -400,7 +400,7 @@ impl<M: Member> Agent<M> {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    /// Stops following the control plane and stops the edge; records a clean stop in the
+    /// Stops following the control plane and stops the member; records a clean stop in the
     /// boot journal (so that this stop is not counted as a crash).
     pub fn shutdown(&self) {
         for t in &self.tasks {
@@ -426,7 +426,8 @@ struct Worker<L: Launcher> {
     disk: Arc<LocalVersions>,
     client: ControlClient,
     status: Arc<Mutex<AgentStatus>>,
-    edge: Option<Arc<L::Member>>,
+    /// What runs, once a version has started it.
+    member: Option<Arc<L::Member>>,
     /// An error that ends the agent's start (a listener that cannot be bound).
     fatal: Option<ServerError>,
     journal: Arc<BootJournal>,
@@ -442,7 +443,7 @@ impl<L: Launcher> Worker<L> {
     }
 
     fn admin_url(&self) -> Option<String> {
-        self.edge
+        self.member
             .as_ref()
             .and_then(|e| e.admin_addr())
             .map(|a| format!("http://{a}"))
@@ -456,7 +457,7 @@ impl<L: Launcher> Worker<L> {
             self.launcher.role(),
         );
         let listen: Vec<String> = self
-            .edge
+            .member
             .as_ref()
             .map(|e| e.local_urls())
             .unwrap_or_default();
@@ -651,7 +652,7 @@ impl<L: Launcher> Worker<L> {
                 .await
             {
                 Ok(Some(polled)) => match self.apply(polled).await {
-                    Ok(()) if self.edge.is_some() => return Ok(()),
+                    Ok(()) if self.member.is_some() => return Ok(()),
                     Ok(()) => {
                         self.note_waiting("the control plane has no version for this edge yet");
                         if self.seen() == after && asked.elapsed() < MIN_POLL_WAIT / 2 {
@@ -972,13 +973,13 @@ impl<L: Launcher> Worker<L> {
         // Recorded before the swap: if serving this version crashes the process, the next
         // boot knows which version did it.
         self.journal.serving(bundle.version);
-        let swapped = match &self.edge {
+        let swapped = match &self.member {
             Some(edge) => edge
                 .reload(config)
                 .map_err(|e| format!("version {} not applied: {e}", bundle.version)),
             None => match self.start_server(config).await {
                 Ok(edge) => {
-                    self.edge = Some(Arc::new(edge));
+                    self.member = Some(Arc::new(edge));
                     Ok(())
                 }
                 Err(e) => {
