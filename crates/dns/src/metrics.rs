@@ -85,9 +85,11 @@ pub enum DropReason {
     TcpTooManyQueries,
     /// A query whose answering panicked (a bug): dropped, the thread serves on.
     Panic,
+    /// A TCP connection refused: its client address (IPv6: its /64) holds its share already.
+    TcpAddressFull,
 }
 
-const DROPS: [&str; 7] = [
+const DROPS: [&str; 8] = [
     "short",
     "response",
     "tcp_full",
@@ -95,6 +97,7 @@ const DROPS: [&str; 7] = [
     "tcp_timeout",
     "tcp_too_many_queries",
     "panic",
+    "tcp_address_full",
 ];
 
 impl DropReason {
@@ -107,6 +110,7 @@ impl DropReason {
             DropReason::TcpTimeout => 4,
             DropReason::TcpTooManyQueries => 5,
             DropReason::Panic => 6,
+            DropReason::TcpAddressFull => 7,
         }
     }
 }

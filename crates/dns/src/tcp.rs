@@ -1,7 +1,9 @@
 //! DNS over TCP (RFC 7766): each message preceded by its 16-bit length, several queries per
 //! connection answered in order.
 //!
-//! Bounds: at most `max_connections` open; when full, a new connection takes the place of
+//! Bounds: at most `max_connections_per_address` open from one client address (IPv6: its
+//! /64; beyond, refused: a client neither takes every slot nor evicts others), at most
+//! `max_connections` open in all; when full, a new connection takes the place of
 //! the oldest one that is waiting for a query (RFC 7766 §6.2.3 lets a server close idle
 //! connections under pressure), and is refused only when every connection is in the middle
 //! of a query. A connection must send its first query within `first_bytes_timeout` (a flood
@@ -14,9 +16,9 @@
 use crate::answer::{answer, Outcome, Transport, Zone};
 use crate::metrics::{DropReason, Shard};
 use arc_swap::ArcSwap;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +31,9 @@ use tokio::sync::Notify;
 pub struct TcpLimits {
     /// Connections open at once.
     pub max_connections: usize,
+    /// Connections open at once from one client address (IPv6: one /64), so that one client
+    /// cannot take every slot, nor evict every other client's idle connection.
+    pub max_connections_per_address: usize,
     /// Time for a new connection's first query to arrive whole.
     pub first_bytes_timeout: Duration,
     /// Time for each later query to begin arriving, and for any query to arrive whole.
@@ -44,6 +49,8 @@ impl Default for TcpLimits {
         TcpLimits {
             // A few resolvers keep a connection each; more is a flood.
             max_connections: 1024,
+            // A resolver needs a few; a /64 of resolvers rarely more than this.
+            max_connections_per_address: 64,
             // A resolver that opened a connection sends at once.
             first_bytes_timeout: Duration::from_secs(2),
             // RFC 7766 §6.2.3 suggests seconds, not minutes.
@@ -94,12 +101,68 @@ impl Waiting {
     }
 }
 
-/// Frees a connection slot when the connection ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
+/// Connections open per client address (IPv6 by /64).
+#[derive(Default)]
+struct PerAddress {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// The address a client is counted under: IPv4 as is (also when mapped into IPv6), IPv6
+    /// by its /64 (one host's many addresses are one client).
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(v4) => IpAddr::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+            },
+        }
+    }
+
+    /// Counts one more connection of `key`, unless it has `max` already.
+    fn take(&self, key: IpAddr, max: usize) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&self, key: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
+/// Gives back a connection's count of its address when dropped.
+struct AddressSlot {
+    per_address: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.per_address.give_back(self.key);
+    }
+}
+
+/// Frees a connection's slots (global and its address's) when it ends, however it ends.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    _address: AddressSlot,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -111,6 +174,7 @@ pub async fn serve(
     limits: TcpLimits,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let per_address = Arc::new(PerAddress::default());
     let waiting = Arc::new(Waiting::default());
     let ids = AtomicU64::new(0);
     loop {
@@ -123,17 +187,32 @@ pub async fn serve(
                 continue;
             }
         };
+        // The client's own share first: a client at its bound neither gets a slot nor evicts
+        // anyone else's idle connection.
+        let key = PerAddress::key(peer.ip());
+        if !per_address.take(key, limits.max_connections_per_address.max(1)) {
+            shard.dropped(DropReason::TcpAddressFull);
+            drop(stream);
+            continue;
+        }
+        let address = AddressSlot {
+            per_address: Arc::clone(&per_address),
+            key,
+        };
         if open.load(Ordering::Relaxed) >= limits.max_connections.max(1) {
             if waiting.evict_oldest() {
                 shard.dropped(DropReason::TcpEvicted);
             } else {
                 shard.dropped(DropReason::TcpFull);
-                drop(stream);
+                drop((address, stream));
                 continue;
             }
         }
         open.fetch_add(1, Ordering::Relaxed);
-        let slot = Slot(Arc::clone(&open));
+        let slot = Slot {
+            open: Arc::clone(&open),
+            _address: address,
+        };
         let id = ids.fetch_add(1, Ordering::Relaxed);
         // Registered as waiting now, not when its task first runs, so that the next accept
         // can already evict it.
@@ -239,5 +318,37 @@ impl Conn {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_counted_by_address_and_ipv6_by_its_64() {
+        let ip = |s: &str| {
+            s.parse::<IpAddr>()
+                .unwrap_or(IpAddr::V4([0, 0, 0, 0].into()))
+        };
+        assert_eq!(PerAddress::key(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(PerAddress::key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(
+            PerAddress::key(ip("2001:db8:1:2:aaaa::1")),
+            PerAddress::key(ip("2001:db8:1:2:bbbb::9"))
+        );
+        assert_ne!(
+            PerAddress::key(ip("2001:db8:1:2::1")),
+            PerAddress::key(ip("2001:db8:1:3::1"))
+        );
+        let p = PerAddress::default();
+        let k = ip("192.0.2.7");
+        assert!(p.take(k, 2) && p.take(k, 2));
+        assert!(!p.take(k, 2));
+        p.give_back(k);
+        assert!(p.take(k, 2));
+        p.give_back(k);
+        p.give_back(k);
+        assert!(p.open.lock().map(|m| m.is_empty()).unwrap_or(false));
     }
 }

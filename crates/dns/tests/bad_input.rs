@@ -13,6 +13,7 @@ use common::*;
 use firebreak_dns::TcpLimits;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::{DNSClass, RecordType};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 fn header(id: u16, qd: u16, ar: u16) -> Vec<u8> {
@@ -322,4 +323,51 @@ fn random_datagrams_never_stop_the_server() {
     still_answers(&t);
     let m = tcp(t.tcp(), &query("demo.cdn.example.", RecordType::A));
     assert_eq!(addrs(&m).len(), 2);
+}
+
+/// A TCP connection to `to` from the loopback address `from`.
+fn tcp_connect_from(from: &str, to: SocketAddr) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&local.into()).unwrap();
+    s.connect(&to.into()).unwrap();
+    let s: std::net::TcpStream = s.into();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.set_write_timeout(Some(DEADLINE)).unwrap();
+    s
+}
+
+#[test]
+fn one_client_address_cannot_take_every_tcp_slot() {
+    let limits = TcpLimits {
+        max_connections: 8,
+        max_connections_per_address: 3,
+        first_bytes_timeout: DEADLINE,
+        ..TcpLimits::default()
+    };
+    let t = TestServer::start(limits, 1);
+    let mut mine: Vec<_> = (0..3)
+        .map(|_| tcp_connect_from("127.0.0.2", t.tcp()))
+        .collect();
+    // A fourth from the same address is closed at once and counted; it evicts nobody.
+    let mut fourth = tcp_connect_from("127.0.0.2", t.tcp());
+    assert!(closed_by_peer(&mut fourth, DEADLINE));
+    t.wait_metric(
+        "firebreak_dns_dropped_total{reason=\"tcp_address_full\"}",
+        1,
+    );
+    assert_eq!(
+        t.metric("firebreak_dns_dropped_total{reason=\"tcp_evicted\"}"),
+        0
+    );
+    // The address's three connections are served.
+    let q = query("demo.cdn.example.", RecordType::A).to_vec().unwrap();
+    for s in &mut mine {
+        let m = Message::from_vec(&tcp_exchange(s, &q).unwrap()).unwrap();
+        assert_eq!(addrs(&m).len(), 2);
+    }
+    // Another address is served too.
+    let m = tcp(t.tcp(), &query("cdn.example.", RecordType::SOA));
+    assert_eq!(m.answers.len(), 1);
 }

@@ -41,6 +41,9 @@ pub(crate) struct DnsArgs {
     /// TCP connections open at once (beyond: the oldest idle one is closed).
     #[arg(long, default_value_t = 1024)]
     tcp_max_connections: usize,
+    /// TCP connections open at once from one client address (IPv6: one /64); beyond, refused.
+    #[arg(long, default_value_t = 64)]
+    tcp_max_connections_per_address: usize,
     /// How the server joins and follows a control plane (`--control URL`): the `[dns]` data
     /// then comes with the fleet's signed versions, through rollouts (cell `dns` unless
     /// `--cell`).
@@ -142,6 +145,7 @@ pub(crate) async fn run(args: DnsArgs) -> Result<(), String> {
         .unwrap_or_else(firebreak_dns::server::default_threads);
     let tcp_limits = TcpLimits {
         max_connections: args.tcp_max_connections.max(1),
+        max_connections_per_address: args.tcp_max_connections_per_address.max(1),
         ..TcpLimits::default()
     };
     if let Some(opts) = args.member.options("dns", args.listen.port())? {
