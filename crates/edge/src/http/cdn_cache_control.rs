@@ -145,8 +145,9 @@ mod tests {
     /// or a String containing a comma-delimited list of field names."
     #[test]
     fn valid_dictionary() {
-        let cc = parse("max-age=60, stale-while-revalidate=30, stale-if-error=600, must-revalidate")
-            .unwrap();
+        let cc =
+            parse("max-age=60, stale-while-revalidate=30, stale-if-error=600, must-revalidate")
+                .unwrap();
         assert_eq!(cc.max_age, Some(60));
         assert_eq!(cc.stale_while_revalidate, Some(30));
         assert_eq!(cc.stale_if_error, Some(600));
@@ -231,15 +232,24 @@ mod tests {
         assert_eq!(cc.max_age, Some(60));
         assert!(cc.no_store);
         // A bad line spoils the combined field.
-        h.append("cdn-cache-control", HeaderValue::from_static(r#"max-age="1""#));
+        h.append(
+            "cdn-cache-control",
+            HeaderValue::from_static(r#"max-age="1""#),
+        );
         assert_eq!(parse_all(h.get_all("cdn-cache-control")), None);
         // Absent.
-        assert_eq!(parse_all(HeaderMap::new().get_all("cdn-cache-control")), None);
+        assert_eq!(
+            parse_all(HeaderMap::new().get_all("cdn-cache-control")),
+            None
+        );
         // RFC 8941 §3.2: a later duplicate key overrides the earlier value.
         let mut h = HeaderMap::new();
         h.append("cdn-cache-control", HeaderValue::from_static("max-age=60"));
         h.append("cdn-cache-control", HeaderValue::from_static("max-age=5"));
-        assert_eq!(parse_all(h.get_all("cdn-cache-control")).unwrap().max_age, Some(5));
+        assert_eq!(
+            parse_all(h.get_all("cdn-cache-control")).unwrap().max_age,
+            Some(5)
+        );
     }
 
     /// RFC 9213 §2.1: "Parameters received on cache directives are to be ignored, unless
