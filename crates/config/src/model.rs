@@ -277,7 +277,8 @@ pub struct ServiceCacheConfig {
     pub serve_stale_on_origin_failure: bool,
     /// How long past expiry a stored response remains usable when the origin is failing.
     pub max_stale_on_failure_s: u64,
-    /// Remove `CDN-Cache-Control` and `Surrogate-Control` before responses leave the edge.
+    /// Remove `CDN-Cache-Control` (RFC 9213) before responses leave the edge. Off by default:
+    /// a downstream CDN needs the field. `Surrogate-Control` is always removed.
     pub strip_cdn_cache_control: bool,
     /// Path-prefix rules, first match wins.
     pub rules: Vec<CacheRule>,
@@ -291,7 +292,7 @@ impl Default for ServiceCacheConfig {
             heuristic_freshness: false,
             serve_stale_on_origin_failure: true,
             max_stale_on_failure_s: 86_400,
-            strip_cdn_cache_control: true,
+            strip_cdn_cache_control: false,
             rules: Vec::new(),
         }
     }

@@ -38,7 +38,10 @@ fn minimal_config_gets_defaults() {
     let c = parse_str("m", &minimal("")).unwrap();
     let s = &c.services[0];
     assert!(s.cache.serve_stale_on_origin_failure);
-    assert!(s.cache.strip_cdn_cache_control);
+    assert!(
+        !s.cache.strip_cdn_cache_control,
+        "CDN-Cache-Control is forwarded by default"
+    );
     assert_eq!(s.origin.servers[0].weight, 1);
     assert_eq!(c.cache, CacheConfig::default());
 }

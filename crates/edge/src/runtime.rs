@@ -66,7 +66,7 @@ pub struct Service {
     pub policy: CachePolicy,
     /// Serve stale on origin failure up to this long past expiry.
     pub safety_net: Option<Duration>,
-    /// Remove CDN-Cache-Control / Surrogate-Control on the way out.
+    /// Remove CDN-Cache-Control on the way out (Surrogate-Control always goes).
     pub strip_cdn_cache_control: bool,
     /// Path rules, first match wins.
     pub rules: Vec<(PathMatch, RuleAction)>,

@@ -1,5 +1,6 @@
-//! Cache-Control directive parsing (RFC 9111 §5.2), shared by `Cache-Control`,
-//! `CDN-Cache-Control` (RFC 9213) and `Surrogate-Control`.
+//! Cache-Control directive parsing (RFC 9111 §5.2), shared by `Cache-Control` and
+//! `Surrogate-Control`. `CDN-Cache-Control` is a Structured Field and has its own parser
+//! ([`super::cdn_cache_control`]).
 
 use http::header::{GetAll, HeaderValue};
 

@@ -108,14 +108,15 @@ pub fn cacheable_by_default(status: StatusCode) -> bool {
     )
 }
 
-/// The directives that govern this cache: CDN-Cache-Control, else Surrogate-Control, else
-/// Cache-Control.
+/// The directives that govern this cache: CDN-Cache-Control (a Structured Field, ignored as a
+/// whole when invalid), else Surrogate-Control, else Cache-Control.
 pub fn edge_directives(headers: &HeaderMap) -> CacheControl {
-    for name in [CDN_CACHE_CONTROL, SURROGATE_CONTROL] {
-        let cc = CacheControl::parse_all(headers.get_all(name));
-        if cc.any {
-            return cc;
-        }
+    if let Some(cc) = super::cdn_cache_control::parse_all(headers.get_all(CDN_CACHE_CONTROL)) {
+        return cc;
+    }
+    let cc = CacheControl::parse_all(headers.get_all(SURROGATE_CONTROL));
+    if cc.any {
+        return cc;
     }
     CacheControl::parse_all(headers.get_all(header::CACHE_CONTROL))
 }

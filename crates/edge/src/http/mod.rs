@@ -3,6 +3,7 @@
 
 pub mod accept_encoding;
 pub mod cache_control;
+pub mod cdn_cache_control;
 pub mod conditional;
 pub mod freshness;
 pub mod headers;

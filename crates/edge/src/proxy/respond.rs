@@ -181,14 +181,13 @@ pub(crate) fn finish(
     status: CacheStatus,
 ) -> Response<EdgeBody> {
     let h = resp.headers_mut();
+    // Surrogate-Control is meant for this cache only; CDN-Cache-Control also targets any CDN
+    // downstream (RFC 9213 §3), so it is forwarded unless the service strips it.
+    static SURROGATE: HeaderName = HeaderName::from_static(SURROGATE_CONTROL);
+    h.remove(&SURROGATE);
     if ctx.svc.strip_cdn_cache_control {
-        static CDN_FIELDS: [HeaderName; 2] = [
-            HeaderName::from_static(CDN_CACHE_CONTROL),
-            HeaderName::from_static(SURROGATE_CONTROL),
-        ];
-        for name in &CDN_FIELDS {
-            h.remove(name);
-        }
+        static CDN: HeaderName = HeaderName::from_static(CDN_CACHE_CONTROL);
+        h.remove(&CDN);
     }
     // `Date` is added by hyper when missing (cached once a second).
     append_via(h, ctx.version);

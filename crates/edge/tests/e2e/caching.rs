@@ -503,8 +503,13 @@ async fn age_and_date_are_generated() {
     assert!(httpdate::parse_http_date(hit.header("date").unwrap()).is_ok());
 }
 
+/// RFC 9213 §2.2: a cache on the target list "MUST select the first (in target list order)
+/// field with a valid, non-empty value and use its value to determine the caching policy for
+/// the response, and it MUST ignore the Cache-Control and Expires header fields in that
+/// response". RFC 9213 §3: CDN-Cache-Control targets every CDN cache, so it is forwarded to a
+/// CDN downstream; Surrogate-Control is for this cache only and never leaves it.
 #[tokio::test]
-async fn cdn_cache_control_takes_precedence_and_is_removed() {
+async fn cdn_cache_control_takes_precedence_and_is_forwarded() {
     let origin = TestOrigin::start(|r| match r.uri.path() {
         "/cdn" => Reply::ok("c")
             .cc("no-store")
@@ -515,7 +520,8 @@ async fn cdn_cache_control_takes_precedence_and_is_removed() {
     })
     .await;
     let edge = edge_for(&origin).await;
-    edge.get("/cdn").await;
+    let first = edge.get("/cdn").await;
+    assert_eq!(first.header("cdn-cache-control"), Some("max-age=60"));
     let r = edge.get("/cdn").await;
     assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
     assert_eq!(
@@ -523,7 +529,11 @@ async fn cdn_cache_control_takes_precedence_and_is_removed() {
         Some("no-store"),
         "browsers still see Cache-Control"
     );
-    assert!(r.header("cdn-cache-control").is_none());
+    assert_eq!(
+        r.header("cdn-cache-control"),
+        Some("max-age=60"),
+        "a downstream CDN sees CDN-Cache-Control, also on a hit"
+    );
     edge.get("/sur").await;
     let r = edge.get("/sur").await;
     assert!(
@@ -534,11 +544,57 @@ async fn cdn_cache_control_takes_precedence_and_is_removed() {
     assert!(r.header("surrogate-control").is_none());
     assert_eq!(origin.count(), 3);
 
-    let keep = start_edge(&config(origin.addr, "strip_cdn_cache_control = false")).await;
-    assert_eq!(
-        keep.get("/cdn").await.header("cdn-cache-control"),
-        Some("max-age=60")
-    );
+    let strip = start_edge(&config(origin.addr, "strip_cdn_cache_control = true")).await;
+    let r = strip.get("/cdn").await;
+    assert!(r.header("cdn-cache-control").is_none());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let r = strip.get("/sur").await;
+    assert!(r.header("surrogate-control").is_none());
+}
+
+/// RFC 9213 §2.1: CDN-Cache-Control is a Dictionary Structured Field; "If a targeted field in
+/// a given response is empty, or a parsing error is encountered, that field SHOULD be ignored
+/// by the cache (i.e., it should behave as if the field were not present, likely falling back
+/// to other cache-control mechanisms present)", and implementations "SHOULD NOT consume values
+/// that violate these inferred constraints" (`max-age` is an Integer). Either way the whole
+/// field is ignored here and Cache-Control governs.
+#[tokio::test]
+async fn invalid_cdn_cache_control_falls_back_to_cache_control() {
+    let origin = TestOrigin::start(|r| match r.uri.path() {
+        // A String, not an Integer: Cache-Control's max-age=0 governs.
+        "/string" => Reply::ok("s")
+            .cc("max-age=0")
+            .header("cdn-cache-control", "max-age=\"60\""),
+        // Does not parse: the field is ignored, Cache-Control's no-store governs.
+        "/broken" => Reply::ok("b")
+            .cc("no-store")
+            .header("cdn-cache-control", "max-age=60,,"),
+        // A wrong-typed directive spoils the valid one beside it.
+        "/decimal" => Reply::ok("d")
+            .cc("no-store")
+            .header("cdn-cache-control", "max-age=60, stale-if-error=1.5"),
+        // Split over two field lines, combined (RFC 8941 §4.2), still valid.
+        _ => Reply::ok("m")
+            .cc("no-store")
+            .header("cdn-cache-control", "no-cache=?0")
+            .header("cdn-cache-control", "max-age=60"),
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    for path in ["/string", "/broken", "/decimal"] {
+        edge.get(path).await;
+        let r = edge.get(path).await;
+        assert!(
+            !r.cache_status().contains("hit"),
+            "{path}: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), 6, "the origin is asked again each time");
+    edge.get("/multi").await;
+    let r = edge.get("/multi").await;
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(origin.count(), 7);
 }
 
 #[tokio::test]
