@@ -126,21 +126,25 @@ pub fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<System
     httpdate::parse_http_date(v.trim()).ok()
 }
 
-/// `age_value` (RFC 9111 §4.2.3): the first `Age` value. An invalid value makes the
-/// response count as stale: it is treated as the largest age.
+/// `age_value` (RFC 9111 §4.2.3): the `Age` field (§5.1, `Age = delta-seconds`). A value
+/// that is not a non-negative integer, or several field values that disagree, is ignored
+/// (RFC 9111 §1.2.2 and §4.2.3 leave the cache free to disregard it): it counts as no `Age`
+/// at all rather than making the response unstorable or stale. Values past 2^31 are capped.
 pub fn age_value(headers: &HeaderMap) -> Duration {
-    match headers.get(header::AGE) {
-        None => Duration::ZERO,
-        Some(v) => {
-            let first = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.split(',').next())
-                .unwrap_or("");
-            let secs = parse_delta_seconds(first.trim()).unwrap_or(DELTA_SECONDS_MAX);
-            Duration::from_secs(secs)
+    let mut found: Option<u64> = None;
+    for v in headers.get_all(header::AGE) {
+        let Ok(s) = v.to_str() else {
+            return Duration::ZERO;
+        };
+        for part in s.split(',') {
+            match (parse_delta_seconds(part.trim()), found) {
+                (None, _) => return Duration::ZERO,
+                (Some(n), Some(prev)) if n != prev => return Duration::ZERO,
+                (Some(n), _) => found = Some(n),
+            }
         }
     }
+    Duration::from_secs(found.unwrap_or(0))
 }
 
 /// Everything the storability decision looks at.
@@ -599,30 +603,45 @@ mod tests {
             age_value(&headers(&[("age", "10")])),
             Duration::from_secs(10)
         );
+        // The same value repeated is still that value.
         assert_eq!(
-            age_value(&headers(&[("age", "10, 20")])),
+            age_value(&headers(&[("age", "10, 10")])),
             Duration::from_secs(10)
         );
         assert_eq!(age_value(&headers(&[])), Duration::ZERO);
-        // Invalid or negative: treated as very old, so the response is stale.
-        for bad in ["-5", "abc", "1.5", ""] {
-            assert_eq!(
-                age_value(&headers(&[("age", bad)])),
-                Duration::from_secs(DELTA_SECONDS_MAX),
-                "{bad}"
-            );
-        }
         assert_eq!(
             age_value(&headers(&[("age", "99999999999999")])),
             Duration::from_secs(DELTA_SECONDS_MAX)
         );
+    }
+
+    /// RFC 9111 §5.1: `Age = delta-seconds`; §1.2.2: delta-seconds is a non-negative
+    /// integer. A value that is not one (or two different values) is ignored: the response
+    /// is neither unstorable nor stale because of it, while a valid `Age` still counts
+    /// (§4.2.3).
+    #[test]
+    fn invalid_age_is_ignored_not_stale() {
+        for bad in ["-5", "abc", "1.5", "", "10, 20", "5, x", " +3"] {
+            assert_eq!(age_value(&headers(&[("age", bad)])), Duration::ZERO, "{bad}");
+            let f = fresh(eval(&[
+                DATE,
+                ("age", bad),
+                ("cache-control", "max-age=60"),
+            ]));
+            assert_eq!(f.corrected_initial_age, Duration::ZERO, "{bad}");
+            assert_eq!(f.ttl(t0()), Some(Duration::from_secs(60)), "{bad}");
+        }
+        // Two field lines that disagree.
+        let mut h = headers(&[("age", "10")]);
+        h.append(header::AGE, http::HeaderValue::from_static("20"));
+        assert_eq!(age_value(&h), Duration::ZERO);
+        // A valid Age still ages the response.
         let f = fresh(eval(&[
             DATE,
-            ("age", "junk"),
+            ("age", "50"),
             ("cache-control", "max-age=60"),
-            ("etag", "\"x\""),
         ]));
-        assert_eq!(f.ttl(t0()), None);
+        assert_eq!(f.ttl(t0()), Some(Duration::from_secs(10)));
     }
 
     #[test]
