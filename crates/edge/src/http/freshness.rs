@@ -4,7 +4,7 @@
 //! `Surrogate-Control` and `Cache-Control` that carries any directive: the CDN-targeted fields
 //! override `Cache-Control` for this cache only, as RFC 9213 §2.1 describes.
 
-use super::cache_control::{parse_delta_seconds, CacheControl, FieldScoped, DELTA_SECONDS_MAX};
+use super::cache_control::{parse_delta_seconds, CacheControl, FieldScoped};
 use http::{header, HeaderMap, Method, StatusCode};
 use std::time::{Duration, SystemTime};
 
@@ -283,6 +283,7 @@ mod tests {
         httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap()
     }
 
+    use super::super::cache_control::DELTA_SECONDS_MAX;
     use crate::testutil::headers;
 
     fn eval_with(

@@ -26,3 +26,51 @@ async fn invalid_age_is_ignored_and_the_response_still_hits() {
         assert_eq!(origin.count(), n + 1, "{path}");
     }
 }
+
+/// RFC 9111 §4.4: "A cache MUST invalidate the target URI when it receives a non-error
+/// status code in response to an unsafe request method (including methods whose safety is
+/// unknown)", and the same-host `Location`/`Content-Location`. Extension methods still reach
+/// the origin with their body.
+#[tokio::test]
+async fn extension_methods_invalidate_like_post() {
+    use bytes::Bytes;
+    use http::Method;
+    let origin = TestOrigin::start(|r| match r.method.as_str() {
+        "GET" => Reply::ok(format!("v{}", r.uri.path())).cc("max-age=600"),
+        "PROPFIND" => Reply::ok("multi").status(207),
+        "LINK" => Reply::ok("").status(204).header("content-location", "/b"),
+        "OPTIONS" => Reply::ok("").status(204),
+        _ => Reply::ok("").status(200).header("location", "http://localhost/c"),
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    for p in ["/a", "/b", "/c", "/d"] {
+        edge.get(p).await;
+        edge.get_until_hit(p).await;
+    }
+    let base = origin.count();
+    assert_eq!(base, 4);
+    let m = |s: &str| Method::from_bytes(s.as_bytes()).unwrap();
+    let r = edge
+        .send(m("PROPFIND"), "/a", &[], Bytes::from_static(b"<propfind/>"))
+        .await;
+    assert_eq!(r.status, 207);
+    assert_eq!(origin.last().method.as_str(), "PROPFIND");
+    assert_eq!(origin.last().body, Bytes::from_static(b"<propfind/>"));
+    edge.send(m("LINK"), "/x", &[], Bytes::new()).await;
+    edge.send(m("PURGEX"), "/y", &[], Bytes::new()).await;
+    // A safe method invalidates nothing.
+    edge.send(Method::OPTIONS, "/d", &[], Bytes::new()).await;
+    let sent = origin.count();
+    assert_eq!(sent, base + 4);
+    for (p, refetched) in [("/a", true), ("/b", true), ("/c", true), ("/d", false)] {
+        let r = edge.get(p).await;
+        assert_eq!(
+            r.cache_status().contains("hit"),
+            !refetched,
+            "{p}: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), sent + 3);
+}
