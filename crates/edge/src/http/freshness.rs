@@ -122,8 +122,53 @@ pub fn edge_directives(headers: &HeaderMap) -> CacheControl {
 
 /// Parses an HTTP date; `None` when absent or invalid.
 pub fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
-    let v = headers.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(v.trim()).ok()
+    parse_date_lenient(headers.get(name)?.to_str().ok()?)
+}
+
+/// Longest date value looked at; the longest valid form (RFC 850 with a long weekday) is
+/// about 40 characters.
+const MAX_DATE_LEN: usize = 64;
+
+/// Parses an HTTP-date (RFC 9110 §5.6.7): IMF-fixdate, and the obsolete RFC 850 and asctime
+/// forms. As §5.6.7 allows, the recipient is lenient about letter case, runs of whitespace
+/// and a one-digit day; anything else is invalid (`None`).
+pub fn parse_date_lenient(value: &str) -> Option<SystemTime> {
+    let value = value.trim();
+    if value.len() > MAX_DATE_LEN {
+        return None;
+    }
+    if let Ok(t) = httpdate::parse_http_date(value) {
+        return Some(t);
+    }
+    let mut tokens: Vec<String> = value.split_ascii_whitespace().map(title_case).collect();
+    match tokens.as_mut_slice() {
+        // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+        [wday, day, _, _, _, _] if wday.ends_with(',') && day.len() == 1 => day.insert(0, '0'),
+        // asctime: `Sun Nov  6 08:49:37 1994`, the day padded with a space.
+        [wday, _, day, _, _] if !wday.ends_with(',') && day.len() == 1 => day.insert(0, ' '),
+        _ => {}
+    }
+    httpdate::parse_http_date(&tokens.join(" ")).ok()
+}
+
+/// `sUN,` → `Sun,`, `06-NOV-94` → `06-Nov-94`, `gmt` → `GMT`: each run of letters with the
+/// case httpdate expects.
+fn title_case(token: &str) -> String {
+    if token.eq_ignore_ascii_case("gmt") {
+        return "GMT".to_owned();
+    }
+    let mut out = String::with_capacity(token.len());
+    let mut prev_alpha = false;
+    for c in token.chars() {
+        let alpha = c.is_ascii_alphabetic();
+        out.push(if alpha && !prev_alpha {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        prev_alpha = alpha;
+    }
+    out
 }
 
 /// `age_value` (RFC 9111 §4.2.3): the `Age` field (§5.1, `Age = delta-seconds`). A value
@@ -336,6 +381,42 @@ mod tests {
         assert_eq!(f.lifetime, Duration::from_secs(10));
         let f = fresh(eval(&[DATE, ("expires", "Sun, 06 Nov 1994 09:49:37 GMT")]));
         assert_eq!(f.lifetime, Duration::from_secs(3600));
+    }
+
+    /// RFC 9110 §5.6.7: recipients parse all three HTTP-date forms and may be lenient
+    /// (letter case, whitespace); RFC 9111 §5.3: "A cache recipient MUST interpret invalid
+    /// date formats, especially the value "0", as representing a time in the past".
+    #[test]
+    fn expires_forms_case_and_spacing() {
+        let one_hour = Duration::from_secs(3600);
+        for ok in [
+            "Sun, 06 Nov 1994 09:49:37 GMT",
+            "sun, 06 nov 1994 09:49:37 gmt",
+            "SUN,  06 NOV 1994   09:49:37 GMT ",
+            "Sun, 6 Nov 1994 09:49:37 GMT",
+            "Sunday, 06-Nov-94 09:49:37 GMT",
+            "SUNDAY, 06-nov-94 09:49:37 Gmt",
+            "Sun Nov  6 09:49:37 1994",
+            "sun nov 6 09:49:37 1994",
+        ] {
+            let f = fresh(eval(&[DATE, ("expires", ok)]));
+            assert_eq!(f.lifetime, one_hour, "{ok}");
+        }
+        for bad in [
+            "0",
+            "-1",
+            "",
+            "tomorrow",
+            "Sun, 06 Nov 1994 09:49:37 UTC",
+            "Sun, 32 Nov 1994 09:49:37 GMT",
+            "Sun, 06 Nov 1994 09:49 GMT",
+            "Sun, 06 Nov 1994 09:49:37 GMT GMT GMT GMT GMT GMT GMT GMT GMT GMT GMT",
+        ] {
+            let f = fresh(eval(&[DATE, ("expires", bad), ("etag", "\"v\"")]));
+            assert_eq!(f.lifetime, Duration::ZERO, "{bad}");
+            assert_eq!(f.ttl(t0()), None, "{bad}");
+        }
+        assert_eq!(parse_date_lenient("Sun, 06 Nov 1994 08:49:37 GMT"), Some(t0()));
     }
 
     #[test]

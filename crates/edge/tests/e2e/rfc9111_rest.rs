@@ -74,3 +74,30 @@ async fn extension_methods_invalidate_like_post() {
     }
     assert_eq!(origin.count(), sent + 3);
 }
+
+/// RFC 9111 §5.3: "A cache recipient MUST interpret invalid date formats, especially the
+/// value "0", as representing a time in the past"; RFC 9110 §5.6.7 lets recipients be
+/// lenient about the form of a valid date (here letter case and spacing).
+#[tokio::test]
+async fn expires_zero_is_never_fresh_and_odd_case_expires_is() {
+    let future = httpdate::fmt_http_date(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(600),
+    )
+    .to_lowercase()
+    .replacen(' ', "   ", 2);
+    let origin = TestOrigin::start(move |r| match r.uri.path() {
+        "/zero" => Reply::ok("z").header("expires", "0").header("etag", "\"z\""),
+        _ => Reply::ok("o").header("expires", future.clone()),
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    for _ in 0..3 {
+        let r = edge.get("/zero").await;
+        assert!(!r.cache_status().contains("hit;"), "{}", r.cache_status());
+    }
+    assert_eq!(origin.count(), 3);
+    edge.get("/odd").await;
+    let hit = edge.get_until_hit("/odd").await;
+    assert!(hit.ttl() > 500, "{}", hit.cache_status());
+    assert_eq!(origin.count(), 4);
+}
