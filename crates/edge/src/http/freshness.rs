@@ -13,8 +13,8 @@ pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 /// `Surrogate-Control` (Edge Architecture Specification 1.0).
 pub const SURROGATE_CONTROL: &str = "surrogate-control";
 
-/// Heuristic freshness may not exceed this, however old `Last-Modified` is.
-const MAX_HEURISTIC_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Default bound of heuristic freshness, however old `Last-Modified` is.
+pub const MAX_HEURISTIC_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Operator policy that shapes storability for one request (service config + matching rule).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,8 +23,8 @@ pub struct CachePolicy {
     pub default_ttl: Option<Duration>,
     /// Lifetime forced by a path rule, overriding the origin's freshness directives.
     pub forced_ttl: Option<Duration>,
-    /// Allow RFC 9111 §4.2.2 heuristic freshness.
-    pub heuristic: bool,
+    /// Allow RFC 9111 §4.2.2 heuristic freshness, at most this long (`None`: not allowed).
+    pub heuristic: Option<Duration>,
 }
 
 /// How long a stored response is usable, computed once at store time (RFC 9111 §4.2.3).
@@ -277,10 +277,14 @@ pub fn evaluate(x: &Exchange<'_>, policy: &CachePolicy) -> Storability {
                 .and_then(|e| e.duration_since(date).ok())
                 .unwrap_or_default(),
         )
-    } else if policy.heuristic && (cacheable_by_default(status) || cc.public) {
+    } else if let Some(cap) = policy
+        .heuristic
+        .filter(|_| cacheable_by_default(status) || cc.public)
+    {
+        // RFC 9111 §4.2.2: a fraction (10%) of the time since Last-Modified, from Date.
         http_date(x.response, header::LAST_MODIFIED)
             .and_then(|lm| date.duration_since(lm).ok())
-            .map(|since| (since / 10).min(MAX_HEURISTIC_LIFETIME))
+            .map(|since| (since / 10).min(cap))
             .or(policy.default_ttl)
     } else if cacheable_by_default(status) {
         policy.default_ttl
@@ -462,10 +466,15 @@ mod tests {
         ));
     }
 
+    /// RFC 9111 §4.2.2: "a cache can assign a heuristic expiration time when an explicit
+    /// time was not specified"; "If the response has a Last-Modified header field, caches
+    /// are encouraged to use a heuristic expiration value that is no more than some fraction
+    /// of the interval since that time. A typical setting of this fraction might be 10%."
+    /// RFC 9110 §15.1 lists the heuristically cacheable statuses.
     #[test]
     fn heuristic_is_ten_percent_of_last_modified_age_when_enabled() {
         let p = CachePolicy {
-            heuristic: true,
+            heuristic: Some(MAX_HEURISTIC_LIFETIME),
             ..Default::default()
         };
         let lm = ("last-modified", "Fri, 28 Oct 1994 08:49:37 GMT"); // 9 days before Date
@@ -481,6 +490,45 @@ mod tests {
         assert_eq!(
             fresh(eval_with(&[], 200, &[DATE, old], p)).lifetime,
             MAX_HEURISTIC_LIFETIME
+        );
+        // Every heuristically cacheable status, and only those.
+        for status in [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501] {
+            let f = fresh(eval_with(&[], status, &[DATE, lm], p));
+            assert_eq!(f.lifetime, Duration::from_secs(9 * 86400 / 10), "{status}");
+        }
+        for status in [302, 307, 400, 403, 500, 502, 503] {
+            assert!(
+                matches!(eval_with(&[], status, &[DATE, lm], p), Storability::NoStore(_)),
+                "{status}"
+            );
+        }
+        // The operator's cap.
+        let short = CachePolicy {
+            heuristic: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        assert_eq!(
+            fresh(eval_with(&[], 200, &[DATE, lm], short)).lifetime,
+            Duration::from_secs(60)
+        );
+        // Explicit expiration wins: max-age, s-maxage, Expires, CDN-Cache-Control.
+        for explicit in [
+            ("cache-control", "max-age=5"),
+            ("cache-control", "s-maxage=5"),
+            ("expires", "Sun, 06 Nov 1994 08:49:42 GMT"),
+            ("cdn-cache-control", "max-age=5"),
+        ] {
+            let f = fresh(eval_with(&[], 200, &[DATE, lm, explicit], p));
+            assert_eq!(f.lifetime, Duration::from_secs(5), "{explicit:?}");
+        }
+        // Without Date, the age of Last-Modified is taken at receipt ("now").
+        let f = fresh(eval_with(&[], 200, &[lm], p));
+        assert_eq!(f.lifetime, Duration::from_secs(9 * 86400 / 10));
+        // A Last-Modified in the future gives no heuristic lifetime.
+        let future = ("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            eval_with(&[], 200, &[DATE, future], p),
+            Storability::NoStore("no freshness information")
         );
     }
 

@@ -101,3 +101,49 @@ async fn expires_zero_is_never_fresh_and_odd_case_expires_is() {
     assert!(hit.ttl() > 500, "{}", hit.cache_status());
     assert_eq!(origin.count(), 4);
 }
+
+/// RFC 9111 §4.2.2: with no explicit expiration, a heuristically cacheable response with
+/// `Last-Modified` gets a heuristic lifetime ("no more than some fraction of the interval
+/// since that time. A typical setting of this fraction might be 10%"); on by default,
+/// off per service.
+#[tokio::test]
+async fn heuristic_freshness_by_default_and_off_per_service() {
+    let lm = httpdate::fmt_http_date(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(10 * 86400),
+    );
+    let origin = TestOrigin::start(move |r| match r.uri.path() {
+        "/gone" => Reply::ok("").status(410).header("last-modified", lm.clone()),
+        "/found" => Reply::ok("")
+            .status(302)
+            .header("location", "/")
+            .header("last-modified", lm.clone()),
+        _ => Reply::ok("h").header("last-modified", lm.clone()),
+    })
+    .await;
+    let on = edge_for(&origin).await;
+    for (n, p) in ["/h", "/gone"].into_iter().enumerate() {
+        on.get(p).await;
+        let hit = on.get_until_hit(p).await;
+        // 10% of 10 days: one day, the default cap.
+        assert!((86_000..=86_400).contains(&hit.ttl()), "{p}: {}", hit.cache_status());
+        on.get(p).await;
+        assert_eq!(origin.count(), n + 1, "{p}");
+    }
+    // 302 is not heuristically cacheable (RFC 9110 §15.1).
+    on.get("/found").await;
+    on.get("/found").await;
+    assert_eq!(origin.count(), 4);
+
+    let capped = start_edge(&config(origin.addr, "heuristic_freshness_max_s = 600")).await;
+    capped.get("/h").await;
+    let hit = capped.get_until_hit("/h").await;
+    assert!((500..=600).contains(&hit.ttl()), "{}", hit.cache_status());
+    assert_eq!(origin.count(), 5);
+
+    let off = start_edge(&config(origin.addr, "heuristic_freshness = false")).await;
+    for _ in 0..3 {
+        let r = off.get("/h").await;
+        assert!(!r.cache_status().contains("hit"), "{}", r.cache_status());
+    }
+    assert_eq!(origin.count(), 8);
+}
