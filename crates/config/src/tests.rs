@@ -483,7 +483,12 @@ fn forwarding_settings_are_checked() {
 /// RFC 9111 §4.2.2 heuristic freshness: bounded cap, off per service.
 #[test]
 fn heuristic_freshness_cap_is_bounded() {
-    for (v, ok) in [("0", false), ("1", true), ("31536000", true), ("31536001", false)] {
+    for (v, ok) in [
+        ("0", false),
+        ("1", true),
+        ("31536000", true),
+        ("31536001", false),
+    ] {
         let text = format!(
             "{}\n[service.cache]\nheuristic_freshness_max_s = {v}\n",
             minimal("")
@@ -496,13 +501,19 @@ fn heuristic_freshness_cap_is_bounded() {
             Err(e) => {
                 assert!(!ok, "{v} refused: {e}");
                 assert_eq!(
-                    e.errors[0].field,
-                    "service[0].cache.heuristic_freshness_max_s",
+                    e.errors[0].field, "service[0].cache.heuristic_freshness_max_s",
                     "{e}"
                 );
             }
         }
     }
-    let off = format!("{}\n[service.cache]\nheuristic_freshness = false\n", minimal(""));
-    assert!(!parse_str("off", &off).unwrap().services[0].cache.heuristic_freshness);
+    let off = format!(
+        "{}\n[service.cache]\nheuristic_freshness = false\n",
+        minimal("")
+    );
+    assert!(
+        !parse_str("off", &off).unwrap().services[0]
+            .cache
+            .heuristic_freshness
+    );
 }

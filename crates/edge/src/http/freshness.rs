@@ -420,7 +420,10 @@ mod tests {
             assert_eq!(f.lifetime, Duration::ZERO, "{bad}");
             assert_eq!(f.ttl(t0()), None, "{bad}");
         }
-        assert_eq!(parse_date_lenient("Sun, 06 Nov 1994 08:49:37 GMT"), Some(t0()));
+        assert_eq!(
+            parse_date_lenient("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(t0())
+        );
     }
 
     #[test]
@@ -498,7 +501,10 @@ mod tests {
         }
         for status in [302, 307, 400, 403, 500, 502, 503] {
             assert!(
-                matches!(eval_with(&[], status, &[DATE, lm], p), Storability::NoStore(_)),
+                matches!(
+                    eval_with(&[], status, &[DATE, lm], p),
+                    Storability::NoStore(_)
+                ),
                 "{status}"
             );
         }
@@ -752,12 +758,12 @@ mod tests {
     #[test]
     fn invalid_age_is_ignored_not_stale() {
         for bad in ["-5", "abc", "1.5", "", "10, 20", "5, x", " +3"] {
-            assert_eq!(age_value(&headers(&[("age", bad)])), Duration::ZERO, "{bad}");
-            let f = fresh(eval(&[
-                DATE,
-                ("age", bad),
-                ("cache-control", "max-age=60"),
-            ]));
+            assert_eq!(
+                age_value(&headers(&[("age", bad)])),
+                Duration::ZERO,
+                "{bad}"
+            );
+            let f = fresh(eval(&[DATE, ("age", bad), ("cache-control", "max-age=60")]));
             assert_eq!(f.corrected_initial_age, Duration::ZERO, "{bad}");
             assert_eq!(f.ttl(t0()), Some(Duration::from_secs(60)), "{bad}");
         }

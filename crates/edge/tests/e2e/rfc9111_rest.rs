@@ -20,7 +20,11 @@ async fn invalid_age_is_ignored_and_the_response_still_hits() {
     let edge = edge_for(&origin).await;
     for (n, path) in ["/neg", "/abc", "/frac", "/two"].into_iter().enumerate() {
         let first = edge.get(path).await;
-        assert!(first.cache_status().contains("stored"), "{path}: {}", first.cache_status());
+        assert!(
+            first.cache_status().contains("stored"),
+            "{path}: {}",
+            first.cache_status()
+        );
         let hit = edge.get_until_hit(path).await;
         assert!(hit.ttl() > 500, "{path}: {}", hit.cache_status());
         assert_eq!(origin.count(), n + 1, "{path}");
@@ -40,7 +44,9 @@ async fn extension_methods_invalidate_like_post() {
         "PROPFIND" => Reply::ok("multi").status(207),
         "LINK" => Reply::ok("").status(204).header("content-location", "/b"),
         "OPTIONS" => Reply::ok("").status(204),
-        _ => Reply::ok("").status(200).header("location", "http://localhost/c"),
+        _ => Reply::ok("")
+            .status(200)
+            .header("location", "http://localhost/c"),
     })
     .await;
     let edge = edge_for(&origin).await;
@@ -80,13 +86,14 @@ async fn extension_methods_invalidate_like_post() {
 /// lenient about the form of a valid date (here letter case and spacing).
 #[tokio::test]
 async fn expires_zero_is_never_fresh_and_odd_case_expires_is() {
-    let future = httpdate::fmt_http_date(
-        std::time::SystemTime::now() + std::time::Duration::from_secs(600),
-    )
-    .to_lowercase()
-    .replacen(' ', "   ", 2);
+    let future =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(600))
+            .to_lowercase()
+            .replacen(' ', "   ", 2);
     let origin = TestOrigin::start(move |r| match r.uri.path() {
-        "/zero" => Reply::ok("z").header("expires", "0").header("etag", "\"z\""),
+        "/zero" => Reply::ok("z")
+            .header("expires", "0")
+            .header("etag", "\"z\""),
         _ => Reply::ok("o").header("expires", future.clone()),
     })
     .await;
@@ -112,7 +119,9 @@ async fn heuristic_freshness_by_default_and_off_per_service() {
         std::time::SystemTime::now() - std::time::Duration::from_secs(10 * 86400),
     );
     let origin = TestOrigin::start(move |r| match r.uri.path() {
-        "/gone" => Reply::ok("").status(410).header("last-modified", lm.clone()),
+        "/gone" => Reply::ok("")
+            .status(410)
+            .header("last-modified", lm.clone()),
         "/found" => Reply::ok("")
             .status(302)
             .header("location", "/")
@@ -125,7 +134,11 @@ async fn heuristic_freshness_by_default_and_off_per_service() {
         on.get(p).await;
         let hit = on.get_until_hit(p).await;
         // 10% of 10 days: one day, the default cap.
-        assert!((86_000..=86_400).contains(&hit.ttl()), "{p}: {}", hit.cache_status());
+        assert!(
+            (86_000..=86_400).contains(&hit.ttl()),
+            "{p}: {}",
+            hit.cache_status()
+        );
         on.get(p).await;
         assert_eq!(origin.count(), n + 1, "{p}");
     }
