@@ -269,9 +269,12 @@ pub struct ServiceCacheConfig {
     /// Freshness lifetime given to storable responses that carry no freshness information.
     /// Off unless the operator opts in: by default such responses are not cached.
     pub default_ttl_s: Option<u64>,
-    /// Allow RFC 9111 §4.2.2 heuristic freshness (10% of the time since Last-Modified) for
-    /// responses that permit it.
+    /// RFC 9111 §4.2.2 heuristic freshness: a response with `Last-Modified`, no explicit
+    /// expiration and a heuristically cacheable status (RFC 9110 §15.1) is fresh for 10% of
+    /// the time since `Last-Modified`. On by default.
     pub heuristic_freshness: bool,
+    /// Upper bound of a heuristic freshness lifetime, in seconds (1 to one year).
+    pub heuristic_freshness_max_s: u64,
     /// When the origin fails (unreachable, timeout, 5xx) serve a stale cached copy instead of
     /// an error, if one exists that is no older than `max_stale_on_failure_s` past expiry.
     pub serve_stale_on_origin_failure: bool,
@@ -289,7 +292,8 @@ impl Default for ServiceCacheConfig {
         Self {
             enabled: true,
             default_ttl_s: None,
-            heuristic_freshness: false,
+            heuristic_freshness: true,
+            heuristic_freshness_max_s: 86_400,
             serve_stale_on_origin_failure: true,
             max_stale_on_failure_s: 86_400,
             strip_cdn_cache_control: false,

@@ -42,6 +42,8 @@ fn minimal_config_gets_defaults() {
         !s.cache.strip_cdn_cache_control,
         "CDN-Cache-Control is forwarded by default"
     );
+    assert!(s.cache.heuristic_freshness);
+    assert_eq!(s.cache.heuristic_freshness_max_s, 86_400);
     assert_eq!(s.origin.servers[0].weight, 1);
     assert_eq!(c.cache, CacheConfig::default());
 }
@@ -479,4 +481,42 @@ fn forwarding_settings_are_checked() {
     assert!(e.errors[0].message.contains("at most 8"), "{e}");
     let e = reject(&format!("[forwarding]\nunknown = 1\n{}", minimal("")));
     assert!(e.errors[0].field.contains("unknown"), "{e}");
+}
+
+/// RFC 9111 §4.2.2 heuristic freshness: bounded cap, off per service.
+#[test]
+fn heuristic_freshness_cap_is_bounded() {
+    for (v, ok) in [
+        ("0", false),
+        ("1", true),
+        ("31536000", true),
+        ("31536001", false),
+    ] {
+        let text = format!(
+            "{}\n[service.cache]\nheuristic_freshness_max_s = {v}\n",
+            minimal("")
+        );
+        match parse_str("h", &text) {
+            Ok(c) => {
+                assert!(ok, "{v} accepted");
+                assert_eq!(c.services[0].cache.heuristic_freshness_max_s.to_string(), v);
+            }
+            Err(e) => {
+                assert!(!ok, "{v} refused: {e}");
+                assert_eq!(
+                    e.errors[0].field, "service[0].cache.heuristic_freshness_max_s",
+                    "{e}"
+                );
+            }
+        }
+    }
+    let off = format!(
+        "{}\n[service.cache]\nheuristic_freshness = false\n",
+        minimal("")
+    );
+    assert!(
+        !parse_str("off", &off).unwrap().services[0]
+            .cache
+            .heuristic_freshness
+    );
 }

@@ -374,6 +374,14 @@ fn service_cache(c: &mut Checker, base: &[PathSeg], sc: &ServiceCacheConfig) {
         &at(&[Key("max_stale_on_failure_s")]),
         sc.max_stale_on_failure_s,
     );
+    let max = at(&[Key("heuristic_freshness_max_s")]);
+    if sc.heuristic_freshness_max_s == 0 {
+        c.fail(
+            &max,
+            "must be at least 1 (set heuristic_freshness = false to turn it off)",
+        );
+    }
+    c.ttl(&max, sc.heuristic_freshness_max_s);
     if !c.count(
         &at(&[Key("rules")]),
         sc.rules.len(),

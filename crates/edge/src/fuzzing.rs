@@ -164,7 +164,7 @@ pub fn cache_headers(data: &[u8]) {
     for policy in [
         CachePolicy::default(),
         CachePolicy {
-            heuristic: true,
+            heuristic: Some(crate::http::freshness::MAX_HEURISTIC_LIFETIME),
             default_ttl: Some(Duration::from_secs(60)),
             forced_ttl: None,
         },

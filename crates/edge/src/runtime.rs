@@ -172,7 +172,10 @@ impl Service {
             policy: CachePolicy {
                 default_ttl: c.cache.default_ttl_s.map(Duration::from_secs),
                 forced_ttl: None,
-                heuristic: c.cache.heuristic_freshness,
+                heuristic: c
+                    .cache
+                    .heuristic_freshness
+                    .then(|| Duration::from_secs(c.cache.heuristic_freshness_max_s)),
             },
             safety_net: (c.cache.serve_stale_on_origin_failure && !switches.no_stale)
                 .then(|| Duration::from_secs(c.cache.max_stale_on_failure_s)),

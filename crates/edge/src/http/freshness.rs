@@ -4,7 +4,7 @@
 //! `Surrogate-Control` and `Cache-Control` that carries any directive: the CDN-targeted fields
 //! override `Cache-Control` for this cache only, as RFC 9213 §2.1 describes.
 
-use super::cache_control::{parse_delta_seconds, CacheControl, FieldScoped, DELTA_SECONDS_MAX};
+use super::cache_control::{parse_delta_seconds, CacheControl, FieldScoped};
 use http::{header, HeaderMap, Method, StatusCode};
 use std::time::{Duration, SystemTime};
 
@@ -13,8 +13,8 @@ pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
 /// `Surrogate-Control` (Edge Architecture Specification 1.0).
 pub const SURROGATE_CONTROL: &str = "surrogate-control";
 
-/// Heuristic freshness may not exceed this, however old `Last-Modified` is.
-const MAX_HEURISTIC_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Default bound of heuristic freshness, however old `Last-Modified` is.
+pub const MAX_HEURISTIC_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Operator policy that shapes storability for one request (service config + matching rule).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,8 +23,8 @@ pub struct CachePolicy {
     pub default_ttl: Option<Duration>,
     /// Lifetime forced by a path rule, overriding the origin's freshness directives.
     pub forced_ttl: Option<Duration>,
-    /// Allow RFC 9111 §4.2.2 heuristic freshness.
-    pub heuristic: bool,
+    /// Allow RFC 9111 §4.2.2 heuristic freshness, at most this long (`None`: not allowed).
+    pub heuristic: Option<Duration>,
 }
 
 /// How long a stored response is usable, computed once at store time (RFC 9111 §4.2.3).
@@ -123,25 +123,74 @@ pub fn edge_directives(headers: &HeaderMap) -> CacheControl {
 
 /// Parses an HTTP date; `None` when absent or invalid.
 pub fn http_date(headers: &HeaderMap, name: header::HeaderName) -> Option<SystemTime> {
-    let v = headers.get(name)?.to_str().ok()?;
-    httpdate::parse_http_date(v.trim()).ok()
+    parse_date_lenient(headers.get(name)?.to_str().ok()?)
 }
 
-/// `age_value` (RFC 9111 §4.2.3): the first `Age` value. An invalid value makes the
-/// response count as stale: it is treated as the largest age.
+/// Longest date value looked at; the longest valid form (RFC 850 with a long weekday) is
+/// about 40 characters.
+const MAX_DATE_LEN: usize = 64;
+
+/// Parses an HTTP-date (RFC 9110 §5.6.7): IMF-fixdate, and the obsolete RFC 850 and asctime
+/// forms. As §5.6.7 allows, the recipient is lenient about letter case, runs of whitespace
+/// and a one-digit day; anything else is invalid (`None`).
+pub fn parse_date_lenient(value: &str) -> Option<SystemTime> {
+    let value = value.trim();
+    if value.len() > MAX_DATE_LEN {
+        return None;
+    }
+    if let Ok(t) = httpdate::parse_http_date(value) {
+        return Some(t);
+    }
+    let mut tokens: Vec<String> = value.split_ascii_whitespace().map(title_case).collect();
+    match tokens.as_mut_slice() {
+        // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+        [wday, day, _, _, _, _] if wday.ends_with(',') && day.len() == 1 => day.insert(0, '0'),
+        // asctime: `Sun Nov  6 08:49:37 1994`, the day padded with a space.
+        [wday, _, day, _, _] if !wday.ends_with(',') && day.len() == 1 => day.insert(0, ' '),
+        _ => {}
+    }
+    httpdate::parse_http_date(&tokens.join(" ")).ok()
+}
+
+/// `sUN,` → `Sun,`, `06-NOV-94` → `06-Nov-94`, `gmt` → `GMT`: each run of letters with the
+/// case httpdate expects.
+fn title_case(token: &str) -> String {
+    if token.eq_ignore_ascii_case("gmt") {
+        return "GMT".to_owned();
+    }
+    let mut out = String::with_capacity(token.len());
+    let mut prev_alpha = false;
+    for c in token.chars() {
+        let alpha = c.is_ascii_alphabetic();
+        out.push(if alpha && !prev_alpha {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
+        prev_alpha = alpha;
+    }
+    out
+}
+
+/// `age_value` (RFC 9111 §4.2.3): the `Age` field (§5.1, `Age = delta-seconds`). A value
+/// that is not a non-negative integer, or several field values that disagree, is ignored
+/// (RFC 9111 §1.2.2 and §4.2.3 leave the cache free to disregard it): it counts as no `Age`
+/// at all rather than making the response unstorable or stale. Values past 2^31 are capped.
 pub fn age_value(headers: &HeaderMap) -> Duration {
-    match headers.get(header::AGE) {
-        None => Duration::ZERO,
-        Some(v) => {
-            let first = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.split(',').next())
-                .unwrap_or("");
-            let secs = parse_delta_seconds(first.trim()).unwrap_or(DELTA_SECONDS_MAX);
-            Duration::from_secs(secs)
+    let mut found: Option<u64> = None;
+    for v in headers.get_all(header::AGE) {
+        let Ok(s) = v.to_str() else {
+            return Duration::ZERO;
+        };
+        for part in s.split(',') {
+            match (parse_delta_seconds(part.trim()), found) {
+                (None, _) => return Duration::ZERO,
+                (Some(n), Some(prev)) if n != prev => return Duration::ZERO,
+                (Some(n), _) => found = Some(n),
+            }
         }
     }
+    Duration::from_secs(found.unwrap_or(0))
 }
 
 /// Everything the storability decision looks at.
@@ -229,10 +278,14 @@ pub fn evaluate(x: &Exchange<'_>, policy: &CachePolicy) -> Storability {
                 .and_then(|e| e.duration_since(date).ok())
                 .unwrap_or_default(),
         )
-    } else if policy.heuristic && (cacheable_by_default(status) || cc.public) {
+    } else if let Some(cap) = policy
+        .heuristic
+        .filter(|_| cacheable_by_default(status) || cc.public)
+    {
+        // RFC 9111 §4.2.2: a fraction (10%) of the time since Last-Modified, from Date.
         http_date(x.response, header::LAST_MODIFIED)
             .and_then(|lm| date.duration_since(lm).ok())
-            .map(|since| (since / 10).min(MAX_HEURISTIC_LIFETIME))
+            .map(|since| (since / 10).min(cap))
             .or(policy.default_ttl)
     } else if cacheable_by_default(status) {
         policy.default_ttl
@@ -280,6 +333,7 @@ mod tests {
         httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap()
     }
 
+    use super::super::cache_control::DELTA_SECONDS_MAX;
     use crate::testutil::headers;
 
     fn eval_with(
@@ -334,6 +388,45 @@ mod tests {
         assert_eq!(f.lifetime, Duration::from_secs(3600));
     }
 
+    /// RFC 9110 §5.6.7: recipients parse all three HTTP-date forms and may be lenient
+    /// (letter case, whitespace); RFC 9111 §5.3: "A cache recipient MUST interpret invalid
+    /// date formats, especially the value "0", as representing a time in the past".
+    #[test]
+    fn expires_forms_case_and_spacing() {
+        let one_hour = Duration::from_secs(3600);
+        for ok in [
+            "Sun, 06 Nov 1994 09:49:37 GMT",
+            "sun, 06 nov 1994 09:49:37 gmt",
+            "SUN,  06 NOV 1994   09:49:37 GMT ",
+            "Sun, 6 Nov 1994 09:49:37 GMT",
+            "Sunday, 06-Nov-94 09:49:37 GMT",
+            "SUNDAY, 06-nov-94 09:49:37 Gmt",
+            "Sun Nov  6 09:49:37 1994",
+            "sun nov 6 09:49:37 1994",
+        ] {
+            let f = fresh(eval(&[DATE, ("expires", ok)]));
+            assert_eq!(f.lifetime, one_hour, "{ok}");
+        }
+        for bad in [
+            "0",
+            "-1",
+            "",
+            "tomorrow",
+            "Sun, 06 Nov 1994 09:49:37 UTC",
+            "Sun, 32 Nov 1994 09:49:37 GMT",
+            "Sun, 06 Nov 1994 09:49 GMT",
+            "Sun, 06 Nov 1994 09:49:37 GMT GMT GMT GMT GMT GMT GMT GMT GMT GMT GMT",
+        ] {
+            let f = fresh(eval(&[DATE, ("expires", bad), ("etag", "\"v\"")]));
+            assert_eq!(f.lifetime, Duration::ZERO, "{bad}");
+            assert_eq!(f.ttl(t0()), None, "{bad}");
+        }
+        assert_eq!(
+            parse_date_lenient("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(t0())
+        );
+    }
+
     #[test]
     fn invalid_or_past_expires_is_stale_and_needs_a_validator() {
         // RFC 9111 §5.3: an invalid date, especially "0", means already expired.
@@ -377,10 +470,15 @@ mod tests {
         ));
     }
 
+    /// RFC 9111 §4.2.2: "a cache can assign a heuristic expiration time when an explicit
+    /// time was not specified"; "If the response has a Last-Modified header field, caches
+    /// are encouraged to use a heuristic expiration value that is no more than some fraction
+    /// of the interval since that time. A typical setting of this fraction might be 10%."
+    /// RFC 9110 §15.1 lists the heuristically cacheable statuses.
     #[test]
     fn heuristic_is_ten_percent_of_last_modified_age_when_enabled() {
         let p = CachePolicy {
-            heuristic: true,
+            heuristic: Some(MAX_HEURISTIC_LIFETIME),
             ..Default::default()
         };
         let lm = ("last-modified", "Fri, 28 Oct 1994 08:49:37 GMT"); // 9 days before Date
@@ -396,6 +494,48 @@ mod tests {
         assert_eq!(
             fresh(eval_with(&[], 200, &[DATE, old], p)).lifetime,
             MAX_HEURISTIC_LIFETIME
+        );
+        // Every heuristically cacheable status, and only those.
+        for status in [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501] {
+            let f = fresh(eval_with(&[], status, &[DATE, lm], p));
+            assert_eq!(f.lifetime, Duration::from_secs(9 * 86400 / 10), "{status}");
+        }
+        for status in [302, 307, 400, 403, 500, 502, 503] {
+            assert!(
+                matches!(
+                    eval_with(&[], status, &[DATE, lm], p),
+                    Storability::NoStore(_)
+                ),
+                "{status}"
+            );
+        }
+        // The operator's cap.
+        let short = CachePolicy {
+            heuristic: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        assert_eq!(
+            fresh(eval_with(&[], 200, &[DATE, lm], short)).lifetime,
+            Duration::from_secs(60)
+        );
+        // Explicit expiration wins: max-age, s-maxage, Expires, CDN-Cache-Control.
+        for explicit in [
+            ("cache-control", "max-age=5"),
+            ("cache-control", "s-maxage=5"),
+            ("expires", "Sun, 06 Nov 1994 08:49:42 GMT"),
+            ("cdn-cache-control", "max-age=5"),
+        ] {
+            let f = fresh(eval_with(&[], 200, &[DATE, lm, explicit], p));
+            assert_eq!(f.lifetime, Duration::from_secs(5), "{explicit:?}");
+        }
+        // Without Date, the age of Last-Modified is taken at receipt ("now").
+        let f = fresh(eval_with(&[], 200, &[lm], p));
+        assert_eq!(f.lifetime, Duration::from_secs(9 * 86400 / 10));
+        // A Last-Modified in the future gives no heuristic lifetime.
+        let future = ("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            eval_with(&[], 200, &[DATE, future], p),
+            Storability::NoStore("no freshness information")
         );
     }
 
@@ -600,30 +740,45 @@ mod tests {
             age_value(&headers(&[("age", "10")])),
             Duration::from_secs(10)
         );
+        // The same value repeated is still that value.
         assert_eq!(
-            age_value(&headers(&[("age", "10, 20")])),
+            age_value(&headers(&[("age", "10, 10")])),
             Duration::from_secs(10)
         );
         assert_eq!(age_value(&headers(&[])), Duration::ZERO);
-        // Invalid or negative: treated as very old, so the response is stale.
-        for bad in ["-5", "abc", "1.5", ""] {
-            assert_eq!(
-                age_value(&headers(&[("age", bad)])),
-                Duration::from_secs(DELTA_SECONDS_MAX),
-                "{bad}"
-            );
-        }
         assert_eq!(
             age_value(&headers(&[("age", "99999999999999")])),
             Duration::from_secs(DELTA_SECONDS_MAX)
         );
+    }
+
+    /// RFC 9111 §5.1: `Age = delta-seconds`; §1.2.2: delta-seconds is a non-negative
+    /// integer. A value that is not one (or two different values) is ignored: the response
+    /// is neither unstorable nor stale because of it, while a valid `Age` still counts
+    /// (§4.2.3).
+    #[test]
+    fn invalid_age_is_ignored_not_stale() {
+        for bad in ["-5", "abc", "1.5", "", "10, 20", "5, x", " +3"] {
+            assert_eq!(
+                age_value(&headers(&[("age", bad)])),
+                Duration::ZERO,
+                "{bad}"
+            );
+            let f = fresh(eval(&[DATE, ("age", bad), ("cache-control", "max-age=60")]));
+            assert_eq!(f.corrected_initial_age, Duration::ZERO, "{bad}");
+            assert_eq!(f.ttl(t0()), Some(Duration::from_secs(60)), "{bad}");
+        }
+        // Two field lines that disagree.
+        let mut h = headers(&[("age", "10")]);
+        h.append(header::AGE, http::HeaderValue::from_static("20"));
+        assert_eq!(age_value(&h), Duration::ZERO);
+        // A valid Age still ages the response.
         let f = fresh(eval(&[
             DATE,
-            ("age", "junk"),
+            ("age", "50"),
             ("cache-control", "max-age=60"),
-            ("etag", "\"x\""),
         ]));
-        assert_eq!(f.ttl(t0()), None);
+        assert_eq!(f.ttl(t0()), Some(Duration::from_secs(10)));
     }
 
     #[test]

@@ -84,7 +84,7 @@ proptest! {
             request_time: t0,
             response_time: t0 + Duration::from_secs(delay),
         };
-        for policy in [CachePolicy::default(), CachePolicy { heuristic: true, default_ttl: Some(Duration::from_secs(60)), forced_ttl: None }] {
+        for policy in [CachePolicy::default(), CachePolicy { heuristic: Some(crate::http::freshness::MAX_HEURISTIC_LIFETIME), default_ttl: Some(Duration::from_secs(60)), forced_ttl: None }] {
             if let Storability::Store { freshness, .. } = evaluate(&x, &policy) {
                 prop_assert!(freshness.lifetime <= Duration::from_secs(DELTA_SECONDS_MAX));
                 let _ = freshness.ttl_secs(t0 + Duration::from_secs(u32::MAX as u64));

@@ -389,13 +389,13 @@ async fn dispatch(
             lookup::cached(ctx, rule).await
         }
         Method::GET | Method::HEAD => pass(ctx, None, CacheStatus::fwd("bypass")).await,
-        Method::POST | Method::PUT | Method::DELETE | Method::PATCH => {
-            invalidate::forward_unsafe(ctx, body).await
-        }
-        _ => {
+        // OPTIONS: the only other safe method that reaches here (TRACE, CONNECT refused).
+        _ if invalidate::is_safe(&ctx.method) => {
             let body = request_body(ctx, body)?;
             pass(ctx, body, CacheStatus::fwd("method")).await
         }
+        // Unsafe, or of unknown safety (extension methods): RFC 9111 §4.4.
+        _ => invalidate::forward_unsafe(ctx, body).await,
     }
 }
 

@@ -26,6 +26,7 @@ mod poisoning;
 mod proxy_protocol;
 mod proxying;
 mod reload;
+mod rfc9111_rest;
 mod slow_clients;
 mod slowloris;
 mod smuggling;
