@@ -619,6 +619,9 @@ const REPORTED_GONE_S: u64 = 2;
 fn the_control_planes_view_of_a_pop_moves_answers_without_checks_of_its_own() {
     let mut net = Net::start_checking("reported", false);
     net.until("answers from pa", &addrs(PA), START);
+    // The control plane reads the live window from the version the fleet runs; until the
+    // first rollout completes it uses the default (60 s).
+    net.control.wait_rollout_complete();
     let killed = Instant::now();
     for e in &mut net.pa {
         e.kill();
