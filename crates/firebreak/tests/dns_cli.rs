@@ -169,14 +169,7 @@ fn dns_serves_a_fleet_document_and_reloads_on_sighup() {
     // A file that does not validate is refused; the running data stays.
     std::fs::write(&path, "[dns]\nzone = 3\n").unwrap();
     hup(p.child.id());
-    let deadline = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("dns data refused")
-    {
-        assert!(Instant::now() < deadline, "no refusal logged");
-        std::thread::yield_now();
-    }
+    wait_logged(&log, "dns data refused", "no refusal logged");
     assert_eq!(serial(udp), 5);
     assert_eq!(a(udp), vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
 
@@ -184,14 +177,7 @@ fn dns_serves_a_fleet_document_and_reloads_on_sighup() {
     // refused, the running data stays.
     std::fs::write(&path, fleet("192.0.2.20")).unwrap();
     hup(p.child.id());
-    let deadline = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("removes 1 of 1 answer")
-    {
-        assert!(Instant::now() < deadline, "no removal refusal logged");
-        std::thread::yield_now();
-    }
+    wait_logged(&log, "removes 1 of 1 answer", "no removal refusal logged");
     assert_eq!(serial(udp), 5);
     assert_eq!(a(udp), vec!["192.0.2.10".parse::<IpAddr>().unwrap()]);
 
@@ -295,4 +281,16 @@ fn dns_admin_metrics_show_the_pop_checks() {
         std::thread::yield_now();
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Waits (up to [`DEADLINE`]) until the log file `log` holds `needle`; fails with `what`.
+fn wait_logged(log: &std::path::Path, needle: &str, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::yield_now();
+    }
 }
