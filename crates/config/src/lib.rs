@@ -21,6 +21,7 @@ pub mod origin_tls;
 mod parts;
 mod regexes;
 mod rollout;
+pub mod shield;
 pub mod tls;
 pub(crate) mod validate;
 
@@ -36,6 +37,7 @@ pub use load::{
 pub use model::*;
 pub use parts::{check_fleet_document, check_service_document};
 pub use rollout::*;
+pub use shield::{ShieldConfig, ShieldMembersConfig, TierConfig};
 pub use tls::{SecretPem, ServiceTlsConfig};
 pub use validate::{compile_path_regex, valid_host_name, Mode};
 

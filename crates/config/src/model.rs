@@ -44,6 +44,10 @@ pub struct Config {
     /// Authoritative DNS steering data (`[dns]`); read by DNS servers.
     #[serde(default)]
     pub dns: Option<crate::dns::DnsConfig>,
+    /// A standalone edge's POP, tier secret and shield edges (`[tier]`); see
+    /// [`crate::shield`].
+    #[serde(default)]
+    pub tier: Option<crate::shield::TierConfig>,
 }
 
 /// The admin listener.
@@ -181,6 +185,10 @@ pub struct ServiceConfig {
     /// The service's host name in the DNS zone and its fallback (`[service.dns]`).
     #[serde(default)]
     pub dns: Option<crate::dns::ServiceDnsConfig>,
+    /// The service's origin shield: a POP whose edges other POPs ask before the origin
+    /// (`[service.shield]`).
+    #[serde(default)]
+    pub shield: Option<crate::shield::ShieldConfig>,
 }
 
 /// An origin pool: servers, failover and connection settings.

@@ -108,6 +108,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     crate::forwarding::check(&mut c, &config.forwarding);
     crate::http3::check(&mut c, &config.http3);
     crate::dns::check(&mut c, config);
+    crate::shield::check(&mut c, config, mode);
     crate::tls::check(&mut c, config, mode);
     if let Some(admin) = &config.admin {
         match (&admin.token, &admin.token_sha256) {

@@ -31,6 +31,7 @@ pub mod keys;
 pub mod secrets;
 pub mod serve;
 pub mod signed;
+pub mod tier;
 pub mod tls;
 
 /// Milliseconds since the Unix epoch, now. Zero if the clock is before 1970.
