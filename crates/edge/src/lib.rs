@@ -26,6 +26,7 @@ pub mod server;
 pub mod signed_admin;
 pub mod store;
 pub mod telemetry;
+pub mod tier;
 pub mod tls;
 pub mod upstream;
 

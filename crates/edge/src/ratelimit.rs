@@ -94,8 +94,20 @@ impl ClientGate {
 
     /// Admits one request of `service` from `ip`, or says why not. A request over its
     /// rate is refused after `rate_limited_delay_ms` (the only wait here).
-    pub async fn admit(&self, service: &Arc<str>, ip: IpAddr) -> Result<InFlight<'_>, ProxyError> {
-        if let Some(retry_after) = self.over_rate(service, ip) {
+    pub async fn admit(
+        &self,
+        service: &Arc<str>,
+        ip: IpAddr,
+        tier_request: bool,
+    ) -> Result<InFlight<'_>, ProxyError> {
+        // A request from another tier (valid tier credential) carries many clients' misses
+        // from one address: per-client rates do not apply to it; the bound in flight does.
+        let over = if tier_request {
+            None
+        } else {
+            self.over_rate(service, ip)
+        };
+        if let Some(retry_after) = over {
             crate::telemetry::rate_limited(service);
             let delay = self.reject_delay_ms.load(Ordering::Relaxed);
             if delay > 0 {

@@ -68,7 +68,7 @@ pub(crate) async fn fetch(
     // Read before the origin is asked: a purge from now on cancels what this fetch stores.
     let generation = ctx.state.store.generation(&ctx.svc.name);
     let request_time = SystemTime::now();
-    let result = ctx.send_upstream(&origin_request(ctx, &rv), None).await;
+    let result = ctx.send_fill(&origin_request(ctx, &rv)).await;
     let response_time = SystemTime::now();
     let resp = match result {
         Ok(resp) => resp,

@@ -9,6 +9,7 @@ mod invalidate;
 mod lookup;
 mod respond;
 pub(crate) mod route;
+mod tier;
 
 use crate::body::EdgeBody;
 use crate::client_body::ClientBody;
@@ -56,6 +57,10 @@ pub struct EdgeState {
     pub control_link: std::sync::OnceLock<std::sync::Arc<crate::signed_admin::ControlLink>>,
     /// Per-address rate limits and the bound on requests in flight.
     pub clients: crate::ratelimit::ClientGate,
+    /// What this edge knows about tiers: its POP, the tier secret, the shield POPs' edges.
+    pub tier: crate::tier::TierState,
+    /// The client towards shield edges.
+    pub(crate) shield_client: crate::upstream::shield::ShieldClient,
     next_id: AtomicU64,
     id_prefix: u32,
 }
@@ -77,6 +82,8 @@ impl EdgeState {
             control_keys: std::sync::OnceLock::new(),
             control_link: std::sync::OnceLock::new(),
             clients: Default::default(),
+            tier: Default::default(),
+            shield_client: Default::default(),
             next_id: AtomicU64::new(1),
             id_prefix: seed,
         }
@@ -122,6 +129,8 @@ pub(crate) struct RequestCtx {
     pub client_ip: IpAddr,
     /// `client_ip` is in `forwarding.trusted_proxies`: its forwarding headers are kept.
     pub trusted_proxy: bool,
+    /// How the request arrived: from a client, or from another tier (valid credential).
+    pub tier: crate::tier::RequestTier,
     /// What the log phase learns about this request as it runs.
     pub trace: Arc<RequestTrace>,
 }
@@ -371,7 +380,11 @@ async fn serve(
     let _admitted = ctx
         .state
         .clients
-        .admit(&ctx.svc.name, ctx.client_ip)
+        .admit(
+            &ctx.svc.name,
+            ctx.client_ip,
+            ctx.tier == crate::tier::RequestTier::Tier,
+        )
         .await?;
     if ctx.svc.switches.disabled_by.is_some() || !ctx.svc.faults.is_empty() {
         crate::drills::before_serving(&ctx.svc, ctx.path_and_query.path()).await?;

@@ -57,7 +57,16 @@ pub(crate) fn route(
     strip_hop_by_hop(&mut headers);
     crate::http::accept_encoding::normalise(&mut headers);
     headers.remove(header::HOST);
-    let trusted_proxy = runtime.trusts(client_ip);
+    // A valid tier credential (another edge of the fleet) is checked and removed here; the
+    // forwarding headers of a tier request are kept, like a trusted proxy's.
+    let tier = state.tier.verify(
+        &runtime,
+        &mut headers,
+        parts.method.as_str(),
+        &host,
+        path_and_query.as_str(),
+    );
+    let trusted_proxy = runtime.trusts(client_ip) || tier == crate::tier::RequestTier::Tier;
     if !trusted_proxy {
         let cacheable = parts.method == Method::GET || parts.method == Method::HEAD;
         strip_client_forwarding(&mut headers, cacheable);
@@ -78,6 +87,7 @@ pub(crate) fn route(
             headers,
             client_ip,
             trusted_proxy,
+            tier,
             trace,
         },
         rule,

@@ -13,6 +13,7 @@
 //! ([`ProxyError::OriginUnavailable`], 503 with `Retry-After`) and the fetch serves stale
 //! where it may.
 
+pub mod shield;
 mod tls;
 mod upload;
 

@@ -25,6 +25,7 @@ mod origin_tls;
 mod poisoning;
 mod proxy_protocol;
 mod proxying;
+mod shield;
 mod reload;
 mod rfc9111_rest;
 mod slow_clients;
