@@ -273,13 +273,18 @@ mod tests {
         gate.max_in_flight.store(1, Ordering::Relaxed);
         let svc: Arc<str> = Arc::from("s");
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let first = gate.admit(&svc, ip).await.unwrap();
+        let first = gate.admit(&svc, ip, false).await.unwrap();
         assert_eq!(
-            gate.admit(&svc, ip).await.err(),
+            gate.admit(&svc, ip, false).await.err(),
+            Some(ProxyError::Overloaded(SHED_RETRY_AFTER_S))
+        );
+        // A tier request is exempt from rates, not from the bound in flight.
+        assert_eq!(
+            gate.admit(&svc, ip, true).await.err(),
             Some(ProxyError::Overloaded(SHED_RETRY_AFTER_S))
         );
         drop(first);
-        assert!(gate.admit(&svc, ip).await.is_ok());
+        assert!(gate.admit(&svc, ip, false).await.is_ok());
         assert_eq!(gate.in_flight(), 0);
     }
 }

@@ -242,7 +242,8 @@ mod tests {
         let k = key_hash("svc", "example.com", "/a");
         // Pinned: every edge of every release must agree on this order.
         assert_eq!(k, key_hash("svc", "example.com", "/a"));
-        assert_eq!(k, 0x8d2b_f1f9_5b0d_1a33, "{k:#x}");
+        assert_eq!(k, 0x83de_adf3_8b33_ed90, "{k:#x}");
+        assert_eq!(rendezvous_order(&m, k)[0], m[2]);
         let order = rendezvous_order(&m, k);
         assert_eq!(order.len(), 5);
         let mut sorted = order.clone();

@@ -320,7 +320,12 @@ async fn stale_if_error_works_at_both_tiers() {
     let r = outer.get("/sie").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "good");
-    assert_eq!(fetched.load(Ordering::SeqCst), 2, "the shield asked the origin");
+    assert_eq!(fetched.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        origin.last().header("x-forwarded-for"),
+        Some("127.0.0.1, 127.0.0.1"),
+        "the shield asked the origin, for the outer edge"
+    );
     // The shield gone too: the outer edge goes to the origin itself, which fails, and
     // serves its own stale copy.
     assert!(shield.handle.drain(Duration::from_secs(5)).await);
