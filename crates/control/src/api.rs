@@ -120,6 +120,7 @@ pub fn router_with(
         .route("/v1/edges/{id}/join", post(join))
         .route("/v1/edges/{id}/health", post(health))
         .route("/v1/edges/{id}/secrets/{sha256}", get(edge_secret))
+        .route("/v1/edges/{id}/tier", get(edge_tier))
         .route("/v1/rollouts", post(deploy))
         .route("/v1/rollout", get(rollout))
         .route("/v1/rollout/{action}", post(rollout_action))
@@ -283,6 +284,17 @@ async fn edge_secret(
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
         pem,
+    )
+        .into_response())
+}
+
+/// `GET /v1/edges/{id}/tier`: the fleet's tier secret, to that HTTP edge only ([`crate::tier`]).
+async fn edge_tier(State(app): State<App>, id: Result<Path<String>, PathRejection>) -> Answer {
+    let Path(id) = id.map_err(bad_path)?;
+    let secret = app.plane.edge_tier_secret(&id).await?;
+    Ok((
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        Json(firebreak_protocol::api::TierSecretAnswer { secret }),
     )
         .into_response())
 }

@@ -400,7 +400,9 @@ pub fn need(method: &Method, path: &str) -> Need {
         ["v1", "edges", id, "join"] if post => Need::Join((*id).to_owned()),
         ["v1", "edges", id, "target"] if get => Need::Edge((*id).to_owned()),
         ["v1", "edges", id, "health"] if post => Need::Edge((*id).to_owned()),
-        ["v1", "edges", id, "secrets", _] if get => Need::EdgeSecret((*id).to_owned()),
+        ["v1", "edges", id, "secrets", _] | ["v1", "edges", id, "tier"] if get => {
+            Need::EdgeSecret((*id).to_owned())
+        }
         ["v1", "edges", id] if put => Need::Edge((*id).to_owned()),
         ["v1", "edges", _] if delete => Need::Operator(Role::Admin),
         ["v1", "versions", _, "bundle"] | ["v1", "target"] | ["v1", "keys"] | ["v1", "pops"]

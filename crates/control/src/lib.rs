@@ -38,6 +38,7 @@ pub mod registry;
 pub mod rollout;
 pub mod secrets;
 pub mod store;
+pub mod tier;
 
 pub use api::{serve, ControlServer, Tokens};
 pub use listener::{serve_maybe_tls, serve_with, ApiLimits};

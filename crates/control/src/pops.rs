@@ -16,7 +16,8 @@
 
 use crate::plane::{Plane, PlaneError};
 use firebreak_protocol::api::{
-    EdgeStatus, MemberRole, PopHealth, PopHealthList, MAX_LABEL_LEN, MAX_POP_HEALTH_POPS,
+    EdgeStatus, MemberRole, PopHealth, PopHealthList, MAX_LABEL_LEN, MAX_LISTENER_URL_LEN,
+    MAX_POP_HEALTH_POPS, MAX_POP_LISTENERS,
 };
 use firebreak_protocol::now_ms;
 use std::collections::BTreeMap;
@@ -76,6 +77,7 @@ pub(crate) fn pop_health_of(fleet: &[EdgeStatus], now: u64, window: u64) -> PopH
             healthy_edges: 0,
             stale: 0,
             healthy: false,
+            listen: Vec::new(),
         });
         pop.edges = pop.edges.saturating_add(1);
         if now.saturating_sub(e.last_seen_ms) > window {
@@ -88,7 +90,19 @@ pub(crate) fn pop_health_of(fleet: &[EdgeStatus], now: u64, window: u64) -> PopH
         if r.applied_version.is_some() {
             pop.healthy_edges = pop.healthy_edges.saturating_add(1);
             pop.healthy = true;
+            // Where other POPs' edges reach this one for tiered caching: plain HTTP only.
+            pop.listen.extend(
+                r.listen
+                    .iter()
+                    .filter(|l| l.starts_with("http://") && l.len() <= MAX_LISTENER_URL_LEN)
+                    .cloned(),
+            );
         }
+    }
+    for pop in pops.values_mut() {
+        pop.listen.sort_unstable();
+        pop.listen.dedup();
+        pop.listen.truncate(MAX_POP_LISTENERS);
     }
     let truncated = pops.len() > MAX_POP_HEALTH_POPS;
     PopHealthList {
@@ -161,6 +175,38 @@ mod tests {
         let fra = &list.pops[1];
         assert_eq!((fra.edges, fra.live, fra.healthy_edges), (2, 1, 0));
         assert!(!fra.healthy, "one edge gone, the other serving nothing");
+    }
+
+    #[test]
+    fn a_pop_lists_its_live_serving_edges_plain_listeners() {
+        let now = 1_000_000;
+        let mut a = member("a1", "pa", now, Some(3), MemberRole::Edge);
+        a.report.listen = vec!["http://127.0.0.1:2".into(), "https://127.0.0.1:3".into()];
+        let mut b = member("a2", "pa", now, Some(3), MemberRole::Edge);
+        b.report.listen = vec!["http://127.0.0.1:1".into()];
+        let mut gone = member("a3", "pa", now - 120_000, Some(3), MemberRole::Edge);
+        gone.report.listen = vec!["http://127.0.0.1:9".into()];
+        let mut idle = member("a4", "pa", now, None, MemberRole::Edge);
+        idle.report.listen = vec!["http://127.0.0.1:8".into()];
+        let mut dns = member("d1", "pa", now, Some(3), MemberRole::Dns);
+        dns.report.listen = vec!["http://127.0.0.1:7".into()];
+        let list = pop_health_of(&[a, b, gone, idle, dns], now, 60_000);
+        assert_eq!(
+            list.pops[0].listen,
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+            "live, serving HTTP edges' plain listeners only"
+        );
+        let many: Vec<EdgeStatus> = (0..MAX_POP_LISTENERS + 10)
+            .map(|i| {
+                let mut m = member(&format!("e{i}"), "big", now, Some(1), MemberRole::Edge);
+                m.report.listen = vec![format!("http://127.0.0.1:{}", 1000 + i)];
+                m
+            })
+            .collect();
+        assert_eq!(
+            pop_health_of(&many, now, 60_000).pops[0].listen.len(),
+            MAX_POP_LISTENERS
+        );
     }
 
     #[test]

@@ -350,9 +350,30 @@ pub struct JoinAnswer {
 
 /// Most POPs `GET /v1/pops` lists (as many as the DNS data may name).
 pub const MAX_POP_HEALTH_POPS: usize = firebreak_config::MAX_DNS_POPS;
+/// Most client listeners `GET /v1/pops` lists for one POP (its live serving edges'; the
+/// shield's edges for tiered caching).
+pub const MAX_POP_LISTENERS: usize = 64;
+/// Longest listener URL listed (`http://[v6]:port` fits well within).
+pub const MAX_LISTENER_URL_LEN: usize = 64;
 /// Largest `GET /v1/pops` answer a client reads: [`MAX_POP_HEALTH_POPS`] entries with names
-/// of at most [`MAX_LABEL_LEN`] bytes, with room to spare.
-pub const MAX_POP_HEALTH_BYTES: usize = MAX_POP_HEALTH_POPS * (MAX_LABEL_LEN + 256) + 4096;
+/// of at most [`MAX_LABEL_LEN`] bytes and [`MAX_POP_LISTENERS`] listeners each, with room to
+/// spare.
+pub const MAX_POP_HEALTH_BYTES: usize = MAX_POP_HEALTH_POPS
+    * (MAX_LABEL_LEN + 256 + MAX_POP_LISTENERS * (MAX_LISTENER_URL_LEN + 3))
+    + 4096;
+
+/// `GET /v1/edges/{id}/tier`: the fleet's tier secret (the key of tier credentials, see
+/// [`crate::tier`]), to an HTTP edge's own credential only; never to a DNS member or an
+/// operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierSecretAnswer {
+    /// The secret, 64 hex digits.
+    pub secret: String,
+}
+
+/// Largest `GET /v1/edges/{id}/tier` answer a client reads.
+pub const MAX_TIER_SECRET_ANSWER_BYTES: usize = 1024;
 
 /// `GET /v1/pops`: the health of each POP as the control plane sees it from its edges'
 /// reports, for the DNS servers (which also check the POPs themselves). Readable with any
@@ -392,4 +413,8 @@ pub struct PopHealth {
     pub stale: u32,
     /// At least one edge of the POP is healthy (live and serving a version).
     pub healthy: bool,
+    /// The plain-HTTP client listeners (`http://addr`) of the POP's healthy edges, sorted, at
+    /// most [`MAX_POP_LISTENERS`]: where other POPs' edges send a shielded service's misses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listen: Vec<String>,
 }

@@ -127,9 +127,10 @@ async fn staging(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Resul
     cells.sort();
     cells.dedup();
     let canary_cell = cells.first().cloned().unwrap_or_default();
+    let shield_edges = crate::rollout::shield::held_edges(plane, r, &live).await?;
     let mut canary: Vec<String> = live
         .iter()
-        .filter(|e| e.report.cell == canary_cell)
+        .filter(|e| e.report.cell == canary_cell && !shield_edges.contains(&e.id))
         .map(|e| e.id.clone())
         .collect();
     canary.sort();
@@ -148,6 +149,7 @@ async fn staging(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Resul
             cur.phase_since_ms = now_ms();
             cur.cells = cells.clone();
             cur.canary_edges = canary.clone();
+            cur.shield_edges = shield_edges.clone();
             cur.excluded = excluded.clone();
             let cur = cur.clone();
             write_wave_targets(plane, s, &cur, seq)?;
@@ -164,11 +166,19 @@ async fn staging(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Resul
                 version: Some(cur.version),
                 rollout: Some(cur.id),
                 message: format!(
-                    "every reachable edge staged version {}; wave 1 of {} activated: cells [{}] edges [{}]{}",
+                    "every reachable edge staged version {}; wave 1 of {} activated: cells [{}] edges [{}]{}{}",
                     cur.version,
-                    cur.plan.waves.len(),
+                    cur.waves(),
                     cells.join(", "),
                     edges.join(", "),
+                    if cur.shield_edges.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; shield edges held for the last wave: [{}]",
+                            cur.shield_edges.join(", ")
+                        )
+                    },
                     if cur.excluded.is_empty() {
                         String::new()
                     } else {
@@ -209,6 +219,27 @@ fn write_wave_targets(
         if s.edges.get(e).is_none_or(|t| t.version != r.version) {
             let t = plane.sign_target((s.epoch, seq), spec(edge_audience(e)))?;
             s.edges.insert(e.clone(), t);
+        }
+    }
+    // The shield's edges stay at the previous version (an edge override beats their cell's)
+    // until the last wave.
+    if let (Some(from), Some(from_sha)) = (r.from, r.from_sha256.as_deref()) {
+        for e in r.held(r.wave) {
+            if s.edges.get(e).is_none_or(|t| t.version != from) {
+                let t = plane.sign_target(
+                    (s.epoch, seq),
+                    TargetSpec {
+                        audience: edge_audience(e),
+                        version: from,
+                        sha256: from_sha,
+                        rollback: false,
+                        stage: None,
+                        rollout: Some(r.id),
+                        by: "control-plane",
+                    },
+                )?;
+                s.edges.insert(e.clone(), t);
+            }
         }
     }
     Ok(())
@@ -294,9 +325,11 @@ async fn hold(
 async fn wave(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(), PlaneError> {
     let now = now_ms();
     let (cells, edges) = r.members(r.wave);
+    let held = r.held(r.wave);
     let members: Vec<&EdgeStatus> = fleet
         .iter()
         .filter(|e| cells.contains(&e.report.cell) || edges.contains(&e.id))
+        .filter(|e| !held.contains(&e.id))
         .collect();
     // An edge that crash-looped on the version booted the previous one: a failed gate.
     if let Some(e) = fleet
@@ -490,7 +523,7 @@ async fn advance(
                 wave + 1,
                 report.reason,
                 cur.wave + 1,
-                cur.plan.waves.len(),
+                cur.waves(),
                 cells.join(", "),
                 edges.join(", ")
             )

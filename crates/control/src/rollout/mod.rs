@@ -14,6 +14,7 @@
 pub mod driver;
 pub mod gate;
 pub mod health;
+pub mod shield;
 pub mod state;
 
 use crate::plane::{Plane, PlaneError};
@@ -291,6 +292,7 @@ impl Plane {
                     detected_ms: None,
                     ended_ms: None,
                     outcome: None,
+                    shield_edges: Vec::new(),
                 };
                 state.rollout = Some(rollout.clone());
                 Ok(rollout)

@@ -51,6 +51,10 @@ pub struct FleetState {
     /// The current or last rollout.
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// The SHA-256 of the fleet's tier secret document ([`crate::tier`]); the secret itself
+    /// is in the secrets table, never here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier_secret: Option<String>,
 }
 
 impl FleetState {
@@ -184,11 +188,49 @@ pub struct Rollout {
     /// How it ended, in one line.
     #[serde(default)]
     pub outcome: Option<String>,
+    /// Edges of the POPs that a service of the new version names as its origin shield, fixed
+    /// when activation begins: held at the previous version (an edge override) through every
+    /// planned wave, whatever their cell, and given the version in one last wave of their
+    /// own once every planned wave passed its gate (a canary on a shield would break the
+    /// misses of every POP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shield_edges: Vec<String>,
 }
 
 impl Rollout {
-    /// The cells and edges of waves `0..=wave` (waves include the ones before them).
+    /// Waves in all: the plan's, and the shield's last wave when edges are held for it.
+    pub fn waves(&self) -> usize {
+        self.plan.waves.len() + usize::from(!self.shield_edges.is_empty())
+    }
+
+    /// The edges held at the previous version during `wave` (the shield's edges, until the
+    /// last wave).
+    pub fn held(&self, wave: usize) -> &[String] {
+        if wave < self.plan.waves.len() {
+            &self.shield_edges
+        } else {
+            &[]
+        }
+    }
+
+    /// The cells and edges of waves `0..=wave` (waves include the ones before them). The
+    /// shield's last wave holds every cell and the shield's edges.
     pub fn members(&self, wave: usize) -> (Vec<String>, Vec<String>) {
+        if wave >= self.plan.waves.len() && !self.shield_edges.is_empty() {
+            let (_, mut edges) = self.planned_members(wave);
+            for e in &self.shield_edges {
+                if !edges.contains(e) {
+                    edges.push(e.clone());
+                }
+            }
+            return (self.cells.clone(), edges);
+        }
+        let (cells, mut edges) = self.planned_members(wave);
+        edges.retain(|e| !self.shield_edges.contains(e));
+        (cells, edges)
+    }
+
+    fn planned_members(&self, wave: usize) -> (Vec<String>, Vec<String>) {
         let mut cells: Vec<String> = Vec::new();
         let mut edges: Vec<String> = Vec::new();
         let total = self.cells.len();
@@ -221,7 +263,7 @@ impl Rollout {
 
     /// Whether the current wave is the last.
     pub fn last_wave(&self) -> bool {
-        self.wave + 1 >= self.plan.waves.len()
+        self.wave + 1 >= self.waves()
     }
 }
 

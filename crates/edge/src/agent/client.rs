@@ -280,6 +280,29 @@ impl ControlClient {
         serde_json::from_slice(&body).map_err(|e| format!("malformed POP health: {e}"))
     }
 
+    /// The fleet's tier secret (`GET /v1/edges/{id}/tier`, this edge's own credential),
+    /// bounded to [`firebreak_protocol::api::MAX_TIER_SECRET_ANSWER_BYTES`]. The answer's body
+    /// is never put in an error.
+    pub async fn tier_secret(&self) -> Result<firebreak_protocol::tier::TierSecret, String> {
+        use firebreak_protocol::api::{TierSecretAnswer, MAX_TIER_SECRET_ANSWER_BYTES};
+        let path = format!("/v1/edges/{}/tier", self.id);
+        let (status, body) = self
+            .call(
+                Method::GET,
+                &path,
+                None,
+                MAX_TIER_SECRET_ANSWER_BYTES,
+                Duration::from_secs(10),
+            )
+            .await?;
+        if status != StatusCode::OK {
+            return Err(format!("tier secret: control plane answered {status}"));
+        }
+        let answer: TierSecretAnswer =
+            serde_json::from_slice(&body).map_err(|_| "malformed tier secret answer".to_owned())?;
+        firebreak_protocol::tier::TierSecret::from_hex(&answer.secret)
+    }
+
     /// Downloads a secret document (a private key, PEM) this edge's versions name, bounded to
     /// [`firebreak_protocol::secrets::MAX_KEY_PEM_BYTES`]. The answer's body is never put in
     /// an error.

@@ -42,6 +42,10 @@ pub struct ControlContext {
     pub link: Arc<ControlLink>,
     /// The member's own authenticated client to the control plane.
     pub client: ControlClient,
+    /// The member's POP (`--pop`).
+    pub pop: String,
+    /// How often the member asks the control plane for what it follows (POPs' edges).
+    pub every: std::time::Duration,
 }
 
 /// A running member.
@@ -136,5 +140,12 @@ impl Launcher for EdgeLauncher {
         let _ = edge.state().control_key.set(control.trust);
         let _ = edge.state().control_keys.set(control.keys);
         let _ = edge.state().control_link.set(control.link);
+        edge.state().tier.set_pop(&control.pop);
+        tokio::spawn(super::tier::follow(
+            Arc::downgrade(edge),
+            control.client,
+            control.pop,
+            control.every,
+        ));
     }
 }

@@ -21,6 +21,7 @@ pub mod journal;
 pub mod member;
 pub mod order;
 pub mod secrets;
+pub mod tier;
 pub mod trust;
 pub mod waiting;
 
@@ -321,6 +322,8 @@ impl<M: Member> Agent<M> {
                 keys: trust.clone(),
                 link: link.clone(),
                 client: worker.client.clone(),
+                pop: opts.pop.clone(),
+                every: opts.health_interval.max(Duration::from_millis(100)),
             },
         );
         let stale = {
