@@ -21,6 +21,7 @@ mod keys;
 mod replay;
 mod rollouts;
 mod secrets;
+mod shield;
 mod tls_edge;
 mod validation;
 mod writes;
