@@ -48,7 +48,8 @@ pub struct TierConfig {
     /// the edges that send and receive tier requests.
     #[serde(default)]
     pub secret: Option<String>,
-    /// The shield POPs' edges (`[[tier.shield]]`).
+    /// The shield POPs' edges (`[[tier.shield]]`), this edge's own POP's included when it is
+    /// a shield (each object has one home among them).
     #[serde(default, rename = "shield")]
     pub shields: Vec<ShieldMembersConfig>,
 }
@@ -150,11 +151,6 @@ pub(crate) fn check(c: &mut Checker, config: &Config, mode: Mode) {
             c.fail(&at("pop"), pop_problem(&m.pop));
         } else if !seen.insert(m.pop.as_str()) {
             c.fail(&at("pop"), format!("POP `{}` is listed twice", m.pop));
-        } else if tier.pop.as_deref() == Some(m.pop.as_str()) {
-            c.fail(
-                &at("pop"),
-                "is this edge's own POP: a shield's own edges fetch from the origin",
-            );
         }
         if c.count(&at("edges"), m.edges.len(), 1, MAX_SHIELD_EDGES, "edges") {
             for (j, e) in m.edges.iter().enumerate() {
@@ -247,13 +243,13 @@ servers = [{{ addr = "127.0.0.1:9000" }}]
                 standalone(&format!("[tier]\nsecret = \"{}\"", &SECRET[1..]), ""),
                 "tier.secret",
             ),
-            // Its own POP as somebody else's shield edges.
+            // A POP twice.
             (
                 standalone(
-                    &format!("[tier]\npop = \"pa\"\nsecret = \"{SECRET}\"\n[[tier.shield]]\npop = \"pa\"\nedges = [\"127.0.0.1:1\"]"),
+                    &format!("[tier]\npop = \"pa\"\nsecret = \"{SECRET}\"\n[[tier.shield]]\npop = \"pa\"\nedges = [\"127.0.0.1:1\"]\n[[tier.shield]]\npop = \"pa\"\nedges = [\"127.0.0.1:2\"]"),
                     "",
                 ),
-                "tier.shield[0].pop",
+                "tier.shield[1].pop",
             ),
             (
                 standalone(

@@ -179,6 +179,15 @@ impl EdgeServer {
                 handler,
             )));
         }
+        // Where other edges reach this one: a shield edge never sends a miss to itself.
+        state.tier.set_own_addrs(
+            addrs
+                .iter()
+                .zip(&tls_flags)
+                .filter(|(_, tls)| !**tls)
+                .map(|(a, _)| *a)
+                .collect(),
+        );
         Ok(EdgeHandle {
             addrs,
             tls: tls_flags,

@@ -8,9 +8,11 @@
 //! its `[tier]` section, which wins when present. Every read on the request path is an
 //! `ArcSwap` load: no lock.
 //!
-//! Loops are impossible by construction: a request that arrived with a valid tier credential
-//! is fetched from the origin ([`RequestTier::Tier`]), and the shield POP's own edges fetch
-//! from the origin, so a request crosses at most one tier.
+//! Each object has one home among the shield POP's edges (rendezvous hashing): the other
+//! POPs' edges send its misses there, and so do the shield POP's other edges; the home itself
+//! fetches from the origin. Loops are impossible by construction: a request that arrived with
+//! a valid tier credential is fetched from the origin ([`RequestTier::Tier`]), never sent on,
+//! so a request crosses at most one tier hop; and an edge never sends a miss to itself.
 
 use crate::runtime::Runtime;
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -67,6 +69,8 @@ pub struct TierState {
     pop: ArcSwapOption<String>,
     secret: ArcSwapOption<TierSecret>,
     members: ArcSwap<ShieldMembers>,
+    /// This edge's own plain-HTTP client listeners.
+    own: ArcSwap<Vec<SocketAddr>>,
 }
 
 /// How a request arrived.
@@ -87,6 +91,9 @@ pub struct ShieldRoute {
     pub edges: Arc<[SocketAddr]>,
     /// The tier secret that signs the request.
     pub secret: Arc<TierSecret>,
+    /// This edge's own listeners: in the shield POP, the object's order stops at this edge
+    /// (it is then the home, and asks the origin).
+    pub own: Arc<Vec<SocketAddr>>,
 }
 
 impl TierState {
@@ -107,6 +114,11 @@ impl TierState {
             tracing::info!(pops = members.len(), "shield members changed");
             self.members.store(Arc::new(members));
         }
+    }
+
+    /// This edge's own plain-HTTP client listeners (set when the listeners are bound).
+    pub fn set_own_addrs(&self, addrs: Vec<SocketAddr>) {
+        self.own.store(Arc::new(addrs));
     }
 
     /// The shield members now.
@@ -179,8 +191,8 @@ impl TierState {
     }
 
     /// Where a miss of `shield_pop`'s service goes, or `None` for the origin: this request
-    /// came from another tier, this edge is in the shield POP, or nothing is known of the
-    /// shield's edges or secret.
+    /// came from another tier, or nothing is known of the shield's edges or secret. (An edge
+    /// of the shield POP gets a route too: the fetch stops at itself in the object's order.)
     pub(crate) fn shield_for(
         &self,
         runtime: &Runtime,
@@ -190,12 +202,19 @@ impl TierState {
         if arrived == RequestTier::Tier {
             return None;
         }
-        if self.own_pop(runtime).as_deref() == Some(shield_pop) {
+        let own = self.own.load_full();
+        let in_shield = self.own_pop(runtime).as_deref() == Some(shield_pop);
+        if in_shield && own.is_empty() {
             return None;
         }
-        let edges = match runtime.config.tier.as_ref() {
-            Some(t) => {
-                let m = t.shields.iter().find(|m| m.pop == shield_pop)?;
+        // The standalone `[[tier.shield]]` list first, else what the agent learned.
+        let listed = runtime
+            .config
+            .tier
+            .as_ref()
+            .and_then(|t| t.shields.iter().find(|m| m.pop == shield_pop));
+        let edges = match listed {
+            Some(m) => {
                 let mut edges: Vec<SocketAddr> =
                     m.edges.iter().filter_map(|e| e.parse().ok()).collect();
                 edges.sort_unstable();
@@ -211,6 +230,7 @@ impl TierState {
             pop: Arc::from(shield_pop),
             edges,
             secret: self.secret(runtime)?,
+            own,
         })
     }
 }

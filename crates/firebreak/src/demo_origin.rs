@@ -1,5 +1,6 @@
 //! A small origin with one endpoint per caching behaviour, for `firebreak up` and for trying
-//! the edge by hand. It counts the requests it serves (`/__origin/stats`).
+//! the edge by hand. It counts the requests it serves (`/__origin/stats`), and per path
+//! (`/__origin/stats?path=/static/x`: what a shield test counts).
 
 use bytes::Bytes;
 use firebreak_protocol::serve::{accept_loop, AddressTable, ListenerConf};
@@ -19,6 +20,44 @@ const MAX_LARGE_MIB: u64 = 256;
 const MAX_CONNECTIONS: usize = 10_000;
 /// Longest delay `/slow` accepts.
 const MAX_SLOW_MS: u64 = 30_000;
+/// Most distinct paths counted one by one; requests for further paths count in the total only.
+const MAX_COUNTED_PATHS: usize = 100_000;
+/// Longest path counted one by one.
+const MAX_COUNTED_PATH_LEN: usize = 1024;
+
+/// What the origin counts: every request, and requests per path (bounded).
+#[derive(Default)]
+struct Counts {
+    total: AtomicU64,
+    by_path: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Counts {
+    fn count(&self, path: &str) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if path.len() > MAX_COUNTED_PATH_LEN {
+            return;
+        }
+        let mut by_path = self
+            .by_path
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = by_path.get_mut(path) {
+            *n = n.saturating_add(1);
+        } else if by_path.len() < MAX_COUNTED_PATHS {
+            by_path.insert(path.to_owned(), 1);
+        }
+    }
+
+    fn of(&self, path: &str) -> u64 {
+        self.by_path
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
 
 /// A running demo origin.
 pub struct DemoOrigin {
@@ -30,7 +69,7 @@ pub struct DemoOrigin {
 pub async fn start(addr: SocketAddr) -> std::io::Result<DemoOrigin> {
     let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let hits = Arc::new(AtomicU64::new(0));
+    let hits = Arc::new(Counts::default());
     let started = SystemTime::now();
     // The shared serve loop, with an edge listener's default bounds.
     let limits = firebreak_config::LimitsConfig::default();
@@ -80,19 +119,28 @@ fn response(
 
 async fn serve(
     req: Request<Incoming>,
-    hits: &AtomicU64,
+    hits: &Counts,
     started: SystemTime,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     if path == "/__origin/stats" {
-        let n = hits.load(Ordering::Relaxed);
-        return response(
-            StatusCode::OK,
-            "no-store",
-            format!("{{\"requests\":{n}}}\n"),
-        );
+        let n = hits.total.load(Ordering::Relaxed);
+        let asked = req.uri().query().and_then(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .find(|(k, _)| k == "path")
+                .map(|(_, v)| v.into_owned())
+        });
+        let body = match asked {
+            Some(p) => format!(
+                "{{\"requests\":{n},\"path\":{},\"path_requests\":{}}}\n",
+                serde_json::Value::String(p.clone()),
+                hits.of(&p)
+            ),
+            None => format!("{{\"requests\":{n}}}\n"),
+        };
+        return response(StatusCode::OK, "no-store", body);
     }
-    hits.fetch_add(1, Ordering::Relaxed);
+    hits.count(&path);
     let now = SystemTime::now();
     let last_modified = HeaderValue::from_str(&httpdate::fmt_http_date(started)).ok();
     if req.method() != Method::GET && req.method() != Method::HEAD {

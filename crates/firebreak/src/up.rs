@@ -12,6 +12,10 @@
 //! any version: the certificate travels in the signed bundle, the private key as a secret
 //! document only edges can read; every edge serves HTTPS on a second listener.
 //!
+//! The demo service names POP `sin` as its origin shield (`[service.shield]` in the example
+//! document): the other POPs' edges send its misses to sin's edges, so a cold object costs
+//! the demo origin one request for the whole fleet (`/__origin/stats?path=...` counts them).
+//!
 //! A DNS server (`firebreak dns --control`, POP `ams`, its own cell `dns`) serves the fleet
 //! document's `[dns]` zone (`cdn.localhost`) as a fleet member: it takes the version through
 //! the same rollout and checks each POP's edges (their admin `/healthz`, the URLs written
@@ -555,6 +559,10 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     out!("  curl -si http://127.0.0.1:{first}/static/hello.txt   # twice: miss, then hit");
     out!("  curl -si -H 'Host: assets.localhost' http://127.0.0.1:{first}/static/app.css");
     out!("  curl -si http://127.0.0.1:{first}/api/data           # stale-while-revalidate");
+    out!(
+        "  curl -s 'http://{}/__origin/stats?path=/static/hello.txt'   # origin requests for one object: 1 for the whole fleet (shield: sin)",
+        origin.addr
+    );
     let answer = |pop: &str| {
         dns_answers
             .iter()

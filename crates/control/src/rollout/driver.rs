@@ -123,11 +123,19 @@ async fn staging(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Resul
         return Ok(());
     }
     // Every live edge staged it: fix the wave order and start wave 0.
+    let shield_edges = crate::rollout::shield::held_edges(plane, r, &live).await?;
     let mut cells: Vec<String> = live.iter().map(|e| e.report.cell.clone()).collect();
     cells.sort();
     cells.dedup();
+    // Cells holding only the shield's (held) edges go last: a planned wave of them would
+    // judge nothing.
+    let only_held = |c: &String| {
+        live.iter()
+            .filter(|e| &e.report.cell == c)
+            .all(|e| shield_edges.contains(&e.id))
+    };
+    cells.sort_by_key(|c| only_held(c));
     let canary_cell = cells.first().cloned().unwrap_or_default();
-    let shield_edges = crate::rollout::shield::held_edges(plane, r, &live).await?;
     let mut canary: Vec<String> = live
         .iter()
         .filter(|e| e.report.cell == canary_cell && !shield_edges.contains(&e.id))

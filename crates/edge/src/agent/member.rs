@@ -144,7 +144,6 @@ impl Launcher for EdgeLauncher {
         tokio::spawn(super::tier::follow(
             Arc::downgrade(edge),
             control.client,
-            control.pop,
             control.every,
         ));
     }

@@ -20,7 +20,6 @@ const SECRET_EVERY_POLLS: u32 = 60;
 pub(crate) async fn follow(
     edge: Weak<EdgeHandle>,
     client: ControlClient,
-    pop: String,
     every: Duration,
 ) {
     let mut since_secret: Option<u32> = None;
@@ -38,7 +37,7 @@ pub(crate) async fn follow(
         }
         since_secret = since_secret.map(|n| n.saturating_add(1));
         match client.pop_health().await {
-            Ok(list) => tier.set_members(members(&list, &pop)),
+            Ok(list) => tier.set_members(members(&list)),
             Err(e) => tracing::debug!(error = %e, "POP edges not fetched; keeping the last list"),
         }
         drop(handle);
@@ -46,9 +45,10 @@ pub(crate) async fn follow(
     }
 }
 
-/// The other POPs' plain-HTTP listeners, by POP.
-pub fn members(list: &PopHealthList, own_pop: &str) -> ShieldMembers {
-    ShieldMembers::new(list.pops.iter().filter(|p| p.pop != own_pop).map(|p| {
+/// Every POP's plain-HTTP listeners, by POP (its own POP's too: in a shield POP, each object
+/// has one home among its edges).
+pub fn members(list: &PopHealthList) -> ShieldMembers {
+    ShieldMembers::new(list.pops.iter().map(|p| {
         let edges: Vec<SocketAddr> = p
             .listen
             .iter()
@@ -89,11 +89,11 @@ mod tests {
             ],
             truncated: false,
         };
-        let m = members(&list, "ams");
-        assert!(m.of("ams").is_none(), "its own POP is never a shield to it");
+        let m = members(&list);
+        assert_eq!(m.of("ams").unwrap().len(), 1);
         let pa: Vec<String> = m.of("pa").unwrap().iter().map(|a| a.to_string()).collect();
         assert_eq!(pa, ["127.0.0.1:2", "127.0.0.1:3"]);
         assert!(m.of("nyc").is_none());
-        assert_eq!(m.len(), 1);
+        assert_eq!(m.len(), 2);
     }
 }

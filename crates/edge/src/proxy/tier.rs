@@ -1,5 +1,5 @@
-//! Where a fill's request goes: the service's shield POP when it has one and this edge is
-//! outside it, else the origin. The fetch calls [`RequestCtx::send_fill`] for the origin
+//! Where a fill's request goes: the object's home among the service's shield POP's edges
+//! when the service has a shield and this edge is not that home, else the origin. The fetch calls [`RequestCtx::send_fill`] for the origin
 //! request of a fill and for revalidations alike, so stale-* and coalescing work the same
 //! at both tiers (each edge runs its own).
 //!
@@ -54,7 +54,7 @@ impl RequestCtx {
         // The shield may itself wait for a coalesced fetch, then for the origin.
         let head_timeout = self.svc.pool.idle_timeout()
             + Duration::from_millis(self.runtime.config.cache.coalesce_wait_ms);
-        for edge in client.attempts(&route.edges, key) {
+        for edge in client.attempts(&route.edges, &route.own, key) {
             let started = Instant::now();
             let result = client
                 .send(edge, req, &self.host, &route.secret, head_timeout)

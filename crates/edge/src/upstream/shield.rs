@@ -127,15 +127,17 @@ impl Default for ShieldClient {
 
 impl ShieldClient {
     /// The edges to try for an object, best first: its rendezvous order without the edges
-    /// skipped for now, at most [`MAX_SHIELD_ATTEMPTS`]. (When every one is skipped, none:
-    /// the miss goes to the origin at once.)
-    pub fn attempts(&self, members: &[SocketAddr], key: u64) -> Vec<SocketAddr> {
+    /// skipped for now, up to (not including) `own` — an edge of the shield POP asks the
+    /// origin itself from the point where it is the object's best choice — at most
+    /// [`MAX_SHIELD_ATTEMPTS`]. (None: the miss goes to the origin at once.)
+    pub fn attempts(&self, members: &[SocketAddr], own: &[SocketAddr], key: u64) -> Vec<SocketAddr> {
         let order = rendezvous_order(members, key);
         let now = Instant::now();
         let ejected = self.ejected.lock().unwrap_or_else(PoisonError::into_inner);
         order
             .into_iter()
             .filter(|m| ejected.get(m).is_none_or(|until| *until <= now))
+            .take_while(|m| !own.contains(m))
             .take(MAX_SHIELD_ATTEMPTS)
             .collect()
     }
@@ -308,10 +310,18 @@ mod tests {
         let m = members(3);
         let k = key_hash("svc", "h", "/x");
         let order = rendezvous_order(&m, k);
-        assert_eq!(c.attempts(&m, k), order[..2].to_vec());
+        assert_eq!(c.attempts(&m, &[], k), order[..2].to_vec());
         c.eject(order[0]);
-        assert_eq!(c.attempts(&m, k), order[1..].to_vec());
+        assert_eq!(c.attempts(&m, &[], k), order[1..].to_vec());
         tokio::time::advance(EJECT_FOR + Duration::from_millis(1)).await;
-        assert_eq!(c.attempts(&m, k), order[..2].to_vec());
+        assert_eq!(c.attempts(&m, &[], k), order[..2].to_vec());
+        // An edge of the shield POP stops at itself: the home asks the origin.
+        assert!(c.attempts(&m, &[order[0]], k).is_empty());
+        assert_eq!(c.attempts(&m, &[order[1]], k), vec![order[0]]);
+        c.eject(order[0]);
+        assert!(
+            c.attempts(&m, &[order[1]], k).is_empty(),
+            "the home is down: the next in order is the home now"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! the object; the shield fetches from the origin.
 
 use crate::common::*;
+use firebreak_edge::tier::ShieldMembers;
 use firebreak_edge::upstream::shield::{key_hash, rendezvous_order};
 use firebreak_protocol::tier::{now_s, TierSecret, TIER_HEADER};
 use std::net::SocketAddr;
@@ -58,6 +59,21 @@ async fn shield_edge(origin: &TestOrigin, extra: &str) -> Edge {
     start_edge(&tier_config(origin.addr, "pa", &[], extra)).await
 }
 
+/// Two edges of the shield POP, each knowing both (as the agent tells them).
+async fn shield_pair(origin: &TestOrigin) -> (Edge, Edge) {
+    let (a, b) = (
+        shield_edge(origin, "").await,
+        shield_edge(origin, "").await,
+    );
+    for e in [&a, &b] {
+        e.handle.state().tier.set_members(ShieldMembers::new([(
+            "pa".to_owned(),
+            vec![a.addr, b.addr],
+        )]));
+    }
+    (a, b)
+}
+
 async fn outer_edge(origin: &TestOrigin, shields: &[SocketAddr]) -> Edge {
     start_edge(&tier_config(origin.addr, "ams", shields, "")).await
 }
@@ -91,10 +107,7 @@ fn via_count(r: &Recorded) -> usize {
 #[tokio::test]
 async fn misses_of_every_outer_edge_reach_the_origin_once_through_the_shield() {
     let origin = TestOrigin::start(|_| cacheable("object")).await;
-    let (s1, s2) = (
-        shield_edge(&origin, "").await,
-        shield_edge(&origin, "").await,
-    );
+    let (s1, s2) = shield_pair(&origin).await;
     let shields = [s1.addr, s2.addr];
     let outers = [
         outer_edge(&origin, &shields).await,
@@ -109,15 +122,11 @@ async fn misses_of_every_outer_edge_reach_the_origin_once_through_the_shield() {
         assert_eq!(r.text(), "object");
         assert_eq!(origin.count(), 1, "outer edge {i} went past the shield");
     }
-    // The shield's own edges serve what they hold; none asks the origin again.
+    // The shield POP's own edges: the home serves what it holds, the other asks the home.
     for s in [&s1, &s2] {
         assert_eq!(s.get("/a").await.text(), "object");
     }
-    assert_eq!(
-        origin.count(),
-        2,
-        "only the shield edge that is not the object's home asked the origin"
-    );
+    assert_eq!(origin.count(), 1, "an edge of the shield POP went to the origin");
     let seen = origin.requests.lock().unwrap()[0].clone();
     assert!(
         seen.header(TIER_HEADER).is_none(),
@@ -132,11 +141,12 @@ async fn misses_of_every_outer_edge_reach_the_origin_once_through_the_shield() {
         seen.headers
     );
     assert_eq!(via_count(&seen), 2, "{:?}", seen.headers);
-    // Several objects: each has one home, and each costs one origin request.
+    // Several objects, from every edge of both POPs: each has one home, each costs one
+    // origin request.
     let before = origin.count();
     for i in 0..20 {
-        for o in &outers {
-            assert_eq!(o.get(&format!("/many/{i}")).await.status, 200);
+        for e in outers.iter().chain([&s1, &s2]) {
+            assert_eq!(e.get(&format!("/many/{i}")).await.status, 200);
         }
     }
     assert_eq!(origin.count() - before, 20);
@@ -178,26 +188,32 @@ async fn a_dead_first_shield_edge_fails_over_to_the_next_then_to_the_origin() {
 }
 
 #[tokio::test]
-async fn shield_edges_fetch_from_the_origin_and_never_forward_a_tier_request() {
+async fn the_home_asks_the_origin_and_a_tier_request_is_never_sent_on() {
     let origin = TestOrigin::start(|_| cacheable("object")).await;
-    // A shield edge told of another edge of its own POP (as the agent tells it members)
-    // still goes to the origin: its own POP is the shield.
-    let other = shield_edge(&origin, "").await;
-    let s = shield_edge(&origin, "").await;
-    s.handle.state().tier.set_members(firebreak_edge::tier::ShieldMembers::new([(
-        "pa".to_owned(),
-        vec![other.addr],
-    )]));
-    assert_eq!(s.get("/own").await.status, 200);
+    let (s1, s2) = shield_pair(&origin).await;
+    let members = [s1.addr, s2.addr];
+    // s1 is the home: it asks the origin itself.
+    let home_s1 = path_first_on(&members, s1.addr, "home");
+    assert_eq!(s1.get(&home_s1).await.status, 200);
     assert_eq!(origin.count(), 1);
-    assert_eq!(other.get("/own").await.status, 200);
-    assert_eq!(origin.count(), 2, "each shield edge went to the origin itself");
+    assert_eq!(via_count(&origin.last()), 1, "straight to the origin");
+    // s2 is the home: s1 asks it, s2 asks the origin (the tier request is not sent on).
+    let home_s2 = path_first_on(&members, s2.addr, "home");
+    assert_eq!(s1.get(&home_s2).await.status, 200);
+    assert_eq!(origin.count(), 2);
+    assert_eq!(
+        origin.last().header("x-forwarded-for"),
+        Some("127.0.0.1, 127.0.0.1")
+    );
+    assert_eq!(via_count(&origin.last()), 2);
+    assert!(s2.get(&home_s2).await.cache_status().contains("hit"));
+    assert_eq!(origin.count(), 2);
 
-    // An outer edge's tier request arriving at another outer edge is not forwarded again.
-    let outer_a = outer_edge(&origin, &[other.addr]).await;
+    // An outer edge receiving a tier request (as if it were the shield) never sends it on.
+    let outer = outer_edge(&origin, &members).await;
     let secret = TierSecret::from_hex(SECRET).unwrap();
     let credential = secret.sign("GET", "localhost", "/hop", now_s() + 30);
-    let r = outer_a.get_with("/hop", &[(TIER_HEADER, &credential)]).await;
+    let r = outer.get_with("/hop", &[(TIER_HEADER, &credential)]).await;
     assert_eq!(r.status, 200);
     assert_eq!(origin.count(), 3);
     assert_eq!(
@@ -205,7 +221,8 @@ async fn shield_edges_fetch_from_the_origin_and_never_forward_a_tier_request() {
         1,
         "went to the origin, not through the shield"
     );
-    assert!(other.get("/hop").await.status == 200);
+    // Neither shield edge saw /hop: each asks the origin (or the home, which does) now.
+    assert_eq!(s1.get("/hop").await.status, 200);
     assert_eq!(origin.count(), 4, "the shield never saw /hop");
 }
 
@@ -269,20 +286,18 @@ async fn tier_requests_are_exempt_from_per_client_rate_limits() {
 #[tokio::test]
 async fn coalescing_works_at_both_tiers() {
     let origin = TestOrigin::start(|_| cacheable("slow").delay(300)).await;
-    let (s1, s2) = (
-        shield_edge(&origin, "").await,
-        shield_edge(&origin, "").await,
-    );
+    let (s1, s2) = shield_pair(&origin).await;
     let shields = [s1.addr, s2.addr];
-    let outers = Arc::new([
+    let (o1, o2) = (
         outer_edge(&origin, &shields).await,
         outer_edge(&origin, &shields).await,
-    ]);
+    );
+    let edges = Arc::new([o1, o2, s1, s2]);
     let mut tasks = Vec::new();
     for i in 0..16 {
-        let outers = outers.clone();
+        let edges = edges.clone();
         tasks.push(tokio::spawn(async move {
-            outers[i % 2].get("/together").await
+            edges[i % 4].get("/together").await
         }));
     }
     for t in tasks {
@@ -290,7 +305,11 @@ async fn coalescing_works_at_both_tiers() {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), "slow");
     }
-    assert_eq!(origin.count(), 1, "16 clients on two POPs: one origin request");
+    assert_eq!(
+        origin.count(),
+        1,
+        "16 clients on four edges of two POPs: one origin request"
+    );
 }
 
 #[tokio::test]
