@@ -146,7 +146,8 @@ pub(crate) fn check(c: &mut Checker, config: &Config, mode: Mode) {
     let mut seen = HashSet::new();
     for (i, m) in tier.shields.iter().enumerate() {
         let base = [Key("tier"), Key("shield"), Index(i)];
-        let at = |k: &'static str| -> Vec<PathSeg> { base.iter().cloned().chain([Key(k)]).collect() };
+        let at =
+            |k: &'static str| -> Vec<PathSeg> { base.iter().cloned().chain([Key(k)]).collect() };
         if !valid_pop_name(&m.pop) {
             c.fail(&at("pop"), pop_problem(&m.pop));
         } else if !seen.insert(m.pop.as_str()) {
@@ -221,7 +222,11 @@ servers = [{{ addr = "127.0.0.1:9000" }}]
         let tier = format!(
             "[tier]\npop = \"ams\"\nsecret = \"{SECRET}\"\n[[tier.shield]]\npop = \"pa\"\nedges = [\"127.0.0.1:8081\"]\n"
         );
-        let c = parse_str("e.toml", &standalone(&tier, "[service.shield]\npop = \"pa\"")).unwrap();
+        let c = parse_str(
+            "e.toml",
+            &standalone(&tier, "[service.shield]\npop = \"pa\""),
+        )
+        .unwrap();
         assert_eq!(c.services[0].shield.as_ref().unwrap().pop, "pa");
         assert_eq!(c.tier.as_ref().unwrap().shields[0].edges.len(), 1);
     }

@@ -70,10 +70,9 @@ impl Plane {
                 tracing::info!("tier secret generated");
                 Ok(secret)
             }
-            Some(other) => self
-                .stored_tier_secret(&other)
-                .await?
-                .ok_or_else(|| PlaneError::Conflict("the tier secret is changing; try again".into())),
+            Some(other) => self.stored_tier_secret(&other).await?.ok_or_else(|| {
+                PlaneError::Conflict("the tier secret is changing; try again".into())
+            }),
         }
     }
 

@@ -66,6 +66,9 @@ impl Up {
     }
 
     fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -114,7 +117,8 @@ fn via_hops(response: &str) -> usize {
 fn origin_requests(origin: SocketAddr, path: &str) -> u64 {
     let r = get(origin, &format!("/__origin/stats?path={path}"));
     let body = r.split("\r\n\r\n").nth(1).unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {r}"));
+    let v: serde_json::Value =
+        serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("{e}: {r}"));
     v["path_requests"].as_u64().unwrap()
 }
 
@@ -133,7 +137,7 @@ fn a_cold_object_from_every_edge_of_every_pop_costs_one_origin_request() {
     let data = procs::temp_dir("shield", "up");
     let mut up = Up::start(port, &data);
     // Printed once the example configuration has rolled out through every wave.
-    let lines = up.until("demo origin", Duration::from_secs(240));
+    let lines = up.until("  demo origin ", Duration::from_secs(240));
     let mut edges: Vec<(String, SocketAddr)> = lines
         .iter()
         .filter(|l| l.starts_with("  edge "))
@@ -193,7 +197,10 @@ fn a_cold_object_from_every_edge_of_every_pop_costs_one_origin_request() {
     }
     let n = origin_requests(origin, &path);
     println!("origin requests for one cold object asked twice at once of each of 6 edges: {n}");
-    assert_eq!(n, 1, "concurrent cold requests cost the origin {n} requests");
+    assert_eq!(
+        n, 1,
+        "concurrent cold requests cost the origin {n} requests"
+    );
     up.stop();
     std::fs::remove_dir_all(&data).ok();
 }

@@ -226,7 +226,10 @@ mod tests {
         let s = TierSecret::generate().unwrap();
         let now = 1_700_000_000;
         let v = s.sign("GET", "example.com", "/a?b", now + 30);
-        assert_eq!(s.verify(v.as_bytes(), "GET", "example.com", "/a?b", now), Ok(()));
+        assert_eq!(
+            s.verify(v.as_bytes(), "GET", "example.com", "/a?b", now),
+            Ok(())
+        );
         for (m, a, p) in [
             ("HEAD", "example.com", "/a?b"),
             ("GET", "example.org", "/a?b"),

@@ -19,13 +19,17 @@ use firebreak_protocol::api::{EdgeStatus, MemberRole};
 use std::collections::HashSet;
 
 /// The shield POPs the services of `version` name.
-pub(crate) async fn shield_pops(plane: &Plane, version: u64) -> Result<HashSet<String>, PlaneError> {
+pub(crate) async fn shield_pops(
+    plane: &Plane,
+    version: u64,
+) -> Result<HashSet<String>, PlaneError> {
     let detail = plane.version(version).await?;
-    let config = parse_managed_str(&format!("version {version}"), &detail.document).map_err(|_| {
-        PlaneError::Store(StoreError::Corrupt(format!(
-            "version {version} no longer validates"
-        )))
-    })?;
+    let config =
+        parse_managed_str(&format!("version {version}"), &detail.document).map_err(|_| {
+            PlaneError::Store(StoreError::Corrupt(format!(
+                "version {version} no longer validates"
+            )))
+        })?;
     Ok(config
         .services
         .iter()

@@ -17,11 +17,7 @@ use std::time::Duration;
 const SECRET_EVERY_POLLS: u32 = 60;
 
 /// Follows the control plane until the edge is gone.
-pub(crate) async fn follow(
-    edge: Weak<EdgeHandle>,
-    client: ControlClient,
-    every: Duration,
-) {
+pub(crate) async fn follow(edge: Weak<EdgeHandle>, client: ControlClient, every: Duration) {
     let mut since_secret: Option<u32> = None;
     loop {
         let Some(handle) = edge.upgrade() else { return };
@@ -83,7 +79,12 @@ mod tests {
                 pop("ams", &["http://127.0.0.1:1"]),
                 pop(
                     "pa",
-                    &["http://127.0.0.1:3", "https://127.0.0.1:4", "http://x:5", "http://127.0.0.1:2"],
+                    &[
+                        "http://127.0.0.1:3",
+                        "https://127.0.0.1:4",
+                        "http://x:5",
+                        "http://127.0.0.1:2",
+                    ],
                 ),
                 pop("nyc", &[]),
             ],

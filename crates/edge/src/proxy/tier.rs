@@ -25,11 +25,11 @@ impl RequestCtx {
         &self,
         req: &UpstreamRequest,
     ) -> Result<hyper::Response<Incoming>, ProxyError> {
-        let route = self.svc.shield.as_deref().and_then(|pop| {
-            self.state
-                .tier
-                .shield_for(&self.runtime, pop, self.tier)
-        });
+        let route = self
+            .svc
+            .shield
+            .as_deref()
+            .and_then(|pop| self.state.tier.shield_for(&self.runtime, pop, self.tier));
         let Some(route) = route else {
             return self.send_upstream(req, None).await;
         };

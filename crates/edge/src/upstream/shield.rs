@@ -12,8 +12,8 @@
 //! objects go to their next choice meanwhile), so a dead shield edge that the control plane
 //! still lists costs one failed connect, not one per miss.
 
-use super::UpstreamRequest;
 use super::UpstreamBody;
+use super::UpstreamRequest;
 use crate::error::ProxyError;
 use firebreak_protocol::tier::{TierSecret, TIER_CREDENTIAL_S, TIER_HEADER};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
@@ -43,9 +43,9 @@ const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(seed, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME)
-    })
+    bytes
+        .iter()
+        .fold(seed, |h, b| (h ^ u64::from(*b)).wrapping_mul(FNV_PRIME))
 }
 
 /// SplitMix64's finaliser: spreads FNV's low-entropy output over all 64 bits.
@@ -130,7 +130,12 @@ impl ShieldClient {
     /// skipped for now, up to (not including) `own` — an edge of the shield POP asks the
     /// origin itself from the point where it is the object's best choice — at most
     /// [`MAX_SHIELD_ATTEMPTS`]. (None: the miss goes to the origin at once.)
-    pub fn attempts(&self, members: &[SocketAddr], own: &[SocketAddr], key: u64) -> Vec<SocketAddr> {
+    pub fn attempts(
+        &self,
+        members: &[SocketAddr],
+        own: &[SocketAddr],
+        key: u64,
+    ) -> Vec<SocketAddr> {
         let order = rendezvous_order(members, key);
         let now = Instant::now();
         let ejected = self.ejected.lock().unwrap_or_else(PoisonError::into_inner);
@@ -162,8 +167,8 @@ impl ShieldClient {
         secret: &TierSecret,
         head_timeout: Duration,
     ) -> Result<Response<Incoming>, ShieldFailure> {
-        let request = build(edge, req, authority, secret)
-            .map_err(|e| ShieldFailure::Bad(e.to_string()))?;
+        let request =
+            build(edge, req, authority, secret).map_err(|e| ShieldFailure::Bad(e.to_string()))?;
         match tokio::time::timeout(head_timeout, self.client.request(request)).await {
             Err(_) => Err(ShieldFailure::Timeout),
             Ok(Ok(resp)) => Ok(resp),
@@ -224,7 +229,11 @@ mod tests {
 
     fn members(n: usize) -> Vec<SocketAddr> {
         (0..n)
-            .map(|i| format!("10.0.{}.{}:8080", i / 250, i % 250 + 1).parse().unwrap())
+            .map(|i| {
+                format!("10.0.{}.{}:8080", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap()
+            })
             .collect()
     }
 

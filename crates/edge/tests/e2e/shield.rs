@@ -20,7 +20,10 @@ fn tier_config(origin: SocketAddr, pop: &str, shield_edges: &[SocketAddr], extra
         String::new()
     } else {
         let list: Vec<String> = shield_edges.iter().map(|a| format!("\"{a}\"")).collect();
-        format!("[[tier.shield]]\npop = \"pa\"\nedges = [{}]\n", list.join(", "))
+        format!(
+            "[[tier.shield]]\npop = \"pa\"\nedges = [{}]\n",
+            list.join(", ")
+        )
     };
     format!(
         r#"
@@ -61,10 +64,7 @@ async fn shield_edge(origin: &TestOrigin, extra: &str) -> Edge {
 
 /// Two edges of the shield POP, each knowing both (as the agent tells them).
 async fn shield_pair(origin: &TestOrigin) -> (Edge, Edge) {
-    let (a, b) = (
-        shield_edge(origin, "").await,
-        shield_edge(origin, "").await,
-    );
+    let (a, b) = (shield_edge(origin, "").await, shield_edge(origin, "").await);
     for e in [&a, &b] {
         e.handle.state().tier.set_members(ShieldMembers::new([(
             "pa".to_owned(),
@@ -126,7 +126,11 @@ async fn misses_of_every_outer_edge_reach_the_origin_once_through_the_shield() {
     for s in [&s1, &s2] {
         assert_eq!(s.get("/a").await.text(), "object");
     }
-    assert_eq!(origin.count(), 1, "an edge of the shield POP went to the origin");
+    assert_eq!(
+        origin.count(),
+        1,
+        "an edge of the shield POP went to the origin"
+    );
     let seen = origin.requests.lock().unwrap()[0].clone();
     assert!(
         seen.header(TIER_HEADER).is_none(),
@@ -170,7 +174,11 @@ async fn a_dead_first_shield_edge_fails_over_to_the_next_then_to_the_origin() {
         "fetched by the live shield edge, for the outer edge"
     );
     let held = live.get(&path).await;
-    assert!(held.cache_status().contains("hit"), "{}", held.cache_status());
+    assert!(
+        held.cache_status().contains("hit"),
+        "{}",
+        held.cache_status()
+    );
     assert_eq!(origin.count(), 1);
 
     // Every shield edge down: the origin directly, without a credential.
@@ -236,7 +244,10 @@ async fn forged_and_expired_credentials_make_an_ordinary_client() {
         (forged.sign("GET", "localhost", "/c", now_s() + 30), false),
         (secret.sign("GET", "localhost", "/c", now_s() - 1), false),
         (secret.sign("GET", "localhost", "/c", now_s() + 3600), false),
-        (secret.sign("GET", "localhost", "/other", now_s() + 30), false),
+        (
+            secret.sign("GET", "localhost", "/other", now_s() + 30),
+            false,
+        ),
         ("garbage".to_owned(), false),
         (secret.sign("GET", "localhost", "/c", now_s() + 30), true),
     ];
@@ -244,7 +255,10 @@ async fn forged_and_expired_credentials_make_an_ordinary_client() {
         let r = shield
             .get_with(
                 "/c",
-                &[(TIER_HEADER, &credential), ("x-forwarded-for", "203.0.113.9")],
+                &[
+                    (TIER_HEADER, &credential),
+                    ("x-forwarded-for", "203.0.113.9"),
+                ],
             )
             .await;
         assert_eq!(r.status, 200);
@@ -296,9 +310,9 @@ async fn coalescing_works_at_both_tiers() {
     let mut tasks = Vec::new();
     for i in 0..16 {
         let edges = edges.clone();
-        tasks.push(tokio::spawn(async move {
-            edges[i % 4].get("/together").await
-        }));
+        tasks.push(tokio::spawn(
+            async move { edges[i % 4].get("/together").await },
+        ));
     }
     for t in tasks {
         let r = t.await.unwrap();
@@ -356,7 +370,11 @@ async fn stale_if_error_works_at_both_tiers() {
         if r.cache_status().contains("detail=stale-if-error") {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{}", r.cache_status());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            r.cache_status()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

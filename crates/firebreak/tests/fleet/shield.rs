@@ -90,11 +90,7 @@ async fn a_shield_pop_takes_a_new_version_in_a_last_wave_after_every_planned_wav
             let phase = r["phase"].as_str().unwrap_or("");
             let wave = r["wave"].as_u64().unwrap_or(0);
             if phase == "wave" && wave < 2 {
-                assert_eq!(
-                    r["shield_edges"],
-                    serde_json::json!(["e2"]),
-                    "{view:#}"
-                );
+                assert_eq!(r["shield_edges"], serde_json::json!(["e2"]), "{view:#}");
                 assert_ne!(
                     applied(&shield),
                     Some(v2),
@@ -115,7 +111,10 @@ async fn a_shield_pop_takes_a_new_version_in_a_last_wave_after_every_planned_wav
                 "{view:#}"
             );
         }
-        assert!(Instant::now() < deadline, "rollout never completed: {view:#}");
+        assert!(
+            Instant::now() < deadline,
+            "rollout never completed: {view:#}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(saw_planned_waves_pass, "no third (shield) wave was seen");
