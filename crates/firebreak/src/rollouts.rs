@@ -17,7 +17,7 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Failed> {
 fn phase_name(r: &Rollout) -> String {
     let base = match r.phase {
         Phase::Staging => "staging".to_owned(),
-        Phase::Wave => format!("wave {}/{}", r.wave + 1, r.plan.waves.len()),
+        Phase::Wave => format!("wave {}/{}", r.wave + 1, r.waves()),
         Phase::Complete => "complete".into(),
         Phase::RolledBack => "rolled back".into(),
         Phase::StageFailed => "stopped at stage".into(),

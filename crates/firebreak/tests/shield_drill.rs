@@ -1,7 +1,12 @@
 //! Origin shield with real processes: `firebreak up` (a control plane, three POPs of two edge
 //! processes, the demo origin; the demo service shielded by POP sin). A cold object requested
 //! from every edge of every POP costs the origin exactly one request.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod procs;
 
