@@ -8,7 +8,9 @@
 //! shield edge that cannot be asked (no connection, no answer in time, a broken answer) moves
 //! the request on; an answer, 5xx included, is the shield's answer (it went to the origin
 //! for it; asking the origin again would double the load on a failing origin), and
-//! stale-if-error applies to it here as to an origin's.
+//! stale-if-error applies to it here as to an origin's. Except 421: a shield edge that does not
+//! serve the host (still on the previous version during a rollout, see
+//! `control::rollout::shield`) sends the miss to the origin directly.
 
 use super::RequestCtx;
 use crate::error::ProxyError;
@@ -63,6 +65,13 @@ impl RequestCtx {
                 .origin_us
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             match result {
+                // The shield does not serve this host (yet): during a rollout its edges run
+                // the previous version until the last wave, which may not have the service.
+                Ok(resp) if resp.status() == http::StatusCode::MISDIRECTED_REQUEST => {
+                    metrics::counter!("firebreak_shield_requests_total", "service" => self.svc.name.clone(), "result" => "misdirected")
+                        .increment(1);
+                    return None;
+                }
                 Ok(mut resp) => {
                     if resp.headers().contains_key(http::header::TRANSFER_ENCODING) {
                         resp.headers_mut().remove(http::header::CONTENT_LENGTH);

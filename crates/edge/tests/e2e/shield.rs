@@ -235,6 +235,23 @@ async fn the_home_asks_the_origin_and_a_tier_request_is_never_sent_on() {
 }
 
 #[tokio::test]
+async fn a_shield_that_does_not_serve_the_host_yet_sends_the_miss_to_the_origin() {
+    let origin = TestOrigin::start(|_| cacheable("object")).await;
+    // A shield edge on an older version: it serves another host only (421 for ours).
+    let older = tier_config(origin.addr, "pa", &[], "").replace(
+        "hosts = [\"localhost\", \"test.example\"]\ndefault = true",
+        "hosts = [\"other.example\"]",
+    );
+    let shield = start_edge(&older).await;
+    let outer = outer_edge(&origin, &[shield.addr]).await;
+    let r = outer.get("/new-service").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "object");
+    assert_eq!(origin.count(), 1);
+    assert_eq!(via_count(&origin.last()), 1, "asked the origin directly");
+}
+
+#[tokio::test]
 async fn forged_and_expired_credentials_make_an_ordinary_client() {
     let origin = TestOrigin::start(|_| Reply::ok("x").cc("no-store")).await;
     let shield = shield_edge(&origin, "").await;
