@@ -7,17 +7,25 @@
 //! no operator of any role) and only when that member's last report says it is an HTTP edge;
 //! a DNS server, or a member that has not reported yet, gets 404.
 //!
-//! Generated on first use (32 random bytes), kept as a secret document (the `secrets` table,
-//! like services' private keys, so backups do not carry it) whose SHA-256 the fleet state
-//! names (`FleetState.tier_secret`, written by compare-and-set, so two replicas agree on one
-//! secret). A restored store whose secret document is missing gets a new one: edges pick it
-//! up at their next fetch; meanwhile their tier requests are answered as clients' (degraded,
-//! never refused).
+//! Generated on first use (32 random bytes) and kept in the secrets table (like services'
+//! private keys, so backups do not carry it) under the fixed id [`TIER_SECRET_ID`], which is
+//! not a SHA-256 and so can never be fetched through the private-key route. Writing it does
+//! not touch the fleet state (no rollout step races with it). Within one control plane the
+//! generation is serialised; two etcd replicas generating at the same instant may briefly
+//! hand out different secrets (the last write stays): edges fetch it again every minute or
+//! so, and meanwhile a shield answers their requests as a client's (degraded, never refused).
+//! A restored store has none: a new one is made, and edges pick it up the same way.
 
 use crate::plane::{Plane, PlaneError};
 use firebreak_protocol::api::MemberRole;
 use firebreak_protocol::secrets::Secret;
 use firebreak_protocol::tier::TierSecret;
+
+/// The secrets-table id of the tier secret (deliberately not a SHA-256: see the module).
+pub const TIER_SECRET_ID: &str = "tier-secret";
+
+/// Serialises generation within this process.
+static GENERATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 impl Plane {
     /// The tier secret for member `id`, as hex: only for an HTTP edge that has reported.
@@ -34,50 +42,28 @@ impl Plane {
 
     /// The fleet's tier secret, generated and stored on first use.
     pub(crate) async fn tier_secret(&self) -> Result<String, PlaneError> {
-        let named = self
-            .store
-            .state()
-            .await?
-            .and_then(|s| s.tier_secret.clone());
-        if let Some(sha) = &named {
-            if let Some(secret) = self.stored_tier_secret(sha).await? {
-                return Ok(secret);
-            }
-            tracing::warn!("the tier secret the fleet state names is not stored; making a new one");
+        if let Some(secret) = self.stored_tier_secret().await? {
+            return Ok(secret);
+        }
+        let _one = GENERATING.lock().await;
+        if let Some(secret) = self.stored_tier_secret().await? {
+            return Ok(secret);
         }
         let secret = TierSecret::generate()
             .map_err(|e| PlaneError::Internal(format!("no randomness: {e}")))?
             .to_hex();
-        let sha = firebreak_protocol::sha256_hex(secret.as_bytes());
         self.store
             .put_secrets(&[Secret {
-                sha256: sha.clone(),
+                sha256: TIER_SECRET_ID.to_owned(),
                 pem: secret.clone(),
             }])
             .await?;
-        // Another replica may have named one meanwhile: its choice stands.
-        let winner = self
-            .update(|state, _| match &state.tier_secret {
-                Some(other) if Some(other) != named.as_ref() => Ok(Some(other.clone())),
-                _ => {
-                    state.tier_secret = Some(sha.clone());
-                    Ok(None)
-                }
-            })
-            .await?;
-        match winner {
-            None => {
-                tracing::info!("tier secret generated");
-                Ok(secret)
-            }
-            Some(other) => self.stored_tier_secret(&other).await?.ok_or_else(|| {
-                PlaneError::Conflict("the tier secret is changing; try again".into())
-            }),
-        }
+        tracing::info!("tier secret generated");
+        Ok(secret)
     }
 
-    async fn stored_tier_secret(&self, sha: &str) -> Result<Option<String>, PlaneError> {
-        let Some(bytes) = self.store.secret(sha).await? else {
+    async fn stored_tier_secret(&self) -> Result<Option<String>, PlaneError> {
+        let Some(bytes) = self.store.secret(TIER_SECRET_ID).await? else {
             return Ok(None);
         };
         let text = String::from_utf8(bytes)

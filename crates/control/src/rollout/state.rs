@@ -51,10 +51,6 @@ pub struct FleetState {
     /// The current or last rollout.
     #[serde(default)]
     pub rollout: Option<Rollout>,
-    /// The SHA-256 of the fleet's tier secret document ([`crate::tier`]); the secret itself
-    /// is in the secrets table, never here.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tier_secret: Option<String>,
 }
 
 impl FleetState {
