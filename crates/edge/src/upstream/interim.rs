@@ -15,6 +15,7 @@
 //! so those listeners do not ask.
 
 use crate::http::headers::strip_hop_by_hop;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, Response, StatusCode};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -61,6 +62,11 @@ impl InterimSender {
         if status == StatusCode::CONTINUE || !status.is_informational() {
             return;
         }
+        // A 1xx has no content, so framing fields in one are malformed (RFC 9110 §8.6, RFC
+        // 9112 §6.1): such a head is not passed on (the bytes after it decide the exchange).
+        if headers.contains_key(CONTENT_LENGTH) || headers.contains_key(TRANSFER_ENCODING) {
+            return;
+        }
         if self.queued.fetch_add(1, Ordering::Relaxed) >= MAX_FORWARDED {
             return;
         }
@@ -92,7 +98,7 @@ mod tests {
     use http::HeaderMap;
 
     #[tokio::test]
-    async fn queues_1xx_but_100_without_hop_by_hop_fields_and_bounded() {
+    async fn queues_1xx_but_100_or_framed_without_hop_by_hop_fields_and_bounded() {
         let (tx, mut rx) = channel();
         let mut h = HeaderMap::new();
         h.insert("link", "</a.css>; rel=preload".parse().unwrap());
@@ -101,6 +107,11 @@ mod tests {
         h.insert("keep-alive", "timeout=5".parse().unwrap());
         tx.offer(StatusCode::CONTINUE, &h);
         tx.offer(StatusCode::OK, &h);
+        for framing in ["content-length", "transfer-encoding"] {
+            let mut framed = h.clone();
+            framed.insert(framing, "5".parse().unwrap());
+            tx.offer(StatusCode::from_u16(103).unwrap(), &framed);
+        }
         for _ in 0..MAX_FORWARDED + 5 {
             tx.offer(StatusCode::from_u16(103).unwrap(), &h);
         }

@@ -408,8 +408,9 @@ async fn a_flood_of_early_hints_is_forwarded_bounded_over_http3() {
     assert_eq!(origin.count(), 1);
 }
 
-/// A malformed 1xx over HTTP/3: the well-formed 103 before it has gone out, then a clean 502
-/// (the hints already forwarded do not make the error look like success).
+/// A malformed 1xx over HTTP/3: the well-formed 103 before it has gone out, the one with a
+/// `Content-Length` (a 1xx has no content) is not passed on, then a clean 502 (the hints
+/// already forwarded do not make the error look like success).
 #[tokio::test]
 async fn a_malformed_interim_response_is_a_502_over_http3_too() {
     let _quic = h3_metrics_lock().await;
