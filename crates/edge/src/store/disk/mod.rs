@@ -332,7 +332,9 @@ pub struct DiskTier {
     index: Arc<MemoryStore>,
     shared: Arc<SharedRef>,
     max_bytes: u64,
-    _lock: File,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Holds the directory's lock until [`DiskTier::close`].
+    lock: Mutex<Option<File>>,
 }
 
 impl DiskTier {
@@ -387,7 +389,7 @@ impl DiskTier {
             gate: gate.clone(),
             last_error_log: None,
         };
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name("disk-tier".into())
             .spawn(move || worker.run(rx))
             .map_err(dir_err)?;
@@ -405,7 +407,8 @@ impl DiskTier {
             index,
             shared,
             max_bytes: config.max_bytes,
-            _lock: lock,
+            worker: Mutex::new(Some(worker)),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -513,11 +516,26 @@ impl DiskTier {
     }
 }
 
-impl Drop for DiskTier {
-    fn drop(&mut self) {
-        // Files still indexed stay for the next start.
+impl DiskTier {
+    /// Stops the tier: what is queued is written, files still indexed stay for the next
+    /// start, the directory's lock is released. Reads of open bodies go on; nothing more is
+    /// written or removed.
+    pub(crate) fn close(&self) {
         self.shared.0.closing.store(true, Ordering::Release);
         self.shared.0.send(Job::Stop);
+        let worker = self.worker.lock().map(|mut w| w.take()).unwrap_or(None);
+        if let Some(w) = worker {
+            let _ = w.join();
+        }
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
+    }
+}
+
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -770,6 +788,9 @@ impl Recovery {
                     };
                     let ours = format!("{:08x}-", self.shared.0.run);
                     for e in entries.flatten() {
+                        if self.shared.0.closing.load(Ordering::Acquire) {
+                            return;
+                        }
                         // Written since this opening: already indexed by the worker.
                         if e.file_name().to_string_lossy().starts_with(&ours) {
                             continue;
