@@ -296,3 +296,72 @@ async fn sigkill_under_load_loses_nothing_it_held_and_serves_nothing_torn() {
         "disk drill: {held_before} objects on disk at the SIGKILL, {recovered} recovered, {hits} hits and {misses} misses of {OBJECTS} after the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_degrades_to_memory_and_never_stops_the_edge() {
+    let (origin, _) = origin().await;
+    let logs = temp_dir("disk-drill", "full-logs");
+    let dir = temp_dir("disk-drill", "full-cache");
+    let c = client();
+    // The cache directory is a 1 MiB tmpfs in the edge's own mount namespace; the tier is
+    // told it may use 512 MiB: the disk fills long before the bound.
+    let (port, admin) = (free_port(), free_port());
+    let script = format!(
+        "mount -t tmpfs -o size=1m tmpfs {dir} && exec {BIN} edge --origin {origin} --listen 127.0.0.1:{port} --admin 127.0.0.1:{admin} --admin-token {TOKEN} --cache-mib 64 --disk-dir {dir} --disk-mib 512",
+        dir = dir.display(),
+    );
+    let _edge = Proc(
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(&logs, "edge-full"))
+            .spawn()
+            .expect("unshare (util-linux) is needed"),
+    );
+    wait_metric(
+        &c,
+        admin,
+        "firebreak_disk_recovering",
+        Duration::from_secs(30),
+        |v| v == 0.0,
+    )
+    .await;
+    for n in 0..60 {
+        let (status, _, body) = get(&c, port, &format!("/o/{n}"), None)
+            .await
+            .unwrap_or_else(|| panic!("object {n}: no answer"));
+        assert_eq!(status, StatusCode::OK);
+        assert!(body[..] == body_of(n)[..], "object {n}");
+    }
+    // Writes failed, were counted, and the tier went memory-only; nothing else changed.
+    wait_metric(
+        &c,
+        admin,
+        "firebreak_disk_degraded",
+        Duration::from_secs(30),
+        |v| v == 1.0,
+    )
+    .await;
+    let text = {
+        let (_, _, body) = get(&c, admin, "/metrics", Some(TOKEN)).await.unwrap();
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("firebreak_disk_writes_total{result=\"error\"}")),
+        "write errors counted:\n{text}"
+    );
+    // Still serving, from memory: every object a hit now.
+    for n in 0..60 {
+        let (status, cache, body) = get(&c, port, &format!("/o/{n}"), None).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(cache.contains("hit"), "object {n}: {cache}");
+        assert!(body[..] == body_of(n)[..], "object {n}");
+    }
+    let log = std::fs::read_to_string(logs.join("edge-full.log")).unwrap_or_default();
+    assert!(
+        log.contains("write failed"),
+        "the failure is logged:\n{log}"
+    );
+}
