@@ -758,6 +758,33 @@ fn read_file(
     Ok((h.key, object))
 }
 
+/// Parses `data` as a whole object file the way recovery and reads do (prefix, head, every
+/// body block), for fuzzing: files on disk are input like any other.
+pub fn parse_for_fuzzing(data: &[u8]) -> bool {
+    let size = data.len() as u64;
+    let Some(prefix) = data.get(..format::PREFIX as usize) else {
+        return false;
+    };
+    let Ok(lengths) = format::read_prefix(prefix, size) else {
+        return false;
+    };
+    let start = format::PREFIX as usize;
+    let Some(head) = data.get(start..start + lengths.head_len as usize) else {
+        return false;
+    };
+    if format::read_head(prefix, &lengths, Bytes::copy_from_slice(head)).is_err() {
+        return false;
+    }
+    if data.get(data.len().saturating_sub(format::END.len())..) != Some(&format::END[..]) {
+        return false;
+    }
+    let body_start = start + lengths.head_len as usize;
+    let Some(body) = data.get(body_start..data.len().saturating_sub(format::END.len())) else {
+        return false;
+    };
+    format::check_blocks(Bytes::copy_from_slice(body), 0, lengths.body_len).is_ok()
+}
+
 /// Rebuilds the index from the files at start.
 struct Recovery {
     root: PathBuf,
