@@ -7,7 +7,7 @@
 //! stores held off, so an object fetched, written or promoted across a purge is never stored
 //! after it.
 
-use super::disk::{DiskError, DiskStats, DiskTier, PurgeGate};
+use super::disk::{DiskError, DiskFile, DiskStats, DiskTier, PurgeGate};
 use super::{
     CacheKey, FillBudget, LoadFuture, MemoryStore, ObjectBody, PurgeMode, PurgeTarget, Storage,
     StoreStats, StoredObject, Variants,
@@ -18,6 +18,26 @@ use std::time::SystemTime;
 
 /// Largest disk object promoted to memory when read (larger ones stream from their file).
 const PROMOTE_MAX: u64 = 1024 * 1024;
+
+/// Largest disk body read on the request's own thread rather than the blocking pool.
+const INLINE_READ_MAX: u64 = 64 * 1024;
+
+/// A whole disk body, every block checked.
+fn read_whole(file: &DiskFile) -> Result<Vec<bytes::Bytes>, super::disk::FormatError> {
+    let f = file.open()?;
+    let mut chunks = Vec::new();
+    let mut at = 0u64;
+    while at < file.body_len() {
+        let got = file.read_at(&f, at, file.body_len())?;
+        let n: u64 = got.iter().map(|c| c.len() as u64).sum();
+        if n == 0 {
+            return Err(super::disk::FormatError::Length("no progress"));
+        }
+        at += n;
+        chunks.extend(got);
+    }
+    Ok(chunks)
+}
 
 /// Memory and disk tiers behind one [`Storage`].
 pub struct HybridStore {
@@ -73,30 +93,24 @@ impl HybridStore {
     ) -> Option<Arc<StoredObject>> {
         let file = object.body.file()?.clone();
         let generation = self.gate.generation(key.service());
-        let reader = file.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let f = reader.open()?;
-            let mut chunks = Vec::new();
-            let mut at = 0u64;
-            while at < reader.body_len() {
-                let got = reader.read_at(&f, at, reader.body_len())?;
-                let n: u64 = got.iter().map(|c| c.len() as u64).sum();
-                if n == 0 {
-                    return Err(super::disk::FormatError::Length("no progress"));
+        let read = match file.body_len() <= INLINE_READ_MAX {
+            // One small read, most often from the page cache: cheaper in place than the
+            // hand-off to the blocking pool and back (nginx reads this way too).
+            true => read_whole(&file),
+            false => {
+                let reader = file.clone();
+                match tokio::task::spawn_blocking(move || read_whole(&reader)).await {
+                    Ok(read) => read,
+                    Err(_) => return None,
                 }
-                at += n;
-                chunks.extend(got);
             }
-            Ok(chunks)
-        })
-        .await;
+        };
         let chunks = match read {
-            Ok(Ok(chunks)) => chunks,
-            Ok(Err(e)) => {
+            Ok(chunks) => chunks,
+            Err(e) => {
                 file.discard(&e);
                 return None;
             }
-            Err(_) => return None,
         };
         let in_memory = Arc::new(StoredObject {
             status: object.status,

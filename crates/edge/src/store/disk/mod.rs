@@ -348,7 +348,10 @@ impl DiskTier {
             path: config.path.clone(),
             source,
         };
-        std::fs::create_dir_all(root.join("objects")).map_err(dir_err)?;
+        for i in 0..=0xffu32 {
+            std::fs::create_dir_all(root.join("objects").join(format!("{i:02x}")))
+                .map_err(dir_err)?;
+        }
         std::fs::create_dir_all(root.join("tmp")).map_err(dir_err)?;
         let lock = File::options()
             .create(true)
@@ -602,8 +605,11 @@ impl Worker {
         let dir = self.root.join("objects").join(format!("{:02x}", id & 0xff));
         let path = dir.join(&name);
         let written = write_file(&tmp, &key, object).and_then(|head_len| {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::rename(&tmp, &path)?;
+            // The 256 directories exist from the opening (recreated if someone removed one).
+            if let Err(e) = std::fs::rename(&tmp, &path) {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::rename(&tmp, &path).map_err(|_| e)?;
+            }
             Ok(head_len)
         });
         let head_len = match written {
