@@ -61,6 +61,8 @@ pub enum EdgeBody {
     Origin(OriginBody),
     /// The client's share of a fill in progress.
     Fill(FillReader),
+    /// A response assembled from slices, fetched as the client reads.
+    Slices(crate::slice_body::SliceBody),
 }
 
 impl EdgeBody {
@@ -118,6 +120,7 @@ impl Body for EdgeBody {
                 },
             },
             EdgeBody::Fill(reader) => reader.poll_next(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            EdgeBody::Slices(s) => s.poll_frame(cx),
         }
     }
 
@@ -128,6 +131,7 @@ impl Body for EdgeBody {
             EdgeBody::Chunks { chunks, .. } => chunks.is_empty(),
             EdgeBody::Origin(o) => o.body.is_end_stream(),
             EdgeBody::Fill(_) => false,
+            EdgeBody::Slices(s) => s.is_end_stream(),
         }
     }
 
@@ -138,6 +142,7 @@ impl Body for EdgeBody {
             EdgeBody::Chunks { remaining, .. } => SizeHint::with_exact(*remaining),
             EdgeBody::Origin(o) => o.body.size_hint(),
             EdgeBody::Fill(_) => SizeHint::default(),
+            EdgeBody::Slices(s) => s.size_hint(),
         }
     }
 }
