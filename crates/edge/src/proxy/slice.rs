@@ -66,11 +66,19 @@ const MAX_COALESCE_ROUNDS: usize = 3;
 /// never push it past `MAX_SURROGATE_KEYS`); removed from every response.
 const SURROGATE_KEY: HeaderName = HeaderName::from_static("surrogate-key");
 
-/// True when the URL is stored as an ordinary object (its origin answered a slice request
-/// whole): the ordinary lookup serves it.
+/// True when the URL is stored fresh as an ordinary object (its origin answered a slice
+/// request whole): the ordinary lookup serves it. Once stale, the URL is asked in slices
+/// again, so an object that grew past `cache.max_object_bytes` (or a stored 404 whose URL
+/// now has a large object) does not stay on the unsliced path.
 pub(crate) fn stored_whole(ctx: &RequestCtx) -> bool {
     let key = lookup::cache_key(ctx, ctx.path_and_query.as_str());
-    ctx.state.store.get(&key).is_some()
+    let Some(variants) = ctx.state.store.get(&key) else {
+        return false;
+    };
+    let now = SystemTime::now();
+    variants
+        .select(&ctx.headers)
+        .is_some_and(|o| o.freshness.ttl(now).is_some())
 }
 
 /// The surrogate key every slice of a URL carries, so that one tag purge reaches all of
@@ -566,22 +574,11 @@ async fn resolve(sc: &SliceCtx, n: u64, expect: Option<&Identity>) -> Result<Got
     let mut waited_since: Option<SystemTime> = None;
     for _ in 0..MAX_COALESCE_ROUNDS {
         let now = SystemTime::now();
-        let mut stale = None;
-        if let Some(obj) = sc.stored(&key) {
-            if let Some(id) = sc.identity_of(n, &obj) {
-                let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time >= t);
-                let hit = CacheStatus::hit().collapsed(waited_since.is_some());
-                match expect {
-                    None if obj.freshness.ttl(now).is_some() || fetched_for_us => {
-                        return Ok(Got::Slice(Slice::stored(n, id, obj, hit)));
-                    }
-                    None => stale = Some(obj),
-                    Some(e) if *e == id => return Ok(Got::Slice(Slice::stored(n, id, obj, hit))),
-                    // Of another version: fetched again over it.
-                    Some(_) => {}
-                }
-            }
-        }
+        let stale = match cached(sc, n, &key, expect, waited_since) {
+            Cached::Usable(slice) => return Ok(Got::Slice(slice)),
+            Cached::Stale(obj) => Some(obj),
+            Cached::Missing => None,
+        };
         if expect.is_none()
             && stale.is_none()
             && CacheControl::parse_all(sc.ctx.headers.get_all(header::CACHE_CONTROL)).only_if_cached
@@ -590,7 +587,14 @@ async fn resolve(sc: &SliceCtx, n: u64, expect: Option<&Identity>) -> Result<Got
         }
         let reason = if stale.is_some() { "stale" } else { "miss" };
         let leader = match sc.ctx.state.coalescer.join(&key) {
-            Join::Leader(leader) => leader,
+            Join::Leader(leader) => match cached(sc, n, &key, expect, waited_since) {
+                // Stored by a fetch that ended between the lookup and the join.
+                Cached::Usable(slice) => {
+                    leader.finish(FetchOutcome::Stored);
+                    return Ok(Got::Slice(slice));
+                }
+                _ => leader,
+            },
             Join::Pass => Leader::detached(),
             Join::Waiter(waiter) => {
                 crate::telemetry::coalesced(&sc.ctx.svc.name);
@@ -608,6 +612,45 @@ async fn resolve(sc: &SliceCtx, n: u64, expect: Option<&Identity>) -> Result<Got
     }
     let status = CacheStatus::fwd("miss");
     fetch_slice(sc, n, key, None, expect, Leader::detached(), status).await
+}
+
+/// What the cache holds for slice `n`.
+enum Cached {
+    /// Usable as it is: the fresh head slice, or a slice matching the head.
+    Usable(Slice),
+    /// The head slice, stale: to revalidate.
+    Stale(Arc<StoredObject>),
+    /// Nothing, or a slice of another version (fetched again over it).
+    Missing,
+}
+
+fn cached(
+    sc: &SliceCtx,
+    n: u64,
+    key: &CacheKey,
+    expect: Option<&Identity>,
+    waited_since: Option<SystemTime>,
+) -> Cached {
+    let Some(obj) = sc.stored(key) else {
+        return Cached::Missing;
+    };
+    let Some(id) = sc.identity_of(n, &obj) else {
+        return Cached::Missing;
+    };
+    let hit = CacheStatus::hit().collapsed(waited_since.is_some());
+    match expect {
+        None => {
+            // A response fetched while this request waited is its own, even stale on arrival.
+            let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time >= t);
+            if obj.freshness.ttl(SystemTime::now()).is_some() || fetched_for_us {
+                Cached::Usable(Slice::stored(n, id, obj, hit))
+            } else {
+                Cached::Stale(obj)
+            }
+        }
+        Some(e) if *e == id => Cached::Usable(Slice::stored(n, id, obj, hit)),
+        Some(_) => Cached::Missing,
+    }
 }
 
 /// Asks the origin for slice `n` (conditionally when `stale` is the stored copy).

@@ -344,3 +344,26 @@ async fn purge_by_url_removes_every_slice() {
     assert!(!r.cache_status().contains("hit"), "{}", r.cache_status());
     assert_eq!(origin.count(), 6);
 }
+
+/// Concurrent full requests for a cold object: each slice is fetched once (the `Coalescer`
+/// per slice), and every client gets the object byte-exact.
+#[tokio::test]
+async fn concurrent_requests_fetch_each_slice_once() {
+    let origin = sliced_origin(Arc::new(AtomicU64::new(1)), "max-age=600").await;
+    let edge = Arc::new(sliced_edge(&origin).await);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let edge = edge.clone();
+            tokio::spawn(async move { edge.get("/big").await })
+        })
+        .collect();
+    for c in clients {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, object(1, 0, TOTAL));
+    }
+    assert_eq!(
+        ranges_seen(&origin),
+        (0..5).map(slice_range).collect::<Vec<_>>()
+    );
+}
