@@ -367,3 +367,106 @@ async fn concurrent_requests_fetch_each_slice_once() {
         (0..5).map(slice_range).collect::<Vec<_>>()
     );
 }
+
+/// RFC 9111 §4.3.1–4.3.4 for slices: a stale head slice is revalidated with a conditional
+/// range request; a 304 keeps every stored slice. A new validator makes a new head and the
+/// stored slices of the old version are fetched again, never combined with it.
+#[tokio::test]
+async fn a_stale_head_is_revalidated_and_a_new_version_replaces_every_slice() {
+    let version = Arc::new(AtomicU64::new(1));
+    let v = version.clone();
+    let origin = TestOrigin::start(move |r| {
+        let v = v.load(Ordering::SeqCst);
+        let etag = format!("\"v{v}\"");
+        if r.header("if-none-match") == Some(etag.as_str()) {
+            return Reply::ok("")
+                .status(304)
+                .header("etag", etag)
+                .cc("max-age=0");
+        }
+        let (first, last) = asked_range(r).unwrap();
+        let last = last.unwrap().min(TOTAL - 1);
+        Reply::ok(object(v, first, last + 1))
+            .status(206)
+            .header("content-range", format!("bytes {first}-{last}/{TOTAL}"))
+            .header("etag", etag)
+            .cc("max-age=0")
+    })
+    .await;
+    let edge = sliced_edge(&origin).await;
+    assert_eq!(edge.get("/big").await.body, object(1, 0, TOTAL));
+    assert_eq!(origin.count(), 5);
+    let again = edge.get("/big").await;
+    assert_eq!(again.body, object(1, 0, TOTAL));
+    assert!(
+        again.cache_status().contains("fwd-status=304"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(origin.count(), 6);
+    let revalidation = origin.last();
+    assert_eq!(revalidation.header("range"), Some(slice_range(0).as_str()));
+    assert_eq!(revalidation.header("if-none-match"), Some("\"v1\""));
+    version.store(2, Ordering::SeqCst);
+    let new = edge.get("/big").await;
+    assert_eq!(new.header("etag"), Some("\"v2\""));
+    assert_eq!(new.body, object(2, 0, TOTAL));
+    assert_eq!(
+        ranges_seen(&origin)[6..],
+        (0..5).map(slice_range).collect::<Vec<_>>()
+    );
+}
+
+/// Slices without a validator cannot be combined (RFC 9111 §3.4): a request the head slice
+/// alone covers is answered from it, a larger one is forwarded as it came; nothing is stored.
+#[tokio::test]
+async fn slices_without_validator_are_never_combined_nor_stored() {
+    let origin = TestOrigin::start(|r| match asked_range(r) {
+        Some((first, last)) => {
+            let last = last.unwrap_or(TOTAL - 1).min(TOTAL - 1);
+            Reply::ok(object(1, first, last + 1))
+                .status(206)
+                .header("content-range", format!("bytes {first}-{last}/{TOTAL}"))
+                .cc("max-age=600")
+        }
+        None => Reply::ok(object(1, 0, TOTAL)).cc("max-age=600"),
+    })
+    .await;
+    let edge = sliced_edge(&origin).await;
+    let small = edge.get_with("/big", &[("range", "bytes=10-19")]).await;
+    assert_eq!(small.status, 206);
+    assert_eq!(small.body, object(1, 10, 20));
+    let full = edge.get("/big").await;
+    assert_eq!(full.status, 200);
+    assert_eq!(full.body, object(1, 0, TOTAL));
+    assert!(
+        full.cache_status().contains("slice-no-validator"),
+        "{}",
+        full.cache_status()
+    );
+    assert_eq!(
+        ranges_seen(&origin),
+        [slice_range(0), slice_range(0), "-".to_owned()]
+    );
+}
+
+/// An empty object: the origin answers slice 0 with 416 (`bytes */0`); the edge asks again
+/// without `Range` and stores the empty 200 as an ordinary object.
+#[tokio::test]
+async fn an_empty_object_is_fetched_whole_and_stored_ordinarily() {
+    let origin = TestOrigin::start(|r| match asked_range(r) {
+        Some(_) => Reply::ok("")
+            .status(416)
+            .header("content-range", "bytes */0"),
+        None => Reply::ok("").cc("max-age=600").header("etag", "\"e\""),
+    })
+    .await;
+    let edge = sliced_edge(&origin).await;
+    let r = edge.get("/empty").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(ranges_seen(&origin), [slice_range(0), "-".to_owned()]);
+    let hit = edge.get_until_hit("/empty").await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(origin.count(), 2);
+}
