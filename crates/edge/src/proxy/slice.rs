@@ -575,7 +575,7 @@ async fn resolve(sc: &SliceCtx, n: u64, expect: Option<&Identity>) -> Result<Got
     for _ in 0..MAX_COALESCE_ROUNDS {
         let now = SystemTime::now();
         let stale = match cached(sc, n, &key, expect, waited_since) {
-            Cached::Usable(slice) => return Ok(Got::Slice(slice)),
+            Cached::Usable(slice) => return Ok(Got::Slice(*slice)),
             Cached::Stale(obj) => Some(obj),
             Cached::Missing => None,
         };
@@ -591,7 +591,7 @@ async fn resolve(sc: &SliceCtx, n: u64, expect: Option<&Identity>) -> Result<Got
                 // Stored by a fetch that ended between the lookup and the join.
                 Cached::Usable(slice) => {
                     leader.finish(FetchOutcome::Stored);
-                    return Ok(Got::Slice(slice));
+                    return Ok(Got::Slice(*slice));
                 }
                 _ => leader,
             },
@@ -617,7 +617,7 @@ async fn resolve(sc: &SliceCtx, n: u64, expect: Option<&Identity>) -> Result<Got
 /// What the cache holds for slice `n`.
 enum Cached {
     /// Usable as it is: the fresh head slice, or a slice matching the head.
-    Usable(Slice),
+    Usable(Box<Slice>),
     /// The head slice, stale: to revalidate.
     Stale(Arc<StoredObject>),
     /// Nothing, or a slice of another version (fetched again over it).
@@ -643,12 +643,12 @@ fn cached(
             // A response fetched while this request waited is its own, even stale on arrival.
             let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time >= t);
             if obj.freshness.ttl(SystemTime::now()).is_some() || fetched_for_us {
-                Cached::Usable(Slice::stored(n, id, obj, hit))
+                Cached::Usable(Box::new(Slice::stored(n, id, obj, hit)))
             } else {
                 Cached::Stale(obj)
             }
         }
-        Some(e) if *e == id => Cached::Usable(Slice::stored(n, id, obj, hit)),
+        Some(e) if *e == id => Cached::Usable(Box::new(Slice::stored(n, id, obj, hit))),
         Some(_) => Cached::Missing,
     }
 }
