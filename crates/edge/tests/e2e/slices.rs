@@ -470,3 +470,63 @@ async fn an_empty_object_is_fetched_whole_and_stored_ordinarily() {
     assert_eq!(hit.status, 200);
     assert_eq!(origin.count(), 2);
 }
+
+/// Slice n+1 is asked for only once slice n has gone to the client: while the origin holds
+/// back slice 2's body, it has seen no request for slice 3 (an object is never read ahead,
+/// let alone held whole).
+#[tokio::test]
+async fn the_next_slice_is_fetched_only_after_the_previous_one_is_sent() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let held = std::sync::Mutex::new(Some(rx));
+    let origin = TestOrigin::start(move |r| {
+        let (first, last) = asked_range(r).unwrap();
+        let last = last.unwrap().min(TOTAL - 1);
+        let reply = if first == 2 * SLICE {
+            Reply::streamed(held.lock().unwrap().take().expect("slice 2 asked twice"))
+        } else {
+            Reply::ok(object(1, first, last + 1))
+        };
+        reply
+            .status(206)
+            .header("content-range", format!("bytes {first}-{last}/{TOTAL}"))
+            .header("etag", "\"v1\"")
+            .cc("max-age=600")
+    })
+    .await;
+    let edge = Arc::new(sliced_edge(&origin).await);
+    let e2 = edge.clone();
+    let client = tokio::spawn(async move { e2.get("/big").await });
+    origin.wait_for_requests(3).await;
+    assert_eq!(
+        ranges_seen(&origin),
+        [slice_range(0), slice_range(1), slice_range(2)]
+    );
+    tx.send(Ok(Bytes::from(object(1, 2 * SLICE, 3 * SLICE))))
+        .await
+        .unwrap();
+    drop(tx);
+    let r = client.await.unwrap();
+    assert_eq!(r.body, object(1, 0, TOTAL));
+    assert_eq!(
+        ranges_seen(&origin),
+        (0..5).map(slice_range).collect::<Vec<_>>()
+    );
+}
+
+/// §4.4 invalidation (an unsafe method answered 2xx) removes every slice of the URL.
+#[tokio::test]
+async fn an_unsafe_method_invalidates_every_slice() {
+    let origin = sliced_origin(Arc::new(AtomicU64::new(1)), "max-age=600").await;
+    let edge = sliced_edge(&origin).await;
+    edge.get("/big").await;
+    assert_eq!(origin.count(), 5);
+    let post = edge
+        .send(Method::POST, "/big", &[], Bytes::from_static(b"x"))
+        .await;
+    assert_eq!(post.status, 200);
+    let r = edge
+        .get_with("/big", &[("range", "bytes=200000-200009")])
+        .await;
+    assert_eq!(r.body, object(1, 200_000, 200_010));
+    assert_eq!(origin.count(), 7, "{:?}", ranges_seen(&origin));
+}
