@@ -268,7 +268,9 @@ impl SliceCtx {
         );
     }
 
-    /// The identity of a stored slice `n`, if it is one (a 206 of that slice).
+    /// The identity of a stored slice `n`, if it is one: a 206 of that slice holding all
+    /// of its bytes (an origin whose body disagreed with its `Content-Range` left a slice
+    /// that must not be served).
     fn identity_of(&self, n: u64, obj: &StoredObject) -> Option<Identity> {
         if obj.status != StatusCode::PARTIAL_CONTENT {
             return None;
@@ -279,7 +281,8 @@ impl SliceCtx {
             total: cr.total,
             validator: validator(&headers),
         };
-        self.is_slice(n, cr).then_some(id)
+        let whole = obj.body_len == self.len(n, cr.total);
+        (whole && self.is_slice(n, cr)).then_some(id)
     }
 
     /// Whether `cr` is exactly slice `n`.
@@ -800,7 +803,18 @@ fn partial(
     let ctx = &sc.ctx;
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let cr = content_range(&parts.headers).filter(|cr| sc.is_slice(n, *cr));
+    // The slice asked for, with a body of its length (a chunked one is held to it by the
+    // fill, which stores only what matches the declared length).
+    let cr = content_range(&parts.headers)
+        .filter(|cr| sc.is_slice(n, *cr))
+        .filter(|cr| match parts.headers.get(header::CONTENT_LENGTH) {
+            None => true,
+            Some(cl) => cl.to_str().ok().and_then(number) == Some(sc.len(n, cr.total)),
+        });
+    if let Some(cr) = cr {
+        let len = HeaderValue::from(sc.len(n, cr.total));
+        parts.headers.insert(header::CONTENT_LENGTH, len);
+    }
     let Some(cr) = cr else {
         leader.finish(FetchOutcome::NotStored);
         return if expect.is_some() {
@@ -907,7 +921,10 @@ impl Part {
         let hi = end.min(base + len).saturating_sub(base).max(lo);
         match s.bytes {
             SliceBytes::Stored(obj) => Part {
-                body: slice_body(&obj, lo, hi),
+                body: {
+                    sc.ctx.svc.counters.cache_bytes.increment(hi - lo);
+                    slice_body(&obj, lo, hi)
+                },
                 skip: 0,
                 take: hi - lo,
             },

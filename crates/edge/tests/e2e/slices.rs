@@ -530,3 +530,39 @@ async fn an_unsafe_method_invalidates_every_slice() {
     assert_eq!(r.body, object(1, 200_000, 200_010));
     assert_eq!(origin.count(), 7, "{:?}", ranges_seen(&origin));
 }
+
+/// An origin whose slice body is shorter than its `Content-Range` says: the response is
+/// cut off, and the short slice is never served from the cache (asked again next time).
+#[tokio::test]
+async fn a_slice_shorter_than_its_content_range_is_never_served() {
+    let short_once = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let origin = TestOrigin::start(move |r| {
+        let (first, last) = asked_range(r).unwrap();
+        let last = last.unwrap().min(TOTAL - 1);
+        let mut body = object(1, first, last + 1);
+        if first == SLICE && short_once.swap(false, Ordering::SeqCst) {
+            body.truncate(1000);
+            // Chunked: no Content-Length to catch the lie.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.try_send(Ok(Bytes::from(body))).unwrap();
+            return Reply::streamed(rx)
+                .status(206)
+                .header("content-range", format!("bytes {first}-{last}/{TOTAL}"))
+                .header("etag", "\"v1\"")
+                .cc("max-age=600");
+        }
+        Reply::ok(body)
+            .status(206)
+            .header("content-range", format!("bytes {first}-{last}/{TOTAL}"))
+            .header("etag", "\"v1\"")
+            .cc("max-age=600")
+    })
+    .await;
+    let edge = sliced_edge(&origin).await;
+    assert!(get_result(&edge, "/big").await.is_err());
+    let r = edge.get("/big").await;
+    assert_eq!(r.body, object(1, 0, TOTAL));
+    let seen = ranges_seen(&origin);
+    assert_eq!(seen[..2], [slice_range(0), slice_range(1)]);
+    assert!(seen[2..].contains(&slice_range(1)), "{seen:?}");
+}
