@@ -897,10 +897,10 @@ fn untag(h: &mut HeaderMap, tag: &str) {
     }
 }
 
-/// Bytes `start..end` of a stored object. The one place a stored body is read here (the
-/// store is being changed so that bodies can stream from disk).
+/// Bytes `start..end` of a stored slice, from memory or streamed from the disk tier. The
+/// one place a stored body is read here.
 fn slice_body(obj: &StoredObject, start: u64, end: u64) -> EdgeBody {
-    EdgeBody::chunks(obj.body_range(start, end))
+    super::respond::object_body(obj, start, end)
 }
 
 /// The part of one slice that goes into the response.
