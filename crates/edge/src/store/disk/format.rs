@@ -9,10 +9,13 @@
 //! 16  u64  expired at (ms, 0 = no) ┐ the one mutable part (soft purge), own checksum
 //! 24  u32  crc32 of bytes 16..24   ┘
 //! 28  u32  crc32 of bytes 4..16 and the head
-//! 32  head (key, status, freshness, Vary values, header block, surrogate keys)
-//!     body blocks: up to BLOCK bytes of body, then the crc32 of those bytes
+//! 32  body blocks: up to BLOCK bytes of body, then the crc32 of those bytes
+//!     head (key, status, freshness, Vary values, header block, surrogate keys)
 //!     "FBDE"                      end magic
 //! ```
+//!
+//! The head follows the body so that a body can be written as it arrives, before its final
+//! head is known; the prefix, written last, makes the file valid.
 //!
 //! All integers little-endian. Reading never trusts a length: each is bounded and checked
 //! against the file's size before anything is allocated.
@@ -68,8 +71,13 @@ pub(super) fn file_len(head_len: u64, body_len: u64) -> u64 {
 }
 
 /// Offset of body block `i` (its data; its checksum follows the data).
-pub(super) fn block_offset(head_len: u64, i: u64) -> u64 {
-    PREFIX + head_len + i * (BLOCK + 4)
+pub(super) fn block_offset(i: u64) -> u64 {
+    PREFIX + i * (BLOCK + 4)
+}
+
+/// Offset of the head, after the body of `body_len` bytes.
+pub(super) fn head_offset(body_len: u64) -> u64 {
+    PREFIX + body_len + 4 * blocks(body_len)
 }
 
 /// What the head of a file says.

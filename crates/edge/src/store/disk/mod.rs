@@ -258,10 +258,8 @@ impl DiskFile {
         }
         let first = start / BLOCK;
         let last = (end.min(first * BLOCK + READ_AHEAD) - 1) / BLOCK;
-        let from = format::block_offset(self.head_len, first);
-        let to = format::block_offset(self.head_len, last)
-            + (self.body_len - last * BLOCK).min(BLOCK)
-            + 4;
+        let from = format::block_offset(first);
+        let to = format::block_offset(last) + (self.body_len - last * BLOCK).min(BLOCK) + 4;
         let len = usize::try_from(to - from).map_err(|_| FormatError::Length("read"))?;
         let mut buf = BytesMut::zeroed(len);
         file.read_exact_at(&mut buf, from)?;
@@ -689,7 +687,6 @@ fn write_file(path: &Path, key: &CacheKey, object: &StoredObject) -> std::io::Re
     let chunks = object.body.chunks().unwrap_or_default();
     let mut out = BufWriter::with_capacity(256 * 1024, File::create(path)?);
     out.write_all(&format::prefix(&head, object.body_len))?;
-    out.write_all(&head)?;
     let mut in_block = 0u64;
     let mut crc = crc32fast::Hasher::new();
     let mut written = 0u64;
@@ -717,6 +714,7 @@ fn write_file(path: &Path, key: &CacheKey, object: &StoredObject) -> std::io::Re
             "body length disagrees with its chunks",
         ));
     }
+    out.write_all(&head)?;
     out.write_all(&format::END)?;
     out.into_inner().map_err(|e| e.into_error())?;
     Ok(head.len() as u64)
@@ -733,7 +731,7 @@ fn read_file(
     file.read_exact(&mut prefix)?;
     let lengths = format::read_prefix(&prefix, size)?;
     let mut head = BytesMut::zeroed(lengths.head_len as usize);
-    file.read_exact(&mut head)?;
+    file.read_exact_at(&mut head, format::head_offset(lengths.body_len))?;
     let mut end = [0u8; 4];
     file.read_exact_at(&mut end, size - 4)?;
     if end != format::END {
@@ -768,8 +766,8 @@ pub fn parse_for_fuzzing(data: &[u8]) -> bool {
     let Ok(lengths) = format::read_prefix(prefix, size) else {
         return false;
     };
-    let start = format::PREFIX as usize;
-    let Some(head) = data.get(start..start + lengths.head_len as usize) else {
+    let head_at = format::head_offset(lengths.body_len) as usize;
+    let Some(head) = data.get(head_at..head_at + lengths.head_len as usize) else {
         return false;
     };
     if format::read_head(prefix, &lengths, Bytes::copy_from_slice(head)).is_err() {
@@ -778,8 +776,7 @@ pub fn parse_for_fuzzing(data: &[u8]) -> bool {
     if data.get(data.len().saturating_sub(format::END.len())..) != Some(&format::END[..]) {
         return false;
     }
-    let body_start = start + lengths.head_len as usize;
-    let Some(body) = data.get(body_start..data.len().saturating_sub(format::END.len())) else {
+    let Some(body) = data.get(format::PREFIX as usize..head_at) else {
         return false;
     };
     format::check_blocks(Bytes::copy_from_slice(body), 0, lengths.body_len).is_ok()

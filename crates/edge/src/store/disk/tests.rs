@@ -214,7 +214,7 @@ async fn damaged_files_are_removed_or_refused_never_served() {
     // 0: a flipped bit in its second body block.
     let f = File::options().read(true).write(true).open(&p0).unwrap();
     let mut b = [0u8; 1];
-    let at = std::fs::metadata(&p0).unwrap().len() - 4 - 4 - 10;
+    let at = format::block_offset(1) + 10;
     f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
     // 1: torn (cut short).
@@ -227,8 +227,9 @@ async fn damaged_files_are_removed_or_refused_never_served() {
         .unwrap();
     // 2: a flipped bit in its head.
     let f = File::options().read(true).write(true).open(&p2).unwrap();
-    f.read_exact_at(&mut b, 40).unwrap();
-    f.write_all_at(&[b[0] ^ 0x01], 40).unwrap();
+    let at = std::fs::metadata(&p2).unwrap().len() - 4 - 3;
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], at).unwrap();
     // A write that never finished.
     std::fs::write(dir.0.join("tmp").join("00000000deadbeef"), b"partial").unwrap();
 
