@@ -255,7 +255,7 @@ pub(super) fn storage_plan(
 }
 
 /// An unstorable response: the waiters are released and the body streams through.
-pub(super) fn pass_through(
+fn pass_through(
     ctx: &RequestCtx,
     parts: Parts,
     body: Incoming,
