@@ -127,3 +127,9 @@ pub const MIN_DNS_CHECK_MS: u64 = 100;
 pub const MAX_DNS_CHECK_THRESHOLD: u32 = 100;
 /// Largest POP weight; keeps weighted selection arithmetic small.
 pub const MAX_DNS_POP_WEIGHT: u32 = 1_000;
+/// Smallest slice (`service.cache.slice_bytes`): 64 KiB. Below it the per-slice cost (one
+/// origin request, one cache entry with its head) outweighs what slicing saves.
+pub const MIN_SLICE_BYTES: u64 = 64 * 1024;
+/// Largest slice: 64 MiB. A slice is fetched and stored whole, so this bounds what one
+/// range request of one byte can cost (the default `cache.max_object_bytes`).
+pub const MAX_SLICE_BYTES: u64 = 64 * 1024 * 1024;

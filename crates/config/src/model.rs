@@ -318,6 +318,12 @@ pub struct ServiceCacheConfig {
     pub strip_cdn_cache_control: bool,
     /// Path-prefix rules, first match wins.
     pub rules: Vec<CacheRule>,
+    /// Fetch and store objects in slices of this many bytes (`Range: bytes=a-b` to the
+    /// origin, one cache entry per slice), as nginx's slice module does: a range request
+    /// costs only the slices it covers, a full request is assembled slice by slice. Off
+    /// (`None`) by default; between `MIN_SLICE_BYTES` and `MAX_SLICE_BYTES`, and at most
+    /// `cache.max_object_bytes`.
+    pub slice_bytes: Option<u64>,
 }
 
 impl Default for ServiceCacheConfig {
@@ -331,6 +337,7 @@ impl Default for ServiceCacheConfig {
             max_stale_on_failure_s: 86_400,
             strip_cdn_cache_control: false,
             rules: Vec::new(),
+            slice_bytes: None,
         }
     }
 }

@@ -100,6 +100,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     c.skip_regexes = !crate::regexes::check_count(&mut c, &config.services);
     let before = c.problems.len();
     services(&mut c, &config.services);
+    slice_sizes(&mut c, config);
     if !c.skip_regexes && c.problems.len() == before {
         crate::regexes::check_size(&mut c, &config.services);
     }
@@ -394,6 +395,31 @@ fn origin(c: &mut Checker, base: &[PathSeg], o: &OriginPoolConfig) {
     if let Some(h) = &o.host_header {
         if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
             c.fail(&at(&[Key("host_header")]), "not a valid Host header value");
+        }
+    }
+}
+
+/// `service.cache.slice_bytes`: bounded, and no larger than the largest object stored (a
+/// slice that can never be stored would send every request to the origin).
+fn slice_sizes(c: &mut Checker, config: &Config) {
+    for (i, s) in config.services.iter().enumerate() {
+        let Some(n) = s.cache.slice_bytes else {
+            continue;
+        };
+        let at = [Key("service"), Index(i), Key("cache"), Key("slice_bytes")];
+        if !(MIN_SLICE_BYTES..=MAX_SLICE_BYTES).contains(&n) {
+            c.fail(
+                &at,
+                format!("must be between {MIN_SLICE_BYTES} (64 KiB) and {MAX_SLICE_BYTES} (64 MiB), got {n}"),
+            );
+        } else if n > config.cache.max_object_bytes {
+            c.fail(
+                &at,
+                format!(
+                    "must be at most cache.max_object_bytes ({}), got {n}",
+                    config.cache.max_object_bytes
+                ),
+            );
         }
     }
 }

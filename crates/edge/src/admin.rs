@@ -263,9 +263,12 @@ fn purge(state: &EdgeState, path: &str, params: &HashMap<String, String>) -> Pur
                 .unwrap_or(raw);
             let key = CacheKey::new(&service.name, &host, pq.as_str());
             telemetry::purge("url", soft);
+            let store = state.store.as_ref();
+            let slices =
+                crate::proxy::slice::purge_url(store, &service.name, &host, pq.as_str(), mode, now);
             Ok((
                 service.name.to_string(),
-                state.store.purge(PurgeTarget::Url(&key), mode, now),
+                store.purge(PurgeTarget::Url(&key), mode, now) + slices,
             ))
         }
         "/purge/key" => {

@@ -65,6 +65,8 @@ pub enum EdgeBody {
     Fill(FillReader),
     /// A stored body read from its file in the disk tier, block by block.
     Disk(DiskReader),
+    /// A response assembled from slices, fetched as the client reads.
+    Slices(crate::slice_body::SliceBody),
 }
 
 impl EdgeBody {
@@ -202,6 +204,7 @@ impl Body for EdgeBody {
             },
             EdgeBody::Fill(reader) => reader.poll_next(cx).map(|c| c.map(|r| r.map(Frame::data))),
             EdgeBody::Disk(reader) => reader.poll_next(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            EdgeBody::Slices(s) => s.poll_frame(cx),
         }
     }
 
@@ -213,6 +216,7 @@ impl Body for EdgeBody {
             EdgeBody::Origin(o) => o.body.is_end_stream(),
             EdgeBody::Fill(_) => false,
             EdgeBody::Disk(r) => r.remaining == 0,
+            EdgeBody::Slices(s) => s.is_end_stream(),
         }
     }
 
@@ -224,6 +228,7 @@ impl Body for EdgeBody {
             EdgeBody::Origin(o) => o.body.size_hint(),
             EdgeBody::Fill(_) => SizeHint::default(),
             EdgeBody::Disk(r) => SizeHint::with_exact(r.remaining),
+            EdgeBody::Slices(s) => s.size_hint(),
         }
     }
 }

@@ -55,7 +55,7 @@ pub(crate) struct Revalidate {
 }
 
 /// When the request was sent and when its answer's head arrived.
-type ExchangeTimes = (SystemTime, SystemTime);
+pub(super) type ExchangeTimes = (SystemTime, SystemTime);
 
 /// Fetches the object for a cacheable GET/HEAD and stores it when allowed.
 pub(crate) async fn fetch(
@@ -97,21 +97,31 @@ pub(crate) async fn fetch(
             return Ok(from_object(ctx, &obj, status.detail(detail), response_time));
         }
     }
+    let target = (key, generation);
+    Ok(answer_fetched(
+        ctx, target, resp, times, &rv, leader, status,
+    ))
+}
+
+/// The origin's answer (not a 304 to our validators) stored when it may be, and the client
+/// answered from it. Also the slice path's way in for an origin that answers a slice request
+/// with a whole response (`proxy::slice`).
+pub(super) fn answer_fetched(
+    ctx: &RequestCtx,
+    (key, generation): (CacheKey, u64),
+    resp: Response<Incoming>,
+    times: ExchangeTimes,
+    rv: &Revalidate,
+    leader: Leader,
+    status: CacheStatus,
+) -> Response<EdgeBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     match storage_plan(ctx, &parts, times, &rv.policy) {
-        Err(why) => Ok(pass_through(ctx, parts, body, leader, status.detail(why))),
+        Err(why) => pass_through(ctx, parts, body, leader, status.detail(why)),
         Ok(plan) => {
             let pending = PendingObject::new(ctx, key, &parts, plan, generation);
-            Ok(answer_with_fill(
-                ctx,
-                parts,
-                body,
-                pending,
-                leader,
-                status,
-                rv.background,
-            ))
+            answer_with_fill(ctx, parts, body, pending, leader, status, rv.background)
         }
     }
 }
@@ -197,15 +207,15 @@ fn refresh(
 }
 
 /// How a storable response will be kept.
-struct StoragePlan {
-    freshness: Freshness,
+pub(super) struct StoragePlan {
+    pub(super) freshness: Freshness,
     strip_fields: Vec<String>,
     vary: VaryKey,
     declared_len: Option<u64>,
 }
 
 /// Whether the response may be stored, and how; the reason (a `Cache-Status` detail) if not.
-fn storage_plan(
+pub(super) fn storage_plan(
     ctx: &RequestCtx,
     parts: &Parts,
     (request_time, response_time): ExchangeTimes,
@@ -318,13 +328,13 @@ fn answer_with_fill(
 }
 
 /// 5xx answers that count as an origin failure for stale-if-error (RFC 5861 §4).
-fn is_origin_failure(s: StatusCode) -> bool {
+pub(super) fn is_origin_failure(s: StatusCode) -> bool {
     matches!(s.as_u16(), 500 | 502 | 503 | 504)
 }
 
 /// The stored response, if it may stand in for a failed origin (never while the service's
 /// `no_stale` switch is on).
-fn usable_on_error(
+pub(super) fn usable_on_error(
     ctx: &RequestCtx,
     rv: &Revalidate,
     now: SystemTime,
@@ -345,7 +355,7 @@ fn usable_on_error(
 
 /// The stored response updated by a 304 (RFC 9111 §4.3.4): header fields from the 304
 /// replace the stored ones, freshness is recomputed; `None` if it may no longer be stored.
-fn revalidated(
+pub(super) fn revalidated(
     ctx: &RequestCtx,
     obj: &StoredObject,
     not_modified: &HeaderMap,
@@ -380,7 +390,12 @@ fn revalidated(
         &Exchange {
             method: &Method::GET,
             request: &ctx.headers,
-            status: obj.status,
+            // A stored 206 is a slice (`proxy::slice`): judged as the response it is part of.
+            status: if obj.status == StatusCode::PARTIAL_CONTENT {
+                StatusCode::OK
+            } else {
+                obj.status
+            },
             response: &headers,
             request_time,
             response_time,
@@ -419,7 +434,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// A response being received: stored when its body has arrived complete.
-struct PendingObject {
+pub(super) struct PendingObject {
     store: Arc<dyn Storage>,
     key: CacheKey,
     status: StatusCode,
@@ -433,7 +448,7 @@ struct PendingObject {
 }
 
 impl PendingObject {
-    fn new(
+    pub(super) fn new(
         ctx: &RequestCtx,
         key: CacheKey,
         parts: &Parts,
@@ -486,6 +501,30 @@ impl PendingObject {
         self.store
             .put_if_generation(self.key, Arc::new(object), self.generation)
     }
+}
+
+/// Starts the fill of a storable response whose one reader is the caller (a slice of
+/// `proxy::slice`): the body the caller streams from, as the fill receives it. A
+/// `background` fill is finished even if the caller drops the body (HEAD, 304).
+pub(super) fn fill_body(
+    ctx: &RequestCtx,
+    body: Incoming,
+    pending: PendingObject,
+    leader: Leader,
+    background: bool,
+) -> EdgeBody {
+    let fetch = &ctx.runtime.config.fetch;
+    let limits = FillLimits {
+        origin_idle: ctx.svc.pool.idle_timeout(),
+        write_timeout: Duration::from_millis(fetch.client_write_timeout_ms),
+        abandoned_bytes: fetch.abandoned_fill_bytes,
+        background,
+        service: ctx.svc.name.clone(),
+    };
+    let sent = crate::telemetry::origin_bytes(&ctx.svc.name);
+    let (fill, reader) = Fill::new(true, sent);
+    tokio::spawn(run_fill(body, fill, pending, leader, limits));
+    reader.map_or(EdgeBody::Empty, EdgeBody::Fill)
 }
 
 /// Bounds of one fill.

@@ -21,6 +21,13 @@ pub(crate) async fn cached(
     ctx: &RequestCtx,
     rule: Option<RuleAction>,
 ) -> Result<Response<EdgeBody>, ProxyError> {
+    if let Some(size) = ctx
+        .svc
+        .slice_bytes
+        .filter(|_| !super::slice::stored_whole(ctx))
+    {
+        return super::slice::serve(ctx, rule, size).await;
+    }
     let key = cache_key(ctx, ctx.path_and_query.as_str());
     let mut policy = ctx.svc.policy;
     if let Some(RuleAction::ForceTtl(ttl)) = rule {

@@ -29,6 +29,7 @@ mod proxy_protocol;
 mod proxying;
 mod reload;
 mod rfc9111_rest;
+mod slices;
 mod slow_clients;
 mod slowloris;
 mod smuggling;
