@@ -10,7 +10,8 @@
 #   ATS ram_cache.size; 64), OBJECTS (default: twice the memory tier / SIZE), DISK_MIB (disk
 #   tier of every peer; 512), REPS (3), DURATION (10s), CONNS (64), THREADS (1), WARMUP (3s),
 #   PEERS ("nginx ats firebreak", minus what is missing), RECOVERY (1: time the restarts),
-#   PROBE (objects asked right after an nginx restart; 200), PORT_BASE (29080), BUILD (1:
+#   PROBE (objects asked right after an nginx restart; 200), SETTLE (seconds between the warm-up
+#   pass and the check pass; 2), PORT_BASE (29080), BUILD (1:
 #   cargo build --release --locked -p firebreak first), FIREBREAK_BIN, OUT (bench/DISK_RESULTS.md;
 #   OUT=- prints it only), KEEP (1: keep the temp dir).
 # Ports: origin PORT_BASE, nginx +10, ats +12, firebreak +13, firebreak admin +14.
@@ -39,6 +40,7 @@ WARMUP=${WARMUP:-3s}
 RECOVERY=${RECOVERY:-1}
 PROBE=${PROBE:-200}
 FILL_CONNS=${FILL_CONNS:-16}
+SETTLE=${SETTLE:-2}
 FILL_TIMEOUT=${FILL_TIMEOUT:-300}
 RECOVER_TIMEOUT=${RECOVER_TIMEOUT:-300}
 PORT_BASE=${PORT_BASE:-29080}
@@ -176,7 +178,7 @@ start_peer() {
       [[ $keep == keep ]] || rm -rf "$RUN/ats"
       mkdir -p "$RUN/ats/etc" "$RUN/ats/cache" "$RUN/ats/log" "$RUN/ats/run" "$RUN/ats/var"
       cp -r "$sysconf"/. "$RUN/ats/etc/"
-      for f in records.config remap.config storage.config; do
+      for f in records.config remap.config storage.config plugin.config; do
         render "$HERE/ats/$f" "$RUN/ats/etc/$f" "$p"
       done
       render "$HERE/ats/runroot.yaml" "$RUN/ats/runroot.yaml"
@@ -211,9 +213,20 @@ pass_misses() {  # name
   (( ndone == OBJECTS && ok == OBJECTS )) || log "WARNING: $1: $ok of $OBJECTS answered 200 ($ndone done in ${secs}s)"
   echo "$((after - before - 1)) $secs"
 }
+# ATS's RAM-cache hits and misses so far, from the stats_over_http plugin (plugin.config):
+# "hits misses", or "" when it cannot say
+ats_ram() {
+  { curl -s --max-time 5 "http://127.0.0.1:${PORT[ats]}/_stats" || true; } | python3 -c '
+import json, sys
+try:
+    g = json.load(sys.stdin)["global"]
+    print(int(g["proxy.process.cache.ram_cache.hits"]), int(g["proxy.process.cache.ram_cache.misses"]))
+except (ValueError, KeyError):
+    pass'
+}
 wait_recovered() {  # t0 -> "secs objects"
   $DLIB waitmetric "http://127.0.0.1:$ADMIN_PORT/metrics" firebreak_disk_recovering 0 "$1" \
-    "$RECOVER_TIMEOUT" firebreak_disk_recovered_objects_total
+    "$RECOVER_TIMEOUT" firebreak_disk_recovered_objects_total "${PID[firebreak]:-}"
 }
 
 # ---------- run ----------
@@ -229,6 +242,7 @@ fi
 for peer in $PEERS; do
   read -r m s < <(pass_misses "$peer")
   log "warm $peer: first pass of $OBJECTS objects in ${s}s, origin requests $m"
+  sleep "$SETTLE"  # writes to disk may be asynchronous: let them land before the check
   read -r m s < <(pass_misses "$peer")
   csv 0 warm "$peer" "" misses "$m"; csv 0 warm "$peer" "" disk_kib "$(disk_kib "$peer")"
   log "warm $peer: second pass in ${s}s, origin requests $m (misses; ~0 = every object stored)"
@@ -238,6 +252,7 @@ done
 for rep in $(seq 1 "$REPS"); do
   for peer in $PEERS; do
     f="$BENCH_DIR/hit-$peer-$rep.txt"
+    [[ $peer == ats ]] && ram0=$(ats_ram)
     before=$(origin_reqs)
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$HERE/random.lua" \
       "http://127.0.0.1:${PORT[$peer]}" -- "$OBJECTS" > "$f" 2>&1 || true
@@ -248,6 +263,14 @@ for rep in $(seq 1 "$REPS"); do
       csv "$rep" hit "$peer" "" $kv
     done
     log "hit rep=$rep peer=$peer rps=$rps MiB/s=$mib p50=${p50}ms p99=${p99}ms errors=$err origin_reqs=$orig"
+    if [[ $peer == ats && -n ${ram0:-} ]] && ram1=$(ats_ram) && [[ -n $ram1 ]]; then
+      read -r h0 m0 <<< "$ram0"; read -r h1 m1 <<< "$ram1"
+      if (( h1 + m1 > h0 + m0 )); then
+        pct=$(awk -v h=$((h1 - h0)) -v m=$((m1 - m0)) 'BEGIN{printf "%.1f", 100 * h / (h + m)}')
+        csv "$rep" hit ats "" ram_hit_pct "$pct"
+        log "hit rep=$rep peer=ats: $pct% of cache reads were RAM-cache hits, the rest read the span"
+      fi
+    fi
   done
 done
 
@@ -305,7 +328,7 @@ fi
   echo "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')"
   echo "size_bytes=$SIZE_BYTES"; echo "objects=$OBJECTS"; echo "mem_mib=$MEM_MIB"; echo "disk_mib=$DISK_MIB"
   echo "reps=$REPS"; echo "duration=$DURATION"; echo "conns=$CONNS"; echo "threads=$THREADS"
-  echo "warmup=$WARMUP"; echo "fill_conns=$FILL_CONNS"; echo "probe=$PROBE"; echo "peers=$PEERS"
+  echo "warmup=$WARMUP"; echo "settle=$SETTLE"; echo "fill_conns=$FILL_CONNS"; echo "probe=$PROBE"; echo "peers=$PEERS"
   [[ -n $FIREBREAK_SKIP ]] && echo "firebreak_skip=$FIREBREAK_SKIP"
   true
 } >> "$META"

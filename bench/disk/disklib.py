@@ -2,13 +2,14 @@
 """Helpers for bench/disk.sh (stdlib only). Subcommands:
 
   size SIZE                       -> bytes ("16k" -> 16384, "1m" -> 1048576, "4096" -> 4096)
-  waitmetric URL NAME VALUE T0 TIMEOUT [OTHER]
+  waitmetric URL NAME VALUE T0 TIMEOUT [OTHER [PID]]
                                   -> polls the Prometheus text at URL every 5 ms until the
                                      gauge NAME equals VALUE; prints "secs other_value" where
                                      secs is counted from T0 (epoch seconds, taken by the
                                      caller just before it started the process) and
                                      other_value is the metric OTHER at that moment ("nan"
-                                     when absent). Exit 1 after TIMEOUT seconds.
+                                     when absent). Exit 1 after TIMEOUT seconds, or as soon
+                                     as PID has exited.
   nginxloader MASTER_PID T0 TIMEOUT
                                   -> finds the "cache loader process" child of the nginx
                                      master and polls its CPU time (every 1 ms from T0+55 s);
@@ -50,9 +51,11 @@ def _metric(text, name):
     return None
 
 
-def waitmetric(url, name, value, t0, timeout, other=None):
+def waitmetric(url, name, value, t0, timeout, other=None, pid=None):
     value, t0, deadline = float(value), float(t0), time.time() + float(timeout)
     while time.time() < deadline:
+        if pid and _cpu_ns(int(pid)) is None:
+            sys.exit(f"process {pid} exited before {name} reached {value}")
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
                 text = resp.read().decode(errors="replace")
@@ -195,7 +198,7 @@ def report(path, meta_path):
       "(file reads, its own index, its own copy to the socket), not a read from the device. "
       "That is the cost the comparison measures; device latency is not in it.")
     p(f"- Warm-up: every object fetched once from each peer ({m['fill_conns']} connections), "
-      "then fetched once more while counting the requests that reach the origin (`warm "
+      f"then, {m['settle']} s later, fetched once more while counting the requests that reach the origin (`warm "
       "misses`: ~0 means every object was stored), then a "
       f"{m['warmup']} wrk run with the same random script (not measured).")
     p(f"- Measured: `wrk -t{m['threads']} -c{m['conns']} -d{m['duration']} --latency -s "
@@ -221,6 +224,12 @@ def report(path, meta_path):
           f"{_fmt(_med(rr))} | {_fmt(_med(pr))} | {sum(d['errors']):.0f} | "
           f"{_med(d['origin_reqs']):.0f} | {_med(w.get('misses', [])):.0f} | "
           f"{f'{_med(disk) / 1024:.0f}' if disk else '– (preallocated span)'} |")
+    ram = data[("hit", "ats", "")].get("ram_hit_pct")
+    if ram:
+        p()
+        p(f"ATS: {_med(ram):.0f}% [{_rng(ram, '{:.0f}')}] of its cache reads during the measured "
+          "runs were RAM-cache hits (`proxy.process.cache.ram_cache.hits` / (hits + misses)); "
+          "the rest were read from the span.")
     p()
     fb = data[("hit", "firebreak", "")]
     others = [q for q in ("nginx", "ats") if data[("hit", q, "")].get("rps")]
@@ -291,7 +300,8 @@ if __name__ == "__main__":
     if cmd == "size":
         size(args[0])
     elif cmd == "waitmetric":
-        waitmetric(*args[:5], other=args[5] if len(args) > 5 else None)
+        waitmetric(*args[:5], other=args[5] if len(args) > 5 else None,
+                   pid=args[6] if len(args) > 6 else None)
     elif cmd == "nginxloader":
         nginxloader(*args[:3])
     elif cmd == "report":
