@@ -231,6 +231,7 @@ wait_recovered() {  # t0 -> "secs objects"
 
 # ---------- run ----------
 CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
+LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 log "peers: $PEERS | $OBJECTS objects of $SIZE_BYTES B = $((SIZE_BYTES * OBJECTS / 1048576)) MiB, memory tier $MEM_MIB MiB, disk $DISK_MIB MiB | reps=$REPS duration=$DURATION conns=$CONNS | cpu: $CPU"
 start_origin
 for peer in $PEERS; do start_peer "$peer"; done
@@ -319,6 +320,7 @@ fi
 {
   echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "cpu=${CPU:-unknown}"; echo "nproc=$(nproc)"
+  echo "load=$LOAD0 at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
   echo "mem_gib=$(awk '/MemTotal/{printf "%.0f", $2 / 1048576}' /proc/meminfo)"
   echo "commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- bench || echo ' + uncommitted bench/ changes')"
   echo "command=$COMMAND"

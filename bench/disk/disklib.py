@@ -179,7 +179,9 @@ def report(path, meta_path):
     p()
     p(f"Command: `{m['command']}`")
     p()
-    p(f"Versions: {m['nginx_version']}; {m['ats_version']}; {m['wrk_version']}.")
+    p(f"Versions: {m['nginx_version']}; {m['ats_version']}; {m['wrk_version']}. Load average "
+      f"(1, 5, 15 min): {m['load']} — the machine is shared with other builds: compare "
+      "ratios within this run, not absolute numbers across runs.")
     p()
     p("## Setup")
     p()
