@@ -194,7 +194,10 @@ start_peer() {
   esac
 }
 wait_peer() {  # name
-  wait_http "${PORT[$1]}" 120 "${PID[$1]:-}" || { log "peer $1 did not come up on port ${PORT[$1]}"; tail -20 "$RUN"/*.log "$RUN"/ats/stdout.log 2>/dev/null >&2 || true; exit 1; }
+  wait_http "${PORT[$1]}" 120 "${PID[$1]:-}" && return 0
+  log "peer $1 did not come up on port ${PORT[$1]}"
+  tail -20 "$RUN"/*.log "$RUN"/ats/stdout.log 2>/dev/null >&2 || true
+  exit 1
 }
 disk_kib() {  # name -> KiB used by the peer's disk cache ("" for ATS: its span is preallocated)
   case $1 in
@@ -232,7 +235,8 @@ wait_recovered() {  # t0 -> "secs objects"
 # ---------- run ----------
 CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
-log "peers: $PEERS | $OBJECTS objects of $SIZE_BYTES B = $((SIZE_BYTES * OBJECTS / 1048576)) MiB, memory tier $MEM_MIB MiB, disk $DISK_MIB MiB | reps=$REPS duration=$DURATION conns=$CONNS | cpu: $CPU"
+log "peers: $PEERS | $OBJECTS objects of $SIZE_BYTES B = $((SIZE_BYTES * OBJECTS / 1048576)) MiB," \
+  "memory tier $MEM_MIB MiB, disk $DISK_MIB MiB | reps=$REPS duration=$DURATION conns=$CONNS | cpu: $CPU"
 start_origin
 for peer in $PEERS; do start_peer "$peer"; done
 for peer in $PEERS; do wait_peer "$peer"; done

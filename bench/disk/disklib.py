@@ -200,8 +200,9 @@ def report(path, meta_path):
       "(file reads, its own index, its own copy to the socket), not a read from the device. "
       "That is the cost the comparison measures; device latency is not in it.")
     p(f"- Warm-up: every object fetched once from each peer ({m['fill_conns']} connections), "
-      f"then, {m['settle']} s later, fetched once more while counting the requests that reach the origin (`warm "
-      "misses`: ~0 means every object was stored), then a "
+      f"then, {m['settle']} s later, fetched once more while counting the requests that reach "
+      "the origin (`warm misses`: ~0 means every object was stored; an object missed there was fetched and "
+      "stored again by that pass, so the measured runs can still see 0 origin requests), then a "
       f"{m['warmup']} wrk run with the same random script (not measured).")
     p(f"- Measured: `wrk -t{m['threads']} -c{m['conns']} -d{m['duration']} --latency -s "
       f"bench/disk/random.lua URL -- {objects}` (each request a uniformly random object of the "
@@ -256,7 +257,8 @@ def report(path, meta_path):
       "60 s after nginx (fixed in nginx) and walks the cache directory to rebuild the keys "
       "zone; time = from the moment the loader's CPU time starts to grow after that 60 s sleep "
       "to its exit (its `/proc/PID/schedstat` polled every 1 ms), objects = the files in the "
-      "cache directory. nginx was run with `loader_files=1000000 loader_threshold=60s "
+      "cache directory (its directory entries and inodes are in the kernel's caches, as the "
+      "data is). nginx was run with `loader_files=1000000 loader_threshold=60s "
       "loader_sleep=1ms` (unthrottled; the defaults 100 files / 200 ms / 50 ms allow at most "
       "~2,000 files/s). nginx does not need its loader to serve hits: while the zone is "
       "\"cold\" a key it does not know is looked up as a file, so `cold-probe misses` (origin "
