@@ -42,6 +42,12 @@ pub const MIN_HEADER_BYTES_LIMIT: usize = 4 * 1024;
 pub const MIN_CACHE_BYTES: u64 = 1024 * 1024;
 /// Largest cache size in memory: 1 TiB (guards against unit mistakes).
 pub const MAX_CACHE_BYTES: u64 = 1 << 40;
+/// Smallest disk tier.
+pub const MIN_DISK_CACHE_BYTES: u64 = 1 << 20;
+/// Largest disk tier (64 TiB).
+pub const MAX_DISK_CACHE_BYTES: u64 = 1 << 46;
+/// Longest disk tier path.
+pub const MAX_DISK_PATH_LEN: usize = 4096;
 /// Most concurrent client connections per edge process (bounds for `limits.max_connections`).
 pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 /// Largest request body limit an operator can set: 64 GiB.

@@ -102,6 +102,9 @@ pub struct CacheConfig {
     /// How long a coalesced request waits for the in-flight fetch of the same object before it
     /// goes to the origin itself.
     pub coalesce_wait_ms: u64,
+    /// The disk tier behind the memory tier; none by default. Read at start only (a change
+    /// takes effect on restart, like `[limits]`).
+    pub disk: Option<DiskCacheConfig>,
 }
 
 impl Default for CacheConfig {
@@ -110,8 +113,38 @@ impl Default for CacheConfig {
             max_bytes: 256 * 1024 * 1024,
             max_object_bytes: 64 * 1024 * 1024,
             coalesce_wait_ms: 10_000,
+            disk: None,
         }
     }
+}
+
+/// The disk tier (`[cache.disk]`): every object stored in memory is also written to disk in
+/// the background; a memory miss is looked up on disk; the index is recovered at start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskCacheConfig {
+    /// The cache directory (created if missing; one edge per directory). A relative path is
+    /// resolved against the edge's data directory when it runs under a control plane, else
+    /// against the working directory.
+    pub path: String,
+    /// Bytes the tier may hold on disk (bodies, heads and checksums).
+    pub max_bytes: u64,
+    /// Bytes of objects queued for writing at most; beyond, new objects are not written
+    /// (counted). Default 64 MiB.
+    #[serde(default = "default_disk_write_queue_bytes")]
+    pub write_queue_bytes: u64,
+    /// After a write fails (disk full, I/O error), how long the tier stays memory-only before
+    /// it tries again. Default 30 s.
+    #[serde(default = "default_disk_retry_ms")]
+    pub retry_ms: u64,
+}
+
+fn default_disk_write_queue_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_disk_retry_ms() -> u64 {
+    30_000
 }
 
 /// Process-wide protocol limits.

@@ -206,6 +206,39 @@ fn cache(c: &mut Checker, cache: &CacheConfig) {
         &[Key("cache"), Key("coalesce_wait_ms")],
         cache.coalesce_wait_ms,
     );
+    if let Some(disk) = &cache.disk {
+        let at = |field| [Key("cache"), Key("disk"), Key(field)];
+        if disk.path.trim().is_empty() || disk.path.len() > MAX_DISK_PATH_LEN {
+            c.fail(
+                &at("path"),
+                format!("must be a directory path of 1 to {MAX_DISK_PATH_LEN} bytes"),
+            );
+        }
+        if !(MIN_DISK_CACHE_BYTES..=MAX_DISK_CACHE_BYTES).contains(&disk.max_bytes) {
+            c.fail(
+                &at("max_bytes"),
+                format!("must be between {MIN_DISK_CACHE_BYTES} and {MAX_DISK_CACHE_BYTES}"),
+            );
+        } else if cache.max_object_bytes > disk.max_bytes / 2 {
+            c.fail(
+                &at("max_bytes"),
+                format!(
+                    "must hold two objects of cache.max_object_bytes ({}), got {}",
+                    cache.max_object_bytes, disk.max_bytes
+                ),
+            );
+        }
+        if !(cache.max_object_bytes..=MAX_CACHE_BYTES).contains(&disk.write_queue_bytes) {
+            c.fail(
+                &at("write_queue_bytes"),
+                format!(
+                    "must be between cache.max_object_bytes ({}) and {MAX_CACHE_BYTES}",
+                    cache.max_object_bytes
+                ),
+            );
+        }
+        c.timeout(&at("retry_ms"), disk.retry_ms);
+    }
 }
 
 fn limits(c: &mut Checker, limits: &LimitsConfig) {

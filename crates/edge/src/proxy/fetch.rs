@@ -478,7 +478,7 @@ impl PendingObject {
             status: self.status,
             surrogate_keys: surrogate,
             headers: StoredHeaders::from_map(&headers),
-            body,
+            body: body.into(),
             body_len: len,
             vary: self.vary,
             freshness: self.freshness,

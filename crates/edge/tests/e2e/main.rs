@@ -20,6 +20,7 @@ mod floods;
 mod h2_floods;
 mod http3;
 mod http3_flood;
+mod informational;
 mod origin_faults;
 mod origin_tls;
 mod poisoning;
