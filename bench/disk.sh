@@ -14,6 +14,9 @@
 #   pass and the check pass; 2), PORT_BASE (29080), BUILD (1:
 #   cargo build --release --locked -p firebreak first), FIREBREAK_BIN, OUT (bench/DISK_RESULTS.md;
 #   OUT=- prints it only), KEEP (1: keep the temp dir).
+# firebreak runs as `firebreak edge --origin URL --listen ADDR --cache-mib M --disk-dir DIR
+#   --disk-mib D --admin ADDR --admin-token T` (T random per run: its /metrics needs it); a
+#   binary without `edge --disk-dir` is skipped and the results say so.
 # Ports: origin PORT_BASE, nginx +10, ats +12, firebreak +13, firebreak admin +14.
 # Everything listens on 127.0.0.1; every process this script starts is stopped by its PID on
 # exit, and its temp dir under /tmp is removed.
@@ -62,6 +65,9 @@ for t in wrk nginx curl python3; do
   have $t || { echo "missing $t: run $SHARED/install.sh" >&2; exit 1; }
 done
 
+# bearer token of firebreak's admin listener (its /metrics needs it), new for every run
+FIREBREAK_ADMIN_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export FIREBREAK_ADMIN_TOKEN
 ORIGIN_PORT=$PORT_BASE
 ORIGIN_URL="http://127.0.0.1:$ORIGIN_PORT"
 declare -A PORT=([nginx]=$((PORT_BASE + 10)) [ats]=$((PORT_BASE + 12)) [firebreak]=$((PORT_BASE + 13)))
@@ -188,7 +194,7 @@ start_peer() {
       [[ $keep == keep ]] || { rm -rf "$RUN/firebreak-disk"; mkdir -p "$RUN/firebreak-disk"; }
       "$FIREBREAK_BIN" edge --origin "$ORIGIN_URL" --listen "127.0.0.1:$p" --cache-mib "$MEM_MIB" \
         --disk-dir "$RUN/firebreak-disk" --disk-mib "$DISK_MIB" --admin "127.0.0.1:$ADMIN_PORT" \
-        >> "$RUN/firebreak.log" 2>&1 &
+        --admin-token "$FIREBREAK_ADMIN_TOKEN" >> "$RUN/firebreak.log" 2>&1 &
       PID[$n]=$! ;;
     *) log "unknown peer $n"; exit 1 ;;
   esac
@@ -227,6 +233,11 @@ try:
 except (ValueError, KeyError):
     pass'
 }
+# firebreak's disk hits and all its hits so far: "disk_hits hits"
+fb_hits() {
+  $DLIB metrics "http://127.0.0.1:$ADMIN_PORT/metrics" firebreak_disk_hits_total \
+    'firebreak_requests_total:cache="hit"' 2>/dev/null || true
+}
 wait_recovered() {  # t0 -> "secs objects"
   $DLIB waitmetric "http://127.0.0.1:$ADMIN_PORT/metrics" firebreak_disk_recovering 0 "$1" \
     "$RECOVER_TIMEOUT" firebreak_disk_recovered_objects_total "${PID[firebreak]:-}"
@@ -256,6 +267,14 @@ for peer in $PEERS; do
   read -r m s < <(pass_misses "$peer")
   csv 0 warm "$peer" "" misses "$m"; csv 0 warm "$peer" "" disk_kib "$(disk_kib "$peer")"
   log "warm $peer: second pass in ${s}s, origin requests $m (misses; ~0 = every object stored)"
+  if [[ $peer == firebreak ]] && w=$($DLIB metrics "http://127.0.0.1:$ADMIN_PORT/metrics" \
+      'firebreak_disk_writes_total:result="ok"' 'firebreak_disk_writes_total:result="queue_full"' \
+      'firebreak_disk_writes_total:result="error"' firebreak_disk_objects); then
+    read -r w_ok w_full w_err d_obj <<< "$w"
+    csv 0 warm firebreak "" writes_ok "$w_ok"; csv 0 warm firebreak "" writes_queue_full "$w_full"
+    csv 0 warm firebreak "" writes_error "$w_err"; csv 0 warm firebreak "" disk_objects "$d_obj"
+    log "warm firebreak: disk writes ok=$w_ok queue_full=$w_full error=$w_err, firebreak_disk_objects=$d_obj"
+  fi
   wrk -t"$THREADS" -c"$CONNS" -d"$WARMUP" -s "$HERE/random.lua" "http://127.0.0.1:${PORT[$peer]}" -- "$OBJECTS" > /dev/null
 done
 
@@ -263,6 +282,7 @@ for rep in $(seq 1 "$REPS"); do
   for peer in $PEERS; do
     f="$BENCH_DIR/hit-$peer-$rep.txt"
     [[ $peer == ats ]] && ram0=$(ats_ram)
+    [[ $peer == firebreak ]] && fb0=$(fb_hits)
     before=$(origin_reqs)
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$HERE/random.lua" \
       "http://127.0.0.1:${PORT[$peer]}" -- "$OBJECTS" > "$f" 2>&1 || true
@@ -279,6 +299,14 @@ for rep in $(seq 1 "$REPS"); do
         pct=$(awk -v h=$((h1 - h0)) -v m=$((m1 - m0)) 'BEGIN{printf "%.1f", 100 * h / (h + m)}')
         csv "$rep" hit ats "" ram_hit_pct "$pct"
         log "hit rep=$rep peer=ats: $pct% of cache reads were RAM-cache hits, the rest read the span"
+      fi
+    fi
+    if [[ $peer == firebreak && -n ${fb0:-} ]] && fb1=$(fb_hits) && [[ -n $fb1 ]]; then
+      read -r d0 h0 <<< "$fb0"; read -r d1 h1 <<< "$fb1"
+      if (( h1 > h0 )); then
+        pct=$(awk -v d=$((d1 - d0)) -v h=$((h1 - h0)) 'BEGIN{printf "%.1f", 100 * d / h}')
+        csv "$rep" hit firebreak "" disk_hit_pct "$pct"
+        log "hit rep=$rep peer=firebreak: $pct% of hits came from the disk tier"
       fi
     fi
   done

@@ -8,8 +8,11 @@
                                      secs is counted from T0 (epoch seconds, taken by the
                                      caller just before it started the process) and
                                      other_value is the metric OTHER at that moment ("nan"
-                                     when absent). Exit 1 after TIMEOUT seconds, or as soon
+                                     when absent). $FIREBREAK_ADMIN_TOKEN, when set, is sent
+                                     as the bearer token. Exit 1 after TIMEOUT seconds, or as soon
                                      as PID has exited.
+  metrics URL SPEC...             -> one value per SPEC (NAME, or NAME:LABEL to sum only the
+                                     label sets containing LABEL, e.g. 'cache="hit"')
   nginxloader MASTER_PID T0 TIMEOUT
                                   -> finds the "cache loader process" child of the nginx
                                      master and polls its CPU time (every 1 ms from T0+55 s);
@@ -37,18 +40,46 @@ def size(tok):
     print(int(m.group(1)) * mult)
 
 
-def _metric(text, name):
+def _metric(text, name, label=None):
+    """The value of NAME in Prometheus text, summed over its label sets (only those whose
+    labels contain LABEL, e.g. 'cache="hit"', when given); None when absent."""
+    total = None
     for ln in text.splitlines():
         if ln.startswith("#"):
             continue
-        parts = ln.split()
-        # "name value" or "name{labels} value": labels are summed over
-        if len(parts) >= 2 and (parts[0] == name or parts[0].startswith(name + "{")):
-            try:
-                return float(parts[1])
-            except ValueError:
-                return None
-    return None
+        parts = ln.rsplit(None, 1)
+        if len(parts) != 2:
+            continue
+        key = parts[0]
+        if key != name and not key.startswith(name + "{"):
+            continue
+        if label and label not in key:
+            continue
+        try:
+            total = (total or 0.0) + float(parts[1])
+        except ValueError:
+            pass
+    return total
+
+
+def _fetch(url):
+    """GET url; the bearer token in $FIREBREAK_ADMIN_TOKEN is sent when set."""
+    req = urllib.request.Request(url)
+    token = os.environ.get("FIREBREAK_ADMIN_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(req, timeout=2) as resp:
+        return resp.read().decode(errors="replace")
+
+
+def metrics(url, *specs):
+    """Prints one value per SPEC (NAME or NAME:LABEL), 0 when absent."""
+    text = _fetch(url)
+    vals = []
+    for spec in specs:
+        name, _, label = spec.partition(":")
+        vals.append(_metric(text, name, label or None) or 0.0)
+    print(" ".join(f"{v:.0f}" for v in vals))
 
 
 def waitmetric(url, name, value, t0, timeout, other=None, pid=None):
@@ -57,8 +88,7 @@ def waitmetric(url, name, value, t0, timeout, other=None, pid=None):
         if pid and _cpu_ns(int(pid)) is None:
             sys.exit(f"process {pid} exited before {name} reached {value}")
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                text = resp.read().decode(errors="replace")
+            text = _fetch(url)
             now = time.time()
             v = _metric(text, name)
             if v is not None and v == value:
@@ -233,6 +263,19 @@ def report(path, meta_path):
         p(f"ATS: {_med(ram):.0f}% [{_rng(ram, '{:.0f}')}] of its cache reads during the measured "
           "runs were RAM-cache hits (`proxy.process.cache.ram_cache.hits` / (hits + misses)); "
           "the rest were read from the span.")
+    fw = data[("warm", "firebreak", "")]
+    if fw.get("writes_ok"):
+        p()
+        p(f"firebreak after the warm-up: `firebreak_disk_writes_total` ok "
+          f"{_med(fw['writes_ok']):.0f}, queue_full {_med(fw.get('writes_queue_full', [0])):.0f}, "
+          f"error {_med(fw.get('writes_error', [0])):.0f}; `firebreak_disk_objects` "
+          f"{_med(fw.get('disk_objects', [0])):.0f} (of {objects}).")
+    dsk = data[("hit", "firebreak", "")].get("disk_hit_pct")
+    if dsk:
+        p()
+        p(f"firebreak: {_med(dsk):.0f}% [{_rng(dsk, '{:.0f}')}] of its hits during the measured "
+          "runs came from the disk tier (`firebreak_disk_hits_total` / "
+          "`firebreak_requests_total{cache=\"hit\"}`); the rest from the memory tier.")
     p()
     fb = data[("hit", "firebreak", "")]
     others = [q for q in ("nginx", "ats") if data[("hit", q, "")].get("rps")]
@@ -306,6 +349,8 @@ if __name__ == "__main__":
     elif cmd == "waitmetric":
         waitmetric(*args[:5], other=args[5] if len(args) > 5 else None,
                    pid=args[6] if len(args) > 6 else None)
+    elif cmd == "metrics":
+        metrics(args[0], *args[1:])
     elif cmd == "nginxloader":
         nginxloader(*args[:3])
     elif cmd == "report":
