@@ -13,7 +13,8 @@
 #   PROBE (objects asked right after an nginx restart; 200), SETTLE (seconds between the warm-up
 #   pass and the check pass; 2), PORT_BASE (29080), BUILD (1:
 #   cargo build --release --locked -p firebreak first), FIREBREAK_BIN, OUT (bench/DISK_RESULTS.md;
-#   OUT=- prints it only), KEEP (1: keep the temp dir).
+#   OUT=- prints it only), KEEP (1: keep the temp dir), REFERENCE (1: add the row
+#   firebreak-mem, the same binary with the whole set in memory and no disk tier, port +15).
 # firebreak runs as `firebreak edge --origin URL --listen ADDR --cache-mib M --disk-dir DIR
 #   --disk-mib D --admin ADDR --admin-token T` (T random per run: its /metrics needs it); a
 #   binary without `edge --disk-dir` is skipped and the results say so.
@@ -51,6 +52,7 @@ BUILD=${BUILD:-1}
 FIREBREAK_BIN=${FIREBREAK_BIN:-$ROOT/target/release/firebreak}
 OUT=${OUT:-$ROOT/bench/DISK_RESULTS.md}
 KEEP=${KEEP:-0}
+REFERENCE=${REFERENCE:-1}
 
 SIZE_BYTES=$($DLIB size "$SIZE")
 OBJECTS=${OBJECTS:-$(( 2 * MEM_MIB * 1048576 / SIZE_BYTES ))}
@@ -70,7 +72,8 @@ FIREBREAK_ADMIN_TOKEN=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export FIREBREAK_ADMIN_TOKEN
 ORIGIN_PORT=$PORT_BASE
 ORIGIN_URL="http://127.0.0.1:$ORIGIN_PORT"
-declare -A PORT=([nginx]=$((PORT_BASE + 10)) [ats]=$((PORT_BASE + 12)) [firebreak]=$((PORT_BASE + 13)))
+declare -A PORT=([nginx]=$((PORT_BASE + 10)) [ats]=$((PORT_BASE + 12)) [firebreak]=$((PORT_BASE + 13))
+                 [firebreak-mem]=$((PORT_BASE + 15)))
 ADMIN_PORT=$((PORT_BASE + 14))
 for p in "$ORIGIN_PORT" "${PORT[@]}" "$ADMIN_PORT"; do
   if [[ -n "$(ss -Hltn "sport = :$p" 2>/dev/null)" ]]; then
@@ -99,6 +102,11 @@ if [[ " $PEERS " == *" firebreak "* ]]; then
     log "firebreak skipped: $FIREBREAK_SKIP"
     PEERS=$(echo " $PEERS " | sed 's/ firebreak / /; s/^ *//; s/ *$//')
   fi
+fi
+# reference row: the same binary with the whole set in its memory tier and no disk tier
+REF_MIB=$(( 2 * SIZE_BYTES * OBJECTS / 1048576 + 64 ))
+if [[ $REFERENCE == 1 && " $PEERS " == *" firebreak "* && " $PEERS " != *" firebreak-mem "* ]]; then
+  PEERS+=" firebreak-mem"
 fi
 [[ -n $PEERS ]] || { echo "no peer to measure" >&2; exit 1; }
 
@@ -195,6 +203,10 @@ start_peer() {
       "$FIREBREAK_BIN" edge --origin "$ORIGIN_URL" --listen "127.0.0.1:$p" --cache-mib "$MEM_MIB" \
         --disk-dir "$RUN/firebreak-disk" --disk-mib "$DISK_MIB" --admin "127.0.0.1:$ADMIN_PORT" \
         --admin-token "$FIREBREAK_ADMIN_TOKEN" >> "$RUN/firebreak.log" 2>&1 &
+      PID[$n]=$! ;;
+    firebreak-mem)
+      "$FIREBREAK_BIN" edge --origin "$ORIGIN_URL" --listen "127.0.0.1:$p" --cache-mib "$REF_MIB" \
+        >> "$RUN/firebreak-mem.log" 2>&1 &
       PID[$n]=$! ;;
     *) log "unknown peer $n"; exit 1 ;;
   esac
@@ -322,7 +334,10 @@ if [[ $RECOVERY == 1 && " $PEERS " == *" firebreak "* ]]; then
       read -r m _ < <(pass_misses firebreak)
       csv 0 recover firebreak "SIG$sig" secs "$secs"; csv 0 recover firebreak "SIG$sig" objects "$objs"
       csv 0 recover firebreak "SIG$sig" misses_after "$m"
-      log "recover firebreak after SIG$sig: $objs objects in ${secs}s, then $m of $OBJECTS objects missed"
+      own=$(sed 's/\x1b\[[0-9;]*m//g' "$RUN/firebreak.log" | grep 'disk tier recovered' | tail -1 \
+        | grep -o 'objects=[0-9]* removed=[0-9]* ms=[0-9]*' || true)
+      [[ -n $own ]] && echo "note_firebreak_SIG$sig=its log: \`$own\`" >> "$META"
+      log "recover firebreak after SIG$sig: $objs objects in ${secs}s (its log: ${own:-nothing}), then $m of $OBJECTS objects missed"
     else
       log "recover firebreak after SIG$sig: did not finish within ${RECOVER_TIMEOUT}s"
       echo "note_firebreak_SIG$sig=did not finish within ${RECOVER_TIMEOUT} s" >> "$META"
@@ -366,6 +381,7 @@ fi
   echo "ats_version=$( (traffic_server --version 2>/dev/null || echo 'ATS not installed') | head -1 | awk '{print $1, $2, $3}')"
   echo "wrk_version=$(wrk -v 2>&1 | head -1 | awk '{print "wrk", $2}')"
   echo "size_bytes=$SIZE_BYTES"; echo "objects=$OBJECTS"; echo "mem_mib=$MEM_MIB"; echo "disk_mib=$DISK_MIB"
+  echo "ref_mib=$REF_MIB"
   echo "reps=$REPS"; echo "duration=$DURATION"; echo "conns=$CONNS"; echo "threads=$THREADS"
   echo "warmup=$WARMUP"; echo "settle=$SETTLE"; echo "fill_conns=$FILL_CONNS"; echo "probe=$PROBE"; echo "peers=$PEERS"
   [[ -n $FIREBREAK_SKIP ]] && echo "firebreak_skip=$FIREBREAK_SKIP"

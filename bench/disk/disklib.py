@@ -256,7 +256,7 @@ def report(path, meta_path):
           f"{_med(d['mib_s']):.1f} | {_med(d['p50_ms']):.2f} | {_med(d['p99_ms']):.2f} | "
           f"{_fmt(_med(rr))} | {_fmt(_med(pr))} | {sum(d['errors']):.0f} | "
           f"{_med(d['origin_reqs']):.0f} | {_med(w.get('misses', [])):.0f} | "
-          f"{f'{_med(disk) / 1024:.0f}' if disk else '– (preallocated span)'} |")
+          f"{f'{_med(disk) / 1024:.0f}' if disk else ('– (preallocated span)' if peer == 'ats' else '–')} |")
     ram = data[("hit", "ats", "")].get("ram_hit_pct")
     if ram:
         p()
@@ -270,6 +270,17 @@ def report(path, meta_path):
           f"{_med(fw['writes_ok']):.0f}, queue_full {_med(fw.get('writes_queue_full', [0])):.0f}, "
           f"error {_med(fw.get('writes_error', [0])):.0f}; `firebreak_disk_objects` "
           f"{_med(fw.get('disk_objects', [0])):.0f} (of {objects}).")
+        if _med(fw.get("writes_queue_full", [0])) > 0:
+            p("queue_full = writes the disk tier's write queue turned away while the set was "
+              f"fetched the first time ({m['fill_conns']} connections); such an object is then "
+              "missed (`warm misses`) once the memory tier has evicted it, and written by the "
+              "check pass.")
+    if data[("hit", "firebreak-mem", "")].get("rps"):
+        p()
+        p(f"firebreak-mem is a reference, not a contender: the same binary with the whole set "
+          f"in its memory tier (`--cache-mib {m['ref_mib']}`, no disk tier), asked the same "
+          "random URLs in the same repetitions; firebreak ÷ firebreak-mem is what the disk tier "
+          "costs.")
     dsk = data[("hit", "firebreak", "")].get("disk_hit_pct")
     if dsk:
         p()
@@ -282,8 +293,12 @@ def report(path, meta_path):
     if fb.get("rps") and others:
         rps_ok = all(_med(fb["rps"]) >= _med(data[("hit", q, "")]["rps"]) for q in others)
         p99_ok = all(_med(fb["p99_ms"]) <= _med(data[("hit", q, "")]["p99_ms"]) for q in others)
-        p(f"Target (firebreak ≥ {' and '.join(others)}): req/s {'met' if rps_ok else 'NOT met'}, "
-          f"p99 {'met' if p99_ok else 'NOT met'} (medians of this run).")
+        def vals(metric, fmt):
+            return ", ".join(f"{q} {fmt.format(_med(data[('hit', q, '')][metric]))}"
+                             for q in ["firebreak"] + others)
+        p(f"Target (firebreak ≥ {' and '.join(others)}): req/s {'met' if rps_ok else 'NOT met'} "
+          f"({vals('rps', '{:.0f}')}), p99 {'met' if p99_ok else 'NOT met'} "
+          f"({vals('p99_ms', '{:.2f} ms')}); medians of this run.")
     elif fb.get("rps"):
         p("Target: no nginx or ATS row in this run to compare with.")
     else:
