@@ -330,6 +330,8 @@ impl EdgeHandle {
         for t in &self.tasks {
             t.abort();
         }
+        // Queued disk writes finish; the cache directory is free for the next edge.
+        self.state.store.close();
     }
 
     /// Graceful stop: no new connections, every open connection finishes the requests it

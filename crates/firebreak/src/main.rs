@@ -978,10 +978,14 @@ fn one_origin_config(o: &OneOrigin<'_>) -> Result<ValidConfig, String> {
         .listen
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     let max_bytes = o.cache_mib.saturating_mul(1024 * 1024);
+    // The largest object: a quarter of memory, and half of the disk tier when it is smaller.
+    let disk_bytes = o.disk.map(|(_, mib)| mib.saturating_mul(1024 * 1024));
+    let max_object = (max_bytes / 4)
+        .min(disk_bytes.map_or(u64::MAX, |d| d / 2))
+        .max(1);
     let mut text = format!(
         "[[listener]]\naddr = \"{listen}\"\n\n[cache]\nmax_bytes = {max_bytes}\n\
-         max_object_bytes = {}\n\n",
-        (max_bytes / 4).max(1)
+         max_object_bytes = {max_object}\n\n"
     );
     if let Some((dir, mib)) = o.disk {
         let path = toml_str("--disk-dir", &dir.to_string_lossy())?;
@@ -1051,9 +1055,16 @@ mod tests {
         let d = c.cache.disk.as_ref().unwrap();
         assert_eq!((d.path.as_str(), d.max_bytes), ("/var/cache/fb", 512 << 20));
         assert!(c.admin.is_some());
-        // A disk tier too small for two of the largest objects is refused.
-        let bad = super::one_origin_config(&super::OneOrigin {
+        // A small disk tier bounds the largest object.
+        let small = super::one_origin_config(&super::OneOrigin {
             disk: Some((disk, 16)),
+            ..o("127.0.0.1:9000", 256)
+        })
+        .unwrap();
+        assert_eq!(small.cache.max_object_bytes, 8 << 20);
+        // Below the tier's minimum: refused, naming the field.
+        let bad = super::one_origin_config(&super::OneOrigin {
+            disk: Some((disk, 0)),
             ..o("127.0.0.1:9000", 256)
         });
         assert!(bad.unwrap_err().contains("cache.disk.max_bytes"));

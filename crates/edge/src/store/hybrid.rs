@@ -177,6 +177,10 @@ impl Storage for HybridStore {
         Some(self.disk.synced())
     }
 
+    fn close(&self) {
+        self.disk.close();
+    }
+
     fn load<'a>(&'a self, key: &'a CacheKey, object: Arc<StoredObject>) -> LoadFuture<'a> {
         Box::pin(async move {
             match object.body.file() {

@@ -146,6 +146,9 @@ pub trait Storage: Send + Sync + 'static {
     fn synced(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
         None
     }
+    /// Stops what runs behind the store (the disk tier's writer) and releases what it holds
+    /// (the cache directory's lock), keeping what is stored for the next start.
+    fn close(&self) {}
     /// Makes an object selected from [`Storage::get`] ready to serve. Objects in memory are
     /// ready; a small one on disk is read whole, checked and promoted to memory; `None` when
     /// its file fails a check (it is dropped: serve it as a miss).

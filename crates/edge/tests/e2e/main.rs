@@ -15,6 +15,7 @@ mod admin;
 mod bad_input;
 mod caching;
 mod coalescing;
+mod disk_tier;
 mod drills;
 mod floods;
 mod h2_floods;

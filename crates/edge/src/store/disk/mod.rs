@@ -332,7 +332,9 @@ pub struct DiskTier {
     index: Arc<MemoryStore>,
     shared: Arc<SharedRef>,
     max_bytes: u64,
-    _lock: File,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Holds the directory's lock until [`DiskTier::close`].
+    lock: Mutex<Option<File>>,
 }
 
 impl DiskTier {
@@ -387,7 +389,7 @@ impl DiskTier {
             gate: gate.clone(),
             last_error_log: None,
         };
-        std::thread::Builder::new()
+        let worker = std::thread::Builder::new()
             .name("disk-tier".into())
             .spawn(move || worker.run(rx))
             .map_err(dir_err)?;
@@ -405,7 +407,8 @@ impl DiskTier {
             index,
             shared,
             max_bytes: config.max_bytes,
-            _lock: lock,
+            worker: Mutex::new(Some(worker)),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -513,11 +516,26 @@ impl DiskTier {
     }
 }
 
-impl Drop for DiskTier {
-    fn drop(&mut self) {
-        // Files still indexed stay for the next start.
+impl DiskTier {
+    /// Stops the tier: what is queued is written, files still indexed stay for the next
+    /// start, the directory's lock is released. Reads of open bodies go on; nothing more is
+    /// written or removed.
+    pub(crate) fn close(&self) {
         self.shared.0.closing.store(true, Ordering::Release);
         self.shared.0.send(Job::Stop);
+        let worker = self.worker.lock().map(|mut w| w.take()).unwrap_or(None);
+        if let Some(w) = worker {
+            let _ = w.join();
+        }
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
+    }
+}
+
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -740,6 +758,33 @@ fn read_file(
     Ok((h.key, object))
 }
 
+/// Parses `data` as a whole object file the way recovery and reads do (prefix, head, every
+/// body block), for fuzzing: files on disk are input like any other.
+pub fn parse_for_fuzzing(data: &[u8]) -> bool {
+    let size = data.len() as u64;
+    let Some(prefix) = data.get(..format::PREFIX as usize) else {
+        return false;
+    };
+    let Ok(lengths) = format::read_prefix(prefix, size) else {
+        return false;
+    };
+    let start = format::PREFIX as usize;
+    let Some(head) = data.get(start..start + lengths.head_len as usize) else {
+        return false;
+    };
+    if format::read_head(prefix, &lengths, Bytes::copy_from_slice(head)).is_err() {
+        return false;
+    }
+    if data.get(data.len().saturating_sub(format::END.len())..) != Some(&format::END[..]) {
+        return false;
+    }
+    let body_start = start + lengths.head_len as usize;
+    let Some(body) = data.get(body_start..data.len().saturating_sub(format::END.len())) else {
+        return false;
+    };
+    format::check_blocks(Bytes::copy_from_slice(body), 0, lengths.body_len).is_ok()
+}
+
 /// Rebuilds the index from the files at start.
 struct Recovery {
     root: PathBuf,
@@ -770,6 +815,9 @@ impl Recovery {
                     };
                     let ours = format!("{:08x}-", self.shared.0.run);
                     for e in entries.flatten() {
+                        if self.shared.0.closing.load(Ordering::Acquire) {
+                            return;
+                        }
                         // Written since this opening: already indexed by the worker.
                         if e.file_name().to_string_lossy().starts_with(&ours) {
                             continue;

@@ -1,0 +1,188 @@
+//! The disk tier end to end: an edge stops and a new one on the same directory serves what
+//! the first stored as hits, byte for byte (small objects promoted to memory, large ones
+//! streamed from their files, ranges of them too), and a purge answered before the stop is
+//! not undone by it.
+
+use crate::common::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A body whose every byte depends on its position and on `seed`.
+fn body(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(131).wrapping_add(u32::from(seed)) as u8)
+        .collect()
+}
+
+/// (path, size): one block, several blocks, and one above the promotion bound (streamed).
+const OBJECTS: [(&str, usize); 4] = [
+    ("/tiny", 10),
+    ("/small", 1000),
+    ("/blocks", 200_000),
+    ("/large", 3 * 1024 * 1024 + 5),
+];
+
+fn seed_of(path: &str) -> u8 {
+    path.len() as u8
+}
+
+struct Dir(PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(name: &str) -> Dir {
+    let mut r = [0u8; 6];
+    getrandom::fill(&mut r).unwrap();
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    Dir(std::env::temp_dir().join(format!("fb-e2e-disk-{name}-{hex}")))
+}
+
+fn disk_config(origin: std::net::SocketAddr, dir: &Dir) -> String {
+    let mut c = config(origin, "");
+    c = c.replace(
+        "coalesce_wait_ms = 5000\n",
+        &format!(
+            "coalesce_wait_ms = 5000\n\n[cache.disk]\npath = \"{}\"\nmax_bytes = 268435456\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"disk-tier-test-token\"\n",
+            dir.0.display()
+        ),
+    );
+    c
+}
+
+async fn origin() -> TestOrigin {
+    TestOrigin::start(|r| {
+        let path = r.uri.path().to_owned();
+        let len = OBJECTS
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or(5, |(_, l)| *l);
+        Reply::ok(body(seed_of(&path), len))
+            .cc("max-age=3600")
+            .header("etag", format!("\"{path}\""))
+            .header("surrogate-key", "all")
+    })
+    .await
+}
+
+/// Waits until the edge's disk tier indexes `n` objects and has recovered.
+async fn disk_holds(edge: &Edge, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = edge.handle.state().store.stats().disk.expect("a disk tier");
+        if d.keys >= n && !d.recovering {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "disk tier holds {d:?}, want {n} objects"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_edge_serves_what_its_disk_holds_as_hits() {
+    let origin = origin().await;
+    let dir = temp_dir("restart");
+    let cfg = disk_config(origin.addr, &dir);
+    {
+        let edge = start_edge(&cfg).await;
+        disk_holds(&edge, 0).await;
+        for (path, len) in OBJECTS {
+            let r = edge.get(path).await;
+            assert_eq!(r.body.len(), len);
+            edge.get_until_hit(path).await;
+        }
+        disk_holds(&edge, OBJECTS.len() as u64).await;
+        edge.handle.shutdown();
+    }
+    let fetched = origin.count();
+    let edge = start_edge(&cfg).await;
+    disk_holds(&edge, OBJECTS.len() as u64).await;
+    for (path, len) in OBJECTS {
+        let r = edge.get(path).await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        assert_eq!(r.body.len(), len, "{path}");
+        assert!(
+            r.body[..] == body(seed_of(path), len)[..],
+            "{path}: bytes differ"
+        );
+        assert_eq!(r.header("etag"), Some(format!("\"{path}\"").as_str()));
+    }
+    // A range of the streamed object, from its file.
+    let r = edge
+        .get_with("/large", &[("range", "bytes=1000000-1200009")])
+        .await;
+    assert_eq!(r.status, 206);
+    assert_eq!(
+        &r.body[..],
+        &body(seed_of("/large"), 3 * 1024 * 1024 + 5)[1_000_000..1_200_010]
+    );
+    let r = edge.get_with("/large", &[("range", "bytes=-7")]).await;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body.len(), 7);
+    // Small ones were promoted to memory by the first read: hits without a disk read.
+    let again = edge.get("/small").await;
+    assert!(
+        !again.cache_status().contains("disk"),
+        "{}",
+        again.cache_status()
+    );
+    assert_eq!(
+        origin.count(),
+        fetched,
+        "nothing went to the origin after the restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_answered_before_a_restart_stays_purged() {
+    let origin = origin().await;
+    let dir = temp_dir("purge");
+    let cfg = disk_config(origin.addr, &dir);
+    {
+        let edge = start_edge(&cfg).await;
+        for (path, _) in OBJECTS {
+            edge.get(path).await;
+            edge.get_until_hit(path).await;
+        }
+        disk_holds(&edge, OBJECTS.len() as u64).await;
+        let admin = edge.handle.admin_addr().unwrap();
+        let status = admin_request(
+            admin,
+            "/purge/key?service=test&key=all",
+            "disk-tier-test-token",
+        )
+        .await;
+        assert_eq!(status, 200);
+        let status = admin_request(
+            admin,
+            "/purge/url?url=http://localhost/tiny&soft=false",
+            "disk-tier-test-token",
+        )
+        .await;
+        assert_eq!(status, 200);
+        // No time for anything else to happen: the purge's answer is the guarantee.
+        edge.handle.shutdown();
+    }
+    let before = origin.count();
+    let edge = start_edge(&cfg).await;
+    disk_holds(&edge, 0).await;
+    for (path, _) in OBJECTS {
+        let r = edge.get(path).await;
+        assert!(
+            !r.cache_status().contains("hit"),
+            "{path} came back after its purge: {}",
+            r.cache_status()
+        );
+    }
+    assert_eq!(origin.count(), before + OBJECTS.len());
+}
