@@ -281,6 +281,11 @@ def report(path, meta_path):
           f"in its memory tier (`--cache-mib {m['ref_mib']}`, no disk tier), asked the same "
           "random URLs in the same repetitions; firebreak ÷ firebreak-mem is what the disk tier "
           "costs.")
+        cost = [r["firebreak"]["rps"] / r["firebreak-mem"]["rps"] for r in byrep.values()
+                if "rps" in r.get("firebreak", {}) and r.get("firebreak-mem", {}).get("rps")]
+        if cost:
+            p(f"firebreak ÷ firebreak-mem, req/s, paired per repetition: median {_med(cost):.2f} "
+              f"[{_rng(cost, '{:.2f}')}].")
     dsk = data[("hit", "firebreak", "")].get("disk_hit_pct")
     if dsk:
         p()
