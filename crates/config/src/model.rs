@@ -129,6 +129,11 @@ pub struct DiskCacheConfig {
     pub path: String,
     /// Bytes the tier may hold on disk (bodies, heads and checksums).
     pub max_bytes: u64,
+    /// Largest object kept on disk. An object larger than `cache.max_object_bytes` (the
+    /// memory tier's bound) and at most this is written to disk as it arrives, never held
+    /// whole in memory. Default: an eighth of `max_bytes`, at least `cache.max_object_bytes`.
+    #[serde(default)]
+    pub max_object_bytes: Option<u64>,
     /// Bytes of objects queued for writing at most; beyond, new objects are not written
     /// (counted). Default 64 MiB.
     #[serde(default = "default_disk_write_queue_bytes")]
@@ -137,6 +142,16 @@ pub struct DiskCacheConfig {
     /// it tries again. Default 30 s.
     #[serde(default = "default_disk_retry_ms")]
     pub retry_ms: u64,
+}
+
+impl DiskCacheConfig {
+    /// The largest object the tier keeps (see `max_object_bytes`), given the memory tier's
+    /// bound.
+    pub fn max_object(&self, memory_max_object: u64) -> u64 {
+        self.max_object_bytes
+            .unwrap_or(self.max_bytes / 8)
+            .max(memory_max_object)
+    }
 }
 
 fn default_disk_write_queue_bytes() -> u64 {

@@ -228,6 +228,16 @@ fn cache(c: &mut Checker, cache: &CacheConfig) {
                     cache.max_object_bytes, disk.max_bytes
                 ),
             );
+        } else if let Some(m) = disk.max_object_bytes {
+            if m == 0 || m > disk.max_bytes / 2 {
+                c.fail(
+                    &at("max_object_bytes"),
+                    format!(
+                        "must be between 1 and half of cache.disk.max_bytes ({}), got {m}",
+                        disk.max_bytes / 2
+                    ),
+                );
+            }
         }
         if !(cache.max_object_bytes..=MAX_CACHE_BYTES).contains(&disk.write_queue_bytes) {
             c.fail(

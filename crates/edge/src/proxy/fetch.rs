@@ -25,7 +25,9 @@ use crate::error::ProxyError;
 use crate::http::conditional::{is_conditional, not_modified, not_modified_response};
 use crate::http::freshness::{evaluate, CachePolicy, Exchange, Freshness, Storability};
 use crate::http::headers::strip_hop_by_hop;
-use crate::store::{surrogate_keys, CacheKey, Storage, StoredHeaders, StoredObject, VaryKey};
+use crate::store::{
+    surrogate_keys, CacheKey, DiskSpool, Storage, StoredHeaders, StoredObject, VaryKey,
+};
 use crate::upstream::UpstreamRequest;
 use bytes::{Bytes, BytesMut};
 use http::response::Parts;
@@ -42,6 +44,8 @@ const COMPACT_BELOW: u64 = 1024 * 1024;
 /// A fill that is not stored (too large, over the fill budget) reads the origin ahead of its
 /// client by at most this much: beyond it the origin waits for the client.
 const PASS_WINDOW: u64 = 256 * 1024;
+/// Bytes of a large object gathered before they are written to the disk tier in one go.
+const SPOOL_BATCH: u64 = 1024 * 1024;
 
 /// What the fetch may fall back on.
 pub(crate) struct Revalidate {
@@ -232,7 +236,13 @@ pub(super) fn storage_plan(
         },
         policy,
     );
-    let max_object = ctx.runtime.config.cache.max_object_bytes;
+    // Objects over the memory tier's bound can still go to the disk tier as they arrive.
+    let max_object = ctx
+        .runtime
+        .config
+        .cache
+        .max_object_bytes
+        .max(ctx.state.store.spool_max());
     let declared_len = content_length(&parts.headers);
     match storability {
         Storability::NoStore(why) => Err(why),
@@ -442,6 +452,8 @@ pub(super) struct PendingObject {
     vary: VaryKey,
     freshness: Freshness,
     max_bytes: u64,
+    /// Largest object the store takes by writing it to disk as it arrives.
+    spool_max: u64,
     declared_len: Option<u64>,
     /// The service's purge generation when the fetch started.
     generation: u64,
@@ -470,8 +482,40 @@ impl PendingObject {
             vary: plan.vary,
             freshness: plan.freshness,
             max_bytes: ctx.runtime.config.cache.max_object_bytes,
+            spool_max: ctx.state.store.spool_max(),
             declared_len: plan.declared_len,
             generation,
+        }
+    }
+
+    /// The stored head of this response with a body of `len` bytes (and no body of its own).
+    fn head(&self, len: u64) -> StoredObject {
+        let mut headers = self.headers.clone();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        StoredObject {
+            status: self.status,
+            surrogate_keys: surrogate_keys(&headers),
+            headers: StoredHeaders::from_map(&headers),
+            body: Vec::new().into(),
+            body_len: len,
+            vary: self.vary.clone(),
+            freshness: self.freshness,
+        }
+    }
+
+    /// Completes a body written to the disk tier as it arrived; false if a purge since the
+    /// fetch started forbids it or the disk failed.
+    async fn store_spooled(self, spool: DiskSpool) -> bool {
+        let head = self.head(spool.written());
+        let (key, generation) = (self.key, self.generation);
+        let done = tokio::task::spawn_blocking(move || spool.finish(key, &head, generation)).await;
+        match done {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "disk tier: large object not stored");
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -542,19 +586,34 @@ struct FillLimits {
 }
 
 /// What the fill keeps for the cache, and its reservation in the fill budget (given back
-/// when dropped: stored, given up, or the task unwound).
+/// when dropped: stored, given up, or the task unwound). An object over the memory tier's
+/// bound goes to the disk tier as it arrives (`spool`), in batches: only the batch is held.
 struct Kept {
     chunks: Vec<Bytes>,
     reserved: u64,
     store: Arc<dyn Storage>,
+    spool: Option<DiskSpool>,
+    spool_max: u64,
 }
 
 impl Kept {
+    fn new(store: Arc<dyn Storage>, spool_max: u64) -> Self {
+        Self {
+            chunks: Vec::new(),
+            reserved: 0,
+            store,
+            spool: None,
+            spool_max,
+        }
+    }
+
     /// Keeps a chunk (`len` bytes received so far, this chunk included) if the object stays
-    /// within `max_bytes` and the fill budget has room; else why the fill stops keeping.
-    fn keep(&mut self, data: &Bytes, len: u64, max_bytes: u64) -> Result<(), FetchOutcome> {
+    /// within `max_bytes` (or, on disk, `spool_max`) and the fill budget has room; else why
+    /// the fill stops keeping. `Ok(true)`: what is kept should now go to disk ([`Kept::spill`]).
+    fn keep(&mut self, data: &Bytes, len: u64, max_bytes: u64) -> Result<bool, FetchOutcome> {
         let n = data.len() as u64;
-        if len > max_bytes {
+        let over_memory = len > max_bytes;
+        if over_memory && len > self.spool_max {
             return Err(FetchOutcome::Uncacheable);
         }
         if !self.store.fills().try_reserve(n) {
@@ -562,7 +621,39 @@ impl Kept {
         }
         self.reserved += n;
         self.chunks.push(data.clone());
-        Ok(())
+        Ok(over_memory && (self.spool.is_none() || self.reserved >= SPOOL_BATCH))
+    }
+
+    /// Writes what is kept to the disk tier (starting the object's file the first time) and
+    /// gives its memory back. `Err` when the disk cannot take it: the fill stops keeping.
+    async fn spill(&mut self) -> Result<(), FetchOutcome> {
+        let chunks = std::mem::take(&mut self.chunks);
+        let spool = self.spool.take();
+        let store = self.store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut spool = match spool {
+                Some(s) => s,
+                None => store
+                    .spool()
+                    .ok_or_else(|| std::io::Error::other("disk tier takes no writes"))??,
+            };
+            spool.write(&chunks)?;
+            Ok::<_, std::io::Error>(spool)
+        })
+        .await;
+        match written {
+            Ok(Ok(spool)) => {
+                self.spool = Some(spool);
+                self.store.fills().release(self.reserved);
+                self.reserved = 0;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "disk tier: large object not stored");
+                Err(FetchOutcome::NotStored)
+            }
+            Err(_) => Err(FetchOutcome::NotStored),
+        }
     }
 }
 
@@ -585,11 +676,7 @@ async fn run_fill(
     limits: FillLimits,
 ) {
     let mut leader = Some(leader);
-    let mut kept = Some(Kept {
-        chunks: Vec::new(),
-        reserved: 0,
-        store: p.store.clone(),
-    });
+    let mut kept = Some(Kept::new(p.store.clone(), p.spool_max));
     let mut len = 0u64;
     let mut origin_deadline = Instant::now() + limits.origin_idle;
     let mut paused = false;
@@ -638,7 +725,11 @@ async fn run_fill(
             continue;
         };
         len += data.len() as u64;
-        if let Some(Err(outcome)) = kept.as_mut().map(|k| k.keep(&data, len, p.max_bytes)) {
+        let mut keeping = kept.as_mut().map(|k| k.keep(&data, len, p.max_bytes));
+        if let (Some(Ok(true)), Some(k)) = (&keeping, kept.as_mut()) {
+            keeping = Some(k.spill().await.map(|()| false));
+        }
+        if let Some(Err(outcome)) = keeping {
             // Stop keeping: the response streams through to its client.
             if outcome == FetchOutcome::NotStored {
                 crate::telemetry::fill_not_stored(&limits.service, "budget");
@@ -660,7 +751,14 @@ async fn run_fill(
     let stored = match kept {
         Some(mut k) if ended.is_ok() && p.declared_len.is_none_or(|d| d == len) => {
             let service = limits.service.clone();
-            let stored = p.store(std::mem::take(&mut k.chunks), len);
+            let stored = match k.spool.is_some() {
+                // Written to disk as it arrived: the rest, then the head.
+                true => match (k.spill().await, k.spool.take()) {
+                    (Ok(()), Some(spool)) => p.store_spooled(spool).await,
+                    _ => false,
+                },
+                false => p.store(std::mem::take(&mut k.chunks), len),
+            };
             // The bytes now count against the cache's own budget.
             drop(k);
             if !stored {

@@ -7,7 +7,7 @@
 //! stores held off, so an object fetched, written or promoted across a purge is never stored
 //! after it.
 
-use super::disk::{DiskError, DiskFile, DiskStats, DiskTier, PurgeGate};
+use super::disk::{DiskError, DiskFile, DiskSpool, DiskStats, DiskTier, PurgeGate};
 use super::{
     CacheKey, FillBudget, LoadFuture, MemoryStore, ObjectBody, PurgeMode, PurgeTarget, Storage,
     StoreStats, StoredObject, Variants,
@@ -58,7 +58,7 @@ impl HybridStore {
         max_object_bytes: u64,
     ) -> Result<Self, DiskError> {
         let gate = Arc::new(PurgeGate::new());
-        let disk = DiskTier::open(config, max_object_bytes, gate.clone())?;
+        let disk = DiskTier::open(config, config.max_object(max_object_bytes), gate.clone())?;
         Ok(Self {
             disk,
             memory,
@@ -193,6 +193,14 @@ impl Storage for HybridStore {
 
     fn close(&self) {
         self.disk.close();
+    }
+
+    fn spool_max(&self) -> u64 {
+        self.disk.max_object()
+    }
+
+    fn spool(&self) -> Option<std::io::Result<DiskSpool>> {
+        self.disk.spool()
     }
 
     fn load<'a>(&'a self, key: &'a CacheKey, object: Arc<StoredObject>) -> LoadFuture<'a> {

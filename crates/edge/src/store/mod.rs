@@ -9,7 +9,7 @@ mod object;
 
 pub use head::StoredHeaders;
 
-pub use disk::{DiskError, DiskFile, DiskStats};
+pub use disk::{DiskError, DiskFile, DiskSpool, DiskStats};
 pub use hybrid::HybridStore;
 pub use memory::MemoryStore;
 pub use object::{
@@ -149,6 +149,16 @@ pub trait Storage: Send + Sync + 'static {
     /// Stops what runs behind the store (the disk tier's writer) and releases what it holds
     /// (the cache directory's lock), keeping what is stored for the next start.
     fn close(&self) {}
+    /// The largest object the store can take by writing it to disk as it arrives (0: none;
+    /// objects beyond the memory tier's bound are not stored).
+    fn spool_max(&self) -> u64 {
+        0
+    }
+    /// Starts writing a large object to disk as it arrives (blocking: call it off the async
+    /// threads); `None` when the store cannot now.
+    fn spool(&self) -> Option<std::io::Result<DiskSpool>> {
+        None
+    }
     /// Makes an object selected from [`Storage::get`] ready to serve. Objects in memory are
     /// ready; a small one on disk is read whole, checked and promoted to memory; `None` when
     /// its file fails a check (it is dropped: serve it as a miss).

@@ -186,3 +186,93 @@ async fn a_purge_answered_before_a_restart_stays_purged() {
     }
     assert_eq!(origin.count(), before + OBJECTS.len());
 }
+
+/// Objects over the memory tier's bound go to disk as they arrive (never held whole in
+/// memory), up to the disk tier's own bound; they are hits from disk, also after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_over_the_memory_bound_are_written_to_disk_as_they_arrive() {
+    const BIG: usize = 5 * 1024 * 1024 + 3;
+    const HUGE: usize = 9 * 1024 * 1024;
+    let origin = TestOrigin::start(|r| {
+        let (len, chunked) = match r.uri.path() {
+            "/big" => (BIG, false),
+            "/big-chunked" => (BIG, true),
+            _ => (HUGE, false),
+        };
+        let reply = Reply::ok(body(7, len)).cc("max-age=3600");
+        if chunked {
+            // Streamed without a length: the size is known only at the end.
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(async move {
+                for c in body(7, len).chunks(100_000) {
+                    if tx.send(Ok(bytes::Bytes::copy_from_slice(c))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            return Reply::streamed(rx).cc("max-age=3600");
+        }
+        reply
+    })
+    .await;
+    let dir = temp_dir("spool");
+    let cfg = disk_config(origin.addr, &dir)
+        .replace(
+            "max_bytes = 67108864\nmax_object_bytes = 16777216",
+            "max_bytes = 8388608\nmax_object_bytes = 1048576",
+        )
+        .replace(
+            "max_bytes = 268435456\n",
+            "max_bytes = 268435456\nmax_object_bytes = 8388608\n",
+        );
+    assert!(cfg.contains("max_object_bytes = 8388608"), "{cfg}");
+    {
+        let edge = start_edge(&cfg).await;
+        disk_holds(&edge, 0).await;
+        for path in ["/big", "/big-chunked"] {
+            let first = edge.get(path).await;
+            assert_eq!(first.body.len(), BIG);
+            assert!(
+                first.cache_status().contains("stored"),
+                "{path}: {}",
+                first.cache_status()
+            );
+            let hit = edge.get_until_hit(path).await;
+            assert!(
+                hit.cache_status().contains("detail=disk"),
+                "{path}: {}",
+                hit.cache_status()
+            );
+            assert!(hit.body[..] == body(7, BIG)[..], "{path}: bytes differ");
+        }
+        // Over the disk tier's bound: served, not stored.
+        let huge = edge.get("/huge").await;
+        assert_eq!(huge.body.len(), HUGE);
+        let again = edge.get("/huge").await;
+        assert!(
+            !again.cache_status().contains("hit"),
+            "{}",
+            again.cache_status()
+        );
+        disk_holds(&edge, 2).await;
+        let memory = edge.handle.state().store.stats();
+        assert!(
+            memory.bytes < 1024 * 1024,
+            "large bodies are not in memory: {memory:?}"
+        );
+        edge.handle.shutdown();
+    }
+    let count = origin.count();
+    let edge = start_edge(&cfg).await;
+    disk_holds(&edge, 2).await;
+    for path in ["/big", "/big-chunked"] {
+        let r = edge.get(path).await;
+        assert!(
+            r.cache_status().contains("hit"),
+            "{path}: {}",
+            r.cache_status()
+        );
+        assert!(r.body[..] == body(7, BIG)[..], "{path}: bytes differ");
+    }
+    assert_eq!(origin.count(), count);
+}

@@ -24,6 +24,7 @@ impl TempDir {
         DiskCacheConfig {
             path: self.0.to_string_lossy().into_owned(),
             max_bytes,
+            max_object_bytes: None,
             write_queue_bytes: 64 << 20,
             retry_ms: 30_000,
         }
