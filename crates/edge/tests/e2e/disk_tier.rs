@@ -4,8 +4,6 @@
 //! not undone by it.
 
 use crate::common::*;
-use std::path::PathBuf;
-use std::time::Duration;
 
 /// A body whose every byte depends on its position and on `seed`.
 fn body(seed: u8, len: usize) -> Vec<u8> {
@@ -26,31 +24,10 @@ fn seed_of(path: &str) -> u8 {
     path.len() as u8
 }
 
-struct Dir(PathBuf);
+const TOKEN: &str = "disk-tier-test-token";
 
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn temp_dir(name: &str) -> Dir {
-    let mut r = [0u8; 6];
-    getrandom::fill(&mut r).unwrap();
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    Dir(std::env::temp_dir().join(format!("fb-e2e-disk-{name}-{hex}")))
-}
-
-fn disk_config(origin: std::net::SocketAddr, dir: &Dir) -> String {
-    let mut c = config(origin, "");
-    c = c.replace(
-        "coalesce_wait_ms = 5000\n",
-        &format!(
-            "coalesce_wait_ms = 5000\n\n[cache.disk]\npath = \"{}\"\nmax_bytes = 268435456\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"disk-tier-test-token\"\n",
-            dir.0.display()
-        ),
-    );
-    c
+fn disk_config(origin: std::net::SocketAddr, dir: &TempDir) -> String {
+    with_disk(config(origin, ""), dir, TOKEN)
 }
 
 async fn origin() -> TestOrigin {
@@ -68,22 +45,6 @@ async fn origin() -> TestOrigin {
     .await
 }
 
-/// Waits until the edge's disk tier indexes `n` objects and has recovered.
-async fn disk_holds(edge: &Edge, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = edge.handle.state().store.stats().disk.expect("a disk tier");
-        if d.keys >= n && !d.recovering {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "disk tier holds {d:?}, want {n} objects"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_edge_serves_what_its_disk_holds_as_hits() {
     let origin = origin().await;
@@ -91,18 +52,18 @@ async fn a_restarted_edge_serves_what_its_disk_holds_as_hits() {
     let cfg = disk_config(origin.addr, &dir);
     {
         let edge = start_edge(&cfg).await;
-        disk_holds(&edge, 0).await;
+        edge.disk_holds(0).await;
         for (path, len) in OBJECTS {
             let r = edge.get(path).await;
             assert_eq!(r.body.len(), len);
             edge.get_until_hit(path).await;
         }
-        disk_holds(&edge, OBJECTS.len() as u64).await;
+        edge.disk_holds(OBJECTS.len() as u64).await;
         edge.handle.shutdown();
     }
     let fetched = origin.count();
     let edge = start_edge(&cfg).await;
-    disk_holds(&edge, OBJECTS.len() as u64).await;
+    edge.disk_holds(OBJECTS.len() as u64).await;
     for (path, len) in OBJECTS {
         let r = edge.get(path).await;
         assert!(
@@ -154,7 +115,7 @@ async fn a_purge_answered_before_a_restart_stays_purged() {
             edge.get(path).await;
             edge.get_until_hit(path).await;
         }
-        disk_holds(&edge, OBJECTS.len() as u64).await;
+        edge.disk_holds(OBJECTS.len() as u64).await;
         let admin = edge.handle.admin_addr().unwrap();
         let status = admin_request(
             admin,
@@ -175,7 +136,7 @@ async fn a_purge_answered_before_a_restart_stays_purged() {
     }
     let before = origin.count();
     let edge = start_edge(&cfg).await;
-    disk_holds(&edge, 0).await;
+    edge.disk_holds(0).await;
     for (path, _) in OBJECTS {
         let r = edge.get(path).await;
         assert!(
@@ -228,7 +189,7 @@ async fn objects_over_the_memory_bound_are_written_to_disk_as_they_arrive() {
     assert!(cfg.contains("max_object_bytes = 8388608"), "{cfg}");
     {
         let edge = start_edge(&cfg).await;
-        disk_holds(&edge, 0).await;
+        edge.disk_holds(0).await;
         for path in ["/big", "/big-chunked"] {
             let first = edge.get(path).await;
             assert_eq!(first.body.len(), BIG);
@@ -254,7 +215,7 @@ async fn objects_over_the_memory_bound_are_written_to_disk_as_they_arrive() {
             "{}",
             again.cache_status()
         );
-        disk_holds(&edge, 2).await;
+        edge.disk_holds(2).await;
         let memory = edge.handle.state().store.stats();
         assert!(
             memory.bytes < 1024 * 1024,
@@ -264,7 +225,7 @@ async fn objects_over_the_memory_bound_are_written_to_disk_as_they_arrive() {
     }
     let count = origin.count();
     let edge = start_edge(&cfg).await;
-    disk_holds(&edge, 2).await;
+    edge.disk_holds(2).await;
     for path in ["/big", "/big-chunked"] {
         let r = edge.get(path).await;
         assert!(

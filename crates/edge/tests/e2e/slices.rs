@@ -567,60 +567,30 @@ async fn a_slice_shorter_than_its_content_range_is_never_served() {
     assert!(seen[2..].contains(&slice_range(1)), "{seen:?}");
 }
 
-/// A directory removed when the test ends.
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Waits until the edge's disk tier has recovered and indexes at least `n` objects.
-async fn disk_holds(edge: &Edge, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let d = edge.handle.state().store.stats().disk.expect("a disk tier");
-        if d.keys >= n && !d.recovering {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "disk tier holds {d:?}, want {n} objects"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Slices are objects like any: with a disk tier they survive a restart and are served as
 /// hits, byte-exact, read from the disk tier; a purge by URL reaches every slice on disk
 /// too, and stays done across the next restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slices_on_the_disk_tier_survive_a_restart_and_purge_by_url_reaches_them() {
     let origin = sliced_origin(Arc::new(AtomicU64::new(1)), "max-age=3600").await;
-    let mut r = [0u8; 6];
-    getrandom::fill(&mut r).unwrap();
-    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-    let dir = TempDir(std::env::temp_dir().join(format!("fb-e2e-slices-{hex}")));
+    let dir = temp_dir("slices");
     let token = "slices-disk-test-token";
-    let cfg = config(origin.addr, &format!("slice_bytes = {SLICE}")).replace(
-        "coalesce_wait_ms = 5000\n",
-        &format!(
-            "coalesce_wait_ms = 5000\n\n[cache.disk]\npath = \"{}\"\nmax_bytes = 268435456\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n",
-            dir.0.display()
-        ),
+    let cfg = with_disk(
+        config(origin.addr, &format!("slice_bytes = {SLICE}")),
+        &dir,
+        token,
     );
     {
         let edge = start_edge(&cfg).await;
-        disk_holds(&edge, 0).await;
+        edge.disk_holds(0).await;
         assert_eq!(edge.get("/big").await.body, object(1, 0, TOTAL));
-        disk_holds(&edge, 5).await;
+        edge.disk_holds(5).await;
         edge.handle.shutdown();
     }
     assert_eq!(origin.count(), 5);
     {
         let edge = start_edge(&cfg).await;
-        disk_holds(&edge, 5).await;
+        edge.disk_holds(5).await;
         let full = edge.get("/big").await;
         assert!(
             full.cache_status().contains("hit"),
@@ -644,7 +614,7 @@ async fn slices_on_the_disk_tier_survive_a_restart_and_purge_by_url_reaches_them
         edge.handle.shutdown();
     }
     let edge = start_edge(&cfg).await;
-    disk_holds(&edge, 0).await;
+    edge.disk_holds(0).await;
     let r = edge
         .get_with("/big", &[("range", "bytes=200000-200009")])
         .await;
