@@ -42,6 +42,12 @@ pub const MIN_HEADER_BYTES_LIMIT: usize = 4 * 1024;
 pub const MIN_CACHE_BYTES: u64 = 1024 * 1024;
 /// Largest cache size in memory: 1 TiB (guards against unit mistakes).
 pub const MAX_CACHE_BYTES: u64 = 1 << 40;
+/// Smallest disk tier.
+pub const MIN_DISK_CACHE_BYTES: u64 = 1 << 20;
+/// Largest disk tier (64 TiB).
+pub const MAX_DISK_CACHE_BYTES: u64 = 1 << 46;
+/// Longest disk tier path.
+pub const MAX_DISK_PATH_LEN: usize = 4096;
 /// Most concurrent client connections per edge process (bounds for `limits.max_connections`).
 pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 /// Largest request body limit an operator can set: 64 GiB.
@@ -121,3 +127,9 @@ pub const MIN_DNS_CHECK_MS: u64 = 100;
 pub const MAX_DNS_CHECK_THRESHOLD: u32 = 100;
 /// Largest POP weight; keeps weighted selection arithmetic small.
 pub const MAX_DNS_POP_WEIGHT: u32 = 1_000;
+/// Smallest slice (`service.cache.slice_bytes`): 64 KiB. Below it the per-slice cost (one
+/// origin request, one cache entry with its head) outweighs what slicing saves.
+pub const MIN_SLICE_BYTES: u64 = 64 * 1024;
+/// Largest slice: 64 MiB. A slice is fetched and stored whole, so this bounds what one
+/// range request of one byte can cost (the default `cache.max_object_bytes`).
+pub const MAX_SLICE_BYTES: u64 = 64 * 1024 * 1024;

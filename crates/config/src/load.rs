@@ -52,6 +52,17 @@ impl ValidConfig {
 }
 
 impl ValidConfig {
+    /// Resolves a relative `[cache.disk] path` against `base` (an edge's data directory),
+    /// so that every edge of a fleet sharing one document gets its own cache directory.
+    pub fn with_disk_base(mut self, base: &std::path::Path) -> Self {
+        if let Some(disk) = self.0.cache.disk.as_mut() {
+            if std::path::Path::new(&disk.path).is_relative() {
+                disk.path = base.join(&disk.path).to_string_lossy().into_owned();
+            }
+        }
+        self
+    }
+
     /// Completes a fleet document (validated with [`parse_managed_str`]) with one edge's own
     /// addresses. Without an `[admin]` table in the document, the admin listener gets
     /// `fallback_token`, so only requests signed by the control plane and `/healthz` pass.

@@ -106,6 +106,9 @@ pub struct CacheConfig {
     /// How long a coalesced request waits for the in-flight fetch of the same object before it
     /// goes to the origin itself.
     pub coalesce_wait_ms: u64,
+    /// The disk tier behind the memory tier; none by default. Read at start only (a change
+    /// takes effect on restart, like `[limits]`).
+    pub disk: Option<DiskCacheConfig>,
 }
 
 impl Default for CacheConfig {
@@ -114,8 +117,53 @@ impl Default for CacheConfig {
             max_bytes: 256 * 1024 * 1024,
             max_object_bytes: 64 * 1024 * 1024,
             coalesce_wait_ms: 10_000,
+            disk: None,
         }
     }
+}
+
+/// The disk tier (`[cache.disk]`): every object stored in memory is also written to disk in
+/// the background; a memory miss is looked up on disk; the index is recovered at start.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskCacheConfig {
+    /// The cache directory (created if missing; one edge per directory). A relative path is
+    /// resolved against the edge's data directory when it runs under a control plane, else
+    /// against the working directory.
+    pub path: String,
+    /// Bytes the tier may hold on disk (bodies, heads and checksums).
+    pub max_bytes: u64,
+    /// Largest object kept on disk. An object larger than `cache.max_object_bytes` (the
+    /// memory tier's bound) and at most this is written to disk as it arrives, never held
+    /// whole in memory. Default: an eighth of `max_bytes`, at least `cache.max_object_bytes`.
+    #[serde(default)]
+    pub max_object_bytes: Option<u64>,
+    /// Bytes of objects queued for writing at most; beyond, new objects are not written
+    /// (counted). Default 64 MiB.
+    #[serde(default = "default_disk_write_queue_bytes")]
+    pub write_queue_bytes: u64,
+    /// After a write fails (disk full, I/O error), how long the tier stays memory-only before
+    /// it tries again. Default 30 s.
+    #[serde(default = "default_disk_retry_ms")]
+    pub retry_ms: u64,
+}
+
+impl DiskCacheConfig {
+    /// The largest object the tier keeps (see `max_object_bytes`), given the memory tier's
+    /// bound.
+    pub fn max_object(&self, memory_max_object: u64) -> u64 {
+        self.max_object_bytes
+            .unwrap_or(self.max_bytes / 8)
+            .max(memory_max_object)
+    }
+}
+
+fn default_disk_write_queue_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+fn default_disk_retry_ms() -> u64 {
+    30_000
 }
 
 /// Process-wide protocol limits.
@@ -293,6 +341,12 @@ pub struct ServiceCacheConfig {
     pub strip_cdn_cache_control: bool,
     /// Path-prefix rules, first match wins.
     pub rules: Vec<CacheRule>,
+    /// Fetch and store objects in slices of this many bytes (`Range: bytes=a-b` to the
+    /// origin, one cache entry per slice), as nginx's slice module does: a range request
+    /// costs only the slices it covers, a full request is assembled slice by slice. Off
+    /// (`None`) by default; between `MIN_SLICE_BYTES` and `MAX_SLICE_BYTES`, and at most
+    /// `cache.max_object_bytes`.
+    pub slice_bytes: Option<u64>,
 }
 
 impl Default for ServiceCacheConfig {
@@ -306,6 +360,7 @@ impl Default for ServiceCacheConfig {
             max_stale_on_failure_s: 86_400,
             strip_cdn_cache_control: false,
             rules: Vec::new(),
+            slice_bytes: None,
         }
     }
 }

@@ -520,3 +520,42 @@ fn heuristic_freshness_cap_is_bounded() {
             .heuristic_freshness
     );
 }
+
+/// `service.cache.slice_bytes`: off by default; 64 KiB to 64 MiB and at most
+/// `cache.max_object_bytes`, each refusal naming the field.
+#[test]
+fn slice_bytes_is_off_by_default_and_bounded() {
+    assert_eq!(
+        parse_str("m", &minimal("")).unwrap().services[0]
+            .cache
+            .slice_bytes,
+        None
+    );
+    for (v, max_object, ok) in [
+        ("65535", "", false),
+        ("65536", "", true),
+        ("1048576", "", true),
+        ("67108864", "", true),
+        ("67108865", "", false),
+        ("0", "", false),
+        ("2097152", "[cache]\nmax_object_bytes = 1048576\n", false),
+    ] {
+        let text = format!(
+            "{max_object}{}\n[service.cache]\nslice_bytes = {v}\n",
+            minimal("")
+        );
+        match parse_str("s", &text) {
+            Ok(c) => {
+                assert!(ok, "{v} accepted");
+                assert_eq!(
+                    c.services[0].cache.slice_bytes.map(|n| n.to_string()),
+                    Some(v.to_owned())
+                );
+            }
+            Err(e) => {
+                assert!(!ok, "{v} refused: {e}");
+                assert_eq!(e.errors[0].field, "service[0].cache.slice_bytes", "{e}");
+            }
+        }
+    }
+}

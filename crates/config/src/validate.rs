@@ -100,6 +100,7 @@ pub fn validate(config: &Config, mode: Mode) -> Vec<Problem> {
     c.skip_regexes = !crate::regexes::check_count(&mut c, &config.services);
     let before = c.problems.len();
     services(&mut c, &config.services);
+    slice_sizes(&mut c, config);
     if !c.skip_regexes && c.problems.len() == before {
         crate::regexes::check_size(&mut c, &config.services);
     }
@@ -207,6 +208,49 @@ fn cache(c: &mut Checker, cache: &CacheConfig) {
         &[Key("cache"), Key("coalesce_wait_ms")],
         cache.coalesce_wait_ms,
     );
+    if let Some(disk) = &cache.disk {
+        let at = |field| [Key("cache"), Key("disk"), Key(field)];
+        if disk.path.trim().is_empty() || disk.path.len() > MAX_DISK_PATH_LEN {
+            c.fail(
+                &at("path"),
+                format!("must be a directory path of 1 to {MAX_DISK_PATH_LEN} bytes"),
+            );
+        }
+        if !(MIN_DISK_CACHE_BYTES..=MAX_DISK_CACHE_BYTES).contains(&disk.max_bytes) {
+            c.fail(
+                &at("max_bytes"),
+                format!("must be between {MIN_DISK_CACHE_BYTES} and {MAX_DISK_CACHE_BYTES}"),
+            );
+        } else if cache.max_object_bytes > disk.max_bytes / 2 {
+            c.fail(
+                &at("max_bytes"),
+                format!(
+                    "must hold two objects of cache.max_object_bytes ({}), got {}",
+                    cache.max_object_bytes, disk.max_bytes
+                ),
+            );
+        } else if let Some(m) = disk.max_object_bytes {
+            if m == 0 || m > disk.max_bytes / 2 {
+                c.fail(
+                    &at("max_object_bytes"),
+                    format!(
+                        "must be between 1 and half of cache.disk.max_bytes ({}), got {m}",
+                        disk.max_bytes / 2
+                    ),
+                );
+            }
+        }
+        if !(cache.max_object_bytes..=MAX_CACHE_BYTES).contains(&disk.write_queue_bytes) {
+            c.fail(
+                &at("write_queue_bytes"),
+                format!(
+                    "must be between cache.max_object_bytes ({}) and {MAX_CACHE_BYTES}",
+                    cache.max_object_bytes
+                ),
+            );
+        }
+        c.timeout(&at("retry_ms"), disk.retry_ms);
+    }
 }
 
 fn limits(c: &mut Checker, limits: &LimitsConfig) {
@@ -362,6 +406,31 @@ fn origin(c: &mut Checker, base: &[PathSeg], o: &OriginPoolConfig) {
     if let Some(h) = &o.host_header {
         if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
             c.fail(&at(&[Key("host_header")]), "not a valid Host header value");
+        }
+    }
+}
+
+/// `service.cache.slice_bytes`: bounded, and no larger than the largest object stored (a
+/// slice that can never be stored would send every request to the origin).
+fn slice_sizes(c: &mut Checker, config: &Config) {
+    for (i, s) in config.services.iter().enumerate() {
+        let Some(n) = s.cache.slice_bytes else {
+            continue;
+        };
+        let at = [Key("service"), Index(i), Key("cache"), Key("slice_bytes")];
+        if !(MIN_SLICE_BYTES..=MAX_SLICE_BYTES).contains(&n) {
+            c.fail(
+                &at,
+                format!("must be between {MIN_SLICE_BYTES} (64 KiB) and {MAX_SLICE_BYTES} (64 MiB), got {n}"),
+            );
+        } else if n > config.cache.max_object_bytes {
+            c.fail(
+                &at,
+                format!(
+                    "must be at most cache.max_object_bytes ({}), got {n}",
+                    config.cache.max_object_bytes
+                ),
+            );
         }
     }
 }

@@ -55,13 +55,39 @@ pub async fn start(
         false,
         Arc::new(AddressTable::new(MAX_ADMIN_CONNECTIONS_PER_ADDRESS)),
     ));
-    let handler = move |req, _client| {
+    let handler = move |req: Request<Incoming>, _client| {
         let state = state.clone();
-        async move { route(&state, req) }
+        async move {
+            let purge = req.method() == Method::POST && req.uri().path().starts_with("/purge/");
+            let resp = route(&state, req);
+            if purge && resp.status() == StatusCode::OK {
+                synced(&state).await;
+            }
+            resp
+        }
     };
     let task = tokio::spawn(accept_loop(listener, conf, permits, stop, handler));
     Ok((addr, task))
 }
+
+/// Waits until a purge's effect on the disk tier is durable (files unlinked or marked), so a
+/// purge that was answered is not undone by a crash; bounded, logged when it runs late.
+async fn synced(state: &EdgeState) {
+    if let Some(done) = state.store.synced() {
+        if tokio::time::timeout(PURGE_SYNC_TIMEOUT, done)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                timeout = ?PURGE_SYNC_TIMEOUT,
+                "purge answered before the disk tier finished it"
+            );
+        }
+    }
+}
+
+/// Longest a purge waits for the disk tier.
+const PURGE_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn route(state: &EdgeState, req: Request<Incoming>) -> Response<EdgeBody> {
     let path = req.uri().path();
@@ -237,9 +263,12 @@ fn purge(state: &EdgeState, path: &str, params: &HashMap<String, String>) -> Pur
                 .unwrap_or(raw);
             let key = CacheKey::new(&service.name, &host, pq.as_str());
             telemetry::purge("url", soft);
+            let store = state.store.as_ref();
+            let slices =
+                crate::proxy::slice::purge_url(store, &service.name, &host, pq.as_str(), mode, now);
             Ok((
                 service.name.to_string(),
-                state.store.purge(PurgeTarget::Url(&key), mode, now),
+                store.purge(PurgeTarget::Url(&key), mode, now) + slices,
             ))
         }
         "/purge/key" => {

@@ -3,6 +3,8 @@
 //! the origin at the origin's pace and queues each chunk for its client, who takes them at
 //! its own pace; a client that takes nothing for the write timeout is detached.
 
+use crate::store::disk::FormatError;
+use crate::store::DiskFile;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -61,6 +63,10 @@ pub enum EdgeBody {
     Origin(OriginBody),
     /// The client's share of a fill in progress.
     Fill(FillReader),
+    /// A stored body read from its file in the disk tier, block by block.
+    Disk(DiskReader),
+    /// A response assembled from slices, fetched as the client reads.
+    Slices(crate::slice_body::SliceBody),
 }
 
 impl EdgeBody {
@@ -81,6 +87,85 @@ impl EdgeBody {
     /// A body of one buffer.
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self::chunks([bytes.into()])
+    }
+
+    /// Bytes `start..end` of a body stored in the disk tier.
+    pub fn disk(file: Arc<DiskFile>, start: u64, end: u64) -> Self {
+        let end = end.min(file.body_len());
+        EdgeBody::Disk(DiskReader {
+            file,
+            open: None,
+            pos: start.min(end),
+            end,
+            remaining: end.saturating_sub(start),
+            ready: VecDeque::new(),
+            pending: None,
+        })
+    }
+}
+
+type DiskRead = Result<(Arc<std::fs::File>, Vec<Bytes>), FormatError>;
+
+/// Reads a disk body a few checked blocks at a time on the blocking pool; the file stays
+/// open for the whole response (a purge that unlinks it does not cut it short). A block that
+/// fails its checksum ends the body with an error (the client sees a cut response, never
+/// wrong bytes) and drops the object.
+pub struct DiskReader {
+    file: Arc<DiskFile>,
+    open: Option<Arc<std::fs::File>>,
+    pos: u64,
+    end: u64,
+    remaining: u64,
+    ready: VecDeque<Bytes>,
+    pending: Option<tokio::task::JoinHandle<DiskRead>>,
+}
+
+impl DiskReader {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, BoxError>>> {
+        loop {
+            if let Some(b) = self.ready.pop_front() {
+                self.remaining = self.remaining.saturating_sub(b.len() as u64);
+                return Poll::Ready(Some(Ok(b)));
+            }
+            if let Some(task) = self.pending.as_mut() {
+                let done = match Pin::new(task).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(done) => done,
+                };
+                self.pending = None;
+                match done {
+                    Ok(Ok((file, chunks))) => {
+                        let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+                        if n == 0 {
+                            return Poll::Ready(Some(Err("disk read made no progress".into())));
+                        }
+                        self.open = Some(file);
+                        self.pos += n;
+                        self.ready.extend(chunks);
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        self.file.discard(&e);
+                        self.pos = self.end;
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                    Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                }
+            }
+            if self.pos >= self.end {
+                return Poll::Ready(None);
+            }
+            let (file, open, start, end) =
+                (self.file.clone(), self.open.clone(), self.pos, self.end);
+            self.pending = Some(tokio::task::spawn_blocking(move || {
+                let f = match open {
+                    Some(f) => f,
+                    None => Arc::new(file.open()?),
+                };
+                let chunks = file.read_at(&f, start, end)?;
+                Ok((f, chunks))
+            }));
+        }
     }
 }
 
@@ -118,6 +203,8 @@ impl Body for EdgeBody {
                 },
             },
             EdgeBody::Fill(reader) => reader.poll_next(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            EdgeBody::Disk(reader) => reader.poll_next(cx).map(|c| c.map(|r| r.map(Frame::data))),
+            EdgeBody::Slices(s) => s.poll_frame(cx),
         }
     }
 
@@ -128,6 +215,8 @@ impl Body for EdgeBody {
             EdgeBody::Chunks { chunks, .. } => chunks.is_empty(),
             EdgeBody::Origin(o) => o.body.is_end_stream(),
             EdgeBody::Fill(_) => false,
+            EdgeBody::Disk(r) => r.remaining == 0,
+            EdgeBody::Slices(s) => s.is_end_stream(),
         }
     }
 
@@ -138,6 +227,8 @@ impl Body for EdgeBody {
             EdgeBody::Chunks { remaining, .. } => SizeHint::with_exact(*remaining),
             EdgeBody::Origin(o) => o.body.size_hint(),
             EdgeBody::Fill(_) => SizeHint::default(),
+            EdgeBody::Disk(r) => SizeHint::with_exact(r.remaining),
+            EdgeBody::Slices(s) => s.size_hint(),
         }
     }
 }

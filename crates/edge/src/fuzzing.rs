@@ -187,6 +187,12 @@ pub fn cache_headers(data: &[u8]) {
     assert!(!request.contains_key(http::header::CONNECTION));
 }
 
+/// A file in the disk tier's cache directory (files on disk are hostile input too): its
+/// prefix, head and body blocks parsed and checked as recovery and reads do.
+pub fn disk_object(data: &[u8]) {
+    let _ = crate::store::disk::parse_for_fuzzing(data);
+}
+
 /// Whether the request-head target has its routing state (its configuration loads); a target
 /// that silently did nothing would test nothing.
 pub fn ready() -> bool {

@@ -27,6 +27,7 @@ use crate::client_body::{ClientBody, H3Body};
 use crate::conn::{stopped, AddressTable, TlsInfo};
 use crate::proxy::{handle, EdgeState};
 use crate::tls::SniResolver;
+use crate::upstream::interim;
 use bytes::Bytes;
 use firebreak_config::{Http3Config, LimitsConfig};
 use http::{HeaderValue, Method, Request, Response, Version};
@@ -397,9 +398,45 @@ async fn request(
     let bodiless = length.is_none() && matches!(parts.method, Method::GET | Method::HEAD);
     parts.extensions.insert(tls);
     let body = ClientBody::H3(H3Body::new(recv, length, bodiless));
-    let response = handle(state, Request::from_parts(parts, body), client_ip).await;
+    let (interim_tx, mut interim) = interim::channel();
+    let handling = interim::forwarding(
+        interim_tx,
+        handle(state, Request::from_parts(parts, body), client_ip),
+    );
+    tokio::pin!(handling);
+    let mut send = send;
+    // The origin's interim responses go out as they come, ahead of the final one.
+    let response = loop {
+        tokio::select! {
+            biased;
+            response = &mut handling => break response,
+            Some(head) = interim.recv() => send_interim(&mut send, head, settings.send_timeout).await,
+        }
+    };
+    // Those queued before the final head arrived still precede it.
+    while let Ok(head) = interim.try_recv() {
+        send_interim(&mut send, head, settings.send_timeout).await;
+    }
     if let Err(e) = respond(send, response, settings.send_timeout).await {
         tracing::debug!(error = %e, "HTTP/3 response not completed");
+    }
+}
+
+/// Sends one interim (1xx) response: a HEADERS frame ahead of the final one (RFC 9114 §4.1).
+/// One that cannot go (too large for the client's field section limit, or the stream gone)
+/// is skipped: hints are optional, and a stream that failed fails the final response too.
+async fn send_interim(send: &mut SendStream, head: Response<()>, send_timeout: Duration) {
+    let (mut parts, ()) = head.into_parts();
+    for name in &CONNECTION_FIELDS {
+        parts.headers.remove(name);
+    }
+    if let Err(e) = timed(
+        send_timeout,
+        send.send_response(Response::from_parts(parts, ())),
+    )
+    .await
+    {
+        tracing::debug!(error = %e, "HTTP/3 interim response not sent");
     }
 }
 

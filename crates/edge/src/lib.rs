@@ -24,6 +24,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 pub mod signed_admin;
+pub mod slice_body;
 pub mod store;
 pub mod telemetry;
 pub mod tier;

@@ -86,6 +86,8 @@ pub struct Service {
     pub key_headers: Vec<HeaderName>,
     /// Advertise HTTP/3 in `Alt-Svc` on HTTP/1.1 and h2 responses over TLS.
     pub alt_svc: bool,
+    /// Objects are fetched and stored in slices of this many bytes (`proxy::slice`).
+    pub slice_bytes: Option<u64>,
     /// The shield POP asked before the origin (`[service.shield]`), if any.
     pub shield: Option<Arc<str>>,
 }
@@ -167,6 +169,7 @@ impl Service {
             strip_headers,
             key_headers,
             alt_svc: c.alt_svc,
+            slice_bytes: c.cache.slice_bytes,
             shield: c.shield.as_ref().map(|s| Arc::from(s.pop.as_str())),
             counters: crate::telemetry::ServiceCounters::new(&name),
             name,

@@ -7,7 +7,7 @@
 use crate::conn::{accept_loop, AddressTable, ListenerConf};
 use crate::proxy::{handle, EdgeState};
 use crate::runtime::Runtime;
-use crate::store::MemoryStore;
+use crate::store::{HybridStore, MemoryStore, Storage};
 use crate::telemetry::{self, AccessLog};
 use firebreak_config::{load_file, ValidConfig};
 use firebreak_protocol::health::{Counts, ServiceHealth};
@@ -60,10 +60,7 @@ impl EdgeServer {
     /// Binds every listener and starts serving. Fails without side effects if any address
     /// cannot be bound.
     pub async fn start(config: ValidConfig) -> Result<EdgeHandle, ServerError> {
-        let store = Arc::new(
-            MemoryStore::new(config.cache.max_bytes, config.cache.max_object_bytes)
-                .with_fill_budget(config.fetch.fill_budget(&config.cache)),
-        );
+        let store = open_store(&config);
         let limits = config.limits.clone();
         let listen: Vec<(SocketAddr, bool, bool)> = config
             .listeners
@@ -202,6 +199,31 @@ impl EdgeServer {
     }
 }
 
+/// The cache: memory, and the disk tier behind it when `[cache.disk]` names one. A disk tier
+/// that cannot open (directory unusable, held by another process) leaves the edge serving
+/// from memory only, logged and counted: a disk never keeps an edge from starting.
+fn open_store(config: &ValidConfig) -> Arc<dyn Storage> {
+    let memory = MemoryStore::new(config.cache.max_bytes, config.cache.max_object_bytes)
+        .with_fill_budget(config.fetch.fill_budget(&config.cache));
+    let Some(disk) = &config.cache.disk else {
+        return Arc::new(memory);
+    };
+    match HybridStore::open(memory, disk, config.cache.max_object_bytes) {
+        Ok(store) => {
+            tracing::info!(path = %disk.path, max_bytes = disk.max_bytes, "disk tier open; recovering its index");
+            Arc::new(store)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "disk tier unavailable; serving from memory only");
+            metrics::counter!("firebreak_disk_open_failures_total").increment(1);
+            Arc::new(
+                MemoryStore::new(config.cache.max_bytes, config.cache.max_object_bytes)
+                    .with_fill_budget(config.fetch.fill_budget(&config.cache)),
+            )
+        }
+    }
+}
+
 /// The `crash_on_load` drill: a runtime carrying it is about to be installed for serving, so
 /// the process dies the way a latent crash bug would kill it. Building the runtime (staging)
 /// does not get here.
@@ -269,6 +291,9 @@ impl EdgeHandle {
         if current.config.cache.max_bytes != config.cache.max_bytes {
             tracing::warn!("cache.max_bytes changes take effect on restart");
         }
+        if current.config.cache.disk != config.cache.disk {
+            tracing::warn!("[cache.disk] changes take effect on restart");
+        }
         let runtime = Runtime::build(config, Some(&current)).map_err(ServerError::Config)?;
         abort_if_crash_on_load(&runtime);
         crate::tls::installed(&runtime);
@@ -314,6 +339,8 @@ impl EdgeHandle {
         for t in &self.tasks {
             t.abort();
         }
+        // Queued disk writes finish; the cache directory is free for the next edge.
+        self.state.store.close();
     }
 
     /// Graceful stop: no new connections, every open connection finishes the requests it

@@ -13,6 +13,12 @@
 //! - `origin_breaker_transitions_total{origin,state}`, `origin_breaker_open{origin}`,
 //!   `fills_not_stored_total{service,reason}`, `fill_clients_detached_total{service}`,
 //!   `fill_bytes`, `fill_budget_bytes` — the origin/fill path (see `upstream`, `proxy::fetch`).
+//! - Disk tier (`store::disk`): `disk_objects`, `disk_bytes`, `disk_max_bytes`,
+//!   `disk_recovering` (1 while the index is recovered at start), `disk_degraded` (1 while
+//!   writes are off after a failure), `disk_recovered_objects_total`,
+//!   `disk_writes_total{result=ok|error|degraded|queue_full|purged}`, `disk_hits_total`,
+//!   `disk_read_errors_total`, `disk_corrupt_total` (files removed at recovery),
+//!   `disk_open_failures_total`.
 
 use crate::store::StoreStats;
 use http::StatusCode;
@@ -194,6 +200,13 @@ pub fn store(stats: StoreStats) {
     metrics::counter!("firebreak_cache_evictions_total").absolute(stats.evictions);
     metrics::gauge!("firebreak_fill_bytes").set(stats.fill_bytes as f64);
     metrics::gauge!("firebreak_fill_budget_bytes").set(stats.fill_budget as f64);
+    if let Some(disk) = stats.disk {
+        metrics::gauge!("firebreak_disk_objects").set(disk.keys as f64);
+        metrics::gauge!("firebreak_disk_bytes").set(disk.bytes as f64);
+        metrics::gauge!("firebreak_disk_max_bytes").set(disk.max_bytes as f64);
+        metrics::gauge!("firebreak_disk_recovering").set(f64::from(u8::from(disk.recovering)));
+        metrics::gauge!("firebreak_disk_degraded").set(f64::from(u8::from(disk.degraded)));
+    }
 }
 
 /// One access log record.

@@ -307,6 +307,17 @@ struct EdgeArgs {
     /// Cache size of the one-origin edge, in MiB.
     #[arg(long, default_value_t = 256)]
     cache_mib: u64,
+    /// Disk tier directory of the one-origin edge (kept across restarts; one edge per
+    /// directory). Fleet members set `[cache.disk]` in the fleet document instead.
+    #[arg(long, requires = "origin")]
+    disk_dir: Option<PathBuf>,
+    /// Disk tier size of the one-origin edge, in MiB.
+    #[arg(long, default_value_t = 1024, requires = "disk_dir")]
+    disk_mib: u64,
+    /// Bearer token of the one-origin edge's admin listener (`--admin`); a random one is
+    /// printed when not given.
+    #[arg(long, requires = "origin")]
+    admin_token: Option<String>,
     /// How the edge joins and follows a control plane (`--control URL`).
     #[command(flatten)]
     member: member_flags::MemberFlags,
@@ -318,7 +329,7 @@ struct EdgeArgs {
     /// the same port over UDP unless the fleet document's `[http3]` turns it off.
     #[arg(long, requires = "control")]
     listen_tls: Vec<SocketAddr>,
-    /// Admin listener, for `--control` edges.
+    /// Admin listener (purge, metrics), for `--control` and `--origin` edges.
     #[arg(long)]
     admin: Option<SocketAddr>,
 }
@@ -890,7 +901,28 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
     let valid = match (&args.config, args.origin) {
         (Some(path), _) => load_file(path).map_err(|e| e.to_string())?,
         (None, Some(origin)) => {
-            one_origin_config(&origin, args.listen.first().copied(), args.cache_mib)?
+            let admin = match args.admin {
+                Some(addr) => {
+                    let token = match args.admin_token {
+                        Some(t) => t,
+                        None => {
+                            let t = firebreak_edge::agent::random_token();
+                            out!("admin token: {t}");
+                            t
+                        }
+                    };
+                    Some((addr, token))
+                }
+                None => None,
+            };
+            let disk = args.disk_dir.as_deref().map(|d| (d, args.disk_mib));
+            one_origin_config(&OneOrigin {
+                origin: &origin,
+                listen: args.listen.first().copied(),
+                cache_mib: args.cache_mib,
+                disk,
+                admin,
+            })?
         }
         (None, None) => {
             return Err("give --control URL, --config FILE or --origin HOST:PORT".into())
@@ -915,24 +947,63 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// A configuration for one default service in front of one origin.
-fn one_origin_config(
-    origin: &str,
+/// What the one-origin edge is given on the command line.
+struct OneOrigin<'a> {
+    origin: &'a str,
     listen: Option<SocketAddr>,
     cache_mib: u64,
-) -> Result<ValidConfig, String> {
-    let origin = origin.trim_start_matches("http://").trim_end_matches('/');
+    /// Disk tier directory and size in MiB.
+    disk: Option<(&'a std::path::Path, u64)>,
+    /// Admin listener and its token.
+    admin: Option<(SocketAddr, String)>,
+}
+
+/// A TOML basic string of `s`, or an error naming `what` when it cannot be one simply.
+fn toml_str(what: &str, s: &str) -> Result<String, String> {
+    if s.contains(['"', '\\', '\n', '\r']) || s.chars().any(char::is_control) {
+        return Err(format!(
+            "{what} {s:?} has characters this shortcut does not take"
+        ));
+    }
+    Ok(format!("\"{s}\""))
+}
+
+/// A configuration for one default service in front of one origin.
+fn one_origin_config(o: &OneOrigin<'_>) -> Result<ValidConfig, String> {
+    let origin = o.origin.trim_start_matches("http://").trim_end_matches('/');
     if origin.contains(['"', '\\', '\n']) {
         return Err(format!("--origin {origin:?} is not host:port"));
     }
-    let listen = listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let max_bytes = cache_mib.saturating_mul(1024 * 1024);
-    let text = format!(
+    let listen = o
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let max_bytes = o.cache_mib.saturating_mul(1024 * 1024);
+    // The largest object: a quarter of memory, and half of the disk tier when it is smaller.
+    let disk_bytes = o.disk.map(|(_, mib)| mib.saturating_mul(1024 * 1024));
+    let max_object = (max_bytes / 4)
+        .min(disk_bytes.map_or(u64::MAX, |d| d / 2))
+        .max(1);
+    let mut text = format!(
         "[[listener]]\naddr = \"{listen}\"\n\n[cache]\nmax_bytes = {max_bytes}\n\
-         max_object_bytes = {}\n\n[[service]]\nname = \"default\"\ndefault = true\n\n\
-         [service.origin]\nservers = [{{ addr = \"{origin}\" }}]\n",
-        (max_bytes / 4).max(1)
+         max_object_bytes = {max_object}\n\n"
     );
+    if let Some((dir, mib)) = o.disk {
+        let path = toml_str("--disk-dir", &dir.to_string_lossy())?;
+        let disk_bytes = mib.saturating_mul(1024 * 1024);
+        text.push_str(&format!(
+            "[cache.disk]\npath = {path}\nmax_bytes = {disk_bytes}\n\n"
+        ));
+    }
+    if let Some((addr, token)) = &o.admin {
+        let token = toml_str("--admin-token", token)?;
+        text.push_str(&format!(
+            "[admin]\nlisten = \"{addr}\"\ntoken = {token}\n\n"
+        ));
+    }
+    text.push_str(&format!(
+        "[[service]]\nname = \"default\"\ndefault = true\n\n\
+         [service.origin]\nservers = [{{ addr = \"{origin}\" }}]\n"
+    ));
     parse_str("command line", &text).map_err(|e| e.to_string())
 }
 
@@ -960,12 +1031,49 @@ pub(crate) async fn wait_for_ctrl_c() {
 mod tests {
     #[test]
     fn one_origin_config_is_validated() {
-        let c = super::one_origin_config("http://127.0.0.1:9000/", None, 64).unwrap();
+        let o = |origin, cache_mib| super::OneOrigin {
+            origin,
+            listen: None,
+            cache_mib,
+            disk: None,
+            admin: None,
+        };
+        let c = super::one_origin_config(&o("http://127.0.0.1:9000/", 64)).unwrap();
         assert_eq!(c.services[0].origin.servers[0].addr, "127.0.0.1:9000");
         assert_eq!(c.cache.max_bytes, 64 * 1024 * 1024);
-        assert!(super::one_origin_config("no-port", None, 64).is_err());
-        assert!(super::one_origin_config("a\"b:1", None, 64).is_err());
-        assert!(super::one_origin_config("127.0.0.1:9000", None, 0).is_err());
+        assert!(c.cache.disk.is_none());
+        assert!(super::one_origin_config(&o("no-port", 64)).is_err());
+        assert!(super::one_origin_config(&o("a\"b:1", 64)).is_err());
+        assert!(super::one_origin_config(&o("127.0.0.1:9000", 0)).is_err());
+        let disk = std::path::Path::new("/var/cache/fb");
+        let c = super::one_origin_config(&super::OneOrigin {
+            disk: Some((disk, 512)),
+            admin: Some(("127.0.0.1:9".parse().unwrap(), "t0k".into())),
+            ..o("127.0.0.1:9000", 64)
+        })
+        .unwrap();
+        let d = c.cache.disk.as_ref().unwrap();
+        assert_eq!((d.path.as_str(), d.max_bytes), ("/var/cache/fb", 512 << 20));
+        assert!(c.admin.is_some());
+        // A small disk tier bounds the largest object.
+        let small = super::one_origin_config(&super::OneOrigin {
+            disk: Some((disk, 16)),
+            ..o("127.0.0.1:9000", 256)
+        })
+        .unwrap();
+        assert_eq!(small.cache.max_object_bytes, 8 << 20);
+        // Below the tier's minimum: refused, naming the field.
+        let bad = super::one_origin_config(&super::OneOrigin {
+            disk: Some((disk, 0)),
+            ..o("127.0.0.1:9000", 256)
+        });
+        assert!(bad.unwrap_err().contains("cache.disk.max_bytes"));
+        let quote = std::path::Path::new("/a\"b");
+        assert!(super::one_origin_config(&super::OneOrigin {
+            disk: Some((quote, 512)),
+            ..o("127.0.0.1:9000", 64)
+        })
+        .is_err());
     }
 
     /// clap's own consistency checks (argument ids named in `conflicts_with`/`requires`

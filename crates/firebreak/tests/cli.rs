@@ -212,6 +212,11 @@ fn up_runs_a_control_plane_three_pops_of_two_edges_and_the_origin_through_a_roll
         );
         assert!(r.contains("x-served-by: firebreak"), "{r}");
     }
+    // Each edge has its own disk tier under its data directory (`[cache.disk] path = "cache"`).
+    for id in ["ams-1", "ams-2", "nyc-1", "nyc-2", "sin-1", "sin-2"] {
+        let lock = data.join("edges").join(id).join("cache").join("lock");
+        assert!(lock.exists(), "{} missing", lock.display());
+    }
     // The DNS server (a fleet member in its own cell) is listed with its port.
     let mut line = String::new();
     let mut dns_line = None;

@@ -12,7 +12,7 @@ use firebreak_protocol::keys::{ControlKey, PublicKey};
 use firebreak_protocol::signed::{Signed, Target as TargetStatement};
 use std::sync::OnceLock;
 
-pub use firebreak_edge::fuzzing::{cache_headers, path, request_head};
+pub use firebreak_edge::fuzzing::{cache_headers, disk_object, path, request_head};
 
 /// A fuzz target: takes any bytes, must not panic.
 pub type Target = fn(&[u8]);
@@ -22,6 +22,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("request_head", request_head),
     ("path", path),
     ("cache_headers", cache_headers),
+    ("disk_object", disk_object),
     ("config", config),
     ("bundle", bundle),
     ("signed_target", signed_target),

@@ -86,6 +86,8 @@ pub struct EdgeLauncher {
     pub listen_tls: Vec<SocketAddr>,
     /// Admin listener.
     pub admin: Option<SocketAddr>,
+    /// The edge's data directory: a relative `[cache.disk] path` is under it.
+    pub data_dir: std::path::PathBuf,
 }
 
 impl Member for EdgeHandle {
@@ -126,6 +128,7 @@ impl Launcher for EdgeLauncher {
         config
             .localize(&self.listen, self.admin, super::random_token)
             .with_tls_listeners(&self.listen_tls)
+            .with_disk_base(&self.data_dir)
     }
 
     fn check(&self, config: &ValidConfig) -> Result<(), String> {

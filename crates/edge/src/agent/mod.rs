@@ -212,6 +212,7 @@ impl Agent<EdgeHandle> {
             listen: opts.listen.clone(),
             listen_tls: opts.listen_tls.clone(),
             admin: opts.admin,
+            data_dir: opts.data_dir.clone(),
         };
         Agent::start_with(opts, launcher).await
     }
@@ -1052,7 +1053,7 @@ impl<L: Launcher> Worker<L> {
 
 /// A random admin token for edges whose configuration has none: only requests signed by the
 /// control plane (and `/healthz`) pass then.
-fn random_token() -> String {
+pub fn random_token() -> String {
     let mut bytes = [0u8; 24];
     if getrandom::fill(&mut bytes).is_err() {
         // No randomness: a token nobody can send (HTTP header values cannot contain NUL).

@@ -25,7 +25,9 @@ use crate::error::ProxyError;
 use crate::http::conditional::{is_conditional, not_modified, not_modified_response};
 use crate::http::freshness::{evaluate, CachePolicy, Exchange, Freshness, Storability};
 use crate::http::headers::strip_hop_by_hop;
-use crate::store::{surrogate_keys, CacheKey, Storage, StoredHeaders, StoredObject, VaryKey};
+use crate::store::{
+    surrogate_keys, CacheKey, DiskSpool, Storage, StoredHeaders, StoredObject, VaryKey,
+};
 use crate::upstream::UpstreamRequest;
 use bytes::{Bytes, BytesMut};
 use http::response::Parts;
@@ -42,6 +44,8 @@ const COMPACT_BELOW: u64 = 1024 * 1024;
 /// A fill that is not stored (too large, over the fill budget) reads the origin ahead of its
 /// client by at most this much: beyond it the origin waits for the client.
 const PASS_WINDOW: u64 = 256 * 1024;
+/// Bytes of a large object gathered before they are written to the disk tier in one go.
+const SPOOL_BATCH: u64 = 1024 * 1024;
 
 /// What the fetch may fall back on.
 pub(crate) struct Revalidate {
@@ -55,7 +59,7 @@ pub(crate) struct Revalidate {
 }
 
 /// When the request was sent and when its answer's head arrived.
-type ExchangeTimes = (SystemTime, SystemTime);
+pub(super) type ExchangeTimes = (SystemTime, SystemTime);
 
 /// Fetches the object for a cacheable GET/HEAD and stores it when allowed.
 pub(crate) async fn fetch(
@@ -97,21 +101,31 @@ pub(crate) async fn fetch(
             return Ok(from_object(ctx, &obj, status.detail(detail), response_time));
         }
     }
+    let target = (key, generation);
+    Ok(answer_fetched(
+        ctx, target, resp, times, &rv, leader, status,
+    ))
+}
+
+/// The origin's answer (not a 304 to our validators) stored when it may be, and the client
+/// answered from it. Also the slice path's way in for an origin that answers a slice request
+/// with a whole response (`proxy::slice`).
+pub(super) fn answer_fetched(
+    ctx: &RequestCtx,
+    (key, generation): (CacheKey, u64),
+    resp: Response<Incoming>,
+    times: ExchangeTimes,
+    rv: &Revalidate,
+    leader: Leader,
+    status: CacheStatus,
+) -> Response<EdgeBody> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     match storage_plan(ctx, &parts, times, &rv.policy) {
-        Err(why) => Ok(pass_through(ctx, parts, body, leader, status.detail(why))),
+        Err(why) => pass_through(ctx, parts, body, leader, status.detail(why)),
         Ok(plan) => {
             let pending = PendingObject::new(ctx, key, &parts, plan, generation);
-            Ok(answer_with_fill(
-                ctx,
-                parts,
-                body,
-                pending,
-                leader,
-                status,
-                rv.background,
-            ))
+            answer_with_fill(ctx, parts, body, pending, leader, status, rv.background)
         }
     }
 }
@@ -197,15 +211,15 @@ fn refresh(
 }
 
 /// How a storable response will be kept.
-struct StoragePlan {
-    freshness: Freshness,
+pub(super) struct StoragePlan {
+    pub(super) freshness: Freshness,
     strip_fields: Vec<String>,
     vary: VaryKey,
     declared_len: Option<u64>,
 }
 
 /// Whether the response may be stored, and how; the reason (a `Cache-Status` detail) if not.
-fn storage_plan(
+pub(super) fn storage_plan(
     ctx: &RequestCtx,
     parts: &Parts,
     (request_time, response_time): ExchangeTimes,
@@ -222,7 +236,13 @@ fn storage_plan(
         },
         policy,
     );
-    let max_object = ctx.runtime.config.cache.max_object_bytes;
+    // Objects over the memory tier's bound can still go to the disk tier as they arrive.
+    let max_object = ctx
+        .runtime
+        .config
+        .cache
+        .max_object_bytes
+        .max(ctx.state.store.spool_max());
     let declared_len = content_length(&parts.headers);
     match storability {
         Storability::NoStore(why) => Err(why),
@@ -318,13 +338,13 @@ fn answer_with_fill(
 }
 
 /// 5xx answers that count as an origin failure for stale-if-error (RFC 5861 §4).
-fn is_origin_failure(s: StatusCode) -> bool {
+pub(super) fn is_origin_failure(s: StatusCode) -> bool {
     matches!(s.as_u16(), 500 | 502 | 503 | 504)
 }
 
 /// The stored response, if it may stand in for a failed origin (never while the service's
 /// `no_stale` switch is on).
-fn usable_on_error(
+pub(super) fn usable_on_error(
     ctx: &RequestCtx,
     rv: &Revalidate,
     now: SystemTime,
@@ -345,7 +365,7 @@ fn usable_on_error(
 
 /// The stored response updated by a 304 (RFC 9111 §4.3.4): header fields from the 304
 /// replace the stored ones, freshness is recomputed; `None` if it may no longer be stored.
-fn revalidated(
+pub(super) fn revalidated(
     ctx: &RequestCtx,
     obj: &StoredObject,
     not_modified: &HeaderMap,
@@ -380,7 +400,12 @@ fn revalidated(
         &Exchange {
             method: &Method::GET,
             request: &ctx.headers,
-            status: obj.status,
+            // A stored 206 is a slice (`proxy::slice`): judged as the response it is part of.
+            status: if obj.status == StatusCode::PARTIAL_CONTENT {
+                StatusCode::OK
+            } else {
+                obj.status
+            },
             response: &headers,
             request_time,
             response_time,
@@ -419,7 +444,7 @@ fn content_length(h: &HeaderMap) -> Option<u64> {
 }
 
 /// A response being received: stored when its body has arrived complete.
-struct PendingObject {
+pub(super) struct PendingObject {
     store: Arc<dyn Storage>,
     key: CacheKey,
     status: StatusCode,
@@ -427,13 +452,15 @@ struct PendingObject {
     vary: VaryKey,
     freshness: Freshness,
     max_bytes: u64,
+    /// Largest object the store takes by writing it to disk as it arrives.
+    spool_max: u64,
     declared_len: Option<u64>,
     /// The service's purge generation when the fetch started.
     generation: u64,
 }
 
 impl PendingObject {
-    fn new(
+    pub(super) fn new(
         ctx: &RequestCtx,
         key: CacheKey,
         parts: &Parts,
@@ -455,8 +482,40 @@ impl PendingObject {
             vary: plan.vary,
             freshness: plan.freshness,
             max_bytes: ctx.runtime.config.cache.max_object_bytes,
+            spool_max: ctx.state.store.spool_max(),
             declared_len: plan.declared_len,
             generation,
+        }
+    }
+
+    /// The stored head of this response with a body of `len` bytes (and no body of its own).
+    fn head(&self, len: u64) -> StoredObject {
+        let mut headers = self.headers.clone();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        StoredObject {
+            status: self.status,
+            surrogate_keys: surrogate_keys(&headers),
+            headers: StoredHeaders::from_map(&headers),
+            body: Vec::new().into(),
+            body_len: len,
+            vary: self.vary.clone(),
+            freshness: self.freshness,
+        }
+    }
+
+    /// Completes a body written to the disk tier as it arrived; false if a purge since the
+    /// fetch started forbids it or the disk failed.
+    async fn store_spooled(self, spool: DiskSpool) -> bool {
+        let head = self.head(spool.written());
+        let (key, generation) = (self.key, self.generation);
+        let done = tokio::task::spawn_blocking(move || spool.finish(key, &head, generation)).await;
+        match done {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "disk tier: large object not stored");
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -478,7 +537,7 @@ impl PendingObject {
             status: self.status,
             surrogate_keys: surrogate,
             headers: StoredHeaders::from_map(&headers),
-            body,
+            body: body.into(),
             body_len: len,
             vary: self.vary,
             freshness: self.freshness,
@@ -486,6 +545,30 @@ impl PendingObject {
         self.store
             .put_if_generation(self.key, Arc::new(object), self.generation)
     }
+}
+
+/// Starts the fill of a storable response whose one reader is the caller (a slice of
+/// `proxy::slice`): the body the caller streams from, as the fill receives it. A
+/// `background` fill is finished even if the caller drops the body (HEAD, 304).
+pub(super) fn fill_body(
+    ctx: &RequestCtx,
+    body: Incoming,
+    pending: PendingObject,
+    leader: Leader,
+    background: bool,
+) -> EdgeBody {
+    let fetch = &ctx.runtime.config.fetch;
+    let limits = FillLimits {
+        origin_idle: ctx.svc.pool.idle_timeout(),
+        write_timeout: Duration::from_millis(fetch.client_write_timeout_ms),
+        abandoned_bytes: fetch.abandoned_fill_bytes,
+        background,
+        service: ctx.svc.name.clone(),
+    };
+    let sent = crate::telemetry::origin_bytes(&ctx.svc.name);
+    let (fill, reader) = Fill::new(true, sent);
+    tokio::spawn(run_fill(body, fill, pending, leader, limits));
+    reader.map_or(EdgeBody::Empty, EdgeBody::Fill)
 }
 
 /// Bounds of one fill.
@@ -503,19 +586,34 @@ struct FillLimits {
 }
 
 /// What the fill keeps for the cache, and its reservation in the fill budget (given back
-/// when dropped: stored, given up, or the task unwound).
+/// when dropped: stored, given up, or the task unwound). An object over the memory tier's
+/// bound goes to the disk tier as it arrives (`spool`), in batches: only the batch is held.
 struct Kept {
     chunks: Vec<Bytes>,
     reserved: u64,
     store: Arc<dyn Storage>,
+    spool: Option<DiskSpool>,
+    spool_max: u64,
 }
 
 impl Kept {
+    fn new(store: Arc<dyn Storage>, spool_max: u64) -> Self {
+        Self {
+            chunks: Vec::new(),
+            reserved: 0,
+            store,
+            spool: None,
+            spool_max,
+        }
+    }
+
     /// Keeps a chunk (`len` bytes received so far, this chunk included) if the object stays
-    /// within `max_bytes` and the fill budget has room; else why the fill stops keeping.
-    fn keep(&mut self, data: &Bytes, len: u64, max_bytes: u64) -> Result<(), FetchOutcome> {
+    /// within `max_bytes` (or, on disk, `spool_max`) and the fill budget has room; else why
+    /// the fill stops keeping. `Ok(true)`: what is kept should now go to disk ([`Kept::spill`]).
+    fn keep(&mut self, data: &Bytes, len: u64, max_bytes: u64) -> Result<bool, FetchOutcome> {
         let n = data.len() as u64;
-        if len > max_bytes {
+        let over_memory = len > max_bytes;
+        if over_memory && len > self.spool_max {
             return Err(FetchOutcome::Uncacheable);
         }
         if !self.store.fills().try_reserve(n) {
@@ -523,7 +621,39 @@ impl Kept {
         }
         self.reserved += n;
         self.chunks.push(data.clone());
-        Ok(())
+        Ok(over_memory && (self.spool.is_none() || self.reserved >= SPOOL_BATCH))
+    }
+
+    /// Writes what is kept to the disk tier (starting the object's file the first time) and
+    /// gives its memory back. `Err` when the disk cannot take it: the fill stops keeping.
+    async fn spill(&mut self) -> Result<(), FetchOutcome> {
+        let chunks = std::mem::take(&mut self.chunks);
+        let spool = self.spool.take();
+        let store = self.store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut spool = match spool {
+                Some(s) => s,
+                None => store
+                    .spool()
+                    .ok_or_else(|| std::io::Error::other("disk tier takes no writes"))??,
+            };
+            spool.write(&chunks)?;
+            Ok::<_, std::io::Error>(spool)
+        })
+        .await;
+        match written {
+            Ok(Ok(spool)) => {
+                self.spool = Some(spool);
+                self.store.fills().release(self.reserved);
+                self.reserved = 0;
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "disk tier: large object not stored");
+                Err(FetchOutcome::NotStored)
+            }
+            Err(_) => Err(FetchOutcome::NotStored),
+        }
     }
 }
 
@@ -546,11 +676,7 @@ async fn run_fill(
     limits: FillLimits,
 ) {
     let mut leader = Some(leader);
-    let mut kept = Some(Kept {
-        chunks: Vec::new(),
-        reserved: 0,
-        store: p.store.clone(),
-    });
+    let mut kept = Some(Kept::new(p.store.clone(), p.spool_max));
     let mut len = 0u64;
     let mut origin_deadline = Instant::now() + limits.origin_idle;
     let mut paused = false;
@@ -599,7 +725,11 @@ async fn run_fill(
             continue;
         };
         len += data.len() as u64;
-        if let Some(Err(outcome)) = kept.as_mut().map(|k| k.keep(&data, len, p.max_bytes)) {
+        let mut keeping = kept.as_mut().map(|k| k.keep(&data, len, p.max_bytes));
+        if let (Some(Ok(true)), Some(k)) = (&keeping, kept.as_mut()) {
+            keeping = Some(k.spill().await.map(|()| false));
+        }
+        if let Some(Err(outcome)) = keeping {
             // Stop keeping: the response streams through to its client.
             if outcome == FetchOutcome::NotStored {
                 crate::telemetry::fill_not_stored(&limits.service, "budget");
@@ -621,7 +751,14 @@ async fn run_fill(
     let stored = match kept {
         Some(mut k) if ended.is_ok() && p.declared_len.is_none_or(|d| d == len) => {
             let service = limits.service.clone();
-            let stored = p.store(std::mem::take(&mut k.chunks), len);
+            let stored = match k.spool.is_some() {
+                // Written to disk as it arrived: the rest, then the head.
+                true => match (k.spill().await, k.spool.take()) {
+                    (Ok(()), Some(spool)) => p.store_spooled(spool).await,
+                    _ => false,
+                },
+                false => p.store(std::mem::take(&mut k.chunks), len),
+            };
             // The bytes now count against the cache's own budget.
             drop(k);
             if !stored {

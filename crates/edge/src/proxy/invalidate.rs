@@ -10,6 +10,7 @@ use super::RequestCtx;
 use crate::body::EdgeBody;
 use crate::client_body::ClientBody;
 use crate::error::ProxyError;
+use crate::store::PurgeMode;
 use http::{header, Method, Response, Uri};
 
 /// Safe methods (RFC 9110 §9.2.1). Every other method, including extension methods, is
@@ -31,6 +32,15 @@ pub(crate) async fn forward_unsafe(
     if status.is_success() || status.is_redirection() {
         let store = &ctx.state.store;
         store.remove(&super::lookup::cache_key(ctx, ctx.path_and_query.as_str()));
+        let (pq, now) = (ctx.path_and_query.as_str(), std::time::SystemTime::now());
+        super::slice::purge_url(
+            store.as_ref(),
+            &ctx.svc.name,
+            &ctx.host,
+            pq,
+            PurgeMode::Hard,
+            now,
+        );
         for name in [header::LOCATION, header::CONTENT_LOCATION] {
             if let Some(target) = resp
                 .headers()
@@ -38,6 +48,14 @@ pub(crate) async fn forward_unsafe(
                 .and_then(|v| same_host_target(ctx, v))
             {
                 store.remove(&super::lookup::cache_key(ctx, &target));
+                super::slice::purge_url(
+                    store.as_ref(),
+                    &ctx.svc.name,
+                    &ctx.host,
+                    &target,
+                    PurgeMode::Hard,
+                    now,
+                );
             }
         }
     }

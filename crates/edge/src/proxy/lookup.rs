@@ -21,6 +21,13 @@ pub(crate) async fn cached(
     ctx: &RequestCtx,
     rule: Option<RuleAction>,
 ) -> Result<Response<EdgeBody>, ProxyError> {
+    if let Some(size) = ctx
+        .svc
+        .slice_bytes
+        .filter(|_| !super::slice::stored_whole(ctx))
+    {
+        return super::slice::serve(ctx, rule, size).await;
+    }
     let key = cache_key(ctx, ctx.path_and_query.as_str());
     let mut policy = ctx.svc.policy;
     if let Some(RuleAction::ForceTtl(ttl)) = rule {
@@ -34,14 +41,24 @@ pub(crate) async fn cached(
     for _ in 0..MAX_COALESCE_ROUNDS {
         let now = SystemTime::now();
         let variants = ctx.state.store.get(&key);
-        let stored = variants
+        let mut stored = variants
             .as_ref()
             .and_then(|v| v.select(&ctx.headers))
             .cloned();
+        let mut from_disk = false;
+        if let Some(obj) = stored.take_if(|o| o.body.file().is_some()) {
+            // In the disk tier: a small body is read, checked and promoted now; an unreadable
+            // one was dropped and this is a miss.
+            from_disk = true;
+            stored = ctx.state.store.load(&key, obj).await;
+        }
         if let Some(obj) = &stored {
             let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time >= t);
             if obj.freshness.ttl(now).is_some() || fetched_for_us {
-                let status = CacheStatus::hit().collapsed(waited_since.is_some());
+                let mut status = CacheStatus::hit().collapsed(waited_since.is_some());
+                if from_disk {
+                    status = status.detail("disk");
+                }
                 return Ok(from_object(ctx, obj, status, now));
             }
             if !obj.freshness.stale_while_revalidate.is_zero()

@@ -9,6 +9,7 @@ mod invalidate;
 mod lookup;
 mod respond;
 pub(crate) mod route;
+pub(crate) mod slice;
 mod tier;
 
 use crate::body::EdgeBody;

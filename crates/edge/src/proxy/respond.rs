@@ -9,7 +9,7 @@ use crate::http::conditional::{not_modified, not_modified_response};
 use crate::http::freshness::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 use crate::http::headers::{append_via, strip_hop_by_hop};
 use crate::http::range::{self, RangeDecision};
-use crate::store::StoredObject;
+use crate::store::{ObjectBody, StoredObject};
 use crate::telemetry::{self, CacheResult};
 use firebreak_config::HeaderOp;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
@@ -143,7 +143,7 @@ pub(crate) fn from_object(
                 *r.status_mut() = obj.status;
                 if !head {
                     ctx.svc.counters.cache_bytes.increment(obj.body_len);
-                    *r.body_mut() = EdgeBody::chunks(obj.body.iter().cloned());
+                    *r.body_mut() = object_body(obj, 0, obj.body_len);
                 }
             }
             RangeDecision::Partial { start, end } => {
@@ -156,7 +156,7 @@ pub(crate) fn from_object(
                     h.insert(header::CONTENT_RANGE, v);
                 }
                 ctx.svc.counters.cache_bytes.increment(end - start);
-                *r.body_mut() = EdgeBody::chunks(obj.body_range(start, end));
+                *r.body_mut() = object_body(obj, start, end);
             }
             RangeDecision::Unsatisfiable => {
                 *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
@@ -171,6 +171,18 @@ pub(crate) fn from_object(
     };
     resp.headers_mut().insert(header::AGE, age);
     finish(ctx, resp, status)
+}
+
+/// Body bytes `start..end` of a stored object: shared chunks from memory (no copy), or a
+/// reader of its file in the disk tier.
+pub(crate) fn object_body(obj: &StoredObject, start: u64, end: u64) -> EdgeBody {
+    match &obj.body {
+        ObjectBody::Memory(chunks) if start == 0 && end >= obj.body_len => {
+            EdgeBody::chunks(chunks.iter().cloned())
+        }
+        ObjectBody::Memory(_) => EdgeBody::chunks(obj.body_range(start, end)),
+        ObjectBody::Disk(file) => EdgeBody::disk(file.clone(), start, end),
+    }
 }
 
 /// Finishing touches for every response leaving the edge. Hop-by-hop fields must already be

@@ -40,6 +40,21 @@ impl StoredHeaders {
         }
     }
 
+    /// The packed `name:value\n` lines (for the disk tier).
+    pub fn block(&self) -> &[u8] {
+        &self.block
+    }
+
+    /// Fields from a packed block read back from storage; lines that do not parse are
+    /// skipped when the fields are read.
+    pub fn from_block(block: Bytes) -> Self {
+        let lines = block.iter().filter(|b| **b == b'\n').count();
+        Self {
+            block,
+            count: u16::try_from(lines).unwrap_or(u16::MAX),
+        }
+    }
+
     /// The fields, in their original order.
     pub fn iter(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
         let mut offset = 0usize;

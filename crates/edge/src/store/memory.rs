@@ -244,6 +244,42 @@ impl MemoryStore {
         Some(old)
     }
 
+    /// Every object a purge of `target` would touch, before it does.
+    pub(crate) fn matching(&self, target: PurgeTarget<'_>) -> Vec<Arc<StoredObject>> {
+        let of_key = |key: &CacheKey, select: &dyn Fn(&StoredObject) -> bool| {
+            self.cache
+                .get(key)
+                .map(|v| {
+                    v.objects
+                        .iter()
+                        .filter(|o| select(o))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        match target {
+            PurgeTarget::Url(key) => of_key(key, &|_| true),
+            PurgeTarget::Tag { service, tag } => self
+                .tags
+                .keys(service, tag)
+                .iter()
+                .flat_map(|key| of_key(key, &|o| o.has_tag(tag)))
+                .collect(),
+            PurgeTarget::Service(service) => self
+                .cache
+                .iter()
+                .filter(|(k, _)| k.service() == service)
+                .flat_map(|(_, v)| v.objects.clone())
+                .collect(),
+        }
+    }
+
+    /// Removes the variants of `key` that `select` picks (no purge generation moves).
+    pub(crate) fn remove_where(&self, key: &CacheKey, select: impl Fn(&StoredObject) -> bool) {
+        self.purge_variants(key, PurgeMode::Hard, SystemTime::now(), select);
+    }
+
     /// Purges the variants of `key` that `select` picks; returns how many.
     fn purge_variants(
         &self,
@@ -347,6 +383,7 @@ impl Storage for MemoryStore {
             evictions: self.evictions.load(Ordering::Relaxed),
             fill_bytes: self.fills.used(),
             fill_budget: self.fills.limit(),
+            disk: None,
         }
     }
 
@@ -386,7 +423,7 @@ mod tests {
         Arc::new(StoredObject {
             status: StatusCode::OK,
             headers: Default::default(),
-            body: vec![Bytes::from(vec![0u8; len])],
+            body: vec![Bytes::from(vec![0u8; len])].into(),
             body_len: len as u64,
             vary: VaryKey::default(),
             freshness: Freshness {
@@ -519,7 +556,7 @@ mod tests {
             let obj = StoredObject {
                 status: StatusCode::OK,
                 headers: Default::default(),
-                body: vec![body.clone()],
+                body: vec![body.clone()].into(),
                 body_len: body.len() as u64,
                 vary: VaryKey::default(),
                 freshness: tagged(0, &[]).freshness,

@@ -1,16 +1,26 @@
 //! Cache storage: what a stored response is, how variants are selected, and the
 //! [`Storage`] trait that the memory store (and later a disk tier) implements.
 
+pub mod disk;
 mod head;
+mod hybrid;
 mod memory;
 mod object;
 
 pub use head::StoredHeaders;
 
+pub use disk::{DiskError, DiskFile, DiskSpool, DiskStats};
+pub use hybrid::HybridStore;
 pub use memory::MemoryStore;
 pub use object::{
-    surrogate_keys, CacheKey, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS, MAX_VARIANTS,
+    surrogate_keys, CacheKey, ObjectBody, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS,
+    MAX_VARIANTS,
 };
+
+/// What [`Storage::load`] returns: the object ready to serve, or `None` when its body could
+/// not be read (it was dropped; treat it as a miss).
+pub type LoadFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Option<Arc<StoredObject>>> + Send + 'a>>;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +39,8 @@ pub struct StoreStats {
     pub fill_bytes: u64,
     /// The bound on `fill_bytes`.
     pub fill_budget: u64,
+    /// The disk tier's counts, when there is one.
+    pub disk: Option<DiskStats>,
 }
 
 /// Memory held by fills in progress (responses being received before they are stored), for
@@ -128,4 +140,29 @@ pub trait Storage: Send + Sync + 'static {
     fn put_if_generation(&self, key: CacheKey, object: Arc<StoredObject>, generation: u64) -> bool;
     /// The memory budget of fills in progress.
     fn fills(&self) -> &FillBudget;
+    /// Resolves once what purges and removals did so far is on disk (hard-purged files
+    /// unlinked, soft-purged ones marked), so a purge answered is not undone by a restart.
+    /// `None` when there is nothing to wait for (memory only).
+    fn synced(&self) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        None
+    }
+    /// Stops what runs behind the store (the disk tier's writer) and releases what it holds
+    /// (the cache directory's lock), keeping what is stored for the next start.
+    fn close(&self) {}
+    /// The largest object the store can take by writing it to disk as it arrives (0: none;
+    /// objects beyond the memory tier's bound are not stored).
+    fn spool_max(&self) -> u64 {
+        0
+    }
+    /// Starts writing a large object to disk as it arrives (blocking: call it off the async
+    /// threads); `None` when the store cannot now.
+    fn spool(&self) -> Option<std::io::Result<DiskSpool>> {
+        None
+    }
+    /// Makes an object selected from [`Storage::get`] ready to serve. Objects in memory are
+    /// ready; a small one on disk is read whole, checked and promoted to memory; `None` when
+    /// its file fails a check (it is dropped: serve it as a miss).
+    fn load<'a>(&'a self, _key: &'a CacheKey, object: Arc<StoredObject>) -> LoadFuture<'a> {
+        Box::pin(std::future::ready(Some(object)))
+    }
 }

@@ -72,6 +72,17 @@ impl CacheKey {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The key as one string (service, host and target separated by newlines).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A key read back from storage: `None` unless it has the three parts of
+    /// [`CacheKey::new`].
+    pub fn from_stored(s: &str) -> Option<Self> {
+        (s.split('\n').count() >= 3 && !s.is_empty()).then(|| Self(s.into()))
+    }
 }
 
 /// The request header values a stored response was selected with (its `Vary` fields).
@@ -128,6 +139,16 @@ impl VaryKey {
         Some(Self { fields })
     }
 
+    /// The fields and the request's values for them, in order.
+    pub fn fields(&self) -> &[(HeaderName, Option<Box<str>>)] {
+        &self.fields
+    }
+
+    /// A key with these fields (read back from storage).
+    pub fn from_fields(fields: Vec<(HeaderName, Option<Box<str>>)>) -> Self {
+        Self { fields }
+    }
+
     /// Whether a new request selects this variant (RFC 9111 §4.1).
     pub fn matches(&self, request: &HeaderMap) -> bool {
         self.fields
@@ -174,16 +195,49 @@ fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<Box<str>> {
     any.then(|| out.into_boxed_str())
 }
 
-/// A stored response: head, body chunks (shared `Bytes`, never copied on a hit), the
-/// `Vary` values it was stored under, and its freshness.
+/// Where a stored body is.
+#[derive(Debug, Clone)]
+pub enum ObjectBody {
+    /// In memory: chunks in order (shared `Bytes`, never copied on a hit).
+    Memory(Vec<Bytes>),
+    /// In a file of the disk tier, read block by block as it is sent.
+    Disk(Arc<super::disk::DiskFile>),
+}
+
+impl ObjectBody {
+    /// The in-memory chunks, if the body is in memory.
+    pub fn chunks(&self) -> Option<&[Bytes]> {
+        match self {
+            ObjectBody::Memory(c) => Some(c),
+            ObjectBody::Disk(_) => None,
+        }
+    }
+
+    /// The disk file, if the body is on disk.
+    pub fn file(&self) -> Option<&Arc<super::disk::DiskFile>> {
+        match self {
+            ObjectBody::Memory(_) => None,
+            ObjectBody::Disk(f) => Some(f),
+        }
+    }
+}
+
+impl From<Vec<Bytes>> for ObjectBody {
+    fn from(chunks: Vec<Bytes>) -> Self {
+        ObjectBody::Memory(chunks)
+    }
+}
+
+/// A stored response: head, body (in memory or in the disk tier), the `Vary` values it was
+/// stored under, and its freshness.
 #[derive(Debug)]
 pub struct StoredObject {
     /// Response status.
     pub status: StatusCode,
     /// Response header fields as stored (hop-by-hop fields already removed).
     pub headers: super::StoredHeaders,
-    /// Body chunks in order.
-    pub body: Vec<Bytes>,
+    /// The body.
+    pub body: ObjectBody,
     /// Sum of the chunk lengths.
     pub body_len: u64,
     /// Request header values this variant was stored under.
@@ -220,14 +274,22 @@ impl StoredObject {
     pub fn weight(&self) -> u64 {
         let headers = self.headers.size() + 32;
         let tags: usize = self.surrogate_keys.iter().map(|k| k.len() + 16).sum();
-        self.body_len + headers as u64 + tags as u64 + self.vary.weight() + OBJECT_OVERHEAD
+        let body = match &self.body {
+            ObjectBody::Memory(_) => self.body_len,
+            ObjectBody::Disk(file) => super::disk::weight_on_disk(file),
+        };
+        body + headers as u64 + tags as u64 + self.vary.weight() + OBJECT_OVERHEAD
     }
 
-    /// Body bytes `start..end` as shared slices of the stored chunks (no copy).
+    /// Body bytes `start..end` as shared slices of the stored chunks (no copy); empty for a
+    /// body on disk (read it with [`crate::body::EdgeBody::disk`]).
     pub fn body_range(&self, start: u64, end: u64) -> Vec<Bytes> {
         let mut out = Vec::new();
         let mut offset = 0u64;
-        for chunk in &self.body {
+        let Some(chunks) = self.body.chunks() else {
+            return out;
+        };
+        for chunk in chunks {
             let len = chunk.len() as u64;
             let (lo, hi) = (start.max(offset), end.min(offset + len));
             if lo < hi {
@@ -348,7 +410,7 @@ mod tests {
         Arc::new(StoredObject {
             status: StatusCode::OK,
             headers: Default::default(),
-            body: vec![Bytes::from_static(body)],
+            body: vec![Bytes::from_static(body)].into(),
             body_len: body.len() as u64,
             vary,
             freshness: Freshness {
@@ -406,7 +468,10 @@ mod tests {
         let k = VaryKey::from_exchange(&resp, &req).unwrap();
         set = set.with(object(k, b"new"));
         assert_eq!(set.objects.len(), MAX_VARIANTS);
-        assert_eq!(&set.select(&req).unwrap().body[0][..], b"new");
+        assert_eq!(
+            &set.select(&req).unwrap().body.chunks().unwrap()[0][..],
+            b"new"
+        );
         // A response without Vary drops the keyed variants.
         let plain = set.with(object(VaryKey::default(), b"plain"));
         assert_eq!(plain.objects.len(), 1);
@@ -425,19 +490,28 @@ mod tests {
         // Readers keep using it while an attacker mints values, interleaved and in bursts.
         for i in 0..(MAX_VARIANTS * 4) {
             if i % 8 == 0 {
-                assert_eq!(&set.select(&popular).unwrap().body[0][..], b"popular");
+                assert_eq!(
+                    &set.select(&popular).unwrap().body.chunks().unwrap()[0][..],
+                    b"popular"
+                );
             }
             set = set.with(object(key(&format!("junk{i}")).0, b"junk"));
             assert!(set.objects.len() <= MAX_VARIANTS);
         }
-        assert_eq!(&set.select(&popular).unwrap().body[0][..], b"popular");
+        assert_eq!(
+            &set.select(&popular).unwrap().body.chunks().unwrap()[0][..],
+            b"popular"
+        );
         // A revalidated popular copy keeps its standing.
         let (k, _) = key("popular");
         set = set.with(object(k, b"popular2"));
         for i in 0..(MAX_VARIANTS * 2) {
             set = set.with(object(key(&format!("more{i}")).0, b"junk"));
         }
-        assert_eq!(&set.select(&popular).unwrap().body[0][..], b"popular2");
+        assert_eq!(
+            &set.select(&popular).unwrap().body.chunks().unwrap()[0][..],
+            b"popular2"
+        );
     }
 
     #[test]
@@ -465,7 +539,8 @@ mod tests {
             Bytes::from_static(b"abc"),
             Bytes::from_static(b"def"),
             Bytes::from_static(b"gh"),
-        ];
+        ]
+        .into();
         o.body_len = 8;
         let joined = |v: Vec<Bytes>| v.iter().flat_map(|b| b.to_vec()).collect::<Vec<u8>>();
         assert_eq!(joined(o.body_range(2, 7)), b"cdefg");

@@ -12,7 +12,11 @@
 //! servers are never tried; when every server is open the request fails at once
 //! ([`ProxyError::OriginUnavailable`], 503 with `Retry-After`) and the fetch serves stale
 //! where it may.
+//!
+//! Interim (1xx) responses are skipped by hyper, or queued for the client when its listener
+//! can send them ([`interim`]); a `101` is a malformed answer (the edge never asks to upgrade).
 
+pub mod interim;
 pub mod shield;
 mod tls;
 mod upload;
@@ -553,6 +557,7 @@ impl OriginPool {
         *request.headers_mut() = headers;
         let host = self.host_header.clone().unwrap_or_else(|| req.host.clone());
         request.headers_mut().insert(http::header::HOST, host);
+        interim::watch(&mut request);
         Ok(request)
     }
 }
@@ -562,6 +567,12 @@ fn classify(
     tls: bool,
 ) -> Result<Response<Incoming>, Failure> {
     match r {
+        // hyper skips every other 1xx but returns a 101 as an upgrade. The edge never
+        // forwards `Upgrade` (hop-by-hop), so it answers nothing that was asked (RFC 9110
+        // §15.2.2) and what follows it is another protocol: a malformed answer.
+        Ok(resp) if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS => Err(Failure::Bad(
+            "101 Switching Protocols to a request that asked for no upgrade".into(),
+        )),
         Ok(resp) => Ok(resp),
         Err(e) => {
             if let Some(client) = client_body_error(&e) {

@@ -539,3 +539,49 @@ pub async fn status_from(from: &str, to: SocketAddr, path: &str) -> Option<u16> 
 pub fn with_limits(base: &str, limits: &str, clients: &str) -> String {
     format!("{base}\n[limits]\n{limits}\n\n[limits.clients]\n{clients}\n")
 }
+
+/// A fresh directory under the system's temporary directory, removed when the test ends.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new `TempDir` named after the test.
+pub fn temp_dir(name: &str) -> TempDir {
+    let mut r = [0u8; 6];
+    getrandom::fill(&mut r).unwrap();
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    TempDir(std::env::temp_dir().join(format!("fb-e2e-{name}-{hex}")))
+}
+
+/// `config` with a disk tier in `dir` and an admin listener taking `token`.
+pub fn with_disk(config: String, dir: &TempDir, token: &str) -> String {
+    config.replace(
+        "coalesce_wait_ms = 5000\n",
+        &format!(
+            "coalesce_wait_ms = 5000\n\n[cache.disk]\npath = \"{}\"\nmax_bytes = 268435456\n\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n",
+            dir.0.display()
+        ),
+    )
+}
+
+impl Edge {
+    /// Waits until the edge's disk tier has recovered and indexes at least `n` objects.
+    pub async fn disk_holds(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let d = self.handle.state().store.stats().disk.expect("a disk tier");
+            if d.keys >= n && !d.recovering {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "disk tier holds {d:?}, want {n} objects"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

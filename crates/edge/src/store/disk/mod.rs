@@ -1,0 +1,1073 @@
+//! The disk tier: objects kept in files, one per stored variant, under a byte bound, found
+//! again after a restart or a crash.
+//!
+//! - **Index in memory.** The tier's index is a [`MemoryStore`] whose objects have their body
+//!   on disk ([`ObjectBody::Disk`]): the same S3-FIFO eviction, variant selection and
+//!   surrogate-key index as the memory tier, weighed by the files' sizes. An object leaves
+//!   the index (evicted, replaced, purged) → its [`DiskFile`] is dropped with its last user →
+//!   the file is unlinked by the worker.
+//! - **Writes off the request path.** Objects stored in memory are queued (bounded by bytes)
+//!   for one worker thread, which writes each to `tmp/`, renames it into `objects/xx/` and
+//!   only then indexes it — if no purge of its service happened since its fetch began
+//!   ([`PurgeGate`]). A file under `objects/` is therefore complete.
+//! - **Reads stream.** A body is read in blocks of [`BLOCK`] bytes, each checked against its
+//!   CRC-32 before a byte of it is sent; a damaged block drops the object.
+//! - **Recovery.** At start a background thread reads every file's head (not its body),
+//!   checks lengths, magic and the head's checksum, and indexes it; anything else is removed.
+//!   Purges that arrive while it runs are remembered and applied to what it finds later.
+//! - **Purges are durable.** A hard purge unlinks the files, a soft purge writes an expiry
+//!   mark into each file, before the purge is answered ([`DiskTier::synced`]).
+//! - **Failure degrades.** A write that fails (disk full, I/O error) puts the tier in
+//!   memory-only mode for `retry_ms` (logged, counted); the edge never stops for its disk.
+
+mod format;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests;
+
+pub use format::{FormatError, BLOCK};
+
+use super::{
+    CacheKey, MemoryStore, ObjectBody, PurgeMode, PurgeTarget, Storage, StoredObject, Variants,
+};
+use bytes::{Bytes, BytesMut};
+use firebreak_config::DiskCacheConfig;
+use std::collections::hash_map::RandomState;
+use std::fs::File;
+use std::hash::BuildHasher;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Body bytes read per blocking read while streaming (a few blocks at a time).
+const READ_AHEAD: u64 = 4 * BLOCK;
+/// Recovery threads at most.
+const RECOVERY_THREADS: usize = 4;
+/// Generation slots of the purge gate (services hashed onto them).
+const GENERATION_SLOTS: usize = 64;
+/// A file's size on disk is counted in whole filesystem blocks.
+const FS_BLOCK: u64 = 4096;
+
+/// Purge generations shared by the memory and disk tiers, and the lock that keeps a
+/// check-and-store from being split by a purge (see [`super::HybridStore`]).
+pub(crate) struct PurgeGate {
+    generations: Box<[AtomicU64]>,
+    hasher: RandomState,
+    lock: RwLock<()>,
+}
+
+impl PurgeGate {
+    pub(crate) fn new() -> Self {
+        Self {
+            generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            hasher: RandomState::new(),
+            lock: RwLock::new(()),
+        }
+    }
+
+    fn slot(&self, service: &str) -> Option<&AtomicU64> {
+        let i = (self.hasher.hash_one(service) as usize) % self.generations.len();
+        self.generations.get(i)
+    }
+
+    /// The service's purge generation.
+    pub(crate) fn generation(&self, service: &str) -> u64 {
+        self.slot(service).map_or(0, |g| g.load(Ordering::Acquire))
+    }
+
+    /// Runs `f` with purges held off, if the service's generation is still `generation`.
+    pub(crate) fn if_generation<T>(
+        &self,
+        service: &str,
+        generation: u64,
+        f: impl FnOnce() -> T,
+    ) -> Option<T> {
+        let _shared = self.lock.read().unwrap_or_else(|p| p.into_inner());
+        (self.generation(service) == generation).then(f)
+    }
+
+    /// Runs `f` with purges held off.
+    pub(crate) fn shared<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _shared = self.lock.read().unwrap_or_else(|p| p.into_inner());
+        f()
+    }
+
+    /// Moves the service's generation and runs `f` (the purge) with every store held off.
+    pub(crate) fn purge<T>(&self, service: &str, f: impl FnOnce() -> T) -> T {
+        let _exclusive = self.lock.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = self.slot(service) {
+            slot.fetch_add(1, Ordering::AcqRel);
+        }
+        f()
+    }
+}
+
+/// Counts and sizes of the disk tier, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    /// URLs indexed.
+    pub keys: u64,
+    /// Bytes on disk (files rounded up to filesystem blocks).
+    pub bytes: u64,
+    /// The bound.
+    pub max_bytes: u64,
+    /// Whether the index is still being recovered.
+    pub recovering: bool,
+    /// Whether writes are off after a failure.
+    pub degraded: bool,
+}
+
+/// What the worker thread does.
+enum Job {
+    /// Write an object, then index it if its service's generation is unchanged.
+    Write {
+        key: CacheKey,
+        object: Arc<StoredObject>,
+        generation: u64,
+        bytes: u64,
+    },
+    /// Remove a file (it left the index).
+    Unlink(PathBuf),
+    /// Write a soft purge's expiry mark.
+    MarkExpired(PathBuf, u64),
+    /// Remove the variant of `key` stored in this file (it failed a read).
+    Discard(CacheKey, PathBuf),
+    /// Answer when every job queued before has run.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+    /// Stop the worker.
+    Stop,
+}
+
+/// A purge that arrived while recovery ran: applied to the objects it finds afterwards.
+struct PurgeRecord {
+    target: OwnedTarget,
+    mode: PurgeMode,
+    at: SystemTime,
+}
+
+enum OwnedTarget {
+    Url(CacheKey),
+    Tag(Box<str>, Box<str>),
+    Service(Box<str>),
+}
+
+impl OwnedTarget {
+    fn of(target: PurgeTarget<'_>) -> Self {
+        match target {
+            PurgeTarget::Url(k) => OwnedTarget::Url(k.clone()),
+            PurgeTarget::Tag { service, tag } => OwnedTarget::Tag(service.into(), tag.into()),
+            PurgeTarget::Service(s) => OwnedTarget::Service(s.into()),
+        }
+    }
+
+    fn selects(&self, key: &CacheKey, object: &StoredObject) -> bool {
+        match self {
+            OwnedTarget::Url(k) => k == key,
+            OwnedTarget::Tag(service, tag) => key.service() == &**service && object.has_tag(tag),
+            OwnedTarget::Service(service) => key.service() == &**service,
+        }
+    }
+}
+
+/// State shared by the tier's handle, its worker, its recovery and every [`DiskFile`].
+struct Shared {
+    jobs: Mutex<Sender<Job>>,
+    /// Set when the tier shuts down: files dropped from then on are kept (they are still
+    /// indexed on disk for the next start).
+    closing: AtomicBool,
+    queued_bytes: AtomicU64,
+    queue_limit: u64,
+    /// Writes are off until this instant (ms since the tier opened), after a failure.
+    degraded_until_ms: AtomicU64,
+    retry: Duration,
+    opened: Instant,
+    recovering: AtomicBool,
+    /// Purges seen while recovering.
+    purges_while_recovering: Mutex<Vec<PurgeRecord>>,
+    next_id: AtomicU64,
+    /// This opening's number: the prefix of the files it writes, which recovery (reading
+    /// what earlier runs left) skips.
+    run: u32,
+}
+
+impl Shared {
+    fn send(&self, job: Job) -> bool {
+        match self.jobs.lock() {
+            Ok(tx) => tx.send(job).is_ok(),
+            Err(p) => p.into_inner().send(job).is_ok(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn degraded(&self) -> bool {
+        self.now_ms() < self.degraded_until_ms.load(Ordering::Relaxed)
+    }
+}
+
+/// A stored body's file. Dropped with the last object that refers to it: the file is then
+/// unlinked, unless the tier is shutting down.
+#[derive(Debug)]
+pub struct DiskFile {
+    path: PathBuf,
+    key: CacheKey,
+    head_len: u64,
+    body_len: u64,
+    shared: Arc<SharedRef>,
+}
+
+/// [`Shared`] behind a type that can be `Debug`.
+struct SharedRef(Shared);
+
+impl std::fmt::Debug for SharedRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DiskTier")
+    }
+}
+
+impl DiskFile {
+    /// Body length.
+    pub fn body_len(&self) -> u64 {
+        self.body_len
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Opens the file for reading (a reader keeps it open: a purge that unlinks the file
+    /// does not cut a response already being sent). Blocking.
+    pub fn open(&self) -> std::io::Result<File> {
+        File::open(&self.path)
+    }
+
+    /// Reads and checks body bytes from `start` (up to `READ_AHEAD` of them, and not past
+    /// `end`) from `file` (opened with [`DiskFile::open`]). Blocking: call it off the async
+    /// threads.
+    pub fn read_at(&self, file: &File, start: u64, end: u64) -> Result<Vec<Bytes>, FormatError> {
+        let end = end.min(self.body_len);
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let first = start / BLOCK;
+        let last = (end.min(first * BLOCK + READ_AHEAD) - 1) / BLOCK;
+        let from = format::block_offset(first);
+        let to = format::block_offset(last) + (self.body_len - last * BLOCK).min(BLOCK) + 4;
+        let len = usize::try_from(to - from).map_err(|_| FormatError::Length("read"))?;
+        let mut buf = BytesMut::zeroed(len);
+        file.read_exact_at(&mut buf, from)?;
+        let blocks = format::check_blocks(buf.freeze(), first, self.body_len)?;
+        // Trim to [start, end).
+        let mut out = Vec::with_capacity(blocks.len());
+        let mut offset = first * BLOCK;
+        for b in blocks {
+            let len = b.len() as u64;
+            let (lo, hi) = (start.max(offset), end.min(offset + len));
+            if lo < hi {
+                out.push(b.slice((lo - offset) as usize..(hi - offset) as usize));
+            }
+            offset += len;
+        }
+        Ok(out)
+    }
+
+    /// The file failed a read: it is dropped from the index and removed.
+    pub fn discard(&self, error: &FormatError) {
+        tracing::warn!(path = %self.path.display(), %error, "disk tier: object unreadable; dropped");
+        metrics::counter!("firebreak_disk_read_errors_total").increment(1);
+        self.shared
+            .0
+            .send(Job::Discard(self.key.clone(), self.path.clone()));
+    }
+
+    /// Bytes the file takes on disk.
+    fn disk_bytes(head_len: u64, body_len: u64) -> u64 {
+        format::file_len(head_len, body_len).div_ceil(FS_BLOCK) * FS_BLOCK
+    }
+}
+
+impl Drop for DiskFile {
+    fn drop(&mut self) {
+        if !self.shared.0.closing.load(Ordering::Acquire) {
+            self.shared
+                .0
+                .send(Job::Unlink(std::mem::take(&mut self.path)));
+        }
+    }
+}
+
+/// Bytes a disk object weighs in the tier's index: its file on disk, plus what its head
+/// holds in memory.
+pub(crate) fn weight_on_disk(file: &DiskFile) -> u64 {
+    DiskFile::disk_bytes(file.head_len, file.body_len)
+}
+
+/// Why the tier could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The directory cannot be created or used.
+    #[error("cache directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process holds the directory.
+    #[error("cache directory {0} is in use by another process")]
+    Locked(String),
+}
+
+/// The disk tier (see the module documentation).
+pub struct DiskTier {
+    index: Arc<MemoryStore>,
+    shared: Arc<SharedRef>,
+    gate: Arc<PurgeGate>,
+    root: PathBuf,
+    max_bytes: u64,
+    max_object: u64,
+    worker: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Holds the directory's lock until [`DiskTier::close`].
+    lock: Mutex<Option<File>>,
+}
+
+impl DiskTier {
+    /// Opens (creating) the cache directory, takes its lock, starts the worker and the
+    /// recovery of what the directory holds. Objects up to `max_object_bytes` are kept.
+    pub(crate) fn open(
+        config: &DiskCacheConfig,
+        max_object_bytes: u64,
+        gate: Arc<PurgeGate>,
+    ) -> Result<Self, DiskError> {
+        let root = PathBuf::from(&config.path);
+        let dir_err = |source| DiskError::Dir {
+            path: config.path.clone(),
+            source,
+        };
+        for i in 0..=0xffu32 {
+            std::fs::create_dir_all(root.join("objects").join(format!("{i:02x}")))
+                .map_err(dir_err)?;
+        }
+        std::fs::create_dir_all(root.join("tmp")).map_err(dir_err)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(root.join("lock"))
+            .map_err(dir_err)?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(|_| DiskError::Locked(config.path.clone()))?;
+        // Whatever was being written when the last process stopped is incomplete.
+        if let Ok(entries) = std::fs::read_dir(root.join("tmp")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let run = next_run(&root).map_err(dir_err)?;
+        let (tx, rx) = channel();
+        let shared = Arc::new(SharedRef(Shared {
+            jobs: Mutex::new(tx),
+            closing: AtomicBool::new(false),
+            queued_bytes: AtomicU64::new(0),
+            queue_limit: config.write_queue_bytes,
+            degraded_until_ms: AtomicU64::new(0),
+            retry: Duration::from_millis(config.retry_ms),
+            opened: Instant::now(),
+            recovering: AtomicBool::new(true),
+            purges_while_recovering: Mutex::new(Vec::new()),
+            next_id: AtomicU64::new(0),
+            run,
+        }));
+        let index = Arc::new(MemoryStore::new(config.max_bytes, max_object_bytes));
+        let worker = Worker {
+            root: root.clone(),
+            index: index.clone(),
+            shared: shared.clone(),
+            gate: gate.clone(),
+            last_error_log: None,
+        };
+        let worker = std::thread::Builder::new()
+            .name("disk-tier".into())
+            .spawn(move || worker.run(rx))
+            .map_err(dir_err)?;
+        let recovery = Recovery {
+            root: root.clone(),
+            index: index.clone(),
+            shared: shared.clone(),
+            gate: gate.clone(),
+        };
+        std::thread::Builder::new()
+            .name("disk-recovery".into())
+            .spawn(move || recovery.run())
+            .map_err(dir_err)?;
+        Ok(Self {
+            index,
+            shared,
+            gate,
+            root,
+            max_bytes: config.max_bytes,
+            max_object: max_object_bytes,
+            worker: Mutex::new(Some(worker)),
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// The variants indexed under `key`.
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<Variants>> {
+        self.index.get(key)
+    }
+
+    /// Queues a stored object (body in memory) for writing; it is indexed once written if
+    /// `generation` still holds. Skipped (counted) when the queue is full or the tier is
+    /// degraded.
+    pub(crate) fn write(&self, key: CacheKey, object: Arc<StoredObject>, generation: u64) {
+        let s = &self.shared.0;
+        if object.body.chunks().is_none() {
+            return;
+        }
+        if s.degraded() {
+            metrics::counter!("firebreak_disk_writes_total", "result" => "degraded").increment(1);
+            return;
+        }
+        let bytes = object.body_len + object.headers.size() as u64;
+        let queued = s
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                q.checked_add(bytes).filter(|t| *t <= s.queue_limit)
+            });
+        if queued.is_err() {
+            metrics::counter!("firebreak_disk_writes_total", "result" => "queue_full").increment(1);
+            return;
+        }
+        s.send(Job::Write {
+            key,
+            object,
+            generation,
+            bytes,
+        });
+    }
+
+    /// The largest object the tier keeps.
+    pub(crate) fn max_object(&self) -> u64 {
+        self.max_object
+    }
+
+    /// Starts writing a large object as it arrives (blocking: creates its file). `None` when
+    /// the tier takes no writes now (degraded, closing).
+    pub(crate) fn spool(&self) -> Option<std::io::Result<DiskSpool>> {
+        let s = &self.shared.0;
+        if s.degraded() || s.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{:08x}-{id:012x}", s.run);
+        let tmp = self.root.join("tmp").join(&name);
+        let path = self
+            .root
+            .join("objects")
+            .join(format!("{:02x}", id & 0xff))
+            .join(&name);
+        Some(DiskSpool::create(tmp, path, self).inspect_err(|e| {
+            tracing::warn!(error = %e, "disk tier: cannot start writing a large object");
+        }))
+    }
+
+    /// Indexes a refreshed head of an object whose body is on disk (same file).
+    pub(crate) fn update_head(&self, key: CacheKey, object: Arc<StoredObject>) {
+        if object.body.file().is_some() {
+            self.index.put(key, object);
+        }
+    }
+
+    /// Whether `key`'s index entry still holds `file`.
+    pub(crate) fn holds(&self, key: &CacheKey, file: &Arc<DiskFile>) -> bool {
+        self.index.get(key).is_some_and(|v| {
+            v.objects
+                .iter()
+                .any(|o| o.body.file().is_some_and(|f| Arc::ptr_eq(f, file)))
+        })
+    }
+
+    /// Purges from the index and queues the files' removal (hard) or expiry marks (soft).
+    /// Call inside [`PurgeGate::purge`]; [`DiskTier::synced`] resolves once the files are
+    /// done.
+    pub(crate) fn purge(&self, target: PurgeTarget<'_>, mode: PurgeMode, now: SystemTime) -> u64 {
+        let s = &self.shared.0;
+        if s.recovering.load(Ordering::Acquire) {
+            if let Ok(mut records) = s.purges_while_recovering.lock() {
+                records.push(PurgeRecord {
+                    target: OwnedTarget::of(target),
+                    mode,
+                    at: now,
+                });
+            }
+        }
+        let objects = self.index.matching(target);
+        let n = self.index.purge(target, mode, now);
+        let at = format::epoch_ms(now).max(1);
+        for o in objects {
+            if let Some(f) = o.body.file() {
+                match mode {
+                    PurgeMode::Hard => s.send(Job::Unlink(f.path.clone())),
+                    PurgeMode::Soft => s.send(Job::MarkExpired(f.path.clone(), at)),
+                };
+            }
+        }
+        n
+    }
+
+    /// Removes every variant of `key` (invalidation).
+    pub(crate) fn remove(&self, key: &CacheKey) -> bool {
+        self.purge(PurgeTarget::Url(key), PurgeMode::Hard, SystemTime::now()) > 0
+    }
+
+    /// Resolves when every file operation queued so far is done.
+    pub(crate) fn synced(&self) -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared.0.send(Job::Barrier(tx));
+        rx
+    }
+
+    /// Counts and sizes.
+    pub fn stats(&self) -> DiskStats {
+        let s = self.index.stats();
+        DiskStats {
+            keys: s.keys,
+            bytes: s.bytes,
+            max_bytes: self.max_bytes,
+            recovering: self.shared.0.recovering.load(Ordering::Acquire),
+            degraded: self.shared.0.degraded(),
+        }
+    }
+}
+
+impl DiskTier {
+    /// Stops the tier: what is queued is written, files still indexed stay for the next
+    /// start, the directory's lock is released. Reads of open bodies go on; nothing more is
+    /// written or removed.
+    pub(crate) fn close(&self) {
+        self.shared.0.closing.store(true, Ordering::Release);
+        self.shared.0.send(Job::Stop);
+        let worker = self.worker.lock().map(|mut w| w.take()).unwrap_or(None);
+        if let Some(w) = worker {
+            let _ = w.join();
+        }
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
+    }
+}
+
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The thread that writes, unlinks and marks files.
+struct Worker {
+    root: PathBuf,
+    index: Arc<MemoryStore>,
+    shared: Arc<SharedRef>,
+    gate: Arc<PurgeGate>,
+    last_error_log: Option<Instant>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(job) = rx.recv() {
+            match job {
+                Job::Write {
+                    key,
+                    object,
+                    generation,
+                    bytes,
+                } => {
+                    self.write(key, &object, generation);
+                    self.shared
+                        .0
+                        .queued_bytes
+                        .fetch_sub(bytes, Ordering::AcqRel);
+                }
+                Job::Unlink(path) => {
+                    if !path.as_os_str().is_empty() {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+                Job::MarkExpired(path, at) => {
+                    if let Ok(f) = File::options().write(true).open(&path) {
+                        if let Err(e) =
+                            f.write_all_at(&format::expired_field(at), format::EXPIRED_AT)
+                        {
+                            tracing::warn!(path = %path.display(), error = %e, "disk tier: cannot mark expired; removing");
+                            let _ = std::fs::remove_file(&path);
+                        }
+                    }
+                }
+                Job::Discard(key, path) => {
+                    self.index
+                        .remove_where(&key, |o| o.body.file().is_some_and(|f| f.path == path));
+                    let _ = std::fs::remove_file(&path);
+                }
+                Job::Barrier(tx) => {
+                    let _ = tx.send(());
+                }
+                Job::Stop => break,
+            }
+        }
+    }
+
+    fn write(&mut self, key: CacheKey, object: &StoredObject, generation: u64) {
+        let s = &self.shared.0;
+        if s.degraded() {
+            metrics::counter!("firebreak_disk_writes_total", "result" => "degraded").increment(1);
+            return;
+        }
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{:08x}-{id:012x}", s.run);
+        let tmp = self.root.join("tmp").join(&name);
+        let dir = self.root.join("objects").join(format!("{:02x}", id & 0xff));
+        let path = dir.join(&name);
+        let written = write_file(&tmp, &key, object).and_then(|head_len| {
+            // The 256 directories exist from the opening (recreated if someone removed one).
+            if let Err(e) = std::fs::rename(&tmp, &path) {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::rename(&tmp, &path).map_err(|_| e)?;
+            }
+            Ok(head_len)
+        });
+        let head_len = match written {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                self.failed(&e);
+                return;
+            }
+        };
+        metrics::counter!("firebreak_disk_writes_total", "result" => "ok").increment(1);
+        let on_disk = Arc::new(StoredObject {
+            status: object.status,
+            headers: object.headers.clone(),
+            body: ObjectBody::Disk(Arc::new(DiskFile {
+                path,
+                key: key.clone(),
+                head_len,
+                body_len: object.body_len,
+                shared: self.shared.clone(),
+            })),
+            body_len: object.body_len,
+            vary: object.vary.clone(),
+            freshness: object.freshness,
+            surrogate_keys: object.surrogate_keys.clone(),
+        });
+        let service = key.service().to_owned();
+        let stored = self.gate.if_generation(&service, generation, || {
+            self.index.put(key, on_disk.clone());
+        });
+        if stored.is_none() {
+            // Purged since its fetch began: the file goes with `on_disk`.
+            metrics::counter!("firebreak_disk_writes_total", "result" => "purged").increment(1);
+        }
+    }
+
+    fn failed(&mut self, e: &std::io::Error) {
+        let s = &self.shared.0;
+        let until = s
+            .now_ms()
+            .saturating_add(u64::try_from(s.retry.as_millis()).unwrap_or(u64::MAX));
+        s.degraded_until_ms.store(until, Ordering::Relaxed);
+        metrics::counter!("firebreak_disk_writes_total", "result" => "error").increment(1);
+        let quiet = self
+            .last_error_log
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+        if !quiet {
+            self.last_error_log = Some(Instant::now());
+            tracing::error!(
+                error = %e,
+                retry_in = ?s.retry,
+                "disk tier: write failed; serving from memory only until the retry"
+            );
+        }
+    }
+}
+
+/// Reads the directory's run counter, moves it on and writes it back (durably): each opening
+/// names its files with its own run number.
+fn next_run(root: &Path) -> std::io::Result<u32> {
+    let path = root.join("run");
+    let last = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let run = last.wrapping_add(1);
+    firebreak_protocol::durable::write_atomic(&path, format!("{run}\n").as_bytes())?;
+    Ok(run)
+}
+
+/// A large object written to the disk tier as it arrives (never held whole in memory): body
+/// blocks first, then the head once it is final, then the prefix that makes the file valid,
+/// then the rename into `objects/`. Blocking: call it off the async threads. Dropped before
+/// [`DiskSpool::finish`], its temporary file is removed.
+pub struct DiskSpool {
+    tmp: PathBuf,
+    path: PathBuf,
+    out: Option<BufWriter<File>>,
+    crc: crc32fast::Hasher,
+    in_block: u64,
+    written: u64,
+    index: Arc<MemoryStore>,
+    shared: Arc<SharedRef>,
+    gate: Arc<PurgeGate>,
+    max_object: u64,
+}
+
+impl DiskSpool {
+    fn create(tmp: PathBuf, path: PathBuf, tier: &DiskTier) -> std::io::Result<Self> {
+        let mut out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+        // The prefix is written last; until then the file is not valid.
+        out.write_all(&[0u8; format::PREFIX as usize])?;
+        Ok(Self {
+            tmp,
+            path,
+            out: Some(out),
+            crc: crc32fast::Hasher::new(),
+            in_block: 0,
+            written: 0,
+            index: tier.index.clone(),
+            shared: tier.shared.clone(),
+            gate: tier.gate.clone(),
+            max_object: tier.max_object,
+        })
+    }
+
+    /// Body bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends body bytes.
+    pub fn write(&mut self, chunks: &[Bytes]) -> std::io::Result<()> {
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("spool finished"))?;
+        for chunk in chunks {
+            if self.written + chunk.len() as u64 > self.max_object {
+                return Err(std::io::Error::other("object over the disk tier's bound"));
+            }
+            let mut rest: &[u8] = chunk;
+            while !rest.is_empty() {
+                let n = (BLOCK - self.in_block).min(rest.len() as u64) as usize;
+                let (part, tail) = rest.split_at(n);
+                out.write_all(part)?;
+                self.crc.update(part);
+                self.in_block += n as u64;
+                self.written += n as u64;
+                rest = tail;
+                if self.in_block == BLOCK {
+                    out.write_all(&std::mem::take(&mut self.crc).finalize().to_le_bytes())?;
+                    self.in_block = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Completes the file with `head` (an object whose body is ignored: the spooled bytes are
+    /// its body) and indexes it if the service's purge generation is still `generation`.
+    /// Returns whether it was stored.
+    pub fn finish(
+        mut self,
+        key: CacheKey,
+        head: &StoredObject,
+        generation: u64,
+    ) -> std::io::Result<bool> {
+        let mut out = self
+            .out
+            .take()
+            .ok_or_else(|| std::io::Error::other("spool finished"))?;
+        if self.in_block > 0 {
+            out.write_all(&std::mem::take(&mut self.crc).finalize().to_le_bytes())?;
+        }
+        let encoded = format::encode_head(
+            &key,
+            head.status,
+            &head.headers,
+            &head.vary,
+            &head.freshness,
+            &head.surrogate_keys,
+        );
+        out.write_all(&encoded)?;
+        out.write_all(&format::END)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.write_all_at(&format::prefix(&encoded, self.written), 0)?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.path)?;
+        metrics::counter!("firebreak_disk_writes_total", "result" => "ok").increment(1);
+        let on_disk = Arc::new(StoredObject {
+            status: head.status,
+            headers: head.headers.clone(),
+            body: ObjectBody::Disk(Arc::new(DiskFile {
+                path: std::mem::take(&mut self.path),
+                key: key.clone(),
+                head_len: encoded.len() as u64,
+                body_len: self.written,
+                shared: self.shared.clone(),
+            })),
+            body_len: self.written,
+            vary: head.vary.clone(),
+            freshness: head.freshness,
+            surrogate_keys: head.surrogate_keys.clone(),
+        });
+        let service = key.service().to_owned();
+        let stored = self
+            .gate
+            .if_generation(&service, generation, || {
+                self.index.put(key, on_disk.clone())
+            })
+            .is_some();
+        if !stored {
+            metrics::counter!("firebreak_disk_writes_total", "result" => "purged").increment(1);
+        }
+        Ok(stored)
+    }
+}
+
+impl Drop for DiskSpool {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes `object` (body in memory) to `path`; returns the head's length.
+fn write_file(path: &Path, key: &CacheKey, object: &StoredObject) -> std::io::Result<u64> {
+    let head = format::encode_head(
+        key,
+        object.status,
+        &object.headers,
+        &object.vary,
+        &object.freshness,
+        &object.surrogate_keys,
+    );
+    let chunks = object.body.chunks().unwrap_or_default();
+    let mut out = BufWriter::with_capacity(256 * 1024, File::create(path)?);
+    out.write_all(&format::prefix(&head, object.body_len))?;
+    let mut in_block = 0u64;
+    let mut crc = crc32fast::Hasher::new();
+    let mut written = 0u64;
+    for chunk in chunks {
+        let mut rest: &[u8] = chunk;
+        while !rest.is_empty() {
+            let n = (BLOCK - in_block).min(rest.len() as u64) as usize;
+            let (part, tail) = rest.split_at(n);
+            out.write_all(part)?;
+            crc.update(part);
+            in_block += n as u64;
+            written += n as u64;
+            rest = tail;
+            if in_block == BLOCK {
+                out.write_all(&std::mem::take(&mut crc).finalize().to_le_bytes())?;
+                in_block = 0;
+            }
+        }
+    }
+    if in_block > 0 {
+        out.write_all(&crc.finalize().to_le_bytes())?;
+    }
+    if written != object.body_len {
+        return Err(std::io::Error::other(
+            "body length disagrees with its chunks",
+        ));
+    }
+    out.write_all(&head)?;
+    out.write_all(&format::END)?;
+    out.into_inner().map_err(|e| e.into_error())?;
+    Ok(head.len() as u64)
+}
+
+/// Reads a file's head back into an object whose body is the file.
+fn read_file(
+    path: &Path,
+    shared: &Arc<SharedRef>,
+) -> Result<(CacheKey, StoredObject), FormatError> {
+    let mut file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let mut prefix = [0u8; format::PREFIX as usize];
+    file.read_exact(&mut prefix)?;
+    let lengths = format::read_prefix(&prefix, size)?;
+    let mut head = BytesMut::zeroed(lengths.head_len as usize);
+    file.read_exact_at(&mut head, format::head_offset(lengths.body_len))?;
+    let mut end = [0u8; 4];
+    file.read_exact_at(&mut end, size - 4)?;
+    if end != format::END {
+        return Err(FormatError::Magic);
+    }
+    let h = format::read_head(&prefix, &lengths, head.freeze())?;
+    let object = StoredObject {
+        status: h.status,
+        headers: h.headers,
+        body: ObjectBody::Disk(Arc::new(DiskFile {
+            path: path.to_path_buf(),
+            key: h.key.clone(),
+            head_len: lengths.head_len,
+            body_len: lengths.body_len,
+            shared: shared.clone(),
+        })),
+        body_len: lengths.body_len,
+        vary: h.vary,
+        freshness: h.freshness,
+        surrogate_keys: h.surrogate_keys,
+    };
+    Ok((h.key, object))
+}
+
+/// Parses `data` as a whole object file the way recovery and reads do (prefix, head, every
+/// body block), for fuzzing: files on disk are input like any other.
+pub fn parse_for_fuzzing(data: &[u8]) -> bool {
+    let size = data.len() as u64;
+    let Some(prefix) = data.get(..format::PREFIX as usize) else {
+        return false;
+    };
+    let Ok(lengths) = format::read_prefix(prefix, size) else {
+        return false;
+    };
+    let head_at = format::head_offset(lengths.body_len) as usize;
+    let Some(head) = data.get(head_at..head_at + lengths.head_len as usize) else {
+        return false;
+    };
+    if format::read_head(prefix, &lengths, Bytes::copy_from_slice(head)).is_err() {
+        return false;
+    }
+    if data.get(data.len().saturating_sub(format::END.len())..) != Some(&format::END[..]) {
+        return false;
+    }
+    let Some(body) = data.get(format::PREFIX as usize..head_at) else {
+        return false;
+    };
+    format::check_blocks(Bytes::copy_from_slice(body), 0, lengths.body_len).is_ok()
+}
+
+/// Rebuilds the index from the files at start.
+struct Recovery {
+    root: PathBuf,
+    index: Arc<MemoryStore>,
+    shared: Arc<SharedRef>,
+    gate: Arc<PurgeGate>,
+}
+
+impl Recovery {
+    fn run(self) {
+        let started = Instant::now();
+        let dirs: Vec<PathBuf> = std::fs::read_dir(self.root.join("objects"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, RECOVERY_THREADS);
+        let next = AtomicU64::new(0);
+        let found = AtomicU64::new(0);
+        let dropped = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(dir) = dirs.get(i) else { break };
+                    let Ok(entries) = std::fs::read_dir(dir) else {
+                        continue;
+                    };
+                    let ours = format!("{:08x}-", self.shared.0.run);
+                    for e in entries.flatten() {
+                        if self.shared.0.closing.load(Ordering::Acquire) {
+                            return;
+                        }
+                        // Written since this opening: already indexed by the worker.
+                        if e.file_name().to_string_lossy().starts_with(&ours) {
+                            continue;
+                        }
+                        match self.recover(&e.path()) {
+                            true => found.fetch_add(1, Ordering::Relaxed),
+                            false => dropped.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                });
+            }
+        });
+        let s = &self.shared.0;
+        // Purges remembered during recovery are no longer needed once it is over.
+        self.gate.shared(|| {
+            s.recovering.store(false, Ordering::Release);
+            if let Ok(mut r) = s.purges_while_recovering.lock() {
+                r.clear();
+            }
+        });
+        let objects = found.load(Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        metrics::counter!("firebreak_disk_recovered_objects_total").increment(objects);
+        tracing::info!(
+            objects,
+            removed = dropped.load(Ordering::Relaxed),
+            ms = elapsed.as_millis() as u64,
+            per_s = (objects as f64 / elapsed.as_secs_f64().max(1e-6)) as u64,
+            "disk tier recovered"
+        );
+    }
+
+    /// Indexes one file; false when it was removed (damaged, purged, superseded).
+    fn recover(&self, path: &Path) -> bool {
+        let (key, mut object) = match read_file(path, &self.shared) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), error = %e, "disk tier: unusable file removed");
+                metrics::counter!("firebreak_disk_corrupt_total").increment(1);
+                let _ = std::fs::remove_file(path);
+                return false;
+            }
+        };
+        let s = &self.shared.0;
+        self.gate.shared(|| {
+            if let Ok(records) = s.purges_while_recovering.lock() {
+                // Every file recovery reads predates the purge (it was there at the opening).
+                for r in records.iter() {
+                    if !r.target.selects(&key, &object) {
+                        continue;
+                    }
+                    match r.mode {
+                        // Dropping `object` removes the file.
+                        PurgeMode::Hard => return false,
+                        PurgeMode::Soft => {
+                            let expired = object.expired_copy(r.at);
+                            if let Some(f) = object.body.file() {
+                                s.send(Job::MarkExpired(
+                                    f.path.clone(),
+                                    format::epoch_ms(r.at).max(1),
+                                ));
+                            }
+                            object = expired;
+                        }
+                    }
+                }
+            }
+            // A newer copy of the same variant (stored since the start) wins.
+            let newer = self.index.get(&key).is_some_and(|v| {
+                v.objects.iter().any(|o| {
+                    o.vary == object.vary
+                        && o.freshness.response_time >= object.freshness.response_time
+                })
+            });
+            if newer {
+                return false;
+            }
+            self.index.put(key, Arc::new(object));
+            true
+        })
+    }
+}
