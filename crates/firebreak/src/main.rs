@@ -1048,7 +1048,10 @@ mod tests {
         let disk = std::path::Path::new("/var/cache/fb");
         let c = super::one_origin_config(&super::OneOrigin {
             disk: Some((disk, 512)),
-            admin: Some(("127.0.0.1:9".parse().unwrap(), "one-origin-admin-token".into())),
+            admin: Some((
+                "127.0.0.1:9".parse().unwrap(),
+                "one-origin-admin-token".into(),
+            )),
             ..o("127.0.0.1:9000", 64)
         })
         .unwrap();

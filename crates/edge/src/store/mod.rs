@@ -1,5 +1,5 @@
-//! Cache storage: what a stored response is, how variants are selected, and the
-//! [`Storage`] trait that the memory store (and later a disk tier) implements.
+//! Cache storage: what a stored response is, how variants are selected, the
+//! [`Storage`] trait, the memory store, and the disk tier behind it ([`HybridStore`]).
 
 pub mod disk;
 mod head;

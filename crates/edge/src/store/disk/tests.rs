@@ -1,6 +1,7 @@
 //! The disk tier with real files: written, recovered after a reopen, damaged, purged,
 //! bounded, locked, failing.
 
+use super::recovery::read_file;
 use super::*;
 use crate::http::freshness::Freshness;
 use crate::store::{HybridStore, StoredHeaders, VaryKey};
