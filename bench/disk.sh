@@ -387,6 +387,16 @@ fi
   [[ -n $FIREBREAK_SKIP ]] && echo "firebreak_skip=$FIREBREAK_SKIP"
   true
 } >> "$META"
+# The shield's origin requests: the process drill (firebreak up's 3 POPs x 2 edges, the demo
+# service shielded by one POP). SHIELD=0 leaves it out.
+if [[ ${SHIELD:-1} == 1 ]]; then
+  log "shield drill (cargo test -p firebreak --test shield_drill)"
+  if shield=$(cargo test --locked -q -p firebreak --test shield_drill -- --nocapture 2>&1); then
+    echo "$shield" | grep -o 'origin requests for one cold object.*' | sed 's/^/shield=/' >> "$META"
+  else
+    echo "shield=the drill failed" >> "$META"
+  fi
+fi
 if [[ $OUT == - ]]; then
   $DLIB report "$CSV" "$META"
 else

@@ -352,14 +352,27 @@ def report(path, meta_path):
         p()
     p("## Shield: origin requests")
     p()
-    p("Placeholder: the numbers come from the shield drill, which is being written separately. "
-      "Run `cargo test -p firebreak --test shield_drill -- --nocapture` and copy its count here: "
-      "a cold object requested from every edge of every POP (with a shield POP configured) "
-      "must cost exactly one origin request.")
+    p("`cargo test -p firebreak --test shield_drill -- --nocapture`: real processes (control "
+      "plane, the demo origin, 3 POPs x 2 edges as `firebreak up` runs them, the demo service "
+      "shielded by one POP); the demo origin counts the requests for the object's path. "
+      "Target: exactly one origin request for a cold object asked of every edge of every POP.")
     p()
-    p("| test | edges × POPs | origin requests for one cold object | expected |")
-    p("|---|---|---|---|")
-    p("| `shield_drill` | – | – (not run yet) | 1 |")
+    shield = [v for k, v in meta_lines(meta_path) if k == "shield"]
+    if not shield:
+        p("Not run (SHIELD=0).")
+    for line in shield:
+        p(f"- {line}")
+    p()
+
+
+def meta_lines(path):
+    """Every `key=value` line of the meta file, repeated keys included."""
+    out = []
+    for ln in open(path):
+        if "=" in ln:
+            k, v = ln.rstrip("\n").split("=", 1)
+            out.append((k, v))
+    return out
 
 
 if __name__ == "__main__":
