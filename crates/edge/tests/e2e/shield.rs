@@ -25,37 +25,9 @@ fn tier_config(origin: SocketAddr, pop: &str, shield_edges: &[SocketAddr], extra
             list.join(", ")
         )
     };
-    format!(
-        r#"
-[[listener]]
-addr = "127.0.0.1:0"
-
-[cache]
-max_bytes = 67108864
-max_object_bytes = 16777216
-coalesce_wait_ms = 5000
-
-[tier]
-pop = "{pop}"
-secret = "{SECRET}"
-{members}
-
-[[service]]
-name = "test"
-hosts = ["localhost", "test.example"]
-default = true
-
-[service.origin]
-connect_timeout_ms = 1000
-response_timeout_ms = 2000
-servers = [{{ addr = "{origin}" }}]
-
-[service.shield]
-pop = "pa"
-
-{extra}
-"#
-    )
+    let tier = format!("[tier]\npop = \"{pop}\"\nsecret = \"{SECRET}\"\n{members}\n");
+    config(origin, "").replacen("[[service]]", &format!("{tier}[[service]]"), 1)
+        + &format!("\n[service.shield]\npop = \"pa\"\n\n{extra}\n")
 }
 
 async fn shield_edge(origin: &TestOrigin, extra: &str) -> Edge {
