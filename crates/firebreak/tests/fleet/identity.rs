@@ -295,18 +295,27 @@ async fn fake_edges_are_bounded_and_pruned() {
     }
     assert_eq!((joined, refused), (20, 30));
     assert_eq!(c.store.identities().await.unwrap().len(), 20);
-    // Nobody reports for them: they are pruned with their credentials, and audited.
+    // Nobody reports for them: they are pruned with their credentials, and audited. Each
+    // audit entry is appended just after its edge is removed, so wait for both.
     eventually("the fake edges are pruned", 30, || async {
         c.store.identities().await.unwrap().is_empty().then_some(())
     })
     .await;
-    let (_, audit) = c.call(Method::GET, "/v1/audit?limit=100", None).await;
-    let pruned = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "edge-pruned")
-        .count();
+    let pruned_entries = || async {
+        let (_, audit) = c.call(Method::GET, "/v1/audit?limit=100", None).await;
+        let pruned = audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "edge-pruned")
+            .count();
+        (pruned, audit)
+    };
+    eventually("every prune is audited", 30, || async {
+        (pruned_entries().await.0 >= 20).then_some(())
+    })
+    .await;
+    let (pruned, audit) = pruned_entries().await;
     assert_eq!(pruned, 20, "{audit:#}");
     let (s, b) = join(&c, "fake-50", EDGE, None).await;
     assert_eq!(s, StatusCode::CREATED, "{b}");
