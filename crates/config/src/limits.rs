@@ -50,6 +50,8 @@ pub const MAX_DISK_CACHE_BYTES: u64 = 1 << 46;
 pub const MAX_DISK_PATH_LEN: usize = 4096;
 /// Most concurrent client connections per edge process (bounds for `limits.max_connections`).
 pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+/// Most `limits.connection_workers` (threads serving client connections).
+pub const MAX_CONNECTION_WORKERS: usize = 1024;
 /// Largest request body limit an operator can set: 64 GiB.
 pub const MAX_REQUEST_BODY_LIMIT: u64 = 64 << 30;
 /// Shortest admin token: 16 characters keeps guessing out of reach.

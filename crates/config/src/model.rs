@@ -178,6 +178,9 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Largest request body forwarded to an origin (413 beyond it).
     pub max_request_body_bytes: u64,
+    /// Threads serving client connections over HTTP/1.1 and h2, each with its own runtime
+    /// (a connection stays on one); 0, the default, is one per core. Takes effect on restart.
+    pub connection_workers: usize,
     /// Connection deadlines and per-client limits (`[limits.clients]`).
     pub clients: crate::clients::ClientLimitsConfig,
 }
@@ -189,6 +192,7 @@ impl Default for LimitsConfig {
             header_read_timeout_ms: 10_000,
             max_connections: 10_000,
             max_request_body_bytes: 100 * 1024 * 1024,
+            connection_workers: 0,
             clients: Default::default(),
         }
     }

@@ -276,6 +276,12 @@ fn limits(c: &mut Checker, limits: &LimitsConfig) {
             format!("must be between 1 and {MAX_CONNECTIONS_LIMIT}"),
         );
     }
+    if limits.connection_workers > MAX_CONNECTION_WORKERS {
+        c.fail(
+            &[Key("limits"), Key("connection_workers")],
+            format!("must be at most {MAX_CONNECTION_WORKERS} (0: one per core)"),
+        );
+    }
     crate::clients::check(c, &limits.clients);
 }
 

@@ -11,6 +11,7 @@ use crate::store::{HybridStore, MemoryStore, Storage};
 use crate::telemetry::{self, AccessLog};
 use firebreak_config::{load_file, ValidConfig};
 use firebreak_protocol::health::{Counts, ServiceHealth};
+use firebreak_protocol::serve::workers::ConnectionWorkers;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,6 +39,9 @@ pub struct EdgeHandle {
     /// One permit per open connection; all permits back means all connections closed.
     permits: Arc<Semaphore>,
     max_connections: u32,
+    /// The threads serving client connections (HTTP/1.1, h2); dropped with the handle, which
+    /// ends the connections still open on them.
+    _workers: Arc<ConnectionWorkers>,
 }
 
 /// Why an edge could not start or reload.
@@ -110,6 +114,12 @@ impl EdgeServer {
         let per_address = Arc::new(AddressTable::new(
             limits.clients.max_connections_per_address,
         ));
+        let threads = std::num::NonZeroUsize::new(limits.connection_workers)
+            .unwrap_or_else(firebreak_protocol::serve::workers::default_threads);
+        let workers = Arc::new(
+            ConnectionWorkers::start(threads, "fb-conn")
+                .map_err(|e| ServerError::Config(format!("connection workers: {e}")))?,
+        );
         let mut tasks = Vec::new();
         let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
         let permits = Arc::new(Semaphore::new(max_connections as usize));
@@ -141,7 +151,8 @@ impl EdgeServer {
             addrs.push(addr);
             tls_flags.push(tls);
             let mut conf =
-                ListenerConf::new("client", &limits, proxy_protocol, per_address.clone());
+                ListenerConf::new("client", &limits, proxy_protocol, per_address.clone())
+                    .with_workers(&workers);
             if let (true, Some(tls_config)) = (tls, &tls_config) {
                 conf = conf.with_tls(tls_config.clone());
             }
@@ -166,7 +177,9 @@ impl EdgeServer {
                 if let Some(alt_svc) = &alt_svc {
                     req.extensions_mut().insert(alt_svc.clone());
                 }
-                handle(state.clone(), req, client_ip)
+                // Boxed: hyper and the listener move the request's future around; a
+                // pointer moves cheaper than the future's few kilobytes.
+                Box::pin(handle(state.clone(), req, client_ip))
             };
             tasks.push(tokio::spawn(accept_loop(
                 listener,
@@ -195,6 +208,7 @@ impl EdgeServer {
             stop,
             permits,
             max_connections,
+            _workers: workers,
         })
     }
 }

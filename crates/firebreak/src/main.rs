@@ -318,6 +318,10 @@ struct EdgeArgs {
     /// printed when not given.
     #[arg(long, requires = "origin")]
     admin_token: Option<String>,
+    /// Threads serving the one-origin edge's connections (`[limits] connection_workers`;
+    /// 0: one per core).
+    #[arg(long, default_value_t = 0, requires = "origin")]
+    workers: usize,
     /// How the edge joins and follows a control plane (`--control URL`).
     #[command(flatten)]
     member: member_flags::MemberFlags,
@@ -922,6 +926,7 @@ async fn edge(args: EdgeArgs) -> Result<(), String> {
                 cache_mib: args.cache_mib,
                 disk,
                 admin,
+                workers: args.workers,
             })?
         }
         (None, None) => {
@@ -956,6 +961,8 @@ struct OneOrigin<'a> {
     disk: Option<(&'a std::path::Path, u64)>,
     /// Admin listener and its token.
     admin: Option<(SocketAddr, String)>,
+    /// Connection worker threads; 0 for one per core.
+    workers: usize,
 }
 
 /// A TOML basic string of `s`, or an error naming `what` when it cannot be one simply.
@@ -987,6 +994,9 @@ fn one_origin_config(o: &OneOrigin<'_>) -> Result<ValidConfig, String> {
         "[[listener]]\naddr = \"{listen}\"\n\n[cache]\nmax_bytes = {max_bytes}\n\
          max_object_bytes = {max_object}\n\n"
     );
+    if o.workers > 0 {
+        text.push_str(&format!("[limits]\nconnection_workers = {}\n\n", o.workers));
+    }
     if let Some((dir, mib)) = o.disk {
         let path = toml_str("--disk-dir", &dir.to_string_lossy())?;
         let disk_bytes = mib.saturating_mul(1024 * 1024);
@@ -1037,6 +1047,7 @@ mod tests {
             cache_mib,
             disk: None,
             admin: None,
+            workers: 0,
         };
         let c = super::one_origin_config(&o("http://127.0.0.1:9000/", 64)).unwrap();
         assert_eq!(c.services[0].origin.servers[0].addr, "127.0.0.1:9000");

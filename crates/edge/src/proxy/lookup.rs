@@ -17,6 +17,11 @@ use std::time::{Duration, SystemTime};
 const MAX_COALESCE_ROUNDS: usize = 3;
 
 /// Serves a cacheable GET/HEAD: fresh hit, stale-while-revalidate, or a (coalesced) fetch.
+///
+/// Every path but the memory hit awaits a boxed future: a future is as large as its largest
+/// state and is copied whole each time it moves (into hyper's dispatcher, into
+/// `catch_unwind`), so keeping the fetch, slice and disk states out of it keeps the hit
+/// path's request future small (5.5 KiB before, 2.5 KiB after; `bench/quick.sh`: +5%).
 pub(crate) async fn cached(
     ctx: &RequestCtx,
     rule: Option<RuleAction>,
@@ -26,7 +31,7 @@ pub(crate) async fn cached(
         .slice_bytes
         .filter(|_| !super::slice::stored_whole(ctx))
     {
-        return super::slice::serve(ctx, rule, size).await;
+        return Box::pin(super::slice::serve(ctx, rule, size)).await;
     }
     let key = cache_key(ctx, ctx.path_and_query.as_str());
     let mut policy = ctx.svc.policy;
@@ -50,7 +55,7 @@ pub(crate) async fn cached(
             // In the disk tier: a small body is read, checked and promoted now; an unreadable
             // one was dropped and this is a miss.
             from_disk = true;
-            stored = ctx.state.store.load(&key, obj).await;
+            stored = Box::pin(ctx.state.store.load(&key, obj)).await;
         }
         if let Some(obj) = &stored {
             let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time >= t);
@@ -83,14 +88,19 @@ pub(crate) async fn cached(
         if stored.is_none()
             && (ctx.method == Method::HEAD || ctx.headers.contains_key(header::RANGE))
         {
-            return pass(ctx, None, CacheStatus::fwd(reason).detail("not-filled")).await;
+            return Box::pin(pass(
+                ctx,
+                None,
+                CacheStatus::fwd(reason).detail("not-filled"),
+            ))
+            .await;
         }
         let leader = match ctx.state.coalescer.join(&key) {
             Join::Leader(leader) => leader,
             Join::Pass => Leader::detached(),
             Join::Waiter(waiter) => {
                 crate::telemetry::coalesced(&ctx.svc.name);
-                let outcome = waiter.wait(coalesce_wait).await;
+                let outcome = Box::pin(waiter.wait(coalesce_wait)).await;
                 match outcome {
                     FetchOutcome::Stored => {
                         waited_since.get_or_insert(now);
@@ -108,20 +118,27 @@ pub(crate) async fn cached(
             policy,
             background: false,
         };
-        return fetch(ctx, key, revalidate, leader, CacheStatus::fwd(reason)).await;
+        return Box::pin(fetch(
+            ctx,
+            key,
+            revalidate,
+            leader,
+            CacheStatus::fwd(reason),
+        ))
+        .await;
     }
     let revalidate = Revalidate {
         stored: None,
         policy,
         background: false,
     };
-    fetch(
+    Box::pin(fetch(
         ctx,
         key,
         revalidate,
         Leader::detached(),
         CacheStatus::fwd("miss"),
-    )
+    ))
     .await
 }
 

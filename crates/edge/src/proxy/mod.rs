@@ -388,7 +388,11 @@ async fn serve(
         )
         .await?;
     if ctx.svc.switches.disabled_by.is_some() || !ctx.svc.faults.is_empty() {
-        crate::drills::before_serving(&ctx.svc, ctx.path_and_query.path()).await?;
+        Box::pin(crate::drills::before_serving(
+            &ctx.svc,
+            ctx.path_and_query.path(),
+        ))
+        .await?;
     }
     dispatch(&ctx, rule, body).await
 }
@@ -402,14 +406,14 @@ async fn dispatch(
         Method::GET | Method::HEAD if ctx.svc.cache_enabled && rule != Some(RuleAction::Bypass) => {
             lookup::cached(ctx, rule).await
         }
-        Method::GET | Method::HEAD => pass(ctx, None, CacheStatus::fwd("bypass")).await,
+        Method::GET | Method::HEAD => Box::pin(pass(ctx, None, CacheStatus::fwd("bypass"))).await,
         // OPTIONS: the only other safe method that reaches here (TRACE, CONNECT refused).
         _ if invalidate::is_safe(&ctx.method) => {
             let body = request_body(ctx, body)?;
-            pass(ctx, body, CacheStatus::fwd("method")).await
+            Box::pin(pass(ctx, body, CacheStatus::fwd("method"))).await
         }
         // Unsafe, or of unknown safety (extension methods): RFC 9111 §4.4.
-        _ => invalidate::forward_unsafe(ctx, body).await,
+        _ => Box::pin(invalidate::forward_unsafe(ctx, body)).await,
     }
 }
 

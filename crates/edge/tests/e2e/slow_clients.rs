@@ -68,12 +68,20 @@ async fn abandoned_fills_stay_within_budget() {
     const CHUNK: usize = 64 * 1024;
     // Each origin body reports whether it was sent whole or cut off by the edge.
     let (done_tx, mut done) = mpsc::unbounded_channel::<bool>();
+    // The origin sends the first chunks, then the rest once every client has left: the edge
+    // serves connections on its own threads and could otherwise read all 6 MiB into socket
+    // buffers before a client leaves, which is a fill that was not abandoned.
+    let (gone_tx, gone) = tokio::sync::watch::channel(false);
     let origin = TestOrigin::start(move |_| {
         let (tx, rx) = mpsc::channel(1);
         let done_tx = done_tx.clone();
+        let mut gone = gone.clone();
         tokio::spawn(async move {
             let chunk = Bytes::from(vec![1u8; CHUNK]);
-            for _ in 0..SIZE / CHUNK {
+            for i in 0..SIZE / CHUNK {
+                if i == 2 {
+                    let _ = gone.wait_for(|g| *g).await;
+                }
                 if tx.send(Ok(chunk.clone())).await.is_err() {
                     let _ = done_tx.send(false);
                     return;
@@ -103,6 +111,7 @@ async fn abandoned_fills_stay_within_budget() {
         // The client leaves after the first bytes.
         drop(s);
     }
+    gone_tx.send_replace(true);
     let mut whole = 0;
     for _ in 0..FILLS {
         let sent_whole = tokio::time::timeout(Duration::from_secs(20), done.recv())

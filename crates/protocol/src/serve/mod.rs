@@ -20,6 +20,7 @@
 //! [`TlsInfo`].
 
 pub mod proxy_protocol;
+pub mod workers;
 
 use firebreak_config::LimitsConfig;
 use http::{Request, Response};
@@ -139,6 +140,9 @@ pub struct ListenerConf {
     h1: http1::Builder,
     h2: http2::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
+    /// Held weakly: the connections a worker runs hold this conf, and the owner of the
+    /// workers (the edge) ends them by dropping its `Arc`.
+    workers: Option<std::sync::Weak<workers::ConnectionWorkers>>,
 }
 
 impl ListenerConf {
@@ -168,10 +172,11 @@ impl ListenerConf {
         per_address: Arc<AddressTable>,
     ) -> Self {
         let mut h1 = http1::Builder::new();
+        // The watchdog (`Activity`, `drive`) enforces the head and idle deadlines with one
+        // timer per connection; hyper's own header timer would arm and cancel a timer (a
+        // boxed sleep in the timer wheel) for every request on the hit path.
         h1.timer(TokioTimer::new())
-            // The watchdog enforces the head and idle deadlines separately; hyper's timer
-            // (idle wait + head, counted from the end of the previous response) is a backstop.
-            .header_read_timeout(timeouts.keepalive + timeouts.head)
+            .header_read_timeout(None)
             .max_buf_size(protocol.max_header_bytes.max(MIN_BUF))
             // Header count stays at hyper's default limit (100, then 431): setting any other
             // value makes hyper heap-allocate its header index on every request.
@@ -192,7 +197,15 @@ impl ListenerConf {
             h1,
             h2,
             tls: None,
+            workers: None,
         }
+    }
+
+    /// Connections are served on `workers` (a runtime per core) instead of the runtime that
+    /// accepts them, for as long as the caller keeps `workers`.
+    pub fn with_workers(mut self, workers: &Arc<workers::ConnectionWorkers>) -> Self {
+        self.workers = Some(Arc::downgrade(workers));
+        self
     }
 
     /// The listener terminates TLS with `config` (certificates from its resolver at each
@@ -734,13 +747,33 @@ pub async fn accept_loop<H, F, B>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let conf = conf.clone();
         let handler = handler.clone();
         let stop = stop.clone();
-        tokio::spawn(async move {
+        let Some(workers) = conf.workers.as_ref().and_then(std::sync::Weak::upgrade) else {
+            let conf = conf.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _address = address;
+                connection(stream, peer, conf, stop, handler).await;
+            });
+            continue;
+        };
+        // The socket moves to the worker's reactor: it is registered there, not here.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand a connection to a worker");
+                continue;
+            }
+        };
+        let conf = conf.clone();
+        workers.spawn(async move {
             let _permit = permit;
             let _address = address;
-            connection(stream, peer, conf, stop, handler).await;
+            match TcpStream::from_std(stream) {
+                Ok(stream) => connection(stream, peer, conf, stop, handler).await,
+                Err(e) => tracing::warn!(error = %e, "a worker cannot take a connection"),
+            }
         });
     }
 }
