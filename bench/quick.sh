@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The hit path's regression guard (issue 15): under a minute, one machine, ratios in one run.
+#
+# An nginx origin serves a 1 KiB object (`SIZE`); the release edge caches it in front. wrk
+# (`-t1 -c64`, `SECS` seconds) asks origin-direct and the edge in turn, `REPS` times, and the
+# medians and the ratio edge / origin-direct are printed. With `BASE_BIN=path/to/firebreak`
+# (a build of the commit before a change) that binary is measured in the same rounds and the
+# ratio new / base is printed too: a change that costs 10% shows.
+#
+#   bench/quick.sh                                  # ~40 s
+#   BASE_BIN=/tmp/firebreak-before bench/quick.sh   # A/B, ~55 s
+#   SIZE=16384 REPS=5 SECS=5 bench/quick.sh
+#
+# Needs nginx and wrk (`apt-get install nginx-light wrk`); starts and stops only its own
+# processes (by PID) on 127.0.0.1 ports QUICK_PORT (28380) .. +3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-3}
+SECS=${SECS:-5}
+SIZE=${SIZE:-1024}
+PORT=${QUICK_PORT:-28380}
+BIN=${BIN:-target/release/firebreak}
+BASE_BIN=${BASE_BIN:-}
+for tool in nginx wrk; do
+  command -v "$tool" >/dev/null || { echo "quick.sh: needs $tool (apt-get install nginx-light wrk)" >&2; exit 2; }
+done
+[[ -n ${SKIP_BUILD:-} ]] || cargo build --release --locked -p firebreak >&2
+RUN=$(mktemp -d /tmp/fb-quick.XXXXXX)
+chmod 755 "$RUN" # nginx workers (www-data) read the object
+declare -a PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  [[ -n ${KEEP_RUN:-} ]] || rm -rf "$RUN"
+}
+trap cleanup EXIT
+
+mkdir -p "$RUN/www/static" "$RUN/tmp"
+head -c "$SIZE" /dev/urandom > "$RUN/www/static/obj.bin"
+cat > "$RUN/nginx.conf" <<EOF
+worker_processes auto;
+pid $RUN/nginx.pid;
+error_log $RUN/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on; tcp_nopush on; tcp_nodelay on;
+    keepalive_requests 1000000;
+    open_file_cache max=100 inactive=60s;
+    client_body_temp_path $RUN/tmp/body; proxy_temp_path $RUN/tmp/proxy;
+    fastcgi_temp_path $RUN/tmp/fastcgi; uwsgi_temp_path $RUN/tmp/uwsgi; scgi_temp_path $RUN/tmp/scgi;
+    server {
+        listen 127.0.0.1:$PORT backlog=4096 reuseport;
+        root $RUN/www;
+        location /static/ { add_header Cache-Control "public, max-age=3600" always; }
+    }
+}
+EOF
+nginx -p "$RUN" -e "$RUN/nginx-error.log" -c "$RUN/nginx.conf" -g 'daemon off;' &
+PIDS+=($!)
+
+declare -A URL=([origin]="http://127.0.0.1:$PORT/static/obj.bin")
+peers=(origin)
+start_edge() { # name binary port
+  "$2" edge --origin "127.0.0.1:$PORT" --listen "127.0.0.1:$3" >"$RUN/$1.log" 2>&1 &
+  PIDS+=($!)
+  URL[$1]="http://127.0.0.1:$3/static/obj.bin"
+  peers+=("$1")
+}
+start_edge edge "$BIN" $((PORT + 1))
+[[ -z $BASE_BIN ]] || start_edge base "$BASE_BIN" $((PORT + 2))
+
+for peer in "${peers[@]}"; do
+  ok=
+  for _ in $(seq 100); do
+    if curl -sf -o /dev/null "${URL[$peer]}"; then ok=1; break; fi
+    sleep 0.1
+  done
+  [[ -n $ok ]] || { echo "quick.sh: $peer did not answer" >&2; cat "$RUN/$peer.log" >&2 || true; exit 1; }
+  status=$(curl -s -o /dev/null -D - "${URL[$peer]}" | tr -d '\r' | awk -F': ' 'tolower($1)=="cache-status"{print $2}')
+  if [[ $peer != origin && $status != *"; hit"* ]]; then
+    echo "quick.sh: $peer does not answer hits (Cache-Status: $status)" >&2; exit 1
+  fi
+done
+
+declare -A RPS=() P99=()
+for rep in $(seq "$REPS"); do
+  for peer in "${peers[@]}"; do
+    out=$(wrk -t1 -c64 -d"${SECS}s" --latency "${URL[$peer]}")
+    rps=$(awk '/^Requests\/sec/{print $2}' <<<"$out")
+    p99=$(awk '$1=="99%"{v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
+    RPS[$peer]+="$rps "
+    P99[$peer]+="$p99 "
+    echo "rep $rep $peer: $rps req/s, p99 $p99 ms" >&2
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2)? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+echo "quick hit bench: $SIZE B object, wrk -t1 -c64 ${SECS}s x $REPS, $(nproc) cores, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)"
+origin=$(median <<<"${RPS[origin]}")
+for peer in "${peers[@]}"; do
+  r=$(median <<<"${RPS[$peer]}"); p=$(median <<<"${P99[$peer]}")
+  printf '%-7s %10.0f req/s  p99 %6.2f ms  / origin-direct %.3f\n' "$peer" "$r" "$p" "$(awk -v a="$r" -v b="$origin" 'BEGIN{print a/b}')"
+done
+if [[ -n $BASE_BIN ]]; then
+  # Paired per repetition: new / base in the same round, then the median.
+  paste <(tr ' ' '\n' <<<"${RPS[edge]}") <(tr ' ' '\n' <<<"${RPS[base]}") | awk 'NF==2 && $2>0{print $1/$2}' \
+    | median | xargs printf 'edge / base (paired median) %.3f\n'
+fi
