@@ -127,7 +127,7 @@ pub(crate) fn from_object(
     let status = status.with_ttl(obj.freshness.ttl_secs(now));
     let age = HeaderValue::from(obj.freshness.age(now).as_secs());
     let head = ctx.method == Method::HEAD;
-    let stored = obj.headers.to_map();
+    let stored = obj.headers.for_response();
     let mut resp = if obj.status == StatusCode::OK && not_modified(&ctx.headers, &stored) {
         not_modified_response(&stored, EdgeBody::Empty)
     } else {

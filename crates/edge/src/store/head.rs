@@ -4,15 +4,134 @@
 //! (bucket array sized for growth, 100-odd bytes per bucket). Cached objects keep their
 //! fields as `name:value\n` lines in one `Bytes` instead — a few hundred bytes — and build a
 //! `HeaderMap` when a response is made from them; values are slices of the buffer, not copies.
+//!
+//! Objects that are hit keep that map ready: the first response built from an object parses
+//! its block once into a shared map, and every later hit clones it (no name lookup, value
+//! check or hashing per hit). The ready maps of all objects together stay within
+//! [`READY_MAPS_BUDGET`] bytes; past it objects parse per hit as before, so an edge full of
+//! small hot objects does not grow by a map per object. A map's bytes return to the budget
+//! when its object leaves the cache.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+/// Bytes all objects' ready header maps may hold together (process-wide).
+pub const READY_MAPS_BUDGET: usize = 32 * 1024 * 1024;
+/// What one ready map is charged: the map and its index, per field a bucket.
+fn ready_map_charge(fields: usize) -> usize {
+    192 + fields * 128
+}
+
+/// A byte budget shared by ready header maps.
+#[derive(Debug)]
+pub struct MapBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl MapBudget {
+    /// A budget of `limit` bytes.
+    pub const fn new(limit: usize) -> Self {
+        Self {
+            used: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// Bytes held by ready maps now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        self.used() < self.limit
+    }
+
+    fn reserve(&self, charge: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b + charge <= self.limit).then_some(b + charge)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, charge: usize) {
+        self.used.fetch_sub(charge, Ordering::Relaxed);
+    }
+}
+
+/// The budget of every stored object's ready map.
+pub static READY_MAPS: MapBudget = MapBudget::new(READY_MAPS_BUDGET);
+
+struct Ready {
+    map: HeaderMap,
+    charge: usize,
+    budget: &'static MapBudget,
+}
+
+/// An object's parsed header map, built at its first hit when the budget allows. Not shared
+/// by copies of the object (a copy starts without one) and not part of equality.
+#[derive(Default)]
+struct ReadyMap(OnceLock<Box<Ready>>);
+
+impl std::fmt::Debug for ReadyMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "ready" } else { "-" })
+    }
+}
+
+impl ReadyMap {
+    fn get(&self) -> Option<&HeaderMap> {
+        self.0.get().map(|r| &r.map)
+    }
+
+    /// Installs `map` if `budget` has room for it; of racing installs one wins.
+    fn install(&self, map: HeaderMap, fields: usize, budget: &'static MapBudget) {
+        let charge = ready_map_charge(fields);
+        if !budget.reserve(charge) {
+            return;
+        }
+        let ready = Box::new(Ready {
+            map,
+            charge,
+            budget,
+        });
+        if self.0.set(ready).is_err() {
+            budget.release(charge);
+        }
+    }
+}
+
+impl Drop for ReadyMap {
+    fn drop(&mut self) {
+        if let Some(r) = self.0.get() {
+            r.budget.release(r.charge);
+        }
+    }
+}
+
+impl Clone for ReadyMap {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for ReadyMap {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ReadyMap {}
 
 /// Header fields of a stored response.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredHeaders {
     block: Bytes,
     count: u16,
+    ready: ReadyMap,
 }
 
 impl StoredHeaders {
@@ -37,6 +156,7 @@ impl StoredHeaders {
         Self {
             block: block.freeze(),
             count,
+            ready: ReadyMap::default(),
         }
     }
 
@@ -52,6 +172,7 @@ impl StoredHeaders {
         Self {
             block,
             count: u16::try_from(lines).unwrap_or(u16::MAX),
+            ready: ReadyMap::default(),
         }
     }
 
@@ -71,7 +192,27 @@ impl StoredHeaders {
         })
     }
 
-    /// A `HeaderMap` with every field.
+    /// The fields of a response served from this object (a hit): a clone of the ready map,
+    /// or parsed from the block and kept as the ready map when the budget allows.
+    pub fn for_response(&self) -> HeaderMap {
+        self.for_response_within(&READY_MAPS)
+    }
+
+    /// [`StoredHeaders::for_response`] with the ready map charged to `budget`.
+    pub fn for_response_within(&self, budget: &'static MapBudget) -> HeaderMap {
+        if let Some(map) = self.ready.get() {
+            return map.clone();
+        }
+        let map = self.to_map();
+        if budget.has_room() {
+            self.ready
+                .install(map.clone(), usize::from(self.count), budget);
+        }
+        map
+    }
+
+    /// A `HeaderMap` with every field, parsed from the block (the ready map, if any, is
+    /// neither used nor made: for revalidation and slice checks, not for hits).
     pub fn to_map(&self) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(usize::from(self.count));
         for (name, value) in self.iter() {
@@ -108,8 +249,39 @@ mod tests {
         ]);
         let stored = StoredHeaders::from_map(&src);
         assert_eq!(stored.to_map(), src);
+        assert_eq!(stored.for_response(), src);
+        assert_eq!(stored.for_response(), src);
         assert_eq!(stored.get(&http::header::ETAG).unwrap(), "W/\"x:y\"");
         assert!(stored.get(&http::header::AGE).is_none());
         assert_eq!(StoredHeaders::default().to_map().len(), 0);
+    }
+
+    #[test]
+    fn ready_maps_are_reused_within_their_budget_and_returned_with_the_object() {
+        // Room for two maps of two fields.
+        static BUDGET: MapBudget = MapBudget::new(2 * (192 + 2 * 128));
+        let src = headers(&[("content-type", "text/plain"), ("x-a", "1")]);
+        let objects: Vec<StoredHeaders> = (0..3).map(|_| StoredHeaders::from_map(&src)).collect();
+        for o in &objects {
+            assert_eq!(o.for_response_within(&BUDGET), src);
+        }
+        // The first two got a ready map; the third parses per hit, and answers the same.
+        let ready: Vec<bool> = objects.iter().map(|o| o.ready.get().is_some()).collect();
+        assert_eq!(ready, [true, true, false]);
+        assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
+        for o in &objects {
+            assert_eq!(o.for_response_within(&BUDGET), src);
+        }
+        // A copy (a soft purge's expired copy) starts without one and compares equal.
+        assert!(objects[0].clone().ready.get().is_none());
+        assert_eq!(objects[0].clone(), objects[0]);
+        // An object leaving the cache returns its map's bytes; the next hit may take them.
+        let mut objects = objects;
+        objects.remove(0);
+        assert_eq!(BUDGET.used(), 192 + 2 * 128);
+        assert_eq!(objects[1].for_response_within(&BUDGET), src);
+        assert!(objects[1].ready.get().is_some());
+        drop(objects);
+        assert_eq!(BUDGET.used(), 0);
     }
 }
