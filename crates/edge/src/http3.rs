@@ -397,7 +397,7 @@ async fn request(
         .and_then(|v| v.parse::<u64>().ok());
     let bodiless = length.is_none() && matches!(parts.method, Method::GET | Method::HEAD);
     parts.extensions.insert(tls);
-    let body = ClientBody::H3(H3Body::new(recv, length, bodiless));
+    let body = ClientBody::H3(Box::new(H3Body::new(recv, length, bodiless)));
     let (interim_tx, mut interim) = interim::channel();
     let handling = interim::forwarding(
         interim_tx,

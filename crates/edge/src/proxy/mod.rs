@@ -253,7 +253,14 @@ pub async fn handle<B: Into<ClientBody>>(
         (req.method().clone(), host, path, req.version())
     });
     let trace = Arc::new(RequestTrace::new());
-    let serving = serve(state.clone(), runtime, req, client_ip, id, trace.clone());
+    let serving = Box::pin(serve(
+        state.clone(),
+        runtime,
+        req,
+        client_ip,
+        id,
+        trace.clone(),
+    ));
     // A panic anywhere in request handling (up to the response head) ends this request with
     // a 500, never the connection or the process.
     let result = match AssertUnwindSafe(serving).catch_unwind().await {
