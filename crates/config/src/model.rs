@@ -179,7 +179,7 @@ pub struct LimitsConfig {
     /// Largest request body forwarded to an origin (413 beyond it).
     pub max_request_body_bytes: u64,
     /// Threads serving client connections over HTTP/1.1 and h2, each with its own runtime
-    /// (a connection stays on one); 0, the default, is one per core but one (at least one).
+    /// (a connection stays on one); 0, the default, is one per core.
     /// Takes effect on restart.
     pub connection_workers: usize,
     /// Connection deadlines and per-client limits (`[limits.clients]`).

@@ -279,7 +279,7 @@ fn limits(c: &mut Checker, limits: &LimitsConfig) {
     if limits.connection_workers > MAX_CONNECTION_WORKERS {
         c.fail(
             &[Key("limits"), Key("connection_workers")],
-            format!("must be at most {MAX_CONNECTION_WORKERS} (0: one per core but one)"),
+            format!("must be at most {MAX_CONNECTION_WORKERS} (0: one per core)"),
         );
     }
     crate::clients::check(c, &limits.clients);

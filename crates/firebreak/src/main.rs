@@ -319,7 +319,7 @@ struct EdgeArgs {
     #[arg(long, requires = "origin")]
     admin_token: Option<String>,
     /// Threads serving the one-origin edge's connections (`[limits] connection_workers`;
-    /// 0: one per core but one).
+    /// 0: one per core).
     #[arg(long, default_value_t = 0, requires = "origin")]
     workers: usize,
     /// How the edge joins and follows a control plane (`--control URL`).

@@ -127,7 +127,12 @@ pub(crate) fn from_object(
     let status = status.with_ttl(obj.freshness.ttl_secs(now));
     let age = HeaderValue::from(obj.freshness.age(now).as_secs());
     let head = ctx.method == Method::HEAD;
-    let stored = obj.headers.for_response();
+    // A hit from the disk tier was promoted just now and may well be evicted before it is
+    // asked again: it parses, and its next hit (from memory) makes the ready map.
+    let stored = match status.detail {
+        Some("disk") => obj.headers.to_map(),
+        _ => obj.headers.for_response(),
+    };
     let mut resp = if obj.status == StatusCode::OK && not_modified(&ctx.headers, &stored) {
         not_modified_response(&stored, EdgeBody::Empty)
     } else {

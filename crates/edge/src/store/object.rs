@@ -49,7 +49,23 @@ pub struct CacheKey(Arc<str>);
 impl CacheKey {
     /// Builds the key for a URL of a service. `host` is lowercased by the router.
     pub fn new(service: &str, host: &str, path_and_query: &str) -> Self {
-        let mut s = String::with_capacity(service.len() + host.len() + path_and_query.len() + 2);
+        let len = service.len() + host.len() + path_and_query.len() + 2;
+        // Most keys are short: assembled on the stack, they cost one allocation (the `Arc`)
+        // instead of two (a `String`, then the `Arc` it is copied into).
+        let mut buf = [0u8; 256];
+        if let Some(out) = buf.get_mut(..len) {
+            let mut at = 0;
+            for part in [service, "\n", host, "\n", path_and_query] {
+                if let Some(dst) = out.get_mut(at..at + part.len()) {
+                    dst.copy_from_slice(part.as_bytes());
+                }
+                at += part.len();
+            }
+            if let Ok(s) = std::str::from_utf8(out) {
+                return Self(Arc::from(s));
+            }
+        }
+        let mut s = String::with_capacity(len);
         s.push_str(service);
         s.push('\n');
         s.push_str(host);
@@ -512,6 +528,22 @@ mod tests {
             &set.select(&popular).unwrap().body.chunks().unwrap()[0][..],
             b"popular2"
         );
+    }
+
+    #[test]
+    fn cache_keys_short_and_long_are_the_same_string() {
+        for path in ["/a?b=c".to_owned(), format!("/{}", "x".repeat(300))] {
+            let key = CacheKey::new("svc", "example.com", &path);
+            assert_eq!(key.as_str(), format!("svc\nexample.com\n{path}"));
+            assert_eq!(key.service(), "svc");
+            assert_eq!(key.len(), key.as_str().len());
+        }
+        // Exactly at the stack buffer's size, and one past it.
+        for n in [256 - 14, 256 - 13] {
+            let path = "p".repeat(n);
+            let key = CacheKey::new("svc", "host", &path);
+            assert_eq!(key.as_str(), format!("svc\nhost\n{path}"));
+        }
     }
 
     #[test]

@@ -92,15 +92,13 @@ impl ConnectionWorkers {
     }
 }
 
-/// The default worker count: one per core the process may use but one, and at least one.
-/// The spare core takes the kernel's network stack, the shared runtime (HTTP/3, admin, the
-/// agent) and the disk tier's threads; a worker that has to share its core with them waits
-/// whole scheduler slices, which is what a tail latency is made of. On 2 cores with the load
-/// generator on the same machine, one worker served as many 1 KiB hits as two with a p99 of
-/// 0.9 ms instead of 3.8 ms (`bench/quick.sh`, ARCHITECTURE.md).
+/// The default worker count: one per core the process may use, as nginx's `worker_processes
+/// auto` and most proxies do. With a load generator on the same 2-core machine one worker
+/// gives a lower tail (p99 0.9 ms instead of 3.8 ms at 1 KiB) for as many 1 KiB hits, but 35%
+/// fewer 16 KiB disk hits, and a real edge has no load generator beside it; `--workers` /
+/// `connection_workers` choose otherwise (`bench/quick.sh`, ARCHITECTURE.md).
 pub fn default_threads() -> NonZeroUsize {
-    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-    NonZeroUsize::new(cores.saturating_sub(1)).unwrap_or(NonZeroUsize::MIN)
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ use firebreak_config::DiskCacheConfig;
 use std::collections::hash_map::RandomState;
 use std::fs::File;
 use std::hash::BuildHasher;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -257,8 +257,8 @@ impl DiskFile {
     }
 
     /// Reads and checks body bytes from `start` (up to `READ_AHEAD` of them, and not past
-    /// `end`) from `file` (opened with [`DiskFile::open`]). Blocking: call it off the async
-    /// threads.
+    /// `end`) from `file` (opened with [`DiskFile::open`]; its position moves, so one reader
+    /// at a time). Blocking: call it off the async threads.
     pub fn read_at(&self, file: &File, start: u64, end: u64) -> Result<Vec<Bytes>, FormatError> {
         let end = end.min(self.body_len);
         if start >= end {
@@ -269,9 +269,15 @@ impl DiskFile {
         let from = format::block_offset(first);
         let to = format::block_offset(last) + (self.body_len - last * BLOCK).min(BLOCK) + 4;
         let len = usize::try_from(to - from).map_err(|_| FormatError::Length("read"))?;
-        let mut buf = BytesMut::zeroed(len);
-        file.read_exact_at(&mut buf, from)?;
-        let blocks = format::check_blocks(buf.freeze(), first, self.body_len)?;
+        // Read into spare capacity (no zeroing of the buffer first): a seek and a read.
+        let mut buf = Vec::with_capacity(len);
+        let mut reader = file;
+        reader.seek(std::io::SeekFrom::Start(from))?;
+        reader.take(len as u64).read_to_end(&mut buf)?;
+        if buf.len() != len {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        let blocks = format::check_blocks(Bytes::from(buf), first, self.body_len)?;
         // Trim to [start, end).
         let mut out = Vec::with_capacity(blocks.len());
         let mut offset = first * BLOCK;
