@@ -559,3 +559,32 @@ fn slice_bytes_is_off_by_default_and_bounded() {
         }
     }
 }
+
+#[test]
+fn connection_workers_are_bounded() {
+    let text = |n: usize| {
+        format!(
+            "[[listener]]\naddr = \"127.0.0.1:8080\"\n\n[limits]\nconnection_workers = {n}\n\n\
+             [[service]]\nname = \"a\"\nhosts = [\"a.example\"]\n[service.origin]\n\
+             servers = [{{ addr = \"127.0.0.1:9000\" }}]\n"
+        )
+    };
+    let e = parse_str("edge.toml", &text(1025)).unwrap_err();
+    assert_eq!(e.errors[0].field, "limits.connection_workers", "{e}");
+    assert!(e.to_string().contains("edge.toml"), "{e}");
+    assert_eq!(
+        parse_str("edge.toml", &text(3))
+            .unwrap()
+            .limits
+            .connection_workers,
+        3
+    );
+    // 0 (the default) is one per core, decided when the edge starts.
+    assert_eq!(
+        parse_str("edge.toml", &text(0))
+            .unwrap()
+            .limits
+            .connection_workers,
+        0
+    );
+}
