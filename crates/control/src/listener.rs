@@ -23,7 +23,6 @@ use firebreak_protocol::serve::{accept_loop, AddressTable, ListenerConf, Protoco
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -249,7 +248,7 @@ pub async fn serve_maybe_tls(
     limits
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let listener = TcpListener::bind(listen).await?;
+    let listener = firebreak_protocol::serve::bind_listener(listen)?;
     let addr = listener.local_addr()?;
     let (stop, rx) = watch::channel(false);
     let bounds = BodyBounds::new(&limits);

@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use tokio::task::JoinHandle;
@@ -103,8 +102,7 @@ impl EdgeServer {
                     (l, Some(udp))
                 }
                 false => (
-                    TcpListener::bind(addr)
-                        .await
+                    crate::conn::bind_listener(addr)
                         .map_err(|source| ServerError::Bind { addr, source })?,
                     None,
                 ),

@@ -704,6 +704,24 @@ pub async fn stopped(mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The accept queue a listener asks for (the kernel caps it at `net.core.somaxconn`).
+/// tokio's default is 1024: when thousands of clients connect at once — every edge of a fleet
+/// after a control-plane restart — a full queue drops their handshakes, and a SYN-cookie
+/// connection whose ACK finds the queue full is reset.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` (address reuse on, as `TcpListener::bind`) with an
+/// accept queue of [`LISTEN_BACKLOG`].
+pub fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accepts connections on `listener` until the task is aborted and serves each with
 /// `handler(request, client address)`. `permits` bounds the listener's open connections;
 /// open connections finish gracefully when `stop` turns `true`.
