@@ -175,8 +175,8 @@ impl EdgeServer {
                 if let Some(alt_svc) = &alt_svc {
                     req.extensions_mut().insert(alt_svc.clone());
                 }
-                // Boxed: hyper and the listener move the request's future around; a
-                // pointer moves cheaper than the future's few kilobytes.
+                // Boxed: hyper and the listener move the request's future around (a
+                // move copies the whole future); a pointer moves for less.
                 Box::pin(handle(state.clone(), req, client_ip))
             };
             tasks.push(tokio::spawn(accept_loop(
