@@ -296,8 +296,14 @@ for rep in $(seq 1 "$REPS"); do
     [[ $peer == ats ]] && ram0=$(ats_ram)
     [[ $peer == firebreak ]] && fb0=$(fb_hits)
     before=$(origin_reqs)
+    perf_pid=""
+    if [[ -n ${PERF_OUT:-} && $peer == firebreak && $rep == 1 ]] && have perf; then
+      perf record -F 999 -g -p "${PID[firebreak]}" -o "$PERF_OUT" -- sleep 5 > /dev/null 2>&1 &
+      perf_pid=$!
+    fi
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$HERE/random.lua" \
       "http://127.0.0.1:${PORT[$peer]}" -- "$OBJECTS" > "$f" 2>&1 || true
+    [[ -n $perf_pid ]] && { wait "$perf_pid" || true; log "perf profile of firebreak's first run: $PERF_OUT"; }
     after=$(origin_reqs)
     read -r rps mib p50 p99 err < <($LIB wrkparse "$f") || { log "hit $peer rep $rep: wrk failed:"; cat "$f" >&2; continue; }
     orig=$((after - before - 1))

@@ -46,6 +46,8 @@ pub const MAX_CACHE_BYTES: u64 = 1 << 40;
 pub const MIN_DISK_CACHE_BYTES: u64 = 1 << 20;
 /// Largest disk tier (64 TiB).
 pub const MAX_DISK_CACHE_BYTES: u64 = 1 << 46;
+/// Most files of the disk tier kept open for reading (`cache.disk.open_files`).
+pub const MAX_DISK_OPEN_FILES: u32 = 1 << 20;
 /// Longest disk tier path.
 pub const MAX_DISK_PATH_LEN: usize = 4096;
 /// Most concurrent client connections per edge process (bounds for `limits.max_connections`).

@@ -250,6 +250,12 @@ fn cache(c: &mut Checker, cache: &CacheConfig) {
             );
         }
         c.timeout(&at("retry_ms"), disk.retry_ms);
+        if disk.open_files > MAX_DISK_OPEN_FILES {
+            c.fail(
+                &at("open_files"),
+                format!("must be at most {MAX_DISK_OPEN_FILES}"),
+            );
+        }
     }
 }
 

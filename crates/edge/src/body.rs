@@ -160,7 +160,7 @@ impl DiskReader {
             self.pending = Some(tokio::task::spawn_blocking(move || {
                 let f = match open {
                     Some(f) => f,
-                    None => Arc::new(file.open()?),
+                    None => file.open()?,
                 };
                 let chunks = file.read_at(&f, start, end)?;
                 Ok((f, chunks))

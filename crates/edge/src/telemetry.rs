@@ -14,7 +14,7 @@
 //!   `fills_not_stored_total{service,reason}`, `fill_clients_detached_total{service}`,
 //!   `fill_bytes`, `fill_budget_bytes` — the origin/fill path (see `upstream`, `proxy::fetch`).
 //! - Disk tier (`store::disk`): `disk_objects`, `disk_bytes`, `disk_max_bytes`,
-//!   `disk_recovering` (1 while the index is recovered at start), `disk_degraded` (1 while
+//!   `disk_open_files` (files kept open for reading), `disk_recovering` (1 while the index is recovered at start), `disk_degraded` (1 while
 //!   writes are off after a failure), `disk_recovered_objects_total`,
 //!   `disk_writes_total{result=ok|error|degraded|queue_full|purged}`, `disk_hits_total`,
 //!   `disk_read_errors_total`, `disk_corrupt_total` (files removed at recovery),
@@ -206,6 +206,7 @@ pub fn store(stats: StoreStats) {
         metrics::gauge!("firebreak_disk_max_bytes").set(disk.max_bytes as f64);
         metrics::gauge!("firebreak_disk_recovering").set(f64::from(u8::from(disk.recovering)));
         metrics::gauge!("firebreak_disk_degraded").set(f64::from(u8::from(disk.degraded)));
+        metrics::gauge!("firebreak_disk_open_files").set(disk.open_files as f64);
     }
 }
 

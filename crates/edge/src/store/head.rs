@@ -130,7 +130,6 @@ impl Eq for ReadyMap {}
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredHeaders {
     block: Bytes,
-    count: u16,
     ready: ReadyMap,
 }
 
@@ -142,20 +141,14 @@ impl StoredHeaders {
             .map(|(n, v)| n.as_str().len() + v.len() + 2)
             .sum();
         let mut block = BytesMut::with_capacity(size);
-        let mut count = 0u16;
-        for (name, value) in headers {
-            if count == u16::MAX {
-                break;
-            }
+        for (name, value) in headers.iter().take(usize::from(u16::MAX)) {
             block.extend_from_slice(name.as_str().as_bytes());
             block.extend_from_slice(b":");
             block.extend_from_slice(value.as_bytes());
             block.extend_from_slice(b"\n");
-            count += 1;
         }
         Self {
             block: block.freeze(),
-            count,
             ready: ReadyMap::default(),
         }
     }
@@ -168,12 +161,16 @@ impl StoredHeaders {
     /// Fields from a packed block read back from storage; lines that do not parse are
     /// skipped when the fields are read.
     pub fn from_block(block: Bytes) -> Self {
-        let lines = block.iter().filter(|b| **b == b'\n').count();
         Self {
             block,
-            count: u16::try_from(lines).unwrap_or(u16::MAX),
             ready: ReadyMap::default(),
         }
+    }
+
+    /// How many fields (lines) the block holds: counted, not kept (every byte of a stored
+    /// object is paid for by every object).
+    fn count(&self) -> usize {
+        self.block.iter().filter(|b| **b == b'\n').count()
     }
 
     /// The fields, in their original order.
@@ -205,8 +202,7 @@ impl StoredHeaders {
         }
         let map = self.to_map();
         if budget.has_room() {
-            self.ready
-                .install(map.clone(), usize::from(self.count), budget);
+            self.ready.install(map.clone(), self.count(), budget);
         }
         map
     }
@@ -214,7 +210,7 @@ impl StoredHeaders {
     /// A `HeaderMap` with every field, parsed from the block (the ready map, if any, is
     /// neither used nor made: for revalidation and slice checks, not for hits).
     pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(usize::from(self.count));
+        let mut map = HeaderMap::with_capacity(self.count());
         for (name, value) in self.iter() {
             map.append(name, value);
         }

@@ -115,7 +115,7 @@ impl HybridStore {
         let in_memory = Arc::new(StoredObject {
             status: object.status,
             headers: object.headers.clone(),
-            body: ObjectBody::Memory(chunks),
+            body: ObjectBody::Memory(chunks.into()),
             body_len: object.body_len,
             vary: object.vary.clone(),
             freshness: object.freshness,

@@ -250,7 +250,7 @@ impl MemoryStore {
             self.cache
                 .get(key)
                 .map(|v| {
-                    v.objects
+                    v.objects()
                         .iter()
                         .filter(|o| select(o))
                         .cloned()
@@ -270,7 +270,7 @@ impl MemoryStore {
                 .cache
                 .iter()
                 .filter(|(k, _)| k.service() == service)
-                .flat_map(|(_, v)| v.objects.clone())
+                .flat_map(|(_, v)| v.objects().to_vec())
                 .collect(),
         }
     }
@@ -291,19 +291,19 @@ impl MemoryStore {
         let Some(current) = self.cache.get(key) else {
             return 0;
         };
-        let hit = current.objects.iter().filter(|o| select(o)).count() as u64;
+        let hit = current.objects().iter().filter(|o| select(o)).count() as u64;
         if hit == 0 {
             return 0;
         }
         let kept: Vec<Arc<StoredObject>> = match mode {
             PurgeMode::Hard => current
-                .objects
+                .objects()
                 .iter()
                 .filter(|o| !select(o))
                 .cloned()
                 .collect(),
             PurgeMode::Soft => current
-                .objects
+                .objects()
                 .iter()
                 .map(|o| {
                     if select(o) {
@@ -470,7 +470,7 @@ mod tests {
         let key = CacheKey::new("s", "h", "/a");
         assert!(store.get(&key).is_none());
         store.put(key.clone(), object(10));
-        assert_eq!(store.get(&key).unwrap().objects.len(), 1);
+        assert_eq!(store.get(&key).unwrap().objects().len(), 1);
         assert!(store.remove(&key));
         assert!(!store.remove(&key));
     }
@@ -513,7 +513,7 @@ mod tests {
         let a = CacheKey::new("s1", "h", "/a");
         store.put(a.clone(), tagged(10, &["t"]));
         assert_eq!(store.purge(PurgeTarget::Url(&a), PurgeMode::Soft, now), 1);
-        let obj = store.get(&a).unwrap().objects[0].clone();
+        let obj = store.get(&a).unwrap().objects()[0].clone();
         assert!(obj.freshness.ttl(now + Duration::from_millis(1)).is_none());
         assert_eq!(
             store.tags.keys("s1", "t").len(),

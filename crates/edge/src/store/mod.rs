@@ -13,8 +13,8 @@ pub use disk::{DiskError, DiskFile, DiskSpool, DiskStats};
 pub use hybrid::HybridStore;
 pub use memory::MemoryStore;
 pub use object::{
-    surrogate_keys, CacheKey, ObjectBody, StoredObject, Variants, VaryKey, MAX_SURROGATE_KEYS,
-    MAX_VARIANTS,
+    surrogate_keys, CacheKey, Chunks, ObjectBody, StoredObject, Variants, VaryKey,
+    MAX_SURROGATE_KEYS, MAX_VARIANTS,
 };
 
 /// What [`Storage::load`] returns: the object ready to serve, or `None` when its body could

@@ -211,11 +211,45 @@ fn normalized(request: &HeaderMap, name: &HeaderName) -> Option<Box<str>> {
     any.then(|| out.into_boxed_str())
 }
 
+/// A body's chunks in memory, in order. Most bodies are one chunk (a small body is
+/// compacted into one when stored), kept inline: no vector to allocate per object.
+#[derive(Debug, Clone)]
+pub enum Chunks {
+    /// One chunk.
+    One(Bytes),
+    /// Any number (a large body as it arrived, or none).
+    Many(Box<[Bytes]>),
+}
+
+impl std::ops::Deref for Chunks {
+    type Target = [Bytes];
+
+    fn deref(&self) -> &[Bytes] {
+        match self {
+            Chunks::One(b) => std::slice::from_ref(b),
+            Chunks::Many(c) => c,
+        }
+    }
+}
+
+impl From<Vec<Bytes>> for Chunks {
+    fn from(mut chunks: Vec<Bytes>) -> Self {
+        match (chunks.pop(), chunks.is_empty()) {
+            (Some(one), true) => Chunks::One(one),
+            (Some(last), false) => {
+                chunks.push(last);
+                Chunks::Many(chunks.into_boxed_slice())
+            }
+            (None, _) => Chunks::Many(Box::new([])),
+        }
+    }
+}
+
 /// Where a stored body is.
 #[derive(Debug, Clone)]
 pub enum ObjectBody {
     /// In memory: chunks in order (shared `Bytes`, never copied on a hit).
-    Memory(Vec<Bytes>),
+    Memory(Chunks),
     /// In a file of the disk tier, read block by block as it is sent.
     Disk(Arc<super::disk::DiskFile>),
 }
@@ -224,7 +258,7 @@ impl ObjectBody {
     /// The in-memory chunks, if the body is in memory.
     pub fn chunks(&self) -> Option<&[Bytes]> {
         match self {
-            ObjectBody::Memory(c) => Some(c),
+            ObjectBody::Memory(c) => Some(&c[..]),
             ObjectBody::Disk(_) => None,
         }
     }
@@ -240,7 +274,7 @@ impl ObjectBody {
 
 impl From<Vec<Bytes>> for ObjectBody {
     fn from(chunks: Vec<Bytes>) -> Self {
-        ObjectBody::Memory(chunks)
+        ObjectBody::Memory(chunks.into())
     }
 }
 
@@ -328,34 +362,80 @@ impl StoredObject {
 /// ones, never the copy everyone else is reading. Uses are counted only while a URL has more
 /// than one variant, so the common single-variant hit pays nothing for it.
 #[derive(Debug, Default)]
-pub struct Variants {
-    /// The variants.
-    pub objects: Vec<Arc<StoredObject>>,
+pub struct Variants(Set);
+
+/// The variants, laid out for the common case: most URLs have one, which then costs no
+/// allocation beyond the set's own (no vector, no use counts).
+#[derive(Debug, Default)]
+enum Set {
+    #[default]
+    Empty,
+    One(Arc<StoredObject>),
+    Many(Box<Many>),
+}
+
+#[derive(Debug)]
+struct Many {
+    objects: Box<[Arc<StoredObject>]>,
     /// Selections of each variant (same order as `objects`), since it arrived or since the
     /// URL got its second variant.
-    hits: Vec<AtomicU64>,
+    hits: Box<[AtomicU64]>,
 }
 
 impl Variants {
-    /// A set of variants with no uses counted.
+    /// A set of variants (newest first) with no uses counted.
     pub fn new(objects: Vec<Arc<StoredObject>>) -> Self {
-        let hits = objects.iter().map(|_| AtomicU64::new(0)).collect();
-        Self { objects, hits }
+        Self::with_hits(objects.into_iter().map(|o| (o, 0)))
+    }
+
+    fn with_hits(objects: impl ExactSizeIterator<Item = (Arc<StoredObject>, u64)>) -> Self {
+        let mut objects = objects.peekable();
+        match objects.len() {
+            0 => Self(Set::Empty),
+            1 => match objects.next() {
+                Some((o, _)) => Self(Set::One(o)),
+                None => Self(Set::Empty),
+            },
+            _ => {
+                let (objects, hits): (Vec<_>, Vec<_>) =
+                    objects.map(|(o, h)| (o, AtomicU64::new(h))).unzip();
+                Self(Set::Many(Box::new(Many {
+                    objects: objects.into_boxed_slice(),
+                    hits: hits.into_boxed_slice(),
+                })))
+            }
+        }
+    }
+
+    /// The variants, newest first.
+    pub fn objects(&self) -> &[Arc<StoredObject>] {
+        match &self.0 {
+            Set::Empty => &[],
+            Set::One(o) => std::slice::from_ref(o),
+            Set::Many(m) => &m.objects,
+        }
     }
 
     /// The newest variant whose `Vary` values match the request (counted as a use).
     pub fn select(&self, request: &HeaderMap) -> Option<&Arc<StoredObject>> {
-        let i = self.objects.iter().position(|o| o.vary.matches(request))?;
-        if self.objects.len() > 1 {
-            if let Some(h) = self.hits.get(i) {
-                h.fetch_add(1, Ordering::Relaxed);
+        match &self.0 {
+            Set::Empty => None,
+            Set::One(o) => o.vary.matches(request).then_some(o),
+            Set::Many(m) => {
+                let i = m.objects.iter().position(|o| o.vary.matches(request))?;
+                if let Some(h) = m.hits.get(i) {
+                    h.fetch_add(1, Ordering::Relaxed);
+                }
+                m.objects.get(i)
             }
         }
-        self.objects.get(i)
     }
 
     fn hits_of(&self, i: usize) -> u64 {
-        self.hits.get(i).map_or(0, |h| h.load(Ordering::Relaxed))
+        match &self.0 {
+            Set::Many(m) => m.hits.get(i).map_or(0, |h| h.load(Ordering::Relaxed)),
+            _ => 0,
+        }
     }
 
     /// A new set with `object` added: it replaces the variant with the same `Vary` values
@@ -364,8 +444,8 @@ impl Variants {
     /// [`MAX_VARIANTS`] the least used goes, the youngest of equals first.
     pub fn with(&self, object: Arc<StoredObject>) -> Variants {
         let mut inherited = 0;
-        let mut kept: Vec<(Arc<StoredObject>, u64)> = Vec::with_capacity(self.objects.len());
-        for (i, o) in self.objects.iter().enumerate() {
+        let mut kept: Vec<(Arc<StoredObject>, u64)> = Vec::with_capacity(self.objects().len());
+        for (i, o) in self.objects().iter().enumerate() {
             if !o.vary.same_names(&object.vary) {
                 continue;
             }
@@ -389,25 +469,20 @@ impl Variants {
                 None => break,
             }
         }
-        let mut objects = Vec::with_capacity(kept.len() + 1);
-        let mut hits = Vec::with_capacity(kept.len() + 1);
-        objects.push(object);
-        hits.push(AtomicU64::new(inherited));
-        for (o, h) in kept {
-            objects.push(o);
-            hits.push(AtomicU64::new(h));
-        }
-        Variants { objects, hits }
+        let mut all = Vec::with_capacity(kept.len() + 1);
+        all.push((object, inherited));
+        all.extend(kept);
+        Variants::with_hits(all.into_iter())
     }
 
     /// Bytes counted against the cache budget.
     pub fn weight(&self) -> u64 {
-        self.objects.iter().map(|o| o.weight()).sum()
+        self.objects().iter().map(|o| o.weight()).sum()
     }
 
     /// Every purge tag of every variant.
     pub fn tags(&self) -> impl Iterator<Item = &str> {
-        self.objects
+        self.objects()
             .iter()
             .flat_map(|o| o.surrogate_keys.iter().map(|k| &**k))
     }
@@ -479,18 +554,18 @@ mod tests {
             req.insert("x-v", v);
             set = set.with(object(VaryKey::from_exchange(&resp, &req).unwrap(), b"x"));
         }
-        assert_eq!(set.objects.len(), MAX_VARIANTS);
+        assert_eq!(set.objects().len(), MAX_VARIANTS);
         let req = h(&[("x-v", "41")]);
         let k = VaryKey::from_exchange(&resp, &req).unwrap();
         set = set.with(object(k, b"new"));
-        assert_eq!(set.objects.len(), MAX_VARIANTS);
+        assert_eq!(set.objects().len(), MAX_VARIANTS);
         assert_eq!(
             &set.select(&req).unwrap().body.chunks().unwrap()[0][..],
             b"new"
         );
         // A response without Vary drops the keyed variants.
         let plain = set.with(object(VaryKey::default(), b"plain"));
-        assert_eq!(plain.objects.len(), 1);
+        assert_eq!(plain.objects().len(), 1);
     }
 
     #[test]
@@ -512,7 +587,7 @@ mod tests {
                 );
             }
             set = set.with(object(key(&format!("junk{i}")).0, b"junk"));
-            assert!(set.objects.len() <= MAX_VARIANTS);
+            assert!(set.objects().len() <= MAX_VARIANTS);
         }
         assert_eq!(
             &set.select(&popular).unwrap().body.chunks().unwrap()[0][..],
@@ -578,5 +653,19 @@ mod tests {
         assert_eq!(joined(o.body_range(2, 7)), b"cdefg");
         assert_eq!(joined(o.body_range(0, 8)), b"abcdefgh");
         assert_eq!(joined(o.body_range(7, 8)), b"h");
+    }
+}
+#[cfg(test)]
+mod layout {
+    use super::*;
+
+    /// Every cached object pays for these structures: growing them shows in memory per
+    /// object (`bench/`), so a change that does says so here. An `Arc<StoredObject>` of at
+    /// most 248 bytes is one 256-byte allocation with glibc's malloc.
+    #[test]
+    fn per_object_structures_stay_small() {
+        assert!(std::mem::size_of::<StoredObject>() <= 232);
+        assert_eq!(std::mem::size_of::<Variants>(), 16);
+        assert_eq!(std::mem::size_of::<Chunks>(), 32);
     }
 }

@@ -383,8 +383,8 @@ async fn objects_of_hundreds_of_mib_are_streamed_stored_in_chunks_and_served() {
     let key = firebreak_edge::store::CacheKey::new("test", "localhost", "/huge");
     let stored = edge.handle.state().store.get(&key).unwrap();
     assert!(
-        stored.objects[0].body.chunks().map_or(0, |c| c.len()) > 1,
+        stored.objects()[0].body.chunks().map_or(0, |c| c.len()) > 1,
         "{} chunks",
-        stored.objects[0].body.chunks().map_or(0, |c| c.len())
+        stored.objects()[0].body.chunks().map_or(0, |c| c.len())
     );
 }

@@ -17,7 +17,7 @@ async fn until_variants(edge: &Edge, path: &str, n: usize) {
             .state()
             .store
             .get(&key)
-            .map_or(0, |v| v.objects.len());
+            .map_or(0, |v| v.objects().len());
         if have >= n {
             return;
         }

@@ -43,12 +43,12 @@ use firebreak_config::DiskCacheConfig;
 use std::collections::hash_map::RandomState;
 use std::fs::File;
 use std::hash::BuildHasher;
-use std::io::{BufWriter, Read, Seek, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Body bytes read per blocking read while streaming (a few blocks at a time).
@@ -127,6 +127,28 @@ pub struct DiskStats {
     pub recovering: bool,
     /// Whether writes are off after a failure.
     pub degraded: bool,
+    /// Files kept open for reading.
+    pub open_files: u64,
+}
+
+/// Files the tier may keep open: `configured`, lowered to a quarter of the open-files limit
+/// (RLIMIT_NOFILE) so that client and origin connections keep the rest.
+fn open_files_budget(configured: u32) -> usize {
+    let configured = configured as usize;
+    match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        Ok((soft, _)) => {
+            let quarter = usize::try_from(soft / 4).unwrap_or(usize::MAX);
+            if configured > quarter {
+                tracing::info!(
+                    configured,
+                    allowed = quarter,
+                    "disk tier: cache.disk.open_files lowered to a quarter of the open-files limit"
+                );
+            }
+            configured.min(quarter)
+        }
+        Err(_) => configured,
+    }
 }
 
 /// What the worker thread does.
@@ -200,6 +222,9 @@ struct Shared {
     /// This opening's number: the prefix of the files it writes, which recovery (reading
     /// what earlier runs left) skips.
     run: u32,
+    /// Files kept open by [`DiskFile`]s now, and the most that may be.
+    open_files: AtomicUsize,
+    max_open_files: usize,
 }
 
 impl Shared {
@@ -221,12 +246,19 @@ impl Shared {
 
 /// A stored body's file. Dropped with the last object that refers to it: the file is then
 /// unlinked, unless the tier is shutting down.
+///
+/// Its first read keeps the file open (as nginx's `open_file_cache`), while the tier's
+/// budget of open files (`cache.disk.open_files`) allows: later hits cost one positional
+/// read, not an open, a read and a close (the path walk and the close were an eighth of a
+/// disk hit's CPU). The descriptor closes when the object leaves the index and its last
+/// reader ends, so a purged or evicted file's space is freed then.
 #[derive(Debug)]
 pub struct DiskFile {
     path: PathBuf,
     key: CacheKey,
     head_len: u64,
     body_len: u64,
+    kept: OnceLock<Arc<File>>,
     shared: Arc<SharedRef>,
 }
 
@@ -240,6 +272,23 @@ impl std::fmt::Debug for SharedRef {
 }
 
 impl DiskFile {
+    fn new(
+        path: PathBuf,
+        key: CacheKey,
+        head_len: u64,
+        body_len: u64,
+        shared: Arc<SharedRef>,
+    ) -> Self {
+        Self {
+            path,
+            key,
+            head_len,
+            body_len,
+            kept: OnceLock::new(),
+            shared,
+        }
+    }
+
     /// Body length.
     pub fn body_len(&self) -> u64 {
         self.body_len
@@ -250,15 +299,30 @@ impl DiskFile {
         &self.path
     }
 
-    /// Opens the file for reading (a reader keeps it open: a purge that unlinks the file
-    /// does not cut a response already being sent). Blocking.
-    pub fn open(&self) -> std::io::Result<File> {
-        File::open(&self.path)
+    /// The file, open for reading: the one kept open, or opened now (and kept if the
+    /// tier's open-files budget allows). A reader holds it for its whole response, so a
+    /// purge that unlinks the file does not cut a response already being sent. Blocking
+    /// when it opens.
+    pub fn open(&self) -> std::io::Result<Arc<File>> {
+        if let Some(file) = self.kept.get() {
+            return Ok(file.clone());
+        }
+        let file = Arc::new(File::open(&self.path)?);
+        let s = &self.shared.0;
+        if s.open_files.fetch_add(1, Ordering::Relaxed) < s.max_open_files {
+            if self.kept.set(file.clone()).is_err() {
+                // Another reader kept its own first.
+                s.open_files.fetch_sub(1, Ordering::Relaxed);
+            }
+        } else {
+            s.open_files.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(file)
     }
 
     /// Reads and checks body bytes from `start` (up to `READ_AHEAD` of them, and not past
-    /// `end`) from `file` (opened with [`DiskFile::open`]; its position moves, so one reader
-    /// at a time). Blocking: call it off the async threads.
+    /// `end`) from `file` (from [`DiskFile::open`]; positional reads, so any number of
+    /// readers may share it). Blocking: call it off the async threads.
     pub fn read_at(&self, file: &File, start: u64, end: u64) -> Result<Vec<Bytes>, FormatError> {
         let end = end.min(self.body_len);
         if start >= end {
@@ -269,13 +333,16 @@ impl DiskFile {
         let from = format::block_offset(first);
         let to = format::block_offset(last) + (self.body_len - last * BLOCK).min(BLOCK) + 4;
         let len = usize::try_from(to - from).map_err(|_| FormatError::Length("read"))?;
-        // Read into spare capacity (no zeroing of the buffer first): a seek and a read.
+        // Positional reads into spare capacity (no zeroing of the buffer first).
         let mut buf = Vec::with_capacity(len);
-        let mut reader = file;
-        reader.seek(std::io::SeekFrom::Start(from))?;
-        reader.take(len as u64).read_to_end(&mut buf)?;
-        if buf.len() != len {
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        while buf.len() < len {
+            let at = from + buf.len() as u64;
+            match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+                Ok(0) => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            }
         }
         let blocks = format::check_blocks(Bytes::from(buf), first, self.body_len)?;
         // Trim to [start, end).
@@ -309,6 +376,9 @@ impl DiskFile {
 
 impl Drop for DiskFile {
     fn drop(&mut self) {
+        if self.kept.get().is_some() {
+            self.shared.0.open_files.fetch_sub(1, Ordering::Relaxed);
+        }
         if !self.shared.0.closing.load(Ordering::Acquire) {
             self.shared
                 .0
@@ -398,6 +468,8 @@ impl DiskTier {
             purges_while_recovering: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
             run,
+            open_files: AtomicUsize::new(0),
+            max_open_files: open_files_budget(config.open_files),
         }));
         let index = Arc::new(MemoryStore::new(config.max_bytes, max_object_bytes));
         let worker = Worker {
@@ -503,7 +575,7 @@ impl DiskTier {
     /// Whether `key`'s index entry still holds `file`.
     pub(crate) fn holds(&self, key: &CacheKey, file: &Arc<DiskFile>) -> bool {
         self.index.get(key).is_some_and(|v| {
-            v.objects
+            v.objects()
                 .iter()
                 .any(|o| o.body.file().is_some_and(|f| Arc::ptr_eq(f, file)))
         })
@@ -558,6 +630,7 @@ impl DiskTier {
             max_bytes: self.max_bytes,
             recovering: self.shared.0.recovering.load(Ordering::Acquire),
             degraded: self.shared.0.degraded(),
+            open_files: self.shared.0.open_files.load(Ordering::Relaxed) as u64,
         }
     }
 }

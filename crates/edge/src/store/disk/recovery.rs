@@ -1,6 +1,8 @@
 //! Reading object files back: recovery of the index at start, and the fuzz entry point.
 
 use super::*;
+use std::io::Read;
+
 /// Reads a file's head back into an object whose body is the file.
 pub(super) fn read_file(
     path: &Path,
@@ -22,13 +24,13 @@ pub(super) fn read_file(
     let object = StoredObject {
         status: h.status,
         headers: h.headers,
-        body: ObjectBody::Disk(Arc::new(DiskFile {
-            path: path.to_path_buf(),
-            key: h.key.clone(),
-            head_len: lengths.head_len,
-            body_len: lengths.body_len,
-            shared: shared.clone(),
-        })),
+        body: ObjectBody::Disk(Arc::new(DiskFile::new(
+            path.to_path_buf(),
+            h.key.clone(),
+            lengths.head_len,
+            lengths.body_len,
+            shared.clone(),
+        ))),
         body_len: lengths.body_len,
         vary: h.vary,
         freshness: h.freshness,
@@ -165,7 +167,7 @@ impl Recovery {
             }
             // A newer copy of the same variant (stored since the start) wins.
             let newer = self.index.get(&key).is_some_and(|v| {
-                v.objects.iter().any(|o| {
+                v.objects().iter().any(|o| {
                     o.vary == object.vary
                         && o.freshness.response_time >= object.freshness.response_time
                 })

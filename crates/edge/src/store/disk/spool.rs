@@ -104,13 +104,13 @@ impl DiskSpool {
         let on_disk = Arc::new(StoredObject {
             status: head.status,
             headers: head.headers.clone(),
-            body: ObjectBody::Disk(Arc::new(DiskFile {
-                path: std::mem::take(&mut self.path),
-                key: key.clone(),
-                head_len: encoded.len() as u64,
-                body_len: self.written,
-                shared: self.shared.clone(),
-            })),
+            body: ObjectBody::Disk(Arc::new(DiskFile::new(
+                std::mem::take(&mut self.path),
+                key.clone(),
+                encoded.len() as u64,
+                self.written,
+                self.shared.clone(),
+            ))),
             body_len: self.written,
             vary: head.vary.clone(),
             freshness: head.freshness,

@@ -28,6 +28,7 @@ impl TempDir {
             max_object_bytes: None,
             write_queue_bytes: 64 << 20,
             retry_ms: 30_000,
+            open_files: 64,
         }
     }
 }
@@ -73,7 +74,7 @@ fn object(seed: u8, len: usize, tags: &str) -> Arc<StoredObject> {
     Arc::new(StoredObject {
         status: StatusCode::OK,
         headers: StoredHeaders::from_map(&h),
-        body: ObjectBody::Memory(chunks),
+        body: ObjectBody::Memory(chunks.into()),
         body_len: len as u64,
         vary: VaryKey::from_exchange(
             &headers(&[("vary", "accept-encoding")]),
@@ -116,7 +117,7 @@ async fn recovered(store: &HybridStore) {
 /// The object as read from the disk tier only (the memory tier bypassed).
 fn on_disk(store: &HybridStore, k: &CacheKey) -> Option<Arc<StoredObject>> {
     let v = store.disk.get(k)?;
-    v.objects.first().cloned()
+    v.objects().first().cloned()
 }
 
 fn read_all(o: &StoredObject) -> Result<Vec<u8>, FormatError> {
@@ -250,7 +251,7 @@ async fn damaged_files_are_removed_or_refused_never_served() {
     // 0's head is intact: indexed, but its body fails its checksum when read.
     let o = on_disk(&store, &key("/d0")).unwrap();
     assert!(matches!(read_all(&o), Err(FormatError::Checksum(_))));
-    let sel = store.get(&key("/d0")).unwrap().objects[0].clone();
+    let sel = store.get(&key("/d0")).unwrap().objects()[0].clone();
     assert!(
         store.load(&key("/d0"), sel).await.is_none(),
         "refused, a miss"
@@ -283,6 +284,8 @@ fn dummy_shared() -> SharedRef {
         purges_while_recovering: Mutex::new(Vec::new()),
         next_id: AtomicU64::new(0),
         run: 0,
+        open_files: AtomicUsize::new(0),
+        max_open_files: 0,
     })
 }
 
@@ -334,6 +337,69 @@ async fn purges_reach_the_disk_and_hold_after_a_reopen() {
     assert!(
         kept.freshness.ttl(now).is_some(),
         "untouched object still fresh"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_files_are_kept_open_within_the_budget_and_closed_when_their_object_goes() {
+    let dir = TempDir::new("kept");
+    let mut config = dir.config(64 << 20);
+    config.open_files = 3;
+    let store =
+        HybridStore::open(MemoryStore::new(8 << 20, MAX_OBJECT), &config, MAX_OBJECT).unwrap();
+    recovered(&store).await;
+    for i in 0..5u8 {
+        let g = store.generation("svc");
+        store.put_if_generation(key(&format!("/k{i}")), object(i, 70_000, "k"), g);
+    }
+    synced(&store).await;
+    assert_eq!(store.disk_stats().open_files, 0, "nothing read yet");
+    // Every object reads back whole, twice; only three stay open.
+    for _ in 0..2 {
+        for i in 0..5u8 {
+            let o = on_disk(&store, &key(&format!("/k{i}"))).unwrap();
+            assert_eq!(read_all(&o).unwrap(), body(i, 70_000));
+        }
+    }
+    assert_eq!(
+        store.disk_stats().open_files,
+        3,
+        "the budget bounds kept files"
+    );
+    // The same descriptor serves a second read of a kept object.
+    let first = on_disk(&store, &key("/k0")).unwrap();
+    let f = first.body.file().unwrap();
+    assert!(Arc::ptr_eq(&f.open().unwrap(), &f.open().unwrap()));
+    // A reader that holds the file finishes after a hard purge unlinks it.
+    let held = f.open().unwrap();
+    let n = store.purge(
+        PurgeTarget::Tag {
+            service: "svc",
+            tag: "k",
+        },
+        PurgeMode::Hard,
+        SystemTime::now(),
+    );
+    assert_eq!(n, 5);
+    synced(&store).await;
+    assert!(files(&dir).is_empty(), "purged files are unlinked");
+    let mut out = Vec::new();
+    while (out.len() as u64) < f.body_len() {
+        for c in f.read_at(&held, out.len() as u64, f.body_len()).unwrap() {
+            out.extend_from_slice(&c);
+        }
+    }
+    assert_eq!(
+        out,
+        body(0, 70_000),
+        "the held file reads whole after its unlink"
+    );
+    // Objects gone from the index close their kept files.
+    drop((first, held));
+    assert_eq!(
+        store.disk_stats().open_files,
+        0,
+        "kept files closed with their objects"
     );
 }
 

@@ -86,13 +86,13 @@ impl Worker {
         let on_disk = Arc::new(StoredObject {
             status: object.status,
             headers: object.headers.clone(),
-            body: ObjectBody::Disk(Arc::new(DiskFile {
+            body: ObjectBody::Disk(Arc::new(DiskFile::new(
                 path,
-                key: key.clone(),
+                key.clone(),
                 head_len,
-                body_len: object.body_len,
-                shared: self.shared.clone(),
-            })),
+                object.body_len,
+                self.shared.clone(),
+            ))),
             body_len: object.body_len,
             vary: object.vary.clone(),
             freshness: object.freshness,
