@@ -9,13 +9,14 @@
 //! its block once into a shared map, and every later hit clones it (no name lookup, value
 //! check or hashing per hit). The ready maps of all objects together stay within
 //! [`READY_MAPS_BUDGET`] bytes; past it objects parse per hit as before, so an edge full of
-//! small hot objects does not grow by a map per object. A map's bytes return to the budget
-//! when its object leaves the cache.
+//! small hot objects does not grow by a map per object. Copies of an object's fields (a disk
+//! object promoted to memory, a soft purge's expired copy) share its map. A map's bytes
+//! return to the budget when the last object holding it leaves the cache.
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// Bytes all objects' ready header maps may hold together (process-wide).
 pub const READY_MAPS_BUDGET: usize = 32 * 1024 * 1024;
@@ -71,10 +72,16 @@ struct Ready {
     budget: &'static MapBudget,
 }
 
-/// An object's parsed header map, built at its first hit when the budget allows. Not shared
-/// by copies of the object (a copy starts without one) and not part of equality.
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.budget.release(self.charge);
+    }
+}
+
+/// An object's parsed header map, built at its first hit when the budget allows; shared by
+/// copies of the same fields, and not part of equality.
 #[derive(Default)]
-struct ReadyMap(OnceLock<Box<Ready>>);
+struct ReadyMap(OnceLock<Arc<Ready>>);
 
 impl std::fmt::Debug for ReadyMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -93,28 +100,23 @@ impl ReadyMap {
         if !budget.reserve(charge) {
             return;
         }
-        let ready = Box::new(Ready {
+        let ready = Arc::new(Ready {
             map,
             charge,
             budget,
         });
-        if self.0.set(ready).is_err() {
-            budget.release(charge);
-        }
-    }
-}
-
-impl Drop for ReadyMap {
-    fn drop(&mut self) {
-        if let Some(r) = self.0.get() {
-            r.budget.release(r.charge);
-        }
+        // Of racing installs, the loser's map is dropped and returns its charge.
+        let _ = self.0.set(ready);
     }
 }
 
 impl Clone for ReadyMap {
     fn clone(&self) -> Self {
-        Self::default()
+        let copy = OnceLock::new();
+        if let Some(ready) = self.0.get() {
+            let _ = copy.set(ready.clone());
+        }
+        Self(copy)
     }
 }
 
@@ -207,6 +209,15 @@ impl StoredHeaders {
         map
     }
 
+    /// Makes the ready map now, if there is none and the budget has room: for fields about
+    /// to be copied (a disk object promoted to memory), so that every copy shares one map
+    /// instead of each parsing its own.
+    pub fn prepare(&self) {
+        if self.ready.get().is_none() && READY_MAPS.has_room() {
+            self.ready.install(self.to_map(), self.count(), &READY_MAPS);
+        }
+    }
+
     /// A `HeaderMap` with every field, parsed from the block (the ready map, if any, is
     /// neither used nor made: for revalidation and slice checks, not for hits).
     pub fn to_map(&self) -> HeaderMap {
@@ -268,12 +279,18 @@ mod tests {
         for o in &objects {
             assert_eq!(o.for_response_within(&BUDGET), src);
         }
-        // A copy (a soft purge's expired copy) starts without one and compares equal.
-        assert!(objects[0].clone().ready.get().is_none());
-        assert_eq!(objects[0].clone(), objects[0]);
-        // An object leaving the cache returns its map's bytes; the next hit may take them.
+        // A copy (a promotion, a soft purge's expired copy) shares the map, at no charge,
+        // and compares equal.
+        let copy = objects[0].clone();
+        assert!(copy.ready.get().is_some());
+        assert_eq!(copy, objects[0]);
+        assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
+        // An object leaving the cache returns its map's bytes once no copy holds it; the
+        // next hit may take them.
         let mut objects = objects;
         objects.remove(0);
+        assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
+        drop(copy);
         assert_eq!(BUDGET.used(), 192 + 2 * 128);
         assert_eq!(objects[1].for_response_within(&BUDGET), src);
         assert!(objects[1].ready.get().is_some());

@@ -112,6 +112,9 @@ impl HybridStore {
                 return None;
             }
         };
+        // The disk object keeps the parsed fields, so its next promotion (after this copy
+        // is evicted from memory) parses nothing.
+        object.headers.prepare();
         let in_memory = Arc::new(StoredObject {
             status: object.status,
             headers: object.headers.clone(),
