@@ -96,8 +96,23 @@ pub fn router_with(
     stopping: watch::Receiver<bool>,
     bodies: BodyBounds,
 ) -> Router {
+    router_served(plane, access, stopping, bodies, false)
+}
+
+/// [`router_with`] and the dashboard ([`crate::ui`], `/ui/`), whose cookies are `Secure`
+/// when `tls` (the listener serves HTTPS). The dashboard is merged after the API's layers:
+/// its own session check stands in for the bearer-token gate, before any body is read.
+pub fn router_served(
+    plane: Arc<Plane>,
+    access: Access,
+    stopping: watch::Receiver<bool>,
+    bodies: BodyBounds,
+    tls: bool,
+) -> Router {
+    let access = Arc::new(access);
+    let ui = crate::ui::router(plane.clone(), access.clone(), bodies.clone(), tls);
     let gate = Gate {
-        access: Arc::new(access),
+        access,
         plane: plane.clone(),
     };
     Router::new()
@@ -146,6 +161,7 @@ pub fn router_with(
             crate::auth::gate,
         ))
         .with_state(App { plane, stopping })
+        .merge(ui)
 }
 
 struct Failure(StatusCode, ApiError);
