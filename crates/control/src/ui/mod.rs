@@ -270,3 +270,153 @@ pub fn may_act(session: &Session) -> Result<(), UiError> {
         ))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::auth::{Operator, Role};
+    use crate::store::Store;
+    use axum::body::{Body, Bytes};
+    use axum::http::Request as HttpRequest;
+    use firebreak_protocol::keys::ControlKey;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    async fn app(name: &str, tls: bool) -> (Router, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("fb-ui-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&format!("redb:{}", dir.join("s.redb").display()))
+            .await
+            .unwrap();
+        let plane = Plane::new(store, ControlKey::generate().unwrap())
+            .await
+            .unwrap();
+        let access = Access::new(
+            vec![Operator::with_token("alice", Role::Admin, "alice-token").unwrap()],
+            "join-token",
+        )
+        .unwrap();
+        let (_, stopping) = tokio::sync::watch::channel(false);
+        let router = crate::api::router_served(plane, access, stopping, BodyBounds::default(), tls);
+        (router, dir)
+    }
+
+    /// `f`, failing after ten seconds (a body read that never ends) instead of hanging.
+    async fn within<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(std::time::Duration::from_secs(10), f)
+            .await
+            .expect("no answer: the body was waited for")
+    }
+
+    fn set_cookies(r: &Response) -> Vec<String> {
+        r.headers()
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn cookies_are_secure_when_the_listener_serves_tls() {
+        let (router, dir) = app("tls", true).await;
+        let form = router
+            .clone()
+            .oneshot(HttpRequest::get("/ui/login").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let login = set_cookies(&form)[0].clone();
+        assert!(login.contains("; Secure"), "{login}");
+        let html = String::from_utf8(
+            form.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap();
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned();
+        let pair = login.split(';').next().unwrap().to_owned();
+        let resp = router
+            .oneshot(
+                HttpRequest::post("/ui/login")
+                    .header("cookie", pair)
+                    .header("sec-fetch-site", "same-origin")
+                    .body(Body::from(format!("csrf={csrf}&token=alice-token")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        let session = set_cookies(&resp)
+            .into_iter()
+            .find(|c| c.starts_with("fb_session="))
+            .unwrap();
+        assert!(
+            session.ends_with("; Path=/ui; HttpOnly; SameSite=Strict; Secure"),
+            "{session}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_post_without_a_session_is_refused_before_its_body_is_read() {
+        let (router, dir) = app("before-body", false).await;
+        // A body that never arrives: answered at once, so it was never waited for.
+        let never =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let resp = within(
+            router.clone().oneshot(
+                HttpRequest::post("/ui/rollback")
+                    .header("sec-fetch-site", "same-origin")
+                    .body(never)
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let never =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let resp = within(
+            router.clone().oneshot(
+                HttpRequest::post("/ui/login")
+                    .header("sec-fetch-site", "cross-site")
+                    .body(never)
+                    .unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        // Declared too large: refused before reading.
+        let resp = router
+            .clone()
+            .oneshot(
+                HttpRequest::post("/ui/login")
+                    .header("sec-fetch-site", "same-origin")
+                    .header("content-length", (MAX_FORM_BYTES + 1).to_string())
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // The API beside it is still behind its bearer gate.
+        let resp = router
+            .oneshot(HttpRequest::get("/v1/fleet").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

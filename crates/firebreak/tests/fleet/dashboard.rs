@@ -267,6 +267,23 @@ async fn the_dashboard_signs_in_shows_the_fleet_and_guards_its_forms() {
         "{json}"
     );
 
+    // The traffic page adds the edge's health reports up under its POP.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = seen
+            .ui(&c, Method::GET, "/ui/traffic", &[("cookie", &alice)], None)
+            .await;
+        if a.body.contains("<td>ams</td>") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the traffic page never showed POP ams: {}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // A POST without the CSRF token, with a wrong one, or from another site: 403, nothing done.
     let rollback = form_body(&[
         ("version", &v1.to_string()),
