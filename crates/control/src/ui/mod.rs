@@ -272,7 +272,7 @@ pub fn may_act(session: &Session) -> Result<(), UiError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
     use crate::auth::{Operator, Role};
