@@ -7,9 +7,10 @@
 //! - [`pages`]: fleet, rollouts (live, with pause/resume/abort/rollback), versions and diffs,
 //!   audit log, purge, DNS steering and traffic. Actions call the same [`Plane`] functions as
 //!   the API, under the signed-in operator's name, and re-check the role here.
-//! - [`plot`]: inline SVG plots drawn on the server; the rollout page's script fetches its
-//!   live part (`/ui/rollouts/live`, server-rendered HTML in JSON) every two seconds and
-//!   swaps it in, so tables and plots update without reloading and read fine without it.
+//! - [`plot`]: inline SVG plots drawn on the server. The fleet and rollout pages' script
+//!   fetches their live part (`/ui/fleet/live`, `/ui/rollouts/live`: server-rendered HTML in
+//!   JSON) every two seconds and swaps it in, so tables and plots update without reloading
+//!   and read fine without it.
 //!
 //! The router is merged beside the API's, outside its bearer-token gate: [`guard`] is this
 //! router's gate. It runs before any body is read, refuses cross-site POSTs from the headers
@@ -63,6 +64,7 @@ pub fn router(plane: Arc<Plane>, access: Arc<Access>, bodies: BodyBounds, secure
     Router::new()
         .route("/ui", get(|| async { redirect("/ui/") }))
         .route("/ui/", get(pages::fleet))
+        .route("/ui/fleet/live", get(pages::fleet_live))
         .route("/ui/login", get(pages::login_form).post(pages::login))
         .route("/ui/logout", post(pages::logout))
         .route("/ui/assets/{name}", get(assets::serve))

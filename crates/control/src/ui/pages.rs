@@ -254,6 +254,16 @@ pub struct FleetPop {
 pub struct FleetPage {
     /// Header.
     pub nav: Nav,
+    /// The rendered live part ([`FleetLive`]).
+    pub live: String,
+}
+
+/// The fleet page's tables (also sent alone to the page's script).
+#[derive(Template)]
+#[template(path = "ui/fleet_live.html")]
+pub struct FleetLive {
+    /// When this was drawn.
+    pub drawn: String,
     /// The version every edge without an override runs.
     pub fleet_version: String,
     /// Edges in all.
@@ -265,13 +275,12 @@ pub struct FleetPage {
 /// The fleet page's view of `fleet` at `now`; `window` is the live window (ms); `health`
 /// gives an edge's latest 5xx share.
 pub fn fleet_view(
-    nav: Nav,
     fleet: &[EdgeStatus],
     pops: &PopHealthList,
     fleet_version: Option<u64>,
     now: u64,
     health: impl Fn(&str) -> String,
-) -> FleetPage {
+) -> FleetLive {
     let mut out: Vec<FleetPop> = Vec::new();
     for e in fleet {
         let r = &e.report;
@@ -336,28 +345,22 @@ pub fn fleet_view(
     for p in &mut out {
         p.cells.sort_by(|a, b| a.cell.cmp(&b.cell));
     }
-    FleetPage {
-        nav,
+    FleetLive {
+        drawn: when(now),
         fleet_version: version_text(fleet_version),
         edges: fleet.len(),
         pops: out,
     }
 }
 
-/// `GET /ui/`: POPs → cells → edges.
-pub async fn fleet(
-    State(ui): State<Ui>,
-    Extension(s): Extension<Session>,
-) -> Result<Response, UiError> {
+async fn fleet_html(ui: &Ui) -> Result<String, UiError> {
     let fleet = ui.plane.fleet().await?;
     let pops = ui.plane.pop_health().await?;
-    let now = now_ms();
-    let page = fleet_view(
-        Nav::new(&s, "fleet"),
+    let view = fleet_view(
         &fleet,
         &pops,
         ui.plane.fleet_state().default_version(),
-        now,
+        now_ms(),
         |id| {
             ui.plane.health.latest(id).map_or_else(
                 || "–".to_owned(),
@@ -365,7 +368,26 @@ pub async fn fleet(
             )
         },
     );
-    Ok(render(&page))
+    view.render()
+        .map_err(|e| UiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `GET /ui/`: POPs → cells → edges.
+pub async fn fleet(
+    State(ui): State<Ui>,
+    Extension(s): Extension<Session>,
+) -> Result<Response, UiError> {
+    let live = fleet_html(&ui).await?;
+    Ok(render(&FleetPage {
+        nav: Nav::new(&s, "fleet"),
+        live,
+    }))
+}
+
+/// `GET /ui/fleet/live`: the fleet's tables as `{"html": …}`.
+pub async fn fleet_live(State(ui): State<Ui>) -> Result<Response, UiError> {
+    let html = fleet_html(&ui).await?;
+    Ok(Json(serde_json::json!({ "html": html })).into_response())
 }
 
 // ---------------------------------------------------------------- rollouts
@@ -1405,13 +1427,20 @@ mod tests {
             }],
             truncated: false,
         };
-        let page = fleet_view(nav(), &fleet, &pops, Some(3), 2_000, |_| HOSTILE.to_owned());
-        let html = page.render().unwrap();
+        let live = fleet_view(&fleet, &pops, Some(3), 2_000, |_| HOSTILE.to_owned());
+        let html = live.render().unwrap();
         assert_escaped(&html);
         assert!(html.contains("POP ams"), "{html}");
         assert!(html.contains("e2"));
         assert!(html.contains("kept at v2"));
-        // The CSRF token is in the sign-out form; no action button for a read-only operator.
+        let html = FleetPage {
+            nav: nav(),
+            live: html,
+        }
+        .render()
+        .unwrap();
+        assert!(html.contains("data-live=\"/ui/fleet/live\""));
+        // The CSRF token is in the sign-out form.
         assert!(html.contains(&"c".repeat(64)));
     }
 

@@ -223,6 +223,7 @@ async fn the_dashboard_signs_in_shows_the_fleet_and_guards_its_forms() {
         "/ui/dns".to_owned(),
         "/ui/traffic".to_owned(),
         "/ui/assets/dashboard.js".to_owned(),
+        "/ui/fleet/live".to_owned(),
     ] {
         let a = seen
             .ui(&c, Method::GET, &path, &[("cookie", &alice)], None)
