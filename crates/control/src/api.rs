@@ -30,6 +30,7 @@
 //! | GET | `/v1/keys/ring` | read-only | the keys, which signs now, and from when |
 //! | POST | `/v1/keys/rotate` | admin | a new signing key, after an overlap |
 //! | POST | `/v1/keys/{id}/revoke` | admin | revoke a key from a stated time |
+//! | GET, POST | `/ui/…` | an operator's dashboard session (cookie; [`crate::ui`]) | the operator dashboard |
 
 use crate::auth::{Access, Caller, Gate};
 use crate::bounded_body::{self, BodyBounds};

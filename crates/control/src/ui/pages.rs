@@ -1524,4 +1524,81 @@ mod tests {
         assert_eq!(when(951_782_400_000), "2000-02-29 00:00:00Z");
         assert_eq!(ago(1_000, 6_000), "5 s ago");
     }
+
+    #[test]
+    fn the_dns_page_shows_where_regions_go_and_fallbacks_in_use() {
+        let doc = "[cache]\nmax_bytes = 67108864\nmax_object_bytes = 1048576\n\
+[dns]\nzone = \"cdn.example\"\ndefault_region = \"eu\"\n\
+[[dns.ns]]\nname = \"ns1.other.example\"\naddrs = []\n\
+[[dns.pop]]\nname = \"ams\"\nanswers = [\"192.0.2.1\"]\n\
+[[dns.pop]]\nname = \"fra\"\nanswers = [\"192.0.2.2\"]\n\
+[[dns.pop]]\nname = \"nyc\"\nanswers = [\"192.0.2.3\"]\n\
+[[dns.region]]\nname = \"eu\"\nprefixes = [\"198.51.100.0/24\"]\npops = [\"ams\", \"fra\"]\n\
+[[dns.region]]\nname = \"us\"\nprefixes = [\"203.0.113.0/24\"]\npops = [\"nyc\"]\n\
+[[service]]\nname = \"demo\"\nhosts = [\"demo.test\"]\n[service.origin]\nservers = [{ addr = \"127.0.0.1:9\" }]\n\
+[service.dns]\nfallback_cname = \"demo.backup.example\"\n";
+        let config = firebreak_config::parse_managed_str("f.toml", doc).unwrap();
+        let pop = |name: &str, healthy: bool| PopHealth {
+            pop: name.into(),
+            edges: 1,
+            live: 1,
+            healthy_edges: u32::from(healthy),
+            stale: 0,
+            healthy,
+            listen: Vec::new(),
+        };
+        let health = PopHealthList {
+            at_ms: 1,
+            live_window_ms: 60_000,
+            pops: vec![pop("ams", false), pop("fra", true), pop("nyc", false)],
+            truncated: false,
+        };
+        let page = dns_view(nav(), Some(config.get()), &health);
+        assert_eq!(page.regions.len(), 2);
+        assert_eq!(page.regions[0].sent_to, "fra (tier 2 of 2)");
+        assert!(page.regions[0].fallback);
+        assert_eq!(page.regions[0].preference, "ams → fra");
+        assert!(page.regions[1].sent_to.starts_with("no healthy POP"));
+        assert_eq!(page.services[0].fallback, "CNAME demo.backup.example");
+        assert_eq!(page.services[0].in_use, "yes, in us");
+        let html = page.render().unwrap();
+        assert!(html.contains("zone cdn.example"));
+        let none = dns_view(nav(), None, &health).render().unwrap();
+        assert!(none.contains("no <code>[dns]</code>"), "{none}");
+    }
+
+    #[test]
+    fn traffic_rows_add_up_the_hour_and_the_last_full_minute() {
+        let bucket = |start_ms: u64, requests: u64| {
+            let counts = TrafficCounts {
+                requests,
+                hits: requests / 2,
+                status_5xx: requests / 10,
+                latency: vec![requests],
+            };
+            TrafficBucket {
+                start_ms,
+                pops: BTreeMap::from([(HOSTILE.to_owned(), counts.clone())]),
+                services: BTreeMap::from([("www".to_owned(), counts)]),
+            }
+        };
+        let buckets = vec![bucket(0, 600), bucket(60_000, 1200), bucket(120_000, 60)];
+        let rows = traffic_rows(&buckets, |b| &b.pops);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].rps_now, "20", "the last full minute: 1200 / 60 s");
+        assert_eq!(rows[0].hit_ratio, "50.00 %");
+        assert_eq!(rows[0].share_5xx, "10.00 %");
+        assert_eq!(rows[0].plot.value.split(' ').count(), 3);
+        let html = TrafficPage {
+            nav: nav(),
+            sections: vec![TrafficSection {
+                heading: "Per POP",
+                rows,
+            }],
+            minutes: 3,
+        }
+        .render()
+        .unwrap();
+        assert_escaped(&html);
+    }
 }
