@@ -37,7 +37,7 @@ use std::sync::Arc;
 /// Largest form body.
 pub const MAX_FORM_BYTES: usize = 16 * 1024;
 /// Most fields read from a form.
-const MAX_FORM_FIELDS: usize = 16;
+pub const MAX_FORM_FIELDS: usize = 16;
 
 /// What the dashboard's handlers share.
 #[derive(Clone)]
