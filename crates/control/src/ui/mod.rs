@@ -421,4 +421,74 @@ mod tests {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    /// Signs in through the forms; the `fb_session=…` pair. `held`: a session cookie the
+    /// browser already has.
+    async fn sign_in(router: &Router, held: Option<&str>) -> String {
+        let form = router
+            .clone()
+            .oneshot(HttpRequest::get("/ui/login").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let login = set_cookies(&form)[0].split(';').next().unwrap().to_owned();
+        let html = form.into_body().collect().await.unwrap().to_bytes();
+        let html = String::from_utf8_lossy(&html);
+        let csrf = html
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap()
+            .to_owned();
+        let cookies = match held {
+            Some(h) => format!("{login}; {h}"),
+            None => login,
+        };
+        let resp = router
+            .clone()
+            .oneshot(
+                HttpRequest::post("/ui/login")
+                    .header("cookie", cookies)
+                    .header("origin", "http://cp")
+                    .header("host", "cp")
+                    .body(Body::from(format!("csrf={csrf}&token=alice-token")))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SEE_OTHER);
+        set_cookies(&resp)
+            .into_iter()
+            .find(|c| c.starts_with("fb_session="))
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn status_of(router: &Router, cookie: &str) -> StatusCode {
+        router
+            .clone()
+            .oneshot(
+                HttpRequest::get("/ui/")
+                    .header("cookie", cookie)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn signing_in_again_ends_the_session_the_browser_held() {
+        let (router, dir) = app("again", false).await;
+        let first = sign_in(&router, None).await;
+        assert_eq!(status_of(&router, &first).await, StatusCode::OK);
+        let second = sign_in(&router, Some(&first)).await;
+        assert_ne!(first, second);
+        assert_eq!(status_of(&router, &first).await, StatusCode::SEE_OTHER);
+        assert_eq!(status_of(&router, &second).await, StatusCode::OK);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

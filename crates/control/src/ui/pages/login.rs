@@ -61,6 +61,10 @@ pub async fn login(State(ui): State<Ui>, headers: HeaderMap, body: Bytes) -> Res
     let token = field(&fields, "token").unwrap_or("").trim();
     match ui.sessions.sign_in(&ui.access, token) {
         Some((id, s)) => {
+            // A session this browser held before ends: one browser, one session.
+            if let Some(old) = session::cookie(&headers, session::COOKIE) {
+                ui.sessions.sign_out(old);
+            }
             tracing::info!(operator = %s.operator, "dashboard sign-in");
             let mut resp = redirect("/ui/");
             let h = resp.headers_mut();
