@@ -134,10 +134,13 @@ pub fn dns_view(
             Some(ServiceDnsRow {
                 service: svc.name.clone(),
                 fallback,
-                in_use: if without.is_empty() {
-                    "no".to_owned()
-                } else {
-                    format!("yes, in {}", without.join(", "))
+                in_use: match (
+                    without.is_empty(),
+                    d.fallback_cname.is_none() && d.fallback_addrs.is_empty(),
+                ) {
+                    (true, _) => "no".to_owned(),
+                    (false, false) => format!("yes, in {}", without.join(", ")),
+                    (false, true) => format!("in {}: no POP of its is healthy", without.join(", ")),
                 },
             })
         })

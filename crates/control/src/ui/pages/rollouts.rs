@@ -258,7 +258,11 @@ pub fn rollout_live(
         title: what,
         phase: phase.to_owned(),
         phase_class,
-        by: format!("{}: {}", r.by, r.message),
+        by: if r.message.trim().is_empty() {
+            format!("by {}", r.by)
+        } else {
+            format!("by {}: {}", r.by, r.message)
+        },
         started: when(r.started_ms),
         notes,
         waves,
