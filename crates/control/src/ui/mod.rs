@@ -103,7 +103,8 @@ pub fn redirect(to: &'static str) -> Response {
 /// The dashboard's gate: see the module's documentation.
 pub async fn guard(State(ui): State<Ui>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
-    let post = req.method() == Method::POST;
+    // Anything but a read (POST, and methods no route takes) is checked as a form would be.
+    let post = !matches!(*req.method(), Method::GET | Method::HEAD);
     if post {
         let authority = req.uri().authority().map(|a| a.as_str().to_owned());
         if !session::same_origin(req.headers(), authority.as_deref()) {
