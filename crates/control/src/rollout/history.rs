@@ -5,7 +5,7 @@
 
 use super::gate::GateReport;
 use firebreak_protocol::health::{Counts, HealthReport};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 
 /// Most looks kept per rollout (at one look a second: twelve minutes; at the usual 10 s
@@ -99,8 +99,6 @@ pub const TRAFFIC_BUCKET_MS: u64 = 60_000;
 pub const TRAFFIC_BUCKETS: usize = 60;
 /// Most series (POPs plus services) a bucket holds; further ones are counted under `other`.
 pub const MAX_TRAFFIC_SERIES: usize = 256;
-/// Most edges whose previous report is kept to compute increments.
-const MAX_TRAFFIC_EDGES: usize = 100_000;
 
 /// What a bucket adds up for one POP or service.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -150,29 +148,26 @@ fn series<'a>(map: &'a mut BTreeMap<String, TrafficCounts>, name: &str) -> &'a m
 }
 
 /// The last hour of traffic, from the increments between each edge's successive health
-/// reports (reports carry counts since the version was applied).
+/// reports (reports carry counts since the version was applied; the previous one is the
+/// [`super::health::HealthBook`]'s).
 #[derive(Default)]
 pub struct TrafficBook {
-    inner: Mutex<TrafficInner>,
-}
-
-#[derive(Default)]
-struct TrafficInner {
-    previous: HashMap<String, HealthReport>,
-    buckets: VecDeque<TrafficBucket>,
+    buckets: Mutex<VecDeque<TrafficBucket>>,
 }
 
 impl TrafficBook {
-    /// Adds what edge `id` in `pop` served since its previous report.
-    pub fn record(&self, id: &str, pop: &str, report: &HealthReport, now_ms: u64) {
-        let Ok(mut inner) = self.inner.lock() else {
-            return;
-        };
-        let inner = &mut *inner;
+    /// Adds what an edge in `pop` served between its `previous` report and `report`.
+    pub fn record(
+        &self,
+        pop: &str,
+        previous: Option<&HealthReport>,
+        report: &HealthReport,
+        now_ms: u64,
+    ) {
         let fresh = |prev: &HealthReport| {
             prev.version == report.version && prev.since_ms == report.since_ms
         };
-        let (total, services): (Counts, Vec<(String, Counts)>) = match inner.previous.get(id) {
+        let (total, services): (Counts, Vec<(String, Counts)>) = match previous {
             Some(prev) if fresh(prev) => (
                 report.total.since(&prev.total),
                 report
@@ -195,21 +190,21 @@ impl TrafficBook {
                     .collect(),
             ),
         };
-        if inner.previous.len() < MAX_TRAFFIC_EDGES || inner.previous.contains_key(id) {
-            inner.previous.insert(id.to_owned(), report.clone());
-        }
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return;
+        };
         let start = now_ms - now_ms % TRAFFIC_BUCKET_MS;
-        let bucket = match inner.buckets.back_mut() {
+        let bucket = match buckets.back_mut() {
             Some(b) if b.start_ms == start => b,
             _ => {
-                inner.buckets.push_back(TrafficBucket {
+                buckets.push_back(TrafficBucket {
                     start_ms: start,
                     ..TrafficBucket::default()
                 });
-                while inner.buckets.len() > TRAFFIC_BUCKETS {
-                    inner.buckets.pop_front();
+                while buckets.len() > TRAFFIC_BUCKETS {
+                    buckets.pop_front();
                 }
-                match inner.buckets.back_mut() {
+                match buckets.back_mut() {
                     Some(b) => b,
                     None => return,
                 }
@@ -224,9 +219,8 @@ impl TrafficBook {
     /// The buckets of the last hour before `now_ms`, oldest first.
     pub fn last_hour(&self, now_ms: u64) -> Vec<TrafficBucket> {
         let from = now_ms.saturating_sub(TRAFFIC_BUCKET_MS * TRAFFIC_BUCKETS as u64);
-        match self.inner.lock() {
-            Ok(inner) => inner
-                .buckets
+        match self.buckets.lock() {
+            Ok(buckets) => buckets
                 .iter()
                 .filter(|b| b.start_ms >= from)
                 .cloned()
@@ -311,22 +305,30 @@ mod tests {
     #[test]
     fn traffic_counts_increments_and_keeps_one_hour() {
         let t = TrafficBook::default();
-        t.record("e1", "ams", &health(1, 100), 0);
-        t.record("e1", "ams", &health(1, 150), 1_000);
+        t.record("ams", None, &health(1, 100), 0);
+        t.record("ams", Some(&health(1, 100)), &health(1, 150), 1_000);
         let b = t.last_hour(1_000);
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].pops["ams"].requests, 150);
         assert_eq!(b[0].services["www"].requests, 150);
-        t.record("e1", "ams", &health(1, 170), TRAFFIC_BUCKET_MS);
+        t.record(
+            "ams",
+            Some(&health(1, 150)),
+            &health(1, 170),
+            TRAFFIC_BUCKET_MS,
+        );
         let b = t.last_hour(TRAFFIC_BUCKET_MS);
         assert_eq!(b[1].pops["ams"].requests, 20);
+        // A new version starts its counts again: they count whole.
+        t.record(
+            "ams",
+            Some(&health(1, 170)),
+            &health(2, 5),
+            TRAFFIC_BUCKET_MS + 1,
+        );
+        assert_eq!(t.last_hour(TRAFFIC_BUCKET_MS)[1].pops["ams"].requests, 25);
         for m in 0..(TRAFFIC_BUCKETS as u64 + 5) {
-            t.record(
-                "e1",
-                "ams",
-                &health(1, 200 + m),
-                (m + 2) * TRAFFIC_BUCKET_MS,
-            );
+            t.record("ams", None, &health(1, 1), (m + 2) * TRAFFIC_BUCKET_MS);
         }
         assert!(t.last_hour(100 * TRAFFIC_BUCKET_MS).len() <= TRAFFIC_BUCKETS);
     }

@@ -165,8 +165,13 @@ impl Plane {
             .ok()
             .and_then(|c| c.get(id).map(|(i, _)| i.pop.clone()))
             .unwrap_or_else(|| "unknown".to_owned());
-        self.traffic
-            .record(id, &pop, &report, firebreak_protocol::now_ms());
+        let previous = self.health.latest(id);
+        self.traffic.record(
+            &pop,
+            previous.as_ref(),
+            &report,
+            firebreak_protocol::now_ms(),
+        );
         self.health.record(id, report);
         Ok(())
     }
