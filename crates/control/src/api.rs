@@ -30,6 +30,7 @@
 //! | GET | `/v1/keys/ring` | read-only | the keys, which signs now, and from when |
 //! | POST | `/v1/keys/rotate` | admin | a new signing key, after an overlap |
 //! | POST | `/v1/keys/{id}/revoke` | admin | revoke a key from a stated time |
+//! | GET, POST | `/ui/…` | an operator's dashboard session (cookie; [`crate::ui`]) | the operator dashboard |
 
 use crate::auth::{Access, Caller, Gate};
 use crate::bounded_body::{self, BodyBounds};
@@ -96,8 +97,23 @@ pub fn router_with(
     stopping: watch::Receiver<bool>,
     bodies: BodyBounds,
 ) -> Router {
+    router_served(plane, access, stopping, bodies, false)
+}
+
+/// [`router_with`] and the dashboard ([`crate::ui`], `/ui/`), whose cookies are `Secure`
+/// when `tls` (the listener serves HTTPS). The dashboard is merged after the API's layers:
+/// its own session check stands in for the bearer-token gate, before any body is read.
+pub fn router_served(
+    plane: Arc<Plane>,
+    access: Access,
+    stopping: watch::Receiver<bool>,
+    bodies: BodyBounds,
+    tls: bool,
+) -> Router {
+    let access = Arc::new(access);
+    let ui = crate::ui::router(plane.clone(), access.clone(), bodies.clone(), tls);
     let gate = Gate {
-        access: Arc::new(access),
+        access,
         plane: plane.clone(),
     };
     Router::new()
@@ -146,6 +162,7 @@ pub fn router_with(
             crate::auth::gate,
         ))
         .with_state(App { plane, stopping })
+        .merge(ui)
 }
 
 struct Failure(StatusCode, ApiError);

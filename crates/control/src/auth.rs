@@ -198,6 +198,12 @@ impl Access {
         found
     }
 
+    /// The name and role of the operator holding `token` (the dashboard's sign-in), compared
+    /// as [`Access`] compares bearer tokens: every operator's digest, in constant time.
+    pub fn sign_in(&self, token: &str) -> Option<(String, Role)> {
+        self.operator(token).map(|o| (o.name.clone(), o.role))
+    }
+
     fn is_join(&self, token: &str) -> bool {
         same_digest(&token_sha256(token), &self.join_sha256)
     }

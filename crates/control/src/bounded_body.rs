@@ -170,12 +170,13 @@ pub async fn read(State(bounds): State<BodyBounds>, req: Request, next: Next) ->
 /// headers (its text, if short, is the message; otherwise the status's reason).
 pub async fn json_errors(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    let is_json_or_html = response
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    // HTML errors are the dashboard's own pages ([`crate::ui`]): left as they are.
+    if !(status.is_client_error() || status.is_server_error()) || is_json_or_html {
         return response;
     }
     let (mut parts, body) = response.into_parts();

@@ -18,6 +18,8 @@
 //! - [`listener`]: serving the API within its bounds ([`ApiLimits`]); [`bounded_body`]: request
 //!   bodies read with size, time and memory bounds, errors as JSON; [`https`]: the API's
 //!   certificate (`--tls-cert`, `--tls-key`).
+//! - [`ui`]: the operator dashboard at `/ui/` (sign-in, sessions, CSRF; fleet, rollouts,
+//!   versions, audit, purge, DNS, traffic pages), server-rendered from askama templates.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
@@ -39,6 +41,7 @@ pub mod rollout;
 pub mod secrets;
 pub mod store;
 pub mod tier;
+pub mod ui;
 
 pub use api::{serve, ControlServer, Tokens};
 pub use listener::{serve_maybe_tls, serve_with, ApiLimits};

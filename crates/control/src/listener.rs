@@ -252,7 +252,7 @@ pub async fn serve_maybe_tls(
     let addr = listener.local_addr()?;
     let (stop, rx) = watch::channel(false);
     let bounds = BodyBounds::new(&limits);
-    let app: Router = crate::api::router_with(plane, access, rx.clone(), bounds);
+    let app: Router = crate::api::router_served(plane, access, rx.clone(), bounds, tls.is_some());
     let max_connections = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let permits = Arc::new(Semaphore::new(max_connections as usize));
     let conf = match tls {

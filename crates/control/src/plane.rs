@@ -140,6 +140,10 @@ pub struct Plane {
     pub(crate) health: HealthBook,
     /// The gate's latest judgement of each rollout (not stored: it changes every look).
     pub(crate) gate_view: Mutex<HashMap<u64, crate::rollout::gate::GateReport>>,
+    /// The gate's looks at the newest rollout, for the dashboard's plots.
+    pub(crate) gate_history: crate::rollout::history::GateHistory,
+    /// The last hour of traffic from the edges' health reports, for the dashboard.
+    pub(crate) traffic: crate::rollout::history::TrafficBook,
     /// When the gate last looked at each rollout's wave.
     pub(crate) looked: Mutex<HashMap<(u64, usize), std::time::Instant>>,
     /// When this replica started (ms since the epoch): the rollout driver counts an edge as
@@ -183,6 +187,8 @@ impl Plane {
             fanout: Fanout::default(),
             health: HealthBook::default(),
             gate_view: Mutex::new(HashMap::new()),
+            gate_history: Default::default(),
+            traffic: Default::default(),
             looked: Mutex::new(HashMap::new()),
             started_ms: now_ms(),
             freshener: crate::freshness::Freshener::new(options.target_freshness),

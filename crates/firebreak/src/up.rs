@@ -519,6 +519,9 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
     );
     out!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
     out!(
+        "  dashboard      {control_url}/ui/   (sign in with FIREBREAK_TOKEN below; the browser must trust the local CA, or accept its warning)"
+    );
+    out!(
         "  local CA       {}   (the control plane's and the services' certificates)",
         ca_file.display()
     );

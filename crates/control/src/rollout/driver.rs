@@ -449,6 +449,9 @@ async fn wave(plane: &Arc<Plane>, r: &Rollout, fleet: &[EdgeStatus]) -> Result<(
     if let Ok(mut view) = plane.gate_view.lock() {
         view.insert(r.id, report.clone());
     }
+    plane
+        .gate_history
+        .record(r.id, r.wave, firebreak_protocol::now_ms(), &report);
     match report.verdict {
         Verdict::Fail => {
             let reason = format!("gate failed in wave {}: {}", r.wave + 1, report.reason);

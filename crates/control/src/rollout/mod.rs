@@ -14,6 +14,7 @@
 pub mod driver;
 pub mod gate;
 pub mod health;
+pub mod history;
 pub mod shield;
 pub mod state;
 
@@ -156,6 +157,21 @@ impl Plane {
             return Err(PlaneError::BadRequest("implausible health report".into()));
         }
         self.touch(id);
+        // The POP from the registration the gate just checked (cached); the dashboard's
+        // traffic page adds the report's increments up per POP and service.
+        let pop = self
+            .identities
+            .lock()
+            .ok()
+            .and_then(|c| c.get(id).map(|(i, _)| i.pop.clone()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let previous = self.health.latest(id);
+        self.traffic.record(
+            &pop,
+            previous.as_ref(),
+            &report,
+            firebreak_protocol::now_ms(),
+        );
         self.health.record(id, report);
         Ok(())
     }

@@ -11,6 +11,7 @@
 mod api;
 mod backup;
 mod control_tls;
+mod dashboard;
 mod dns_plane;
 mod edges;
 mod faults;
