@@ -103,6 +103,11 @@ pub fn redirect(to: &'static str) -> Response {
 /// The dashboard's gate: see the module's documentation.
 pub async fn guard(State(ui): State<Ui>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
+    // The router's layers also see requests no dashboard route matches (`/favicon.ico`, the
+    // API's unknown paths): those are not the dashboard's to redirect.
+    if path != "/ui" && !path.starts_with("/ui/") {
+        return next.run(req).await;
+    }
     // Anything but a read (POST, and methods no route takes) is checked as a form would be.
     let post = !matches!(*req.method(), Method::GET | Method::HEAD);
     if post {
@@ -368,6 +373,43 @@ mod tests {
             session.ends_with("; Path=/ui; HttpOnly; SameSite=Strict; Secure"),
             "{session}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// What a browser does by itself (Chromium asks for `/favicon.ico` after every page)
+    /// neither lands on the sign-in page nor changes the sign-in token: a page already shown
+    /// still signs in (found by the browser test).
+    #[tokio::test]
+    async fn requests_outside_the_dashboard_leave_the_sign_in_alone() {
+        let (router, dir) = app("favicon", false).await;
+        let resp = router
+            .clone()
+            .oneshot(
+                HttpRequest::get("/favicon.ico")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_ne!(resp.status(), StatusCode::SEE_OTHER);
+        assert!(set_cookies(&resp).is_empty());
+        let first = router
+            .clone()
+            .oneshot(HttpRequest::get("/ui/login").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let pair = set_cookies(&first)[0].split(';').next().unwrap().to_owned();
+        let again = router
+            .oneshot(
+                HttpRequest::get("/ui/login")
+                    .header("cookie", &pair)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let kept = set_cookies(&again)[0].split(';').next().unwrap().to_owned();
+        assert_eq!(kept, pair, "a second sign-in page minted another token");
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -10,6 +10,8 @@
 
 mod api;
 mod backup;
+mod browser;
+mod chrome;
 mod control_tls;
 mod dashboard;
 mod dns_plane;

@@ -31,7 +31,9 @@ const PERIOD_MS: u64 = 25;
 /// Rollout settings of the drill fleet. `default` is what a deploy uses: the canary edge, its
 /// cell, every cell; one-second bakes and looks, enough requests for a verdict in a second or
 /// two of the load, at most 20 s of waiting. `hold` activates a whole cell first and bakes for
-/// a minute (for the replay drill, which pauses it in its first wave).
+/// a minute (for the replay drill, which pauses it in its first wave). `watched` is `default`
+/// with three-second bakes, so that a page polled every two seconds sees each wave
+/// (`browser.rs`).
 const PLANS: &str = r#"
 [rollout]
 edge_gone_s = 10
@@ -41,6 +43,15 @@ stage_timeout_s = 15
 name = "default"
 waves = [{ edges = 1 }, { cells = 1 }, { percent = 100 }]
 bake_s = 1
+interval_s = 1
+min_requests = 30
+max_wait_s = 20
+activate_timeout_s = 10
+
+[[rollout.plan]]
+name = "watched"
+waves = [{ edges = 1 }, { cells = 1 }, { percent = 100 }]
+bake_s = 3
 interval_s = 1
 min_requests = 30
 max_wait_s = 20
@@ -80,7 +91,7 @@ fn document(marker: &str, services: &[Svc<'_>]) -> String {
 }
 
 /// Services `a` and `b` in front of `origin`, `extra_a` added to `a`.
-fn two(marker: &str, origin: SocketAddr, a_origin: SocketAddr, extra_a: &str) -> String {
+pub(crate) fn two(marker: &str, origin: SocketAddr, a_origin: SocketAddr, extra_a: &str) -> String {
     document(
         marker,
         &[
@@ -100,7 +111,7 @@ fn two(marker: &str, origin: SocketAddr, a_origin: SocketAddr, extra_a: &str) ->
 
 /// What one edge's clients saw.
 #[derive(Debug, Clone, Default)]
-struct Seen {
+pub(crate) struct Seen {
     /// 2xx–4xx answers.
     ok: u64,
     /// 5xx answers, and requests with no answer within 5 s.
@@ -121,10 +132,10 @@ struct Seen {
 }
 
 /// Which requests a load sends, in turn: (host, cached path?).
-type Mix = Vec<(&'static str, bool)>;
+pub(crate) type Mix = Vec<(&'static str, bool)>;
 
 /// Both services, cached and uncached paths, in equal parts.
-fn even_mix() -> Mix {
+pub(crate) fn even_mix() -> Mix {
     vec![
         ("a.test", true),
         ("a.test", false),
@@ -135,7 +146,7 @@ fn even_mix() -> Mix {
 
 /// A steady, bounded client load: one task per edge, one request every [`PERIOD_MS`] (never
 /// more than one in flight per edge).
-struct Load {
+pub(crate) struct Load {
     seen: Vec<(String, Arc<Mutex<Seen>>)>,
     stop: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
@@ -182,7 +193,7 @@ impl Load {
     }
 
     /// Stops every task (each ends after its request in flight) and returns what was seen.
-    async fn stop(mut self) -> BTreeMap<String, Seen> {
+    pub(crate) async fn stop(mut self) -> BTreeMap<String, Seen> {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks.drain(..) {
             tokio::time::timeout(Duration::from_secs(10), t)
@@ -281,17 +292,17 @@ struct Member {
 
 /// The drill fleet: a control plane in this process (redb), six edges in three cells, one
 /// origin.
-struct Fleet {
+pub(crate) struct Fleet {
     dir: PathBuf,
-    origin: SocketAddr,
-    c: Control,
+    pub(crate) origin: SocketAddr,
+    pub(crate) c: Control,
     edges: Vec<Member>,
 }
 
 impl Fleet {
     /// Releases `v1` (made from the origin's address) as version 1, then starts the edges and
     /// waits until every one serves it and the control plane lists all six.
-    async fn start(name: &str, v1: impl FnOnce(SocketAddr) -> String) -> Self {
+    pub(crate) async fn start(name: &str, v1: impl FnOnce(SocketAddr) -> String) -> Self {
         let dir = temp_dir(name);
         let origin = origin().await;
         let c = Control::start(
@@ -335,7 +346,7 @@ impl Fleet {
         fleet
     }
 
-    fn targets(&self) -> Vec<(String, SocketAddr)> {
+    pub(crate) fn targets(&self) -> Vec<(String, SocketAddr)> {
         self.edges
             .iter()
             .map(|m| (m.id.clone(), addr(&m.agent)))
@@ -344,14 +355,14 @@ impl Fleet {
 
     /// Starts the load and waits until every edge answered a few requests (so that every edge
     /// has sent health counts on version 1 before anything is deployed).
-    async fn load(&self, mix: Mix) -> Load {
+    pub(crate) async fn load(&self, mix: Mix) -> Load {
         let load = Load::start(&self.targets(), mix);
         load.wait_ok(&BTreeMap::new(), 40).await;
         load
     }
 
     /// Stores `doc` as the next version (not rolled out); returns its number.
-    async fn push(&self, doc: &str) -> u64 {
+    pub(crate) async fn push(&self, doc: &str) -> u64 {
         let (status, v) = self
             .c
             .call(
@@ -365,7 +376,7 @@ impl Fleet {
     }
 
     /// Deploys `version` through the normal rollout path on `plan`; returns the rollout id.
-    async fn deploy(&self, version: u64, plan: &str) -> u64 {
+    pub(crate) async fn deploy(&self, version: u64, plan: &str) -> u64 {
         let (status, r) = self
             .c
             .call(
@@ -394,7 +405,7 @@ impl Fleet {
 
     /// Waits until every edge runs `version`, as the edges and the control plane see it, and
     /// answers for both services with its marker.
-    async fn all_on(&self, version: u64, marker: &str) {
+    pub(crate) async fn all_on(&self, version: u64, marker: &str) {
         for m in &self.edges {
             wait_applied(&m.agent, version).await;
         }

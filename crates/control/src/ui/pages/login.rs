@@ -24,8 +24,14 @@ pub struct LoginPage {
     pub error: String,
 }
 
-fn login_page(ui: &Ui, status: StatusCode, error: &str) -> Response {
-    let Some(csrf) = session::random_token() else {
+fn login_page(ui: &Ui, headers: &HeaderMap, status: StatusCode, error: &str) -> Response {
+    // The browser's sign-in token stays the same while it has one: every sign-in page it
+    // shows (another tab, a reload, a request the browser makes by itself) then carries the
+    // value its cookie holds, instead of the last page load invalidating the others.
+    let kept = session::cookie(headers, session::LOGIN_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned);
+    let Some(csrf) = kept.or_else(session::random_token) else {
         return UiError::new(StatusCode::SERVICE_UNAVAILABLE, "no randomness").into_response();
     };
     let cookie = format!(
@@ -44,7 +50,7 @@ pub async fn login_form(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     if session::cookie(&headers, session::COOKIE).is_some_and(|id| ui.sessions.get(id).is_some()) {
         return redirect("/ui/");
     }
-    login_page(&ui, StatusCode::OK, "")
+    login_page(&ui, &headers, StatusCode::OK, "")
 }
 
 /// `POST /ui/login`: `token` and the double-submit `csrf`.
@@ -80,6 +86,7 @@ pub async fn login(State(ui): State<Ui>, headers: HeaderMap, body: Bytes) -> Res
         }
         None => login_page(
             &ui,
+            &headers,
             StatusCode::UNAUTHORIZED,
             "That token is not an operator's.",
         ),
