@@ -18,6 +18,8 @@
 //! - [`listener`]: serving the API within its bounds ([`ApiLimits`]); [`bounded_body`]: request
 //!   bodies read with size, time and memory bounds, errors as JSON; [`https`]: the API's
 //!   certificate (`--tls-cert`, `--tls-key`).
+//! - [`status`]: the public status page (`/status`, Atom feed), incidents opened by hand or
+//!   automatically (gate trips, unhealthy POPs, DNS fallbacks), and its static export.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
@@ -37,6 +39,7 @@ pub mod pops;
 pub mod registry;
 pub mod rollout;
 pub mod secrets;
+pub mod status;
 pub mod store;
 pub mod tier;
 

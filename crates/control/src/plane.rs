@@ -202,6 +202,11 @@ impl Plane {
                 .await;
         });
         crate::rollout::driver::spawn(Arc::downgrade(&plane), options.tick);
+        // Automatic incidents: a few looks a second at most (the registry is read each time).
+        crate::status::auto::spawn(
+            Arc::downgrade(&plane),
+            options.tick.max(std::time::Duration::from_millis(500)),
+        );
         crate::registry::spawn_pruner(Arc::downgrade(&plane), options.edges.prune_after);
         Ok(plane)
     }

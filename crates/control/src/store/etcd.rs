@@ -27,6 +27,9 @@ fn bundle_key(n: u64) -> String {
 fn target_key() -> String {
     format!("{PREFIX}target")
 }
+fn incidents_key() -> String {
+    format!("{PREFIX}incidents")
+}
 fn audit_key(key: &str) -> String {
     format!("{PREFIX}audit/{key}")
 }
@@ -297,6 +300,35 @@ impl EtcdStore {
                 revision,
             )])
             .and_then(vec![TxnOp::put(target_key(), raw.to_vec(), None)]);
+        Ok(timed(c.txn(txn)).await?.succeeded())
+    }
+
+    pub(super) async fn incidents(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_one(incidents_key()).await
+    }
+
+    /// As `set_target`: compare on the stored document's revision.
+    pub(super) async fn set_incidents(
+        &self,
+        expected_seq: u64,
+        raw: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut c = self.client.clone();
+        let resp = timed(c.get(incidents_key(), None)).await?;
+        let (revision, seq) = match resp.kvs().first() {
+            Some(kv) => (kv.mod_revision(), super::state_seq(kv.value())?),
+            None => (0, 0),
+        };
+        if seq != expected_seq {
+            return Ok(false);
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                incidents_key(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then(vec![TxnOp::put(incidents_key(), raw.to_vec(), None)]);
         Ok(timed(c.txn(txn)).await?.succeeded())
     }
 
