@@ -241,6 +241,11 @@ async fn auth_and_openapi(c: &Control) {
         "/v1/rollback",
         "/v1/switches/{name}",
         "/v1/audit",
+        "/v1/incidents",
+        "/v1/incidents/{id}/updates",
+        "/status",
+        "/status/feed.atom",
+        "/status/incidents.json",
     ] {
         assert!(
             doc["paths"][path].is_object(),
