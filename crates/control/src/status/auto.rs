@@ -5,11 +5,13 @@
 //!
 //! Conditions:
 //! - `pop/NAME`: the POP is unhealthy (no live edge serving a version, as `GET /v1/pops`
-//!   tells the DNS servers; edges count as seen from this replica's start, like the rollout
-//!   driver, so a restart does not call every POP down).
+//!   tells the DNS servers) after it served: a POP whose edges have never applied a version
+//!   (a new POP, the fleet's first rollout) is starting, not down. Edges count as seen from
+//!   this replica's start, like the rollout driver, so a restart does not call every POP down.
 //! - `dns/fallback`: DNS answers with fallbacks. The control plane has no signal from the DNS
 //!   servers for this; it is derived from the POP health they use: DNS serves a service's
-//!   fallback when none of its POPs is healthy, so this is "POPs exist and none is healthy".
+//!   fallback when none of its POPs is healthy, so this is "a POP served, and none is healthy
+//!   now" (per service would need each service's POPs from the `[dns]` data: not done).
 //! - `gate/ROLLOUT`: a rollout's health gate tripped and rolled it back ([`gate_tripped`],
 //!   called where the rollback starts); it ends when no rollout runs held by it and every live
 //!   member runs the fleet's target version again.
@@ -31,6 +33,8 @@ pub(crate) struct Signals {
     fleet: Vec<EdgeStatus>,
     /// The live window, ms.
     window: u64,
+    /// POPs with an edge that applied a version (its last report): the others are starting.
+    served: BTreeSet<String>,
     /// The fleet state.
     state: FleetState,
     /// When read.
@@ -47,8 +51,14 @@ impl Signals {
         }
         let now = now_ms();
         let pops = crate::pops::pop_health_of(&fleet, now, window).pops;
+        let served = fleet
+            .iter()
+            .filter(|e| e.report.role == MemberRole::Edge && e.report.applied_version.is_some())
+            .map(|e| e.report.pop.clone())
+            .collect();
         Ok(Self {
             pops,
+            served,
             fleet,
             window,
             state: plane.fleet_state(),
@@ -58,7 +68,12 @@ impl Signals {
 
     /// Whether DNS serves fallbacks (see the module's documentation).
     pub(crate) fn dns_fallback(&self) -> bool {
-        !self.pops.is_empty() && self.pops.iter().all(|p| !p.healthy)
+        !self.served.is_empty() && self.pops.iter().all(|p| !p.healthy)
+    }
+
+    /// Whether POP `p` is down: unhealthy after it served.
+    pub(crate) fn down(&self, p: &PopHealth) -> bool {
+        !p.healthy && self.served.contains(&p.pop)
     }
 
     /// Whether the fleet is back on its target after a rollback of `rollout`.
@@ -78,7 +93,7 @@ impl Signals {
     /// The conditions holding now that open incidents, by condition.
     fn opening(&self) -> BTreeMap<String, NewIncident> {
         let mut out = BTreeMap::new();
-        for p in self.pops.iter().filter(|p| !p.healthy) {
+        for p in self.pops.iter().filter(|p| self.down(p)) {
             out.insert(
                 format!("pop/{}", p.pop),
                 NewIncident {
@@ -202,5 +217,104 @@ pub(crate) async fn gate_tripped(plane: &Plane, r: &Rollout, reason: &str) {
         .await;
     if let Err(e) = result {
         tracing::warn!(rollout = r.id, error = %e, "status: gate incident not opened");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::status::IncidentBook;
+    use firebreak_protocol::api::EdgeReport;
+
+    fn edge(id: &str, pop: &str, applied: Option<u64>, seen: u64) -> EdgeStatus {
+        EdgeStatus {
+            id: id.into(),
+            report: EdgeReport {
+                pop: pop.into(),
+                cell: "c".into(),
+                admin_url: None,
+                listen: Vec::new(),
+                applied_version: applied,
+                applied_seq: 0,
+                error: None,
+                failed_services: Vec::new(),
+                staged: None,
+                bad_versions: Vec::new(),
+                stale: None,
+                role: MemberRole::Edge,
+            },
+            last_seen_ms: seen,
+            cert_expiry_ms: None,
+        }
+    }
+
+    fn signals(fleet: Vec<EdgeStatus>, now: u64) -> Signals {
+        let window = 1_000;
+        let pops = crate::pops::pop_health_of(&fleet, now, window).pops;
+        let served = fleet
+            .iter()
+            .filter(|e| e.report.applied_version.is_some())
+            .map(|e| e.report.pop.clone())
+            .collect();
+        Signals {
+            pops,
+            served,
+            fleet,
+            window,
+            state: FleetState::default(),
+            now,
+        }
+    }
+
+    #[test]
+    fn an_unhealthy_pop_that_served_opens_one_incident_and_closes_it_when_healthy() {
+        // ams serves; fra's edge went silent; new is still starting (never applied).
+        let s = signals(
+            vec![
+                edge("a1", "ams", Some(1), 10_000),
+                edge("f1", "fra", Some(1), 1_000),
+                edge("n1", "new", None, 10_000),
+            ],
+            10_000,
+        );
+        let opening = s.opening();
+        assert_eq!(opening.keys().collect::<Vec<_>>(), ["pop/fra"]);
+        assert!(!s.dns_fallback());
+        let mut book = IncidentBook::default();
+        for _ in 0..2 {
+            for (c, new) in &opening {
+                book.open_automatic(c, new.clone(), 10_000).unwrap();
+            }
+        }
+        assert_eq!(book.incidents.len(), 1, "idempotent");
+        assert_eq!(book.incidents[0].components, ["pop/fra"]);
+        // fra is back: the condition ended and its incident closes.
+        let s = signals(
+            vec![
+                edge("a1", "ams", Some(1), 20_000),
+                edge("f1", "fra", Some(1), 20_000),
+            ],
+            20_000,
+        );
+        let active: BTreeSet<String> = s.opening().into_keys().collect();
+        assert_eq!(book.close_ended(&active, |_| true, 20_000), 1);
+        assert!(book.open_for("pop/fra").is_none());
+    }
+
+    #[test]
+    fn dns_fallback_is_derived_from_no_pop_being_healthy() {
+        let s = signals(
+            vec![edge("a1", "ams", Some(1), 0), edge("f1", "fra", Some(1), 0)],
+            10_000,
+        );
+        assert!(s.dns_fallback());
+        let opening = s.opening();
+        assert!(opening.contains_key("dns/fallback"), "{opening:?}");
+        assert_eq!(opening.len(), 3);
+        // A fleet still starting (nothing ever applied) is not a fallback.
+        let s = signals(vec![edge("a1", "ams", None, 10_000)], 10_000);
+        assert!(!s.dns_fallback());
+        assert!(s.opening().is_empty());
     }
 }

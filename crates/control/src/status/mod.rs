@@ -219,8 +219,11 @@ impl Plane {
                 name: format!("POP {}", p.pop),
                 observed: if p.healthy {
                     ComponentState::Operational
-                } else {
+                } else if signals.down(p) {
                     ComponentState::Outage
+                } else {
+                    // Starting: its edges have not applied a version yet.
+                    ComponentState::Degraded
                 },
             })
             .collect();
