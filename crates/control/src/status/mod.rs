@@ -181,6 +181,29 @@ impl Plane {
             Ok((opened, true))
         })
         .await
+        .inspect(|i| {
+            self.audit_incident(by, "incident-open", i);
+        })
+    }
+
+    /// Records an operator's incident change in the audit log (spawned: never delays the
+    /// answer; a failure is logged).
+    fn audit_incident(&self, by: &str, action: &str, i: &Incident) {
+        let entry = crate::rollout::state::AuditEntry {
+            at_ms: now_ms(),
+            who: by.to_owned(),
+            action: action.to_owned(),
+            version: None,
+            rollout: None,
+            message: format!("incident {} ({}): {}", i.id, i.state, i.title),
+            gate: None,
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.audit(&entry).await {
+                tracing::warn!(error = %e, "audit entry not stored");
+            }
+        });
     }
 
     /// Adds an update to incident `id` by operator `by`; state `resolved` closes it
@@ -202,6 +225,9 @@ impl Plane {
             Ok((changed, true))
         })
         .await
+        .inspect(|i| {
+            self.audit_incident(by, "incident-update", i);
+        })
     }
 
     /// What the status page shows now: each POP's health, DNS, the control plane (this

@@ -200,6 +200,8 @@ impl EtcdStore {
                 bundles.insert(number(n)?, kv.value().to_vec());
             } else if rest == "target" {
                 out.state = Some(kv.value().to_vec());
+            } else if rest == "incidents" {
+                out.incidents = Some(kv.value().to_vec());
             } else if let Some(k) = rest.strip_prefix("audit/") {
                 out.audit.push((k.to_owned(), kv.value().to_vec()));
             }
@@ -231,6 +233,13 @@ impl EtcdStore {
         }
         for (k, v) in &dump.audit {
             self.put_audit(k, v).await?;
+        }
+        if let Some(incidents) = &dump.incidents {
+            if !self.set_incidents(0, incidents).await? {
+                return Err(StoreError::Unavailable(
+                    "the store already holds an incident log: restore only into a new store".into(),
+                ));
+            }
         }
         if let Some(state) = &dump.state {
             let txn = Txn::new()

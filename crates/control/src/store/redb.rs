@@ -277,6 +277,10 @@ impl RedbStore {
                 .get(TARGET)
                 .map_err(err)?
                 .map(|v| v.value().to_vec());
+            out.incidents = singletons
+                .get(INCIDENTS)
+                .map_err(err)?
+                .map(|v| v.value().to_vec());
             let audit = txn.open_table(AUDIT).map_err(err)?;
             for row in audit.iter().map_err(err)? {
                 let (k, v) = row.map_err(err)?;
@@ -309,6 +313,11 @@ impl RedbStore {
                 let mut audit = txn.open_table(AUDIT).map_err(err)?;
                 for (k, v) in &dump.audit {
                     audit.insert(k.as_str(), v.as_slice()).map_err(err)?;
+                }
+                if let Some(incidents) = &dump.incidents {
+                    singletons
+                        .insert(INCIDENTS, incidents.as_slice())
+                        .map_err(err)?;
                 }
                 if let Some(state) = &dump.state {
                     singletons.insert(TARGET, state.as_slice()).map_err(err)?;
