@@ -201,7 +201,28 @@ fn incidents_opened_with_the_cli_show_on_the_page_the_feed_and_the_exports() {
     }
     assert!(read(&export.join("index.html")).contains("has stopped updating"));
 
-    // Resolving it through the CLI: the page and the control plane's own export follow.
+    // `status export --watch` keeps the copy current.
+    let watched = dir.join("watched");
+    let _watch = Proc::spawn(
+        &[
+            "status",
+            "export",
+            watched.to_str().unwrap(),
+            "--watch",
+            "--interval-s",
+            "1",
+            "--control",
+            &url,
+        ],
+        &[],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !read(&watched.join("index.html")).contains("answers") {
+        assert!(Instant::now() < deadline, "--watch never wrote the page");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Resolving it through the CLI: the page and the exports follow.
     let (code, out, err) = client(
         &url,
         &[
@@ -214,12 +235,15 @@ fn incidents_opened_with_the_cli_show_on_the_page_the_feed_and_the_exports() {
     assert!(page.contains("All systems operational"), "{page}");
     assert!(page.contains("Fixed."), "{page}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !read(&live_export.join("index.html")).contains("Fixed.") {
-        assert!(
-            Instant::now() < deadline,
-            "--status-export never showed the update"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    for copy in [&live_export, &watched] {
+        while !read(&copy.join("index.html")).contains("Fixed.") {
+            assert!(
+                Instant::now() < deadline,
+                "{} never showed the update",
+                copy.display()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
 }

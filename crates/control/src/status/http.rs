@@ -36,8 +36,8 @@ fn rendered(r: Result<String, askama::Error>, content_type: &'static str) -> Ans
         .into_response())
 }
 
-async fn snapshot(plane: &Plane) -> Result<StatusSnapshot, Failure> {
-    Ok(plane.status_snapshot().await?)
+async fn snapshot(plane: &Plane) -> Result<Arc<StatusSnapshot>, Failure> {
+    Ok(plane.status_snapshot_cached().await?)
 }
 
 /// `GET /status`.
@@ -60,7 +60,7 @@ pub(crate) async fn feed(State(plane): State<Arc<Plane>>) -> Answer {
 
 /// `GET /status/incidents.json`.
 pub(crate) async fn data(State(plane): State<Arc<Plane>>) -> Answer {
-    Ok(Json(snapshot(&plane).await?).into_response())
+    Ok(Json(&*snapshot(&plane).await?).into_response())
 }
 
 /// `GET /v1/incidents`.

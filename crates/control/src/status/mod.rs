@@ -32,6 +32,14 @@ use serde::{Deserialize, Serialize};
 /// How many times a write of the incident log retries when another replica wrote first.
 const ATTEMPTS: usize = 8;
 
+/// How long a status snapshot is reused for the public routes (a change of the incident log
+/// through this replica drops it at once).
+pub const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The last status snapshot and when it was made.
+pub(crate) type SnapshotCache =
+    std::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<StatusSnapshot>)>>;
+
 /// A component's state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -160,6 +168,9 @@ impl Plane {
             let raw = serde_json::to_vec(&next)
                 .map_err(|e| PlaneError::Internal(format!("incident log: {e}")))?;
             if self.store.set_incidents(current.seq, &raw).await? {
+                if let Ok(mut cached) = self.status_cache.lock() {
+                    *cached = None;
+                }
                 return Ok(out);
             }
         }
@@ -228,6 +239,25 @@ impl Plane {
         .inspect(|i| {
             self.audit_incident(by, "incident-update", i);
         })
+    }
+
+    /// [`Plane::status_snapshot`], reused for up to [`SNAPSHOT_TTL`]: what the public routes
+    /// answer from.
+    pub async fn status_snapshot_cached(
+        &self,
+    ) -> Result<std::sync::Arc<StatusSnapshot>, PlaneError> {
+        if let Ok(cached) = self.status_cache.lock() {
+            if let Some((at, s)) = cached.as_ref() {
+                if at.elapsed() < SNAPSHOT_TTL {
+                    return Ok(s.clone());
+                }
+            }
+        }
+        let fresh = std::sync::Arc::new(self.status_snapshot().await?);
+        if let Ok(mut cached) = self.status_cache.lock() {
+            *cached = Some((std::time::Instant::now(), fresh.clone()));
+        }
+        Ok(fresh)
     }
 
     /// What the status page shows now: each POP's health, DNS, the control plane (this
