@@ -76,10 +76,15 @@ impl Signals {
         !p.healthy && self.served.contains(&p.pop)
     }
 
-    /// Whether the fleet is back on its target after a rollback of `rollout`.
+    /// Whether the fleet is back on its target after a rollback of `rollout` (or moved on to a
+    /// newer rollout).
     fn recovered_from(&self, rollout: u64) -> bool {
         if self.state.running().is_some_and(|r| r.id == rollout) {
             return false;
+        }
+        // A newer rollout started: the fleet moved on (its own gate judges it).
+        if self.state.rollout.as_ref().is_some_and(|r| r.id > rollout) {
+            return true;
         }
         let Some(target) = self.state.default_version() else {
             return true;

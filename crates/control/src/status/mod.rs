@@ -265,7 +265,17 @@ impl Plane {
     /// incident log.
     pub async fn status_snapshot(&self) -> Result<StatusSnapshot, PlaneError> {
         let signals = auto::Signals::read(self).await?;
-        let incidents = self.incident_book().await?;
+        let mut incidents = self.incident_book().await?;
+        // Public: operators are not named (the authenticated `GET /v1/incidents` names them).
+        for u in incidents
+            .incidents
+            .iter_mut()
+            .flat_map(|i| i.updates.iter_mut())
+        {
+            if u.by != incidents::AUTOMATIC_AUTHOR {
+                u.by = "operator".into();
+            }
+        }
         let now = now_ms();
         let mut components: Vec<Component> = signals
             .pops

@@ -30,7 +30,7 @@ pub enum Flavour {
     Exported,
 }
 
-/// `secs` since the epoch as RFC 3339.
+/// `ms` since the epoch as RFC 3339 (whole seconds, UTC).
 pub(crate) fn time(ms: u64) -> String {
     firebreak_protocol::secrets::rfc3339(i64::try_from(ms / 1000).unwrap_or(i64::MAX))
 }
