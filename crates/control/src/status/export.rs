@@ -5,7 +5,8 @@
 //!
 //! `incidents.json` lets an incident be written straight into the directory while the control
 //! plane is down ([`open_offline`], [`update_offline`]): it is read, changed and everything
-//! rendered again; the page then says the component states are as last observed.
+//! rendered again; the page then says the component states are as last observed. Offline
+//! writers take turns on `DIR/.lock` (flock), so none loses another's change.
 
 use super::incidents::{IncidentBook, NewIncident, NewUpdate, MAX_BOOK_BYTES};
 use super::page::{self, Flavour, HEARTBEAT_MS};
@@ -84,6 +85,18 @@ fn change_offline<T>(
     dir: &Path,
     change: impl FnOnce(&mut IncidentBook, u64) -> Result<T, super::IncidentError>,
 ) -> Result<(T, StatusSnapshot), ExportError> {
+    std::fs::create_dir_all(dir).map_err(|e| ExportError::Io(format!("{}: {e}", dir.display())))?;
+    // Two offline writers at once would each read, change and write back, losing one change:
+    // they take turns on the directory's lock file (released when `_lock` is dropped).
+    let lock_path = dir.join(".lock");
+    let _lock = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ExportError::Io(format!("{}: {e}", lock_path.display())))?;
+    rustix::fs::flock(&_lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| ExportError::Io(format!("{}: {e}", lock_path.display())))?;
     let now = firebreak_protocol::now_ms();
     let mut snapshot = read(dir)?.unwrap_or_else(|| StatusSnapshot {
         generated_ms: now,
