@@ -12,7 +12,7 @@
 //!   servers for this; it is derived from the POP health they use: DNS serves a service's
 //!   fallback when none of its POPs is healthy, so this is "a POP served, and none is healthy
 //!   now" (per service would need each service's POPs from the `[dns]` data: not done).
-//! - `gate/ROLLOUT`: a rollout's health gate tripped and rolled it back ([`gate_tripped`],
+//! - `gate/ROLLOUT`: a rollout's health gate tripped and rolled it back (`gate_tripped`,
 //!   called where the rollback starts); it ends when no rollout runs held by it and every live
 //!   member runs the fleet's target version again.
 
