@@ -14,7 +14,7 @@
 //!   now" (per service would need each service's POPs from the `[dns]` data: not done).
 //! - `gate/ROLLOUT`: a rollout's health gate tripped and rolled it back (`gate_tripped`,
 //!   called where the rollback starts); it ends when no rollout runs held by it and every live
-//!   member runs the fleet's target version again.
+//!   member runs the fleet's target version again, or when a newer rollout starts.
 
 use super::incidents::{Impact, NewIncident};
 use crate::plane::{Plane, PlaneError};
