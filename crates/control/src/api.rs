@@ -31,6 +31,8 @@
 //! | POST | `/v1/keys/rotate` | admin | a new signing key, after an overlap |
 //! | POST | `/v1/keys/{id}/revoke` | admin | revoke a key from a stated time |
 //! | GET, POST | `/ui/…` | an operator's dashboard session (cookie; [`crate::ui`]) | the operator dashboard |
+//! | GET | `/status`, `/status/feed.atom`, `/status/incidents.json` | anyone | the public status page (`crate::status`) |
+//! | GET, POST | `/v1/incidents`, POST `/v1/incidents/{id}/updates` | GET: read-only; POST: deployer | incidents |
 
 use crate::auth::{Access, Caller, Gate};
 use crate::bounded_body::{self, BodyBounds};
@@ -81,6 +83,12 @@ struct App {
     plane: Arc<Plane>,
     /// Becomes `true` on shutdown: long-polls end at once instead of holding it up.
     stopping: watch::Receiver<bool>,
+}
+
+impl axum::extract::FromRef<App> for Arc<Plane> {
+    fn from_ref(app: &App) -> Self {
+        app.plane.clone()
+    }
 }
 
 /// The API router over `plane` with the default body bounds; long-polls end when `stopping`
@@ -151,6 +159,17 @@ pub fn router_served(
         .route("/v1/keys/ring", get(key_ring))
         .route("/v1/keys/rotate", post(rotate_key))
         .route("/v1/keys/{id}/revoke", post(revoke_key))
+        .route("/status", get(crate::status::http::page))
+        .route("/status/feed.atom", get(crate::status::http::feed))
+        .route("/status/incidents.json", get(crate::status::http::data))
+        .route(
+            "/v1/incidents",
+            get(crate::status::http::list).post(crate::status::http::open),
+        )
+        .route(
+            "/v1/incidents/{id}/updates",
+            post(crate::status::http::update),
+        )
         .layer(DefaultBodyLimit::max(MAX_API_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(
             bodies,
@@ -165,7 +184,8 @@ pub fn router_served(
         .merge(ui)
 }
 
-struct Failure(StatusCode, ApiError);
+/// An error answer (JSON [`ApiError`]).
+pub(crate) struct Failure(StatusCode, ApiError);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -173,7 +193,7 @@ impl IntoResponse for Failure {
     }
 }
 
-fn fail(status: StatusCode, msg: impl Into<String>) -> Failure {
+pub(crate) fn fail(status: StatusCode, msg: impl Into<String>) -> Failure {
     Failure(
         status,
         ApiError {
@@ -216,7 +236,7 @@ fn bad_path(e: PathRejection) -> Failure {
     fail(StatusCode::BAD_REQUEST, e.body_text())
 }
 
-fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Failure> {
+pub(crate) fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Failure> {
     serde_json::from_slice(bytes)
         .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("request body: {e}")))
 }

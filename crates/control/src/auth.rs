@@ -403,6 +403,13 @@ pub fn need(method: &Method, path: &str) -> Need {
     );
     match segments.as_slice() {
         ["healthz"] | ["v1", "openapi.json"] | ["v1", "public-key"] if get => Need::Anyone,
+        // The public status page: no sign-in, by design (it shows nothing an operator token
+        // guards; see `crate::status`).
+        ["status"] | ["status", "feed.atom"] | ["status", "incidents.json"] if get => Need::Anyone,
+        ["v1", "incidents"] if get => Need::Operator(Role::ReadOnly),
+        ["v1", "incidents"] | ["v1", "incidents", _, "updates"] if post => {
+            Need::Operator(Role::Deployer)
+        }
         ["v1", "edges", id, "join"] if post => Need::Join((*id).to_owned()),
         ["v1", "edges", id, "target"] if get => Need::Edge((*id).to_owned()),
         ["v1", "edges", id, "health"] if post => Need::Edge((*id).to_owned()),
@@ -654,6 +661,18 @@ mod tests {
                 Need::Operator(Role::Admin),
             ),
             ("GET", "/v1/nothing", Need::Operator(Role::Admin)),
+            ("GET", "/status", Need::Anyone),
+            ("GET", "/status/feed.atom", Need::Anyone),
+            ("GET", "/status/incidents.json", Need::Anyone),
+            ("POST", "/status", Need::Operator(Role::Admin)),
+            ("GET", "/status/other", Need::Operator(Role::Admin)),
+            ("GET", "/v1/incidents", Need::Operator(Role::ReadOnly)),
+            ("POST", "/v1/incidents", Need::Operator(Role::Deployer)),
+            (
+                "POST",
+                "/v1/incidents/3/updates",
+                Need::Operator(Role::Deployer),
+            ),
             ("DELETE", "/v1/versions", Need::Operator(Role::Admin)),
             ("POST", "/healthz", Need::Operator(Role::Admin)),
         ];

@@ -1,5 +1,5 @@
-//! Backups of the store: every version (metadata and sealed bundle), the fleet state and the
-//! audit log, read consistently (redb: one read transaction; etcd: one range read of the
+//! Backups of the store: every version (metadata and sealed bundle), the fleet state, the
+//! audit log and the status page's incident log, read consistently (redb: one read transaction; etcd: one range read of the
 //! prefix, which etcd answers at a single revision), as one JSON document. Restore writes them
 //! into an empty store and gives the fleet state a new epoch (the current time in ms, above the
 //! old one), so edges can tell the restored history from a replay of the old one. Edge reports
@@ -51,6 +51,9 @@ pub struct Backup {
     pub state: Option<FleetState>,
     /// The audit log, oldest first.
     pub audit: Vec<BackedAudit>,
+    /// The status page's incident log, if any was written (absent from older backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incidents: Option<crate::status::IncidentBook>,
 }
 
 /// What the store holds, as raw bytes (read in one consistent view by the backend).
@@ -62,6 +65,8 @@ pub struct Dump {
     pub state: Option<Vec<u8>>,
     /// (key, entry JSON), oldest first.
     pub audit: Vec<(String, Vec<u8>)>,
+    /// The incident log JSON.
+    pub incidents: Option<Vec<u8>>,
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -99,12 +104,18 @@ impl Backup {
                 })
             })
             .collect::<Result<_, StoreError>>()?;
+        let incidents = dump
+            .incidents
+            .map(|raw| serde_json::from_slice(&raw))
+            .transpose()
+            .map_err(corrupt)?;
         Ok(Self {
             format: FORMAT.into(),
             taken_at_ms: firebreak_protocol::now_ms(),
             versions,
             state,
             audit,
+            incidents,
         })
     }
 
@@ -147,10 +158,16 @@ impl Backup {
             .into_iter()
             .map(|a| Ok((a.key, serde_json::to_vec(&a.entry).map_err(corrupt)?)))
             .collect::<Result<_, StoreError>>()?;
+        let incidents = self
+            .incidents
+            .map(|book| serde_json::to_vec(&book))
+            .transpose()
+            .map_err(corrupt)?;
         Ok(Dump {
             versions,
             state,
             audit,
+            incidents,
         })
     }
 }
@@ -216,6 +233,25 @@ mod tests {
             ..FleetState::default()
         };
         assert!(a.set_state(0, &state).await.unwrap());
+        let mut book = crate::status::IncidentBook::default();
+        book.open(
+            crate::status::NewIncident {
+                title: "kept".into(),
+                components: vec!["api".into()],
+                text: String::new(),
+                state: None,
+                impact: crate::status::Impact::Degraded,
+            },
+            "t",
+            None,
+            1,
+        )
+        .unwrap();
+        book.seq = 1;
+        assert!(a
+            .set_incidents(0, &serde_json::to_vec(&book).unwrap())
+            .await
+            .unwrap());
         let taken = backup(&a).await.unwrap();
         assert_eq!(taken.versions.len(), 3);
 
@@ -228,6 +264,7 @@ mod tests {
         assert_eq!((restored.seq, restored.epoch), (9, epoch));
         assert_eq!(b.versions(10).await.unwrap(), a.versions(10).await.unwrap());
         assert_eq!(b.bundle(2).await.unwrap(), a.bundle(2).await.unwrap());
+        assert_eq!(b.incidents().await.unwrap(), a.incidents().await.unwrap());
         // A store that holds anything is not overwritten.
         assert!(restore(&b, taken.clone()).await.is_err());
         // A tampered bundle is refused.

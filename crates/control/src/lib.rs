@@ -20,6 +20,8 @@
 //!   certificate (`--tls-cert`, `--tls-key`).
 //! - [`ui`]: the operator dashboard at `/ui/` (sign-in, sessions, CSRF; fleet, rollouts,
 //!   versions, audit, purge, DNS, traffic pages), server-rendered from askama templates.
+//! - [`status`]: the public status page (`/status`, Atom feed), incidents opened by hand or
+//!   automatically (gate trips, unhealthy POPs, DNS fallbacks), and its static export.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
@@ -39,6 +41,7 @@ pub mod pops;
 pub mod registry;
 pub mod rollout;
 pub mod secrets;
+pub mod status;
 pub mod store;
 pub mod tier;
 pub mod ui;

@@ -156,6 +156,10 @@ pub struct Plane {
     /// The live window of `GET /v1/pops` and the version it was read from (see
     /// [`crate::pops`]); versions never change, so it is read once per version.
     pub(crate) live_window: Mutex<Option<(u64, u64)>>,
+    /// The public status page's data as last read, and when (see [`crate::status`]): anonymous
+    /// readers cannot make the registry be read more than once per
+    /// [`crate::status::SNAPSHOT_TTL`].
+    pub(crate) status_cache: crate::status::SnapshotCache,
     /// Edge registrations recently read (see [`crate::registry`]).
     pub(crate) identities:
         Mutex<HashMap<String, (crate::registry::EdgeIdentity, std::time::Instant)>>,
@@ -195,6 +199,7 @@ impl Plane {
             edges: options.edges.clone(),
             identities: Mutex::new(HashMap::new()),
             live_window: Mutex::new(None),
+            status_cache: Default::default(),
         });
         let weak = Arc::downgrade(&plane);
         let store = plane.store.clone();
@@ -208,6 +213,11 @@ impl Plane {
                 .await;
         });
         crate::rollout::driver::spawn(Arc::downgrade(&plane), options.tick);
+        // Automatic incidents: a few looks a second at most (the registry is read each time).
+        crate::status::auto::spawn(
+            Arc::downgrade(&plane),
+            options.tick.max(std::time::Duration::from_millis(500)),
+        );
         crate::registry::spawn_pruner(Arc::downgrade(&plane), options.edges.prune_after);
         Ok(plane)
     }

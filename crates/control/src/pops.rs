@@ -32,7 +32,7 @@ impl Plane {
 
     /// The fleet's running version's `[rollout] edge_gone_s`, in ms; the default when the fleet
     /// runs nothing yet or the version cannot be read (logged).
-    async fn live_window_ms(&self) -> u64 {
+    pub(crate) async fn live_window_ms(&self) -> u64 {
         let default = firebreak_config::RolloutConfig::default()
             .edge_gone_s
             .saturating_mul(1000);

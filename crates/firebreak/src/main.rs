@@ -29,6 +29,7 @@ mod local_ca;
 mod member_flags;
 mod ops;
 mod rollouts;
+mod status;
 mod up;
 
 /// How long Ctrl-C waits for in-flight requests before exiting.
@@ -152,6 +153,11 @@ enum Command {
         /// The private key (PEM) of `--tls-cert`.
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Also write the public status page as static files into this directory whenever it
+        /// changes (and at least every minute), for hosting elsewhere (`firebreak status
+        /// export` does the same from another machine).
+        #[arg(long)]
+        status_export: Option<PathBuf>,
         #[command(flatten)]
         api: control_flags::ApiFlags,
     },
@@ -248,6 +254,21 @@ enum Command {
         /// Append the report (markdown) to this file.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Incidents on the public status page: open, update (`--state resolved` closes), list;
+    /// `--export-dir DIR` writes straight into a status export when the control plane is down.
+    Incident {
+        #[command(subcommand)]
+        command: status::IncidentCommand,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The public status page: `status export DIR [--watch]` writes it as static files.
+    Status {
+        #[command(subcommand)]
+        command: status::StatusCommand,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -583,6 +604,7 @@ async fn run(command: Command) -> Result<(), Failed> {
             target_freshness_s,
             tls_cert,
             tls_key,
+            status_export,
             api,
         } => {
             let (Some(data_dir), Some(edge_token)) = (data_dir, edge_token) else {
@@ -600,6 +622,7 @@ async fn run(command: Command) -> Result<(), Failed> {
                 key_overlap_s,
                 std::time::Duration::from_secs(target_freshness_s),
                 (api, tls_cert.zip(tls_key)),
+                status_export,
             )
             .await
             .map_err(fail)
@@ -689,6 +712,8 @@ async fn run(command: Command) -> Result<(), Failed> {
             out,
             api,
         } => drill::run(&api.api()?, fault, service, rate, out).await,
+        Command::Incident { command, api } => status::incident(&api, command).await,
+        Command::Status { command, api } => status::status(&api, command).await,
         Command::Audit { limit, api } => rollouts::audit(&api.api()?, limit).await,
         Command::Purge {
             url,
@@ -812,6 +837,7 @@ async fn control(
     key_overlap_s: u64,
     target_freshness: std::time::Duration,
     (api, tls): (control_flags::ApiFlags, Option<(PathBuf, PathBuf)>),
+    status_export: Option<PathBuf>,
 ) -> Result<(), String> {
     let limits = api.limits(control_flags::raise_open_files_limit())?;
     let tls = match tls {
@@ -852,6 +878,9 @@ async fn control(
     let plane = Plane::with_options(store, key, options)
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(dir) = status_export {
+        firebreak_control::status::export::spawn(std::sync::Arc::downgrade(&plane), dir);
+    }
     let server = firebreak_control::serve_maybe_tls(listen, plane, access, limits, tls)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -518,6 +518,7 @@ pub async fn run(base: u16, data_dir: Option<PathBuf>) -> Result<(), String> {
         EDGES_PER_POP
     );
     out!("  control plane  {control_url}   (OpenAPI: {control_url}/v1/openapi.json)");
+    out!("  status page    {control_url}/status   (public; Atom feed: {control_url}/status/feed.atom)");
     out!(
         "  dashboard      {control_url}/ui/   (sign in with FIREBREAK_TOKEN below; the browser must trust the local CA, or accept its warning)"
     );

@@ -457,6 +457,9 @@ impl Plane {
             gate,
         })
         .await;
+        if by == "gate" {
+            crate::status::auto::gate_tripped(self, &r, reason).await;
+        }
         Ok(r)
     }
 

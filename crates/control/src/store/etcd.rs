@@ -27,6 +27,9 @@ fn bundle_key(n: u64) -> String {
 fn target_key() -> String {
     format!("{PREFIX}target")
 }
+fn incidents_key() -> String {
+    format!("{PREFIX}incidents")
+}
 fn audit_key(key: &str) -> String {
     format!("{PREFIX}audit/{key}")
 }
@@ -197,6 +200,8 @@ impl EtcdStore {
                 bundles.insert(number(n)?, kv.value().to_vec());
             } else if rest == "target" {
                 out.state = Some(kv.value().to_vec());
+            } else if rest == "incidents" {
+                out.incidents = Some(kv.value().to_vec());
             } else if let Some(k) = rest.strip_prefix("audit/") {
                 out.audit.push((k.to_owned(), kv.value().to_vec()));
             }
@@ -228,6 +233,13 @@ impl EtcdStore {
         }
         for (k, v) in &dump.audit {
             self.put_audit(k, v).await?;
+        }
+        if let Some(incidents) = &dump.incidents {
+            if !self.set_incidents(0, incidents).await? {
+                return Err(StoreError::Unavailable(
+                    "the store already holds an incident log: restore only into a new store".into(),
+                ));
+            }
         }
         if let Some(state) = &dump.state {
             let txn = Txn::new()
@@ -297,6 +309,35 @@ impl EtcdStore {
                 revision,
             )])
             .and_then(vec![TxnOp::put(target_key(), raw.to_vec(), None)]);
+        Ok(timed(c.txn(txn)).await?.succeeded())
+    }
+
+    pub(super) async fn incidents(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get_one(incidents_key()).await
+    }
+
+    /// As `set_target`: compare on the stored document's revision.
+    pub(super) async fn set_incidents(
+        &self,
+        expected_seq: u64,
+        raw: &[u8],
+    ) -> Result<bool, StoreError> {
+        let mut c = self.client.clone();
+        let resp = timed(c.get(incidents_key(), None)).await?;
+        let (revision, seq) = match resp.kvs().first() {
+            Some(kv) => (kv.mod_revision(), super::state_seq(kv.value())?),
+            None => (0, 0),
+        };
+        if seq != expected_seq {
+            return Ok(false);
+        }
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                incidents_key(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then(vec![TxnOp::put(incidents_key(), raw.to_vec(), None)]);
         Ok(timed(c.txn(txn)).await?.succeeded())
     }
 

@@ -7,7 +7,8 @@
 //! through an etcd watch). Neither needs replication code of ours.
 //!
 //! Layout (both backends): versions by number (metadata JSON and sealed bundle), the target
-//! (its sequence number and the signed statement), and edges by id (their last report).
+//! (its sequence number and the signed statement), edges by id (their last report), and the
+//! status page's incident log (one document, compare-and-set like the target).
 
 #[cfg(feature = "etcd")]
 mod etcd;
@@ -239,6 +240,19 @@ impl Store {
         let mut out: Vec<AuditEntry> = raw.iter().map(|b| decode(b)).collect::<Result<_, _>>()?;
         out.reverse();
         Ok(out)
+    }
+
+    /// The status page's incident log as stored (JSON of
+    /// [`crate::status::incidents::IncidentBook`]), if any.
+    pub async fn incidents(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        dispatch!(self, s => s.incidents().await)
+    }
+
+    /// Replaces the incident log if its stored `seq` is still `expected_seq` (0: none yet);
+    /// `false`, changing nothing, otherwise. One document, so that replicas opening the same
+    /// automatic incident at once cannot both succeed.
+    pub async fn set_incidents(&self, expected_seq: u64, raw: &[u8]) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.set_incidents(expected_seq, raw).await)
     }
 
     /// Records an edge's latest report.

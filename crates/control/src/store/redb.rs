@@ -16,6 +16,9 @@ const AUDIT: TableDefinition<&str, &[u8]> = TableDefinition::new("audit");
 /// Joined edges: id → registration (credential hash, admin URL), see `crate::registry`.
 const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("edge_identity");
 const TARGET: &str = "target";
+/// The status page's incident log (`crate::status::incidents::IncidentBook`, JSON), in
+/// `singletons`: one document, replaced by compare-and-set on its sequence number.
+const INCIDENTS: &str = "incidents";
 /// Idempotency key → [`super::IdempotencyRecord`] (JSON).
 const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
 /// Version → the idempotency key stored with it, oldest first: what pruning walks.
@@ -274,6 +277,10 @@ impl RedbStore {
                 .get(TARGET)
                 .map_err(err)?
                 .map(|v| v.value().to_vec());
+            out.incidents = singletons
+                .get(INCIDENTS)
+                .map_err(err)?
+                .map(|v| v.value().to_vec());
             let audit = txn.open_table(AUDIT).map_err(err)?;
             for row in audit.iter().map_err(err)? {
                 let (k, v) = row.map_err(err)?;
@@ -306,6 +313,11 @@ impl RedbStore {
                 let mut audit = txn.open_table(AUDIT).map_err(err)?;
                 for (k, v) in &dump.audit {
                     audit.insert(k.as_str(), v.as_slice()).map_err(err)?;
+                }
+                if let Some(incidents) = &dump.incidents {
+                    singletons
+                        .insert(INCIDENTS, incidents.as_slice())
+                        .map_err(err)?;
                 }
                 if let Some(state) = &dump.state {
                     singletons.insert(TARGET, state.as_slice()).map_err(err)?;
@@ -391,6 +403,40 @@ impl RedbStore {
                     return Ok(false);
                 }
                 t.insert(TARGET, raw.as_slice()).map_err(err)?;
+            }
+            txn.commit().map_err(err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub(super) async fn incidents(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        self.blocking(|db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(SINGLETONS).map_err(err)?;
+            Ok(t.get(INCIDENTS).map_err(err)?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    pub(super) async fn set_incidents(
+        &self,
+        expected_seq: u64,
+        raw: &[u8],
+    ) -> Result<bool, StoreError> {
+        let raw = raw.to_vec();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut t = txn.open_table(SINGLETONS).map_err(err)?;
+                let current = match t.get(INCIDENTS).map_err(err)? {
+                    Some(v) => super::state_seq(v.value())?,
+                    None => 0,
+                };
+                if current != expected_seq {
+                    return Ok(false);
+                }
+                t.insert(INCIDENTS, raw.as_slice()).map_err(err)?;
             }
             txn.commit().map_err(err)?;
             Ok(true)

@@ -241,6 +241,11 @@ async fn auth_and_openapi(c: &Control) {
         "/v1/rollback",
         "/v1/switches/{name}",
         "/v1/audit",
+        "/v1/incidents",
+        "/v1/incidents/{id}/updates",
+        "/status",
+        "/status/feed.atom",
+        "/status/incidents.json",
     ] {
         assert!(
             doc["paths"][path].is_object(),
@@ -324,5 +329,21 @@ async fn api_over_etcd_and_two_replicas_share_one_fleet() {
     ];
     got.sort();
     assert_eq!(got, vec![3, 4]);
+    // Incidents opened through both replicas at once land in one log, with distinct ids.
+    let incident = |title: &str| Some(json!({"title": title, "components": ["api"]}));
+    let (ra, rb) = tokio::join!(
+        a.call(Method::POST, "/v1/incidents", incident("via a")),
+        b.call(Method::POST, "/v1/incidents", incident("via b"))
+    );
+    assert_eq!((ra.0, rb.0), (StatusCode::CREATED, StatusCode::CREATED));
+    let (_, book) = b.call(Method::GET, "/v1/incidents", None).await;
+    let mut ids: Vec<u64> = book["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_u64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [1, 2], "{book:#}");
     std::fs::remove_dir_all(&dir).ok();
 }

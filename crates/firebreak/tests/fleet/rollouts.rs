@@ -508,6 +508,7 @@ async fn caught(fleet: &Fleet, load: Load, version: u64, id: u64) -> (Value, See
     assert_eq!(r["wave"], 0, "{view:#}");
 
     fleet.all_on(1, "v1").await;
+    gate_incident(fleet, id).await;
     // The load keeps going a little on version 1 everywhere, then stops.
     let after = load.snapshot();
     load.wait_ok(&after, 20).await;
@@ -559,6 +560,52 @@ async fn caught(fleet: &Fleet, load: Load, version: u64, id: u64) -> (Value, See
         .iter()
         .any(|c| c["failed"] == true && c["z"].as_f64().unwrap() > 0.0));
     (failing, seen[&canary].clone())
+}
+
+/// The tripped gate opened an incident on the public status page by itself (one, naming the
+/// canary's POP), which resolves by itself once every edge is back on the fleet's version.
+async fn gate_incident(fleet: &Fleet, rollout: u64) {
+    let condition = format!("gate/{rollout}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, book) = fleet.c.call(Method::GET, "/v1/incidents", None).await;
+        assert_eq!(status, StatusCode::OK, "{book:#}");
+        let mine: Vec<&Value> = book["incidents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["automatic"] == condition.as_str())
+            .collect();
+        assert!(mine.len() <= 1, "one incident per gate trip: {book:#}");
+        let Some(incident) = mine.first() else {
+            // Opened just after the rollback is stored: not yet.
+            assert!(Instant::now() < deadline, "the gate opened no incident");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        assert!(
+            incident["components"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c.as_str().unwrap().starts_with("pop/")),
+            "{incident:#}"
+        );
+        if incident["state"] == "resolved" {
+            assert_eq!(incident["updates"][0]["by"], "firebreak", "{incident:#}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gate's incident was never resolved: {incident:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The public page shows it in its history, without a token.
+    let (status, page) = http(Method::GET, &format!("{}/status", fleet.c.url), "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("Configuration change rolled back"), "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
