@@ -2,7 +2,8 @@
 //! `chrome.rs`), against the drill fleet of `rollouts.rs`: a control plane, six edges in three
 //! cells under a steady load, one origin. An operator signs in, sees every edge, watches a
 //! good version's waves advance and a faulty version's gate turn red and roll it back — on
-//! pages that update themselves — and a cross-site form is refused.
+//! pages that update themselves —, the public status page and its static export show the
+//! incident the gate opened, and a cross-site form is refused.
 //!
 //! Screenshots of the pages are taken on every run; with `FIREBREAK_SCREENSHOTS=DIR` they are
 //! written there (README's pictures: `FIREBREAK_SCREENSHOTS=docs/screenshots cargo test -p
@@ -90,6 +91,14 @@ async fn an_operator_watches_a_rollout_and_a_rollback_in_the_dashboard() {
     assert!(!done.contains("not reached"), "{done}");
     assert_eq!(b.run(MARKED).await, Value::from("yes"), "the page reloaded");
 
+    // The public status page is also written as static files, as it would be for hosting
+    // elsewhere (`firebreak control --status-export DIR`).
+    let export = b.dir.join("status-export");
+    firebreak_control::status::export::spawn(
+        std::sync::Arc::downgrade(&fleet.c.plane),
+        export.clone(),
+    );
+
     // A faulty version: the gate turns red in the canary wave and the rollout is rolled back,
     // on the same page, without a reload.
     let fault = "[[service.fault]]\naction = \"status\"\nstatus = 503\npercent = 50\n";
@@ -113,6 +122,35 @@ async fn an_operator_watches_a_rollout_and_a_rollback_in_the_dashboard() {
     assert!(red.as_u64().unwrap_or(0) > 0, "nothing drawn red");
     b.screenshot(&shot(&b, "rollouts")).await;
     fleet.all_on(v2, "v2").await;
+
+    // The gate's trip is an incident on the public status page (no sign-in), opened and
+    // resolved by itself, and in the exported files.
+    b.goto(&format!("{base}/status")).await;
+    let page = b
+        .wait_page("the gate's incident, resolved, on the status page", |t| {
+            t.contains("Configuration change rolled back") && t.to_lowercase().contains("resolved")
+        })
+        .await;
+    assert!(page.contains("Last updated"), "{page}");
+    b.screenshot(&shot(&b, "status")).await;
+    let file = format!("file://{}", export.join("index.html").display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let written = std::fs::read_to_string(export.join("index.html")).unwrap_or_default();
+        if written.contains("Configuration change rolled back") && written.contains("resolved") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export never showed the resolved incident:\n{written}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    b.goto(&file).await;
+    let exported = b.wait_text("Configuration change rolled back").await;
+    assert!(exported.contains("stopped updating"), "{exported}");
+    let feed = std::fs::read_to_string(export.join("feed.atom")).unwrap();
+    assert!(feed.contains("Configuration change rolled back"), "{feed}");
 
     // A cross-site request forgery: a page elsewhere posts a rollback form into the
     // dashboard while the operator is signed in. Refused; the fleet stays where it is.
