@@ -77,6 +77,11 @@ pub fn router(plane: Arc<Plane>, access: Arc<Access>, bodies: BodyBounds, secure
         .route("/ui/diff", get(pages::diff))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/purge", get(pages::purge_form).post(pages::purge))
+        .route(
+            "/ui/incidents",
+            get(pages::incidents).post(pages::open_incident),
+        )
+        .route("/ui/incidents/{id}", post(pages::update_incident))
         .route("/ui/dns", get(pages::dns))
         .route("/ui/traffic", get(pages::traffic))
         .route("/ui/{*rest}", get(not_found).post(not_found))

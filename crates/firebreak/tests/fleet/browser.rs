@@ -152,6 +152,40 @@ async fn an_operator_watches_a_rollout_and_a_rollback_in_the_dashboard() {
     let feed = std::fs::read_to_string(export.join("feed.atom")).unwrap();
     assert!(feed.contains("Configuration change rolled back"), "{feed}");
 
+    // The operator tells the users: an incident opened and updated in the dashboard shows on
+    // the public page.
+    b.goto(&format!("{base}/ui/incidents")).await;
+    b.wait_text("Configuration change rolled back").await;
+    b.fill(
+        "form[action='/ui/incidents'] input[name=title]",
+        "Slow answers in pop-c2",
+    )
+    .await;
+    b.fill(
+        "form[action='/ui/incidents'] input[name=components]",
+        "pop/pop-c2",
+    )
+    .await;
+    b.fill(
+        "form[action='/ui/incidents'] input[name=text]",
+        "Looking into it.",
+    )
+    .await;
+    b.click("form[action='/ui/incidents'] button[type=submit]")
+        .await;
+    let listed = b.wait_text("opened.").await;
+    assert!(listed.contains("Slow answers in pop-c2"), "{listed}");
+    b.fill(
+        "form.actions input[name=text]",
+        "Found it: a full disk; fixed.",
+    )
+    .await;
+    b.click("form.actions button[type=submit]").await;
+    b.wait_text("Found it: a full disk; fixed.").await;
+    b.goto(&format!("{base}/status")).await;
+    let public = b.wait_text("Slow answers in pop-c2").await;
+    assert!(public.contains("Found it: a full disk; fixed."), "{public}");
+
     // A cross-site request forgery: a page elsewhere posts a rollback form into the
     // dashboard while the operator is signed in. Refused; the fleet stays where it is.
     let (_, audit_before) = fleet.c.call(Method::GET, "/v1/audit?limit=500", None).await;

@@ -166,6 +166,31 @@ impl Browser {
 
     /// Ends the session (the driver is killed when `self` drops).
     pub async fn close(self) {
-        let _ = self.client.close().await;
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    /// A test that fails never ends its session, and killing the driver leaves the browser
+    /// running: end the processes started with this session's own profile directory.
+    fn drop(&mut self) {
+        let profile = format!("--user-data-dir={}", self.dir.join("profile").display());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            if cmdline
+                .split(|b| *b == 0)
+                .any(|arg| arg == profile.as_bytes())
+            {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
     }
 }

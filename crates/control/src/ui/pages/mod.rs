@@ -5,6 +5,7 @@
 mod audit;
 mod dns;
 mod fleet;
+mod incidents;
 mod login;
 mod purge;
 mod rollouts;
@@ -14,6 +15,7 @@ mod versions;
 pub use audit::*;
 pub use dns::*;
 pub use fleet::*;
+pub use incidents::*;
 pub use login::*;
 pub use purge::*;
 pub use rollouts::*;
