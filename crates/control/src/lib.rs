@@ -42,6 +42,7 @@ pub mod registry;
 pub mod rollout;
 pub mod secrets;
 pub mod status;
+pub mod steering;
 pub mod store;
 pub mod tier;
 pub mod ui;

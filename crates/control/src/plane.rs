@@ -160,6 +160,9 @@ pub struct Plane {
     /// readers cannot make the registry be read more than once per
     /// [`crate::status::SNAPSHOT_TTL`].
     pub(crate) status_cache: crate::status::SnapshotCache,
+    /// What the status page's automatic incidents keep between looks (the running
+    /// version's configuration, the DNS servers' last reports).
+    pub(crate) status_inputs: tokio::sync::Mutex<crate::status::StatusInputs>,
     /// Edge registrations recently read (see [`crate::registry`]).
     pub(crate) identities:
         Mutex<HashMap<String, (crate::registry::EdgeIdentity, std::time::Instant)>>,
@@ -200,6 +203,7 @@ impl Plane {
             identities: Mutex::new(HashMap::new()),
             live_window: Mutex::new(None),
             status_cache: Default::default(),
+            status_inputs: Default::default(),
         });
         let weak = Arc::downgrade(&plane);
         let store = plane.store.clone();

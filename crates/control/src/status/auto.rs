@@ -8,10 +8,12 @@
 //!   tells the DNS servers) after it served: a POP whose edges have never applied a version
 //!   (a new POP, the fleet's first rollout) is starting, not down. Edges count as seen from
 //!   this replica's start, like the rollout driver, so a restart does not call every POP down.
-//! - `dns/fallback`: DNS answers with fallbacks. The control plane has no signal from the DNS
-//!   servers for this; it is derived from the POP health they use: DNS serves a service's
-//!   fallback when none of its POPs is healthy, so this is "a POP served, and none is healthy
-//!   now" (per service would need each service's POPs from the `[dns]` data: not done).
+//! - `dns/fallback`: DNS answers with fallbacks: a region is sent to a lower tier of its
+//!   preference list, or a service's own fallback answers because no POP of its is healthy
+//!   in some region — computed by [`crate::steering`] from the running version's `[dns]` data
+//!   and the POP health the DNS servers read, as the dashboard's DNS page shows it — or a DNS
+//!   server's latest health report counts fallback answers (its own active checks may see what
+//!   the control plane does not). Only after some POP served, like `pop/NAME`.
 //! - `gate/ROLLOUT`: a rollout's health gate tripped and rolled it back (`gate_tripped`,
 //!   called where the rollback starts); it ends when no rollout runs held by it and every live
 //!   member runs the fleet's target version again, or when a newer rollout starts.
@@ -39,6 +41,103 @@ pub(crate) struct Signals {
     state: FleetState,
     /// When read.
     now: u64,
+    /// DNS fallbacks in use, described (empty: none, or no DNS in the running version).
+    fallbacks: Vec<String>,
+}
+
+/// What the conditions need beyond one read of the registry, kept between looks: the running
+/// version's configuration, parsed once per version (the reconciler looks twice a second, the
+/// status page and its export every two seconds), and each DNS server's last report.
+#[derive(Default)]
+pub struct StatusInputs {
+    config: Option<(u64, Arc<firebreak_config::ValidConfig>)>,
+    dns: BTreeMap<String, DnsSeen>,
+}
+
+/// A DNS server's report as last seen: which counting period (version, start), how many
+/// queries and fallback answers in it, and how many fallback answers its latest report added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DnsSeen {
+    period: (u64, u64),
+    queries: u64,
+    fallback: u64,
+    added: u64,
+}
+
+/// Most DNS servers followed.
+const MAX_DNS_SEEN: usize = 1024;
+
+impl StatusInputs {
+    async fn config(&mut self, plane: &Plane) -> Option<Arc<firebreak_config::ValidConfig>> {
+        let v = plane.fleet_state().default_version()?;
+        if let Some((cached, config)) = &self.config {
+            if *cached == v {
+                return Some(config.clone());
+            }
+        }
+        let doc = plane.version(v).await.ok()?.document;
+        let parsed = tokio::task::spawn_blocking(move || {
+            firebreak_config::parse_managed_str(&format!("version {v}"), &doc).ok()
+        })
+        .await
+        .ok()
+        .flatten()?;
+        let parsed = Arc::new(parsed);
+        self.config = Some((v, parsed.clone()));
+        Some(parsed)
+    }
+
+    /// Takes in DNS server `id`'s latest report: its version, counting start, queries and
+    /// fallback answers (fallback plus last-healthy) so far; returns the fallback answers its
+    /// latest report added. A report seen for the first time adds nothing (its answers may be
+    /// old: the control plane just started); a new counting period adds all of its answers.
+    fn dns_report(&mut self, id: &str, period: (u64, u64), queries: u64, fallback: u64) -> u64 {
+        let next = match self.dns.get(id) {
+            None => DnsSeen {
+                period,
+                queries,
+                fallback,
+                added: 0,
+            },
+            Some(seen) if seen.period == period && seen.queries == queries => *seen,
+            Some(seen) if seen.period == period => DnsSeen {
+                period,
+                queries,
+                fallback,
+                added: fallback.saturating_sub(seen.fallback),
+            },
+            Some(_) => DnsSeen {
+                period,
+                queries,
+                fallback,
+                added: fallback,
+            },
+        };
+        if self.dns.len() < MAX_DNS_SEEN || self.dns.contains_key(id) {
+            self.dns.insert(id.to_owned(), next);
+        }
+        next.added
+    }
+}
+
+/// The fallbacks DNS steering uses under `health` by the running configuration (none
+/// without one, or without `[dns]`). A POP still starting (never `served`) is not a failure
+/// DNS routes around: judged as healthy here, as `pop/NAME` does not call it down.
+fn steering_fallbacks(
+    config: Option<&firebreak_config::Config>,
+    health: &firebreak_protocol::api::PopHealthList,
+    served: &BTreeSet<String>,
+) -> Vec<String> {
+    let Some(config) = config else {
+        return Vec::new();
+    };
+    let mut judged = health.clone();
+    for p in &mut judged.pops {
+        p.healthy |= !served.contains(&p.pop);
+    }
+    crate::steering::steering(config, &judged)
+        .map(|s| s.fallbacks())
+        .unwrap_or_default()
 }
 
 impl Signals {
@@ -50,12 +149,47 @@ impl Signals {
             e.last_seen_ms = e.last_seen_ms.max(plane.started_ms);
         }
         let now = now_ms();
-        let pops = crate::pops::pop_health_of(&fleet, now, window).pops;
-        let served = fleet
+        let health = crate::pops::pop_health_of(&fleet, now, window);
+        let served: BTreeSet<String> = fleet
             .iter()
             .filter(|e| e.report.role == MemberRole::Edge && e.report.applied_version.is_some())
             .map(|e| e.report.pop.clone())
             .collect();
+        let mut inputs = plane.status_inputs.lock().await;
+        let config = inputs.config(plane).await;
+        let mut fallbacks =
+            steering_fallbacks(config.as_deref().map(|c| c.get()), &health, &served);
+        // What the DNS servers say they answered: fallback answers in their latest reports.
+        let mut answered = 0u64;
+        let mut servers = Vec::new();
+        for e in fleet.iter().filter(|e| {
+            e.report.role == MemberRole::Dns && now.saturating_sub(e.last_seen_ms) <= window
+        }) {
+            let Some(report) = plane.health.latest(&e.id) else {
+                continue;
+            };
+            let Some(dns) = report.dns.as_ref() else {
+                continue;
+            };
+            let added = inputs.dns_report(
+                &e.id,
+                (report.version, report.since_ms),
+                dns.queries,
+                dns.fallback.saturating_add(dns.last_healthy),
+            );
+            if added > 0 {
+                answered = answered.saturating_add(added);
+                servers.push(e.id.clone());
+            }
+        }
+        drop(inputs);
+        if answered > 0 {
+            fallbacks.push(format!(
+                "{answered} fallback answers in the latest reports of DNS server(s) {}",
+                servers.join(", ")
+            ));
+        }
+        let pops = health.pops;
         Ok(Self {
             pops,
             served,
@@ -63,12 +197,13 @@ impl Signals {
             window,
             state: plane.fleet_state(),
             now,
+            fallbacks,
         })
     }
 
     /// Whether DNS serves fallbacks (see the module's documentation).
     pub(crate) fn dns_fallback(&self) -> bool {
-        !self.served.is_empty() && self.pops.iter().all(|p| !p.healthy)
+        !self.served.is_empty() && !self.fallbacks.is_empty()
     }
 
     /// Whether POP `p` is down: unhealthy after it served.
@@ -119,7 +254,10 @@ impl Signals {
                 NewIncident {
                     title: "DNS is answering with fallback addresses".into(),
                     components: vec!["dns".into()],
-                    text: "No POP is healthy, so DNS answers each service with its configured fallback.".into(),
+                    text: format!(
+                        "DNS sends clients elsewhere than their first choice: {}.",
+                        self.fallbacks.join("; ")
+                    ),
                     state: None,
                     impact: Impact::Degraded,
                 },
@@ -255,13 +393,33 @@ mod tests {
     }
 
     fn signals(fleet: Vec<EdgeStatus>, now: u64) -> Signals {
+        signals_under(fleet, now, None)
+    }
+
+    /// Regions eu (ams, then fra) and us (nyc); service demo with a fallback CNAME.
+    const DNS_DOC: &str = "[cache]\nmax_bytes = 67108864\nmax_object_bytes = 1048576\n\
+[dns]\nzone = \"cdn.example\"\ndefault_region = \"eu\"\n\
+[[dns.ns]]\nname = \"ns1.other.example\"\naddrs = []\n\
+[[dns.pop]]\nname = \"ams\"\nanswers = [\"192.0.2.1\"]\n\
+[[dns.pop]]\nname = \"fra\"\nanswers = [\"192.0.2.2\"]\n\
+[[dns.pop]]\nname = \"nyc\"\nanswers = [\"192.0.2.3\"]\n\
+[[dns.region]]\nname = \"eu\"\nprefixes = [\"198.51.100.0/24\"]\npops = [\"ams\", \"fra\"]\n\
+[[dns.region]]\nname = \"us\"\nprefixes = [\"203.0.113.0/24\"]\npops = [\"nyc\"]\n\
+[[service]]\nname = \"demo\"\nhosts = [\"demo.test\"]\n[service.origin]\nservers = [{ addr = \"127.0.0.1:9\" }]\n\
+[service.dns]\nfallback_cname = \"demo.backup.example\"\n";
+
+    /// Signals with the fallbacks of `doc`'s steering (none without a document).
+    fn signals_under(fleet: Vec<EdgeStatus>, now: u64, doc: Option<&str>) -> Signals {
         let window = 1_000;
-        let pops = crate::pops::pop_health_of(&fleet, now, window).pops;
-        let served = fleet
+        let health = crate::pops::pop_health_of(&fleet, now, window);
+        let served: BTreeSet<String> = fleet
             .iter()
             .filter(|e| e.report.applied_version.is_some())
             .map(|e| e.report.pop.clone())
             .collect();
+        let config = doc.map(|d| firebreak_config::parse_managed_str("f.toml", d).unwrap());
+        let fallbacks = steering_fallbacks(config.as_ref().map(|c| c.get()), &health, &served);
+        let pops = health.pops;
         Signals {
             pops,
             served,
@@ -269,6 +427,7 @@ mod tests {
             window,
             state: FleetState::default(),
             now,
+            fallbacks,
         }
     }
 
@@ -308,17 +467,80 @@ mod tests {
     }
 
     #[test]
-    fn dns_fallback_is_derived_from_no_pop_being_healthy() {
-        let s = signals(
-            vec![edge("a1", "ams", Some(1), 0), edge("f1", "fra", Some(1), 0)],
+    fn a_dns_servers_fallback_answers_count_from_its_next_report_on() {
+        let mut inputs = StatusInputs::default();
+        // First sight: its answers may be old.
+        assert_eq!(inputs.dns_report("d1", (3, 100), 1000, 40), 0);
+        // The same report looked at again: nothing new.
+        assert_eq!(inputs.dns_report("d1", (3, 100), 1000, 40), 0);
+        // A later report with more queries, none of them fallbacks.
+        assert_eq!(inputs.dns_report("d1", (3, 100), 1500, 40), 0);
+        // Then 25 fallback answers: counted until the next report.
+        assert_eq!(inputs.dns_report("d1", (3, 100), 2000, 65), 25);
+        assert_eq!(inputs.dns_report("d1", (3, 100), 2000, 65), 25);
+        assert_eq!(inputs.dns_report("d1", (3, 100), 2500, 65), 0);
+        // A new version: its counts start again, and all of them are new.
+        assert_eq!(inputs.dns_report("d1", (4, 900), 10, 7), 7);
+    }
+
+    #[test]
+    fn dns_fallback_follows_the_steering_of_the_running_version() {
+        // Every POP serves: every region on its first tier.
+        let all_up = vec![
+            edge("a1", "ams", Some(1), 10_000),
+            edge("f1", "fra", Some(1), 10_000),
+            edge("n1", "nyc", Some(1), 10_000),
+        ];
+        let s = signals_under(all_up, 10_000, Some(DNS_DOC));
+        assert!(!s.dns_fallback());
+        // ams went silent: eu is sent to fra, its second tier.
+        let s = signals_under(
+            vec![
+                edge("a1", "ams", Some(1), 0),
+                edge("f1", "fra", Some(1), 10_000),
+                edge("n1", "nyc", Some(1), 10_000),
+            ],
             10_000,
+            Some(DNS_DOC),
         );
         assert!(s.dns_fallback());
         let opening = s.opening();
-        assert!(opening.contains_key("dns/fallback"), "{opening:?}");
-        assert_eq!(opening.len(), 3);
+        assert_eq!(
+            opening.keys().collect::<Vec<_>>(),
+            ["dns/fallback", "pop/ams"]
+        );
+        assert!(
+            opening["dns/fallback"].text.contains("region eu → fra"),
+            "{opening:?}"
+        );
+        // nyc went silent too: us has no POP left, and demo's own fallback answers there.
+        let s = signals_under(
+            vec![
+                edge("a1", "ams", Some(1), 0),
+                edge("f1", "fra", Some(1), 10_000),
+                edge("n1", "nyc", Some(1), 0),
+            ],
+            10_000,
+            Some(DNS_DOC),
+        );
+        let text = &s.opening()["dns/fallback"].text;
+        assert!(text.contains("service demo: yes, in us"), "{text}");
+        // ams never served (a new POP, still starting): DNS skipping it is no incident.
+        let s = signals_under(
+            vec![
+                edge("a1", "ams", None, 10_000),
+                edge("f1", "fra", Some(1), 10_000),
+                edge("n1", "nyc", Some(1), 10_000),
+            ],
+            10_000,
+            Some(DNS_DOC),
+        );
+        assert!(!s.dns_fallback());
+        // No DNS in the running version: nothing to fall back from.
+        let s = signals(vec![edge("a1", "ams", Some(1), 0)], 10_000);
+        assert!(!s.dns_fallback());
         // A fleet still starting (nothing ever applied) is not a fallback.
-        let s = signals(vec![edge("a1", "ams", None, 10_000)], 10_000);
+        let s = signals_under(vec![edge("a1", "ams", None, 10_000)], 10_000, Some(DNS_DOC));
         assert!(!s.dns_fallback());
         assert!(s.opening().is_empty());
     }

@@ -15,6 +15,7 @@
 //! dashboard call.
 
 pub mod auto;
+pub use auto::StatusInputs;
 pub mod export;
 pub mod feed;
 pub(crate) mod http;

@@ -2,27 +2,7 @@
 
 use super::*;
 
-/// One region's steering now.
-pub struct RegionRow {
-    /// Name.
-    pub region: String,
-    /// Its preference list, tiers separated by `→`.
-    pub preference: String,
-    /// Where clients are sent now.
-    pub sent_to: String,
-    /// Whether that is a fallback (not the first tier, or no POP at all).
-    pub fallback: bool,
-}
-
-/// One service's DNS fallback.
-pub struct ServiceDnsRow {
-    /// Service.
-    pub service: String,
-    /// What it answers when none of its POPs is healthy.
-    pub fallback: String,
-    /// Whether that fallback answers now somewhere (a region with no healthy POP of its).
-    pub in_use: String,
-}
+pub use crate::steering::{RegionRow, ServiceDnsRow};
 
 /// The DNS page.
 #[derive(Template)]
@@ -46,7 +26,6 @@ pub fn dns_view(
     config: Option<&firebreak_config::Config>,
     health: &PopHealthList,
 ) -> DnsPage {
-    let healthy = |p: &str| health.pops.iter().any(|h| h.pop == p && h.healthy);
     let pops = health
         .pops
         .iter()
@@ -61,96 +40,15 @@ pub fn dns_view(
             )
         })
         .collect();
-    let Some((dns, config)) = config.and_then(|c| c.dns.as_ref().map(|d| (d, c))) else {
-        return DnsPage {
-            nav,
-            zone: String::new(),
-            pops,
-            regions: Vec::new(),
-            services: Vec::new(),
-        };
-    };
-    let regions: Vec<RegionRow> = dns
-        .regions
-        .iter()
-        .map(|r| {
-            let first = r.pops.iter().enumerate().find_map(|(i, t)| {
-                let up: Vec<&str> = t
-                    .pops()
-                    .iter()
-                    .map(String::as_str)
-                    .filter(|p| healthy(p))
-                    .collect();
-                (!up.is_empty()).then(|| (i, up.join(", ")))
-            });
-            let (sent_to, fallback) = match first {
-                Some((0, up)) => (up, false),
-                Some((i, up)) => (format!("{up} (tier {} of {})", i + 1, r.pops.len()), true),
-                None => (
-                    "no healthy POP: each service's fallback answers".to_owned(),
-                    true,
-                ),
-            };
-            RegionRow {
-                region: r.name.clone(),
-                preference: r
-                    .pops
-                    .iter()
-                    .map(|t| t.pops().join(" + "))
-                    .collect::<Vec<_>>()
-                    .join(" → "),
-                sent_to,
-                fallback,
-            }
-        })
-        .collect();
-    let services = config
-        .services
-        .iter()
-        .filter_map(|svc| {
-            let d = svc.dns.as_ref()?;
-            let fallback = match (&d.fallback_cname, d.fallback_addrs.is_empty()) {
-                (Some(c), _) => format!("CNAME {c}"),
-                (None, false) => d
-                    .fallback_addrs
-                    .iter()
-                    .map(|a| a.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                (None, true) => "the last healthy answer".to_owned(),
-            };
-            let serves = |p: &str| d.pops.is_empty() || d.pops.iter().any(|x| x == p);
-            let without: Vec<&str> = dns
-                .regions
-                .iter()
-                .filter(|r| {
-                    !r.pops
-                        .iter()
-                        .flat_map(|t| t.pops())
-                        .any(|p| serves(p) && healthy(p))
-                })
-                .map(|r| r.name.as_str())
-                .collect();
-            Some(ServiceDnsRow {
-                service: svc.name.clone(),
-                fallback,
-                in_use: match (
-                    without.is_empty(),
-                    d.fallback_cname.is_none() && d.fallback_addrs.is_empty(),
-                ) {
-                    (true, _) => "no".to_owned(),
-                    (false, false) => format!("yes, in {}", without.join(", ")),
-                    (false, true) => format!("in {}: no POP of its is healthy", without.join(", ")),
-                },
-            })
-        })
-        .collect();
+    let steering = config
+        .and_then(|c| crate::steering::steering(c, health))
+        .unwrap_or_default();
     DnsPage {
         nav,
-        zone: dns.zone.clone(),
+        zone: steering.zone,
         pops,
-        regions,
-        services,
+        regions: steering.regions,
+        services: steering.services,
     }
 }
 
