@@ -293,10 +293,34 @@ async fn versions(State(app): State<App>, q: Result<Query<ListQuery>, QueryRejec
     Ok(Json(list).into_response())
 }
 
-async fn version(State(app): State<App>, n: Result<Path<u64>, PathRejection>) -> Answer {
+/// `GET /v1/versions/{n}?certs=pem`.
+#[derive(Deserialize)]
+struct VersionQuery {
+    certs: Option<CertsShown>,
+}
+
+/// How a version's certificates are shown.
+#[derive(Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum CertsShown {
+    /// As stored, so that the document can be pushed again (`firebreak drill` does).
+    Pem,
+}
+
+async fn version(
+    State(app): State<App>,
+    n: Result<Path<u64>, PathRejection>,
+    q: Result<Query<VersionQuery>, QueryRejection>,
+) -> Answer {
     let Path(n) = n.map_err(bad_path)?;
+    let Query(q) = q.map_err(bad_query)?;
     let mut detail = app.plane.version(n).await?;
-    // Certificates described, never shown as PEM (stored documents hold no key).
+    if q.certs == Some(CertsShown::Pem) {
+        // Public certificates; the stored document holds no private key (each is a
+        // `key_sha256` reference to a secret only its edges may fetch).
+        return Ok(Json(detail).into_response());
+    }
+    // Certificates described for people, not shown as PEM.
     let document = std::mem::take(&mut detail.document);
     detail.document =
         tokio::task::spawn_blocking(move || firebreak_protocol::secrets::redact_certs(&document))

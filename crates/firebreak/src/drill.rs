@@ -138,7 +138,8 @@ pub async fn run(
     let detail: VersionDetail = api
         .json(
             Method::GET,
-            &format!("/v1/versions/{}", current.version),
+            // As stored: the broken copy is pushed again, certificates and all.
+            &format!("/v1/versions/{}?certs=pem", current.version),
             None,
         )
         .await?;

@@ -146,6 +146,21 @@ async fn scenario(store: &str, dir: &Path) {
         shown.contains(&format!("key_sha256 = \"{sha}\"")),
         "{shown}"
     );
+    // As stored (`?certs=pem`, what `firebreak drill` pushes again): the certificate's PEM,
+    // still no key; pushed back, it is a valid version.
+    let (status, stored) = c
+        .call(Method::GET, &format!("/v1/versions/{v}?certs=pem"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let stored = stored["document"].as_str().unwrap();
+    assert!(stored.contains("BEGIN CERTIFICATE"), "{stored}");
+    assert!(!stored.contains("PRIVATE KEY"), "{stored}");
+    let (status, again) = push(&c, stored).await;
+    assert_eq!(status, StatusCode::CREATED, "{again}");
+    let (status, _) = c
+        .call(Method::GET, &format!("/v1/versions/{v}?certs=der"), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // A rotated certificate: stored, the diff shows the change, never a key or a PEM.
     let (cert2, key2, _) = cert_and_key("s.test", -3600, 60 * 86_400);
