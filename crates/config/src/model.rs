@@ -149,7 +149,7 @@ pub struct DiskCacheConfig {
     /// Files of stored objects kept open for reading once read (as nginx's
     /// `open_file_cache`): a disk hit then costs a read, not an open, a read and a close.
     /// Lowered at start to a quarter of the open-files limit (RLIMIT_NOFILE); 0 opens the
-    /// file on every read. Default 4096.
+    /// file on every read. Default 16384.
     #[serde(default = "default_disk_open_files")]
     pub open_files: u32,
 }
@@ -169,7 +169,7 @@ fn default_disk_write_queue_bytes() -> u64 {
 }
 
 fn default_disk_open_files() -> u32 {
-    4096
+    16_384
 }
 
 fn default_disk_retry_ms() -> u64 {
