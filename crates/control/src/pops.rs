@@ -48,6 +48,12 @@ impl Plane {
         }
         let ms = match self.rollout_settings(version).await {
             Ok(settings) => settings.edge_gone_s.saturating_mul(1000),
+            // A version that does not exist will not appear: said once, not at every look
+            // (the status page's reconciler looks twice a second).
+            Err(e @ crate::plane::PlaneError::NotFound(_)) => {
+                tracing::warn!(version, error = %e, "cannot read the live window; using the default");
+                default
+            }
             Err(e) => {
                 tracing::warn!(version, error = %e, "cannot read the live window; using the default");
                 return default;

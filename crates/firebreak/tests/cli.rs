@@ -6,77 +6,14 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::BufRead;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_firebreak");
-
-/// A child process killed (by PID, via `Child::kill`) when the test ends.
-struct Proc {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str]) -> Self {
-        Self::spawn_with(args, &[])
-    }
-
-    fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::spawn_logging(args, env, Stdio::null())
-    }
-
-    /// Spawns with stderr (the log) going to `stderr`.
-    fn spawn_logging(args: &[&str], env: &[(&str, &str)], stderr: impl Into<Stdio>) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self { child, stdout }
-    }
-
-    /// Reads stdout lines until one contains `marker`; returns the address after `http://`.
-    fn wait_for_addr(&mut self, marker: &str) -> SocketAddr {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.stdout.read_line(&mut line).unwrap();
-            assert!(n > 0, "process exited before printing {marker:?}");
-            if line.contains(marker) {
-                let url = line.split("http://").nth(1).unwrap();
-                let addr = url.split(['/', ' ', '\n']).next().unwrap();
-                return addr.parse().unwrap();
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
+mod procs;
+use procs::binary::{get, Proc, BIN};
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fb-cli-{name}-{}", std::process::id()));

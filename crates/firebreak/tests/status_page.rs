@@ -9,69 +9,13 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_firebreak");
+mod procs;
+use procs::binary::{get, Proc, BIN};
 const TOKEN: &str = "status-test-operator-token";
-
-/// A child process killed (by PID, via `Child::kill`) when the test ends.
-struct Proc {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self { child, stdout }
-    }
-
-    fn wait_for_addr(&mut self, marker: &str) -> SocketAddr {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            let n = self.stdout.read_line(&mut line).unwrap();
-            assert!(n > 0, "process exited before printing {marker:?}");
-            if line.contains(marker) {
-                let url = line.split("http://").nth(1).unwrap();
-                let addr = url.split(['/', ' ', '\n']).next().unwrap();
-                return addr.parse().unwrap();
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A GET without a token: status line, headers and body.
-fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("fb-status-{name}-{}", std::process::id()));
@@ -102,7 +46,7 @@ fn read(path: &Path) -> String {
 fn incidents_opened_with_the_cli_show_on_the_page_the_feed_and_the_exports() {
     let dir = temp_dir("e2e");
     let live_export = dir.join("live-export");
-    let mut control = Proc::spawn(
+    let mut control = Proc::spawn_with(
         &[
             "control",
             "--listen",
@@ -203,7 +147,7 @@ fn incidents_opened_with_the_cli_show_on_the_page_the_feed_and_the_exports() {
 
     // `status export --watch` keeps the copy current.
     let watched = dir.join("watched");
-    let _watch = Proc::spawn(
+    let _watch = Proc::spawn_with(
         &[
             "status",
             "export",

@@ -2,6 +2,8 @@
 //! directories, free ports, log files and a deadline-bound poll.
 #![allow(dead_code)] // Each test crate uses a part.
 
+pub mod binary;
+
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -38,13 +40,23 @@ pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
     d
 }
 
-/// A TCP port free on 127.0.0.1 now.
+/// A TCP port free on 127.0.0.1 now, and never handed out before in this test process: the
+/// kernel may give a released port again, and two processes of one test told the same port
+/// collide (a DNS server once lost its port to an edge started after it was chosen).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A port free for both UDP and TCP (a DNS server listens on both).
