@@ -36,7 +36,8 @@
 
 use crate::auth::{Access, Caller, Gate};
 use crate::bounded_body::{self, BodyBounds};
-use crate::plane::{Plane, PlaneError, MAX_LIST};
+use crate::failure::{bad_path, bad_query, body, fail, Answer};
+use crate::plane::{Plane, MAX_LIST};
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
@@ -45,7 +46,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use firebreak_protocol::api::{
-    ActionRequest, ApiError, DeployRequest, EdgeReport, JoinRequest, PurgeRequest, PushRequest,
+    ActionRequest, DeployRequest, EdgeReport, JoinRequest, PurgeRequest, PushRequest,
     RollbackRequest, SetTargetRequest, SwitchRequest, MAX_API_BODY_BYTES, MAX_PUSH_BODY_BYTES,
 };
 use firebreak_protocol::health::HealthReport;
@@ -182,63 +183,6 @@ pub fn router_served(
         ))
         .with_state(App { plane, stopping })
         .merge(ui)
-}
-
-/// An error answer (JSON [`ApiError`]).
-pub(crate) struct Failure(StatusCode, ApiError);
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        (self.0, Json(self.1)).into_response()
-    }
-}
-
-pub(crate) fn fail(status: StatusCode, msg: impl Into<String>) -> Failure {
-    Failure(
-        status,
-        ApiError {
-            error: msg.into(),
-            errors: Vec::new(),
-        },
-    )
-}
-
-impl From<PlaneError> for Failure {
-    fn from(e: PlaneError) -> Self {
-        match e {
-            PlaneError::Invalid(rejected) => Failure(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ApiError {
-                    error: format!(
-                        "configuration refused ({} error{}); nothing was stored",
-                        rejected.errors.len(),
-                        if rejected.errors.len() == 1 { "" } else { "s" }
-                    ),
-                    errors: rejected.errors,
-                },
-            ),
-            PlaneError::BadRequest(m) => fail(StatusCode::BAD_REQUEST, m),
-            PlaneError::NotFound(m) => fail(StatusCode::NOT_FOUND, m),
-            PlaneError::Conflict(m) => fail(StatusCode::CONFLICT, m),
-            PlaneError::Store(e) => fail(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            PlaneError::Internal(m) => fail(StatusCode::INTERNAL_SERVER_ERROR, m),
-        }
-    }
-}
-
-type Answer = Result<Response, Failure>;
-
-fn bad_query(e: QueryRejection) -> Failure {
-    fail(StatusCode::BAD_REQUEST, e.body_text())
-}
-
-fn bad_path(e: PathRejection) -> Failure {
-    fail(StatusCode::BAD_REQUEST, e.body_text())
-}
-
-pub(crate) fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Failure> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("request body: {e}")))
 }
 
 async fn openapi() -> Response {

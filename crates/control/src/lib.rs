@@ -30,6 +30,7 @@ pub mod auth;
 pub mod backup;
 pub mod bounded_body;
 pub mod dns_guard;
+mod failure;
 pub mod fanout;
 pub mod freshness;
 pub mod https;

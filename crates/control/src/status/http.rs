@@ -11,8 +11,8 @@
 
 use super::page::Flavour;
 use super::{NewIncident, NewUpdate, StatusSnapshot};
-use crate::api::{body, fail, Failure};
 use crate::auth::Caller;
+use crate::failure::{body, fail, Failure};
 use crate::plane::Plane;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
