@@ -396,18 +396,6 @@ mod tests {
         signals_under(fleet, now, None)
     }
 
-    /// Regions eu (ams, then fra) and us (nyc); service demo with a fallback CNAME.
-    const DNS_DOC: &str = "[cache]\nmax_bytes = 67108864\nmax_object_bytes = 1048576\n\
-[dns]\nzone = \"cdn.example\"\ndefault_region = \"eu\"\n\
-[[dns.ns]]\nname = \"ns1.other.example\"\naddrs = []\n\
-[[dns.pop]]\nname = \"ams\"\nanswers = [\"192.0.2.1\"]\n\
-[[dns.pop]]\nname = \"fra\"\nanswers = [\"192.0.2.2\"]\n\
-[[dns.pop]]\nname = \"nyc\"\nanswers = [\"192.0.2.3\"]\n\
-[[dns.region]]\nname = \"eu\"\nprefixes = [\"198.51.100.0/24\"]\npops = [\"ams\", \"fra\"]\n\
-[[dns.region]]\nname = \"us\"\nprefixes = [\"203.0.113.0/24\"]\npops = [\"nyc\"]\n\
-[[service]]\nname = \"demo\"\nhosts = [\"demo.test\"]\n[service.origin]\nservers = [{ addr = \"127.0.0.1:9\" }]\n\
-[service.dns]\nfallback_cname = \"demo.backup.example\"\n";
-
     /// Signals with the fallbacks of `doc`'s steering (none without a document).
     fn signals_under(fleet: Vec<EdgeStatus>, now: u64, doc: Option<&str>) -> Signals {
         let window = 1_000;
@@ -491,7 +479,7 @@ mod tests {
             edge("f1", "fra", Some(1), 10_000),
             edge("n1", "nyc", Some(1), 10_000),
         ];
-        let s = signals_under(all_up, 10_000, Some(DNS_DOC));
+        let s = signals_under(all_up, 10_000, Some(crate::steering::testing::DNS_DOC));
         assert!(!s.dns_fallback());
         // ams went silent: eu is sent to fra, its second tier.
         let s = signals_under(
@@ -501,7 +489,7 @@ mod tests {
                 edge("n1", "nyc", Some(1), 10_000),
             ],
             10_000,
-            Some(DNS_DOC),
+            Some(crate::steering::testing::DNS_DOC),
         );
         assert!(s.dns_fallback());
         let opening = s.opening();
@@ -521,7 +509,7 @@ mod tests {
                 edge("n1", "nyc", Some(1), 0),
             ],
             10_000,
-            Some(DNS_DOC),
+            Some(crate::steering::testing::DNS_DOC),
         );
         let text = &s.opening()["dns/fallback"].text;
         assert!(text.contains("service demo: yes, in us"), "{text}");
@@ -533,14 +521,18 @@ mod tests {
                 edge("n1", "nyc", Some(1), 10_000),
             ],
             10_000,
-            Some(DNS_DOC),
+            Some(crate::steering::testing::DNS_DOC),
         );
         assert!(!s.dns_fallback());
         // No DNS in the running version: nothing to fall back from.
         let s = signals(vec![edge("a1", "ams", Some(1), 0)], 10_000);
         assert!(!s.dns_fallback());
         // A fleet still starting (nothing ever applied) is not a fallback.
-        let s = signals_under(vec![edge("a1", "ams", None, 10_000)], 10_000, Some(DNS_DOC));
+        let s = signals_under(
+            vec![edge("a1", "ams", None, 10_000)],
+            10_000,
+            Some(crate::steering::testing::DNS_DOC),
+        );
         assert!(!s.dns_fallback());
         assert!(s.opening().is_empty());
     }

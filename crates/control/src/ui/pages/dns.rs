@@ -85,16 +85,7 @@ mod tests {
 
     #[test]
     fn the_dns_page_shows_where_regions_go_and_fallbacks_in_use() {
-        let doc = "[cache]\nmax_bytes = 67108864\nmax_object_bytes = 1048576\n\
-[dns]\nzone = \"cdn.example\"\ndefault_region = \"eu\"\n\
-[[dns.ns]]\nname = \"ns1.other.example\"\naddrs = []\n\
-[[dns.pop]]\nname = \"ams\"\nanswers = [\"192.0.2.1\"]\n\
-[[dns.pop]]\nname = \"fra\"\nanswers = [\"192.0.2.2\"]\n\
-[[dns.pop]]\nname = \"nyc\"\nanswers = [\"192.0.2.3\"]\n\
-[[dns.region]]\nname = \"eu\"\nprefixes = [\"198.51.100.0/24\"]\npops = [\"ams\", \"fra\"]\n\
-[[dns.region]]\nname = \"us\"\nprefixes = [\"203.0.113.0/24\"]\npops = [\"nyc\"]\n\
-[[service]]\nname = \"demo\"\nhosts = [\"demo.test\"]\n[service.origin]\nservers = [{ addr = \"127.0.0.1:9\" }]\n\
-[service.dns]\nfallback_cname = \"demo.backup.example\"\n";
+        let doc = crate::steering::testing::DNS_DOC;
         let config = firebreak_config::parse_managed_str("f.toml", doc).unwrap();
         let pop = |name: &str, healthy: bool| PopHealth {
             pop: name.into(),

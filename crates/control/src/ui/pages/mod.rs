@@ -65,30 +65,14 @@ impl Nav {
     }
 }
 
-/// `ms` since the epoch as `YYYY-MM-DD HH:MM:SSZ`.
+/// `ms` since the epoch as `YYYY-MM-DD HH:MM:SSZ` (the protocol's RFC 3339 with a space,
+/// easier to read in a table).
 pub fn when(ms: u64) -> String {
     if ms == 0 {
         return "never".to_owned();
     }
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
+    firebreak_protocol::secrets::rfc3339(secs).replacen('T', " ", 1)
 }
 
 /// How long ago `ms` was, from `now`.
