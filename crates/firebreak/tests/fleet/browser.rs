@@ -110,6 +110,7 @@ async fn an_operator_watches_a_rollout_and_a_rollback_in_the_dashboard() {
         .wait_text(&format!("Rollout {bad} of v{v3}: rolled back"))
         .await;
     assert!(text.contains("failed; rolled back"), "{text}");
+    b.wait_text(&format!("The fleet runs v{v2}.")).await;
     assert!(
         text.contains("fails"),
         "no failing gate check shown:\n{text}"

@@ -55,6 +55,8 @@ pub struct CheckRow {
 #[derive(Template)]
 #[template(path = "ui/rollout_live.html")]
 pub struct RolloutLive {
+    /// The version the fleet runs now.
+    pub fleet_version: String,
     /// Whether there ever was a rollout.
     pub any: bool,
     /// One-line summary.
@@ -91,8 +93,6 @@ pub struct RolloutsPage {
     pub nav: Nav,
     /// The rendered live part.
     pub live: String,
-    /// The fleet's version (the default rollback target's successor).
-    pub fleet_version: String,
 }
 
 fn wave_takes(r: &Rollout, i: usize) -> String {
@@ -122,6 +122,7 @@ pub fn rollout_live(
 ) -> RolloutLive {
     let Some(r) = view.rollout.as_ref() else {
         return RolloutLive {
+            fleet_version: version_text(view.fleet_version),
             any: false,
             title: "No rollout yet".into(),
             phase: String::new(),
@@ -254,6 +255,7 @@ pub fn rollout_live(
         None => ("The gate has not looked yet.".to_owned(), Vec::new()),
     };
     RolloutLive {
+        fleet_version: version_text(view.fleet_version),
         any: true,
         title: what,
         phase: phase.to_owned(),
@@ -319,7 +321,6 @@ pub async fn rollouts(
     Ok(render(&RolloutsPage {
         nav: Nav::new(&s, "rollouts"),
         live,
-        fleet_version: version_text(ui.plane.fleet_state().default_version()),
     }))
 }
 
@@ -434,10 +435,13 @@ mod tests {
         let html = live.render().unwrap();
         assert_escaped(&html);
         assert!(html.contains("<polyline class=\"value\""), "{html}");
+        assert!(
+            html.contains("The fleet runs <strong>v3</strong>"),
+            "{html}"
+        );
         let page = RolloutsPage {
             nav: nav(),
             live: html,
-            fleet_version: "v3".into(),
         };
         let html = page.render().unwrap();
         assert!(html.contains("data-live=\"/ui/rollouts/live\""));
