@@ -291,39 +291,33 @@ impl EtcdStore {
         expected_seq: u64,
         raw: &[u8],
     ) -> Result<bool, StoreError> {
-        // Compare on the stored value's revision: read it, check its sequence number, and
-        // write only if nobody wrote in between.
-        let mut c = self.client.clone();
-        let resp = timed(c.get(target_key(), None)).await?;
-        let (revision, seq) = match resp.kvs().first() {
-            Some(kv) => (kv.mod_revision(), super::state_seq(kv.value())?),
-            None => (0, 0),
-        };
-        if seq != expected_seq {
-            return Ok(false);
-        }
-        let txn = Txn::new()
-            .when(vec![Compare::mod_revision(
-                target_key(),
-                CompareOp::Equal,
-                revision,
-            )])
-            .and_then(vec![TxnOp::put(target_key(), raw.to_vec(), None)]);
-        Ok(timed(c.txn(txn)).await?.succeeded())
+        self.set_singleton(target_key(), expected_seq, raw).await
     }
 
     pub(super) async fn incidents(&self) -> Result<Option<Vec<u8>>, StoreError> {
         self.get_one(incidents_key()).await
     }
 
-    /// As `set_target`: compare on the stored document's revision.
     pub(super) async fn set_incidents(
         &self,
         expected_seq: u64,
         raw: &[u8],
     ) -> Result<bool, StoreError> {
+        self.set_singleton(incidents_key(), expected_seq, raw).await
+    }
+
+    /// Stores `raw` at `key` if the stored document's sequence number is `expected_seq` (0:
+    /// none stored). Compares on the stored value's revision: read it, check its sequence
+    /// number, and write only if nobody wrote in between; `false` when another write came
+    /// first.
+    async fn set_singleton(
+        &self,
+        key: String,
+        expected_seq: u64,
+        raw: &[u8],
+    ) -> Result<bool, StoreError> {
         let mut c = self.client.clone();
-        let resp = timed(c.get(incidents_key(), None)).await?;
+        let resp = timed(c.get(key.clone(), None)).await?;
         let (revision, seq) = match resp.kvs().first() {
             Some(kv) => (kv.mod_revision(), super::state_seq(kv.value())?),
             None => (0, 0),
@@ -333,11 +327,11 @@ impl EtcdStore {
         }
         let txn = Txn::new()
             .when(vec![Compare::mod_revision(
-                incidents_key(),
+                key.clone(),
                 CompareOp::Equal,
                 revision,
             )])
-            .and_then(vec![TxnOp::put(incidents_key(), raw.to_vec(), None)]);
+            .and_then(vec![TxnOp::put(key, raw.to_vec(), None)]);
         Ok(timed(c.txn(txn)).await?.succeeded())
     }
 

@@ -377,12 +377,7 @@ impl RedbStore {
     }
 
     pub(super) async fn target(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.blocking(|db| {
-            let txn = db.begin_read().map_err(err)?;
-            let t = txn.open_table(SINGLETONS).map_err(err)?;
-            Ok(t.get(TARGET).map_err(err)?.map(|v| v.value().to_vec()))
-        })
-        .await
+        self.singleton(TARGET).await
     }
 
     pub(super) async fn set_target(
@@ -390,37 +385,36 @@ impl RedbStore {
         expected_seq: u64,
         raw: &[u8],
     ) -> Result<bool, StoreError> {
-        let raw = raw.to_vec();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut t = txn.open_table(SINGLETONS).map_err(err)?;
-                let current = match t.get(TARGET).map_err(err)? {
-                    Some(v) => super::state_seq(v.value())?,
-                    None => 0,
-                };
-                if current != expected_seq {
-                    return Ok(false);
-                }
-                t.insert(TARGET, raw.as_slice()).map_err(err)?;
-            }
-            txn.commit().map_err(err)?;
-            Ok(true)
-        })
-        .await
+        self.set_singleton(TARGET, expected_seq, raw).await
     }
 
     pub(super) async fn incidents(&self) -> Result<Option<Vec<u8>>, StoreError> {
-        self.blocking(|db| {
-            let txn = db.begin_read().map_err(err)?;
-            let t = txn.open_table(SINGLETONS).map_err(err)?;
-            Ok(t.get(INCIDENTS).map_err(err)?.map(|v| v.value().to_vec()))
-        })
-        .await
+        self.singleton(INCIDENTS).await
     }
 
     pub(super) async fn set_incidents(
         &self,
+        expected_seq: u64,
+        raw: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.set_singleton(INCIDENTS, expected_seq, raw).await
+    }
+
+    /// The document stored under `key` in the singletons table.
+    async fn singleton(&self, key: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let t = txn.open_table(SINGLETONS).map_err(err)?;
+            Ok(t.get(key).map_err(err)?.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    /// Stores `raw` under `key` if the stored document's sequence number is `expected_seq`
+    /// (0: none stored), in one write transaction; `false` when another write came first.
+    async fn set_singleton(
+        &self,
+        key: &'static str,
         expected_seq: u64,
         raw: &[u8],
     ) -> Result<bool, StoreError> {
@@ -429,14 +423,14 @@ impl RedbStore {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut t = txn.open_table(SINGLETONS).map_err(err)?;
-                let current = match t.get(INCIDENTS).map_err(err)? {
+                let current = match t.get(key).map_err(err)? {
                     Some(v) => super::state_seq(v.value())?,
                     None => 0,
                 };
                 if current != expected_seq {
                     return Ok(false);
                 }
-                t.insert(INCIDENTS, raw.as_slice()).map_err(err)?;
+                t.insert(key, raw.as_slice()).map_err(err)?;
             }
             txn.commit().map_err(err)?;
             Ok(true)
