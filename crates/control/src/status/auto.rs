@@ -321,9 +321,12 @@ pub(crate) async fn gate_tripped(plane: &Plane, r: &Rollout, reason: &str) {
         Ok(fleet) => fleet
             .iter()
             .filter(|e| e.report.role == MemberRole::Edge)
+            // The edges that ran the version — by their reports, which may already say the
+            // rollback's version by the time this runs, or as the rollout's canary edges.
             .filter(|e| {
                 e.report.applied_version == Some(r.version)
                     || e.report.bad_versions.contains(&r.version)
+                    || r.canary_edges.contains(&e.id)
             })
             .map(|e| format!("pop/{}", e.report.pop))
             .filter(|c| super::incidents::check_component(c).is_ok())
