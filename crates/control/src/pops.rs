@@ -121,11 +121,12 @@ pub(crate) fn pop_health_of(fleet: &[EdgeStatus], now: u64, window: u64) -> PopH
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use firebreak_protocol::api::EdgeReport;
 
-    fn member(
+    /// A fleet member for tests: `id` of `pop`, seen at `seen`, on `applied`.
+    pub(crate) fn member(
         id: &str,
         pop: &str,
         seen: u64,

@@ -371,28 +371,9 @@ pub(crate) async fn gate_tripped(plane: &Plane, r: &Rollout, reason: &str) {
 mod tests {
     use super::*;
     use crate::status::IncidentBook;
-    use firebreak_protocol::api::EdgeReport;
 
     fn edge(id: &str, pop: &str, applied: Option<u64>, seen: u64) -> EdgeStatus {
-        EdgeStatus {
-            id: id.into(),
-            report: EdgeReport {
-                pop: pop.into(),
-                cell: "c".into(),
-                admin_url: None,
-                listen: Vec::new(),
-                applied_version: applied,
-                applied_seq: 0,
-                error: None,
-                failed_services: Vec::new(),
-                staged: None,
-                bad_versions: Vec::new(),
-                stale: None,
-                role: MemberRole::Edge,
-            },
-            last_seen_ms: seen,
-            cert_expiry_ms: None,
-        }
+        crate::pops::tests::member(id, pop, seen, applied, MemberRole::Edge)
     }
 
     fn signals(fleet: Vec<EdgeStatus>, now: u64) -> Signals {

@@ -269,6 +269,14 @@ pub fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> 
         .map(|(_, v)| v.as_str())
 }
 
+/// The fields of a form that acts on the fleet: its CSRF field checked ([`checked_form`]),
+/// then the operator's role ([`may_act`]).
+pub fn action_form(session: &Session, body: &[u8]) -> Result<Vec<(String, String)>, UiError> {
+    let fields = checked_form(session, body)?;
+    may_act(session)?;
+    Ok(fields)
+}
+
 /// Refuses operators who may not act (read-only): 403.
 pub fn may_act(session: &Session) -> Result<(), UiError> {
     if session.can_act() {

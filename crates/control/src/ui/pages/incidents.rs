@@ -115,8 +115,7 @@ pub async fn open_incident(
     Extension(s): Extension<Session>,
     body: Bytes,
 ) -> Result<Response, UiError> {
-    let fields = checked_form(&s, &body)?;
-    may_act(&s)?;
+    let fields = action_form(&s, &body)?;
     let impact = match field(&fields, "impact").map(str::trim) {
         None | Some("") => Impact::default(),
         Some(v) => Impact::parse(v)
@@ -146,8 +145,7 @@ pub async fn update_incident(
     Path(id): Path<u64>,
     body: Bytes,
 ) -> Result<Response, UiError> {
-    let fields = checked_form(&s, &body)?;
-    may_act(&s)?;
+    let fields = action_form(&s, &body)?;
     let update = NewUpdate {
         text: field(&fields, "text").unwrap_or("").trim().to_owned(),
         state: state_field(&fields)?,

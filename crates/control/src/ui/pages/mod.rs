@@ -24,7 +24,7 @@ pub use versions::*;
 
 use super::plot::{self, number, Plot};
 use super::session::{self, Session};
-use super::{checked_form, field, form_fields, may_act, redirect, render, Ui, UiError};
+use super::{action_form, checked_form, field, form_fields, redirect, render, Ui, UiError};
 use crate::rollout::history::{p99_ms, TrafficBucket, TrafficCounts, TRAFFIC_BUCKET_MS};
 use crate::rollout::state::{Phase, Rollout, RolloutKind};
 use crate::rollout::RolloutView;

@@ -61,8 +61,7 @@ pub async fn purge(
     Extension(s): Extension<Session>,
     body: Bytes,
 ) -> Result<Response, UiError> {
-    let fields = checked_form(&s, &body)?;
-    may_act(&s)?;
+    let fields = action_form(&s, &body)?;
     let get = |name: &str| {
         field(&fields, name)
             .map(str::trim)

@@ -343,8 +343,7 @@ pub async fn rollout_action(
     Path(action): Path<String>,
     body: Bytes,
 ) -> Result<Response, UiError> {
-    let fields = checked_form(&s, &body)?;
-    may_act(&s)?;
+    let fields = action_form(&s, &body)?;
     let m = message(&fields, "from the dashboard");
     let by = s.operator.as_str();
     match action.as_str() {
@@ -367,8 +366,7 @@ pub async fn rollback(
     Extension(s): Extension<Session>,
     body: Bytes,
 ) -> Result<Response, UiError> {
-    let fields = checked_form(&s, &body)?;
-    may_act(&s)?;
+    let fields = action_form(&s, &body)?;
     let version = match field(&fields, "version").map(str::trim) {
         None | Some("") => None,
         Some(v) => Some(
