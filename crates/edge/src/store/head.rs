@@ -12,11 +12,18 @@
 //! small hot objects does not grow by a map per object. Copies of an object's fields (a disk
 //! object promoted to memory, a soft purge's expired copy) share its map. A map's bytes
 //! return to the budget when the last object holding it leaves the cache.
+//!
+//! Blocks are interned: objects whose fields are the same bytes (one origin's objects
+//! stored in the same second with the same validators, or with none) share one block and
+//! one ready map, found through a bounded table of recent blocks by hash. An object whose
+//! block is shared pays a pointer for its fields; one with unique fields pays its block.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::hash::{BuildHasher, RandomState};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
 /// Bytes all objects' ready header maps may hold together (process-wide).
 pub const READY_MAPS_BUDGET: usize = 32 * 1024 * 1024;
@@ -110,81 +117,153 @@ impl ReadyMap {
     }
 }
 
-impl Clone for ReadyMap {
-    fn clone(&self) -> Self {
-        let copy = OnceLock::new();
-        if let Some(ready) = self.0.get() {
-            let _ = copy.set(ready.clone());
-        }
-        Self(copy)
-    }
-}
 
-impl PartialEq for ReadyMap {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
+/// Header fields of a stored response: a pointer to a shared, interned block (see
+/// [`intern`]), so objects whose fields are byte for byte the same hold one block and one
+/// ready map between them.
+#[derive(Debug, Clone)]
+pub struct StoredHeaders(Arc<Head>);
 
-impl Eq for ReadyMap {}
-
-/// Header fields of a stored response.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StoredHeaders {
+/// The packed block and its ready map.
+#[derive(Debug, Default)]
+struct Head {
     block: Bytes,
     ready: ReadyMap,
 }
 
-impl StoredHeaders {
-    /// Packs `headers` (names cannot contain `:`, values cannot contain `\n`).
-    pub fn from_map(headers: &HeaderMap) -> Self {
-        let size: usize = headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 2)
-            .sum();
-        let mut block = BytesMut::with_capacity(size);
-        for (name, value) in headers.iter().take(usize::from(u16::MAX)) {
-            block.extend_from_slice(name.as_str().as_bytes());
-            block.extend_from_slice(b":");
-            block.extend_from_slice(value.as_bytes());
-            block.extend_from_slice(b"\n");
-        }
-        Self {
-            block: block.freeze(),
+impl PartialEq for StoredHeaders {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.block == other.0.block
+    }
+}
+
+impl Eq for StoredHeaders {}
+
+impl Default for StoredHeaders {
+    fn default() -> Self {
+        Self(Arc::new(Head::default()))
+    }
+}
+
+/// Slots of the interning table: a direct-mapped cache of recently stored blocks.
+const INTERN_SLOTS: usize = 4096;
+/// Largest block the interning table looks up (larger ones are rare and kept whole).
+const INTERN_MAX: usize = 4096;
+/// A scratch buffer larger than this is given back after use.
+const SCRATCH_KEEP: usize = 16 * 1024;
+
+/// Recently stored blocks, by a hash of their bytes: one slot per hash, the newest block
+/// wins its slot. Slots hold weak pointers, so a block leaves memory with its last object
+/// (only the slot's small allocation stays until the slot is reused): the table's memory is
+/// bounded by its slot count, whatever is stored.
+struct Interner {
+    slots: Box<[Mutex<Weak<Head>>]>,
+    hasher: RandomState,
+}
+
+static INTERNER: LazyLock<Interner> = LazyLock::new(|| Interner {
+    slots: (0..INTERN_SLOTS).map(|_| Mutex::new(Weak::new())).collect(),
+    hasher: RandomState::new(),
+});
+
+thread_local! {
+    /// Where a block is packed before it is looked up, so a block already stored costs no
+    /// allocation.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The shared head for `block`: the stored one if a recent object has the same bytes,
+/// else a new one (made from `owned`, or a copy of `block`) that later objects may share.
+fn intern(block: &[u8], owned: Option<Bytes>) -> Arc<Head> {
+    let make = |owned: Option<Bytes>| {
+        Arc::new(Head {
+            block: owned.unwrap_or_else(|| Bytes::copy_from_slice(block)),
             ready: ReadyMap::default(),
+        })
+    };
+    if block.is_empty() || block.len() > INTERN_MAX {
+        return make(owned);
+    }
+    let table = &*INTERNER;
+    let i = (table.hasher.hash_one(block) as usize) % table.slots.len();
+    let Some(slot) = table.slots.get(i) else {
+        return make(owned);
+    };
+    let mut slot = match slot.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if let Some(head) = slot.upgrade() {
+        if head.block == block {
+            return head;
         }
+    }
+    let head = make(owned);
+    *slot = Arc::downgrade(&head);
+    head
+}
+
+/// `name:value\n` per field, in order.
+fn pack_into(headers: &HeaderMap, block: &mut Vec<u8>) {
+    for (name, value) in headers.iter().take(usize::from(u16::MAX)) {
+        block.extend_from_slice(name.as_str().as_bytes());
+        block.push(b':');
+        block.extend_from_slice(value.as_bytes());
+        block.push(b'\n');
+    }
+}
+
+fn pack(headers: &HeaderMap) -> Vec<u8> {
+    let mut block = Vec::new();
+    pack_into(headers, &mut block);
+    block
+}
+
+impl StoredHeaders {
+    /// Packs `headers` (names cannot contain `:`, values cannot contain `\n`), sharing the
+    /// block of an earlier object with the same fields.
+    pub fn from_map(headers: &HeaderMap) -> Self {
+        SCRATCH.with(|scratch| {
+            let Ok(mut block) = scratch.try_borrow_mut() else {
+                return Self(intern(&pack(headers), None));
+            };
+            block.clear();
+            pack_into(headers, &mut block);
+            let head = intern(&block, None);
+            if block.capacity() > SCRATCH_KEEP {
+                *block = Vec::new();
+            }
+            Self(head)
+        })
     }
 
     /// The packed `name:value\n` lines (for the disk tier).
     pub fn block(&self) -> &[u8] {
-        &self.block
+        &self.0.block
     }
 
     /// Fields from a packed block read back from storage; lines that do not parse are
     /// skipped when the fields are read.
     pub fn from_block(block: Bytes) -> Self {
-        Self {
-            block,
-            ready: ReadyMap::default(),
-        }
+        Self(intern(&block.clone(), Some(block)))
     }
 
     /// How many fields (lines) the block holds: counted, not kept (every byte of a stored
     /// object is paid for by every object).
     fn count(&self) -> usize {
-        self.block.iter().filter(|b| **b == b'\n').count()
+        self.0.block.iter().filter(|b| **b == b'\n').count()
     }
 
     /// The fields, in their original order.
     pub fn iter(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
         let mut offset = 0usize;
-        self.block.split(|b| *b == b'\n').filter_map(move |line| {
+        self.0.block.split(|b| *b == b'\n').filter_map(move |line| {
             let start = offset;
             offset += line.len() + 1;
             let colon = line.iter().position(|b| *b == b':')?;
             let name = HeaderName::from_bytes(line.get(..colon)?).ok()?;
             let value_start = start + colon + 1;
-            let value = self.block.slice(value_start..start + line.len());
+            let value = self.0.block.slice(value_start..start + line.len());
             HeaderValue::from_maybe_shared(value)
                 .ok()
                 .map(|v| (name, v))
@@ -199,12 +278,12 @@ impl StoredHeaders {
 
     /// [`StoredHeaders::for_response`] with the ready map charged to `budget`.
     pub fn for_response_within(&self, budget: &'static MapBudget) -> HeaderMap {
-        if let Some(map) = self.ready.get() {
+        if let Some(map) = self.0.ready.get() {
             return map.clone();
         }
         let map = self.to_map();
         if budget.has_room() {
-            self.ready.install(map.clone(), self.count(), budget);
+            self.0.ready.install(map.clone(), self.count(), budget);
         }
         map
     }
@@ -213,8 +292,8 @@ impl StoredHeaders {
     /// to be copied (a disk object promoted to memory), so that every copy shares one map
     /// instead of each parsing its own.
     pub fn prepare(&self) {
-        if self.ready.get().is_none() && READY_MAPS.has_room() {
-            self.ready.install(self.to_map(), self.count(), &READY_MAPS);
+        if self.0.ready.get().is_none() && READY_MAPS.has_room() {
+            self.0.ready.install(self.to_map(), self.count(), &READY_MAPS);
         }
     }
 
@@ -235,7 +314,7 @@ impl StoredHeaders {
 
     /// Bytes held.
     pub fn size(&self) -> usize {
-        self.block.len()
+        self.0.block.len()
     }
 }
 
@@ -267,22 +346,25 @@ mod tests {
     fn ready_maps_are_reused_within_their_budget_and_returned_with_the_object() {
         // Room for two maps of two fields.
         static BUDGET: MapBudget = MapBudget::new(2 * (192 + 2 * 128));
-        let src = headers(&[("content-type", "text/plain"), ("x-a", "1")]);
-        let objects: Vec<StoredHeaders> = (0..3).map(|_| StoredHeaders::from_map(&src)).collect();
-        for o in &objects {
-            assert_eq!(o.for_response_within(&BUDGET), src);
+        // Three objects with fields of their own (the same fields would share one map).
+        let srcs: Vec<HeaderMap> = (0..3)
+            .map(|i| headers(&[("content-type", "text/plain"), ("x-ready-test", &i.to_string())]))
+            .collect();
+        let objects: Vec<StoredHeaders> = srcs.iter().map(StoredHeaders::from_map).collect();
+        for (o, src) in objects.iter().zip(&srcs) {
+            assert_eq!(&o.for_response_within(&BUDGET), src);
         }
         // The first two got a ready map; the third parses per hit, and answers the same.
-        let ready: Vec<bool> = objects.iter().map(|o| o.ready.get().is_some()).collect();
+        let ready: Vec<bool> = objects.iter().map(|o| o.0.ready.get().is_some()).collect();
         assert_eq!(ready, [true, true, false]);
         assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
-        for o in &objects {
-            assert_eq!(o.for_response_within(&BUDGET), src);
+        for (o, src) in objects.iter().zip(&srcs) {
+            assert_eq!(&o.for_response_within(&BUDGET), src);
         }
         // A copy (a promotion, a soft purge's expired copy) shares the map, at no charge,
         // and compares equal.
         let copy = objects[0].clone();
-        assert!(copy.ready.get().is_some());
+        assert!(copy.0.ready.get().is_some());
         assert_eq!(copy, objects[0]);
         assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
         // An object leaving the cache returns its map's bytes once no copy holds it; the
@@ -292,9 +374,40 @@ mod tests {
         assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
         drop(copy);
         assert_eq!(BUDGET.used(), 192 + 2 * 128);
-        assert_eq!(objects[1].for_response_within(&BUDGET), src);
-        assert!(objects[1].ready.get().is_some());
+        assert_eq!(objects[1].for_response_within(&BUDGET), srcs[2]);
+        assert!(objects[1].0.ready.get().is_some());
         drop(objects);
         assert_eq!(BUDGET.used(), 0);
+    }
+
+    #[test]
+    fn objects_with_the_same_fields_share_one_block_and_its_ready_map() {
+        let src = headers(&[("content-type", "text/plain"), ("x-intern-test", "same")]);
+        let a = StoredHeaders::from_map(&src);
+        let b = StoredHeaders::from_map(&src);
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        // Read back from the disk tier: the same bytes, the same head.
+        let c = StoredHeaders::from_block(Bytes::copy_from_slice(a.block()));
+        assert!(Arc::ptr_eq(&a.0, &c.0));
+        // A map made for one is the map of all.
+        assert_eq!(a.for_response(), src);
+        assert!(b.0.ready.get().is_some());
+        // Other fields, another head; equal fields compare equal either way.
+        let other = StoredHeaders::from_map(&headers(&[("x-intern-test", "other")]));
+        assert!(!Arc::ptr_eq(&a.0, &other.0));
+        assert_ne!(a, other);
+        // Once every object holding a block is gone, the next one makes it anew.
+        let weak = Arc::downgrade(&a.0);
+        drop((a, b, c));
+        assert!(weak.upgrade().is_none());
+        let d = StoredHeaders::from_map(&src);
+        assert_eq!(d.to_map(), src);
+        // A block too large to look up is kept whole, never shared.
+        let big = "v".repeat(INTERN_MAX);
+        let big = headers(&[("x-intern-test", big.as_str())]);
+        let (e, f) = (StoredHeaders::from_map(&big), StoredHeaders::from_map(&big));
+        assert!(!Arc::ptr_eq(&e.0, &f.0));
+        assert_eq!(e, f);
+        assert_eq!(e.to_map(), big);
     }
 }
