@@ -148,8 +148,9 @@ pub struct DiskCacheConfig {
     pub retry_ms: u64,
     /// Files of stored objects kept open for reading once read (as nginx's
     /// `open_file_cache`): a disk hit then costs a read, not an open, a read and a close.
-    /// Lowered at start to a quarter of the open-files limit (RLIMIT_NOFILE); 0 opens the
-    /// file on every read. Default 16384.
+    /// Lowered at start to what the open-files limit (RLIMIT_NOFILE) leaves once
+    /// `limits.max_connections` and 1024 other files are set aside (never below a quarter of
+    /// the limit); 0 opens the file on every read. Default 16384.
     #[serde(default = "default_disk_open_files")]
     pub open_files: u32,
 }

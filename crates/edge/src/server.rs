@@ -220,7 +220,12 @@ fn open_store(config: &ValidConfig) -> Arc<dyn Storage> {
     let Some(disk) = &config.cache.disk else {
         return Arc::new(memory);
     };
-    match HybridStore::open(memory, disk, config.cache.max_object_bytes) {
+    match HybridStore::open(
+        memory,
+        disk,
+        config.cache.max_object_bytes,
+        config.limits.max_connections,
+    ) {
         Ok(store) => {
             tracing::info!(path = %disk.path, max_bytes = disk.max_bytes, "disk tier open; recovering its index");
             Arc::new(store)

@@ -51,14 +51,21 @@ pub struct HybridStore {
 
 impl HybridStore {
     /// Puts `memory` in front of the disk tier `config` describes (opened, its recovery
-    /// started in the background).
+    /// started in the background). `client_connections` is the edge's bound on client
+    /// connections: the files the tier keeps open leave room for them.
     pub fn open(
         memory: MemoryStore,
         config: &DiskCacheConfig,
         max_object_bytes: u64,
+        client_connections: usize,
     ) -> Result<Self, DiskError> {
         let gate = Arc::new(PurgeGate::new());
-        let disk = DiskTier::open(config, config.max_object(max_object_bytes), gate.clone())?;
+        let disk = DiskTier::open(
+            config,
+            config.max_object(max_object_bytes),
+            gate.clone(),
+            client_connections,
+        )?;
         Ok(Self {
             disk,
             memory,
@@ -136,7 +143,7 @@ impl HybridStore {
 }
 
 impl Storage for HybridStore {
-    fn get(&self, key: &CacheKey) -> Option<Arc<Variants>> {
+    fn get(&self, key: &CacheKey) -> Option<Variants> {
         self.memory.get(key).or_else(|| self.disk.get(key))
     }
 

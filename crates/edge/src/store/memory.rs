@@ -31,8 +31,8 @@ const GENERATION_SLOTS: usize = 64;
 #[derive(Clone)]
 struct VariantsWeighter;
 
-impl Weighter<CacheKey, Arc<Variants>> for VariantsWeighter {
-    fn weight(&self, key: &CacheKey, value: &Arc<Variants>) -> u64 {
+impl Weighter<CacheKey, Variants> for VariantsWeighter {
+    fn weight(&self, key: &CacheKey, value: &Variants) -> u64 {
         // Never zero: zero-weight entries would escape the budget.
         (key.len() as u64 + value.weight()).max(1)
     }
@@ -119,10 +119,10 @@ struct EvictionHook {
     evictions: Arc<AtomicU64>,
 }
 
-impl Lifecycle<CacheKey, Arc<Variants>> for EvictionHook {
+impl Lifecycle<CacheKey, Variants> for EvictionHook {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut (), key: CacheKey, val: Arc<Variants>) {
+    fn on_evict(&self, _state: &mut (), key: CacheKey, val: Variants) {
         if INSERTING.with(|k| k.borrow().as_ref() == Some(&key)) {
             return;
         }
@@ -133,7 +133,7 @@ impl Lifecycle<CacheKey, Arc<Variants>> for EvictionHook {
 
 /// A byte-bounded memory store.
 pub struct MemoryStore {
-    cache: Cache<CacheKey, Arc<Variants>, VariantsWeighter, DefaultHashBuilder, EvictionHook>,
+    cache: Cache<CacheKey, Variants, VariantsWeighter, DefaultHashBuilder, EvictionHook>,
     tags: Arc<TagIndex>,
     evictions: Arc<AtomicU64>,
     /// Purge generation per slot of services.
@@ -226,7 +226,7 @@ impl MemoryStore {
 
     /// Inserts `next` under `key` in place of `previous`, keeping the tag index exact: the
     /// previous value's tags go, the new value's tags come if it was admitted.
-    fn replace(&self, key: &CacheKey, previous: Option<&Variants>, next: Arc<Variants>) {
+    fn replace(&self, key: &CacheKey, previous: Option<&Variants>, next: Variants) {
         INSERTING.with(|k| *k.borrow_mut() = Some(key.clone()));
         self.cache.insert(key.clone(), next.clone());
         INSERTING.with(|k| k.borrow_mut().take());
@@ -238,7 +238,7 @@ impl MemoryStore {
         }
     }
 
-    fn remove_entry(&self, key: &CacheKey) -> Option<Arc<Variants>> {
+    fn remove_entry(&self, key: &CacheKey) -> Option<Variants> {
         let (_, old) = self.cache.remove(key)?;
         self.tags.remove(key, &old);
         Some(old)
@@ -317,24 +317,24 @@ impl MemoryStore {
         if kept.is_empty() {
             self.remove_entry(key);
         } else {
-            self.replace(key, Some(&current), Arc::new(Variants::new(kept)));
+            self.replace(key, Some(&current), Variants::new(kept));
         }
         hit
     }
 }
 
 impl Storage for MemoryStore {
-    fn get(&self, key: &CacheKey) -> Option<Arc<Variants>> {
+    fn get(&self, key: &CacheKey) -> Option<Variants> {
         self.cache.get(key)
     }
 
     fn put(&self, key: CacheKey, object: Arc<StoredObject>) {
         let existing = self.cache.get(&key);
-        let merged = Arc::new(match &existing {
+        let merged = match &existing {
             Some(existing) => existing.with(object),
             None => Variants::default().with(object),
-        });
-        self.replace(&key, existing.as_deref(), merged);
+        };
+        self.replace(&key, existing.as_ref(), merged);
     }
 
     fn remove(&self, key: &CacheKey) -> bool {

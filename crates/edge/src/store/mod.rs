@@ -122,7 +122,7 @@ pub enum PurgeMode {
 /// Implementations must not block: they are called on the request path.
 pub trait Storage: Send + Sync + 'static {
     /// All stored variants for a key.
-    fn get(&self, key: &CacheKey) -> Option<Arc<Variants>>;
+    fn get(&self, key: &CacheKey) -> Option<Variants>;
     /// Stores a response, replacing the variant with the same `Vary` values.
     fn put(&self, key: CacheKey, object: Arc<StoredObject>);
     /// Removes every variant of a key. Returns whether anything was removed.

@@ -361,17 +361,18 @@ impl StoredObject {
 /// variant (random values of a header the origin varies on) only pushes out its own earlier
 /// ones, never the copy everyone else is reading. Uses are counted only while a URL has more
 /// than one variant, so the common single-variant hit pays nothing for it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Variants(Set);
 
 /// The variants, laid out for the common case: most URLs have one, which then costs no
-/// allocation beyond the set's own (no vector, no use counts).
-#[derive(Debug, Default)]
+/// allocation at all (the set lives in the cache's own entry: no vector, no use counts).
+/// A clone, which every lookup makes, is one reference count either way.
+#[derive(Debug, Default, Clone)]
 enum Set {
     #[default]
     Empty,
     One(Arc<StoredObject>),
-    Many(Box<Many>),
+    Many(Arc<Many>),
 }
 
 #[derive(Debug)]
@@ -399,7 +400,7 @@ impl Variants {
             _ => {
                 let (objects, hits): (Vec<_>, Vec<_>) =
                     objects.map(|(o, h)| (o, AtomicU64::new(h))).unzip();
-                Self(Set::Many(Box::new(Many {
+                Self(Set::Many(Arc::new(Many {
                     objects: objects.into_boxed_slice(),
                     hits: hits.into_boxed_slice(),
                 })))

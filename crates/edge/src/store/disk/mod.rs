@@ -131,21 +131,32 @@ pub struct DiskStats {
     pub open_files: u64,
 }
 
-/// Files the tier may keep open: `configured`, lowered to a quarter of the open-files limit
-/// (RLIMIT_NOFILE) so that client and origin connections keep the rest.
-fn open_files_budget(configured: u32) -> usize {
+/// Open files left to everything else (origin connections, listeners, logs, files being
+/// written) when the tier's budget is taken from the open-files limit.
+const FILES_RESERVED: u64 = 1024;
+
+/// Files the tier may keep open: `configured`, lowered to what the open-files limit
+/// (RLIMIT_NOFILE) leaves once `client_connections` and [`FILES_RESERVED`] are set aside,
+/// but never below a quarter of the limit (the share an edge whose connection bound exceeds
+/// its limit still gives its disk).
+fn open_files_budget(configured: u32, client_connections: usize) -> usize {
     let configured = configured as usize;
     match rlimit::getrlimit(rlimit::Resource::NOFILE) {
         Ok((soft, _)) => {
-            let quarter = usize::try_from(soft / 4).unwrap_or(usize::MAX);
-            if configured > quarter {
+            let left = soft
+                .saturating_sub(client_connections as u64)
+                .saturating_sub(FILES_RESERVED);
+            let allowed = usize::try_from(left.max(soft / 4)).unwrap_or(usize::MAX);
+            if configured > allowed {
                 tracing::info!(
                     configured,
-                    allowed = quarter,
-                    "disk tier: cache.disk.open_files lowered to a quarter of the open-files limit"
+                    allowed,
+                    open_files_limit = soft,
+                    client_connections,
+                    "disk tier: cache.disk.open_files lowered to what the open-files limit leaves"
                 );
             }
-            configured.min(quarter)
+            configured.min(allowed)
         }
         Err(_) => configured,
     }
@@ -429,6 +440,7 @@ impl DiskTier {
         config: &DiskCacheConfig,
         max_object_bytes: u64,
         gate: Arc<PurgeGate>,
+        client_connections: usize,
     ) -> Result<Self, DiskError> {
         let root = PathBuf::from(&config.path);
         let dir_err = |source| DiskError::Dir {
@@ -469,7 +481,7 @@ impl DiskTier {
             next_id: AtomicU64::new(0),
             run,
             open_files: AtomicUsize::new(0),
-            max_open_files: open_files_budget(config.open_files),
+            max_open_files: open_files_budget(config.open_files, client_connections),
         }));
         let index = Arc::new(MemoryStore::new(config.max_bytes, max_object_bytes));
         let worker = Worker {
@@ -506,7 +518,7 @@ impl DiskTier {
     }
 
     /// The variants indexed under `key`.
-    pub(crate) fn get(&self, key: &CacheKey) -> Option<Arc<Variants>> {
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<Variants> {
         self.index.get(key)
     }
 

@@ -46,6 +46,7 @@ fn open(dir: &TempDir, disk_bytes: u64) -> HybridStore {
         MemoryStore::new(8 << 20, MAX_OBJECT),
         &dir.config(disk_bytes),
         MAX_OBJECT,
+        0,
     )
     .unwrap()
 }
@@ -346,7 +347,7 @@ async fn read_files_are_kept_open_within_the_budget_and_closed_when_their_object
     let mut config = dir.config(64 << 20);
     config.open_files = 3;
     let store =
-        HybridStore::open(MemoryStore::new(8 << 20, MAX_OBJECT), &config, MAX_OBJECT).unwrap();
+        HybridStore::open(MemoryStore::new(8 << 20, MAX_OBJECT), &config, MAX_OBJECT, 0).unwrap();
     recovered(&store).await;
     for i in 0..5u8 {
         let g = store.generation("svc");
@@ -436,6 +437,7 @@ async fn the_disk_is_bounded_by_bytes_and_evicted_files_go() {
         MemoryStore::new(8 << 20, 128 << 10),
         &dir.config(max),
         128 << 10,
+        0,
     )
     .unwrap();
     recovered(&store).await;
@@ -467,6 +469,7 @@ async fn a_second_process_cannot_share_the_directory() {
         MemoryStore::new(8 << 20, MAX_OBJECT),
         &dir.config(16 << 20),
         MAX_OBJECT,
+        0,
     );
     assert!(matches!(second, Err(DiskError::Locked(_))));
 }
@@ -477,7 +480,7 @@ async fn a_failing_disk_degrades_to_memory_and_recovers() {
     let mut config = dir.config(64 << 20);
     config.retry_ms = 1;
     let store =
-        HybridStore::open(MemoryStore::new(8 << 20, MAX_OBJECT), &config, MAX_OBJECT).unwrap();
+        HybridStore::open(MemoryStore::new(8 << 20, MAX_OBJECT), &config, MAX_OBJECT, 0).unwrap();
     recovered(&store).await;
     // Writes fail: the temporary directory is now a file.
     std::fs::remove_dir_all(dir.0.join("tmp")).unwrap();
