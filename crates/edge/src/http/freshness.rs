@@ -6,7 +6,7 @@
 
 use super::cache_control::{parse_delta_seconds, CacheControl, FieldScoped};
 use http::{header, HeaderMap, Method, StatusCode};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// `CDN-Cache-Control` (RFC 9213).
 pub const CDN_CACHE_CONTROL: &str = "cdn-cache-control";
@@ -28,8 +28,23 @@ pub struct CachePolicy {
 }
 
 /// How long a stored response is usable, computed once at store time (RFC 9111 §4.2.3).
+///
+/// Kept in every stored object, so packed: instants and spans as nanoseconds in `u64`s (48
+/// bytes instead of 88; a span saturates at 584 years, an instant before 1970 reads as
+/// 1970). [`FreshnessParts`] is the same with the standard types, to build or adjust one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
+    response_time: u64,
+    corrected_initial_age: u64,
+    lifetime: u64,
+    stale_while_revalidate: u64,
+    stale_if_error: u64,
+    must_revalidate: bool,
+}
+
+/// The parts of a [`Freshness`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreshnessParts {
     /// When the response was received (`response_time`).
     pub response_time: SystemTime,
     /// `corrected_initial_age`: the response's age when it was received.
@@ -45,43 +60,110 @@ pub struct Freshness {
     pub must_revalidate: bool,
 }
 
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl From<FreshnessParts> for Freshness {
+    fn from(p: FreshnessParts) -> Self {
+        Self {
+            response_time: nanos(p.response_time.duration_since(UNIX_EPOCH).unwrap_or_default()),
+            corrected_initial_age: nanos(p.corrected_initial_age),
+            lifetime: nanos(p.lifetime),
+            stale_while_revalidate: nanos(p.stale_while_revalidate),
+            stale_if_error: nanos(p.stale_if_error),
+            must_revalidate: p.must_revalidate,
+        }
+    }
+}
+
 impl Freshness {
+    /// The parts, to adjust one and build a new value.
+    pub fn parts(&self) -> FreshnessParts {
+        FreshnessParts {
+            response_time: self.response_time(),
+            corrected_initial_age: self.corrected_initial_age(),
+            lifetime: self.lifetime(),
+            stale_while_revalidate: self.stale_while_revalidate(),
+            stale_if_error: self.stale_if_error(),
+            must_revalidate: self.must_revalidate,
+        }
+    }
+
+    /// When the response was received (`response_time`).
+    pub fn response_time(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.response_time)
+    }
+
+    /// `corrected_initial_age`: the response's age when it was received.
+    pub fn corrected_initial_age(&self) -> Duration {
+        Duration::from_nanos(self.corrected_initial_age)
+    }
+
+    /// Freshness lifetime.
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_nanos(self.lifetime)
+    }
+
+    /// `stale-while-revalidate` window past expiry.
+    pub fn stale_while_revalidate(&self) -> Duration {
+        Duration::from_nanos(self.stale_while_revalidate)
+    }
+
+    /// `stale-if-error` window past expiry.
+    pub fn stale_if_error(&self) -> Duration {
+        Duration::from_nanos(self.stale_if_error)
+    }
+
+    /// `must-revalidate`, `proxy-revalidate` or `no-cache`: never used stale without a
+    /// successful validation, not even when the origin fails.
+    pub fn must_revalidate(&self) -> bool {
+        self.must_revalidate
+    }
+
+    /// The same freshness with its lifetime ending no later than `at` (a soft purge).
+    pub fn expired_at(&self, at: SystemTime) -> Self {
+        let mut p = self.parts();
+        p.lifetime = p.lifetime.min(self.age(at));
+        p.into()
+    }
+
     /// `current_age` at `now`.
     pub fn age(&self, now: SystemTime) -> Duration {
-        let resident = now.duration_since(self.response_time).unwrap_or_default();
-        self.corrected_initial_age.saturating_add(resident)
+        let resident = now.duration_since(self.response_time()).unwrap_or_default();
+        self.corrected_initial_age().saturating_add(resident)
     }
 
     /// Remaining freshness at `now`; `None` when stale.
     pub fn ttl(&self, now: SystemTime) -> Option<Duration> {
         let age = self.age(now);
-        (self.lifetime > age).then(|| self.lifetime - age)
+        (self.lifetime() > age).then(|| self.lifetime() - age)
     }
 
     /// How long past expiry the response is at `now` (zero when fresh).
     pub fn staleness(&self, now: SystemTime) -> Duration {
-        self.age(now).saturating_sub(self.lifetime)
+        self.age(now).saturating_sub(self.lifetime())
     }
 
     /// Signed seconds of freshness left (negative when stale), for `Cache-Status: ttl=`.
     pub fn ttl_secs(&self, now: SystemTime) -> i64 {
         let age = self.age(now).as_secs() as i64;
-        self.lifetime.as_secs() as i64 - age
+        self.lifetime().as_secs() as i64 - age
     }
 
     /// May be served stale while one background revalidation runs.
     pub fn can_serve_while_revalidating(&self, now: SystemTime) -> bool {
-        !self.must_revalidate && self.staleness(now) <= self.stale_while_revalidate
+        !self.must_revalidate() && self.staleness(now) <= self.stale_while_revalidate()
     }
 
     /// May be served stale because the origin failed: within `stale-if-error`, or within the
     /// operator's `safety_net` window.
     pub fn can_serve_on_error(&self, now: SystemTime, safety_net: Option<Duration>) -> bool {
-        if self.must_revalidate {
+        if self.must_revalidate() {
             return false;
         }
         let stale_by = self.staleness(now);
-        stale_by <= self.stale_if_error || safety_net.is_some_and(|max| stale_by <= max)
+        stale_by <= self.stale_if_error() || safety_net.is_some_and(|max| stale_by <= max)
     }
 }
 
@@ -312,14 +394,14 @@ pub fn evaluate(x: &Exchange<'_>, policy: &CachePolicy) -> Storability {
 
     let forced = policy.forced_ttl.is_some();
     Storability::Store {
-        freshness: Freshness {
+        freshness: Freshness::from(FreshnessParts {
             response_time: x.response_time,
             corrected_initial_age,
             lifetime,
             stale_while_revalidate: Duration::from_secs(cc.stale_while_revalidate.unwrap_or(0)),
             stale_if_error: Duration::from_secs(cc.stale_if_error.unwrap_or(0)),
             must_revalidate: cc.must_revalidate || cc.proxy_revalidate || (no_cache_all && !forced),
-        },
+        }),
         strip_fields,
     }
 }
@@ -377,15 +459,15 @@ mod tests {
             ("cache-control", "max-age=10, s-maxage=20"),
             ("expires", "Sun, 06 Nov 1994 09:49:37 GMT"),
         ]));
-        assert_eq!(f.lifetime, Duration::from_secs(20));
+        assert_eq!(f.lifetime(), Duration::from_secs(20));
         let f = fresh(eval(&[
             DATE,
             ("cache-control", "max-age=10"),
             ("expires", "Sun, 06 Nov 1994 09:49:37 GMT"),
         ]));
-        assert_eq!(f.lifetime, Duration::from_secs(10));
+        assert_eq!(f.lifetime(), Duration::from_secs(10));
         let f = fresh(eval(&[DATE, ("expires", "Sun, 06 Nov 1994 09:49:37 GMT")]));
-        assert_eq!(f.lifetime, Duration::from_secs(3600));
+        assert_eq!(f.lifetime(), Duration::from_secs(3600));
     }
 
     /// RFC 9110 §5.6.7: recipients parse all three HTTP-date forms and may be lenient
@@ -405,7 +487,7 @@ mod tests {
             "sun nov 6 09:49:37 1994",
         ] {
             let f = fresh(eval(&[DATE, ("expires", ok)]));
-            assert_eq!(f.lifetime, one_hour, "{ok}");
+            assert_eq!(f.lifetime(), one_hour, "{ok}");
         }
         for bad in [
             "0",
@@ -418,7 +500,7 @@ mod tests {
             "Sun, 06 Nov 1994 09:49:37 GMT GMT GMT GMT GMT GMT GMT GMT GMT GMT GMT",
         ] {
             let f = fresh(eval(&[DATE, ("expires", bad), ("etag", "\"v\"")]));
-            assert_eq!(f.lifetime, Duration::ZERO, "{bad}");
+            assert_eq!(f.lifetime(), Duration::ZERO, "{bad}");
             assert_eq!(f.ttl(t0()), None, "{bad}");
         }
         assert_eq!(
@@ -435,7 +517,7 @@ mod tests {
             Storability::NoStore("stale on arrival without validator")
         );
         let f = fresh(eval(&[DATE, ("expires", "0"), ("etag", "\"v1\"")]));
-        assert_eq!(f.lifetime, Duration::ZERO);
+        assert_eq!(f.lifetime(), Duration::ZERO);
         let f = fresh(eval(&[
             DATE,
             ("expires", "Sat, 05 Nov 1994 08:49:37 GMT"),
@@ -460,7 +542,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fresh(eval_with(&[], 200, &[DATE], p)).lifetime,
+            fresh(eval_with(&[], 200, &[DATE], p)).lifetime(),
             Duration::from_secs(7)
         );
         // The default TTL applies only to statuses cacheable by default.
@@ -483,7 +565,7 @@ mod tests {
         };
         let lm = ("last-modified", "Fri, 28 Oct 1994 08:49:37 GMT"); // 9 days before Date
         let f = fresh(eval_with(&[], 200, &[DATE, lm], p));
-        assert_eq!(f.lifetime, Duration::from_secs(9 * 86400 / 10));
+        assert_eq!(f.lifetime(), Duration::from_secs(9 * 86400 / 10));
         // Not for statuses that are not heuristically cacheable.
         assert!(matches!(
             eval_with(&[], 302, &[DATE, lm], p),
@@ -492,13 +574,13 @@ mod tests {
         // Capped.
         let old = ("last-modified", "Thu, 06 Nov 1980 08:49:37 GMT");
         assert_eq!(
-            fresh(eval_with(&[], 200, &[DATE, old], p)).lifetime,
+            fresh(eval_with(&[], 200, &[DATE, old], p)).lifetime(),
             MAX_HEURISTIC_LIFETIME
         );
         // Every heuristically cacheable status, and only those.
         for status in [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501] {
             let f = fresh(eval_with(&[], status, &[DATE, lm], p));
-            assert_eq!(f.lifetime, Duration::from_secs(9 * 86400 / 10), "{status}");
+            assert_eq!(f.lifetime(), Duration::from_secs(9 * 86400 / 10), "{status}");
         }
         for status in [302, 307, 400, 403, 500, 502, 503] {
             assert!(
@@ -515,7 +597,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fresh(eval_with(&[], 200, &[DATE, lm], short)).lifetime,
+            fresh(eval_with(&[], 200, &[DATE, lm], short)).lifetime(),
             Duration::from_secs(60)
         );
         // Explicit expiration wins: max-age, s-maxage, Expires, CDN-Cache-Control.
@@ -526,11 +608,11 @@ mod tests {
             ("cdn-cache-control", "max-age=5"),
         ] {
             let f = fresh(eval_with(&[], 200, &[DATE, lm, explicit], p));
-            assert_eq!(f.lifetime, Duration::from_secs(5), "{explicit:?}");
+            assert_eq!(f.lifetime(), Duration::from_secs(5), "{explicit:?}");
         }
         // Without Date, the age of Last-Modified is taken at receipt ("now").
         let f = fresh(eval_with(&[], 200, &[lm], p));
-        assert_eq!(f.lifetime, Duration::from_secs(9 * 86400 / 10));
+        assert_eq!(f.lifetime(), Duration::from_secs(9 * 86400 / 10));
         // A Last-Modified in the future gives no heuristic lifetime.
         let future = ("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT");
         assert_eq!(
@@ -547,7 +629,7 @@ mod tests {
             &[DATE, ("cache-control", "max-age=5")],
             CachePolicy::default(),
         ));
-        assert_eq!(f.lifetime, Duration::from_secs(5));
+        assert_eq!(f.lifetime(), Duration::from_secs(5));
         assert!(matches!(
             eval_with(
                 &[],
@@ -615,8 +697,8 @@ mod tests {
             ("cache-control", "no-cache, max-age=60"),
             ("etag", "\"a\""),
         ]));
-        assert_eq!(f.lifetime, Duration::ZERO);
-        assert!(f.must_revalidate);
+        assert_eq!(f.lifetime(), Duration::ZERO);
+        assert!(f.must_revalidate());
         assert!(!f.can_serve_on_error(t0(), Some(Duration::from_secs(3600))));
     }
 
@@ -657,12 +739,12 @@ mod tests {
             ("cache-control", "no-store"),
             ("cdn-cache-control", "max-age=300"),
         ]));
-        assert_eq!(f.lifetime, Duration::from_secs(300));
+        assert_eq!(f.lifetime(), Duration::from_secs(300));
         let f = fresh(eval(&[
             ("cache-control", "max-age=5"),
             ("surrogate-control", "max-age=60"),
         ]));
-        assert_eq!(f.lifetime, Duration::from_secs(60));
+        assert_eq!(f.lifetime(), Duration::from_secs(60));
         assert_eq!(
             eval(&[
                 ("cache-control", "max-age=600"),
@@ -674,7 +756,7 @@ mod tests {
             ("cdn-cache-control", "max-age=1"),
             ("surrogate-control", "max-age=2"),
         ]));
-        assert_eq!(f.lifetime, Duration::from_secs(1));
+        assert_eq!(f.lifetime(), Duration::from_secs(1));
     }
 
     #[test]
@@ -684,11 +766,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            fresh(eval_with(&[], 200, &[("cache-control", "max-age=1")], p)).lifetime,
+            fresh(eval_with(&[], 200, &[("cache-control", "max-age=1")], p)).lifetime(),
             Duration::from_secs(42)
         );
         assert_eq!(
-            fresh(eval_with(&[], 200, &[], p)).lifetime,
+            fresh(eval_with(&[], 200, &[], p)).lifetime(),
             Duration::from_secs(42)
         );
         assert!(matches!(
@@ -717,7 +799,7 @@ mod tests {
             &CachePolicy::default(),
         ));
         // corrected_age_value = 30 + 2 (delay) beats apparent_age = 2.
-        assert_eq!(f.corrected_initial_age, Duration::from_secs(32));
+        assert_eq!(f.corrected_initial_age(), Duration::from_secs(32));
         let later = t0() + Duration::from_secs(12);
         assert_eq!(f.age(later), Duration::from_secs(42));
         assert_eq!(f.ttl(later), Some(Duration::from_secs(58)));
@@ -731,7 +813,7 @@ mod tests {
             ("cache-control", "max-age=100"),
         ];
         let f = fresh(eval(&resp));
-        assert_eq!(f.corrected_initial_age, Duration::from_secs(60));
+        assert_eq!(f.corrected_initial_age(), Duration::from_secs(60));
     }
 
     #[test]
@@ -765,7 +847,7 @@ mod tests {
                 "{bad}"
             );
             let f = fresh(eval(&[DATE, ("age", bad), ("cache-control", "max-age=60")]));
-            assert_eq!(f.corrected_initial_age, Duration::ZERO, "{bad}");
+            assert_eq!(f.corrected_initial_age(), Duration::ZERO, "{bad}");
             assert_eq!(f.ttl(t0()), Some(Duration::from_secs(60)), "{bad}");
         }
         // Two field lines that disagree.
@@ -810,5 +892,34 @@ mod tests {
             ("cache-control", "max-age=10, proxy-revalidate"),
         ]));
         assert!(!proxy.can_serve_while_revalidating(at(11)));
+    }
+
+    #[test]
+    fn packed_freshness_keeps_every_part_to_the_nanosecond() {
+        let parts = FreshnessParts {
+            response_time: UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+            corrected_initial_age: Duration::new(3, 7),
+            lifetime: Duration::from_secs(3600 * 24 * 365 * 20),
+            stale_while_revalidate: Duration::from_millis(10),
+            stale_if_error: Duration::from_secs(20),
+            must_revalidate: true,
+        };
+        let f = Freshness::from(parts);
+        assert_eq!(f.parts(), parts);
+        assert_eq!(std::mem::size_of::<Freshness>(), 48);
+        // Out of range: an instant before 1970 reads as 1970, a span saturates (584 years).
+        let odd = Freshness::from(FreshnessParts {
+            response_time: UNIX_EPOCH - Duration::from_secs(1),
+            lifetime: Duration::MAX,
+            ..parts
+        });
+        assert_eq!(odd.response_time(), UNIX_EPOCH);
+        assert_eq!(odd.lifetime(), Duration::from_nanos(u64::MAX));
+        // A soft purge ends the lifetime at its instant, and keeps the rest.
+        let at = parts.response_time + Duration::from_secs(60);
+        let expired = f.expired_at(at);
+        assert_eq!(expired.lifetime(), Duration::new(63, 7));
+        assert!(expired.ttl(at).is_none());
+        assert_eq!(expired.stale_if_error(), parts.stale_if_error);
     }
 }

@@ -86,7 +86,7 @@ proptest! {
         };
         for policy in [CachePolicy::default(), CachePolicy { heuristic: Some(crate::http::freshness::MAX_HEURISTIC_LIFETIME), default_ttl: Some(Duration::from_secs(60)), forced_ttl: None }] {
             if let Storability::Store { freshness, .. } = evaluate(&x, &policy) {
-                prop_assert!(freshness.lifetime <= Duration::from_secs(DELTA_SECONDS_MAX));
+                prop_assert!(freshness.lifetime() <= Duration::from_secs(DELTA_SECONDS_MAX));
                 let _ = freshness.ttl_secs(t0 + Duration::from_secs(u32::MAX as u64));
                 let _ = freshness.can_serve_on_error(t0, Some(Duration::MAX));
             }

@@ -304,7 +304,7 @@ fn answer_with_fill(
     status: CacheStatus,
     background: bool,
 ) -> Response<EdgeBody> {
-    let response_time = pending.freshness.response_time;
+    let response_time = pending.freshness.response_time();
     let client_wants_body = ctx.method != Method::HEAD && !background;
     let conditional_hit = parts.status == StatusCode::OK
         && is_conditional(&ctx.headers)

@@ -58,7 +58,7 @@ pub(crate) async fn cached(
             stored = Box::pin(ctx.state.store.load(&key, obj)).await;
         }
         if let Some(obj) = &stored {
-            let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time >= t);
+            let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time() >= t);
             if obj.freshness.ttl(now).is_some() || fetched_for_us {
                 let mut status = CacheStatus::hit().collapsed(waited_since.is_some());
                 if from_disk {
@@ -66,7 +66,7 @@ pub(crate) async fn cached(
                 }
                 return Ok(from_object(ctx, obj, status, now));
             }
-            if !obj.freshness.stale_while_revalidate.is_zero()
+            if !obj.freshness.stale_while_revalidate().is_zero()
                 && !ctx.svc.switches.no_stale
                 && obj.freshness.can_serve_while_revalidating(now)
             {

@@ -644,7 +644,7 @@ fn cached(
     match expect {
         None => {
             // A response fetched while this request waited is its own, even stale on arrival.
-            let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time >= t);
+            let fetched_for_us = waited_since.is_some_and(|t| obj.freshness.response_time() >= t);
             if obj.freshness.ttl(SystemTime::now()).is_some() || fetched_for_us {
                 Cached::Usable(Box::new(Slice::stored(n, id, obj, hit)))
             } else {

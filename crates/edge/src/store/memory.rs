@@ -426,14 +426,14 @@ mod tests {
             body: vec![Bytes::from(vec![0u8; len])].into(),
             body_len: len as u64,
             vary: VaryKey::default(),
-            freshness: Freshness {
+            freshness: Freshness::from(crate::http::freshness::FreshnessParts {
                 response_time: SystemTime::now(),
                 corrected_initial_age: Duration::ZERO,
                 lifetime: Duration::from_secs(60),
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
                 must_revalidate: false,
-            },
+            }),
             surrogate_keys: tags.iter().map(|t| Box::<str>::from(*t)).collect(),
         })
     }

@@ -307,8 +307,7 @@ impl StoredObject {
     /// A copy that expires at `now` (soft purge): the next request revalidates it, and until
     /// then it stays usable for stale-while-revalidate, stale-if-error and the safety net.
     pub fn expired_copy(&self, now: std::time::SystemTime) -> StoredObject {
-        let mut freshness = self.freshness;
-        freshness.lifetime = freshness.lifetime.min(freshness.age(now));
+        let freshness = self.freshness.expired_at(now);
         StoredObject {
             status: self.status,
             headers: self.headers.clone(),
@@ -505,14 +504,14 @@ mod tests {
             body: vec![Bytes::from_static(body)].into(),
             body_len: body.len() as u64,
             vary,
-            freshness: Freshness {
+            freshness: Freshness::from(crate::http::freshness::FreshnessParts {
                 response_time: SystemTime::UNIX_EPOCH,
                 corrected_initial_age: Duration::ZERO,
                 lifetime: Duration::ZERO,
                 stale_while_revalidate: Duration::ZERO,
                 stale_if_error: Duration::ZERO,
                 must_revalidate: false,
-            },
+            }),
             surrogate_keys: Box::new([]),
         })
     }
@@ -665,7 +664,7 @@ mod layout {
     /// most 248 bytes is one 256-byte allocation with glibc's malloc.
     #[test]
     fn per_object_structures_stay_small() {
-        assert!(std::mem::size_of::<StoredObject>() <= 232);
+        assert!(std::mem::size_of::<StoredObject>() <= 152);
         assert_eq!(std::mem::size_of::<Variants>(), 16);
         assert_eq!(std::mem::size_of::<Chunks>(), 32);
     }

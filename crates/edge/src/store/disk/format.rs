@@ -20,7 +20,7 @@
 //! All integers little-endian. Reading never trusts a length: each is bounded and checked
 //! against the file's size before anything is allocated.
 
-use crate::http::freshness::Freshness;
+use crate::http::freshness::{Freshness, FreshnessParts};
 use crate::store::{CacheKey, StoredHeaders, VaryKey};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderName, StatusCode};
@@ -117,12 +117,12 @@ pub(super) fn encode_head(
     let mut out = BytesMut::with_capacity(128 + key.len() + headers.size());
     put_str(&mut out, key.as_str().as_bytes());
     out.put_u16_le(status.as_u16());
-    out.put_u64_le(epoch_ms(freshness.response_time));
-    out.put_u64_le(ms(freshness.corrected_initial_age));
-    out.put_u64_le(ms(freshness.lifetime));
-    out.put_u64_le(ms(freshness.stale_while_revalidate));
-    out.put_u64_le(ms(freshness.stale_if_error));
-    out.put_u8(u8::from(freshness.must_revalidate));
+    out.put_u64_le(epoch_ms(freshness.response_time()));
+    out.put_u64_le(ms(freshness.corrected_initial_age()));
+    out.put_u64_le(ms(freshness.lifetime()));
+    out.put_u64_le(ms(freshness.stale_while_revalidate()));
+    out.put_u64_le(ms(freshness.stale_if_error()));
+    out.put_u8(u8::from(freshness.must_revalidate()));
     let fields = vary.fields();
     out.put_u16_le(u16::try_from(fields.len()).unwrap_or(u16::MAX));
     for (name, value) in fields {
@@ -273,18 +273,18 @@ pub(super) fn read_head(
     let key = CacheKey::from_stored(c.str()?).ok_or(FormatError::Head("key"))?;
     let status = StatusCode::from_u16(c.u16()?).map_err(|_| FormatError::Head("status"))?;
     let response_time = UNIX_EPOCH + Duration::from_millis(c.u64()?);
-    let mut freshness = Freshness {
+    let mut freshness = Freshness::from(FreshnessParts {
         response_time,
         corrected_initial_age: Duration::from_millis(c.u64()?),
         lifetime: Duration::from_millis(c.u64()?),
         stale_while_revalidate: Duration::from_millis(c.u64()?),
         stale_if_error: Duration::from_millis(c.u64()?),
         must_revalidate: c.u8()? != 0,
-    };
+    });
     if let Some(at) = lengths.expired_at {
         // Soft-purged at `at`: its lifetime ends there (at once when the mark is damaged).
         let at = UNIX_EPOCH + Duration::from_millis(at);
-        freshness.lifetime = freshness.lifetime.min(freshness.age(at));
+        freshness = freshness.expired_at(at);
     }
     let n = c.u16()? as usize;
     if n > crate::store::object::MAX_VARY_FIELDS {

@@ -169,7 +169,7 @@ impl Recovery {
             let newer = self.index.get(&key).is_some_and(|v| {
                 v.objects().iter().any(|o| {
                     o.vary == object.vary
-                        && o.freshness.response_time >= object.freshness.response_time
+                        && o.freshness.response_time() >= object.freshness.response_time()
                 })
             });
             if newer {

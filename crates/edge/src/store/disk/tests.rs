@@ -82,7 +82,7 @@ fn object(seed: u8, len: usize, tags: &str) -> Arc<StoredObject> {
             &headers(&[("accept-encoding", "gzip")]),
         )
         .unwrap(),
-        freshness: Freshness {
+        freshness: Freshness::from(crate::http::freshness::FreshnessParts {
             // To the millisecond (what the file keeps).
             response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             corrected_initial_age: Duration::from_secs(3),
@@ -90,7 +90,7 @@ fn object(seed: u8, len: usize, tags: &str) -> Arc<StoredObject> {
             stale_while_revalidate: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(20),
             must_revalidate: false,
-        },
+        }),
         surrogate_keys: crate::store::surrogate_keys(&h),
     })
 }
@@ -169,9 +169,9 @@ async fn objects_survive_a_reopen_byte_for_byte() {
         assert_eq!(got.headers, want.headers);
         assert_eq!(got.status, want.status);
         assert_eq!(got.vary, want.vary);
-        assert_eq!(got.freshness.response_time, want.freshness.response_time);
-        assert_eq!(got.freshness.lifetime, want.freshness.lifetime);
-        assert_eq!(got.freshness.stale_if_error, want.freshness.stale_if_error);
+        assert_eq!(got.freshness.response_time(), want.freshness.response_time());
+        assert_eq!(got.freshness.lifetime(), want.freshness.lifetime());
+        assert_eq!(got.freshness.stale_if_error(), want.freshness.stale_if_error());
         assert!(got.has_tag("t2"));
         // Through the store: found on disk, promoted to memory, the same bytes.
         let v = store.get(&k).unwrap();
@@ -333,7 +333,7 @@ async fn purges_reach_the_disk_and_hold_after_a_reopen() {
         soft.freshness.ttl(now).is_none(),
         "soft purge holds after a restart"
     );
-    assert!(soft.freshness.stale_if_error > Duration::ZERO);
+    assert!(soft.freshness.stale_if_error() > Duration::ZERO);
     let kept = on_disk(&store, &key("/p5")).unwrap();
     assert!(
         kept.freshness.ttl(now).is_some(),
