@@ -63,6 +63,9 @@ impl EdgeServer {
     /// Binds every listener and starts serving. Fails without side effects if any address
     /// cannot be bound.
     pub async fn start(config: ValidConfig) -> Result<EdgeHandle, ServerError> {
+        // Install the metrics recorder before anything is counted: the store registers its
+        // counters when it opens, and the disk tier's recovery counts from the start.
+        let _ = telemetry::prometheus();
         let store = open_store(&config);
         let limits = config.limits.clone();
         let listen: Vec<(SocketAddr, bool, bool)> = config
@@ -77,8 +80,6 @@ impl EdgeServer {
             })?),
             None => None,
         };
-        // Install the metrics recorder before the first request is counted.
-        let _ = telemetry::prometheus();
         let runtime = Runtime::build(config, None).map_err(ServerError::Config)?;
         abort_if_crash_on_load(&runtime);
         crate::tls::installed(&runtime);

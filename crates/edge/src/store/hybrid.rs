@@ -47,6 +47,8 @@ pub struct HybridStore {
     pub(super) memory: MemoryStore,
     gate: Arc<PurgeGate>,
     promote_max: u64,
+    /// `firebreak_disk_hits_total`, registered once (no registry lookup per disk hit).
+    disk_hits: metrics::Counter,
 }
 
 impl HybridStore {
@@ -71,6 +73,7 @@ impl HybridStore {
             memory,
             gate,
             promote_max: PROMOTE_MAX.min(max_object_bytes),
+            disk_hits: metrics::counter!("firebreak_disk_hits_total"),
         })
     }
 
@@ -137,7 +140,7 @@ impl HybridStore {
                 self.memory.put(key.clone(), in_memory.clone());
             }
         });
-        metrics::counter!("firebreak_disk_hits_total").increment(1);
+        self.disk_hits.increment(1);
         Some(in_memory)
     }
 }

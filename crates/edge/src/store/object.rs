@@ -101,13 +101,29 @@ impl CacheKey {
     }
 }
 
+/// One `Vary` field and the request's (normalized) value for it.
+pub type VaryField = (HeaderName, Option<Box<str>>);
+
 /// The request header values a stored response was selected with (its `Vary` fields).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VaryKey {
-    fields: Vec<(HeaderName, Option<Box<str>>)>,
+    /// `None` when the response does not vary (most do not): 8 bytes in every object.
+    // Boxed on purpose: 8 bytes in every stored object instead of a vector's 24.
+    #[allow(clippy::box_collection)]
+    fields: Option<Box<Vec<VaryField>>>,
 }
 
 impl VaryKey {
+    fn from_vec(fields: Vec<(HeaderName, Option<Box<str>>)>) -> Self {
+        Self {
+            fields: (!fields.is_empty()).then(|| Box::new(fields)),
+        }
+    }
+
+    fn list(&self) -> &[(HeaderName, Option<Box<str>>)] {
+        self.fields.as_deref().map_or(&[], |v| v.as_slice())
+    }
+
     /// Reads the response's `Vary` field names and the request's values for them. `None`
     /// when the response cannot be keyed (`Vary: *`, unparsable, or too many fields).
     pub fn from_exchange(response: &HeaderMap, request: &HeaderMap) -> Option<Self> {
@@ -152,37 +168,37 @@ impl VaryKey {
                 fields.push((name, v));
             }
         }
-        Some(Self { fields })
+        Some(Self::from_vec(fields))
     }
 
     /// The fields and the request's values for them, in order.
     pub fn fields(&self) -> &[(HeaderName, Option<Box<str>>)] {
-        &self.fields
+        self.list()
     }
 
     /// A key with these fields (read back from storage).
     pub fn from_fields(fields: Vec<(HeaderName, Option<Box<str>>)>) -> Self {
-        Self { fields }
+        Self::from_vec(fields)
     }
 
     /// Whether a new request selects this variant (RFC 9111 §4.1).
     pub fn matches(&self, request: &HeaderMap) -> bool {
-        self.fields
+        self.list()
             .iter()
             .all(|(name, stored)| normalized(request, name).as_deref() == stored.as_deref())
     }
 
     fn same_names(&self, other: &VaryKey) -> bool {
-        self.fields.len() == other.fields.len()
+        self.list().len() == other.list().len()
             && self
-                .fields
+                .list()
                 .iter()
-                .zip(&other.fields)
+                .zip(other.list())
                 .all(|(a, b)| a.0 == b.0)
     }
 
     fn weight(&self) -> u64 {
-        self.fields
+        self.list()
             .iter()
             .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, |v| v.len()) + 16)
             .sum::<usize>() as u64
@@ -443,6 +459,10 @@ impl Variants {
     /// dropped (the origin changed its mind about what the response varies on); beyond
     /// [`MAX_VARIANTS`] the least used goes, the youngest of equals first.
     pub fn with(&self, object: Arc<StoredObject>) -> Variants {
+        // The common case (a fill, a promotion from disk): nothing to merge.
+        if let Set::Empty = self.0 {
+            return Self(Set::One(object));
+        }
         let mut inherited = 0;
         let mut kept: Vec<(Arc<StoredObject>, u64)> = Vec::with_capacity(self.objects().len());
         for (i, o) in self.objects().iter().enumerate() {
@@ -664,7 +684,7 @@ mod layout {
     /// most 248 bytes is one 256-byte allocation with glibc's malloc.
     #[test]
     fn per_object_structures_stay_small() {
-        assert!(std::mem::size_of::<StoredObject>() <= 152);
+        assert!(std::mem::size_of::<StoredObject>() <= 136);
         assert_eq!(std::mem::size_of::<Variants>(), 16);
         assert_eq!(std::mem::size_of::<Chunks>(), 32);
     }
