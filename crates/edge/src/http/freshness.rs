@@ -67,7 +67,11 @@ fn nanos(d: Duration) -> u64 {
 impl From<FreshnessParts> for Freshness {
     fn from(p: FreshnessParts) -> Self {
         Self {
-            response_time: nanos(p.response_time.duration_since(UNIX_EPOCH).unwrap_or_default()),
+            response_time: nanos(
+                p.response_time
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default(),
+            ),
             corrected_initial_age: nanos(p.corrected_initial_age),
             lifetime: nanos(p.lifetime),
             stale_while_revalidate: nanos(p.stale_while_revalidate),
@@ -580,7 +584,11 @@ mod tests {
         // Every heuristically cacheable status, and only those.
         for status in [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501] {
             let f = fresh(eval_with(&[], status, &[DATE, lm], p));
-            assert_eq!(f.lifetime(), Duration::from_secs(9 * 86400 / 10), "{status}");
+            assert_eq!(
+                f.lifetime(),
+                Duration::from_secs(9 * 86400 / 10),
+                "{status}"
+            );
         }
         for status in [302, 307, 400, 403, 500, 502, 503] {
             assert!(

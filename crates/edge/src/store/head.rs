@@ -19,9 +19,9 @@
 //! block is shared pays a pointer for its fields; one with unique fields pays its block.
 
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::cell::RefCell;
 use std::hash::{BuildHasher, RandomState};
-use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, Weak};
 
@@ -116,7 +116,6 @@ impl ReadyMap {
         let _ = self.0.set(ready);
     }
 }
-
 
 /// Header fields of a stored response: a pointer to a shared, interned block (see
 /// [`intern`]), so objects whose fields are byte for byte the same hold one block and one
@@ -293,7 +292,9 @@ impl StoredHeaders {
     /// instead of each parsing its own.
     pub fn prepare(&self) {
         if self.0.ready.get().is_none() && READY_MAPS.has_room() {
-            self.0.ready.install(self.to_map(), self.count(), &READY_MAPS);
+            self.0
+                .ready
+                .install(self.to_map(), self.count(), &READY_MAPS);
         }
     }
 
@@ -348,7 +349,12 @@ mod tests {
         static BUDGET: MapBudget = MapBudget::new(2 * (192 + 2 * 128));
         // Three objects with fields of their own (the same fields would share one map).
         let srcs: Vec<HeaderMap> = (0..3)
-            .map(|i| headers(&[("content-type", "text/plain"), ("x-ready-test", &i.to_string())]))
+            .map(|i| {
+                headers(&[
+                    ("content-type", "text/plain"),
+                    ("x-ready-test", &i.to_string()),
+                ])
+            })
             .collect();
         let objects: Vec<StoredHeaders> = srcs.iter().map(StoredHeaders::from_map).collect();
         for (o, src) in objects.iter().zip(&srcs) {

@@ -19,6 +19,7 @@
 //! within the same `first_bytes` deadline, and picks HTTP/1 or h2 by ALPN; its requests carry
 //! [`TlsInfo`].
 
+mod coalesce;
 pub mod proxy_protocol;
 pub mod workers;
 
@@ -890,10 +891,13 @@ async fn serve<S, H, F, B>(
 {
     let t = conf.timeouts;
     let activity = Arc::new(Activity::new(proto == Proto::H1));
-    let io = TokioIo::new(Watched {
+    // h2 over TLS gathers the frames of one flush into one record (see `coalesce`); the
+    // watchdog sits below, so it sees the writes that reach the socket and their stalls.
+    let coalesce = tls.is_some() && proto == Proto::H2;
+    let io = Watched {
         inner: io,
         activity: activity.clone(),
-    });
+    };
     let act = activity.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         let guard = act.begin();
@@ -909,11 +913,16 @@ async fn serve<S, H, F, B>(
     let label = conf.label;
     match proto {
         Proto::H1 => {
-            let conn = conf.h1.serve_connection(io, service);
+            let conn = conf.h1.serve_connection(TokioIo::new(io), service);
+            drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label).await
+        }
+        Proto::H2 if coalesce => {
+            let io = TokioIo::new(coalesce::Coalesced::new(io));
+            let conn = conf.h2.serve_connection(io, service);
             drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label).await
         }
         Proto::H2 => {
-            let conn = conf.h2.serve_connection(io, service);
+            let conn = conf.h2.serve_connection(TokioIo::new(io), service);
             drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label).await
         }
     }

@@ -169,9 +169,15 @@ async fn objects_survive_a_reopen_byte_for_byte() {
         assert_eq!(got.headers, want.headers);
         assert_eq!(got.status, want.status);
         assert_eq!(got.vary, want.vary);
-        assert_eq!(got.freshness.response_time(), want.freshness.response_time());
+        assert_eq!(
+            got.freshness.response_time(),
+            want.freshness.response_time()
+        );
         assert_eq!(got.freshness.lifetime(), want.freshness.lifetime());
-        assert_eq!(got.freshness.stale_if_error(), want.freshness.stale_if_error());
+        assert_eq!(
+            got.freshness.stale_if_error(),
+            want.freshness.stale_if_error()
+        );
         assert!(got.has_tag("t2"));
         // Through the store: found on disk, promoted to memory, the same bytes.
         let v = store.get(&k).unwrap();
@@ -346,8 +352,13 @@ async fn read_files_are_kept_open_within_the_budget_and_closed_when_their_object
     let dir = TempDir::new("kept");
     let mut config = dir.config(64 << 20);
     config.open_files = 3;
-    let store =
-        HybridStore::open(MemoryStore::new(8 << 20, MAX_OBJECT), &config, MAX_OBJECT, 0).unwrap();
+    let store = HybridStore::open(
+        MemoryStore::new(8 << 20, MAX_OBJECT),
+        &config,
+        MAX_OBJECT,
+        0,
+    )
+    .unwrap();
     recovered(&store).await;
     for i in 0..5u8 {
         let g = store.generation("svc");
@@ -479,8 +490,13 @@ async fn a_failing_disk_degrades_to_memory_and_recovers() {
     let dir = TempDir::new("failing");
     let mut config = dir.config(64 << 20);
     config.retry_ms = 1;
-    let store =
-        HybridStore::open(MemoryStore::new(8 << 20, MAX_OBJECT), &config, MAX_OBJECT, 0).unwrap();
+    let store = HybridStore::open(
+        MemoryStore::new(8 << 20, MAX_OBJECT),
+        &config,
+        MAX_OBJECT,
+        0,
+    )
+    .unwrap();
     recovered(&store).await;
     // Writes fail: the temporary directory is now a file.
     std::fs::remove_dir_all(dir.0.join("tmp")).unwrap();
