@@ -3,12 +3,14 @@
 //! never carried over like origin pools are.
 //!
 //! Counting is a handful of relaxed atomic increments per request: no lock, no allocation.
-//! Reading ([`HealthCounters::snapshot`]) gives the protocol's [`Counts`].
+//! The counters are sharded by thread (each connection worker counts on a cache line of its
+//! own, so two cores never pass one line back and forth per request); reading
+//! ([`HealthCounters::snapshot`]) sums the shards into the protocol's [`Counts`].
 //!
 //! [`Runtime`]: crate::runtime::Runtime
 
 use firebreak_protocol::health::{latency_bucket, Counts, LATENCY_BUCKETS};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Who made a response, for the 5xx split.
@@ -20,9 +22,28 @@ pub enum Source {
     Origin,
 }
 
+/// Shards of each service's counters: at least the connection workers of a typical edge.
+const SHARDS: usize = 8;
+
+/// The shard of the calling thread: threads take shards round robin on first use.
+fn shard_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    INDEX.with(|i| *i)
+}
+
 /// The counters of one service (or of the requests no service matched) over one version.
 #[derive(Debug, Default)]
 pub struct HealthCounters {
+    shards: Box<[Shard; SHARDS]>,
+}
+
+/// One thread's share of the counters, on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
     requests: AtomicU64,
     status_2xx: AtomicU64,
     status_3xx: AtomicU64,
@@ -38,22 +59,28 @@ pub struct HealthCounters {
 }
 
 impl HealthCounters {
+    fn mine(&self) -> &Shard {
+        let [first, rest @ ..] = &*self.shards;
+        rest.get(shard_index().wrapping_sub(1)).unwrap_or(first)
+    }
+
     /// Counts one answered client request: its status, who made it, whether it came from
     /// the cache (fresh or stale) and the time to its response head.
     pub fn response(&self, status: http::StatusCode, source: Source, hit: bool, head: Duration) {
-        self.requests.fetch_add(1, Relaxed);
+        let c = self.mine();
+        c.requests.fetch_add(1, Relaxed);
         // 1xx and out-of-range statuses have no class in `Counts`.
         let class = match status.as_u16() {
-            200..=299 => Some(&self.status_2xx),
-            300..=399 => Some(&self.status_3xx),
-            400..=499 => Some(&self.status_4xx),
+            200..=299 => Some(&c.status_2xx),
+            300..=399 => Some(&c.status_3xx),
+            400..=499 => Some(&c.status_4xx),
             500..=599 => {
                 let by = match source {
-                    Source::Edge => &self.edge_5xx,
-                    Source::Origin => &self.origin_5xx,
+                    Source::Edge => &c.edge_5xx,
+                    Source::Origin => &c.origin_5xx,
                 };
                 by.fetch_add(1, Relaxed);
-                Some(&self.status_5xx)
+                Some(&c.status_5xx)
             }
             _ => None,
         };
@@ -61,42 +88,54 @@ impl HealthCounters {
             class.fetch_add(1, Relaxed);
         }
         if hit {
-            self.hits.fetch_add(1, Relaxed);
+            c.hits.fetch_add(1, Relaxed);
         }
         let ms = u64::try_from(head.as_millis()).unwrap_or(u64::MAX);
-        if let Some(bucket) = self.latency.get(latency_bucket(ms)) {
+        if let Some(bucket) = c.latency.get(latency_bucket(ms)) {
             bucket.fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one request sent to an origin; `answered` is false when no response came.
     pub fn origin(&self, answered: bool) {
-        self.origin_requests.fetch_add(1, Relaxed);
+        let c = self.mine();
+        c.origin_requests.fetch_add(1, Relaxed);
         if !answered {
-            self.origin_errors.fetch_add(1, Relaxed);
+            c.origin_errors.fetch_add(1, Relaxed);
         }
     }
 
     /// Counts one panic caught in request handling (its 500 is counted by `response`).
     pub fn panic(&self) {
-        self.panics.fetch_add(1, Relaxed);
+        self.mine().panics.fetch_add(1, Relaxed);
     }
 
-    /// The counts so far.
+    /// The counts so far (all shards).
     pub fn snapshot(&self) -> Counts {
+        let sum = |f: fn(&Shard) -> &AtomicU64| -> u64 {
+            self.shards.iter().map(|s| f(s).load(Relaxed)).sum()
+        };
         Counts {
-            requests: self.requests.load(Relaxed),
-            status_2xx: self.status_2xx.load(Relaxed),
-            status_3xx: self.status_3xx.load(Relaxed),
-            status_4xx: self.status_4xx.load(Relaxed),
-            status_5xx: self.status_5xx.load(Relaxed),
-            edge_5xx: self.edge_5xx.load(Relaxed),
-            origin_5xx: self.origin_5xx.load(Relaxed),
-            origin_requests: self.origin_requests.load(Relaxed),
-            origin_errors: self.origin_errors.load(Relaxed),
-            hits: self.hits.load(Relaxed),
-            panics: self.panics.load(Relaxed),
-            latency: self.latency.iter().map(|b| b.load(Relaxed)).collect(),
+            requests: sum(|s| &s.requests),
+            status_2xx: sum(|s| &s.status_2xx),
+            status_3xx: sum(|s| &s.status_3xx),
+            status_4xx: sum(|s| &s.status_4xx),
+            status_5xx: sum(|s| &s.status_5xx),
+            edge_5xx: sum(|s| &s.edge_5xx),
+            origin_5xx: sum(|s| &s.origin_5xx),
+            origin_requests: sum(|s| &s.origin_requests),
+            origin_errors: sum(|s| &s.origin_errors),
+            hits: sum(|s| &s.hits),
+            panics: sum(|s| &s.panics),
+            latency: (0..LATENCY_BUCKETS)
+                .map(|i| {
+                    self.shards
+                        .iter()
+                        .filter_map(|s| s.latency.get(i))
+                        .map(|b| b.load(Relaxed))
+                        .sum()
+                })
+                .collect(),
         }
     }
 }
@@ -144,5 +183,31 @@ mod tests {
         assert_eq!(c.latency[3], 2);
         assert_eq!(c.latency[LATENCY_BUCKETS - 1], 1);
         assert!(c.is_plausible());
+    }
+
+    #[test]
+    fn counts_from_many_threads_add_up() {
+        let c = std::sync::Arc::new(HealthCounters::default());
+        let threads: Vec<_> = (0..12)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        c.response(http::StatusCode::OK, Source::Origin, true, Duration::ZERO);
+                    }
+                    c.origin(false);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let counts = c.snapshot();
+        assert_eq!(counts.requests, 12_000);
+        assert_eq!(counts.status_2xx, 12_000);
+        assert_eq!(counts.hits, 12_000);
+        assert_eq!(counts.origin_requests, 12);
+        assert_eq!(counts.origin_errors, 12);
+        assert_eq!(counts.latency.iter().sum::<u64>(), 12_000);
     }
 }
