@@ -287,17 +287,6 @@ impl StoredHeaders {
         map
     }
 
-    /// Makes the ready map now, if there is none and the budget has room: for fields about
-    /// to be copied (a disk object promoted to memory), so that every copy shares one map
-    /// instead of each parsing its own.
-    pub fn prepare(&self) {
-        if self.0.ready.get().is_none() && READY_MAPS.has_room() {
-            self.0
-                .ready
-                .install(self.to_map(), self.count(), &READY_MAPS);
-        }
-    }
-
     /// A `HeaderMap` with every field, parsed from the block (the ready map, if any, is
     /// neither used nor made: for revalidation and slice checks, not for hits).
     pub fn to_map(&self) -> HeaderMap {

@@ -122,9 +122,8 @@ impl HybridStore {
                 return None;
             }
         };
-        // The disk object keeps the parsed fields, so its next promotion (after this copy
-        // is evicted from memory) parses nothing.
-        object.headers.prepare();
+        // The copy shares the disk object's fields (one head, one ready map), so a map made
+        // for either serves both and every later promotion.
         let in_memory = Arc::new(StoredObject {
             status: object.status,
             headers: object.headers.clone(),
