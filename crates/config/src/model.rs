@@ -106,6 +106,11 @@ pub struct CacheConfig {
     /// How long a coalesced request waits for the in-flight fetch of the same object before it
     /// goes to the origin itself.
     pub coalesce_wait_ms: u64,
+    /// Bodies of at least this many bytes are kept in shared-memory pages that plain
+    /// (non-TLS) responses send with `sendfile`, without copying the body into the socket;
+    /// each such body occupies whole 4 KiB pages. 0 keeps every body in ordinary memory.
+    /// At least 4096 when set. Read at start.
+    pub zero_copy_min_bytes: u64,
     /// The disk tier behind the memory tier; none by default. Read at start only (a change
     /// takes effect on restart, like `[limits]`).
     pub disk: Option<DiskCacheConfig>,
@@ -117,6 +122,7 @@ impl Default for CacheConfig {
             max_bytes: 256 * 1024 * 1024,
             max_object_bytes: 64 * 1024 * 1024,
             coalesce_wait_ms: 10_000,
+            zero_copy_min_bytes: 16 * 1024,
             disk: None,
         }
     }

@@ -588,3 +588,29 @@ fn connection_workers_are_bounded() {
         0
     );
 }
+
+/// `cache.zero_copy_min_bytes`: 16 KiB by default; 0 turns it off; between, a page at least.
+#[test]
+fn zero_copy_min_bytes_is_off_or_a_page_at_least() {
+    assert_eq!(
+        parse_str("m", &minimal(""))
+            .unwrap()
+            .cache
+            .zero_copy_min_bytes,
+        16384
+    );
+    for (v, ok) in [("0", true), ("1", false), ("4095", false), ("4096", true)] {
+        let text = format!("[cache]\nzero_copy_min_bytes = {v}\n{}", minimal(""));
+        match parse_str("edge.toml", &text) {
+            Ok(c) => {
+                assert!(ok, "{v} accepted");
+                assert_eq!(c.cache.zero_copy_min_bytes.to_string(), v);
+            }
+            Err(e) => {
+                assert!(!ok, "{v} refused: {e}");
+                assert_eq!(e.errors[0].field, "cache.zero_copy_min_bytes", "{e}");
+                assert_eq!(e.errors[0].line, 2, "{e}");
+            }
+        }
+    }
+}

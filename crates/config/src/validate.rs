@@ -208,6 +208,12 @@ fn cache(c: &mut Checker, cache: &CacheConfig) {
         &[Key("cache"), Key("coalesce_wait_ms")],
         cache.coalesce_wait_ms,
     );
+    if (1..4096).contains(&cache.zero_copy_min_bytes) {
+        c.fail(
+            &[Key("cache"), Key("zero_copy_min_bytes")],
+            "must be 0 (off) or at least 4096 (a page)",
+        );
+    }
     if let Some(disk) = &cache.disk {
         let at = |field| [Key("cache"), Key("disk"), Key(field)];
         if disk.path.trim().is_empty() || disk.path.len() > MAX_DISK_PATH_LEN {

@@ -217,7 +217,8 @@ impl EdgeServer {
 /// from memory only, logged and counted: a disk never keeps an edge from starting.
 fn open_store(config: &ValidConfig) -> Arc<dyn Storage> {
     let memory = MemoryStore::new(config.cache.max_bytes, config.cache.max_object_bytes)
-        .with_fill_budget(config.fetch.fill_budget(&config.cache));
+        .with_fill_budget(config.fetch.fill_budget(&config.cache))
+        .with_zero_copy(config.cache.zero_copy_min_bytes);
     let Some(disk) = &config.cache.disk else {
         return Arc::new(memory);
     };
@@ -236,7 +237,8 @@ fn open_store(config: &ValidConfig) -> Arc<dyn Storage> {
             metrics::counter!("firebreak_disk_open_failures_total").increment(1);
             Arc::new(
                 MemoryStore::new(config.cache.max_bytes, config.cache.max_object_bytes)
-                    .with_fill_budget(config.fetch.fill_budget(&config.cache)),
+                    .with_fill_budget(config.fetch.fill_budget(&config.cache))
+                    .with_zero_copy(config.cache.zero_copy_min_bytes),
             )
         }
     }

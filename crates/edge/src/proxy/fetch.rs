@@ -26,10 +26,11 @@ use crate::http::conditional::{is_conditional, not_modified, not_modified_respon
 use crate::http::freshness::{evaluate, CachePolicy, Exchange, Freshness, Storability};
 use crate::http::headers::strip_hop_by_hop;
 use crate::store::{
-    surrogate_keys, CacheKey, DiskSpool, Storage, StoredHeaders, StoredObject, VaryKey,
+    surrogate_keys, CacheKey, Chunks, DiskSpool, ObjectBody, Storage, StoredHeaders, StoredObject,
+    VaryKey,
 };
 use crate::upstream::UpstreamRequest;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::response::Parts;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -38,9 +39,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
-/// Bodies up to this size are compacted into one fresh buffer when stored, so that a small
-/// object does not pin the larger network buffer its bytes arrived in.
-const COMPACT_BELOW: u64 = 1024 * 1024;
 /// A fill that is not stored (too large, over the fill budget) reads the origin ahead of its
 /// client by at most this much: beyond it the origin waits for the client.
 const PASS_WINDOW: u64 = 256 * 1024;
@@ -521,15 +519,7 @@ impl PendingObject {
 
     /// Stores the complete body; false if a purge since the fetch started forbids it.
     fn store(self, chunks: Vec<Bytes>, len: u64) -> bool {
-        let body = if len <= COMPACT_BELOW && !chunks.is_empty() {
-            let mut buf = BytesMut::with_capacity(len as usize);
-            for c in &chunks {
-                buf.extend_from_slice(c);
-            }
-            vec![buf.freeze()]
-        } else {
-            chunks
-        };
+        let body = Chunks::keep(chunks, len, self.store.zero_copy_min());
         let mut headers = self.headers;
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         let surrogate = surrogate_keys(&headers);
@@ -537,7 +527,7 @@ impl PendingObject {
             status: self.status,
             surrogate_keys: surrogate,
             headers: StoredHeaders::from_map(&headers),
-            body: body.into(),
+            body: ObjectBody::Memory(body),
             body_len: len,
             vary: self.vary,
             freshness: self.freshness,

@@ -9,8 +9,8 @@
 
 use super::disk::{DiskError, DiskFile, DiskSpool, DiskStats, DiskTier, PurgeGate};
 use super::{
-    CacheKey, FillBudget, LoadFuture, MemoryStore, ObjectBody, PurgeMode, PurgeTarget, Storage,
-    StoreStats, StoredObject, Variants,
+    CacheKey, Chunks, FillBudget, LoadFuture, MemoryStore, ObjectBody, PurgeMode, PurgeTarget,
+    Storage, StoreStats, StoredObject, Variants,
 };
 use firebreak_config::DiskCacheConfig;
 use std::sync::Arc;
@@ -127,7 +127,11 @@ impl HybridStore {
         let in_memory = Arc::new(StoredObject {
             status: object.status,
             headers: object.headers.clone(),
-            body: ObjectBody::Memory(chunks.into()),
+            body: ObjectBody::Memory(Chunks::keep(
+                chunks,
+                object.body_len,
+                self.memory.zero_copy_min(),
+            )),
             body_len: object.body_len,
             vary: object.vary.clone(),
             freshness: object.freshness,
@@ -209,6 +213,10 @@ impl Storage for HybridStore {
 
     fn spool_max(&self) -> u64 {
         self.disk.max_object()
+    }
+
+    fn zero_copy_min(&self) -> u64 {
+        self.memory.zero_copy_min()
     }
 
     fn spool(&self) -> Option<std::io::Result<DiskSpool>> {

@@ -143,6 +143,8 @@ pub struct MemoryStore {
     /// move the generation: a fill's check and insert are never split by a purge.
     purging: RwLock<()>,
     fills: FillBudget,
+    /// Bodies from this size up go to zero-copy pages (0: none).
+    zero_copy_min: u64,
 }
 
 impl MemoryStore {
@@ -191,7 +193,15 @@ impl MemoryStore {
             hasher: RandomState::new(),
             purging: RwLock::new(()),
             fills: FillBudget::new((max_bytes / 4).max(max_object_bytes)),
+            zero_copy_min: 0,
         }
+    }
+
+    /// Keeps bodies of at least `bytes` in zero-copy pages (`cache.zero_copy_min_bytes`;
+    /// 0, the default, keeps them all in ordinary memory).
+    pub fn with_zero_copy(mut self, bytes: u64) -> Self {
+        self.zero_copy_min = bytes;
+        self
     }
 
     /// Sets the bound on bytes held by fills in progress (default: a quarter of `max_bytes`,
@@ -406,6 +416,10 @@ impl Storage for MemoryStore {
 
     fn fills(&self) -> &FillBudget {
         &self.fills
+    }
+
+    fn zero_copy_min(&self) -> u64 {
+        self.zero_copy_min
     }
 }
 

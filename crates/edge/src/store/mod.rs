@@ -154,6 +154,10 @@ pub trait Storage: Send + Sync + 'static {
     fn spool_max(&self) -> u64 {
         0
     }
+    /// Bodies from this size up are kept in zero-copy pages (0: none are).
+    fn zero_copy_min(&self) -> u64 {
+        0
+    }
     /// Starts writing a large object to disk as it arrives (blocking: call it off the async
     /// threads); `None` when the store cannot now.
     fn spool(&self) -> Option<std::io::Result<DiskSpool>> {

@@ -248,6 +248,44 @@ impl std::ops::Deref for Chunks {
     }
 }
 
+/// Bodies up to this size not kept in zero-copy pages are compacted into one fresh buffer
+/// when stored, so that a small object does not pin the larger network buffer its bytes
+/// arrived in.
+const COMPACT_BELOW: u64 = 1024 * 1024;
+/// Largest body copied into zero-copy pages: the copy runs on the fill's thread (about a
+/// millisecond for 8 MiB); larger bodies keep the chunks they arrived in.
+const ZERO_COPY_MAX: u64 = 8 * 1024 * 1024;
+
+impl Chunks {
+    /// A body of `len` bytes, as it arrived, made ready to keep: from `zero_copy_min` bytes
+    /// (0: never) up to [`ZERO_COPY_MAX`] copied into zero-copy pages (sent with `sendfile`
+    /// on plain connections); otherwise, up to [`COMPACT_BELOW`], compacted into one buffer;
+    /// larger bodies keep their chunks.
+    pub fn keep(chunks: Vec<Bytes>, len: u64, zero_copy_min: u64) -> Chunks {
+        if zero_copy_min > 0 && (zero_copy_min..=ZERO_COPY_MAX).contains(&len) {
+            if let Some(pages) = firebreak_zerocopy::arena().and_then(|a| a.store(&chunks)) {
+                return Chunks::One(pages);
+            }
+        }
+        if len > COMPACT_BELOW || chunks.is_empty() {
+            return chunks.into();
+        }
+        let mut buf = bytes::BytesMut::with_capacity(len as usize);
+        for c in &chunks {
+            buf.extend_from_slice(c);
+        }
+        Chunks::One(buf.freeze())
+    }
+
+    /// Bytes the chunks occupy: whole pages for a body in zero-copy pages, else `len`.
+    fn footprint(&self, len: u64) -> u64 {
+        match (self, firebreak_zerocopy::arena::existing()) {
+            (Chunks::One(b), Some(arena)) if arena.locate(b).is_some() => arena.footprint(len),
+            _ => len,
+        }
+    }
+}
+
 impl From<Vec<Bytes>> for Chunks {
     fn from(mut chunks: Vec<Bytes>) -> Self {
         match (chunks.pop(), chunks.is_empty()) {
@@ -340,7 +378,7 @@ impl StoredObject {
         let headers = self.headers.size() + 32;
         let tags: usize = self.surrogate_keys.iter().map(|k| k.len() + 16).sum();
         let body = match &self.body {
-            ObjectBody::Memory(_) => self.body_len,
+            ObjectBody::Memory(chunks) => chunks.footprint(self.body_len),
             ObjectBody::Disk(file) => super::disk::weight_on_disk(file),
         };
         body + headers as u64 + tags as u64 + self.vary.weight() + OBJECT_OVERHEAD

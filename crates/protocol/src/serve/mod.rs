@@ -841,7 +841,8 @@ async fn connection<H, F, B>(
     } else {
         None
     };
-    let io = Replay::new(stream, prefix);
+    // Plain responses whose bodies lie in zero-copy pages go out with sendfile.
+    let io = Replay::new(firebreak_zerocopy::SendStream::new(stream), prefix);
     let Some(acceptor) = conf.tls.clone() else {
         return serve(io, proto, None, client_ip, &conf, stop, handler).await;
     };
