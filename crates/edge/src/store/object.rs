@@ -252,9 +252,13 @@ impl std::ops::Deref for Chunks {
 /// when stored, so that a small object does not pin the larger network buffer its bytes
 /// arrived in.
 const COMPACT_BELOW: u64 = 1024 * 1024;
-/// Largest body copied into zero-copy pages: the copy runs on the fill's thread (about a
-/// millisecond for 8 MiB); larger bodies keep the chunks they arrived in.
-const ZERO_COPY_MAX: u64 = 8 * 1024 * 1024;
+/// Largest body copied into zero-copy pages; larger bodies keep the chunks they arrived in.
+/// Measured over loopback (`bench/quick.sh`, Intel Xeon), sendfile against the copying path:
+/// 16 KiB 1.11x, 64 KiB 1.24x, 256 KiB 1.49x, 1 MiB 1.15x, but 4 MiB 0.53x — the client
+/// (wrk, on the same cores) then spends about three times the CPU per byte receiving
+/// page-cache pages and becomes the bottleneck. The copy into the pages runs on the fill's
+/// thread, so the bound also keeps that copy short.
+const ZERO_COPY_MAX: u64 = 1024 * 1024;
 
 impl Chunks {
     /// A body of `len` bytes, as it arrived, made ready to keep: from `zero_copy_min` bytes
