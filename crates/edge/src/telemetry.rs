@@ -222,6 +222,11 @@ pub fn store(stats: StoreStats) {
     metrics::counter!("firebreak_cache_evictions_total").absolute(stats.evictions);
     metrics::gauge!("firebreak_fill_bytes").set(stats.fill_bytes as f64);
     metrics::gauge!("firebreak_fill_budget_bytes").set(stats.fill_budget as f64);
+    if let Some(pages) = firebreak_zerocopy::arena::existing().map(|a| a.stats()) {
+        metrics::gauge!("firebreak_zero_copy_bodies").set(pages.bodies as f64);
+        metrics::gauge!("firebreak_zero_copy_bytes").set(pages.bytes as f64);
+        metrics::gauge!("firebreak_zero_copy_leaked_pages").set(pages.leaked_pages as f64);
+    }
     if let Some(disk) = stats.disk {
         metrics::gauge!("firebreak_disk_objects").set(disk.keys as f64);
         metrics::gauge!("firebreak_disk_bytes").set(disk.bytes as f64);
