@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use rustix::fs::{FallocateFlags, MemfdFlags};
-use rustix::mm::{MapFlags, ProtFlags};
+use rustix::mm::{Advice, MapFlags, ProtFlags};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +90,13 @@ impl Arena {
                 )
             };
             match mapped {
-                Ok(p) => break p.cast::<u8>().cast_const(),
+                Ok(p) => {
+                    // Cached bodies stay out of core dumps (and a sparse 64 GiB mapping out of
+                    // the dump's size). Advice only: a refusal changes nothing else.
+                    // SAFETY: the range is the mapping just made.
+                    let _ = unsafe { rustix::mm::madvise(p, len, Advice::LinuxDontDump) };
+                    break p.cast::<u8>().cast_const();
+                }
                 Err(e) if size / 2 >= RESERVE_MIN => {
                     tracing::debug!(error = %e, size, "zero-copy reservation refused, trying half");
                     size /= 2;
