@@ -9,8 +9,8 @@
 
 use super::disk::{DiskError, DiskFile, DiskSpool, DiskStats, DiskTier, PurgeGate};
 use super::{
-    CacheKey, Chunks, FillBudget, LoadFuture, MemoryStore, ObjectBody, PurgeMode, PurgeTarget,
-    Storage, StoreStats, StoredObject, Variants,
+    CacheKey, FillBudget, LoadFuture, MemoryStore, ObjectBody, PurgeMode, PurgeTarget, Storage,
+    StoreStats, StoredObject, Variants,
 };
 use firebreak_config::DiskCacheConfig;
 use std::sync::Arc;
@@ -127,11 +127,11 @@ impl HybridStore {
         let in_memory = Arc::new(StoredObject {
             status: object.status,
             headers: object.headers.clone(),
-            // Not into zero-copy pages: with a working set larger than memory every disk hit
-            // is a promotion that evicts another, and the page write plus the punch of the
-            // evicted pages cost more than sending by copy saved (`bench/disk.sh`, Intel:
-            // 0.79x nginx with, 0.92x without, in the same hour).
-            body: ObjectBody::Memory(Chunks::keep(chunks, object.body_len, 0)),
+            // The buffers just read, as they are: not copied into zero-copy pages (with a
+            // working set larger than memory every disk hit is a promotion that evicts
+            // another, and the page write plus the punch of the evicted pages cost more than
+            // sending by copy saved: `bench/disk.sh`, Intel, 0.79x nginx with, 0.92x without).
+            body: ObjectBody::Memory(chunks.into()),
             body_len: object.body_len,
             vary: object.vary.clone(),
             freshness: object.freshness,

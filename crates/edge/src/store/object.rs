@@ -262,8 +262,8 @@ const ZERO_COPY_MAX: u64 = 1024 * 1024;
 
 impl Chunks {
     /// A body of `len` bytes, as it arrived, made ready to keep: from `zero_copy_min` bytes
-    /// (0: never) up to [`ZERO_COPY_MAX`] copied into zero-copy pages (sent with `sendfile`
-    /// on plain connections); otherwise, up to [`COMPACT_BELOW`], compacted into one buffer;
+    /// (0: never) up to `ZERO_COPY_MAX` (1 MiB) copied into zero-copy pages (sent with `sendfile`
+    /// on plain connections); otherwise, up to `COMPACT_BELOW` (1 MiB), compacted into one buffer;
     /// larger bodies keep their chunks.
     pub fn keep(chunks: Vec<Bytes>, len: u64, zero_copy_min: u64) -> Chunks {
         if zero_copy_min > 0 && (zero_copy_min..=ZERO_COPY_MAX).contains(&len) {
