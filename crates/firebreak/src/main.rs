@@ -441,31 +441,6 @@ enum ConfigCommand {
     },
 }
 
-/// jemalloc, not glibc's malloc: measured on the hit path and per cached object (issue 15;
-/// ARCHITECTURE.md "Allocator"): 1 KiB hits 1.03x, 16 KiB 1.01x, 1,448 -> 1,359 bytes per
-/// cached 1 KiB object (size classes without per-chunk headers, no holes between long-lived
-/// objects and per-request buffers). mimalloc measured 0.99x / 0.92x and 1,363 bytes.
-///
-/// Freed pages go back to the kernel at once (`dirty_decay_ms:0,muzzy_decay_ms:0`), as glibc
-/// returns large chunks: with jemalloc's default 10 s decay, the control plane holding 2,000
-/// long-polls kept 240 MB of pages freed by the joins before them resident
-/// (`tests/control_bounds.rs`); with it, hits measured 1.04x (1 KiB) and 1.00x (16 KiB) of
-/// the glibc build and 1,356 bytes per cached 1 KiB object.
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-/// jemalloc's compiled-in options (`malloc_conf`, under tikv-jemalloc-sys's `_rjem_` prefix);
-/// `_RJEM_MALLOC_CONF` in the environment still overrides them.
-#[export_name = "_rjem_malloc_conf"]
-static MALLOC_CONF: MallocConf = MallocConf(c"dirty_decay_ms:0,muzzy_decay_ms:0".as_ptr());
-
-/// A C string pointer jemalloc reads once at start.
-#[repr(transparent)]
-struct MallocConf(*const std::ffi::c_char);
-
-// SAFETY: the pointer is to a static, immutable C string literal.
-unsafe impl Sync for MallocConf {}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
