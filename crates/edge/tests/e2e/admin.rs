@@ -231,6 +231,26 @@ async fn metrics_count_requests_origin_latency_store_and_purges() {
     }
 }
 
+/// A body kept in zero-copy pages shows in the pages' gauges.
+#[tokio::test]
+async fn metrics_show_zero_copy_pages() {
+    let origin = TestOrigin::start(|_| Reply::ok(vec![7u8; 20_000]).cc("max-age=600")).await;
+    let edge = start_edge(&with_admin(&config(origin.addr, ""))).await;
+    let admin_addr = edge.handle.admin_addr().unwrap();
+    edge.get_until_hit("/big").await;
+    let (status, text) = admin(admin_addr, Method::GET, "/metrics", Some(TOKEN)).await;
+    assert_eq!(status, StatusCode::OK);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    // Other tests of this process store bodies in the same pages: at least this one.
+    assert!(value("firebreak_zero_copy_bodies") >= 1.0);
+    assert!(value("firebreak_zero_copy_bytes") >= 20_480.0);
+    assert_eq!(value("firebreak_zero_copy_leaked_pages"), 0.0);
+}
+
 #[tokio::test]
 async fn access_log_writes_one_json_line_per_request() {
     let origin = TestOrigin::start(|_| Reply::ok("logged").cc("max-age=60")).await;
