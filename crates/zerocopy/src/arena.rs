@@ -135,11 +135,11 @@ impl Arena {
     /// the address space is exhausted or memory runs out (the caller keeps the body in
     /// ordinary memory then).
     pub fn store(&'static self, parts: &[Bytes]) -> Option<Bytes> {
-        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        if len == 0 {
+        let size: usize = parts.iter().map(Bytes::len).sum();
+        if size == 0 {
             return None;
         }
-        let pages = len.div_ceil(self.page);
+        let pages = (size as u64).div_ceil(self.page);
         let first = self.lock().alloc(pages)?;
         let start = first * self.page;
         let mut at = start;
@@ -154,12 +154,11 @@ impl Arena {
         self.live_bytes
             .fetch_add(pages * self.page, Ordering::Relaxed);
         self.live_bodies.fetch_add(1, Ordering::Relaxed);
-        let len = usize::try_from(len).ok()?;
         Some(Bytes::from_owner(Pages {
             arena: self,
             first,
             pages,
-            len,
+            len: size,
         }))
     }
 

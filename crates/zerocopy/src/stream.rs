@@ -28,16 +28,6 @@ impl SendStream {
         Self { inner }
     }
 
-    /// The stream.
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.inner
-    }
-
-    /// The stream, mutably (reads before serving).
-    pub fn get_mut(&mut self) -> &mut TcpStream {
-        &mut self.inner
-    }
-
     fn poll_send(
         &self,
         cx: &mut Context<'_>,
@@ -155,11 +145,11 @@ fn send_parts(socket: BorrowedFd<'_>, arena: &Arena, bufs: &[IoSlice<'_>]) -> io
 /// burst at the end of the call: 256 KiB hits measured 0.93x the copying path uncapped and
 /// 1.49x with this cap (`bench/quick.sh`, Intel Xeon). The rest of a body follows at once in
 /// the next write.
-const PAGES_PER_CALL: usize = 64 * 1024;
+const MAX_BYTES_PER_CALL: usize = 64 * 1024;
 
 fn send_pages(socket: BorrowedFd<'_>, arena: &Arena, offset: u64, len: usize) -> io::Result<usize> {
     let mut at = offset;
-    let len = len.min(PAGES_PER_CALL);
+    let len = len.min(MAX_BYTES_PER_CALL);
     loop {
         match rustix::fs::sendfile(socket, arena.fd(), Some(&mut at), len) {
             // The file is never shorter than a live body: zero means something is wrong.
