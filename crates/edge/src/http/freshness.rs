@@ -29,18 +29,25 @@ pub struct CachePolicy {
 
 /// How long a stored response is usable, computed once at store time (RFC 9111 §4.2.3).
 ///
-/// Kept in every stored object, so packed: instants and spans as nanoseconds in `u64`s (48
-/// bytes instead of 88; a span saturates at 584 years, an instant before 1970 reads as
-/// 1970). [`FreshnessParts`] is the same with the standard types, to build or adjust one.
+/// Kept in every stored object, so packed into 24 bytes (88 with the standard types): the
+/// response time as nanoseconds in a `u64` (it orders responses, so it keeps its precision;
+/// an instant before 1970 reads as 1970) and the spans as whole seconds in `u32`s, the unit
+/// RFC 9111 computes ages and lifetimes in. A span is cut to the whole second below — a
+/// lifetime or a stale window gets shorter, never longer — and saturates at about 136 years
+/// (`stale-if-error` at 68: its top bit is `must-revalidate`). [`FreshnessParts`] is the same
+/// with the standard types, to build or adjust one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Freshness {
     response_time: u64,
-    corrected_initial_age: u64,
-    lifetime: u64,
-    stale_while_revalidate: u64,
-    stale_if_error: u64,
-    must_revalidate: bool,
+    corrected_initial_age: u32,
+    lifetime: u32,
+    stale_while_revalidate: u32,
+    /// `stale-if-error` seconds below [`MUST_REVALIDATE`], which is the flag.
+    stale_if_error: u32,
 }
+
+/// The bit of [`Freshness::stale_if_error`] that holds `must-revalidate`.
+const MUST_REVALIDATE: u32 = 1 << 31;
 
 /// The parts of a [`Freshness`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,19 +71,28 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Whole seconds of `d`, at most `max`.
+fn secs(d: Duration, max: u32) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX).min(max)
+}
+
 impl From<FreshnessParts> for Freshness {
     fn from(p: FreshnessParts) -> Self {
+        let flag = if p.must_revalidate {
+            MUST_REVALIDATE
+        } else {
+            0
+        };
         Self {
             response_time: nanos(
                 p.response_time
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default(),
             ),
-            corrected_initial_age: nanos(p.corrected_initial_age),
-            lifetime: nanos(p.lifetime),
-            stale_while_revalidate: nanos(p.stale_while_revalidate),
-            stale_if_error: nanos(p.stale_if_error),
-            must_revalidate: p.must_revalidate,
+            corrected_initial_age: secs(p.corrected_initial_age, u32::MAX),
+            lifetime: secs(p.lifetime, u32::MAX),
+            stale_while_revalidate: secs(p.stale_while_revalidate, u32::MAX),
+            stale_if_error: secs(p.stale_if_error, MUST_REVALIDATE - 1) | flag,
         }
     }
 }
@@ -90,7 +106,7 @@ impl Freshness {
             lifetime: self.lifetime(),
             stale_while_revalidate: self.stale_while_revalidate(),
             stale_if_error: self.stale_if_error(),
-            must_revalidate: self.must_revalidate,
+            must_revalidate: self.must_revalidate(),
         }
     }
 
@@ -101,28 +117,28 @@ impl Freshness {
 
     /// `corrected_initial_age`: the response's age when it was received.
     pub fn corrected_initial_age(&self) -> Duration {
-        Duration::from_nanos(self.corrected_initial_age)
+        Duration::from_secs(self.corrected_initial_age.into())
     }
 
     /// Freshness lifetime.
     pub fn lifetime(&self) -> Duration {
-        Duration::from_nanos(self.lifetime)
+        Duration::from_secs(self.lifetime.into())
     }
 
     /// `stale-while-revalidate` window past expiry.
     pub fn stale_while_revalidate(&self) -> Duration {
-        Duration::from_nanos(self.stale_while_revalidate)
+        Duration::from_secs(self.stale_while_revalidate.into())
     }
 
     /// `stale-if-error` window past expiry.
     pub fn stale_if_error(&self) -> Duration {
-        Duration::from_nanos(self.stale_if_error)
+        Duration::from_secs((self.stale_if_error & !MUST_REVALIDATE).into())
     }
 
     /// `must-revalidate`, `proxy-revalidate` or `no-cache`: never used stale without a
     /// successful validation, not even when the origin fails.
     pub fn must_revalidate(&self) -> bool {
-        self.must_revalidate
+        self.stale_if_error & MUST_REVALIDATE != 0
     }
 
     /// The same freshness with its lifetime ending no later than `at` (a soft purge).
@@ -903,31 +919,55 @@ mod tests {
     }
 
     #[test]
-    fn packed_freshness_keeps_every_part_to_the_nanosecond() {
+    fn packed_freshness_keeps_the_instant_exact_and_whole_seconds_of_spans() {
         let parts = FreshnessParts {
             response_time: UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
-            corrected_initial_age: Duration::new(3, 7),
+            corrected_initial_age: Duration::from_secs(3),
             lifetime: Duration::from_secs(3600 * 24 * 365 * 20),
-            stale_while_revalidate: Duration::from_millis(10),
+            stale_while_revalidate: Duration::from_secs(10),
             stale_if_error: Duration::from_secs(20),
             must_revalidate: true,
         };
         let f = Freshness::from(parts);
         assert_eq!(f.parts(), parts);
-        assert_eq!(std::mem::size_of::<Freshness>(), 48);
-        // Out of range: an instant before 1970 reads as 1970, a span saturates (584 years).
+        assert_eq!(std::mem::size_of::<Freshness>(), 24);
+        assert!(!Freshness::from(FreshnessParts {
+            must_revalidate: false,
+            ..parts
+        })
+        .must_revalidate());
+        // Spans are cut to the second below: a lifetime or window only ever gets shorter.
+        let cut = Freshness::from(FreshnessParts {
+            corrected_initial_age: Duration::new(3, 999_999_999),
+            lifetime: Duration::from_millis(1_999),
+            stale_while_revalidate: Duration::from_millis(10),
+            ..parts
+        });
+        assert_eq!(cut.corrected_initial_age(), Duration::from_secs(3));
+        assert_eq!(cut.lifetime(), Duration::from_secs(1));
+        assert_eq!(cut.stale_while_revalidate(), Duration::ZERO);
+        // Out of range: an instant before 1970 reads as 1970, a span saturates, and a huge
+        // stale-if-error never sets the must-revalidate bit.
         let odd = Freshness::from(FreshnessParts {
             response_time: UNIX_EPOCH - Duration::from_secs(1),
             lifetime: Duration::MAX,
+            stale_if_error: Duration::MAX,
+            must_revalidate: false,
             ..parts
         });
         assert_eq!(odd.response_time(), UNIX_EPOCH);
-        assert_eq!(odd.lifetime(), Duration::from_nanos(u64::MAX));
-        // A soft purge ends the lifetime at its instant, and keeps the rest.
-        let at = parts.response_time + Duration::from_secs(60);
+        assert_eq!(odd.lifetime(), Duration::from_secs(u32::MAX.into()));
+        assert_eq!(
+            odd.stale_if_error(),
+            Duration::from_secs((MUST_REVALIDATE - 1).into())
+        );
+        assert!(!odd.must_revalidate());
+        // A soft purge ends the lifetime at its instant (even mid-second), and keeps the rest.
+        let at = parts.response_time + Duration::from_millis(60_500);
         let expired = f.expired_at(at);
-        assert_eq!(expired.lifetime(), Duration::new(63, 7));
+        assert_eq!(expired.lifetime(), Duration::from_secs(63));
         assert!(expired.ttl(at).is_none());
         assert_eq!(expired.stale_if_error(), parts.stale_if_error);
+        assert!(expired.must_revalidate());
     }
 }

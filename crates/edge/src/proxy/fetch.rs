@@ -399,10 +399,10 @@ pub(super) fn revalidated(
             method: &Method::GET,
             request: &ctx.headers,
             // A stored 206 is a slice (`proxy::slice`): judged as the response it is part of.
-            status: if obj.status == StatusCode::PARTIAL_CONTENT {
+            status: if obj.status() == StatusCode::PARTIAL_CONTENT {
                 StatusCode::OK
             } else {
-                obj.status
+                obj.status()
             },
             response: &headers,
             request_time,
@@ -419,11 +419,9 @@ pub(super) fn revalidated(
                 headers.remove(f.as_str());
             }
             Some(StoredObject {
-                status: obj.status,
                 surrogate_keys: surrogate_keys(&headers),
-                headers: StoredHeaders::from_map(&headers),
+                headers: StoredHeaders::from_map(obj.status(), &headers),
                 body: obj.body.clone(),
-                body_len: obj.body_len,
                 vary: obj.vary.clone(),
                 freshness,
             })
@@ -491,11 +489,9 @@ impl PendingObject {
         let mut headers = self.headers.clone();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         StoredObject {
-            status: self.status,
             surrogate_keys: surrogate_keys(&headers),
-            headers: StoredHeaders::from_map(&headers),
+            headers: StoredHeaders::from_map(self.status, &headers),
             body: Vec::new().into(),
-            body_len: len,
             vary: self.vary.clone(),
             freshness: self.freshness,
         }
@@ -524,11 +520,9 @@ impl PendingObject {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
         let surrogate = surrogate_keys(&headers);
         let object = StoredObject {
-            status: self.status,
             surrogate_keys: surrogate,
-            headers: StoredHeaders::from_map(&headers),
+            headers: StoredHeaders::from_map(self.status, &headers),
             body: ObjectBody::Memory(body),
-            body_len: len,
             vary: self.vary,
             freshness: self.freshness,
         };

@@ -133,11 +133,11 @@ pub(crate) fn from_object(
         Some("disk") => obj.headers.to_map(),
         _ => obj.headers.for_response(),
     };
-    let mut resp = if obj.status == StatusCode::OK && not_modified(&ctx.headers, &stored) {
+    let mut resp = if obj.status() == StatusCode::OK && not_modified(&ctx.headers, &stored) {
         not_modified_response(&stored, EdgeBody::Empty)
     } else {
-        let decision = if obj.status == StatusCode::OK && !head {
-            range::decide(&ctx.headers, &stored, obj.body_len)
+        let decision = if obj.status() == StatusCode::OK && !head {
+            range::decide(&ctx.headers, &stored, obj.body_len())
         } else {
             RangeDecision::Full
         };
@@ -145,10 +145,10 @@ pub(crate) fn from_object(
         *r.headers_mut() = stored;
         match decision {
             RangeDecision::Full => {
-                *r.status_mut() = obj.status;
+                *r.status_mut() = obj.status();
                 if !head {
-                    ctx.svc.counters.cache_bytes.increment(obj.body_len);
-                    *r.body_mut() = object_body(obj, 0, obj.body_len);
+                    ctx.svc.counters.cache_bytes.increment(obj.body_len());
+                    *r.body_mut() = object_body(obj, 0, obj.body_len());
                 }
             }
             RangeDecision::Partial { start, end } => {
@@ -156,7 +156,7 @@ pub(crate) fn from_object(
                 let h = r.headers_mut();
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
                 if let Ok(v) =
-                    HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, obj.body_len))
+                    HeaderValue::from_str(&format!("bytes {start}-{}/{}", end - 1, obj.body_len()))
                 {
                     h.insert(header::CONTENT_RANGE, v);
                 }
@@ -167,7 +167,7 @@ pub(crate) fn from_object(
                 *r.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
                 let h = r.headers_mut();
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", obj.body_len)) {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", obj.body_len())) {
                     h.insert(header::CONTENT_RANGE, v);
                 }
             }
@@ -182,7 +182,7 @@ pub(crate) fn from_object(
 /// reader of its file in the disk tier.
 pub(crate) fn object_body(obj: &StoredObject, start: u64, end: u64) -> EdgeBody {
     match &obj.body {
-        ObjectBody::Memory(chunks) if start == 0 && end >= obj.body_len => {
+        ObjectBody::Memory(chunks) if start == 0 && end >= obj.body_len() => {
             EdgeBody::chunks(chunks.iter().cloned())
         }
         ObjectBody::Memory(_) => EdgeBody::chunks(obj.body_range(start, end)),

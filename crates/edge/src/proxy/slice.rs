@@ -272,7 +272,7 @@ impl SliceCtx {
     /// of its bytes (an origin whose body disagreed with its `Content-Range` left a slice
     /// that must not be served).
     fn identity_of(&self, n: u64, obj: &StoredObject) -> Option<Identity> {
-        if obj.status != StatusCode::PARTIAL_CONTENT {
+        if obj.status() != StatusCode::PARTIAL_CONTENT {
             return None;
         }
         let headers = obj.headers.to_map();
@@ -281,7 +281,7 @@ impl SliceCtx {
             total: cr.total,
             validator: validator(&headers),
         };
-        let whole = obj.body_len == self.len(n, cr.total);
+        let whole = obj.body_len() == self.len(n, cr.total);
         (whole && self.is_slice(n, cr)).then_some(id)
     }
 

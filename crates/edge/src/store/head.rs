@@ -19,7 +19,7 @@
 //! block is shared pays a pointer for its fields; one with unique fields pays its block.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::cell::RefCell;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -117,22 +117,23 @@ impl ReadyMap {
     }
 }
 
-/// Header fields of a stored response: a pointer to a shared, interned block (see
-/// [`intern`]), so objects whose fields are byte for byte the same hold one block and one
-/// ready map between them.
+/// Status and header fields of a stored response: a pointer to a shared, interned head (see
+/// [`intern`]), so objects whose status and fields are byte for byte the same hold one block
+/// and one ready map between them.
 #[derive(Debug, Clone)]
 pub struct StoredHeaders(Arc<Head>);
 
-/// The packed block and its ready map.
+/// The status, the packed block and its ready map.
 #[derive(Debug, Default)]
 struct Head {
+    status: StatusCode,
     block: Bytes,
     ready: ReadyMap,
 }
 
 impl PartialEq for StoredHeaders {
     fn eq(&self, other: &Self) -> bool {
-        self.0.block == other.0.block
+        self.0.status == other.0.status && self.0.block == other.0.block
     }
 }
 
@@ -171,11 +172,13 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The shared head for `block`: the stored one if a recent object has the same bytes,
-/// else a new one (made from `owned`, or a copy of `block`) that later objects may share.
-fn intern(block: &[u8], owned: Option<Bytes>) -> Arc<Head> {
+/// The shared head for `status` and `block`: the stored one if a recent object has the same
+/// status and bytes, else a new one (made from `owned`, or a copy of `block`) that later
+/// objects may share.
+fn intern(status: StatusCode, block: &[u8], owned: Option<Bytes>) -> Arc<Head> {
     let make = |owned: Option<Bytes>| {
         Arc::new(Head {
+            status,
             block: owned.unwrap_or_else(|| Bytes::copy_from_slice(block)),
             ready: ReadyMap::default(),
         })
@@ -184,7 +187,7 @@ fn intern(block: &[u8], owned: Option<Bytes>) -> Arc<Head> {
         return make(owned);
     }
     let table = &*INTERNER;
-    let i = (table.hasher.hash_one(block) as usize) % table.slots.len();
+    let i = (table.hasher.hash_one((status.as_u16(), block)) as usize) % table.slots.len();
     let Some(slot) = table.slots.get(i) else {
         return make(owned);
     };
@@ -193,7 +196,7 @@ fn intern(block: &[u8], owned: Option<Bytes>) -> Arc<Head> {
         Err(poisoned) => poisoned.into_inner(),
     };
     if let Some(head) = slot.upgrade() {
-        if head.block == block {
+        if head.status == status && head.block == block {
             return head;
         }
     }
@@ -220,20 +223,25 @@ fn pack(headers: &HeaderMap) -> Vec<u8> {
 
 impl StoredHeaders {
     /// Packs `headers` (names cannot contain `:`, values cannot contain `\n`), sharing the
-    /// block of an earlier object with the same fields.
-    pub fn from_map(headers: &HeaderMap) -> Self {
+    /// block of an earlier object with the same status and fields.
+    pub fn from_map(status: StatusCode, headers: &HeaderMap) -> Self {
         SCRATCH.with(|scratch| {
             let Ok(mut block) = scratch.try_borrow_mut() else {
-                return Self(intern(&pack(headers), None));
+                return Self(intern(status, &pack(headers), None));
             };
             block.clear();
             pack_into(headers, &mut block);
-            let head = intern(&block, None);
+            let head = intern(status, &block, None);
             if block.capacity() > SCRATCH_KEEP {
                 *block = Vec::new();
             }
             Self(head)
         })
+    }
+
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        self.0.status
     }
 
     /// The packed `name:value\n` lines (for the disk tier).
@@ -243,8 +251,8 @@ impl StoredHeaders {
 
     /// Fields from a packed block read back from storage; lines that do not parse are
     /// skipped when the fields are read.
-    pub fn from_block(block: Bytes) -> Self {
-        Self(intern(&block.clone(), Some(block)))
+    pub fn from_block(status: StatusCode, block: Bytes) -> Self {
+        Self(intern(status, &block.clone(), Some(block)))
     }
 
     /// How many fields (lines) the block holds: counted, not kept (every byte of a stored
@@ -323,7 +331,7 @@ mod tests {
             ("x-empty", ""),
             ("etag", "W/\"x:y\""),
         ]);
-        let stored = StoredHeaders::from_map(&src);
+        let stored = StoredHeaders::from_map(StatusCode::OK, &src);
         assert_eq!(stored.to_map(), src);
         assert_eq!(stored.for_response(), src);
         assert_eq!(stored.for_response(), src);
@@ -345,7 +353,10 @@ mod tests {
                 ])
             })
             .collect();
-        let objects: Vec<StoredHeaders> = srcs.iter().map(StoredHeaders::from_map).collect();
+        let objects: Vec<StoredHeaders> = srcs
+            .iter()
+            .map(|h| StoredHeaders::from_map(StatusCode::OK, h))
+            .collect();
         for (o, src) in objects.iter().zip(&srcs) {
             assert_eq!(&o.for_response_within(&BUDGET), src);
         }
@@ -378,29 +389,38 @@ mod tests {
     #[test]
     fn objects_with_the_same_fields_share_one_block_and_its_ready_map() {
         let src = headers(&[("content-type", "text/plain"), ("x-intern-test", "same")]);
-        let a = StoredHeaders::from_map(&src);
-        let b = StoredHeaders::from_map(&src);
+        let a = StoredHeaders::from_map(StatusCode::OK, &src);
+        let b = StoredHeaders::from_map(StatusCode::OK, &src);
         assert!(Arc::ptr_eq(&a.0, &b.0));
         // Read back from the disk tier: the same bytes, the same head.
-        let c = StoredHeaders::from_block(Bytes::copy_from_slice(a.block()));
+        let c = StoredHeaders::from_block(StatusCode::OK, Bytes::copy_from_slice(a.block()));
         assert!(Arc::ptr_eq(&a.0, &c.0));
         // A map made for one is the map of all.
         assert_eq!(a.for_response(), src);
         assert!(b.0.ready.get().is_some());
         // Other fields, another head; equal fields compare equal either way.
-        let other = StoredHeaders::from_map(&headers(&[("x-intern-test", "other")]));
+        let other =
+            StoredHeaders::from_map(StatusCode::OK, &headers(&[("x-intern-test", "other")]));
         assert!(!Arc::ptr_eq(&a.0, &other.0));
         assert_ne!(a, other);
+        // The same fields under another status: another head.
+        let gone = StoredHeaders::from_map(StatusCode::GONE, &src);
+        assert!(!Arc::ptr_eq(&a.0, &gone.0));
+        assert_ne!(a, gone);
+        assert_eq!(gone.status(), StatusCode::GONE);
         // Once every object holding a block is gone, the next one makes it anew.
         let weak = Arc::downgrade(&a.0);
         drop((a, b, c));
         assert!(weak.upgrade().is_none());
-        let d = StoredHeaders::from_map(&src);
+        let d = StoredHeaders::from_map(StatusCode::OK, &src);
         assert_eq!(d.to_map(), src);
         // A block too large to look up is kept whole, never shared.
         let big = "v".repeat(INTERN_MAX);
         let big = headers(&[("x-intern-test", big.as_str())]);
-        let (e, f) = (StoredHeaders::from_map(&big), StoredHeaders::from_map(&big));
+        let (e, f) = (
+            StoredHeaders::from_map(StatusCode::OK, &big),
+            StoredHeaders::from_map(StatusCode::OK, &big),
+        );
         assert!(!Arc::ptr_eq(&e.0, &f.0));
         assert_eq!(e, f);
         assert_eq!(e.to_map(), big);

@@ -125,14 +125,12 @@ impl HybridStore {
         // The copy shares the disk object's fields (one head, one ready map), so a map made
         // for either serves both and every later promotion.
         let in_memory = Arc::new(StoredObject {
-            status: object.status,
             headers: object.headers.clone(),
             // The buffers just read, as they are: not copied into zero-copy pages (with a
             // working set larger than memory every disk hit is a promotion that evicts
             // another, and the page write plus the punch of the evicted pages cost more than
             // sending by copy saved: `bench/disk.sh`, Intel, 0.79x nginx with, 0.92x without).
             body: ObjectBody::Memory(chunks.into()),
-            body_len: object.body_len,
             vary: object.vary.clone(),
             freshness: object.freshness,
             surrogate_keys: object.surrogate_keys.clone(),

@@ -430,15 +430,12 @@ mod tests {
     use crate::http::freshness::Freshness;
     use crate::store::VaryKey;
     use bytes::Bytes;
-    use http::StatusCode;
     use std::time::Duration;
 
     fn tagged(len: usize, tags: &[&str]) -> Arc<StoredObject> {
         Arc::new(StoredObject {
-            status: StatusCode::OK,
             headers: Default::default(),
             body: vec![Bytes::from(vec![0u8; len])].into(),
-            body_len: len as u64,
             vary: VaryKey::default(),
             freshness: Freshness::from(crate::http::freshness::FreshnessParts {
                 response_time: SystemTime::now(),
@@ -568,13 +565,11 @@ mod tests {
         let body = Bytes::from_static(b"0123456789abcdef");
         for i in 0..N {
             let obj = StoredObject {
-                status: StatusCode::OK,
                 headers: Default::default(),
                 body: vec![body.clone()].into(),
-                body_len: body.len() as u64,
                 vary: VaryKey::default(),
                 freshness: tagged(0, &[]).freshness,
-                surrogate_keys: Box::new([]),
+                surrogate_keys: Default::default(),
             };
             store.put(CacheKey::new("s", "h", &format!("/{i}")), Arc::new(obj));
         }

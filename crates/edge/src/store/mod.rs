@@ -13,7 +13,7 @@ pub use disk::{DiskError, DiskFile, DiskSpool, DiskStats};
 pub use hybrid::HybridStore;
 pub use memory::MemoryStore;
 pub use object::{
-    surrogate_keys, CacheKey, Chunks, ObjectBody, StoredObject, Variants, VaryKey,
+    surrogate_keys, CacheKey, Chunks, ObjectBody, StoredObject, SurrogateKeys, Variants, VaryKey,
     MAX_SURROGATE_KEYS, MAX_VARIANTS,
 };
 

@@ -84,11 +84,10 @@ pub(super) fn head_offset(body_len: u64) -> u64 {
 #[derive(Debug)]
 pub(super) struct Head {
     pub key: CacheKey,
-    pub status: StatusCode,
     pub headers: StoredHeaders,
     pub vary: VaryKey,
     pub freshness: Freshness,
-    pub surrogate_keys: Box<[Box<str>]>,
+    pub surrogate_keys: crate::store::SurrogateKeys,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -302,7 +301,7 @@ pub(super) fn read_head(
     }
     let block = c.bytes()?;
     let start = c.at - block.len();
-    let headers = StoredHeaders::from_block(head.slice(start..c.at));
+    let headers = StoredHeaders::from_block(status, head.slice(start..c.at));
     let n = c.u16()? as usize;
     if n > crate::store::MAX_SURROGATE_KEYS {
         return Err(FormatError::Head("too many surrogate keys"));
@@ -316,11 +315,10 @@ pub(super) fn read_head(
     }
     Ok(Head {
         key,
-        status,
         headers,
         vary: VaryKey::from_fields(fields),
         freshness,
-        surrogate_keys: tags.into_boxed_slice(),
+        surrogate_keys: tags.into(),
     })
 }
 

@@ -534,7 +534,7 @@ impl DiskTier {
             metrics::counter!("firebreak_disk_writes_total", "result" => "degraded").increment(1);
             return;
         }
-        let bytes = object.body_len + object.headers.size() as u64;
+        let bytes = object.body_len() + object.headers.size() as u64;
         let queued = s
             .queued_bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {

@@ -22,7 +22,6 @@ pub(super) fn read_file(
     }
     let h = format::read_head(&prefix, &lengths, head.freeze())?;
     let object = StoredObject {
-        status: h.status,
         headers: h.headers,
         body: ObjectBody::Disk(Arc::new(DiskFile::new(
             path.to_path_buf(),
@@ -31,7 +30,6 @@ pub(super) fn read_file(
             lengths.body_len,
             shared.clone(),
         ))),
-        body_len: lengths.body_len,
         vary: h.vary,
         freshness: h.freshness,
         surrogate_keys: h.surrogate_keys,

@@ -88,7 +88,7 @@ impl DiskSpool {
         }
         let encoded = format::encode_head(
             &key,
-            head.status,
+            head.status(),
             &head.headers,
             &head.vary,
             &head.freshness,
@@ -102,7 +102,6 @@ impl DiskSpool {
         std::fs::rename(&self.tmp, &self.path)?;
         metrics::counter!("firebreak_disk_writes_total", "result" => "ok").increment(1);
         let on_disk = Arc::new(StoredObject {
-            status: head.status,
             headers: head.headers.clone(),
             body: ObjectBody::Disk(Arc::new(DiskFile::new(
                 std::mem::take(&mut self.path),
@@ -111,7 +110,6 @@ impl DiskSpool {
                 self.written,
                 self.shared.clone(),
             ))),
-            body_len: self.written,
             vary: head.vary.clone(),
             freshness: head.freshness,
             surrogate_keys: head.surrogate_keys.clone(),

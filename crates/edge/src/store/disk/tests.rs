@@ -73,10 +73,8 @@ fn object(seed: u8, len: usize, tags: &str) -> Arc<StoredObject> {
         ("content-length", &len.to_string()),
     ]);
     Arc::new(StoredObject {
-        status: StatusCode::OK,
-        headers: StoredHeaders::from_map(&h),
+        headers: StoredHeaders::from_map(StatusCode::OK, &h),
         body: ObjectBody::Memory(chunks.into()),
-        body_len: len as u64,
         vary: VaryKey::from_exchange(
             &headers(&[("vary", "accept-encoding")]),
             &headers(&[("accept-encoding", "gzip")]),
@@ -167,7 +165,7 @@ async fn objects_survive_a_reopen_byte_for_byte() {
         let got = on_disk(&store, &k).expect("recovered");
         assert_eq!(read_all(&got).unwrap(), body(i as u8, *len), "object {i}");
         assert_eq!(got.headers, want.headers);
-        assert_eq!(got.status, want.status);
+        assert_eq!(got.status(), want.status());
         assert_eq!(got.vary, want.vary);
         assert_eq!(
             got.freshness.response_time(),

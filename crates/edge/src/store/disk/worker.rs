@@ -84,16 +84,14 @@ impl Worker {
         };
         metrics::counter!("firebreak_disk_writes_total", "result" => "ok").increment(1);
         let on_disk = Arc::new(StoredObject {
-            status: object.status,
             headers: object.headers.clone(),
             body: ObjectBody::Disk(Arc::new(DiskFile::new(
                 path,
                 key.clone(),
                 head_len,
-                object.body_len,
+                object.body_len(),
                 self.shared.clone(),
             ))),
-            body_len: object.body_len,
             vary: object.vary.clone(),
             freshness: object.freshness,
             surrogate_keys: object.surrogate_keys.clone(),
@@ -133,7 +131,7 @@ impl Worker {
 fn write_file(path: &Path, key: &CacheKey, object: &StoredObject) -> std::io::Result<u64> {
     let head = format::encode_head(
         key,
-        object.status,
+        object.status(),
         &object.headers,
         &object.vary,
         &object.freshness,
@@ -141,7 +139,7 @@ fn write_file(path: &Path, key: &CacheKey, object: &StoredObject) -> std::io::Re
     );
     let chunks = object.body.chunks().unwrap_or_default();
     let mut out = BufWriter::with_capacity(256 * 1024, File::create(path)?);
-    out.write_all(&format::prefix(&head, object.body_len))?;
+    out.write_all(&format::prefix(&head, object.body_len()))?;
     let mut in_block = 0u64;
     let mut crc = crc32fast::Hasher::new();
     let mut written = 0u64;
@@ -164,7 +162,7 @@ fn write_file(path: &Path, key: &CacheKey, object: &StoredObject) -> std::io::Re
     if in_block > 0 {
         out.write_all(&crc.finalize().to_le_bytes())?;
     }
-    if written != object.body_len {
+    if written != object.body_len() {
         return Err(std::io::Error::other(
             "body length disagrees with its chunks",
         ));
