@@ -5,6 +5,12 @@
 //! of tagged objects, not to the cache size. It is kept up to date on insert, removal and
 //! eviction, and checked against the objects at purge time, so a stale index entry can never
 //! purge an object that no longer carries the tag.
+//!
+//! The cache does not keep key strings: an entry is keyed by a [`Digest`] of its
+//! [`CacheKey`] — 128 bits of the whole key and 64 of its service, from SipHash under a key
+//! drawn at random per process (so nobody can aim for a collision). Two keys share a digest
+//! with odds of 2^-128 per pair; the string, 64 bytes of every object, stays with the request
+//! and with the disk tier's files, which need it.
 
 use super::{
     CacheKey, FillBudget, PurgeMode, PurgeTarget, Storage, StoreStats, StoredObject, Variants,
@@ -28,17 +34,41 @@ const TAG_SHARDS: usize = 16;
 /// cancels the fills of another.
 const GENERATION_SLOTS: usize = 64;
 
-#[derive(Clone)]
-struct VariantsWeighter;
+/// What the cache keeps of a [`CacheKey`] (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Digest {
+    key: [u64; 2],
+    service: u64,
+}
 
-impl Weighter<CacheKey, Variants> for VariantsWeighter {
-    fn weight(&self, key: &CacheKey, value: &Variants) -> u64 {
-        // Never zero: zero-weight entries would escape the budget.
-        (key.len() as u64 + value.weight()).max(1)
+/// Makes [`Digest`]s: one SipHash key per process, the three halves told apart by a prefix.
+struct Digester(RandomState);
+
+impl Digester {
+    fn of(&self, key: &CacheKey) -> Digest {
+        let k = key.as_str();
+        Digest {
+            key: [self.0.hash_one((1u8, k)), self.0.hash_one((2u8, k))],
+            service: self.service(key.service()),
+        }
+    }
+
+    fn service(&self, service: &str) -> u64 {
+        self.0.hash_one((3u8, service))
     }
 }
 
-type TagMap = HashMap<(Box<str>, Box<str>), HashSet<CacheKey>>;
+#[derive(Clone)]
+struct VariantsWeighter;
+
+impl Weighter<Digest, Variants> for VariantsWeighter {
+    fn weight(&self, _: &Digest, value: &Variants) -> u64 {
+        std::mem::size_of::<Digest>() as u64 + value.weight()
+    }
+}
+
+/// (Service digest, tag) → the keys of objects carrying the tag.
+type TagMap = HashMap<(u64, Box<str>), HashSet<Digest>>;
 type TagShard = Mutex<TagMap>;
 
 /// Service + tag → keys. Lock order: a cache shard may be held when this is locked (eviction
@@ -58,7 +88,7 @@ impl TagIndex {
         }
     }
 
-    fn shard(&self, service: &str, tag: &str) -> Option<std::sync::MutexGuard<'_, TagMap>> {
+    fn shard(&self, service: u64, tag: &str) -> Option<std::sync::MutexGuard<'_, TagMap>> {
         let i = (self.hasher.hash_one((service, tag)) as usize) % self.shards.len();
         let shard = self.shards.get(i)?;
         Some(match shard.lock() {
@@ -67,25 +97,25 @@ impl TagIndex {
         })
     }
 
-    fn add(&self, key: &CacheKey, variants: &Variants) {
+    fn add(&self, key: &Digest, variants: &Variants) {
         for tag in variants.tags() {
-            if let Some(mut map) = self.shard(key.service(), tag) {
-                map.entry((key.service().into(), tag.into()))
+            if let Some(mut map) = self.shard(key.service, tag) {
+                map.entry((key.service, tag.into()))
                     .or_default()
-                    .insert(key.clone());
+                    .insert(*key);
             }
         }
     }
 
-    fn remove(&self, key: &CacheKey, variants: &Variants) {
+    fn remove(&self, key: &Digest, variants: &Variants) {
         for tag in variants.tags() {
-            self.forget(key.service(), tag, key);
+            self.forget(key.service, tag, key);
         }
     }
 
-    fn forget(&self, service: &str, tag: &str, key: &CacheKey) {
+    fn forget(&self, service: u64, tag: &str, key: &Digest) {
         if let Some(mut map) = self.shard(service, tag) {
-            let k = (Box::<str>::from(service), Box::<str>::from(tag));
+            let k = (service, Box::<str>::from(tag));
             if let Some(set) = map.get_mut(&k) {
                 set.remove(key);
                 if set.is_empty() {
@@ -95,11 +125,11 @@ impl TagIndex {
         }
     }
 
-    fn keys(&self, service: &str, tag: &str) -> Vec<CacheKey> {
+    fn keys(&self, service: u64, tag: &str) -> Vec<Digest> {
         self.shard(service, tag)
             .and_then(|map| {
-                map.get(&(service.into(), tag.into()))
-                    .map(|set| set.iter().cloned().collect())
+                map.get(&(service, tag.into()))
+                    .map(|set| set.iter().copied().collect())
             })
             .unwrap_or_default()
     }
@@ -109,7 +139,7 @@ thread_local! {
     /// The key this thread is inserting right now. quick_cache reports a replaced value
     /// through `on_evict` like an eviction; the store handles its own replacements, so the
     /// hook ignores the key being inserted.
-    static INSERTING: RefCell<Option<CacheKey>> = const { RefCell::new(None) };
+    static INSERTING: RefCell<Option<Digest>> = const { RefCell::new(None) };
 }
 
 /// Keeps the tag index and the eviction count in step with quick_cache's evictions.
@@ -119,10 +149,10 @@ struct EvictionHook {
     evictions: Arc<AtomicU64>,
 }
 
-impl Lifecycle<CacheKey, Variants> for EvictionHook {
+impl Lifecycle<Digest, Variants> for EvictionHook {
     type RequestState = ();
 
-    fn on_evict(&self, _state: &mut (), key: CacheKey, val: Variants) {
+    fn on_evict(&self, _state: &mut (), key: Digest, val: Variants) {
         if INSERTING.with(|k| k.borrow().as_ref() == Some(&key)) {
             return;
         }
@@ -133,7 +163,8 @@ impl Lifecycle<CacheKey, Variants> for EvictionHook {
 
 /// A byte-bounded memory store.
 pub struct MemoryStore {
-    cache: Cache<CacheKey, Variants, VariantsWeighter, DefaultHashBuilder, EvictionHook>,
+    cache: Cache<Digest, Variants, VariantsWeighter, DefaultHashBuilder, EvictionHook>,
+    digests: Digester,
     tags: Arc<TagIndex>,
     evictions: Arc<AtomicU64>,
     /// Purge generation per slot of services.
@@ -187,6 +218,7 @@ impl MemoryStore {
         };
         Self {
             cache,
+            digests: Digester(RandomState::new()),
             tags,
             evictions,
             generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -236,9 +268,9 @@ impl MemoryStore {
 
     /// Inserts `next` under `key` in place of `previous`, keeping the tag index exact: the
     /// previous value's tags go, the new value's tags come if it was admitted.
-    fn replace(&self, key: &CacheKey, previous: Option<&Variants>, next: Variants) {
-        INSERTING.with(|k| *k.borrow_mut() = Some(key.clone()));
-        self.cache.insert(key.clone(), next.clone());
+    fn replace(&self, key: &Digest, previous: Option<&Variants>, next: Variants) {
+        INSERTING.with(|k| *k.borrow_mut() = Some(*key));
+        self.cache.insert(*key, next.clone());
         INSERTING.with(|k| k.borrow_mut().take());
         if let Some(old) = previous {
             self.tags.remove(key, old);
@@ -248,7 +280,7 @@ impl MemoryStore {
         }
     }
 
-    fn remove_entry(&self, key: &CacheKey) -> Option<Variants> {
+    fn remove_entry(&self, key: &Digest) -> Option<Variants> {
         let (_, old) = self.cache.remove(key)?;
         self.tags.remove(key, &old);
         Some(old)
@@ -256,7 +288,7 @@ impl MemoryStore {
 
     /// Every object a purge of `target` would touch, before it does.
     pub(crate) fn matching(&self, target: PurgeTarget<'_>) -> Vec<Arc<StoredObject>> {
-        let of_key = |key: &CacheKey, select: &dyn Fn(&StoredObject) -> bool| {
+        let of_key = |key: &Digest, select: &dyn Fn(&StoredObject) -> bool| {
             self.cache
                 .get(key)
                 .map(|v| {
@@ -269,31 +301,34 @@ impl MemoryStore {
                 .unwrap_or_default()
         };
         match target {
-            PurgeTarget::Url(key) => of_key(key, &|_| true),
+            PurgeTarget::Url(key) => of_key(&self.digests.of(key), &|_| true),
             PurgeTarget::Tag { service, tag } => self
                 .tags
-                .keys(service, tag)
+                .keys(self.digests.service(service), tag)
                 .iter()
                 .flat_map(|key| of_key(key, &|o| o.has_tag(tag)))
                 .collect(),
-            PurgeTarget::Service(service) => self
-                .cache
-                .iter()
-                .filter(|(k, _)| k.service() == service)
-                .flat_map(|(_, v)| v.objects().to_vec())
-                .collect(),
+            PurgeTarget::Service(service) => {
+                let service = self.digests.service(service);
+                self.cache
+                    .iter()
+                    .filter(|(k, _)| k.service == service)
+                    .flat_map(|(_, v)| v.objects().to_vec())
+                    .collect()
+            }
         }
     }
 
     /// Removes the variants of `key` that `select` picks (no purge generation moves).
     pub(crate) fn remove_where(&self, key: &CacheKey, select: impl Fn(&StoredObject) -> bool) {
-        self.purge_variants(key, PurgeMode::Hard, SystemTime::now(), select);
+        let key = self.digests.of(key);
+        self.purge_variants(&key, PurgeMode::Hard, SystemTime::now(), select);
     }
 
     /// Purges the variants of `key` that `select` picks; returns how many.
     fn purge_variants(
         &self,
-        key: &CacheKey,
+        key: &Digest,
         mode: PurgeMode,
         now: SystemTime,
         select: impl Fn(&StoredObject) -> bool,
@@ -335,10 +370,11 @@ impl MemoryStore {
 
 impl Storage for MemoryStore {
     fn get(&self, key: &CacheKey) -> Option<Variants> {
-        self.cache.get(key)
+        self.cache.get(&self.digests.of(key))
     }
 
     fn put(&self, key: CacheKey, object: Arc<StoredObject>) {
+        let key = self.digests.of(&key);
         let existing = self.cache.get(&key);
         let merged = match &existing {
             Some(existing) => existing.with(object),
@@ -349,7 +385,7 @@ impl Storage for MemoryStore {
 
     fn remove(&self, key: &CacheKey) -> bool {
         self.next_generation(key.service());
-        self.remove_entry(key).is_some()
+        self.remove_entry(&self.digests.of(key)).is_some()
     }
 
     fn purge(&self, target: PurgeTarget<'_>, mode: PurgeMode, now: SystemTime) -> u64 {
@@ -359,24 +395,29 @@ impl Storage for MemoryStore {
         };
         self.next_generation(service);
         match target {
-            PurgeTarget::Url(key) => self.purge_variants(key, mode, now, |_| true),
-            PurgeTarget::Tag { service, tag } => self
-                .tags
-                .keys(service, tag)
-                .iter()
-                .map(|key| {
-                    if !self.cache.contains_key(key) {
-                        // Evicted between insert and indexing: drop the dangling entry.
-                        self.tags.forget(service, tag, key);
-                    }
-                    self.purge_variants(key, mode, now, |o| o.has_tag(tag))
-                })
-                .sum(),
+            PurgeTarget::Url(key) => {
+                self.purge_variants(&self.digests.of(key), mode, now, |_| true)
+            }
+            PurgeTarget::Tag { service, tag } => {
+                let service = self.digests.service(service);
+                self.tags
+                    .keys(service, tag)
+                    .iter()
+                    .map(|key| {
+                        if !self.cache.contains_key(key) {
+                            // Evicted between insert and indexing: drop the dangling entry.
+                            self.tags.forget(service, tag, key);
+                        }
+                        self.purge_variants(key, mode, now, |o| o.has_tag(tag))
+                    })
+                    .sum()
+            }
             PurgeTarget::Service(service) => {
-                let keys: Vec<CacheKey> = self
+                let service = self.digests.service(service);
+                let keys: Vec<Digest> = self
                     .cache
                     .iter()
-                    .filter(|(k, _)| k.service() == service)
+                    .filter(|(k, _)| k.service == service)
                     .map(|(k, _)| k)
                     .collect();
                 keys.iter()
@@ -527,7 +568,7 @@ mod tests {
         let obj = store.get(&a).unwrap().objects()[0].clone();
         assert!(obj.freshness.ttl(now + Duration::from_millis(1)).is_none());
         assert_eq!(
-            store.tags.keys("s1", "t").len(),
+            store.tags.keys(store.digests.service("s1"), "t").len(),
             1,
             "index after soft purge"
         );
@@ -594,7 +635,7 @@ mod tests {
             store.put(a.clone(), tagged(10, &["t"]));
         }
         assert_eq!(store.stats().evictions, 0);
-        assert_eq!(store.tags.keys("s", "t").len(), 1);
+        assert_eq!(store.tags.keys(store.digests.service("s"), "t").len(), 1);
     }
 
     #[test]
@@ -643,7 +684,7 @@ mod tests {
                 tagged(4096, &["all"]),
             );
         }
-        let indexed = store.tags.keys("s", "all").len() as u64;
+        let indexed = store.tags.keys(store.digests.service("s"), "all").len() as u64;
         assert_eq!(
             indexed,
             store.stats().keys,
