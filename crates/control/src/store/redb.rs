@@ -7,6 +7,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 const META: TableDefinition<u64, &[u8]> = TableDefinition::new("version_meta");
 const BUNDLES: TableDefinition<u64, &[u8]> = TableDefinition::new("version_bundle");
@@ -30,6 +31,11 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// Most edge reports written in one transaction.
 const MAX_REPORT_BATCH: usize = 1024;
 
+/// Most read transactions run at once. redb's readers never wait for each other, but each
+/// holds a blocking-pool thread while it runs: unbounded, thousands of edges polling at once
+/// (each reading its registration after a restart) would start the pool's 512 threads.
+const MAX_READERS: usize = 8;
+
 /// One edge report waiting for the writer, and who to tell when it is durable.
 type ReportWrite = (
     String,
@@ -45,6 +51,10 @@ pub struct RedbStore {
     /// durable transaction (group commit): a thousand edges reporting at once cost a few
     /// fsyncs, not a thousand.
     reports: tokio::sync::mpsc::Sender<ReportWrite>,
+    /// Turns for read transactions ([`MAX_READERS`]).
+    readers: Arc<Semaphore>,
+    /// The one turn for a write transaction (the report writer takes redb's own lock).
+    writer: Arc<Semaphore>,
 }
 
 /// Writes queued edge reports, many per transaction, until every sender is gone. Holds the
@@ -81,6 +91,11 @@ fn report_writer(db: std::sync::Weak<Database>, mut rx: tokio::sync::mpsc::Recei
             let _ = done.send(result.clone());
         }
     }
+}
+
+/// The turns' semaphores are never closed; should one be, the store is unavailable.
+fn closed(_: tokio::sync::AcquireError) -> StoreError {
+    StoreError::Unavailable("store closed".into())
 }
 
 fn err(e: impl Into<redb::Error>) -> StoreError {
@@ -141,24 +156,58 @@ impl RedbStore {
                 .name("redb-reports".into())
                 .spawn(move || report_writer(writer, rx))
                 .map_err(|e| StoreError::Unavailable(format!("report writer: {e}")))?;
-            Ok((Self { db, reports }, upgraded))
+            let store = Self {
+                db,
+                reports,
+                readers: Arc::new(Semaphore::new(MAX_READERS)),
+                writer: Arc::new(Semaphore::new(1)),
+            };
+            Ok((store, upgraded))
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
-    async fn blocking<T: Send + 'static>(
+    /// Runs `f`, a read transaction, on the blocking pool once one of [`MAX_READERS`] turns
+    /// is free.
+    async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let turn = self.readers.clone().acquire_owned().await.map_err(closed)?;
+        self.blocking(turn, f).await
+    }
+
+    /// Runs `f`, a write transaction, on the blocking pool once the previous one has ended.
+    /// redb runs one write transaction at a time: a writer waiting for its turn waits as a
+    /// task here, not as a thread blocked in `begin_write` (2,000 edges joining at once held
+    /// the pool's 512 threads, about 45 MB of stacks and their allocator arenas).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let turn = self.writer.clone().acquire_owned().await.map_err(closed)?;
+        self.blocking(turn, f).await
+    }
+
+    /// Runs `f` on the blocking pool, holding `turn` until it returns (also when the caller
+    /// stops waiting for it).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        turn: OwnedSemaphorePermit,
+        f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            f(&db)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     pub(super) async fn latest_version(&self) -> Result<Option<u64>, StoreError> {
-        self.blocking(|db| {
+        self.read(|db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(META).map_err(err)?;
             let last = t.last().map_err(err)?.map(|(k, _)| k.value());
@@ -174,7 +223,7 @@ impl RedbStore {
         bundle: &[u8],
     ) -> Result<bool, StoreError> {
         let (meta, bundle) = (meta.to_vec(), bundle.to_vec());
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut m = txn.open_table(META).map_err(err)?;
@@ -208,7 +257,7 @@ impl RedbStore {
             key.to_owned(),
             record.to_vec(),
         );
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut keys = txn.open_table(IDEMPOTENCY).map_err(err)?;
@@ -257,7 +306,7 @@ impl RedbStore {
 
     /// One read transaction: a consistent view, taken while writers go on.
     pub(super) async fn dump(&self) -> Result<crate::backup::Dump, StoreError> {
-        self.blocking(|db| {
+        self.read(|db| {
             let txn = db.begin_read().map_err(err)?;
             let meta = txn.open_table(META).map_err(err)?;
             let bundles = txn.open_table(BUNDLES).map_err(err)?;
@@ -293,7 +342,7 @@ impl RedbStore {
 
     /// One write transaction: all or nothing.
     pub(super) async fn load(&self, dump: crate::backup::Dump) -> Result<(), StoreError> {
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut meta = txn.open_table(META).map_err(err)?;
@@ -331,7 +380,7 @@ impl RedbStore {
 
     pub(super) async fn idempotency(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_owned();
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(IDEMPOTENCY).map_err(err)?;
             Ok(t.get(key.as_str())
@@ -354,7 +403,7 @@ impl RedbStore {
         table: TableDefinition<'static, u64, &'static [u8]>,
         n: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(table).map_err(err)?;
             Ok(t.get(n).map_err(err)?.map(|v| v.value().to_vec()))
@@ -363,7 +412,7 @@ impl RedbStore {
     }
 
     pub(super) async fn versions(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(META).map_err(err)?;
             let mut out = Vec::with_capacity(limit.min(t.len().map_err(err)? as usize));
@@ -402,7 +451,7 @@ impl RedbStore {
 
     /// The document stored under `key` in the singletons table.
     async fn singleton(&self, key: &'static str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(SINGLETONS).map_err(err)?;
             Ok(t.get(key).map_err(err)?.map(|v| v.value().to_vec()))
@@ -419,7 +468,7 @@ impl RedbStore {
         raw: &[u8],
     ) -> Result<bool, StoreError> {
         let raw = raw.to_vec();
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut t = txn.open_table(SINGLETONS).map_err(err)?;
@@ -449,7 +498,7 @@ impl RedbStore {
     }
 
     pub(super) async fn edges(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.blocking(|db| {
+        self.read(|db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(EDGES).map_err(err)?;
             let mut out = Vec::new();
@@ -464,7 +513,7 @@ impl RedbStore {
 
     pub(super) async fn put_audit(&self, key: &str, raw: &[u8]) -> Result<(), StoreError> {
         let (key, raw) = (key.to_owned(), raw.to_vec());
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut t = txn.open_table(AUDIT).map_err(err)?;
@@ -478,7 +527,7 @@ impl RedbStore {
 
     /// Newest first.
     pub(super) async fn audit_log(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(AUDIT).map_err(err)?;
             let mut out = Vec::new();
@@ -493,7 +542,7 @@ impl RedbStore {
 
     pub(super) async fn identity(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let id = id.to_owned();
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(IDENTITIES).map_err(err)?;
             Ok(t.get(id.as_str()).map_err(err)?.map(|v| v.value().to_vec()))
@@ -509,7 +558,7 @@ impl RedbStore {
         max: usize,
     ) -> Result<super::Created, StoreError> {
         let (id, raw) = (id.to_owned(), raw.to_vec());
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut t = txn.open_table(IDENTITIES).map_err(err)?;
@@ -530,7 +579,7 @@ impl RedbStore {
     /// Replaces an existing registration (a re-join); `false` if the id has none.
     pub(super) async fn update_identity(&self, id: &str, raw: &[u8]) -> Result<bool, StoreError> {
         let (id, raw) = (id.to_owned(), raw.to_vec());
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut t = txn.open_table(IDENTITIES).map_err(err)?;
@@ -546,7 +595,7 @@ impl RedbStore {
     }
 
     pub(super) async fn identities(&self) -> Result<Vec<Vec<u8>>, StoreError> {
-        self.blocking(|db| {
+        self.read(|db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(IDENTITIES).map_err(err)?;
             let mut out = Vec::new();
@@ -562,7 +611,7 @@ impl RedbStore {
     /// Deletes an edge's registration and its last report; `false` if it had neither.
     pub(super) async fn remove_edge(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             let removed = {
                 let mut ids = txn.open_table(IDENTITIES).map_err(err)?;
@@ -583,7 +632,7 @@ impl RedbStore {
         &self,
         secrets: Vec<(String, Vec<u8>)>,
     ) -> Result<(), StoreError> {
-        self.blocking(move |db| {
+        self.write(move |db| {
             let txn = db.begin_write().map_err(err)?;
             {
                 let mut t = txn.open_table(SECRETS).map_err(err)?;
@@ -599,7 +648,7 @@ impl RedbStore {
 
     pub(super) async fn secret(&self, sha: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let sha = sha.to_owned();
-        self.blocking(move |db| {
+        self.read(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let t = txn.open_table(SECRETS).map_err(err)?;
             Ok(t.get(sha.as_str())
