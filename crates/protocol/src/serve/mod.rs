@@ -797,6 +797,10 @@ pub async fn accept_loop<H, F, B>(
     }
 }
 
+/// Serves one connection from its preamble to its end. This future is the connection's task
+/// for as long as it is open — for a control-plane long-poll, as long as the edge waits — so
+/// it keeps inline only what every connection uses and boxes the rest (the TLS handshake and
+/// stream, each protocol's connection).
 async fn connection<H, F, B>(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -846,8 +850,11 @@ async fn connection<H, F, B>(
     let Some(acceptor) = conf.tls.clone() else {
         return serve(io, proto, None, client_ip, &conf, stop, handler).await;
     };
+    // The handshake and the TLS stream are boxed: this task lives as long as the
+    // connection, and inline they would make every connection's task as large as a TLS one
+    // in its handshake (see `serve`).
     // The handshake is part of the preamble: it shares its deadline.
-    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(io)).await {
+    let tls = match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(io))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             connection_closed(conf.label, Refusal::TlsHandshake.label());
@@ -870,7 +877,7 @@ async fn connection<H, F, B>(
             .server_name()
             .map(|name| Arc::from(name.to_ascii_lowercase())),
     };
-    serve(tls, proto, Some(info), client_ip, &conf, stop, handler).await
+    Box::pin(serve(tls, proto, Some(info), client_ip, &conf, stop, handler)).await
 }
 
 /// Serves HTTP on an established stream (after the preamble and any TLS handshake).
@@ -912,19 +919,22 @@ async fn serve<S, H, F, B>(
         }
     });
     let label = conf.label;
+    // Each protocol's connection is boxed: a future is as large as its largest state, so
+    // inline, every HTTP/1 connection would reserve the room an h2 connection needs (see
+    // `connection`).
     match proto {
         Proto::H1 => {
             let conn = conf.h1.serve_connection(TokioIo::new(io), service);
-            drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label).await
+            Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label)).await
         }
         Proto::H2 if coalesce => {
             let io = TokioIo::new(coalesce::Coalesced::new(io));
             let conn = conf.h2.serve_connection(io, service);
-            drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label).await
+            Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label)).await
         }
         Proto::H2 => {
             let conn = conf.h2.serve_connection(TokioIo::new(io), service);
-            drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label).await
+            Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label)).await
         }
     }
 }
