@@ -26,9 +26,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Buf;
 use firebreak_protocol::api::{ApiError, MAX_PUSH_BODY_BYTES};
 use http_body::Body as _;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Collected, LengthLimitError, Limited};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -131,7 +132,7 @@ pub async fn read(State(bounds): State<BodyBounds>, req: Request, next: Next) ->
         };
         got_budget = true;
         match Limited::new(body, max_bytes).collect().await {
-            Ok(c) => Outcome::Read(c.to_bytes(), permit),
+            Ok(c) => Outcome::Read(owned(c), permit),
             Err(e) if e.is::<LengthLimitError>() => Outcome::TooLarge,
             Err(e) => Outcome::Broken(format!("request body: {e}")),
         }
@@ -163,6 +164,21 @@ pub async fn read(State(bounds): State<BodyBounds>, req: Request, next: Next) ->
                 timeout.as_millis()
             ),
         ),
+    }
+}
+
+/// The body in a buffer of its own. A body that arrived in one piece is a slice of hyper's
+/// read buffer (8 KiB or more, shared with the request's head): it is copied, so that a
+/// handler that waits with it — 2,000 edges joining at once wait their turn for the store's
+/// writer — does not keep that buffer alive. A body of several pieces is gathered into a new
+/// buffer anyway.
+fn owned(collected: Collected<Bytes>) -> Bytes {
+    let mut all = collected.aggregate();
+    let len = all.remaining();
+    if all.chunk().len() == len {
+        Bytes::copy_from_slice(all.chunk())
+    } else {
+        all.copy_to_bytes(len)
     }
 }
 
@@ -362,6 +378,20 @@ mod tests {
                 .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
         });
         (tx, Body::from_stream(stream))
+    }
+
+    #[tokio::test]
+    async fn a_body_owns_its_bytes() {
+        // One piece: a slice of a larger buffer (hyper's read buffer) is copied out of it.
+        let read_buffer = Bytes::from(vec![b'x'; 8192]);
+        let piece = read_buffer.slice(100..122);
+        let one = owned(Body::from(piece.clone()).collect().await.unwrap());
+        assert_eq!(one, piece);
+        assert!(!read_buffer.as_ptr_range().contains(&one.as_ptr()));
+        // Several pieces: gathered in order.
+        let chunks = futures_stream(vec![Bytes::from("ab"), Bytes::from("cd"), Bytes::from("e")]);
+        let all = owned(chunks.collect().await.unwrap());
+        assert_eq!(all, Bytes::from("abcde"));
     }
 
     fn futures_stream(chunks: Vec<Bytes>) -> Body {
