@@ -877,7 +877,8 @@ async fn connection<H, F, B>(
             .server_name()
             .map(|name| Arc::from(name.to_ascii_lowercase())),
     };
-    Box::pin(serve(tls, proto, Some(info), client_ip, &conf, stop, handler)).await
+    let served = serve(tls, proto, Some(info), client_ip, &conf, stop, handler);
+    Box::pin(served).await
 }
 
 /// Serves HTTP on an established stream (after the preamble and any TLS handshake).
@@ -925,16 +926,19 @@ async fn serve<S, H, F, B>(
     match proto {
         Proto::H1 => {
             let conn = conf.h1.serve_connection(TokioIo::new(io), service);
-            Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label)).await
+            let run = drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label);
+            Box::pin(run).await
         }
         Proto::H2 if coalesce => {
             let io = TokioIo::new(coalesce::Coalesced::new(io));
             let conn = conf.h2.serve_connection(io, service);
-            Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label)).await
+            let run = drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label);
+            Box::pin(run).await
         }
         Proto::H2 => {
             let conn = conf.h2.serve_connection(TokioIo::new(io), service);
-            Box::pin(drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label)).await
+            let run = drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label);
+            Box::pin(run).await
         }
     }
 }
