@@ -34,11 +34,31 @@ const TAG_SHARDS: usize = 16;
 /// cancels the fills of another.
 const GENERATION_SLOTS: usize = 64;
 
-/// What the cache keeps of a [`CacheKey`] (see the module's documentation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What the cache keeps of a [`CacheKey`] (see the module's documentation). Equal keys have
+/// equal services, so the key's halves alone identify an entry: a lookup hashes only those
+/// (it finds the entry through `Borrow<[u64; 2]>`).
+#[derive(Debug, Clone, Copy, Eq)]
 struct Digest {
     key: [u64; 2],
     service: u64,
+}
+
+impl PartialEq for Digest {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl std::hash::Hash for Digest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u64; 2]> for Digest {
+    fn borrow(&self) -> &[u64; 2] {
+        &self.key
+    }
 }
 
 /// Makes [`Digest`]s: one SipHash key per process, the three halves told apart by a prefix.
@@ -46,11 +66,16 @@ struct Digester(RandomState);
 
 impl Digester {
     fn of(&self, key: &CacheKey) -> Digest {
-        let k = key.as_str();
         Digest {
-            key: [self.0.hash_one((1u8, k)), self.0.hash_one((2u8, k))],
+            key: self.key(key),
             service: self.service(key.service()),
         }
+    }
+
+    /// The key's halves of its digest: all a lookup needs.
+    fn key(&self, key: &CacheKey) -> [u64; 2] {
+        let k = key.as_str();
+        [self.0.hash_one((1u8, k)), self.0.hash_one((2u8, k))]
     }
 
     fn service(&self, service: &str) -> u64 {
@@ -370,7 +395,7 @@ impl MemoryStore {
 
 impl Storage for MemoryStore {
     fn get(&self, key: &CacheKey) -> Option<Variants> {
-        self.cache.get(&self.digests.of(key))
+        self.cache.get(&self.digests.key(key))
     }
 
     fn put(&self, key: CacheKey, object: Arc<StoredObject>) {
