@@ -441,6 +441,10 @@ enum ConfigCommand {
     },
 }
 
+/// jemalloc, not glibc's malloc (ARCHITECTURE.md, "Allocator").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
