@@ -7,7 +7,7 @@ use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 
 const META: TableDefinition<u64, &[u8]> = TableDefinition::new("version_meta");
 const BUNDLES: TableDefinition<u64, &[u8]> = TableDefinition::new("version_bundle");
@@ -174,8 +174,7 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let turn = self.readers.clone().acquire_owned().await.map_err(closed)?;
-        self.blocking(turn, f).await
+        self.in_turn(&self.readers, f).await
     }
 
     /// Runs `f`, a write transaction, on the blocking pool once the previous one has ended.
@@ -186,17 +185,17 @@ impl RedbStore {
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let turn = self.writer.clone().acquire_owned().await.map_err(closed)?;
-        self.blocking(turn, f).await
+        self.in_turn(&self.writer, f).await
     }
 
-    /// Runs `f` on the blocking pool, holding `turn` until it returns (also when the caller
-    /// stops waiting for it).
-    async fn blocking<T: Send + 'static>(
+    /// Waits (as a task) for one of `turns`, then runs `f` on the blocking pool, holding the
+    /// turn until `f` returns (also when the caller stops waiting for it).
+    async fn in_turn<T: Send + 'static>(
         &self,
-        turn: OwnedSemaphorePermit,
+        turns: &Arc<Semaphore>,
         f: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let turn = turns.clone().acquire_owned().await.map_err(closed)?;
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
