@@ -8,17 +8,15 @@
 
 use std::io::BufRead;
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod procs;
 use procs::binary::{get, Proc, BIN};
 
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("fb-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn temp_dir(name: &str) -> procs::TempDir {
+    procs::temp_dir("cli", name)
 }
 
 fn edge_config(origin: SocketAddr, marker: &str) -> String {

@@ -11,7 +11,6 @@
 )]
 
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ const SOFT_FILES: u64 = 1024;
 struct Control {
     child: Child,
     port: u16,
-    dir: PathBuf,
+    dir: procs::TempDir,
 }
 
 impl Drop for Control {

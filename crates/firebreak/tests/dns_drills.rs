@@ -490,11 +490,12 @@ fallback_cname = "demo.backup.example"
 /// a DNS server checking them; the version pushed before anyone joins (so its rollout has
 /// nobody to wait for) and taken by each member as it joins.
 struct Net {
-    dir: PathBuf,
     control: ControlProc,
     pa: Vec<Edge>,
     pb: Vec<Edge>,
     dns: DnsProc,
+    /// Last: removed after the processes above have stopped.
+    dir: procs::TempDir,
 }
 
 impl Net {

@@ -5,9 +5,9 @@
 //! no background networking, component updates, sync or QUIC — without them Chromium keeps
 //! dialling Google's hosts, which the closed network refuses.
 
-use crate::harness::{free_port, temp_dir, KillOnDrop};
+use crate::harness::{free_port, temp_dir, KillOnDrop, TempDir};
 use fantoccini::{Client, ClientBuilder, Locator};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,13 +16,13 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 /// How long a page may take to show what a test waits for.
-pub const PAGE_WAIT: Duration = Duration::from_secs(20);
+pub const PAGE_WAIT: Duration = Duration::from_secs(60);
 
 /// A headless Chromium session; the driver process dies with it.
 pub struct Browser {
     pub client: Client,
     _driver: KillOnDrop,
-    pub dir: PathBuf,
+    pub dir: TempDir,
 }
 
 impl Browser {

@@ -12,24 +12,21 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const OPERATOR: &str = "operator-token-0123456789";
 pub const EDGE: &str = "edge-token-0123456789abcd";
 
-/// A fresh directory under the system's temp dir.
-pub fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "fb-fleet-{}-{name}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+#[path = "../procs/temp_dir.rs"]
+mod scratch;
+pub use scratch::TempDir;
+
+/// A fresh directory under the system's temp dir, removed when dropped unless the test is
+/// failing ([`TempDir`]).
+pub fn temp_dir(name: &str) -> TempDir {
+    TempDir::new("fleet", name)
 }
 
 /// One HTTP exchange.
@@ -356,7 +353,7 @@ pub fn free_port() -> u16 {
 pub struct Etcd {
     child: Option<Child>,
     pub endpoint: String,
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 #[cfg_attr(not(feature = "etcd"), allow(dead_code))]

@@ -24,9 +24,16 @@ async fn status_of(method: Method, url: String, token: &str, body: Option<String
     http(method, &url, token, body).await.0
 }
 
-/// A fleet with one version rolled out to one real edge `e1`; returns the control plane, the
-/// edge, its data dir and the version.
-async fn one_edge(name: &str) -> (Control, firebreak_edge::agent::Agent, std::path::PathBuf) {
+/// A fleet with one version rolled out to one real edge `e1`; returns the scratch directory
+/// (first, so that it is dropped last), the control plane, the edge and its data dir.
+async fn one_edge(
+    name: &str,
+) -> (
+    TempDir,
+    Control,
+    firebreak_edge::agent::Agent,
+    std::path::PathBuf,
+) {
     let dir = temp_dir(name);
     let c = Control::start(&redb(&dir), &dir).await;
     let origin = origin().await;
@@ -34,12 +41,12 @@ async fn one_edge(name: &str) -> (Control, firebreak_edge::agent::Agent, std::pa
     let v = c.release(&fleet_doc(origin, "v1")).await;
     let e1 = edge(&c, &data, "e1").await;
     wait_applied(&e1, v).await;
-    (c, e1, data)
+    (dir, c, e1, data)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edge_token_cannot_push_or_read_versions() {
-    let (c, _e1, data) = one_edge("edge-token-versions").await;
+    let (_dir, c, _e1, data) = one_edge("edge-token-versions").await;
     let credential = kept_credential(&data);
     for token in [EDGE, credential.as_str()] {
         let push = json!({"file": "f.toml", "document": "x", "message": "m"}).to_string();
@@ -444,8 +451,9 @@ async fn bundles_carry_no_admin_token() {
     );
 }
 
-/// Operators alice (admin), dana (deployer), rob (read-only).
-async fn named_operators(name: &str) -> Control {
+/// Operators alice (admin), dana (deployer), rob (read-only); with the control plane's
+/// scratch directory (first, so that it is dropped last).
+async fn named_operators(name: &str) -> (TempDir, Control) {
     let dir = temp_dir(name);
     let access = Access::new(
         vec![
@@ -456,12 +464,13 @@ async fn named_operators(name: &str) -> Control {
         EDGE,
     )
     .unwrap();
-    control_with(&redb(&dir), &dir, access, EdgeSettings::default()).await
+    let c = control_with(&redb(&dir), &dir, access, EdgeSettings::default()).await;
+    (dir, c)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_operator_cannot_deploy() {
-    let c = named_operators("read-only").await;
+    let (_dir, c) = named_operators("read-only").await;
     let rob = "rob-token-0123456789ab";
     let doc = fleet_doc("127.0.0.1:9".parse().unwrap(), "v1");
     let push = json!({"file": "f.toml", "document": doc, "message": "m"}).to_string();
@@ -545,7 +554,7 @@ async fn read_only_operator_cannot_deploy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_names_the_operator() {
-    let c = named_operators("audit-names").await;
+    let (_dir, c) = named_operators("audit-names").await;
     let dana = "dana-token-0123456789a";
     let doc = fleet_doc("127.0.0.1:9".parse().unwrap(), "v1");
     let push = json!({"file": "f.toml", "document": doc, "message": "m"}).to_string();

@@ -437,7 +437,7 @@ async fn signed(
 
 const PURGE: &str = "/purge/all?service=a";
 
-async fn purge_fixture(name: &str) -> (std::path::PathBuf, Control, Agent) {
+async fn purge_fixture(name: &str) -> (TempDir, Control, Agent) {
     let dir = temp_dir(name);
     let origin = origin().await;
     let c = Control::start(&redb(&dir), &dir).await;

@@ -15,7 +15,6 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -293,10 +292,11 @@ struct Member {
 /// The drill fleet: a control plane in this process (redb), six edges in three cells, one
 /// origin.
 pub(crate) struct Fleet {
-    dir: PathBuf,
     pub(crate) origin: SocketAddr,
     pub(crate) c: Control,
     edges: Vec<Member>,
+    /// Last: removed after the control plane and the edges have stopped.
+    dir: TempDir,
 }
 
 impl Fleet {

@@ -3,11 +3,14 @@
 #![allow(dead_code)] // Each test crate uses a part.
 
 pub mod binary;
+mod temp_dir;
+
+pub use temp_dir::TempDir;
 
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::time::{Duration, Instant};
 
 /// A child process, killed by PID (`Child::kill`) and reaped when dropped.
@@ -27,17 +30,10 @@ impl Drop for Proc {
     }
 }
 
-/// A fresh, empty directory `fb-{prefix}-{pid}-{name}-{n}` under the temporary directory.
-pub fn temp_dir(prefix: &str, name: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "fb-{prefix}-{}-{name}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, empty directory `fb-{prefix}-{pid}-{name}-{n}` under the temporary directory,
+/// removed when dropped unless the test is failing ([`TempDir`]).
+pub fn temp_dir(prefix: &str, name: &str) -> TempDir {
+    TempDir::new(prefix, name)
 }
 
 /// A TCP port free on 127.0.0.1 now, and never handed out before in this test process: the
