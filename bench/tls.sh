@@ -25,7 +25,7 @@ command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq ng
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 
 cargo build --release --locked -p firebreak -p firebreak-load
-BIN=$ROOT/target/release/firebreak
+BIN=${BIN:-$ROOT/target/release/firebreak} # another build (an A/B) with BIN=
 LOAD=$ROOT/target/release/fbload
 
 RUN=$(mktemp -d /tmp/cdnbench-tls.XXXXXX)
