@@ -5,6 +5,7 @@
 #
 #   bench/tls.sh                        # REPS=3 DURATION=10
 #   REPS=1 DURATION=3 bench/tls.sh      # quick
+#   BASE_BIN=/tmp/firebreak-before bench/tls.sh   # A/B: that build measured in the same rounds
 #
 # Scenarios (client: fbload, bench/load, one thread):
 #   handshakes   full TLS 1.3 handshakes per second (resumption off), 32 connections at once
@@ -21,6 +22,8 @@ PORT_BASE=${PORT_BASE:-29080}
 ORIGIN_PORT=$PORT_BASE
 NGINX_PORT=$((PORT_BASE + 1))
 EDGE_PORT=$((PORT_BASE + 2))
+BASE_PORT=$((PORT_BASE + 3))
+BASE_BIN=${BASE_BIN:-}
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx; }
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 
@@ -72,8 +75,17 @@ key_file = "$RUN/leaf.key"
 TOML
 "$BIN" edge --config "$RUN/edge.toml" > "$RUN/edge.log" 2>&1 &
 PIDS+=($!)
+ports=("$NGINX_PORT" "$EDGE_PORT")
+peers=(nginx firebreak)
+if [[ -n $BASE_BIN ]]; then
+    sed "s|127.0.0.1:$EDGE_PORT\"|127.0.0.1:$BASE_PORT\"|" "$RUN/edge.toml" > "$RUN/base.toml"
+    "$BASE_BIN" edge --config "$RUN/base.toml" > "$RUN/base.log" 2>&1 &
+    PIDS+=($!)
+    ports+=("$BASE_PORT")
+    peers+=(base)
+fi
 
-for port in "$NGINX_PORT" "$EDGE_PORT"; do
+for port in "${ports[@]}"; do
     for _ in $(seq 100); do
         curl -sf --cacert "$RUN/ca.pem" --resolve "bench.test:$port:127.0.0.1" \
             "https://bench.test:$port/static/1k.bin" -o /dev/null && break
@@ -100,8 +112,8 @@ measure() { # rep scenario peer port args...
     echo "rep $rep $scenario $peer: $rate/s p99 ${p99:--} ms errors $errors"
 }
 for rep in $(seq "$REPS"); do
-    for peer in nginx firebreak; do
-        port=$NGINX_PORT; [[ $peer == firebreak ]] && port=$EDGE_PORT
+    for peer in "${peers[@]}"; do
+        case $peer in nginx) port=$NGINX_PORT ;; firebreak) port=$EDGE_PORT ;; base) port=$BASE_PORT ;; esac
         measure "$rep" handshakes "$peer" "$port" handshakes --conns 32
         measure "$rep" https-h1 "$peer" "$port" https --path /static/1k.bin --conns 64
         measure "$rep" https-h2-m1 "$peer" "$port" https --path /static/1k.bin --conns 64 --h2
@@ -135,5 +147,15 @@ print("\nhandshakes = full TLS 1.3 handshakes per second, resumption off, 32 con
       "(connect, handshake, close_notify, wait for the server's close). https-* = 1 KiB hits "
       "over keep-alive: HTTP/1.1 with 64 connections; h2 with 64 connections x 1 stream and "
       "16 x 10 streams. Target: firebreak / nginx >= 1.0 on handshakes and on HTTPS 1 KiB hits.")
+if any(r["peer"] == "base" for r in rows):
+    print("\nA/B (`BASE_BIN`, measured in the same rounds): firebreak / base, median of per-repetition pairs\n")
+    print("| scenario | base /s | firebreak /s | firebreak / base |")
+    print("|---|---|---|---|")
+    for sc in ["handshakes", "https-h1", "https-h2-m1", "https-h2-m10"]:
+        f = [float(r["rate"]) for r in rows if r["scenario"] == sc and r["peer"] == "firebreak" and r["rate"]]
+        b = [float(r["rate"]) for r in rows if r["scenario"] == sc and r["peer"] == "base" and r["rate"]]
+        if f and b:
+            ab = [x / y for x, y in zip(f, b) if y > 0]
+            print(f"| {sc} | {statistics.median(b):,.0f} | {statistics.median(f):,.0f} | {statistics.median(ab):.3f} |")
 PY
 cat "$ROOT/bench/TLS_RESULTS.md"
