@@ -37,6 +37,9 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     [[ -f $RUN/nginx.pid ]] && kill "$(cat "$RUN/nginx.pid")" 2>/dev/null || true
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    # The run's files (certificates, cache, logs) go with it unless KEEP_RUN is set.
+    [[ -n ${KEEP_RUN:-} ]] || rm -rf "$RUN"
 }
 trap cleanup EXIT
 
