@@ -10,7 +10,6 @@ pub use temp_dir::TempDir;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Child;
-
 use std::time::{Duration, Instant};
 
 /// A child process, killed by PID (`Child::kill`) and reaped when dropped.

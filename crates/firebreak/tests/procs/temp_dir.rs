@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// A fresh, empty directory `fb-{prefix}-{pid}-{name}-{n}` under the temporary directory,
 /// removed with everything in it when dropped — unless the thread is panicking: a failing
 /// test keeps its files (logs, stores, configs) for a look. Declare it before the processes
-/// and servers that use it, so that they are dropped (stopped) first.
+/// and servers that use it (as a struct field: after them), so that they are dropped
+/// (stopped) first.
 #[derive(Debug)]
 pub struct TempDir(PathBuf);
 
