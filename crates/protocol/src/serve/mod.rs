@@ -21,6 +21,7 @@
 
 mod coalesce;
 pub mod proxy_protocol;
+mod stream_exec;
 pub mod workers;
 
 use firebreak_config::LimitsConfig;
@@ -28,7 +29,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -38,6 +39,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use stream_exec::InlineFirst;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -139,7 +141,7 @@ pub struct ListenerConf {
     /// Open connections per client address.
     pub per_address: Arc<AddressTable>,
     h1: http1::Builder,
-    h2: http2::Builder<TokioExecutor>,
+    h2: http2::Builder<InlineFirst>,
     tls: Option<TlsAcceptor>,
     /// Held weakly: the connections a worker runs hold this conf, and the owner of the
     /// workers (the edge) ends them by dropping its `Arc`.
@@ -182,7 +184,9 @@ impl ListenerConf {
             // Header count stays at hyper's default limit (100, then 431): setting any other
             // value makes hyper heap-allocate its header index on every request.
             .keep_alive(true);
-        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        // A stream's future is polled once where it is accepted (a hit needs no task of its
+        // own); see `stream_exec`.
+        let mut h2 = http2::Builder::new(InlineFirst);
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(protocol.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(MAX_H2_STREAMS)
