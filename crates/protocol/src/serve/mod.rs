@@ -39,7 +39,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use stream_exec::InlineFirst;
+use stream_exec::{Batched, InlineFirst};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -184,8 +184,8 @@ impl ListenerConf {
             // Header count stays at hyper's default limit (100, then 431): setting any other
             // value makes hyper heap-allocate its header index on every request.
             .keep_alive(true);
-        // A stream's future is polled once where it is accepted (a hit needs no task of its
-        // own); see `stream_exec`.
+        // A stream's future is polled first on its connection's task, with the other streams
+        // of the same read (a hit needs no task of its own); see `stream_exec`.
         let mut h2 = http2::Builder::new(InlineFirst);
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(protocol.max_header_bytes).unwrap_or(u32::MAX))
@@ -935,13 +935,27 @@ async fn serve<S, H, F, B>(
         }
         Proto::H2 if coalesce => {
             let io = TokioIo::new(coalesce::Coalesced::new(io));
-            let conn = conf.h2.serve_connection(io, service);
-            let run = drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label);
+            let conn = Batched::new(conf.h2.serve_connection(io, service));
+            let run = drive(
+                conn,
+                |c| c.conn().graceful_shutdown(),
+                &activity,
+                &t,
+                stop,
+                label,
+            );
             Box::pin(run).await
         }
         Proto::H2 => {
-            let conn = conf.h2.serve_connection(TokioIo::new(io), service);
-            let run = drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label);
+            let conn = Batched::new(conf.h2.serve_connection(TokioIo::new(io), service));
+            let run = drive(
+                conn,
+                |c| c.conn().graceful_shutdown(),
+                &activity,
+                &t,
+                stop,
+                label,
+            );
             Box::pin(run).await
         }
     }

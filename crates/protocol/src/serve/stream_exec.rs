@@ -4,42 +4,146 @@
 //! call, then the response head and body into the stream). With hyper-util's `TokioExecutor`
 //! that is a task per request: spawned (a heap cell, a run-queue push), polled once the
 //! connection's task yields, then the connection's task woken again to write what the stream
-//! queued, three task polls for a cache hit. [`InlineFirst`] polls the stream's future once
-//! on the connection's task, where it was accepted: a hit answers from memory, so the
-//! response and its body are queued in that one poll, and the connection's task writes them
-//! on its way back to the socket. Only a future that has to wait (a miss, a large body, a
-//! stream out of flow-control credit) becomes a task of its own, and is polled again there
-//! with that task's waker.
+//! queued, three task polls for a cache hit. Here a stream's future is polled once on the
+//! connection's task instead: a hit answers from memory, so its response and body are queued
+//! in that one poll. Only a future that has to wait (a miss, a large body, a stream out of
+//! flow-control credit) becomes a task of its own, polled again there with that task's waker.
+//!
+//! [`Batched`] wraps the connection so that the streams it accepts in one poll are run after
+//! that poll, together, and the connection is polled again at once to write what they queued:
+//! ten requests that arrive together are answered with one flush (over TLS, one record; see
+//! `coalesce`), as when each had its task, rather than a flush per stream. Outside a
+//! `Batched` poll (an upgrade handed over from a stream's own task) [`InlineFirst`] polls the
+//! future at once.
 //!
 //! The first poll runs under a no-op waker, which is sound because a spawned task polls the
 //! future again at once (a future must wake the waker of its latest poll, not an earlier
 //! one). A panic in that poll is caught and costs only its stream (dropping the future resets
 //! the stream), as it would inside a task of its own; it never ends the connection.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-/// Polls each stream's future once where it is handed over, and spawns it on the current
-/// tokio runtime only if it is not done (see the module's documentation).
+/// A stream's future, boxed once: polled in place, then spawned as it is if it waits.
+type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+thread_local! {
+    /// The streams handed over during the current [`Batched`] poll on this thread (`None`
+    /// outside one). A poll runs on one thread without interruption, so what is queued here
+    /// belongs to the connection being polled.
+    static BATCH: RefCell<Option<Vec<Stream>>> = const { RefCell::new(None) };
+}
+
+/// Runs each stream's future on the connection's task first (see the module's
+/// documentation): queued for its [`Batched`] connection, or polled at once outside one.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct InlineFirst;
 
 impl<F> hyper::rt::Executor<F> for InlineFirst
 where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
+    F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        let mut fut = Box::pin(fut);
-        let mut cx = Context::from_waker(Waker::noop());
-        match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
-            Ok(Poll::Ready(_)) => {}
-            Ok(Poll::Pending) => {
-                tokio::spawn(fut);
+        let fut: Stream = Box::pin(fut);
+        let outside = BATCH.with(|b| match b.borrow_mut().as_mut() {
+            Some(queue) => {
+                queue.push(fut);
+                None
             }
-            Err(_) => {
-                tracing::error!("an h2 stream's handler panicked; the stream is reset");
+            None => Some(fut),
+        });
+        if let Some(fut) = outside {
+            run_first(fut);
+        }
+    }
+}
+
+/// Polls `fut` once; spawns it on the current runtime if it is not done. Returns whether it
+/// finished in that poll.
+fn run_first(mut fut: Stream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(())) => true,
+        Ok(Poll::Pending) => {
+            tokio::spawn(fut);
+            false
+        }
+        Err(_) => {
+            tracing::error!("an h2 stream's handler panicked; the stream is reset");
+            true
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An h2 connection whose streams run on its own task first (see the module's
+    /// documentation).
+    pub struct Batched<C> {
+        #[pin]
+        conn: C,
+        // Kept between polls for its capacity.
+        queue: Vec<Stream>,
+    }
+}
+
+impl<C> Batched<C> {
+    /// Wraps `conn`, a hyper h2 connection built with [`InlineFirst`].
+    pub fn new(conn: C) -> Self {
+        Self {
+            conn,
+            queue: Vec::new(),
+        }
+    }
+
+    /// The connection (for its graceful shutdown).
+    pub fn conn(self: Pin<&mut Self>) -> Pin<&mut C> {
+        self.project().conn
+    }
+}
+
+/// Takes the queue back when the connection's poll ends, by return or by unwinding, so that
+/// no stream is left in the thread's slot.
+struct Enter<'a> {
+    queue: &'a mut Vec<Stream>,
+}
+
+impl<'a> Enter<'a> {
+    fn new(queue: &'a mut Vec<Stream>) -> Self {
+        let lent = std::mem::take(queue);
+        BATCH.with(|b| *b.borrow_mut() = Some(lent));
+        Self { queue }
+    }
+}
+
+impl Drop for Enter<'_> {
+    fn drop(&mut self) {
+        if let Some(q) = BATCH.with(|b| b.borrow_mut().take()) {
+            *self.queue = q;
+        }
+    }
+}
+
+impl<C: Future> Future for Batched<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        loop {
+            let polled = {
+                let _enter = Enter::new(this.queue);
+                this.conn.as_mut().poll(cx)
+            };
+            let mut answered = false;
+            for fut in this.queue.drain(..) {
+                answered |= run_first(fut);
+            }
+            // A stream that finished queued its response: poll the connection again to write
+            // it now rather than after a trip through the scheduler.
+            if polled.is_ready() || !answered {
+                return polled;
             }
         }
     }
@@ -50,15 +154,16 @@ where
 mod tests {
     use super::*;
     use hyper::rt::Executor;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
+    use std::time::Duration;
 
     #[tokio::test]
-    async fn a_ready_future_runs_inline() {
+    async fn outside_a_batch_a_ready_future_runs_at_once() {
         let ran = Arc::new(AtomicBool::new(false));
         let flag = ran.clone();
         InlineFirst.execute(async move { flag.store(true, Ordering::SeqCst) });
-        // No yield happened: only an inline poll can have run it.
+        // No yield happened: only a poll in place can have run it.
         assert!(ran.load(Ordering::SeqCst));
     }
 
@@ -74,7 +179,7 @@ mod tests {
         // The future waits on `rx` (registered under the no-op waker first); the spawned task
         // must have re-registered its own waker for this send to reach it.
         tx.send(41).expect("the future holds the receiver");
-        let got = tokio::time::timeout(std::time::Duration::from_secs(10), done_rx)
+        let got = tokio::time::timeout(Duration::from_secs(10), done_rx)
             .await
             .expect("the spawned future finishes")
             .expect("it sends");
@@ -87,5 +192,51 @@ mod tests {
             panic!("handler bug");
         });
         // Still here: the panic did not unwind into the caller (the connection's task).
+    }
+
+    /// A stand-in for hyper's connection: hands `n` streams to the executor on its first
+    /// poll, and counts its polls.
+    struct Accepts {
+        n: usize,
+        polls: Arc<AtomicUsize>,
+        ran: Arc<AtomicUsize>,
+    }
+
+    impl Future for Accepts {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            for _ in 0..std::mem::take(&mut self.n) {
+                let ran = self.ran.clone();
+                let ran_before = ran.load(Ordering::SeqCst);
+                InlineFirst.execute(async move {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                });
+                // Queued, not run: the streams of one poll run together after it.
+                assert_eq!(self.ran.load(Ordering::SeqCst), ran_before);
+            }
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_runs_after_the_poll_and_the_connection_is_polled_again() {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let mut conn = std::pin::pin!(Batched::new(Accepts {
+            n: 10,
+            polls: polls.clone(),
+            ran: ran.clone(),
+        }));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(conn.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(ran.load(Ordering::SeqCst), 10);
+        // Once to accept, once more to write what the ten queued; then nothing new.
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        // The thread's slot is empty again: a stream handed over now runs at once.
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        InlineFirst.execute(async move { f.store(true, Ordering::SeqCst) });
+        assert!(flag.load(Ordering::SeqCst));
     }
 }
