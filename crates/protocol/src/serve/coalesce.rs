@@ -22,9 +22,12 @@ pub(crate) const COALESCE_MAX: usize = 16 * 1024;
 /// The buffer's first size (it grows up to [`COALESCE_MAX`] when more is written).
 const COALESCE_FIRST: usize = 4 * 1024;
 
-/// A stream whose small writes are gathered until a flush (see the module docs).
+/// A stream whose small writes are gathered until a flush (see the module docs), or, made
+/// with [`Coalesced::passthrough`], handed on as they come.
 pub(crate) struct Coalesced<S> {
     inner: S,
+    /// Whether writes are gathered.
+    gather: bool,
     buf: Vec<u8>,
     /// Bytes of `buf` already handed on.
     sent: usize,
@@ -35,8 +38,19 @@ impl<S> Coalesced<S> {
     pub(crate) fn new(inner: S) -> Self {
         Self {
             inner,
+            gather: true,
             buf: Vec::new(),
             sent: 0,
+        }
+    }
+
+    /// Wraps `inner` without gathering: over plain TCP an h2 response's frames already leave
+    /// in one `writev` (the h2 crate chains the body after the head), and gathering them would
+    /// only copy the body once more.
+    pub(crate) fn passthrough(inner: S) -> Self {
+        Self {
+            gather: false,
+            ..Self::new(inner)
         }
     }
 }
@@ -83,6 +97,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let me = self.get_mut();
+        if !me.gather {
+            return Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if me.buf.len() + total > COALESCE_MAX {
             ready!(me.poll_drain(cx))?;
@@ -100,7 +117,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.gather || self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -204,5 +221,24 @@ mod tests {
         assert_eq!(all, want);
         // The inner stream took at most 5000 bytes a write: partial writes were resumed.
         assert!(rec.writes.lock().unwrap().iter().all(|w| w.len() <= 5000));
+    }
+
+    #[tokio::test]
+    async fn passthrough_hands_each_write_on_at_once() {
+        use tokio::io::AsyncWriteExt;
+        let rec = Recorder {
+            limit: usize::MAX,
+            ..Default::default()
+        };
+        let mut io = Coalesced::passthrough(rec.clone());
+        io.write_all(b"one").await.unwrap();
+        io.write_all(b"two").await.unwrap();
+        assert_eq!(
+            *rec.writes.lock().unwrap(),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+        io.flush().await.unwrap();
+        assert_eq!(*rec.flushes.lock().unwrap(), 1);
+        assert_eq!(io.buf.capacity(), 0);
     }
 }

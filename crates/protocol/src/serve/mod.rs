@@ -906,7 +906,7 @@ async fn serve<S, H, F, B>(
     let activity = Arc::new(Activity::new(proto == Proto::H1));
     // h2 over TLS gathers the frames of one flush into one record (see `coalesce`); the
     // watchdog sits below, so it sees the writes that reach the socket and their stalls.
-    let coalesce = tls.is_some() && proto == Proto::H2;
+    let gather = tls.is_some();
     let io = Watched {
         inner: io,
         activity: activity.clone(),
@@ -933,21 +933,12 @@ async fn serve<S, H, F, B>(
             let run = drive(conn, |c| c.graceful_shutdown(), &activity, &t, stop, label);
             Box::pin(run).await
         }
-        Proto::H2 if coalesce => {
-            let io = TokioIo::new(coalesce::Coalesced::new(io));
-            let conn = Batched::new(conf.h2.serve_connection(io, service));
-            let run = drive(
-                conn,
-                |c| c.conn().graceful_shutdown(),
-                &activity,
-                &t,
-                stop,
-                label,
-            );
-            Box::pin(run).await
-        }
         Proto::H2 => {
-            let conn = Batched::new(conf.h2.serve_connection(TokioIo::new(io), service));
+            let io = TokioIo::new(match gather {
+                true => coalesce::Coalesced::new(io),
+                false => coalesce::Coalesced::passthrough(io),
+            });
+            let conn = Batched::new(conf.h2.serve_connection(io, service));
             let run = drive(
                 conn,
                 |c| c.conn().graceful_shutdown(),

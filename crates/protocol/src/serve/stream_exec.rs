@@ -10,11 +10,12 @@
 //! flow-control credit) becomes a task of its own, polled again there with that task's waker.
 //!
 //! [`Batched`] wraps the connection so that the streams it accepts in one poll are run after
-//! that poll, together, and the connection is polled again at once to write what they queued:
-//! ten requests that arrive together are answered with one flush (over TLS, one record; see
-//! `coalesce`), as when each had its task, rather than a flush per stream. Outside a
-//! `Batched` poll (an upgrade handed over from a stream's own task) [`InlineFirst`] polls the
-//! future at once.
+//! that poll, together, and the connection is polled again at once to write what they queued.
+//! Run the moment each was accepted, every stream's response was written before the next
+//! stream was taken (h2 writes what is queued each time it is asked for a stream): one
+//! `poll_complete` and write pass per stream, which over TLS cost ten streams 5% against the
+//! task per stream. Outside a `Batched` poll (an upgrade handed over from a stream's own task)
+//! [`InlineFirst`] polls the future at once.
 //!
 //! The first poll runs under a no-op waker, which is sound because a spawned task polls the
 //! future again at once (a future must wake the waker of its latest poll, not an earlier
