@@ -329,6 +329,7 @@ fn oversize_pem_is_refused() {
     let e = load_file(&dir.join("edge.toml")).unwrap_err();
     assert_eq!(e.errors[0].field, "service[0].tls.key_file", "{e}");
     assert!(e.errors[0].message.contains("the limit is 16384"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir); // kept when the test fails
 }
 
 fn scratch(name: &str) -> std::path::PathBuf {

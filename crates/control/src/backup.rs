@@ -275,5 +275,6 @@ mod tests {
             .unwrap();
         assert!(restore(&c, bad).await.is_err());
         assert!(c.versions(10).await.unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir); // kept when the test fails
     }
 }

@@ -408,5 +408,6 @@ mod tests {
         assert!(s.set_state(0, &state).await.unwrap());
         assert!(!s.set_state(0, &state).await.unwrap());
         assert_eq!(s.state().await.unwrap().unwrap().seq, 1);
+        let _ = std::fs::remove_dir_all(&dir); // kept when the test fails
     }
 }

@@ -262,6 +262,7 @@ mod tests {
         assert_eq!(bad, Some(7));
         assert!(j.is_bad(7));
         assert!(!j.is_bad(6));
+        let _ = std::fs::remove_dir_all(&d); // kept when the test fails
     }
 
     #[test]
@@ -288,6 +289,7 @@ mod tests {
         assert_eq!(j.judge_bad(7, (1, 6)), BadVerdict::Retry);
         assert!(!j.is_bad(7));
         assert_eq!(j.judge_bad(7, (1, 6)), BadVerdict::Good);
+        let _ = std::fs::remove_dir_all(&d); // kept when the test fails
     }
 
     #[test]
@@ -303,5 +305,6 @@ mod tests {
         let (j, bad) = BootJournal::open(&d, SafeMode::default());
         assert_eq!(bad, None);
         assert!(j.bad().is_empty());
+        let _ = std::fs::remove_dir_all(&d); // kept when the test fails
     }
 }
