@@ -148,6 +148,16 @@ mod tests {
         limit: usize,
     }
 
+    impl Recorder {
+        /// A recorder that accepts at most `limit` bytes per write.
+        fn taking(limit: usize) -> Self {
+            Self {
+                limit,
+                ..Default::default()
+            }
+        }
+    }
+
     impl AsyncRead for Recorder {
         fn poll_read(
             self: Pin<&mut Self>,
@@ -182,10 +192,7 @@ mod tests {
     #[tokio::test]
     async fn small_writes_between_flushes_go_out_as_one() {
         use tokio::io::AsyncWriteExt;
-        let rec = Recorder {
-            limit: usize::MAX,
-            ..Default::default()
-        };
+        let rec = Recorder::taking(usize::MAX);
         let mut io = Coalesced::new(rec.clone());
         for i in 0..10u8 {
             io.write_all(&[i; 100]).await.unwrap();
@@ -204,10 +211,7 @@ mod tests {
     #[tokio::test]
     async fn large_writes_pass_through_after_what_was_buffered_in_order() {
         use tokio::io::AsyncWriteExt;
-        let rec = Recorder {
-            limit: 5000,
-            ..Default::default()
-        };
+        let rec = Recorder::taking(5000);
         let mut io = Coalesced::new(rec.clone());
         io.write_all(b"head").await.unwrap();
         let big = vec![7u8; COALESCE_MAX + 10];
@@ -226,10 +230,7 @@ mod tests {
     #[tokio::test]
     async fn passthrough_hands_each_write_on_at_once() {
         use tokio::io::AsyncWriteExt;
-        let rec = Recorder {
-            limit: usize::MAX,
-            ..Default::default()
-        };
+        let rec = Recorder::taking(usize::MAX);
         let mut io = Coalesced::passthrough(rec.clone());
         io.write_all(b"one").await.unwrap();
         io.write_all(b"two").await.unwrap();
