@@ -934,11 +934,12 @@ async fn serve<S, H, F, B>(
             Box::pin(run).await
         }
         Proto::H2 => {
-            let io = TokioIo::new(match gather {
+            let io = match gather {
                 true => coalesce::Coalesced::new(io),
                 false => coalesce::Coalesced::passthrough(io),
-            });
-            let conn = Batched::new(conf.h2.serve_connection(io, service));
+            };
+            let flusher = io.flusher();
+            let conn = Batched::new(conf.h2.serve_connection(TokioIo::new(io), service), flusher);
             let run = drive(
                 conn,
                 |c| c.conn().graceful_shutdown(),
