@@ -585,3 +585,58 @@ impl Edge {
         }
     }
 }
+
+/// The body [`sized_origin`] serves for `/n/<len>`: `len` bytes that differ per length.
+pub fn sized_body(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + len) as u8).collect()
+}
+
+/// An origin that answers `/n/<len>` with [`sized_body`]`(len)`, cacheable for a minute.
+pub async fn sized_origin() -> TestOrigin {
+    TestOrigin::start(|r| {
+        let len = r
+            .uri
+            .path()
+            .strip_prefix("/n/")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Reply::ok(sized_body(len)).cc("max-age=60")
+    })
+    .await
+}
+
+/// Forty streams at once on one h2 connection to an edge in front of [`sized_origin`]
+/// (`base` is the scheme and authority), twice (misses, then hits), for bodies from empty to
+/// well past one TLS record: each must arrive whole, with its own bytes. The edge gathers
+/// what one poll of the connection writes and sends it after the poll; this is what that
+/// must not mix up or hold back.
+pub async fn many_streams_get_their_own_bytes(
+    send: hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    base: &str,
+) {
+    let lens = [0usize, 1, 300, 1024, 5000, 16_384, 16_385, 70_000, 300_000];
+    for round in 0..2 {
+        let mut asks = Vec::new();
+        for (i, &len) in lens.iter().cycle().take(40).enumerate() {
+            let mut send = send.clone();
+            let uri = format!("{base}/n/{len}");
+            asks.push(tokio::spawn(async move {
+                send.ready().await.unwrap();
+                let req = Request::get(uri)
+                    .body(http_body_util::Empty::new())
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!(resp.status(), StatusCode::OK, "stream {i}");
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(body.len(), len, "stream {i}, round {round}");
+                assert!(body == sized_body(len), "stream {i}: wrong bytes");
+            }));
+        }
+        for ask in asks {
+            tokio::time::timeout(Duration::from_secs(10), ask)
+                .await
+                .expect("every stream is answered within 10 s")
+                .expect("and has the right body");
+        }
+    }
+}

@@ -24,6 +24,21 @@ async fn http1_keep_alive_serves_several_requests_on_one_connection() {
 }
 
 #[tokio::test]
+async fn many_h2c_streams_at_once_each_get_their_own_bytes() {
+    let origin = sized_origin().await;
+    let edge = edge_for(&origin).await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    many_streams_get_their_own_bytes(send, &format!("http://localhost:{}", edge.addr.port())).await;
+}
+
+#[tokio::test]
 async fn http2_prior_knowledge_is_served() {
     let origin = TestOrigin::start(|_| Reply::ok("over h2").cc("max-age=60")).await;
     let edge = edge_for(&origin).await;

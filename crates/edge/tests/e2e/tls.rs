@@ -253,27 +253,10 @@ async fn https_over_http1_and_h2_serves_a_miss_then_a_hit() {
     assert_eq!(origin.count(), 2, "one origin request per path");
 }
 
-/// The body the sized origin serves for `/n/<len>`: `len` bytes that differ per length.
-fn sized_body(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 + len) as u8).collect()
-}
-
 #[tokio::test]
 async fn many_h2_streams_at_once_over_tls_each_get_their_own_bytes() {
-    // The edge gathers the frames one poll of an h2 connection writes and sends them after
-    // the poll: concurrent streams, hits and misses, bodies smaller and larger than one TLS
-    // record, all on one connection, must each arrive whole and in order.
     let ca = Ca::new();
-    let origin = TestOrigin::start(|r| {
-        let len = r
-            .uri
-            .path()
-            .strip_prefix("/n/")
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        Reply::ok(sized_body(len)).cc("max-age=60")
-    })
-    .await;
+    let origin = sized_origin().await;
     let a = ca.leaf(&["a.example"]);
     let edge = start_edge(&tls_edge_config(&[service(
         "a",
@@ -287,31 +270,7 @@ async fn many_h2_streams_at_once_over_tls_each_get_their_own_bytes() {
     let Sender::H2(send) = conn.sender else {
         panic!("h2 was not negotiated");
     };
-    let lens = [0usize, 1, 300, 1024, 5000, 16_384, 16_385, 70_000, 300_000];
-    // Twice: the first round has misses, the second hits.
-    for round in 0..2 {
-        let mut asks = Vec::new();
-        for (i, &len) in lens.iter().cycle().take(40).enumerate() {
-            let mut send = send.clone();
-            asks.push(tokio::spawn(async move {
-                send.ready().await.unwrap();
-                let req = Request::get(format!("https://a.example/n/{len}"))
-                    .body(Empty::new())
-                    .unwrap();
-                let resp = send.send_request(req).await.unwrap();
-                assert_eq!(resp.status(), StatusCode::OK, "stream {i}");
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
-                assert_eq!(body.len(), len, "stream {i}, round {round}");
-                assert!(body == sized_body(len), "stream {i}: wrong bytes");
-            }));
-        }
-        for ask in asks {
-            tokio::time::timeout(WAIT, ask)
-                .await
-                .expect("every stream is answered within 10 s")
-                .expect("and has the right body");
-        }
-    }
+    many_streams_get_their_own_bytes(send, "https://a.example").await;
 }
 
 #[tokio::test]

@@ -7,7 +7,8 @@
 //! its own (sealed, framed, its buffer allocated). [`Coalesced`] gathers the writes (up to
 //! [`COALESCE_MAX`] bytes) and, while its connection is being polled by
 //! [`super::stream_exec::Batched`], holds the flushes back: the batch's [`Flusher`] sends
-//! what the poll wrote once it ends, as one record and one system call.
+//! what the poll wrote once it ends, as one system call (over TLS, one record). Small bodies
+//! are copied once more for it, which costs less than the system calls it saves.
 //!
 //! The hold is safe because the flush is ours, not h2's: `Batched` flushes after every poll
 //! of the connection, whatever h2 did in it (a handshake flushes once and then only reads,
@@ -31,8 +32,7 @@ pub(crate) const COALESCE_MAX: usize = 16 * 1024;
 const COALESCE_FIRST: usize = 4 * 1024;
 
 /// A stream whose small writes are gathered until a flush and whose flushes wait for the end
-/// of its connection's poll (see the module docs); made with [`Coalesced::passthrough`],
-/// writes are handed on as they come.
+/// of its connection's poll (see the module docs).
 pub(crate) struct Coalesced<S> {
     shared: Arc<Mutex<Writer<S>>>,
 }
@@ -47,8 +47,6 @@ pub(crate) struct Flusher<S> {
 /// task, so the lock is never contended.
 struct Writer<S> {
     inner: S,
-    /// Whether writes are gathered.
-    gather: bool,
     buf: Vec<u8>,
     /// Bytes of `buf` already handed on.
     sent: usize,
@@ -63,19 +61,9 @@ struct Writer<S> {
 impl<S> Coalesced<S> {
     /// Wraps `inner`.
     pub(crate) fn new(inner: S) -> Self {
-        Self::with(inner, true)
-    }
-
-    /// Wraps `inner` without gathering: writes go through at once (flushes are still held).
-    pub(crate) fn passthrough(inner: S) -> Self {
-        Self::with(inner, false)
-    }
-
-    fn with(inner: S, gather: bool) -> Self {
         Self {
             shared: Arc::new(Mutex::new(Writer {
                 inner,
-                gather,
                 buf: Vec::new(),
                 sent: 0,
                 hold: false,
@@ -142,9 +130,6 @@ impl<S: AsyncWrite + Unpin> Writer<S> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.check()?;
-        if !self.gather {
-            return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        }
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if self.buf.len() + total > COALESCE_MAX {
             ready!(self.poll_drain(cx))?;
@@ -220,8 +205,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        let w = self.writer();
-        w.gather || w.inner.is_write_vectored()
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -343,22 +327,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn passthrough_hands_each_write_on_at_once() {
-        use tokio::io::AsyncWriteExt;
-        let rec = Recorder::taking(usize::MAX);
-        let mut io = Coalesced::passthrough(rec.clone());
-        io.write_all(b"one").await.unwrap();
-        io.write_all(b"two").await.unwrap();
-        assert_eq!(
-            *rec.writes.lock().unwrap(),
-            vec![b"one".to_vec(), b"two".to_vec()]
-        );
-        io.flush().await.unwrap();
-        assert_eq!(*rec.flushes.lock().unwrap(), 1);
-        assert_eq!(io.writer().buf.capacity(), 0);
-    }
-
-    #[tokio::test]
     async fn held_flushes_wait_for_the_flusher_and_leave_as_one_write() {
         use std::future::poll_fn;
         use tokio::io::AsyncWriteExt;
@@ -382,23 +350,6 @@ mod tests {
         assert_eq!(writes[0], [[0u8; 100], [1; 100], [2; 100]].concat());
         assert_eq!(*rec.flushes.lock().unwrap(), 1);
         // Owed no more.
-        poll_fn(|cx| flusher.poll_flush(cx)).await;
-        assert_eq!(*rec.flushes.lock().unwrap(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_held_passthrough_stream_writes_at_once_and_flushes_later() {
-        use std::future::poll_fn;
-        use tokio::io::AsyncWriteExt;
-        let rec = Recorder::taking(usize::MAX);
-        let mut io = Coalesced::passthrough(rec.clone());
-        let flusher = io.flusher();
-        flusher.hold(true);
-        io.write_all(b"one").await.unwrap();
-        io.flush().await.unwrap();
-        flusher.hold(false);
-        assert_eq!(*rec.writes.lock().unwrap(), vec![b"one".to_vec()]);
-        assert_eq!(*rec.flushes.lock().unwrap(), 0);
         poll_fn(|cx| flusher.poll_flush(cx)).await;
         assert_eq!(*rec.flushes.lock().unwrap(), 1);
     }

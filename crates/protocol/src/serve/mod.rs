@@ -904,9 +904,8 @@ async fn serve<S, H, F, B>(
 {
     let t = conf.timeouts;
     let activity = Arc::new(Activity::new(proto == Proto::H1));
-    // h2 over TLS gathers the frames of one flush into one record (see `coalesce`); the
-    // watchdog sits below, so it sees the writes that reach the socket and their stalls.
-    let gather = tls.is_some();
+    // h2 gathers the frames one poll writes into one write (see `coalesce`); the watchdog
+    // sits below, so it sees the writes that reach the socket and their stalls.
     let io = Watched {
         inner: io,
         activity: activity.clone(),
@@ -934,10 +933,7 @@ async fn serve<S, H, F, B>(
             Box::pin(run).await
         }
         Proto::H2 => {
-            let io = match gather {
-                true => coalesce::Coalesced::new(io),
-                false => coalesce::Coalesced::passthrough(io),
-            };
+            let io = coalesce::Coalesced::new(io);
             let flusher = io.flusher();
             let conn = Batched::new(conf.h2.serve_connection(TokioIo::new(io), service), flusher);
             let run = drive(
