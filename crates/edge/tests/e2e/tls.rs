@@ -83,6 +83,19 @@ fn tls_edge_config(services: &[String]) -> String {
     )
 }
 
+/// An edge with one TLS service, `a` (host and certificate `a.example`), in front of `origin`.
+async fn edge_for_a(ca: &Ca, origin: SocketAddr) -> Edge {
+    let a = ca.leaf(&["a.example"]);
+    start_edge(&tls_edge_config(&[service(
+        "a",
+        &["a.example"],
+        origin,
+        &a,
+        "",
+    )]))
+    .await
+}
+
 async fn cacheable_origin() -> TestOrigin {
     TestOrigin::start(|r| Reply::ok(format!("body of {}", r.uri.path())).cc("max-age=60")).await
 }
@@ -219,15 +232,7 @@ impl Conn {
 async fn https_over_http1_and_h2_serves_a_miss_then_a_hit() {
     let ca = Ca::new();
     let origin = cacheable_origin().await;
-    let a = ca.leaf(&["a.example"]);
-    let edge = start_edge(&tls_edge_config(&[service(
-        "a",
-        &["a.example"],
-        origin.addr,
-        &a,
-        "",
-    )]))
-    .await;
+    let edge = edge_for_a(&ca, origin.addr).await;
     for (alpn, version, path) in [
         (b"http/1.1".as_slice(), Version::HTTP_11, "/over-h1"),
         (b"h2".as_slice(), Version::HTTP_2, "/over-h2"),
@@ -257,15 +262,7 @@ async fn https_over_http1_and_h2_serves_a_miss_then_a_hit() {
 async fn many_h2_streams_at_once_over_tls_each_get_their_own_bytes() {
     let ca = Ca::new();
     let origin = sized_origin().await;
-    let a = ca.leaf(&["a.example"]);
-    let edge = start_edge(&tls_edge_config(&[service(
-        "a",
-        &["a.example"],
-        origin.addr,
-        &a,
-        "",
-    )]))
-    .await;
+    let edge = edge_for_a(&ca, origin.addr).await;
     let conn = Conn::open(edge.addr, &ca.client(&[b"h2"]), "a.example").await;
     let Sender::H2(send) = conn.sender else {
         panic!("h2 was not negotiated");
@@ -447,15 +444,7 @@ async fn a_reload_rotates_the_certificate_for_new_handshakes_and_keeps_establish
 async fn tls_1_2_and_1_3_are_served_and_tls_1_1_is_refused() {
     let ca = Ca::new();
     let origin = cacheable_origin().await;
-    let a = ca.leaf(&["a.example"]);
-    let edge = start_edge(&tls_edge_config(&[service(
-        "a",
-        &["a.example"],
-        origin.addr,
-        &a,
-        "",
-    )]))
-    .await;
+    let edge = edge_for_a(&ca, origin.addr).await;
     for (version, expected) in [
         (&rustls::version::TLS12, ProtocolVersion::TLSv1_2),
         (&rustls::version::TLS13, ProtocolVersion::TLSv1_3),
@@ -504,15 +493,7 @@ async fn tls_1_2_and_1_3_are_served_and_tls_1_1_is_refused() {
 async fn a_second_connection_with_the_same_client_resumes_its_session() {
     let ca = Ca::new();
     let origin = cacheable_origin().await;
-    let a = ca.leaf(&["a.example"]);
-    let edge = start_edge(&tls_edge_config(&[service(
-        "a",
-        &["a.example"],
-        origin.addr,
-        &a,
-        "",
-    )]))
-    .await;
+    let edge = edge_for_a(&ca, origin.addr).await;
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
         let client = ca.client_only(version);
         let mut first = Conn::open(edge.addr, &client, "a.example").await;
