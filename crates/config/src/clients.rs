@@ -47,6 +47,12 @@ pub struct ClientLimitsConfig {
     /// Most client addresses whose rate state is kept per service; when full, the entry
     /// closest to a fresh bucket is forgotten.
     pub max_tracked_addresses: usize,
+    /// Most bytes of a response waiting unsent in a client socket before the edge turns to
+    /// other connections (`TCP_NOTSENT_LOWAT`): a large body is handed to the kernel in steps
+    /// of about this size, so one download cannot fill the kernel's buffers while the others
+    /// wait. Bytes already in flight to the client are not counted: it does not cap
+    /// throughput. 0 = the kernel's setting (by default, no such bound).
+    pub send_queue_bytes: u32,
 }
 
 impl Default for ClientLimitsConfig {
@@ -64,6 +70,7 @@ impl Default for ClientLimitsConfig {
             burst: 0,
             rate_limited_delay_ms: 250,
             max_tracked_addresses: 100_000,
+            send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
         }
     }
 }
@@ -133,6 +140,16 @@ pub(crate) fn check(c: &mut Checker, l: &ClientLimitsConfig) {
         c.fail(
             &at("rate_limited_delay_ms"),
             format!("must be at most {MAX_RATE_LIMITED_DELAY_MS} ms (0 = answer at once)"),
+        );
+    }
+    if l.send_queue_bytes != 0
+        && !(MIN_SEND_QUEUE_BYTES..=MAX_SEND_QUEUE_BYTES).contains(&l.send_queue_bytes)
+    {
+        c.fail(
+            &at("send_queue_bytes"),
+            format!(
+                "must be 0 (the kernel's setting) or between {MIN_SEND_QUEUE_BYTES} and {MAX_SEND_QUEUE_BYTES}"
+            ),
         );
     }
     rate(c, &at("requests_per_second"), l.requests_per_second);

@@ -589,6 +589,41 @@ fn connection_workers_are_bounded() {
     );
 }
 
+/// `limits.clients.send_queue_bytes`: 128 KiB by default; 0 is the kernel's setting; else
+/// between 16 KiB and 64 MiB, refused with the field named.
+#[test]
+fn send_queue_bytes_is_the_kernels_or_bounded() {
+    let text = |n: u64| {
+        format!(
+            "[[listener]]\naddr = \"127.0.0.1:8080\"\n\n[limits.clients]\nsend_queue_bytes = {n}\n\n\
+             [[service]]\nname = \"a\"\nhosts = [\"a.example\"]\n[service.origin]\n\
+             servers = [{{ addr = \"127.0.0.1:9000\" }}]\n"
+        )
+    };
+    let bytes = |n: u64| {
+        parse_str("edge.toml", &text(n))
+            .map(|c| c.limits.clients.send_queue_bytes)
+            .map_err(|e| e.errors[0].field.clone())
+    };
+    assert_eq!(
+        crate::LimitsConfig::default().clients.send_queue_bytes,
+        128 * 1024
+    );
+    assert_eq!(bytes(0), Ok(0));
+    assert_eq!(bytes(16 * 1024), Ok(16 * 1024));
+    assert_eq!(bytes(64 << 20), Ok(64 << 20));
+    for bad in [1, 16 * 1024 - 1, (64 << 20) + 1] {
+        assert_eq!(
+            bytes(bad),
+            Err("limits.clients.send_queue_bytes".to_string()),
+            "{bad}"
+        );
+    }
+    // Not a u32: refused by the parser, still naming the field.
+    let e = parse_str("edge.toml", &text(1 << 40)).unwrap_err();
+    assert!(e.to_string().contains("send_queue_bytes"), "{e}");
+}
+
 /// `cache.zero_copy_min_bytes`: 16 KiB by default; 0 turns it off; between, a page at least.
 #[test]
 fn zero_copy_min_bytes_is_off_or_a_page_at_least() {

@@ -174,6 +174,8 @@ impl ApiLimits {
                 max_header_bytes: MAX_HEADER_BYTES,
                 h2_keepalive_interval: self.h2_keepalive,
                 h2_keepalive_timeout: self.h2_keepalive,
+                // API answers are small: the kernel's setting.
+                send_queue_bytes: None,
             },
             false,
             Arc::new(AddressTable::new(self.max_connections_per_address)),

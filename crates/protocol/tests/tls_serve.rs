@@ -67,6 +67,7 @@ async fn site() -> Site {
         max_header_bytes: 16 * 1024,
         h2_keepalive_interval: Duration::from_secs(5),
         h2_keepalive_timeout: Duration::from_secs(5),
+        send_queue_bytes: None,
     };
     let conf =
         ListenerConf::with("client", t, p, false, Arc::new(AddressTable::new(64))).with_tls(config);

@@ -9,6 +9,8 @@
 //!   drops.
 //! - [`stream`]: [`stream::SendStream`], a `TcpStream` whose vectored writes send the parts
 //!   that lie in the pages with `sendfile` and the rest with `sendmsg(MSG_MORE)`.
+//! - [`sockopt`]: `TCP_NOTSENT_LOWAT`, which bounds how much of a body waits unsent in one
+//!   socket (no safe crate sets it).
 //!
 //! Why the pages stay correct while the kernel still holds them: a page handed to a socket
 //! stays referenced by the socket buffer until the peer has read it, which can be long after
@@ -31,6 +33,7 @@
 )]
 
 pub mod arena;
+pub mod sockopt;
 pub mod stream;
 
 pub use arena::{arena, Arena, ArenaStats};

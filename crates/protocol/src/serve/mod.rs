@@ -110,6 +110,9 @@ pub struct Protocol {
     pub h2_keepalive_interval: Duration,
     /// Time a PING may go unanswered before the connection is closed.
     pub h2_keepalive_timeout: Duration,
+    /// Most bytes a connection's socket holds unsent (`TCP_NOTSENT_LOWAT`); `None` leaves
+    /// the kernel's setting.
+    pub send_queue_bytes: Option<u32>,
 }
 
 impl Protocol {
@@ -119,6 +122,7 @@ impl Protocol {
             max_header_bytes: limits.max_header_bytes,
             h2_keepalive_interval: Duration::from_millis(limits.clients.h2_keepalive_interval_ms),
             h2_keepalive_timeout: Duration::from_millis(limits.clients.h2_keepalive_timeout_ms),
+            send_queue_bytes: Some(limits.clients.send_queue_bytes).filter(|&b| b > 0),
         }
     }
 }
@@ -140,6 +144,8 @@ pub struct ListenerConf {
     pub timeouts: Timeouts,
     /// Open connections per client address.
     pub per_address: Arc<AddressTable>,
+    /// `TCP_NOTSENT_LOWAT` for accepted sockets (see [`Protocol::send_queue_bytes`]).
+    send_queue_bytes: Option<u32>,
     h1: http1::Builder,
     h2: http2::Builder<InlineFirst>,
     tls: Option<TlsAcceptor>,
@@ -199,6 +205,7 @@ impl ListenerConf {
             proxy_protocol,
             timeouts,
             per_address,
+            send_queue_bytes: protocol.send_queue_bytes,
             h1,
             h2,
             tls: None,
@@ -770,6 +777,11 @@ pub async fn accept_loop<H, F, B>(
             }
         };
         let _ = stream.set_nodelay(true);
+        if let Some(bytes) = conf.send_queue_bytes {
+            if let Err(e) = firebreak_zerocopy::sockopt::set_notsent_lowat(&stream, bytes) {
+                tracing::debug!(error = %e, "TCP_NOTSENT_LOWAT not set");
+            }
+        }
         let handler = handler.clone();
         let stop = stop.clone();
         let Some(workers) = conf.workers.as_ref().and_then(std::sync::Weak::upgrade) else {
