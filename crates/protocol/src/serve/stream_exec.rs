@@ -29,7 +29,11 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use atomic_waker::AtomicWaker;
 
 /// A stream's future, boxed once: polled in place, then spawned as it is if it waits.
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -111,6 +115,9 @@ pin_project_lite::pin_project! {
         flush: F,
         // Kept between polls for its capacity.
         queue: Vec<Stream>,
+        wakes: Arc<Wakes>,
+        // `wakes` as the waker the connection is polled with; made once.
+        waker: Waker,
     }
 }
 
@@ -118,16 +125,51 @@ impl<C, F> Batched<C, F> {
     /// Wraps `conn`, a hyper h2 connection built with [`InlineFirst`] over the stream `flush`
     /// holds the flushes of.
     pub fn new(conn: C, flush: F) -> Self {
+        let wakes = Arc::new(Wakes::default());
         Self {
             conn,
             flush,
             queue: Vec::new(),
+            waker: Waker::from(wakes.clone()),
+            wakes,
         }
     }
 
     /// The connection (for its graceful shutdown).
     pub fn conn(self: Pin<&mut Self>) -> Pin<&mut C> {
         self.project().conn
+    }
+}
+
+/// The waker a [`Batched`] connection is polled with. h2 wakes the connection's task whenever
+/// a stream queues a frame, so a stream answered inside the poll woke the task that was about
+/// to poll the connection again anyway: a second task poll per request, which found nothing
+/// to do. A wake that arrives while [`Batched`] polls is noted here instead, and passed on to
+/// the task only if no poll of the connection followed it.
+#[derive(Default)]
+struct Wakes {
+    /// The connection task's waker, taken by the wake that passes it on.
+    task: AtomicWaker,
+    /// [`POLLING`] and [`WOKEN`].
+    state: AtomicU8,
+}
+
+/// `Wakes::state`: `Batched` is polling the connection; a wake only sets [`WOKEN`].
+const POLLING: u8 = 1;
+/// `Wakes::state`: a wake arrived since the last poll of the connection began.
+const WOKEN: u8 = 2;
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Either the poller sees WOKEN when it stops polling (it clears POLLING and reads
+        // WOKEN in one swap), or this sees POLLING already cleared and wakes the task.
+        if self.state.fetch_or(WOKEN, Ordering::AcqRel) & POLLING == 0 {
+            self.task.wake();
+        }
     }
 }
 
@@ -158,11 +200,14 @@ impl<C: Future, F: HeldFlush> Future for Batched<C, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
         let mut this = self.project();
+        this.wakes.task.register(cx.waker());
+        this.wakes.state.store(POLLING, Ordering::Release);
+        let mut inner = Context::from_waker(this.waker);
         let polled = loop {
             this.flush.hold(true);
             let polled = {
                 let _enter = Enter::new(this.queue);
-                this.conn.as_mut().poll(cx)
+                this.conn.as_mut().poll(&mut inner)
             };
             this.flush.hold(false);
             let mut answered = false;
@@ -170,11 +215,18 @@ impl<C: Future, F: HeldFlush> Future for Batched<C, F> {
                 answered |= run_first(fut);
             }
             // A stream that finished queued its response: poll the connection again to write
-            // it now rather than after a trip through the scheduler.
+            // it now rather than after a trip through the scheduler. That poll covers the
+            // wakes so far (h2's "a frame is queued"), so they are forgotten.
             if polled.is_ready() || !answered {
                 break polled;
             }
+            this.wakes.state.fetch_and(!WOKEN, Ordering::AcqRel);
         };
+        // A wake since the last poll began (the connection yielding, a stream still running
+        // that queued a frame) still needs one: the task's own.
+        if this.wakes.state.swap(0, Ordering::AcqRel) & WOKEN != 0 {
+            cx.waker().wake_by_ref();
+        }
         // What the polls wrote leaves now, together. If the socket is full, its waker is this
         // task's: the connection is polled (and this flush made) again when it drains.
         let _ = this.flush.poll_flush(cx);
@@ -302,5 +354,139 @@ mod tests {
         let f = flag.clone();
         InlineFirst.execute(async move { f.store(true, Ordering::SeqCst) });
         assert!(flag.load(Ordering::SeqCst));
+    }
+
+    /// Counts the wakes of the task polling a [`Batched`].
+    #[derive(Default)]
+    struct TaskWakes(AtomicUsize);
+
+    impl Wake for TaskWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A stand-in for hyper's connection that behaves as h2 does: it keeps the waker of its
+    /// latest poll, and the stream it hands over wakes that waker (h2's "a frame is queued")
+    /// when it runs. With `yields`, every poll also wakes itself (a connection giving up the
+    /// thread after a long poll).
+    struct Wakeful {
+        streams: usize,
+        yields: bool,
+        waker: Arc<std::sync::Mutex<Option<Waker>>>,
+        polls: Arc<AtomicUsize>,
+    }
+
+    impl Future for Wakeful {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            *self.waker.lock().expect("not poisoned") = Some(cx.waker().clone());
+            if std::mem::take(&mut self.streams) > 0 {
+                let waker = self.waker.clone();
+                InlineFirst.execute(async move {
+                    if let Some(w) = waker.lock().expect("not poisoned").as_ref() {
+                        w.wake_by_ref();
+                    }
+                });
+            }
+            if self.yields {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
+        }
+    }
+
+    fn wakeful(
+        yields: bool,
+    ) -> (
+        Wakeful,
+        Arc<std::sync::Mutex<Option<Waker>>>,
+        Arc<AtomicUsize>,
+    ) {
+        let waker = Arc::new(std::sync::Mutex::new(None));
+        let polls = Arc::new(AtomicUsize::new(0));
+        let conn = Wakeful {
+            streams: 1,
+            yields,
+            waker: waker.clone(),
+            polls: polls.clone(),
+        };
+        (conn, waker, polls)
+    }
+
+    #[tokio::test]
+    async fn a_wake_the_next_poll_covers_does_not_wake_the_task_again() {
+        let (conn, kept, polls) = wakeful(false);
+        let mut conn = std::pin::pin!(Batched::new(conn, Arc::new(Flushes::default())));
+        let task = Arc::new(TaskWakes::default());
+        let waker = Waker::from(task.clone());
+        assert!(conn
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        // The stream woke the connection; the poll after it covered that wake.
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        assert_eq!(task.0.load(Ordering::SeqCst), 0, "no second task poll");
+        // A wake after the poll (the socket turned readable) reaches the task.
+        let later = kept
+            .lock()
+            .expect("not poisoned")
+            .clone()
+            .expect("registered");
+        later.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        // The waker passed on is taken: a second wake before the next poll adds nothing, and
+        // the next poll registers it again.
+        later.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert!(conn
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        later.wake_by_ref();
+        assert_eq!(task.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_wake_during_the_last_poll_wakes_the_task() {
+        let (conn, _kept, polls) = wakeful(true);
+        let mut conn = std::pin::pin!(Batched::new(conn, Arc::new(Flushes::default())));
+        let task = Arc::new(TaskWakes::default());
+        let waker = Waker::from(task.clone());
+        assert!(conn
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        // The connection asked to be polled again during its last poll: the task is woken
+        // once, so the connection cannot be forgotten (nor poll itself in a loop here).
+        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wake_from_another_thread_is_never_lost() {
+        for _ in 0..200 {
+            let (conn, kept, _polls) = wakeful(false);
+            let mut conn = std::pin::pin!(Batched::new(conn, Arc::new(Flushes::default())));
+            let task = Arc::new(TaskWakes::default());
+            let waker = Waker::from(task.clone());
+            assert!(conn
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_pending());
+            let theirs = kept
+                .lock()
+                .expect("not poisoned")
+                .clone()
+                .expect("registered");
+            // Wakes racing the next poll: each lands either before it ends (seen by it and
+            // passed on) or after (the task's waker directly); the task hears at least one.
+            let other = std::thread::spawn(move || theirs.wake_by_ref());
+            let _ = conn.as_mut().poll(&mut Context::from_waker(&waker));
+            other.join().expect("the waking thread ends");
+            let seen = task.0.load(Ordering::SeqCst);
+            assert!(seen >= 1, "a wake was lost");
+        }
     }
 }
