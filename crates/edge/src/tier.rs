@@ -17,7 +17,7 @@
 use crate::runtime::Runtime;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use firebreak_protocol::tier::{TierRefusal, TierSecret, TIER_HEADER};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -156,12 +156,14 @@ impl TierState {
         authority: &str,
         path: &str,
     ) -> RequestTier {
-        let mut values = headers.get_all(TIER_HEADER).iter();
+        // A `HeaderName` made once: a `&str` name is parsed again on every lookup.
+        static TIER: HeaderName = HeaderName::from_static(TIER_HEADER);
+        let mut values = headers.get_all(&TIER).iter();
         let (first, second) = (values.next().cloned(), values.next().is_some());
         let Some(value) = first else {
             return RequestTier::Client;
         };
-        headers.remove(TIER_HEADER);
+        headers.remove(&TIER);
         let verdict = if second {
             Err(TierRefusal::Malformed)
         } else {

@@ -14,7 +14,6 @@ use crate::telemetry::{self, CacheResult};
 use firebreak_config::HeaderOp;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use hyper::body::Incoming;
-use std::fmt::Write;
 use std::time::SystemTime;
 
 /// This cache's entry in `Cache-Status` (RFC 9211).
@@ -89,30 +88,36 @@ impl CacheStatus {
     }
 
     fn render(&self) -> Option<HeaderValue> {
-        let mut s = String::with_capacity(64);
-        s.push_str("firebreak");
+        // Written byte by byte (no `fmt`): this runs for every response.
+        let mut s = bytes::BytesMut::with_capacity(64);
+        let mut num = itoa::Buffer::new();
+        s.extend_from_slice(b"firebreak");
         match self.fwd {
-            None => s.push_str("; hit"),
+            None => s.extend_from_slice(b"; hit"),
             Some(r) => {
-                let _ = write!(s, "; fwd={r}");
+                s.extend_from_slice(b"; fwd=");
+                s.extend_from_slice(r.as_bytes());
                 if let Some(st) = self.fwd_status {
-                    let _ = write!(s, "; fwd-status={}", st.as_u16());
+                    s.extend_from_slice(b"; fwd-status=");
+                    s.extend_from_slice(num.format(st.as_u16()).as_bytes());
                 }
             }
         }
         if self.stored {
-            s.push_str("; stored");
+            s.extend_from_slice(b"; stored");
         }
         if self.collapsed {
-            s.push_str("; collapsed");
+            s.extend_from_slice(b"; collapsed");
         }
         if let Some(t) = self.ttl {
-            let _ = write!(s, "; ttl={t}");
+            s.extend_from_slice(b"; ttl=");
+            s.extend_from_slice(num.format(t).as_bytes());
         }
         if let Some(d) = self.detail {
-            let _ = write!(s, "; detail={d}");
+            s.extend_from_slice(b"; detail=");
+            s.extend_from_slice(d.as_bytes());
         }
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
+        HeaderValue::from_maybe_shared(s.freeze()).ok()
     }
 }
 
@@ -209,7 +214,8 @@ pub(crate) fn finish(
     // `Date` is added by hyper when missing (cached once a second).
     append_via(h, ctx.version);
     if let Some(v) = status.render() {
-        h.append("cache-status", v);
+        static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+        h.append(&CACHE_STATUS, v);
     }
     let result = status.result();
     if result == CacheResult::Stale {
