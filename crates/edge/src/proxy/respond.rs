@@ -7,9 +7,9 @@ use crate::body::EdgeBody;
 use crate::body::OriginBody;
 use crate::http::conditional::{not_modified, not_modified_response};
 use crate::http::freshness::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
-use crate::http::headers::{append_via, strip_hop_by_hop};
+use crate::http::headers::{append_via, strip_hop_by_hop, via_value};
 use crate::http::range::{self, RangeDecision};
-use crate::store::{ObjectBody, StoredObject};
+use crate::store::{HitFields, ObjectBody, StoredObject, CACHE_STATUS};
 use crate::telemetry::{self, CacheResult};
 use firebreak_config::HeaderOp;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
@@ -134,8 +134,8 @@ pub(crate) fn from_object(
     let head = ctx.method == Method::HEAD;
     // A hit from the disk tier was promoted just now and may well be evicted before it is
     // asked again: it parses, and its next hit (from memory) makes the ready map.
-    let stored = match status.detail {
-        Some("disk") => obj.headers.to_map(),
+    let (stored, slots) = match status.detail {
+        Some("disk") => (obj.headers.to_map(), HitFields::default()),
         _ => obj.headers.for_response(),
     };
     let mut resp = if obj.status() == StatusCode::OK && not_modified(&ctx.headers, &stored) {
@@ -180,7 +180,7 @@ pub(crate) fn from_object(
         r
     };
     resp.headers_mut().insert(header::AGE, age);
-    finish(ctx, resp, status)
+    finish_hit(ctx, resp, status, slots)
 }
 
 /// Body bytes `start..end` of a stored object: shared chunks from memory (no copy), or a
@@ -199,8 +199,19 @@ pub(crate) fn object_body(obj: &StoredObject, start: u64, end: u64) -> EdgeBody 
 /// gone: stored objects are stripped when stored, origin responses by [`forwarded`].
 pub(crate) fn finish(
     ctx: &RequestCtx,
+    resp: Response<EdgeBody>,
+    status: CacheStatus,
+) -> Response<EdgeBody> {
+    finish_hit(ctx, resp, status, HitFields::default())
+}
+
+/// [`finish`] for a map whose `Via` and `Cache-Status` may be slots made for a hit
+/// ([`HitFields`]): a slot is set, the origin's field appended to.
+fn finish_hit(
+    ctx: &RequestCtx,
     mut resp: Response<EdgeBody>,
     status: CacheStatus,
+    slots: HitFields,
 ) -> Response<EdgeBody> {
     let h = resp.headers_mut();
     // Surrogate-Control is meant for this cache only; CDN-Cache-Control also targets any CDN
@@ -212,10 +223,22 @@ pub(crate) fn finish(
         h.remove(&CDN);
     }
     // `Date` is added by hyper when missing (cached once a second).
-    append_via(h, ctx.version);
-    if let Some(v) = status.render() {
-        static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
-        h.append(&CACHE_STATUS, v);
+    if slots.via {
+        h.insert(header::VIA, via_value(ctx.version));
+    } else {
+        append_via(h, ctx.version);
+    }
+    match status.render() {
+        Some(v) if slots.cache_status => {
+            h.insert(&CACHE_STATUS, v);
+        }
+        Some(v) => {
+            h.append(&CACHE_STATUS, v);
+        }
+        None if slots.cache_status => {
+            h.remove(&CACHE_STATUS);
+        }
+        None => {}
     }
     let result = status.result();
     if result == CacheResult::Stale {

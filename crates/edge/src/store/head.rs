@@ -13,6 +13,12 @@
 //! object promoted to memory, a soft purge's expired copy) share its map. A map's bytes
 //! return to the budget when the last object holding it leaves the cache.
 //!
+//! A hit adds `Age`, `Via` and `Cache-Status` to the stored fields. A map made for a hit
+//! (the ready map, or one parsed per hit) holds a slot for each the origin did not send,
+//! last, so that the clone a hit makes has room for them and they are set in place
+//! ([`HitFields`] says which are slots): cloned exactly full, the map grew (reallocated and
+//! copied) on the first field added, on every hit.
+//!
 //! Blocks are interned: objects whose fields are the same bytes (one origin's objects
 //! stored in the same second with the same validators, or with none) share one block and
 //! one ready map, found through a bounded table of recent blocks by hash. An object whose
@@ -75,6 +81,7 @@ pub static READY_MAPS: MapBudget = MapBudget::new(READY_MAPS_BUDGET);
 
 struct Ready {
     map: HeaderMap,
+    slots: HitFields,
     charge: usize,
     budget: &'static MapBudget,
 }
@@ -97,23 +104,65 @@ impl std::fmt::Debug for ReadyMap {
 }
 
 impl ReadyMap {
+    #[cfg(test)]
     fn get(&self) -> Option<&HeaderMap> {
         self.0.get().map(|r| &r.map)
     }
 
+    fn get_for_hit(&self) -> Option<(HeaderMap, HitFields)> {
+        self.0.get().map(|r| (r.map.clone(), r.slots))
+    }
+
     /// Installs `map` if `budget` has room for it; of racing installs one wins.
-    fn install(&self, map: HeaderMap, fields: usize, budget: &'static MapBudget) {
+    fn install(&self, map: HeaderMap, slots: HitFields, fields: usize, budget: &'static MapBudget) {
         let charge = ready_map_charge(fields);
         if !budget.reserve(charge) {
             return;
         }
         let ready = Arc::new(Ready {
             map,
+            slots,
             charge,
             budget,
         });
         // Of racing installs, the loser's map is dropped and returns its charge.
         let _ = self.0.set(ready);
+    }
+}
+
+/// Which of the fields a hit adds are slots in its map (added for it, holding a placeholder,
+/// to be set) rather than the origin's (to be appended to). `Age` is always replaced, so its
+/// slot needs no flag.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HitFields {
+    /// `Via` is a slot: set it, nobody's hops precede ours.
+    pub via: bool,
+    /// `Cache-Status` is a slot: set it (or remove it), no cache's entry precedes ours.
+    pub cache_status: bool,
+}
+
+/// `Cache-Status` (RFC 9211).
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+impl HitFields {
+    /// Slots a map may get: `Age`, `Via`, `Cache-Status`.
+    const MAX_SLOTS: usize = 3;
+
+    /// Adds a slot to `map` for each field a hit adds that the origin did not send.
+    fn add_slots(map: &mut HeaderMap) -> Self {
+        let placeholder = HeaderValue::from_static("-");
+        if !map.contains_key(http::header::AGE) {
+            map.insert(http::header::AGE, HeaderValue::from_static("0"));
+        }
+        let via = !map.contains_key(http::header::VIA);
+        if via {
+            map.insert(http::header::VIA, placeholder.clone());
+        }
+        let cache_status = !map.contains_key(&CACHE_STATUS);
+        if cache_status {
+            map.insert(&CACHE_STATUS, placeholder);
+        }
+        Self { via, cache_status }
     }
 }
 
@@ -277,22 +326,28 @@ impl StoredHeaders {
         })
     }
 
-    /// The fields of a response served from this object (a hit): a clone of the ready map,
-    /// or parsed from the block and kept as the ready map when the budget allows.
-    pub fn for_response(&self) -> HeaderMap {
+    /// The fields of a response served from this object (a hit), with the slots of
+    /// [`HitFields`]: a clone of the ready map, or parsed from the block and kept as the ready
+    /// map when the budget allows.
+    pub fn for_response(&self) -> (HeaderMap, HitFields) {
         self.for_response_within(&READY_MAPS)
     }
 
     /// [`StoredHeaders::for_response`] with the ready map charged to `budget`.
-    pub fn for_response_within(&self, budget: &'static MapBudget) -> HeaderMap {
-        if let Some(map) = self.0.ready.get() {
-            return map.clone();
+    pub fn for_response_within(&self, budget: &'static MapBudget) -> (HeaderMap, HitFields) {
+        if let Some(ready) = self.0.ready.get_for_hit() {
+            return ready;
         }
-        let map = self.to_map();
+        let fields = self.count() + HitFields::MAX_SLOTS;
+        let mut map = HeaderMap::with_capacity(fields);
+        for (name, value) in self.iter() {
+            map.append(name, value);
+        }
+        let slots = HitFields::add_slots(&mut map);
         if budget.has_room() {
-            self.0.ready.install(map.clone(), self.count(), budget);
+            self.0.ready.install(map.clone(), slots, fields, budget);
         }
-        map
+        (map, slots)
     }
 
     /// A `HeaderMap` with every field, parsed from the block (the ready map, if any, is
@@ -321,6 +376,59 @@ impl StoredHeaders {
 mod tests {
     use super::*;
     use crate::testutil::headers;
+    use http::header::{AGE, VIA};
+
+    /// The stored fields of a hit's map: its slots taken out (an `Age` slot is `0`).
+    fn stored_fields((mut map, slots): (HeaderMap, HitFields)) -> HeaderMap {
+        if map.get(AGE).is_some_and(|v| v == "0") {
+            map.remove(AGE);
+        }
+        if slots.via {
+            map.remove(VIA);
+        }
+        if slots.cache_status {
+            map.remove(&CACHE_STATUS);
+        }
+        map
+    }
+
+    #[test]
+    fn a_hit_sets_its_fields_in_slots_without_growing_the_map() {
+        let src = headers(&[("content-type", "text/plain"), ("x-slot-test", "1")]);
+        let stored = StoredHeaders::from_map(StatusCode::OK, &src);
+        for _ in 0..2 {
+            // Parsed (and made the ready map) the first time, cloned from it the second.
+            let (mut map, slots) = stored.for_response();
+            assert_eq!(
+                slots,
+                HitFields {
+                    via: true,
+                    cache_status: true
+                }
+            );
+            let room = map.capacity();
+            map.insert(AGE, HeaderValue::from_static("5"));
+            map.insert(VIA, HeaderValue::from_static("1.1 firebreak"));
+            map.insert(&CACHE_STATUS, HeaderValue::from_static("firebreak; hit"));
+            assert_eq!(map.capacity(), room, "setting a slot grew the map");
+            assert_eq!(map.len(), 5);
+            // The hit's fields come after the stored ones, in this order.
+            let names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+            assert_eq!(
+                names,
+                ["content-type", "x-slot-test", "age", "via", "cache-status"]
+            );
+        }
+        // The origin's own Via and Cache-Status are not slots: a hit appends to them.
+        let upstream = headers(&[
+            ("via", "1.1 shield"),
+            ("cache-status", "shield; hit"),
+            ("age", "7"),
+        ]);
+        let (map, slots) = StoredHeaders::from_map(StatusCode::OK, &upstream).for_response();
+        assert_eq!(slots, HitFields::default());
+        assert_eq!(map, upstream);
+    }
 
     #[test]
     fn round_trips_order_repeats_and_odd_values() {
@@ -333,8 +441,8 @@ mod tests {
         ]);
         let stored = StoredHeaders::from_map(StatusCode::OK, &src);
         assert_eq!(stored.to_map(), src);
-        assert_eq!(stored.for_response(), src);
-        assert_eq!(stored.for_response(), src);
+        assert_eq!(stored_fields(stored.for_response()), src);
+        assert_eq!(stored_fields(stored.for_response()), src);
         assert_eq!(stored.get(&http::header::ETAG).unwrap(), "W/\"x:y\"");
         assert!(stored.get(&http::header::AGE).is_none());
         assert_eq!(StoredHeaders::default().to_map().len(), 0);
@@ -342,8 +450,9 @@ mod tests {
 
     #[test]
     fn ready_maps_are_reused_within_their_budget_and_returned_with_the_object() {
-        // Room for two maps of two fields.
-        static BUDGET: MapBudget = MapBudget::new(2 * (192 + 2 * 128));
+        // Room for two maps of two fields (and the three slots of a hit).
+        const MAP: usize = 192 + 5 * 128;
+        static BUDGET: MapBudget = MapBudget::new(2 * MAP);
         // Three objects with fields of their own (the same fields would share one map).
         let srcs: Vec<HeaderMap> = (0..3)
             .map(|i| {
@@ -358,29 +467,32 @@ mod tests {
             .map(|h| StoredHeaders::from_map(StatusCode::OK, h))
             .collect();
         for (o, src) in objects.iter().zip(&srcs) {
-            assert_eq!(&o.for_response_within(&BUDGET), src);
+            assert_eq!(&stored_fields(o.for_response_within(&BUDGET)), src);
         }
         // The first two got a ready map; the third parses per hit, and answers the same.
         let ready: Vec<bool> = objects.iter().map(|o| o.0.ready.get().is_some()).collect();
         assert_eq!(ready, [true, true, false]);
-        assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
+        assert_eq!(BUDGET.used(), 2 * MAP);
         for (o, src) in objects.iter().zip(&srcs) {
-            assert_eq!(&o.for_response_within(&BUDGET), src);
+            assert_eq!(&stored_fields(o.for_response_within(&BUDGET)), src);
         }
         // A copy (a promotion, a soft purge's expired copy) shares the map, at no charge,
         // and compares equal.
         let copy = objects[0].clone();
         assert!(copy.0.ready.get().is_some());
         assert_eq!(copy, objects[0]);
-        assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
+        assert_eq!(BUDGET.used(), 2 * MAP);
         // An object leaving the cache returns its map's bytes once no copy holds it; the
         // next hit may take them.
         let mut objects = objects;
         objects.remove(0);
-        assert_eq!(BUDGET.used(), 2 * (192 + 2 * 128));
+        assert_eq!(BUDGET.used(), 2 * MAP);
         drop(copy);
-        assert_eq!(BUDGET.used(), 192 + 2 * 128);
-        assert_eq!(objects[1].for_response_within(&BUDGET), srcs[2]);
+        assert_eq!(BUDGET.used(), MAP);
+        assert_eq!(
+            stored_fields(objects[1].for_response_within(&BUDGET)),
+            srcs[2]
+        );
         assert!(objects[1].0.ready.get().is_some());
         drop(objects);
         assert_eq!(BUDGET.used(), 0);
@@ -396,7 +508,7 @@ mod tests {
         let c = StoredHeaders::from_block(StatusCode::OK, Bytes::copy_from_slice(a.block()));
         assert!(Arc::ptr_eq(&a.0, &c.0));
         // A map made for one is the map of all.
-        assert_eq!(a.for_response(), src);
+        assert_eq!(stored_fields(a.for_response()), src);
         assert!(b.0.ready.get().is_some());
         // Other fields, another head; equal fields compare equal either way.
         let other =
