@@ -7,7 +7,7 @@
 //! purge an object that no longer carries the tag.
 //!
 //! The cache does not keep key strings: an entry is keyed by a [`Digest`] of its
-//! [`CacheKey`] — 128 bits of the whole key and 64 of its service, from SipHash under a key
+//! [`CacheKey`] — 128 bits of the whole key and 64 of its service, from SipHash-1-3 under a key
 //! drawn at random per process (so nobody can aim for a collision). Two keys share a digest
 //! with odds of 2^-128 per pair; the string, 64 bytes of every object, stays with the request
 //! and with the disk tier's files, which need it.
@@ -17,9 +17,10 @@ use super::{
 };
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, Lifecycle, OptionsBuilder, Weighter};
+use siphasher::sip128::{Hasher128, SipHasher13};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -61,10 +62,36 @@ impl std::borrow::Borrow<[u64; 2]> for Digest {
     }
 }
 
-/// Makes [`Digest`]s: one SipHash key per process, the three halves told apart by a prefix.
-struct Digester(RandomState);
+/// Makes [`Digest`]s: one SipHash-1-3 key per process, drawn at random, the key and service
+/// digests told apart by a prefix. A key's 128 bits come from one pass over it.
+struct Digester {
+    k0: u64,
+    k1: u64,
+}
 
 impl Digester {
+    fn new() -> Self {
+        let mut seed = [0u8; 16];
+        if getrandom::fill(&mut seed).is_err() {
+            // No OS randomness: std's per-process random keys (also secret) instead.
+            let r = RandomState::new();
+            seed[..8].copy_from_slice(&r.hash_one(1u8).to_le_bytes());
+            seed[8..].copy_from_slice(&r.hash_one(2u8).to_le_bytes());
+        }
+        let (k0, k1) = seed.split_at(8);
+        let word = |b: &[u8]| b.try_into().map(u64::from_le_bytes).unwrap_or_default();
+        Self {
+            k0: word(k0),
+            k1: word(k1),
+        }
+    }
+
+    fn hasher(&self, prefix: u8) -> SipHasher13 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_u8(prefix);
+        h
+    }
+
     fn of(&self, key: &CacheKey) -> Digest {
         Digest {
             key: self.key(key),
@@ -74,12 +101,16 @@ impl Digester {
 
     /// The key's halves of its digest: all a lookup needs.
     fn key(&self, key: &CacheKey) -> [u64; 2] {
-        let k = key.as_str();
-        [self.0.hash_one((1u8, k)), self.0.hash_one((2u8, k))]
+        let mut h = self.hasher(1);
+        h.write(key.as_str().as_bytes());
+        let d = h.finish128();
+        [d.h1, d.h2]
     }
 
     fn service(&self, service: &str) -> u64 {
-        self.0.hash_one((3u8, service))
+        let mut h = self.hasher(3);
+        h.write(service.as_bytes());
+        Hasher::finish(&h)
     }
 }
 
@@ -243,7 +274,7 @@ impl MemoryStore {
         };
         Self {
             cache,
-            digests: Digester(RandomState::new()),
+            digests: Digester::new(),
             tags,
             evictions,
             generations: (0..GENERATION_SLOTS).map(|_| AtomicU64::new(0)).collect(),
