@@ -339,7 +339,11 @@ impl StoredHeaders {
             return ready;
         }
         let fields = self.count() + HitFields::MAX_SLOTS;
-        let mut map = HeaderMap::with_capacity(fields);
+        // Room in the index (a clone keeps its size) for one field more than the slots
+        // (`Alt-Svc` over TLS, a header rule) and one to spare: hyper's `entry()` for `Date`
+        // and `Content-Length` grows (rehashes) a map that is full even when the field is
+        // there.
+        let mut map = HeaderMap::with_capacity(fields + 2);
         for (name, value) in self.iter() {
             map.append(name, value);
         }
@@ -412,6 +416,16 @@ mod tests {
             map.insert(&CACHE_STATUS, HeaderValue::from_static("firebreak; hit"));
             assert_eq!(map.capacity(), room, "setting a slot grew the map");
             assert_eq!(map.len(), 5);
+            // One field more (Alt-Svc), then hyper's `entry()` for Date: still no growth.
+            map.insert(
+                http::header::ALT_SVC,
+                HeaderValue::from_static("h3=\":443\""),
+            );
+            map.entry(http::header::DATE)
+                .or_insert(HeaderValue::from_static("x"));
+            assert_eq!(map.capacity(), room, "a field after the slots grew the map");
+            map.remove(http::header::ALT_SVC);
+            map.remove(http::header::DATE);
             // The hit's fields come after the stored ones, in this order.
             let names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
             assert_eq!(
