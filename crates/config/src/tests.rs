@@ -293,6 +293,21 @@ fn host_name_validation() {
     assert!(!valid_host_name("exa mple.com"));
     assert!(!valid_host_name("a..b"));
     assert!(!valid_host_name(&"a".repeat(300)));
+    for bad in [
+        "", ".", "a.", ".a", "a..b", "a b", "a/b", "é.com", "[::1", "[x]",
+    ] {
+        assert!(!valid_host_name(bad), "{bad:?}");
+    }
+    for good in ["a", "a.b", "a-b_c.D9", "127.0.0.1", "xn--bcher-kva.example"] {
+        assert!(valid_host_name(good), "{good:?}");
+    }
+    assert!(valid_host_name(&"a".repeat(63)));
+    assert!(!valid_host_name(&"a".repeat(64)));
+    assert!(valid_host_name(&format!(
+        "{}.{}",
+        "a".repeat(63),
+        "b".repeat(63)
+    )));
 }
 
 mod properties {
@@ -303,6 +318,20 @@ mod properties {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn host_names_are_judged_label_by_label(s in "[a-c0-9._/ -]{0,70}", long in 0usize..3) {
+            // The split-by-label definition the one-pass check must agree with.
+            let s = if long > 0 { format!("{}{s}", "x".repeat(60 * long)) } else { s };
+            let by_labels = !s.is_empty()
+                && s.len() <= crate::limits::MAX_HOST_LEN
+                && s.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                });
+            prop_assert_eq!(crate::validate::valid_host_name(&s), by_labels, "{:?}", s);
+        }
 
         #[test]
         fn arbitrary_text_is_refused_or_accepted_never_a_panic(s in "\\PC{0,400}") {
