@@ -33,22 +33,11 @@ case $CLIENT in
   h1 | h2c | h2tls) ;;
   *) echo "instructions.sh: CLIENT is h1, h2c or h2tls, not $CLIENT" >&2; exit 2 ;;
 esac
-for tool in valgrind callgrind_control nginx h2load openssl curl; do
-  command -v "$tool" >/dev/null || { echo "instructions.sh: needs $tool (apt-get install valgrind nginx-light nghttp2-client openssl curl)" >&2; exit 2; }
-done
+source bench/run_dir.sh
+bench_need instructions.sh "valgrind nginx-light nghttp2-client openssl curl" \
+  valgrind callgrind_control nginx h2load openssl curl
 [[ -n ${SKIP_BUILD:-} ]] || cargo build --release --locked -p firebreak >&2
-RUN=$(mktemp -d /tmp/fb-instr.XXXXXX)
-chmod 755 "$RUN" # nginx workers (www-data) read the object
-declare -a PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  [[ -n ${KEEP_RUN:-} ]] || rm -rf "$RUN"
-}
-trap cleanup EXIT
-
-mkdir -p "$RUN/www/static" "$RUN/tmp"
-head -c "$SIZE" /dev/urandom > "$RUN/www/static/obj.bin"
+bench_run_dir instr "$SIZE"
 cat > "$RUN/nginx.conf" <<EOF
 worker_processes 1;
 pid $RUN/nginx.pid;

@@ -33,22 +33,10 @@ case $CLIENT in
   h2c) tools=(nginx h2load) ;;
   *) echo "quick.sh: CLIENT is wrk or h2c, not $CLIENT" >&2; exit 2 ;;
 esac
-for tool in "${tools[@]}"; do
-  command -v "$tool" >/dev/null || { echo "quick.sh: needs $tool (apt-get install nginx-light wrk nghttp2-client)" >&2; exit 2; }
-done
+source bench/run_dir.sh
+bench_need quick.sh "nginx-light wrk nghttp2-client" "${tools[@]}"
 [[ -n ${SKIP_BUILD:-} ]] || cargo build --release --locked -p firebreak >&2
-RUN=$(mktemp -d /tmp/fb-quick.XXXXXX)
-chmod 755 "$RUN" # nginx workers (www-data) read the object
-declare -a PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  [[ -n ${KEEP_RUN:-} ]] || rm -rf "$RUN"
-}
-trap cleanup EXIT
-
-mkdir -p "$RUN/www/static" "$RUN/tmp"
-head -c "$SIZE" /dev/urandom > "$RUN/www/static/obj.bin"
+bench_run_dir quick "$SIZE"
 cat > "$RUN/nginx.conf" <<EOF
 worker_processes auto;
 pid $RUN/nginx.pid;

@@ -397,96 +397,98 @@ mod tests {
         }
     }
 
-    fn wakeful(
-        yields: bool,
-    ) -> (
-        Wakeful,
-        Arc<std::sync::Mutex<Option<Waker>>>,
-        Arc<AtomicUsize>,
-    ) {
-        let waker = Arc::new(std::sync::Mutex::new(None));
-        let polls = Arc::new(AtomicUsize::new(0));
-        let conn = Wakeful {
-            streams: 1,
-            yields,
-            waker: waker.clone(),
-            polls: polls.clone(),
-        };
-        (conn, waker, polls)
+    /// A [`Wakeful`] connection in a [`Batched`], polled by a task whose wakes are counted.
+    struct Polled {
+        conn: Pin<Box<Batched<Wakeful, Arc<Flushes>>>>,
+        kept: Arc<std::sync::Mutex<Option<Waker>>>,
+        polls: Arc<AtomicUsize>,
+        task: Arc<TaskWakes>,
+        waker: Waker,
+    }
+
+    impl Polled {
+        fn new(yields: bool) -> Self {
+            let kept = Arc::new(std::sync::Mutex::new(None));
+            let polls = Arc::new(AtomicUsize::new(0));
+            let conn = Wakeful {
+                streams: 1,
+                yields,
+                waker: kept.clone(),
+                polls: polls.clone(),
+            };
+            let task = Arc::new(TaskWakes::default());
+            Self {
+                conn: Box::pin(Batched::new(conn, Arc::new(Flushes::default()))),
+                kept,
+                polls,
+                waker: Waker::from(task.clone()),
+                task,
+            }
+        }
+
+        /// Polls the `Batched` once, as its task would.
+        fn poll(&mut self) -> Poll<()> {
+            let waker = self.waker.clone();
+            self.conn.as_mut().poll(&mut Context::from_waker(&waker))
+        }
+
+        /// The waker the connection registered in its latest poll.
+        fn kept(&self) -> Waker {
+            let kept = self.kept.lock().expect("not poisoned");
+            kept.clone().expect("registered")
+        }
+
+        fn polls(&self) -> usize {
+            self.polls.load(Ordering::SeqCst)
+        }
+
+        fn task_wakes(&self) -> usize {
+            self.task.0.load(Ordering::SeqCst)
+        }
     }
 
     #[tokio::test]
     async fn a_wake_the_next_poll_covers_does_not_wake_the_task_again() {
-        let (conn, kept, polls) = wakeful(false);
-        let mut conn = std::pin::pin!(Batched::new(conn, Arc::new(Flushes::default())));
-        let task = Arc::new(TaskWakes::default());
-        let waker = Waker::from(task.clone());
-        assert!(conn
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending());
+        let mut p = Polled::new(false);
+        assert!(p.poll().is_pending());
         // The stream woke the connection; the poll after it covered that wake.
-        assert_eq!(polls.load(Ordering::SeqCst), 2);
-        assert_eq!(task.0.load(Ordering::SeqCst), 0, "no second task poll");
+        assert_eq!(p.polls(), 2);
+        assert_eq!(p.task_wakes(), 0, "no second task poll");
         // A wake after the poll (the socket turned readable) reaches the task.
-        let later = kept
-            .lock()
-            .expect("not poisoned")
-            .clone()
-            .expect("registered");
+        let later = p.kept();
         later.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(p.task_wakes(), 1);
         // The waker passed on is taken: a second wake before the next poll adds nothing, and
         // the next poll registers it again.
         later.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
-        assert!(conn
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending());
+        assert_eq!(p.task_wakes(), 1);
+        assert!(p.poll().is_pending());
         later.wake_by_ref();
-        assert_eq!(task.0.load(Ordering::SeqCst), 2);
+        assert_eq!(p.task_wakes(), 2);
     }
 
     #[tokio::test]
     async fn a_wake_during_the_last_poll_wakes_the_task() {
-        let (conn, _kept, polls) = wakeful(true);
-        let mut conn = std::pin::pin!(Batched::new(conn, Arc::new(Flushes::default())));
-        let task = Arc::new(TaskWakes::default());
-        let waker = Waker::from(task.clone());
-        assert!(conn
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending());
-        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        let mut p = Polled::new(true);
+        assert!(p.poll().is_pending());
+        assert_eq!(p.polls(), 2);
         // The connection asked to be polled again during its last poll: the task is woken
         // once, so the connection cannot be forgotten (nor poll itself in a loop here).
-        assert_eq!(task.0.load(Ordering::SeqCst), 1);
+        assert_eq!(p.task_wakes(), 1);
     }
 
     #[tokio::test]
     async fn a_wake_from_another_thread_is_never_lost() {
         for _ in 0..200 {
-            let (conn, kept, _polls) = wakeful(false);
-            let mut conn = std::pin::pin!(Batched::new(conn, Arc::new(Flushes::default())));
-            let task = Arc::new(TaskWakes::default());
-            let waker = Waker::from(task.clone());
-            assert!(conn
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker))
-                .is_pending());
-            let theirs = kept
-                .lock()
-                .expect("not poisoned")
-                .clone()
-                .expect("registered");
+            let mut p = Polled::new(false);
+            assert!(p.poll().is_pending());
+            let theirs = p.kept();
             // Wakes racing the next poll: each lands either before it ends (seen by it and
             // passed on) or after (the task's waker directly); the task hears at least one.
             let other = std::thread::spawn(move || theirs.wake_by_ref());
-            let _ = conn.as_mut().poll(&mut Context::from_waker(&waker));
+            let _ = p.poll();
             other.join().expect("the waking thread ends");
-            let seen = task.0.load(Ordering::SeqCst);
-            assert!(seen >= 1, "a wake was lost");
+            assert!(p.task_wakes() >= 1, "a wake was lost");
         }
     }
 }
