@@ -140,7 +140,7 @@ impl ProxyError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(
-            "cache-status",
+            &crate::http::headers::CACHE_STATUS,
             HeaderValue::from_static(self.cache_status()),
         );
         if let Ok(v) = HeaderValue::from_str(request_id) {

@@ -51,6 +51,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// This proxy's `Via` entry (RFC 9110 §7.6.3).
+/// `Cache-Status` (RFC 9211): this cache's entry for a response.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
 pub fn via_value(version: http::Version) -> HeaderValue {
     HeaderValue::from_static(match version {
         http::Version::HTTP_2 => "2 firebreak",

@@ -24,6 +24,7 @@
 //! one ready map, found through a bounded table of recent blocks by hash. An object whose
 //! block is shared pays a pointer for its fields; one with unique fields pays its block.
 
+use crate::http::headers::CACHE_STATUS;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use std::cell::RefCell;
@@ -140,9 +141,6 @@ pub struct HitFields {
     /// `Cache-Status` is a slot: set it (or remove it), no cache's entry precedes ours.
     pub cache_status: bool,
 }
-
-/// `Cache-Status` (RFC 9211).
-pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 impl HitFields {
     /// Slots a map may get: `Age`, `Via`, `Cache-Status`.
@@ -343,10 +341,7 @@ impl StoredHeaders {
         // (`Alt-Svc` over TLS, a header rule) and one to spare: hyper's `entry()` for `Date`
         // and `Content-Length` grows (rehashes) a map that is full even when the field is
         // there.
-        let mut map = HeaderMap::with_capacity(fields + 2);
-        for (name, value) in self.iter() {
-            map.append(name, value);
-        }
+        let mut map = self.map_with_room(fields + 2);
         let slots = HitFields::add_slots(&mut map);
         if budget.has_room() {
             self.0.ready.install(map.clone(), slots, fields, budget);
@@ -357,7 +352,12 @@ impl StoredHeaders {
     /// A `HeaderMap` with every field, parsed from the block (the ready map, if any, is
     /// neither used nor made: for revalidation and slice checks, not for hits).
     pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.count());
+        self.map_with_room(self.count())
+    }
+
+    /// Every field, parsed from the block into a map made for `capacity` fields.
+    fn map_with_room(&self, capacity: usize) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(capacity);
         for (name, value) in self.iter() {
             map.append(name, value);
         }
