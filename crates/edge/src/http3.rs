@@ -60,8 +60,8 @@ const H3_NO_ERROR: u32 = 0x100;
 /// H3_EXCESSIVE_LOAD: the client's address holds too many connections.
 const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
-/// The `Alt-Svc` value advertising HTTP/3 on a TLS listener's port, carried as a request
-/// extension on that listener's HTTP/1.1 and h2 requests.
+/// The `Alt-Svc` value advertising HTTP/3 on a TLS listener's port, handed with each of that
+/// listener's HTTP/1.1 and h2 requests to [`crate::proxy::handle`].
 #[derive(Clone, Debug)]
 pub struct AltSvc(pub HeaderValue);
 
@@ -401,7 +401,7 @@ async fn request(
     let (interim_tx, mut interim) = interim::channel();
     let handling = interim::forwarding(
         interim_tx,
-        handle(state, Request::from_parts(parts, body), client_ip),
+        handle(state, Request::from_parts(parts, body), client_ip, None),
     );
     tokio::pin!(handling);
     let mut send = send;

@@ -172,13 +172,10 @@ impl EdgeServer {
             }
             let conf = Arc::new(conf);
             let state = state.clone();
-            let handler = move |mut req: http::Request<hyper::body::Incoming>, client_ip| {
-                if let Some(alt_svc) = &alt_svc {
-                    req.extensions_mut().insert(alt_svc.clone());
-                }
+            let handler = move |req: http::Request<hyper::body::Incoming>, client_ip| {
                 // Boxed: hyper and the listener move the request's future around (a
                 // move copies the whole future); a pointer moves for less.
-                Box::pin(handle(state.clone(), req, client_ip))
+                Box::pin(handle(state.clone(), req, client_ip, alt_svc.clone()))
             };
             tasks.push(tokio::spawn(accept_loop(
                 listener,

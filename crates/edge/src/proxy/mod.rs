@@ -134,6 +134,9 @@ pub(crate) struct RequestCtx {
     pub tier: crate::tier::RequestTier,
     /// What the log phase learns about this request as it runs.
     pub trace: Arc<RequestTrace>,
+    /// Whether the response will get `Alt-Svc` ([`handle`] sets it): a hit's map then has a
+    /// slot for it.
+    pub advertise: crate::store::Advertise,
 }
 
 /// Facts gathered along the request path for the log phase; one small allocation per
@@ -222,15 +225,16 @@ impl RequestCtx {
 }
 
 /// Serves one client request. Never fails: errors become error responses here. This is also
-/// the log phase: every request is counted and, when configured, logged.
+/// the log phase: every request is counted and, when configured, logged. `alt_svc` is the
+/// listener's advertisement of HTTP/3, added to the response unless its service turns it off.
 pub async fn handle<B: Into<ClientBody>>(
     state: Arc<EdgeState>,
     req: Request<B>,
     client_ip: IpAddr,
+    alt_svc: Option<crate::http3::AltSvc>,
 ) -> Response<EdgeBody> {
     let req = req.map(Into::into);
     let started = Instant::now();
-    let alt_svc = req.extensions().get::<crate::http3::AltSvc>().cloned();
     let runtime = state.runtime.load_full();
     let id = state.request_id();
     let log_parts = state.access_log.as_ref().map(|_| {
@@ -253,11 +257,17 @@ pub async fn handle<B: Into<ClientBody>>(
         (req.method().clone(), host, path, req.version())
     });
     let trace = Arc::new(RequestTrace::new());
+    let advertise = if alt_svc.is_some() {
+        crate::store::Advertise::AltSvc
+    } else {
+        crate::store::Advertise::Nothing
+    };
     let serving = Box::pin(serve(
         state.clone(),
         runtime,
         req,
         client_ip,
+        advertise,
         id,
         trace.clone(),
     ));
@@ -379,11 +389,16 @@ async fn serve(
     runtime: Arc<Runtime>,
     req: Request<ClientBody>,
     client_ip: IpAddr,
+    advertise: crate::store::Advertise,
     id: RequestId,
     trace: Arc<RequestTrace>,
 ) -> Result<Response<EdgeBody>, ProxyError> {
     let (parts, body) = req.into_parts();
-    let (ctx, rule) = route::route(state, runtime, parts, client_ip, id, trace)?;
+    let (mut ctx, rule) = route::route(state, runtime, parts, client_ip, id, trace)?;
+    // The same condition as `handle`'s: the listener advertises and the service allows it.
+    if ctx.svc.alt_svc {
+        ctx.advertise = advertise;
+    }
     let _ = ctx.trace.service.set(ctx.svc.clone());
     let _admitted = ctx
         .state

@@ -136,7 +136,7 @@ pub(crate) fn from_object(
     // asked again: it parses, and its next hit (from memory) makes the ready map.
     let (stored, slots) = match status.detail {
         Some("disk") => (obj.headers.to_map(), HitFields::default()),
-        _ => obj.headers.for_response(),
+        _ => obj.headers.for_response(ctx.advertise),
     };
     let mut resp = if obj.status() == StatusCode::OK && not_modified(&ctx.headers, &stored) {
         not_modified_response(&stored, EdgeBody::Empty)

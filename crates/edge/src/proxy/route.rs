@@ -89,6 +89,7 @@ pub(crate) fn route(
             trusted_proxy,
             tier,
             trace,
+            advertise: crate::store::Advertise::Nothing,
         },
         rule,
     ))

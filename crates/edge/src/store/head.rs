@@ -140,14 +140,28 @@ pub struct HitFields {
     pub via: bool,
     /// `Cache-Status` is a slot: set it (or remove it), no cache's entry precedes ours.
     pub cache_status: bool,
+    /// `Alt-Svc` is a slot, to be set by whoever asked for it ([`Advertise::AltSvc`]).
+    pub alt_svc: bool,
+}
+
+/// Whether a hit's response will carry `Alt-Svc` (HTTP/3 advertised by its listener): such a
+/// map gets a slot for it. A clone of a `HeaderMap` keeps no spare room for entries, so a
+/// field added to a cloned map reallocates its entries (once per hit, over every listener
+/// that advertises HTTP/3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advertise {
+    /// No `Alt-Svc` is added.
+    Nothing,
+    /// The caller sets `Alt-Svc` on the response (the slot holds a placeholder until then).
+    AltSvc,
 }
 
 impl HitFields {
-    /// Slots a map may get: `Age`, `Via`, `Cache-Status`.
-    const MAX_SLOTS: usize = 3;
+    /// Slots a map may get: `Age`, `Via`, `Cache-Status`, `Alt-Svc`.
+    const MAX_SLOTS: usize = 4;
 
     /// Adds a slot to `map` for each field a hit adds that the origin did not send.
-    fn add_slots(map: &mut HeaderMap) -> Self {
+    fn add_slots(map: &mut HeaderMap, advertise: Advertise) -> Self {
         let placeholder = HeaderValue::from_static("-");
         if !map.contains_key(http::header::AGE) {
             map.insert(http::header::AGE, HeaderValue::from_static("0"));
@@ -158,9 +172,17 @@ impl HitFields {
         }
         let cache_status = !map.contains_key(&CACHE_STATUS);
         if cache_status {
-            map.insert(&CACHE_STATUS, placeholder);
+            map.insert(&CACHE_STATUS, placeholder.clone());
         }
-        Self { via, cache_status }
+        let alt_svc = advertise == Advertise::AltSvc && !map.contains_key(http::header::ALT_SVC);
+        if alt_svc {
+            map.insert(http::header::ALT_SVC, placeholder);
+        }
+        Self {
+            via,
+            cache_status,
+            alt_svc,
+        }
     }
 }
 
@@ -170,12 +192,13 @@ impl HitFields {
 #[derive(Debug, Clone)]
 pub struct StoredHeaders(Arc<Head>);
 
-/// The status, the packed block and its ready map.
+/// The status, the packed block and its ready maps (without and with an `Alt-Svc` slot).
 #[derive(Debug, Default)]
 struct Head {
     status: StatusCode,
     block: Bytes,
     ready: ReadyMap,
+    ready_alt_svc: ReadyMap,
 }
 
 impl PartialEq for StoredHeaders {
@@ -228,6 +251,7 @@ fn intern(status: StatusCode, block: &[u8], owned: Option<Bytes>) -> Arc<Head> {
             status,
             block: owned.unwrap_or_else(|| Bytes::copy_from_slice(block)),
             ready: ReadyMap::default(),
+            ready_alt_svc: ReadyMap::default(),
         })
     };
     if block.is_empty() || block.len() > INTERN_MAX {
@@ -327,24 +351,31 @@ impl StoredHeaders {
     /// The fields of a response served from this object (a hit), with the slots of
     /// [`HitFields`]: a clone of the ready map, or parsed from the block and kept as the ready
     /// map when the budget allows.
-    pub fn for_response(&self) -> (HeaderMap, HitFields) {
-        self.for_response_within(&READY_MAPS)
+    pub fn for_response(&self, advertise: Advertise) -> (HeaderMap, HitFields) {
+        self.for_response_within(&READY_MAPS, advertise)
     }
 
     /// [`StoredHeaders::for_response`] with the ready map charged to `budget`.
-    pub fn for_response_within(&self, budget: &'static MapBudget) -> (HeaderMap, HitFields) {
-        if let Some(ready) = self.0.ready.get_for_hit() {
-            return ready;
+    pub fn for_response_within(
+        &self,
+        budget: &'static MapBudget,
+        advertise: Advertise,
+    ) -> (HeaderMap, HitFields) {
+        let ready = match advertise {
+            Advertise::Nothing => &self.0.ready,
+            Advertise::AltSvc => &self.0.ready_alt_svc,
+        };
+        if let Some(hit) = ready.get_for_hit() {
+            return hit;
         }
         let fields = self.count() + HitFields::MAX_SLOTS;
-        // Room in the index (a clone keeps its size) for one field more than the slots
-        // (`Alt-Svc` over TLS, a header rule) and one to spare: hyper's `entry()` for `Date`
-        // and `Content-Length` grows (rehashes) a map that is full even when the field is
-        // there.
+        // Room in the index (a clone keeps its size) for one field more than the slots (a
+        // header rule) and one to spare: hyper's `entry()` for `Date` and `Content-Length`
+        // grows (rehashes) a map that is full even when the field is there.
         let mut map = self.map_with_room(fields + 2);
-        let slots = HitFields::add_slots(&mut map);
+        let slots = HitFields::add_slots(&mut map, advertise);
         if budget.has_room() {
-            self.0.ready.install(map.clone(), slots, fields, budget);
+            ready.install(map.clone(), slots, fields, budget);
         }
         (map, slots)
     }
@@ -393,6 +424,9 @@ mod tests {
         if slots.cache_status {
             map.remove(&CACHE_STATUS);
         }
+        if slots.alt_svc {
+            map.remove(http::header::ALT_SVC);
+        }
         map
     }
 
@@ -400,46 +434,64 @@ mod tests {
     fn a_hit_sets_its_fields_in_slots_without_growing_the_map() {
         let src = headers(&[("content-type", "text/plain"), ("x-slot-test", "1")]);
         let stored = StoredHeaders::from_map(StatusCode::OK, &src);
-        for _ in 0..2 {
-            // Parsed (and made the ready map) the first time, cloned from it the second.
-            let (mut map, slots) = stored.for_response();
-            assert_eq!(
-                slots,
-                HitFields {
-                    via: true,
-                    cache_status: true
+        // Parsed (and made the ready map) the first time, cloned from it the second; a map
+        // for a listener advertising HTTP/3 has its own ready map, with an Alt-Svc slot.
+        for advertise in [Advertise::Nothing, Advertise::AltSvc, Advertise::Nothing] {
+            for _ in 0..2 {
+                let (mut map, slots) = stored.for_response(advertise);
+                let alt_svc = advertise == Advertise::AltSvc;
+                assert_eq!(
+                    slots,
+                    HitFields {
+                        via: true,
+                        cache_status: true,
+                        alt_svc,
+                    }
+                );
+                let room = map.capacity();
+                let len = map.len();
+                map.insert(AGE, HeaderValue::from_static("5"));
+                map.insert(VIA, HeaderValue::from_static("1.1 firebreak"));
+                map.insert(&CACHE_STATUS, HeaderValue::from_static("firebreak; hit"));
+                if alt_svc {
+                    assert_eq!(map[http::header::ALT_SVC], "-");
+                    map.insert(
+                        http::header::ALT_SVC,
+                        HeaderValue::from_static("h3=\":443\""),
+                    );
+                } else {
+                    assert!(!map.contains_key(http::header::ALT_SVC));
                 }
-            );
-            let room = map.capacity();
-            map.insert(AGE, HeaderValue::from_static("5"));
-            map.insert(VIA, HeaderValue::from_static("1.1 firebreak"));
-            map.insert(&CACHE_STATUS, HeaderValue::from_static("firebreak; hit"));
-            assert_eq!(map.capacity(), room, "setting a slot grew the map");
-            assert_eq!(map.len(), 5);
-            // One field more (Alt-Svc), then hyper's `entry()` for Date: still no growth.
-            map.insert(
-                http::header::ALT_SVC,
-                HeaderValue::from_static("h3=\":443\""),
-            );
-            map.entry(http::header::DATE)
-                .or_insert(HeaderValue::from_static("x"));
-            assert_eq!(map.capacity(), room, "a field after the slots grew the map");
-            map.remove(http::header::ALT_SVC);
-            map.remove(http::header::DATE);
-            // The hit's fields come after the stored ones, in this order.
-            let names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
-            assert_eq!(
-                names,
-                ["content-type", "x-slot-test", "age", "via", "cache-status"]
-            );
+                assert_eq!(map.capacity(), room, "setting a slot grew the map");
+                assert_eq!(map.len(), len, "a slot was missing");
+                // One field more (a header rule), then hyper's `entry()` for Date: still no
+                // growth of the index.
+                map.insert("x-rule", HeaderValue::from_static("1"));
+                map.entry(http::header::DATE)
+                    .or_insert(HeaderValue::from_static("x"));
+                assert_eq!(map.capacity(), room, "a field after the slots grew the map");
+                map.remove("x-rule");
+                map.remove(http::header::DATE);
+                // The hit's fields come after the stored ones, in this order.
+                let names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+                let mut expected =
+                    vec!["content-type", "x-slot-test", "age", "via", "cache-status"];
+                if alt_svc {
+                    expected.push("alt-svc");
+                }
+                assert_eq!(names, expected);
+            }
         }
+        assert!(stored.0.ready.get().is_some() && stored.0.ready_alt_svc.get().is_some());
         // The origin's own Via and Cache-Status are not slots: a hit appends to them.
         let upstream = headers(&[
             ("via", "1.1 shield"),
             ("cache-status", "shield; hit"),
             ("age", "7"),
+            ("alt-svc", "h2=\":8443\""),
         ]);
-        let (map, slots) = StoredHeaders::from_map(StatusCode::OK, &upstream).for_response();
+        let (map, slots) =
+            StoredHeaders::from_map(StatusCode::OK, &upstream).for_response(Advertise::AltSvc);
         assert_eq!(slots, HitFields::default());
         assert_eq!(map, upstream);
     }
@@ -455,8 +507,8 @@ mod tests {
         ]);
         let stored = StoredHeaders::from_map(StatusCode::OK, &src);
         assert_eq!(stored.to_map(), src);
-        assert_eq!(stored_fields(stored.for_response()), src);
-        assert_eq!(stored_fields(stored.for_response()), src);
+        assert_eq!(stored_fields(stored.for_response(Advertise::Nothing)), src);
+        assert_eq!(stored_fields(stored.for_response(Advertise::Nothing)), src);
         assert_eq!(stored.get(&http::header::ETAG).unwrap(), "W/\"x:y\"");
         assert!(stored.get(&http::header::AGE).is_none());
         assert_eq!(StoredHeaders::default().to_map().len(), 0);
@@ -464,8 +516,8 @@ mod tests {
 
     #[test]
     fn ready_maps_are_reused_within_their_budget_and_returned_with_the_object() {
-        // Room for two maps of two fields (and the three slots of a hit).
-        const MAP: usize = 192 + 5 * 128;
+        // Room for two maps of two fields (and the four slots a hit may have).
+        const MAP: usize = 192 + 6 * 128;
         static BUDGET: MapBudget = MapBudget::new(2 * MAP);
         // Three objects with fields of their own (the same fields would share one map).
         let srcs: Vec<HeaderMap> = (0..3)
@@ -481,14 +533,20 @@ mod tests {
             .map(|h| StoredHeaders::from_map(StatusCode::OK, h))
             .collect();
         for (o, src) in objects.iter().zip(&srcs) {
-            assert_eq!(&stored_fields(o.for_response_within(&BUDGET)), src);
+            assert_eq!(
+                &stored_fields(o.for_response_within(&BUDGET, Advertise::Nothing)),
+                src
+            );
         }
         // The first two got a ready map; the third parses per hit, and answers the same.
         let ready: Vec<bool> = objects.iter().map(|o| o.0.ready.get().is_some()).collect();
         assert_eq!(ready, [true, true, false]);
         assert_eq!(BUDGET.used(), 2 * MAP);
         for (o, src) in objects.iter().zip(&srcs) {
-            assert_eq!(&stored_fields(o.for_response_within(&BUDGET)), src);
+            assert_eq!(
+                &stored_fields(o.for_response_within(&BUDGET, Advertise::Nothing)),
+                src
+            );
         }
         // A copy (a promotion, a soft purge's expired copy) shares the map, at no charge,
         // and compares equal.
@@ -504,7 +562,7 @@ mod tests {
         drop(copy);
         assert_eq!(BUDGET.used(), MAP);
         assert_eq!(
-            stored_fields(objects[1].for_response_within(&BUDGET)),
+            stored_fields(objects[1].for_response_within(&BUDGET, Advertise::Nothing)),
             srcs[2]
         );
         assert!(objects[1].0.ready.get().is_some());
@@ -522,7 +580,7 @@ mod tests {
         let c = StoredHeaders::from_block(StatusCode::OK, Bytes::copy_from_slice(a.block()));
         assert!(Arc::ptr_eq(&a.0, &c.0));
         // A map made for one is the map of all.
-        assert_eq!(stored_fields(a.for_response()), src);
+        assert_eq!(stored_fields(a.for_response(Advertise::Nothing)), src);
         assert!(b.0.ready.get().is_some());
         // Other fields, another head; equal fields compare equal either way.
         let other =

@@ -7,7 +7,7 @@ mod hybrid;
 mod memory;
 mod object;
 
-pub use head::{HitFields, StoredHeaders};
+pub use head::{Advertise, HitFields, StoredHeaders};
 
 pub use disk::{DiskError, DiskFile, DiskSpool, DiskStats};
 pub use hybrid::HybridStore;

@@ -254,6 +254,16 @@ async fn https_answers_advertise_h3_in_alt_svc_unless_the_service_turns_it_off()
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.header("x-service"), Some("off"));
         assert_eq!(r.header("alt-svc"), None, "{proto:?}: alt_svc = false");
+        // A hit of a service that does not advertise: none either, though the stored head
+        // may be `on`'s (equal fields share one), whose advertising map has an Alt-Svc slot.
+        conn.get("off.example", "/alt").await;
+        let hit = conn.get_until_hit("off.example", "/alt").await;
+        assert_eq!(hit.header("x-service"), Some("off"));
+        assert_eq!(
+            hit.header("alt-svc"),
+            None,
+            "{proto:?}: alt_svc = false, hit"
+        );
     }
 }
 
