@@ -22,6 +22,7 @@
 mod coalesce;
 pub mod proxy_protocol;
 mod stream_exec;
+mod timer;
 pub mod workers;
 
 use firebreak_config::LimitsConfig;
@@ -29,7 +30,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
@@ -184,7 +185,7 @@ impl ListenerConf {
         // The watchdog (`Activity`, `drive`) enforces the head and idle deadlines with one
         // timer per connection; hyper's own header timer would arm and cancel a timer (a
         // boxed sleep in the timer wheel) for every request on the hit path.
-        h1.timer(TokioTimer::new())
+        h1.timer(timer::QuietTimer)
             .header_read_timeout(None)
             .max_buf_size(protocol.max_header_bytes.max(MIN_BUF))
             // Header count stays at hyper's default limit (100, then 431): setting any other
@@ -193,7 +194,7 @@ impl ListenerConf {
         // A stream's future is polled first on its connection's task, with the other streams
         // of the same read (a hit needs no task of its own); see `stream_exec`.
         let mut h2 = http2::Builder::new(InlineFirst);
-        h2.timer(TokioTimer::new())
+        h2.timer(timer::QuietTimer)
             .max_header_list_size(u32::try_from(protocol.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(MAX_H2_STREAMS)
             .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESETS)
