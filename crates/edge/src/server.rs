@@ -160,7 +160,9 @@ impl EdgeServer {
                 let endpoint = crate::http3::endpoint(udp, state.clone(), &http3)
                     .map_err(|e| ServerError::Config(format!("HTTP/3 on {addr}: {e}")))?;
                 http3_addrs.push(addr);
-                alt_svc = crate::http3::AltSvc::new(addr.port(), http3.alt_svc_max_age_s);
+                // Shared: a pointer is what each request's future carries.
+                alt_svc =
+                    crate::http3::AltSvc::new(addr.port(), http3.alt_svc_max_age_s).map(Arc::new);
                 tasks.push(tokio::spawn(crate::http3::accept_loop(
                     endpoint,
                     state.clone(),

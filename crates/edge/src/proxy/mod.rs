@@ -231,7 +231,7 @@ pub async fn handle<B: Into<ClientBody>>(
     state: Arc<EdgeState>,
     req: Request<B>,
     client_ip: IpAddr,
-    alt_svc: Option<crate::http3::AltSvc>,
+    alt_svc: Option<Arc<crate::http3::AltSvc>>,
 ) -> Response<EdgeBody> {
     let req = req.map(Into::into);
     let started = Instant::now();
@@ -293,7 +293,7 @@ pub async fn handle<B: Into<ClientBody>>(
         if svc.alt_svc {
             response
                 .headers_mut()
-                .insert(http::header::ALT_SVC, alt_svc.0);
+                .insert(http::header::ALT_SVC, alt_svc.0.clone());
         }
     }
     let hit = matches!(result, CacheResult::Hit | CacheResult::Stale);
