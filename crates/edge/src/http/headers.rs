@@ -21,14 +21,17 @@ const HOP_BY_HOP_LEGACY: &[&str] = &["keep-alive", "proxy-connection"];
 /// Most names honoured from `Connection`; a longer list is ignored beyond this.
 const MAX_CONNECTION_TOKENS: usize = 32;
 
+/// Whether `name` is hop-by-hop whatever `Connection` says ([`HOP_BY_HOP`] and the legacy
+/// `Keep-Alive` and `Proxy-Connection`).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || HOP_BY_HOP_LEGACY.contains(&name.as_str())
+}
+
 /// Removes hop-by-hop fields, including those named in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names first: most requests carry none (and without `Connection`
     // nothing else is named), which spares nine hashed removals per request.
-    let any = headers
-        .keys()
-        .any(|k| HOP_BY_HOP.contains(k) || HOP_BY_HOP_LEGACY.contains(&k.as_str()));
-    if !any {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -108,16 +111,24 @@ const METHOD_OVERRIDES: &[&str] = &[
     "x-method-override",
 ];
 
+/// Whether `name` (lowercase) is one of a client's forwarding headers ([`CLIENT_FORWARDING`]).
+pub fn is_client_forwarding(name: &str) -> bool {
+    // Every listed name starts with `x-`, `f` or `t`: most browser headers are skipped on
+    // their first byte.
+    matches!(name.as_bytes().first(), Some(b'x' | b'f' | b't')) && CLIENT_FORWARDING.contains(&name)
+}
+
+/// Whether `name` (lowercase) is a method override ([`METHOD_OVERRIDES`]).
+pub fn is_method_override(name: &str) -> bool {
+    name.starts_with("x-") && METHOD_OVERRIDES.contains(&name)
+}
+
 /// Removes a client's forwarding headers ([`CLIENT_FORWARDING`], and for GET/HEAD the method
 /// overrides). One pass over the names; nothing is removed (no hashing) when none is present.
 pub fn strip_client_forwarding(headers: &mut HeaderMap, cacheable_method: bool) {
     let present = headers.keys().any(|k| {
         let k = k.as_str();
-        // Every listed name starts with `x-`, `f` or `t`: most browser headers are
-        // skipped on their first byte.
-        matches!(k.as_bytes().first(), Some(b'x' | b'f' | b't'))
-            && (CLIENT_FORWARDING.contains(&k)
-                || (cacheable_method && METHOD_OVERRIDES.contains(&k)))
+        is_client_forwarding(k) || (cacheable_method && is_method_override(k))
     });
     if !present {
         return;

@@ -9,6 +9,7 @@ pub mod freshness;
 pub mod headers;
 pub mod path;
 pub mod range;
+pub mod request_fields;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

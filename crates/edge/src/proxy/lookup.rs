@@ -7,6 +7,7 @@ use crate::body::EdgeBody;
 use crate::coalesce::{FetchOutcome, Join, Leader};
 use crate::error::ProxyError;
 use crate::http::cache_control::CacheControl;
+use crate::http::request_fields::Field;
 use crate::runtime::RuleAction;
 use crate::store::CacheKey;
 use http::{header, Method, Response};
@@ -85,9 +86,7 @@ pub(crate) async fn cached(
         };
         // A HEAD or a range request for something not stored is forwarded as it is: filling
         // the cache is left to the next full GET.
-        if stored.is_none()
-            && (ctx.method == Method::HEAD || ctx.headers.contains_key(header::RANGE))
-        {
+        if stored.is_none() && (ctx.method == Method::HEAD || ctx.fields.has(Field::Range)) {
             return Box::pin(pass(
                 ctx,
                 None,

@@ -127,6 +127,10 @@ pub(crate) struct RequestCtx {
     /// Request headers: hop-by-hop fields removed, and unless `trusted_proxy` the client's
     /// forwarding headers too.
     pub headers: HeaderMap,
+    /// Which of the fields the edge acts on the client sent: a field not flagged is not in
+    /// `headers` (one flagged may have been removed since, by routing), so a phase looks a
+    /// precondition or `Range` up only when it is flagged.
+    pub fields: crate::http::request_fields::RequestFields,
     pub client_ip: IpAddr,
     /// `client_ip` is in `forwarding.trusted_proxies`: its forwarding headers are kept.
     pub trusted_proxy: bool,

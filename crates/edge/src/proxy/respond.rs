@@ -9,6 +9,7 @@ use crate::http::conditional::{not_modified, not_modified_response};
 use crate::http::freshness::{CDN_CACHE_CONTROL, SURROGATE_CONTROL};
 use crate::http::headers::{append_via, strip_hop_by_hop, via_value, CACHE_STATUS};
 use crate::http::range::{self, RangeDecision};
+use crate::http::request_fields::Field;
 use crate::store::{HitFields, ObjectBody, StoredObject};
 use crate::telemetry::{self, CacheResult};
 use firebreak_config::HeaderOp;
@@ -138,10 +139,14 @@ pub(crate) fn from_object(
         Some("disk") => (obj.headers.to_map(), HitFields::default()),
         _ => obj.headers.for_response(ctx.advertise),
     };
-    let mut resp = if obj.status() == StatusCode::OK && not_modified(&ctx.headers, &stored) {
+    let ok = obj.status() == StatusCode::OK;
+    let mut resp = if ok
+        && ctx.fields.has(Field::Conditional)
+        && not_modified(&ctx.headers, &stored)
+    {
         not_modified_response(&stored, EdgeBody::Empty)
     } else {
-        let decision = if obj.status() == StatusCode::OK && !head {
+        let decision = if ok && !head && ctx.fields.has(Field::Range) {
             range::decide(&ctx.headers, &stored, obj.body_len())
         } else {
             RangeDecision::Full

@@ -5,12 +5,15 @@
 //! both that one value), the path (normalised by [`crate::http::path`]; nothing reads the
 //! raw path after this, except the access log, which records what the client sent) and the
 //! headers (hop-by-hop fields gone; a client's forwarding headers gone unless it is a trusted
-//! proxy; the service's extra strip list applied).
+//! proxy; the service's extra strip list applied), with which of the fields later phases act
+//! on the client sent ([`RequestFields`], one pass over the names instead of a hashed lookup
+//! each).
 
 use super::{EdgeState, RequestCtx, RequestId};
 use crate::error::ProxyError;
 use crate::http::headers::{strip_client_forwarding, strip_hop_by_hop};
 use crate::http::path::{normalize, BadPath};
+use crate::http::request_fields::{Field, RequestFields};
 use crate::runtime::{RuleAction, Runtime};
 use firebreak_config::valid_host_name;
 use http::request::Parts;
@@ -31,7 +34,9 @@ pub(crate) fn route(
     if parts.method == Method::CONNECT || parts.method == Method::TRACE {
         return Err(ProxyError::MethodNotAllowed);
     }
-    let host = host_name(&host_value(&parts)?)?;
+    // One pass over the names: the hashed lookups below are made only for fields present.
+    let fields = RequestFields::scan(&parts.headers);
+    let host = host_name(&host_value(&parts, fields)?)?;
     let svc = runtime
         .route(&host)
         .cloned()
@@ -54,21 +59,33 @@ pub(crate) fn route(
     };
     let rule = svc.rule_for(path_and_query.path());
     let mut headers = std::mem::take(&mut parts.headers);
-    strip_hop_by_hop(&mut headers);
-    crate::http::accept_encoding::normalise(&mut headers);
-    headers.remove(header::HOST);
+    if fields.has(Field::HopByHop) {
+        strip_hop_by_hop(&mut headers);
+    }
+    if fields.has(Field::AcceptEncoding) {
+        crate::http::accept_encoding::normalise(&mut headers);
+    }
+    if fields.has(Field::Host) {
+        headers.remove(header::HOST);
+    }
     // A valid tier credential (another edge of the fleet) is checked and removed here; the
     // forwarding headers of a tier request are kept, like a trusted proxy's.
-    let tier = state.tier.verify(
-        &runtime,
-        &mut headers,
-        parts.method.as_str(),
-        &host,
-        path_and_query.as_str(),
-    );
+    let tier = if fields.has(Field::TierCredential) {
+        state.tier.verify(
+            &runtime,
+            &mut headers,
+            parts.method.as_str(),
+            &host,
+            path_and_query.as_str(),
+        )
+    } else {
+        crate::tier::RequestTier::Client
+    };
     let trusted_proxy = runtime.trusts(client_ip) || tier == crate::tier::RequestTier::Tier;
-    if !trusted_proxy {
-        let cacheable = parts.method == Method::GET || parts.method == Method::HEAD;
+    let cacheable = parts.method == Method::GET || parts.method == Method::HEAD;
+    if !trusted_proxy
+        && (fields.has(Field::Forwarding) || (cacheable && fields.has(Field::MethodOverride)))
+    {
         strip_client_forwarding(&mut headers, cacheable);
     }
     for name in &svc.strip_headers {
@@ -85,6 +102,7 @@ pub(crate) fn route(
             version: parts.version,
             path_and_query,
             headers,
+            fields,
             client_ip,
             trusted_proxy,
             tier,
@@ -97,10 +115,13 @@ pub(crate) fn route(
 
 /// The authority the client asked for: the request target's (HTTP/2 `:authority`,
 /// absolute-form) or else the single `Host` header (RFC 9112 §3.2).
-fn host_value(parts: &Parts) -> Result<HeaderValue, ProxyError> {
+fn host_value(parts: &Parts, fields: RequestFields) -> Result<HeaderValue, ProxyError> {
     if let Some(authority) = parts.uri.authority() {
         return HeaderValue::from_str(authority.as_str())
             .map_err(|_| ProxyError::BadRequest("invalid authority"));
+    }
+    if !fields.has(Field::Host) {
+        return Err(ProxyError::BadRequest("missing Host header"));
     }
     let mut hosts = parts.headers.get_all(header::HOST).iter();
     match (hosts.next(), hosts.next()) {

@@ -482,6 +482,39 @@ async fn ranges_are_answered_from_a_cached_full_response() {
     assert_eq!(origin.count(), 2);
 }
 
+/// A field named in `Connection` is hop-by-hop (RFC 9110 §7.6.1): routing removes it, so a
+/// hit neither answers its range nor its precondition, though the client sent them (and
+/// routing's pass over the names saw them).
+#[tokio::test]
+async fn ranges_and_preconditions_named_in_connection_are_not_acted_on() {
+    let origin = TestOrigin::start(|_| {
+        Reply::ok("abcdefghijklmnopqrstuvwxyz")
+            .cc("max-age=60")
+            .header("etag", "\"az\"")
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    edge.get("/az").await;
+    let r = edge.get_with("/az", &[("range", "bytes=2-4")]).await;
+    assert_eq!(r.status, StatusCode::PARTIAL_CONTENT);
+    let r = edge
+        .get_with("/az", &[("connection", "range"), ("range", "bytes=2-4")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), 26);
+    let r = edge.get_with("/az", &[("if-none-match", "\"az\"")]).await;
+    assert_eq!(r.status, StatusCode::NOT_MODIFIED);
+    let r = edge
+        .get_with(
+            "/az",
+            &[("connection", "if-none-match"), ("if-none-match", "\"az\"")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(r.cache_status().contains("hit"), "{}", r.cache_status());
+    assert_eq!(origin.count(), 1);
+}
+
 #[tokio::test]
 async fn age_and_date_are_generated() {
     let origin =
