@@ -221,8 +221,10 @@ fn finish_hit(
     let h = resp.headers_mut();
     // Surrogate-Control is meant for this cache only; CDN-Cache-Control also targets any CDN
     // downstream (RFC 9213 §3), so it is forwarded unless the service strips it.
-    static SURROGATE: HeaderName = HeaderName::from_static(SURROGATE_CONTROL);
-    h.remove(&SURROGATE);
+    if !slots.no_surrogate_control {
+        static SURROGATE: HeaderName = HeaderName::from_static(SURROGATE_CONTROL);
+        h.remove(&SURROGATE);
+    }
     if ctx.svc.strip_cdn_cache_control {
         static CDN: HeaderName = HeaderName::from_static(CDN_CACHE_CONTROL);
         h.remove(&CDN);

@@ -24,6 +24,7 @@
 //! one ready map, found through a bounded table of recent blocks by hash. An object whose
 //! block is shared pays a pointer for its fields; one with unique fields pays its block.
 
+use crate::http::freshness::SURROGATE_CONTROL;
 use crate::http::headers::CACHE_STATUS;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
@@ -142,6 +143,9 @@ pub struct HitFields {
     pub cache_status: bool,
     /// `Alt-Svc` is a slot, to be set by whoever asked for it ([`Advertise::AltSvc`]).
     pub alt_svc: bool,
+    /// `Surrogate-Control` (for this cache only, never sent on) was left out of the map when
+    /// it was made, once, instead of removed from every response.
+    pub no_surrogate_control: bool,
 }
 
 /// Whether a hit's response will carry `Alt-Svc` (HTTP/3 advertised by its listener): such a
@@ -182,6 +186,7 @@ impl HitFields {
             via,
             cache_status,
             alt_svc,
+            no_surrogate_control: false,
         }
     }
 }
@@ -349,8 +354,8 @@ impl StoredHeaders {
     }
 
     /// The fields of a response served from this object (a hit), with the slots of
-    /// [`HitFields`]: a clone of the ready map, or parsed from the block and kept as the ready
-    /// map when the budget allows.
+    /// [`HitFields`] and without `Surrogate-Control`: a clone of the ready map, or parsed from
+    /// the block and kept as the ready map when the budget allows.
     pub fn for_response(&self, advertise: Advertise) -> (HeaderMap, HitFields) {
         self.for_response_within(&READY_MAPS, advertise)
     }
@@ -373,7 +378,11 @@ impl StoredHeaders {
         // header rule) and one to spare: hyper's `entry()` for `Date` and `Content-Length`
         // grows (rehashes) a map that is full even when the field is there.
         let mut map = self.map_with_room(fields + 2);
-        let slots = HitFields::add_slots(&mut map, advertise);
+        map.remove(SURROGATE_CONTROL);
+        let slots = HitFields {
+            no_surrogate_control: true,
+            ..HitFields::add_slots(&mut map, advertise)
+        };
         if budget.has_room() {
             ready.install(map.clone(), slots, fields, budget);
         }
@@ -446,6 +455,7 @@ mod tests {
                         via: true,
                         cache_status: true,
                         alt_svc,
+                        no_surrogate_control: true,
                     }
                 );
                 let room = map.capacity();
@@ -492,8 +502,32 @@ mod tests {
         ]);
         let (map, slots) =
             StoredHeaders::from_map(StatusCode::OK, &upstream).for_response(Advertise::AltSvc);
-        assert_eq!(slots, HitFields::default());
+        assert_eq!(
+            slots,
+            HitFields {
+                no_surrogate_control: true,
+                ..HitFields::default()
+            }
+        );
         assert_eq!(map, upstream);
+    }
+
+    #[test]
+    fn a_hit_map_has_no_surrogate_control_but_the_stored_block_keeps_it() {
+        let src = headers(&[
+            ("surrogate-control", "max-age=60"),
+            ("content-type", "text/plain"),
+            ("surrogate-control", "stale-if-error=5"),
+        ]);
+        let stored = StoredHeaders::from_map(StatusCode::OK, &src);
+        for _ in 0..2 {
+            let (map, slots) = stored.for_response(Advertise::Nothing);
+            assert!(slots.no_surrogate_control);
+            assert!(!map.contains_key(SURROGATE_CONTROL));
+            assert_eq!(map["content-type"], "text/plain");
+        }
+        // Revalidation and freshness read the stored fields whole.
+        assert_eq!(stored.to_map(), src);
     }
 
     #[test]

@@ -581,6 +581,28 @@ async fn cdn_cache_control_takes_precedence_and_is_forwarded() {
     assert!(r.header("surrogate-control").is_none());
 }
 
+/// `Surrogate-Control` is for this cache only: it governs what is stored and never reaches a
+/// client, on the miss that stored it or on the hits after.
+#[tokio::test]
+async fn surrogate_control_governs_the_cache_and_never_reaches_clients() {
+    let origin = TestOrigin::start(|_| {
+        Reply::ok("s")
+            .cc("no-cache")
+            .header("surrogate-control", "max-age=60")
+    })
+    .await;
+    let edge = edge_for(&origin).await;
+    let miss = edge.get("/sur").await;
+    assert!(miss.header("surrogate-control").is_none());
+    for _ in 0..2 {
+        let hit = edge.get("/sur").await;
+        assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+        assert!(hit.header("surrogate-control").is_none());
+        assert_eq!(hit.header("cache-control"), Some("no-cache"));
+    }
+    assert_eq!(origin.count(), 1);
+}
+
 /// RFC 9213 §2.1: CDN-Cache-Control is a Dictionary Structured Field; "If a targeted field in
 /// a given response is empty, or a parsing error is encountered, that field SHOULD be ignored
 /// by the cache (i.e., it should behave as if the field were not present, likely falling back
