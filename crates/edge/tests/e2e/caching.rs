@@ -448,14 +448,19 @@ async fn unsafe_methods_invalidate_target_and_same_host_locations() {
     assert_eq!(origin.count(), before + 4);
 }
 
-#[tokio::test]
-async fn ranges_are_answered_from_a_cached_full_response() {
-    let origin = TestOrigin::start(|_| {
+/// An origin answering every URL with the 26 letters, cacheable for a minute, ETag `"az"`.
+async fn alphabet_origin() -> TestOrigin {
+    TestOrigin::start(|_| {
         Reply::ok("abcdefghijklmnopqrstuvwxyz")
             .cc("max-age=60")
             .header("etag", "\"az\"")
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn ranges_are_answered_from_a_cached_full_response() {
+    let origin = alphabet_origin().await;
     let edge = edge_for(&origin).await;
     // A range miss is forwarded as it is and does not fill the cache.
     let r = edge.get_with("/az", &[("range", "bytes=0-1")]).await;
@@ -487,12 +492,7 @@ async fn ranges_are_answered_from_a_cached_full_response() {
 /// routing's pass over the names saw them).
 #[tokio::test]
 async fn ranges_and_preconditions_named_in_connection_are_not_acted_on() {
-    let origin = TestOrigin::start(|_| {
-        Reply::ok("abcdefghijklmnopqrstuvwxyz")
-            .cc("max-age=60")
-            .header("etag", "\"az\"")
-    })
-    .await;
+    let origin = alphabet_origin().await;
     let edge = edge_for(&origin).await;
     edge.get("/az").await;
     let r = edge.get_with("/az", &[("range", "bytes=2-4")]).await;
